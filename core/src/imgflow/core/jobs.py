@@ -1,0 +1,145 @@
+"""The job: what a client asked for, where it stands, and what came of it.
+
+A job is stored in MongoDB as one document (``Job.to_document``) whose ``_id`` is the job id.
+The HTTP representation (camelCase, as in the original contract) lives in the API; this module
+knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class JobStatus(StrEnum):
+    pending = "pending"
+    processing = "processing"
+    completed = "completed"
+    failed = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.completed, JobStatus.failed)
+
+
+UNFINISHED = (JobStatus.pending, JobStatus.processing)
+
+
+class Fit(StrEnum):
+    """How the source is fitted into width x height (the names sharp and the original use)."""
+
+    cover = "cover"  # fill the box, centre-crop the overflow
+    contain = "contain"  # fit inside the box, pad to exactly width x height
+    fill = "fill"  # stretch to exactly width x height, ignoring the aspect ratio
+    inside = "inside"  # fit inside the box, keep the aspect ratio, no padding
+
+
+class OutputFormat(StrEnum):
+    jpeg = "jpeg"
+    png = "png"
+    webp = "webp"
+
+    @property
+    def extension(self) -> str:
+        return "jpg" if self is OutputFormat.jpeg else self.value
+
+    @property
+    def media_type(self) -> str:
+        return f"image/{self.value}"
+
+
+class ThumbnailSpec(BaseModel):
+    """The operations a job asks for; validated once, at the door."""
+
+    width: int = Field(100, ge=1, le=8192)
+    height: int = Field(100, ge=1, le=8192)
+    fit: Fit = Fit.cover
+    format: OutputFormat = OutputFormat.jpeg
+
+
+class UploadSource(BaseModel):
+    kind: Literal["upload"] = "upload"
+    key: str  # storage key of the original
+    filename: str | None = None
+
+
+class UrlSource(BaseModel):
+    kind: Literal["url"] = "url"
+    url: str
+
+
+Source = UploadSource | UrlSource
+
+
+class JobResult(BaseModel):
+    key: str  # storage key of the thumbnail
+    width: int
+    height: int
+    bytes: int
+    format: OutputFormat
+    processed_at: datetime
+
+
+def utcnow() -> datetime:
+    # MongoDB keeps milliseconds; truncating here keeps what we return equal to what we store.
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def thumbnail_key(job_id: str, fmt: OutputFormat) -> str:
+    """The storage key, and the file name in ``/uploads/``, of a job's thumbnail."""
+    return f"thumbnail-{job_id}.{fmt.extension}"
+
+
+def original_key(job_id: str) -> str:
+    return f"original-{job_id}"
+
+
+class Job(BaseModel):
+    job_id: str = Field(default_factory=new_job_id)
+    user_id: str
+    status: JobStatus = JobStatus.pending
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    source: UploadSource | UrlSource = Field(discriminator="kind")
+    spec: ThumbnailSpec = Field(default_factory=ThumbnailSpec)
+    attempts: int = 0
+    result: JobResult | None = None
+    error: str | None = None
+    image_job: str | None = None  # "namespace/name" of the ImageJob that created it, if any
+
+    @model_validator(mode="after")
+    def _finished_jobs_say_how(self) -> Job:
+        if self.status is JobStatus.completed and self.result is None:
+            raise ValueError("a completed job has a result")
+        if self.status is JobStatus.failed and not self.error:
+            raise ValueError("a failed job has an error")
+        return self
+
+    def to_document(self) -> dict[str, Any]:
+        doc = self.model_dump(mode="python", exclude={"job_id"})
+        doc["_id"] = self.job_id
+        return doc
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Job:
+        data = dict(doc)
+        data["job_id"] = data.pop("_id")
+        for field in ("created_at", "updated_at"):
+            data[field] = _as_utc(data[field])
+        if data.get("result"):
+            data["result"] = {**data["result"], "processed_at": _as_utc(data["result"]["processed_at"])}
+        return cls.model_validate(data)
+
+
+def _as_utc(value: datetime) -> datetime:
+    # PyMongo hands back naive datetimes unless the client is tz_aware; be explicit either way.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

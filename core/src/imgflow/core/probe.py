@@ -1,0 +1,103 @@
+"""What an upload is, read from its bytes by libvips: format and size, before anything is decoded.
+
+Only the loaders named in ``LOADERS`` may run; every other libvips loader (ImageMagick, PDF, SVG,
+matrix and CSV files, ...) is blocked process-wide by ``restrict_loaders``, so bytes that merely
+claim to be an image never reach a large, untrusted parser. Needs the ``vips`` extra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyvips
+
+# libvips loader class (blocking also covers its _buffer/_source variants) -> our format name
+LOADERS = {
+    "VipsForeignLoadJpeg": "jpeg",
+    "VipsForeignLoadPng": "png",
+    "VipsForeignLoadNsgif": "gif",
+    "VipsForeignLoadWebp": "webp",
+    "VipsForeignLoadTiff": "tiff",
+}
+# the loader nickname libvips reports in "vips-loader", without its _buffer/_source suffix
+_NICKNAMES = {"jpegload": "jpeg", "pngload": "png", "gifload": "gif", "webpload": "webp", "tiffload": "tiff"}
+SUPPORTED_FORMATS = tuple(LOADERS.values())
+
+
+class UnsupportedImage(Exception):
+    """The bytes are not an image in a format imgflow accepts."""
+
+
+class ImageTooLarge(Exception):
+    """The header declares more pixels than the configured limit."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+    pages: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+_restricted = False
+
+
+def restrict_loaders() -> None:
+    """Block every libvips loader but ours; idempotent, and done before any image is opened."""
+    global _restricted
+    if _restricted:
+        return
+    pyvips.block_untrusted_set(True)
+    pyvips.operation_block_set("VipsForeignLoad", True)
+    for loader in LOADERS:
+        pyvips.operation_block_set(loader, False)
+    _restricted = True
+
+
+def probe_file(path: Path, *, max_pixels: int) -> ImageInfo:
+    """Read the header of the image at ``path``; raise if it is not one of ours or too large."""
+    restrict_loaders()
+    if path.stat().st_size == 0:
+        raise UnsupportedImage("The file is empty.")
+    try:
+        image = pyvips.Image.new_from_file(str(path), access="sequential")
+    except pyvips.Error as exc:
+        raise UnsupportedImage(_not_an_image()) from exc
+    return _check(image, max_pixels)
+
+
+def probe_buffer(data: bytes, *, max_pixels: int) -> ImageInfo:
+    restrict_loaders()
+    if not data:
+        raise UnsupportedImage("The file is empty.")
+    try:
+        image = pyvips.Image.new_from_buffer(data, "", access="sequential")
+    except pyvips.Error as exc:
+        raise UnsupportedImage(_not_an_image()) from exc
+    return _check(image, max_pixels)
+
+
+def _not_an_image() -> str:
+    return f"The file is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})."
+
+
+def _check(image: pyvips.Image, max_pixels: int) -> ImageInfo:
+    loader = str(image.get("vips-loader"))
+    fmt = _NICKNAMES.get(loader.removesuffix("_buffer").removesuffix("_source").removesuffix("_file"))
+    if fmt is None:  # cannot happen while restrict_loaders holds; refuse rather than trust it
+        raise UnsupportedImage(_not_an_image())
+    pages = int(image.get("n-pages")) if image.get_typeof("n-pages") else 1
+    # A multi-page source is loaded one page at a time, so one page's size is what we decode.
+    info = ImageInfo(format=fmt, width=image.width, height=image.height, pages=pages)
+    if info.pixels > max_pixels:
+        raise ImageTooLarge(
+            f"The image is {info.width}x{info.height} = {info.pixels:,} pixels, "
+            f"over the limit of {max_pixels:,}."
+        )
+    return info

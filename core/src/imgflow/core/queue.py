@@ -1,0 +1,83 @@
+"""The queue contract: the message on the Redis stream, how it is published, and how deep the queue is.
+
+The message carries only the job id and a version; MongoDB holds the job itself, so a message can
+be repeated or replayed without harm (status changes there are conditional).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from faststream.redis import RedisBroker
+from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from imgflow.core.settings import Settings
+
+MESSAGE_VERSION = 1
+
+
+class JobMessage(BaseModel):
+    """Version 1 of the stream message. A new field means a new version; workers read both."""
+
+    v: Literal[1] = MESSAGE_VERSION
+    job_id: str
+
+
+class QueueUnavailable(Exception):
+    """The job could not be handed to Redis."""
+
+
+def make_broker(settings: Settings, **kwargs: Any) -> RedisBroker:
+    # A short socket timeout lets a submit fail fast (503) instead of hanging when Redis is gone.
+    return RedisBroker(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0, **kwargs)
+
+
+async def publish_job(broker: RedisBroker, settings: Settings, job_id: str) -> None:
+    try:
+        await broker.publish(
+            JobMessage(job_id=job_id),
+            stream=settings.stream,
+            maxlen=settings.stream_maxlen,
+        )
+    except Exception as exc:  # redis-py raises several unrelated types for "no Redis"
+        raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """How much work the consumer group has: entries never delivered, and delivered but unacked."""
+
+    lag: int
+    pending: int
+
+    @property
+    def total(self) -> int:
+        return self.lag + self.pending
+
+
+async def read_backlog(redis: Redis, settings: Settings) -> Backlog:
+    """Backlog of the workers' consumer group, from XINFO GROUPS (Redis 7+ reports ``lag``)."""
+    try:
+        groups = await redis.xinfo_groups(settings.stream)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return Backlog(lag=0, pending=0)
+        raise
+    for group in groups:
+        name = group["name"]
+        if (name.decode() if isinstance(name, bytes) else name) == settings.consumer_group:
+            lag = group.get("lag")
+            if lag is None:
+                # Redis cannot tell the lag after entries were deleted mid-stream; fall back to
+                # counting what lies after the group's last delivered id.
+                lag = len(await redis.xrange(settings.stream, min=f"({_as_str(group['last-delivered-id'])}"))
+            return Backlog(lag=int(lag), pending=int(group["pending"]))
+    # No group yet: no worker has ever started, so everything in the stream is waiting.
+    return Backlog(lag=int(await redis.xlen(settings.stream)), pending=0)
+
+
+def _as_str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

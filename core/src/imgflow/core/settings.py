@@ -1,0 +1,81 @@
+"""imgflow's configuration: one class, read from ``IMGFLOW_*`` environment variables.
+
+Every deployable builds one ``Settings()`` at start and passes it down; nothing else reads the
+environment. The README's configuration table documents these fields.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StorageBackend(StrEnum):
+    gridfs = "gridfs"
+    local = "local"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMGFLOW_", extra="ignore")
+
+    # Connections
+    mongodb_url: str = Field("mongodb://127.0.0.1:27017", description="MongoDB (or wire-compatible) URL")
+    mongodb_database: str = Field("imgflow", description="Database holding jobs and GridFS files")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL of the job stream")
+
+    # Queue contract
+    stream: str = Field("imgflow:jobs", description="Redis stream the jobs are published to")
+    consumer_group: str = Field("imgflow-workers", description="Consumer group the workers share")
+    stream_maxlen: int = Field(
+        1_000_000, ge=1000, description="Approximate cap on stream length; trimmed jobs are republished"
+    )
+    claim_idle_ms: int = Field(
+        30_000, ge=1000, description="A message unacknowledged this long is reclaimed by another worker"
+    )
+    max_attempts: int = Field(3, ge=1, description="Deliveries of one job before it is failed for good")
+    requeue_after_s: float = Field(
+        60.0, gt=0, description="A job pending or processing untouched this long is republished"
+    )
+    reconcile_interval_s: float = Field(15.0, gt=0, description="How often the API looks for such jobs")
+
+    # Storage
+    storage_backend: StorageBackend = Field(StorageBackend.gridfs, description="gridfs or local")
+    storage_dir: Path = Field(Path("data"), description="Directory of the local storage backend")
+
+    # Input limits: checked before anything is decoded
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest accepted upload, in bytes")
+    max_pixels: int = Field(50_000_000, ge=1, description="Largest accepted width x height of a source")
+    max_frames: int = Field(1, ge=1, description="Frames (pages) decoded of an animated source")
+
+    # Processing
+    default_width: int = Field(100, ge=1, le=8192, description="Thumbnail width when a job gives none")
+    default_height: int = Field(100, ge=1, le=8192, description="Thumbnail height when a job gives none")
+    max_output_dimension: int = Field(4096, ge=1, description="Largest width or height a job may ask for")
+    jpeg_quality: int = Field(85, ge=1, le=100, description="Quality of JPEG and WebP output")
+    worker_concurrency: int = Field(2, ge=1, description="Jobs one worker process handles at once")
+    graceful_timeout_s: float = Field(25.0, gt=0, description="Time a stopping worker has to finish jobs")
+
+    # URL sources (ImageJobs fetched by the worker)
+    fetch_timeout_s: float = Field(10.0, gt=0, description="Total time allowed to fetch one source URL")
+    fetch_max_redirects: int = Field(3, ge=0, description="Redirects followed, each one re-checked")
+    allow_private_urls: bool = Field(
+        False, description="Allow fetching loopback/private/link-local addresses (tests and dev only)"
+    )
+
+    # HTTP
+    api_host: str = Field("127.0.0.1", description="Address the API listens on")
+    api_port: int = Field(8000, description="Port the API listens on")
+    worker_metrics_port: int = Field(9100, description="Port of the worker's /metrics and /healthz (0: off)")
+
+    # Users listing
+    page_limit_max: int = Field(100, ge=1, description="Largest page a list request may ask for")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

@@ -1,0 +1,150 @@
+"""Jobs in MongoDB, through PyMongo's native async API.
+
+Every status change is a conditional update on the job's current status, so a repeated or late
+queue message can never move a finished job backwards. Only features FerretDB 1.x also has are
+used: plain indexes, find/sort/limit, findAndModify; no transactions, TTL indexes or change streams.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from imgflow.core.jobs import UNFINISHED, Job, JobResult, JobStatus, utcnow
+from imgflow.core.settings import Settings
+
+Document = dict[str, Any]
+
+
+def connect(settings: Settings) -> AsyncMongoClient[Document]:
+    # Short server selection keeps /readyz and submits honest when MongoDB is down.
+    return AsyncMongoClient(settings.mongodb_url, tz_aware=True, serverSelectionTimeoutMS=5000)
+
+
+class InvalidCursor(ValueError):
+    """A page cursor that this service did not hand out."""
+
+
+@dataclass(frozen=True)
+class PageCursor:
+    """Where the next page starts: after this (created_at, job_id), newest first."""
+
+    created_at: datetime
+    job_id: str
+
+    def encode(self) -> str:
+        raw = json.dumps({"t": self.created_at.isoformat(), "id": self.job_id}).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> PageCursor:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            data = json.loads(raw)
+            return cls(created_at=datetime.fromisoformat(data["t"]), job_id=str(data["id"]))
+        except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+            raise InvalidCursor(token) from exc
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    next_cursor: PageCursor | None
+
+
+class JobStore:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._jobs: AsyncCollection[Document] = db["jobs"]
+
+    async def ensure_indexes(self) -> None:
+        await self._jobs.create_index(
+            [("user_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="user_newest"
+        )
+        await self._jobs.create_index(
+            [("user_id", ASCENDING), ("status", ASCENDING), ("created_at", DESCENDING)],
+            name="user_status_newest",
+        )
+        await self._jobs.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="unfinished")
+        await self._jobs.create_index([("image_job", ASCENDING)], name="image_job")
+
+    async def insert(self, job: Job) -> None:
+        await self._jobs.insert_one(job.to_document())
+
+    async def delete(self, job_id: str) -> None:
+        await self._jobs.delete_one({"_id": job_id})
+
+    async def get(self, job_id: str) -> Job | None:
+        doc = await self._jobs.find_one({"_id": job_id})
+        return Job.from_document(doc) if doc else None
+
+    async def list_for_user(
+        self, user_id: str, *, status: JobStatus | None, limit: int, after: PageCursor | None
+    ) -> Page:
+        query: Document = {"user_id": user_id}
+        if status is not None:
+            query["status"] = status.value
+        if after is not None:
+            query["$or"] = [
+                {"created_at": {"$lt": after.created_at}},
+                {"created_at": after.created_at, "_id": {"$lt": after.job_id}},
+            ]
+        cursor = self._jobs.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
+        jobs = [Job.from_document(doc) async for doc in cursor]
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        next_cursor = PageCursor(jobs[-1].created_at, jobs[-1].job_id) if more else None
+        return Page(jobs=jobs, next_cursor=next_cursor)
+
+    async def start(self, job_id: str) -> Job | None:
+        """Mark an unfinished job ``processing`` and count the attempt; None if it is finished or gone."""
+        doc = await self._jobs.find_one_and_update(
+            {"_id": job_id, "status": {"$in": [s.value for s in UNFINISHED]}},
+            {"$set": {"status": JobStatus.processing.value, "updated_at": utcnow()}, "$inc": {"attempts": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return Job.from_document(doc) if doc else None
+
+    async def complete(self, job_id: str, result: JobResult) -> bool:
+        return await self._finish(
+            job_id, {"status": JobStatus.completed.value, "result": result.model_dump(mode="python")}
+        )
+
+    async def fail(self, job_id: str, error: str) -> bool:
+        return await self._finish(job_id, {"status": JobStatus.failed.value, "error": error})
+
+    async def _finish(self, job_id: str, fields: Document) -> bool:
+        outcome = await self._jobs.update_one(
+            {"_id": job_id, "status": {"$in": [s.value for s in UNFINISHED]}},
+            {"$set": {**fields, "updated_at": utcnow()}},
+        )
+        return outcome.modified_count == 1
+
+    async def stale(self, untouched_since: datetime, limit: int = 500) -> list[Job]:
+        """Unfinished jobs nobody has touched since ``untouched_since``: candidates to republish."""
+        cursor = (
+            self._jobs.find(
+                {"status": {"$in": [s.value for s in UNFINISHED]}, "updated_at": {"$lt": untouched_since}}
+            )
+            .sort("updated_at", ASCENDING)
+            .limit(limit)
+        )
+        return [Job.from_document(doc) async for doc in cursor]
+
+    async def touch(self, job: Job) -> bool:
+        """Claim a stale job for republishing; False if someone else changed it first."""
+        outcome = await self._jobs.update_one(
+            {"_id": job.job_id, "status": job.status.value, "updated_at": job.updated_at},
+            {"$set": {"updated_at": utcnow()}},
+        )
+        return outcome.modified_count == 1
+
+    async def for_image_job(self, image_job: str) -> list[Job]:
+        return [Job.from_document(doc) async for doc in self._jobs.find({"image_job": image_job})]

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Builds the Go-made tools imgflow runs against (FerretDB, etcd, kube-apiserver, kubectl, helm) once per
+# version from the Go module proxy, keeps them in a per-machine cache and links them into .tools/bin.
+# Usage: scripts/tools.sh [ferretdb|etcd|kube-apiserver|kubectl|helm ...]   (no argument: all of them)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=versions.env
+. "$root/scripts/versions.env"
+cache=${IMGFLOW_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imgflow/tools}
+bin=$root/.tools/bin
+mkdir -p "$cache" "$bin"
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
+
+log() { echo "tools: $*" >&2; }
+
+# link NAME FILE: make .tools/bin/NAME point at a cached binary.
+link() { ln -sfn "$2" "$bin/$1"; }
+
+# wrapper DIR: an empty module to build someone else's command in, so their go.mod rules apply to us.
+wrapper() {
+  rm -rf "$1" && mkdir -p "$1" && cd "$1" && go mod init imgflow.local/tools >/dev/null 2>&1
+}
+
+build_ferretdb() {
+  local out=$cache/ferretdb-$FERRETDB_VERSION
+  if [ ! -x "$out" ]; then
+    log "building FerretDB $FERRETDB_VERSION (a few minutes, once)"
+    # FerretDB reads its version from an embedded build/version/version.txt that its release
+    # tooling generates and the published module lacks, and Go records its module as the main one,
+    # so the binary panics at start. Vendor it into a wrapper module and write that file.
+    (wrapper "$cache/src/ferretdb" &&
+      go get -tool "github.com/FerretDB/FerretDB/cmd/ferretdb@$FERRETDB_VERSION" &&
+      go mod vendor &&
+      echo "$FERRETDB_VERSION" >vendor/github.com/FerretDB/FerretDB/build/version/version.txt &&
+      go build -mod=vendor -o "$out" github.com/FerretDB/FerretDB/cmd/ferretdb)
+  fi
+  link ferretdb "$out"
+}
+
+build_etcd() {
+  local out=$cache/etcd-$ETCD_VERSION
+  if [ ! -x "$out" ]; then
+    log "building etcd $ETCD_VERSION (a few minutes, once)"
+    (wrapper "$cache/src/etcd" &&
+      go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" &&
+      go build -o "$out" go.etcd.io/etcd/server/v3)
+  fi
+  link etcd "$out"
+}
+
+# k8s.io/kubernetes requires its staging modules (k8s.io/api, k8s.io/apiserver, ...) at v0.0.0 and
+# replaces them with local directories, which a dependent module cannot see. Replace each with its
+# published twin, v0.<minor>.<patch> for v1.<minor>.<patch>.
+kubernetes_wrapper() {
+  local dir=$cache/src/kubernetes-$KUBERNETES_VERSION staging gomod
+  if [ -f "$dir/.ready" ]; then echo "$dir"; return; fi
+  staging=v0.${KUBERNETES_VERSION#v1.}
+  (wrapper "$dir" &&
+    gomod=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])') &&
+    awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$gomod" | sort -u |
+      while read -r m; do go mod edit -replace "$m=$m@$staging"; done &&
+    go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" \
+      "k8s.io/kubernetes/cmd/kubectl@$KUBERNETES_VERSION" &&
+    touch .ready) >&2
+  echo "$dir"
+}
+
+build_kube() {
+  local name=$1 out=$cache/$1-$KUBERNETES_VERSION dir minor pkg=version
+  if [ ! -x "$out" ]; then
+    log "building $name $KUBERNETES_VERSION (kube-apiserver: 10-25 minutes on 2 cores, once)"
+    dir=$(kubernetes_wrapper)
+    minor=${KUBERNETES_VERSION#v1.}
+    minor=${minor%%.*}
+    # The version ldflags make /version and `kubectl version` tell the truth instead of v0.0.0.
+    local ld="-s -w"
+    for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ld+=" -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+      ld+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+    done
+    (cd "$dir" && go build -ldflags "$ld" -o "$out" "k8s.io/kubernetes/cmd/$name")
+  fi
+  link "$name" "$out"
+}
+
+build_helm() {
+  local out=$cache/helm-$HELM_VERSION
+  if [ ! -x "$out" ]; then
+    log "building helm $HELM_VERSION (a few minutes, once)"
+    (wrapper "$cache/src/helm" &&
+      go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" &&
+      go build -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+        -o "$out" helm.sh/helm/v3/cmd/helm)
+  fi
+  link helm "$out"
+}
+
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=(ferretdb etcd kube-apiserver kubectl helm)
+for t in "${want[@]}"; do
+  case $t in
+    ferretdb) build_ferretdb ;;
+    etcd) build_etcd ;;
+    kube-apiserver | kubectl) build_kube "$t" ;;
+    helm) build_helm ;;
+    *) echo "tools: unknown tool $t" >&2; exit 2 ;;
+  esac
+done
