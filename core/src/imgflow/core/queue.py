@@ -16,13 +16,11 @@ from redis.exceptions import ResponseError
 
 from imgflow.core.settings import Settings
 
-MESSAGE_VERSION = 1
-
 
 class JobMessage(BaseModel):
     """Version 1 of the stream message. A new field means a new version; workers read both."""
 
-    v: Literal[1] = MESSAGE_VERSION
+    v: Literal[1] = 1
     job_id: str
 
 
@@ -73,7 +71,8 @@ async def read_backlog(redis: Redis, settings: Settings) -> Backlog:
             if lag is None:
                 # Redis cannot tell the lag after entries were deleted mid-stream; fall back to
                 # counting what lies after the group's last delivered id.
-                lag = len(await redis.xrange(settings.stream, min=f"({_as_str(group['last-delivered-id'])}"))
+                after = await redis.xrange(settings.stream, min=f"({_as_str(group['last-delivered-id'])}")
+                lag = len(after or [])
             return Backlog(lag=int(lag), pending=int(group["pending"]))
     # No group yet: no worker has ever started, so everything in the stream is waiting.
     return Backlog(lag=int(await redis.xlen(settings.stream)), pending=0)

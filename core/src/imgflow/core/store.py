@@ -96,7 +96,9 @@ class JobStore:
                 {"created_at": {"$lt": after.created_at}},
                 {"created_at": after.created_at, "_id": {"$lt": after.job_id}},
             ]
-        cursor = self._jobs.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
+        cursor = (
+            self._jobs.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
+        )
         jobs = [Job.from_document(doc) async for doc in cursor]
         more = len(jobs) > limit
         jobs = jobs[:limit]

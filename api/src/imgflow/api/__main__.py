@@ -1,0 +1,26 @@
+"""``imgflow-api``: serve the API with uvicorn on IMGFLOW_API_HOST:IMGFLOW_API_PORT."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from imgflow.core.settings import get_settings
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    uvicorn.run(
+        "imgflow.api.app:create_app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        proxy_headers=True,
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The FastAPI application: connections at start-up, routes, health, metrics, and the reconciler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+
+from imgflow.api import metrics, problems
+from imgflow.api.routes import router
+from imgflow.api.state import AppState
+from imgflow.core.probe import restrict_loaders
+from imgflow.core.queue import make_broker
+from imgflow.core.settings import Settings, get_settings
+from imgflow.core.storage import make_storage
+from imgflow.core.store import JobStore, connect
+from imgflow.core.submit import requeue_stale
+
+log = logging.getLogger("imgflow.api")
+
+
+async def _reconcile_forever(state: AppState) -> None:
+    """Republish jobs the queue lost; one API replica at a time, by a Redis lock per round."""
+    settings = state.settings
+    lock = f"{settings.stream}:reconciler"
+    while True:
+        await asyncio.sleep(settings.reconcile_interval_s)
+        try:
+            if await state.redis.set(lock, "1", nx=True, ex=max(1, int(settings.reconcile_interval_s))):
+                await requeue_stale(state.store, state.broker, settings)
+        except Exception:  # a down Redis or MongoDB must not end the loop
+            log.warning("reconciler round failed; retrying next round", exc_info=True)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    restrict_loaders()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        mongo = connect(settings)
+        db = mongo[settings.mongodb_database]
+        state = AppState(
+            settings=settings,
+            mongo=mongo,
+            store=JobStore(db),
+            storage=make_storage(settings, db),
+            broker=make_broker(settings),
+            redis=Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3),
+        )
+        try:
+            await state.store.ensure_indexes()
+        except Exception:
+            log.warning("could not create indexes now (MongoDB down?); /readyz will say so", exc_info=True)
+        await state.broker.connect()
+        app.state.imgflow = state
+        reconciler = asyncio.create_task(_reconcile_forever(state))
+        try:
+            yield
+        finally:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
+            await state.broker.stop()
+            await state.redis.aclose()
+            await mongo.close()
+
+    app = FastAPI(
+        title="imgflow",
+        version="0.1.0",
+        summary="Asynchronous image processing: upload, get a job id, fetch the thumbnail.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.middleware("http")(metrics.record)
+    app.include_router(router)
+
+    @app.get("/healthz", tags=["operations"], summary="Alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="MongoDB and Redis reachable")
+    async def readyz() -> JSONResponse:
+        state: AppState = app.state.imgflow
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(state.mongo.admin.command("ping"), timeout=3)
+            checks["mongodb"] = "ok"
+        except Exception as exc:
+            checks["mongodb"] = f"unreachable: {type(exc).__name__}"
+        try:
+            await asyncio.wait_for(state.redis.ping(), timeout=3)
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
+        )
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,29 @@
+"""The API's Prometheus metrics and the middleware that records them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request, Response
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["method", "route", "status"])
+LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SUBMITTED = Counter("imgflow_jobs_submitted_total", "Jobs accepted by the API")
+REJECTED = Counter("imgflow_jobs_rejected_total", "Uploads refused by the API", ["status"])
+
+
+async def record(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    start = time.perf_counter()
+    response = await call_next(request)
+    # The route template, not the path: one series per endpoint, whatever the ids.
+    route = getattr(request.scope.get("route"), "path", "unmatched")
+    LATENCY.labels(request.method, route).observe(time.perf_counter() - start)
+    REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    return response

@@ -1,0 +1,232 @@
+"""The HTTP endpoints: thin, each one reads the request, calls the core, and shapes the answer."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, TypeVar
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pymongo.errors import PyMongoError
+
+from imgflow.api import metrics
+from imgflow.api.problems import Problem
+from imgflow.api.schemas import UPLOADS_PREFIX, Accepted, JobList, JobView
+from imgflow.api.state import AppState, get_state
+from imgflow.api.uploads import FILE_FIELD, receive_upload
+from imgflow.core.jobs import Fit, Job, JobStatus, OutputFormat, ThumbnailSpec, UploadSource, original_key
+from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_file
+from imgflow.core.queue import QueueUnavailable
+from imgflow.core.storage import NotFound
+from imgflow.core.store import InvalidCursor, PageCursor
+from imgflow.core.submit import submit_job
+
+router = APIRouter()
+JOBS = "/api/image-processing/jobs"
+USER_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
+THUMBNAIL_NAME = re.compile(r"^thumbnail-[0-9a-f-]{36}\.(jpg|png|webp)$")
+
+State = Annotated[AppState, Depends(get_state)]
+E = TypeVar("E", Fit, OutputFormat)
+
+UPLOAD_FORM_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "userId"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "The image"},
+                        "userId": {"type": "string", "maxLength": 128},
+                        "width": {"type": "integer", "minimum": 1, "description": "Default 100"},
+                        "height": {"type": "integer", "minimum": 1, "description": "Default 100"},
+                        "fit": {"type": "string", "enum": [f.value for f in Fit], "default": "cover"},
+                        "format": {
+                            "type": "string",
+                            "enum": [f.value for f in OutputFormat],
+                            "default": "jpeg",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _unavailable(what: str) -> Problem:
+    return Problem(
+        503,
+        "Service unavailable",
+        f"{what} is unreachable; the job was not accepted and nothing was kept. Retry shortly.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _spec_from_form(fields: dict[str, str], state: AppState) -> ThumbnailSpec:
+    settings = state.settings
+
+    def size(name: str, default: int) -> int:
+        raw = fields.get(name, "").strip()
+        if not raw:
+            return default
+        if not raw.isdigit() or not 1 <= int(raw) <= settings.max_output_dimension:
+            raise Problem(
+                422,
+                "Invalid request",
+                f"{name} must be a whole number from 1 to {settings.max_output_dimension}, not {raw!r}.",
+            )
+        return int(raw)
+
+    def choice(name: str, enum: type[E], default: E) -> E:
+        raw = fields.get(name, "").strip().lower()
+        if not raw:
+            return default
+        try:
+            return enum(raw)
+        except ValueError:
+            allowed = ", ".join(e.value for e in enum)
+            raise Problem(422, "Invalid request", f"{name} must be one of {allowed}, not {raw!r}.") from None
+
+    return ThumbnailSpec(
+        width=size("width", settings.default_width),
+        height=size("height", settings.default_height),
+        fit=choice("fit", Fit, Fit.cover),
+        format=choice("format", OutputFormat, OutputFormat.jpeg),
+    )
+
+
+@router.post(
+    JOBS,
+    status_code=202,
+    response_model=Accepted,
+    summary="Submit an image",
+    description="Accepts the image and answers at once; a worker makes the thumbnail. "
+    "The format is read from the bytes, never from the file name or Content-Type.",
+    openapi_extra=UPLOAD_FORM_DOC,
+    responses={413: {"description": "Too large"}, 415: {"description": "Not a supported image"}},
+)
+async def create_job(request: Request, response: Response, state: State) -> Accepted:
+    settings = state.settings
+    async with receive_upload(request, max_bytes=settings.max_upload_bytes) as upload:
+        user_id = upload.fields.get("userId", "").strip()
+        missing = [name for name, ok in ((FILE_FIELD, upload.path), ("userId", user_id)) if not ok]
+        if missing:
+            raise Problem(422, "Invalid request", f"Missing form field(s): {', '.join(missing)}.")
+        if not USER_ID.match(user_id):
+            raise Problem(422, "Invalid request", "userId must be 1 to 128 printable characters.")
+        spec = _spec_from_form(upload.fields, state)
+        assert upload.path is not None
+        try:
+            info = await anyio.to_thread.run_sync(
+                lambda: probe_file(upload.path, max_pixels=settings.max_pixels)  # type: ignore[arg-type]
+            )
+        except UnsupportedImage as exc:
+            metrics.REJECTED.labels("415").inc()
+            raise Problem(415, "Unsupported image", str(exc)) from exc
+        except ImageTooLarge as exc:
+            metrics.REJECTED.labels("422").inc()
+            raise Problem(422, "Image too large", str(exc)) from exc
+
+        job = Job(user_id=user_id, spec=spec, source=UploadSource(key="", filename=upload.filename))
+        job.source = UploadSource(key=original_key(job.job_id), filename=upload.filename)
+        try:
+            await state.storage.save(job.source.key, upload.path, f"image/{info.format}")
+        except PyMongoError as exc:
+            raise _unavailable("MongoDB") from exc
+    try:
+        await submit_job(state.store, state.broker, settings, job)
+    except QueueUnavailable as exc:
+        await state.storage.delete(job.source.key)
+        raise _unavailable("The job queue (Redis)") from exc
+    except PyMongoError as exc:
+        await state.storage.delete(job.source.key)
+        raise _unavailable("MongoDB") from exc
+    metrics.SUBMITTED.inc()
+    response.headers["Location"] = f"{JOBS}/{job.job_id}"
+    return Accepted(job_id=job.job_id, status=job.status, created_at=job.created_at)
+
+
+@router.get(
+    JOBS + "/{job_id}",
+    response_model=JobView,
+    response_model_exclude_none=True,
+    summary="Get one job",
+    responses={404: {"description": "No such job"}},
+)
+async def get_job(job_id: str, state: State) -> JobView:
+    try:
+        job = await state.store.get(job_id)
+    except PyMongoError as exc:
+        raise _unavailable("MongoDB") from exc
+    if job is None:
+        raise Problem(404, "Job not found", f"There is no job with id {job_id!r}.")
+    return JobView.of(job)
+
+
+@router.get(
+    "/api/image-processing/users/{user_id}/jobs",
+    response_model=JobList,
+    response_model_exclude_none=True,
+    summary="List a user's jobs, newest first",
+    description="Paged by cursor: follow `nextCursor` until it is absent. "
+    "A cursor stays correct while new jobs arrive; the original's `page` is still accepted.",
+)
+async def list_jobs(
+    user_id: str,
+    state: State,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page")] = 20,
+    cursor: Annotated[str | None, Query(description="nextCursor of the previous page")] = None,
+    page: Annotated[
+        int | None, Query(ge=1, le=1000, deprecated=True, description="1-based page (use cursor)")
+    ] = None,
+) -> JobList:
+    after = None
+    if cursor:
+        try:
+            after = PageCursor.decode(cursor)
+        except InvalidCursor:
+            raise Problem(400, "Invalid cursor", "The cursor is not one this service handed out.") from None
+    try:
+        if page is not None and after is None:
+            # The original's numbered pages: walk the cursor forward; bounded by page <= 1000.
+            for _ in range(page - 1):
+                skipped = await state.store.list_for_user(user_id, status=status, limit=limit, after=after)
+                if skipped.next_cursor is None:
+                    return JobList(jobs=[], next_cursor=None)
+                after = skipped.next_cursor
+        result = await state.store.list_for_user(user_id, status=status, limit=limit, after=after)
+    except PyMongoError as exc:
+        raise _unavailable("MongoDB") from exc
+    return JobList(
+        jobs=[JobView.of(job) for job in result.jobs],
+        next_cursor=result.next_cursor.encode() if result.next_cursor else None,
+    )
+
+
+@router.get(
+    UPLOADS_PREFIX + "/{name}",
+    summary="A thumbnail's bytes",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}}, 304: {}},
+)
+async def get_thumbnail(name: str, request: Request, state: State) -> Response:
+    if not THUMBNAIL_NAME.match(name):
+        raise Problem(404, "Not found", f"There is no file {name!r}.")
+    try:
+        stored = await state.storage.stat(name)
+    except NotFound:
+        raise Problem(404, "Not found", f"There is no file {name!r}.") from None
+    headers = {
+        "ETag": stored.etag,
+        "Cache-Control": "public, max-age=86400",
+        "Last-Modified": stored.modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+    }
+    if stored.etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    headers["Content-Length"] = str(stored.size)
+    return StreamingResponse(state.storage.stream(name), media_type=stored.content_type, headers=headers)

@@ -1,0 +1,90 @@
+"""The HTTP shapes of jobs: camelCase, as the original contract defines them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic.alias_generators import to_camel
+
+from imgflow.core.jobs import Fit, Job, JobStatus, OutputFormat
+
+UPLOADS_PREFIX = "/uploads"
+
+
+def _iso_z(value: datetime) -> str:
+    # "2024-03-07T12:00:00.123Z": UTC with a Z, as the original answered.
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Timestamp = Annotated[datetime, PlainSerializer(_iso_z, return_type=str)]
+
+
+class Camel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, serialize_by_alias=True)
+
+
+class Accepted(Camel):
+    job_id: str = Field(description="Id of the new job; poll GET /api/image-processing/jobs/{jobId}")
+    status: JobStatus = Field(description="Always 'pending' here: accepted, queued, not yet done")
+    created_at: Timestamp
+
+
+class Options(Camel):
+    width: int
+    height: int
+    fit: Fit
+    format: OutputFormat
+
+
+class Result(Camel):
+    thumbnail_url: str = Field(description="Path of the thumbnail on this service; GET it for the bytes")
+    processed_at: Timestamp
+    width: int
+    height: int
+    bytes: int
+    format: OutputFormat
+
+
+class JobView(Camel):
+    job_id: str
+    user_id: str
+    status: JobStatus
+    created_at: Timestamp
+    updated_at: Timestamp
+    options: Options
+    source: str = Field(description="'upload', or the URL the image was fetched from")
+    result: Result | None = Field(None, description="Present once the job is completed")
+    error: str | None = Field(None, description="Present when the job failed: what went wrong")
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        result = None
+        if job.result is not None:
+            result = Result(
+                thumbnail_url=f"{UPLOADS_PREFIX}/{job.result.key}",
+                processed_at=job.result.processed_at,
+                width=job.result.width,
+                height=job.result.height,
+                bytes=job.result.bytes,
+                format=job.result.format,
+            )
+        return cls(
+            job_id=job.job_id,
+            user_id=job.user_id,
+            status=job.status,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            options=Options(**job.spec.model_dump()),
+            source=job.source.url if job.source.kind == "url" else "upload",
+            result=result,
+            error=job.error,
+        )
+
+
+class JobList(Camel):
+    jobs: list[JobView]
+    next_cursor: str | None = Field(
+        None, description="Pass as ?cursor= to get the next page; null on the last page"
+    )

@@ -1,0 +1,377 @@
+#!/usr/bin/env bash
+# A local Kubernetes control plane for imgflow: etcd and kube-apiserver on loopback, with real
+# client-certificate auth, RBAC and service-account tokens, and the CRDs of deploy/helm/imgflow/crds.
+# No kubelet, scheduler or controller-manager: objects are stored and validated, pods never run,
+# namespaces stay Terminating when deleted. See README.md, "Local Kubernetes control plane".
+#
+# Usage: scripts/cluster.sh [--dir DIR] up | down [--purge] | status
+#
+#   up      generate certificates on first run, start whatever is not running, wait for /readyz,
+#           write DIR/kubeconfig (admin, O=system:masters), install the CRDs and wait until
+#           Established. Idempotent: a second `up` only re-checks and re-applies the CRDs.
+#   down    stop the processes named by DIR/run/*.pid (SIGTERM, then SIGKILL after
+#           CLUSTER_STOP_TIMEOUT seconds). Keeps the data (etcd, certificates, kubeconfig), so the
+#           next `up` has the same objects; `down --purge` also deletes DIR.
+#   status  print what runs, where; exit status 0 if the control plane is ready, 3 if not.
+#
+# Environment:
+#   CLUSTER_DIR              state directory (default .cluster/ in the repository; --dir wins)
+#   CLUSTER_APISERVER_PORT   kube-apiserver's port on 127.0.0.1 (default 6443; "auto": a free one)
+#   CLUSTER_ETCD_PORT        etcd client port (default auto)
+#   CLUSTER_ETCD_PEER_PORT   etcd peer port (default auto)
+#   CLUSTER_TIMEOUT          seconds to wait for readiness (default 180)
+#   CLUSTER_STOP_TIMEOUT     seconds to wait for a process to stop before SIGKILL (default 30)
+# Ports are chosen when a process starts and recorded in DIR/ports.env.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=$root/.tools/bin
+crds=$root/deploy/helm/imgflow/crds
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+log() { echo "cluster: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+dir=${CLUSTER_DIR:-$root/.cluster}
+cmd=
+purge=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --dir) [ $# -ge 2 ] || usage; dir=$2; shift 2 ;;
+    --dir=*) dir=${1#--dir=}; shift ;;
+    --purge) purge=1; shift ;;
+    up | down | status) [ -z "$cmd" ] || usage; cmd=$1; shift ;;
+    -h | --help) usage ;;
+    *) usage ;;
+  esac
+done
+[ -n "$cmd" ] || usage
+[ "$purge" = 0 ] || [ "$cmd" = down ] || usage
+# Absolute, so that pid checks (which look for DIR in a process's arguments) and kubeconfig work.
+case $dir in /*) ;; *) dir=$PWD/$dir ;; esac
+dir=${dir%/}
+
+timeout=${CLUSTER_TIMEOUT:-180}
+stop_timeout=${CLUSTER_STOP_TIMEOUT:-30}
+pki=$dir/pki
+run=$dir/run
+logs=$dir/logs
+kubeconfig=$dir/kubeconfig
+marker=$dir/.imgflow-cluster
+issuer=https://kubernetes.default.svc.cluster.local
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+# pid_of NAME: print the pid recorded for NAME if that process is alive (not a zombie) and is ours,
+# i.e. its arguments mention DIR; otherwise fail.
+pid_of() {
+  local file=$run/$1.pid pid args stat
+  [ -s "$file" ] || return 1
+  read -r pid <"$file" || return 1
+  case $pid in '' | *[!0-9]*) return 1 ;; esac
+  stat=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
+  case $stat in Z*) return 1 ;; esac
+  args=$(ps -ww -o args= -p "$pid" 2>/dev/null) || return 1
+  case $args in *"$dir/"*) echo "$pid" ;; *) return 1 ;; esac
+}
+
+# start NAME COMMAND...: run COMMAND detached (own session, no terminal, output to DIR/logs/NAME.log)
+# and record its pid in DIR/run/NAME.pid.
+start() {
+  local name=$1 file=$run/$1.pid i
+  shift
+  rm -f "$file"
+  echo "=== $(date -u +%FT%TZ) start" >>"$logs/$name.log"
+  # The inner shell writes its own pid and execs the command, so the pid is right whether or not
+  # setsid forks.
+  setsid bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$file" "$@" \
+    </dev/null >>"$logs/$name.log" 2>&1 &
+  for ((i = 0; i < 100; i++)); do
+    [ -s "$file" ] && return 0
+    sleep 0.05
+  done
+  die "$name did not start; see $logs/$name.log"
+}
+
+# stop NAME: SIGTERM, wait up to CLUSTER_STOP_TIMEOUT seconds, then SIGKILL.
+stop() {
+  local name=$1 pid deadline
+  if ! pid=$(pid_of "$name"); then
+    rm -f "$run/$name.pid"
+    log "$name: not running"
+    return 0
+  fi
+  kill -TERM "$pid" 2>/dev/null || true
+  deadline=$((SECONDS + stop_timeout))
+  while pid_of "$name" >/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+  if pid_of "$name" >/dev/null; then
+    log "$name (pid $pid) did not stop in ${stop_timeout}s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + 10))
+    while pid_of "$name" >/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    ! pid_of "$name" >/dev/null || die "$name (pid $pid) survived SIGKILL"
+  fi
+  rm -f "$run/$name.pid"
+  log "$name: stopped (pid $pid)"
+}
+
+# fail_with_log NAME MESSAGE: report a failed start with the end of NAME's log.
+fail_with_log() {
+  log "$2; last lines of $logs/$1.log:"
+  tail -n 25 "$logs/$1.log" | sed 's/^/    /' >&2
+  exit 1
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# port VALUE: VALUE, or a free port for "auto"/"0"/"".
+port() {
+  case ${1:-auto} in
+    auto | 0) free_port ;;
+    *[!0-9]*) die "not a port: $1" ;;
+    *) echo "$1" ;;
+  esac
+}
+
+# http_ok URL [tls]: the URL answers 200; with "tls", trusting our CA and as the admin. curl if
+# there is one, else python3.
+http_ok() {
+  local url=$1 tls=()
+  [ "${2:-}" != tls ] || tls=("$pki/ca.crt" "$pki/admin.crt" "$pki/admin.key")
+  if command -v curl >/dev/null; then
+    local args=(-fsS --max-time 5 -o /dev/null)
+    [ ${#tls[@]} = 0 ] || args+=(--cacert "${tls[0]}" --cert "${tls[1]}" --key "${tls[2]}")
+    curl "${args[@]}" "$url" 2>/dev/null
+  else
+    python3 -c '
+import ssl, sys, urllib.request
+url, *tls = sys.argv[1:]
+ctx = None
+if tls:
+    ctx = ssl.create_default_context(cafile=tls[0])
+    ctx.load_cert_chain(tls[1], tls[2])
+urllib.request.urlopen(url, timeout=5, context=ctx).read()
+' "$url" "${tls[@]}" 2>/dev/null
+  fi
+}
+
+save_ports() {
+  cat >"$dir/ports.env.tmp" <<EOF
+ETCD_PORT=${ETCD_PORT:-}
+ETCD_PEER_PORT=${ETCD_PEER_PORT:-}
+APISERVER_PORT=${APISERVER_PORT:-}
+EOF
+  mv "$dir/ports.env.tmp" "$dir/ports.env"
+}
+
+load_ports() {
+  ETCD_PORT= ETCD_PEER_PORT= APISERVER_PORT=
+  # shellcheck disable=SC1091
+  [ ! -f "$dir/ports.env" ] || . "$dir/ports.env"
+}
+
+# ---------------------------------------------------------------------------------------------
+# certificates: an EC P-256 CA, the apiserver's serving certificate, the service-account key pair
+# and an admin client certificate in system:masters. Generated once; `down --purge` forgets them.
+
+certs() {
+  local f missing=0
+  for f in ca.crt ca.key apiserver.crt apiserver.key sa.key sa.pub admin.crt admin.key; do
+    [ -s "$pki/$f" ] || missing=1
+  done
+  [ $missing = 1 ] || return 0
+  log "generating certificates in $pki"
+  rm -rf "$pki" && mkdir -p "$pki" && chmod 700 "$pki"
+  (
+    cd "$pki"
+    umask 077
+    key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+    # A minimal config, so the system's openssl.cnf does not matter.
+    printf '[req]\ndistinguished_name=dn\n[dn]\n' >openssl.cnf
+    key ca.key
+    openssl req -config openssl.cnf -x509 -new -key ca.key -sha256 -days 3650 -out ca.crt \
+      -subj "/CN=imgflow-local-ca" \
+      -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+    # leaf NAME SUBJECT EXTENSIONS: a certificate signed by the CA.
+    leaf() {
+      key "$1.key"
+      openssl req -config openssl.cnf -new -key "$1.key" -subj "$2" -out "$1.csr" 2>/dev/null
+      printf '%b' "$3" >"$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 -days 3650 \
+        -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+      rm -f "$1.csr" "$1.ext"
+    }
+    leaf apiserver "/CN=kube-apiserver" \
+      "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
+    leaf admin "/O=system:masters/CN=imgflow-admin" \
+      "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
+    key sa.key
+    openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
+    rm -f ca.srl openssl.cnf
+  ) || die "certificate generation failed (openssl)"
+}
+
+b64() { base64 <"$1" | tr -d '\n'; }
+
+write_kubeconfig() {
+  umask 077
+  cat >"$kubeconfig.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: imgflow-local
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority-data: $(b64 "$pki/ca.crt")
+users:
+- name: imgflow-admin
+  user:
+    client-certificate-data: $(b64 "$pki/admin.crt")
+    client-key-data: $(b64 "$pki/admin.key")
+contexts:
+- name: imgflow-local
+  context:
+    cluster: imgflow-local
+    user: imgflow-admin
+current-context: imgflow-local
+EOF
+  mv "$kubeconfig.tmp" "$kubeconfig"
+}
+
+# ---------------------------------------------------------------------------------------------
+# components
+
+up_etcd() {
+  local pid deadline
+  if pid=$(pid_of etcd); then
+    [ -n "$ETCD_PORT" ] || die "etcd runs (pid $pid) but $dir/ports.env does not say on which port"
+    return 0
+  fi
+  ETCD_PORT=$(port "${CLUSTER_ETCD_PORT:-auto}")
+  ETCD_PEER_PORT=$(port "${CLUSTER_ETCD_PEER_PORT:-auto}")
+  [ "$ETCD_PORT" != "$ETCD_PEER_PORT" ] || ETCD_PEER_PORT=$(free_port)
+  local client=http://127.0.0.1:$ETCD_PORT peer=http://127.0.0.1:$ETCD_PEER_PORT
+  log "starting etcd on $client"
+  # --unsafe-no-fsync: a disposable local store; losing the last writes on a machine crash is fine,
+  # waiting for fsync on a busy disk is not.
+  start etcd "$bin/etcd" --name=imgflow --data-dir="$dir/etcd" \
+    --listen-client-urls="$client" --advertise-client-urls="$client" \
+    --listen-peer-urls="$peer" --initial-advertise-peer-urls="$peer" \
+    --initial-cluster="imgflow=$peer" --initial-cluster-state=new \
+    --unsafe-no-fsync --log-level=warn
+  save_ports
+  deadline=$((SECONDS + timeout))
+  until http_ok "$client/health"; do
+    pid_of etcd >/dev/null || fail_with_log etcd "etcd exited"
+    [ $SECONDS -lt $deadline ] || fail_with_log etcd "etcd not healthy after ${timeout}s"
+    sleep 0.2
+  done
+}
+
+up_apiserver() {
+  local pid
+  if pid=$(pid_of kube-apiserver); then
+    [ -n "$APISERVER_PORT" ] || die "kube-apiserver runs (pid $pid) but $dir/ports.env does not say on which port"
+    return 0
+  fi
+  APISERVER_PORT=$(port "${CLUSTER_APISERVER_PORT:-6443}")
+  log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
+  start kube-apiserver "$bin/kube-apiserver" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" \
+    --authorization-mode=Node,RBAC \
+    --service-account-issuer="$issuer" --api-audiences="$issuer" \
+    --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --endpoint-reconciler-type=none \
+    --allow-privileged=true \
+    --profiling=false
+  save_ports
+}
+
+wait_ready() {
+  local deadline=$((SECONDS + timeout))
+  local url=https://127.0.0.1:$APISERVER_PORT/readyz
+  until http_ok "$url" tls; do
+    pid_of kube-apiserver >/dev/null || fail_with_log kube-apiserver "kube-apiserver exited"
+    [ $SECONDS -lt $deadline ] || fail_with_log kube-apiserver "kube-apiserver not ready after ${timeout}s"
+    sleep 0.2
+  done
+}
+
+install_crds() {
+  compgen -G "$crds/*.yaml" >/dev/null || return 0
+  local k=("$bin/kubectl" --kubeconfig="$kubeconfig" --cache-dir="$dir/kube-cache")
+  "${k[@]}" apply --server-side --force-conflicts --field-manager=imgflow-cluster -f "$crds" >/dev/null ||
+    die "installing the CRDs in $crds failed"
+  "${k[@]}" wait --for=condition=Established --timeout="${timeout}s" -f "$crds" >/dev/null ||
+    die "the CRDs in $crds did not become Established"
+  log "CRDs established: $(cd "$crds" && ls -- *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')"
+}
+
+cmd_up() {
+  command -v openssl >/dev/null || die "openssl is needed"
+  "$root/scripts/tools.sh" etcd kube-apiserver kubectl
+  mkdir -p "$dir" "$run" "$logs"
+  [ -f "$marker" ] || echo "imgflow local control plane state; see scripts/cluster.sh" >"$marker"
+  certs
+  load_ports
+  up_etcd
+  up_apiserver
+  write_kubeconfig
+  wait_ready
+  install_crds
+  log "ready: https://127.0.0.1:$APISERVER_PORT   KUBECONFIG=$kubeconfig"
+}
+
+cmd_down() {
+  if [ -d "$dir" ]; then
+    stop kube-apiserver
+    stop etcd
+  else
+    log "no cluster in $dir"
+  fi
+  if [ $purge = 1 ] && [ -d "$dir" ]; then
+    [ -f "$marker" ] || die "not purging $dir: it has no $(basename "$marker")"
+    rm -rf "$dir"
+    log "purged $dir"
+  elif [ -d "$dir/etcd" ]; then
+    log "data kept in $dir (scripts/cluster.sh down --purge deletes it)"
+  fi
+}
+
+cmd_status() {
+  local name pid ready=0
+  load_ports 2>/dev/null || true
+  echo "dir:            $dir"
+  for name in etcd kube-apiserver; do
+    if pid=$(pid_of "$name"); then
+      case $name in
+        etcd) printf '%-15s running, pid %s, http://127.0.0.1:%s\n' "$name:" "$pid" "$ETCD_PORT" ;;
+        *) printf '%-15s running, pid %s, https://127.0.0.1:%s\n' "$name:" "$pid" "$APISERVER_PORT" ;;
+      esac
+    else
+      printf '%-15s stopped\n' "$name:"
+    fi
+  done
+  if pid_of kube-apiserver >/dev/null &&
+    http_ok "https://127.0.0.1:$APISERVER_PORT/readyz" tls; then
+    ready=1
+    echo "readyz:         ok"
+    echo "kubeconfig:     $kubeconfig"
+  else
+    echo "readyz:         not ready"
+  fi
+  [ $ready = 1 ] || exit 3
+}
+
+case $cmd in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+esac

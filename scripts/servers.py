@@ -1,0 +1,165 @@
+"""Real servers on loopback for imgflow's local runs and tests: Redis, a MongoDB-wire server, the
+API and workers, each a child process with its own log file.
+
+Used by ``scripts/stack.py`` (make demo/up/down) and by ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgflow.core.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / ".tools" / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, *, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class Server:
+    """A child process and where its output goes."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                cwd=ROOT,
+                start_new_session=True,  # our Ctrl-C is not theirs; we stop them ourselves
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def terminate(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def redis_server(workdir: Path, port: int) -> Server:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (make setup installs Debian's redis-server)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir)]
+    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+    return Server("redis", argv, workdir / "redis.log")
+
+
+@dataclass(frozen=True)
+class MongoChoice:
+    """Which MongoDB-wire server a run uses, and why (the README and the test summary say it)."""
+
+    url: str
+    kind: str  # "external", "mongod" or "ferretdb"
+    server: Server | None
+
+
+def mongodb_server(workdir: Path, port: int) -> MongoChoice:
+    """``MONGODB_URL`` if set, else ``mongod`` if on PATH, else FerretDB (SQLite) from .tools."""
+    if url := os.environ.get("MONGODB_URL"):
+        return MongoChoice(url, "external", None)
+    workdir.mkdir(parents=True, exist_ok=True)
+    url = f"mongodb://127.0.0.1:{port}"
+    if mongod := shutil.which("mongod"):
+        argv = [mongod, "--bind_ip", "127.0.0.1", "--port", str(port), "--dbpath", str(workdir)]
+        return MongoChoice(url, "mongod", Server("mongod", argv, workdir / "mongod.log"))
+    ferretdb = TOOLS / "ferretdb"
+    if not ferretdb.exists():
+        raise RuntimeError("no MongoDB-wire server: run scripts/tools.sh ferretdb (make setup does)")
+    argv = [
+        str(ferretdb),
+        "--handler=sqlite",
+        f"--sqlite-url=file:{workdir}/",
+        f"--state-dir={workdir}",
+        f"--listen-addr=127.0.0.1:{port}",
+        "--debug-addr=-",
+        "--telemetry=disable",
+        "--log-level=warn",
+    ]
+    return MongoChoice(url, "ferretdb", Server("ferretdb", argv, workdir / "ferretdb.log"))
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process build exactly these settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        env[f"IMGFLOW_{name.upper()}"] = (
+            "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        )
+    return env
+
+
+def api_server(settings: Settings, log: Path, extra_env: Mapping[str, str] | None = None) -> Server:
+    env = {**settings_env(settings), **(extra_env or {})}
+    return Server("api", [sys.executable, "-m", "imgflow.api"], log, env)
+
+
+def worker_server(settings: Settings, log: Path, extra_env: Mapping[str, str] | None = None) -> Server:
+    env = {**settings_env(settings), **(extra_env or {})}
+    return Server("worker", [sys.executable, "-m", "imgflow.worker"], log, env)

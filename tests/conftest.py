@@ -1,0 +1,182 @@
+"""Real servers for the suite: one Redis and one MongoDB-wire server per session on loopback ports,
+and factories for API and worker processes. Nothing here is a fake: what the tests talk to is
+redis-server, FerretDB or mongod, uvicorn and FastStream in child processes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imgflow.core.settings import Settings, StorageBackend
+from scripts.servers import (
+    MongoChoice,
+    Server,
+    api_server,
+    free_port,
+    mongodb_server,
+    redis_server,
+    wait_for_port,
+    worker_server,
+)
+
+
+@dataclass
+class Backends:
+    redis_url: str
+    redis: Server
+    mongo: MongoChoice
+
+
+@pytest.fixture(scope="session")
+def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+    root = tmp_path_factory.mktemp("servers")
+    redis_port, mongo_port = free_port(), free_port()
+    redis = redis_server(root / "redis", redis_port).start()
+    mongo = mongodb_server(root / "mongo", mongo_port)
+    if mongo.server is not None:
+        mongo.server.start()
+    try:
+        wait_for_port(redis_port, process=redis.process)
+        if mongo.server is not None:
+            wait_for_port(mongo_port, process=mongo.server.process)
+        yield Backends(f"redis://127.0.0.1:{redis_port}/0", redis, mongo)
+    finally:
+        redis.terminate()
+        if mongo.server is not None:
+            mongo.server.terminate()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import os
+    import shutil
+
+    if os.environ.get("MONGODB_URL"):
+        return "MongoDB-wire server: MONGODB_URL (external)"
+    return (
+        f"MongoDB-wire server: {'mongod' if shutil.which('mongod') else 'FerretDB 1.24.2 (SQLite backend)'}"
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_url(backends: Backends) -> str:
+    return backends.redis_url
+
+
+@pytest.fixture(scope="session")
+def mongodb_url(backends: Backends) -> str:
+    return backends.mongo.url
+
+
+def make_settings(redis_url: str, mongodb_url: str, **overrides: object) -> Settings:
+    """Settings of their own: a database, stream and consumer group no other test shares."""
+    tag = uuid.uuid4().hex[:10]
+    values: dict[str, object] = {
+        "redis_url": redis_url,
+        "mongodb_url": mongodb_url,
+        "mongodb_database": f"imgflow_test_{tag}",
+        "stream": f"imgflow:test:{tag}",
+        "consumer_group": f"workers-{tag}",
+        "storage_backend": StorageBackend.gridfs,
+        "worker_metrics_port": 0,
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture
+def fresh_settings(redis_url: str, mongodb_url: str) -> Settings:
+    return make_settings(redis_url, mongodb_url)
+
+
+@dataclass
+class Processes:
+    """Starts API and worker processes for a test and stops whatever is left at its end."""
+
+    logs: Path
+    started: list[Server] = field(default_factory=list)
+
+    def start_worker(self, settings: Settings, **extra_env: str) -> Server:
+        port = free_port()
+        env = {"IMGFLOW_WORKER_METRICS_PORT": str(port), **extra_env}
+        n = sum(1 for s in self.started if s.name == "worker")
+        server = worker_server(settings, self.logs / f"worker-{n}.log", env).start()
+        self.started.append(server)
+        try:
+            wait_for_port(port, process=server.process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"worker did not start:\n{server.tail()}") from exc
+        return server
+
+    def start_api(self, settings: Settings, **extra_env: str) -> tuple[Server, str]:
+        port = free_port()
+        settings = settings.model_copy(update={"api_port": port})
+        n = sum(1 for s in self.started if s.name == "api")
+        server = api_server(settings, self.logs / f"api-{n}.log", extra_env).start()
+        self.started.append(server)
+        try:
+            wait_for_port(port, process=server.process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"API did not start:\n{server.tail()}") from exc
+        return server, f"http://127.0.0.1:{port}"
+
+    def stop_all(self) -> None:
+        for server in reversed(self.started):
+            server.kill()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path / "logs")
+    yield procs
+    procs.stop_all()
+
+
+class Workers:
+    """The ``workers`` fixture: ``workers.start(settings, **extra_env)`` starts one worker process."""
+
+    def __init__(self, processes: Processes) -> None:
+        self._processes = processes
+
+    def start(self, settings: Settings, **extra_env: str) -> Server:
+        return self._processes.start_worker(settings, **extra_env)
+
+
+@pytest.fixture
+def workers(processes: Processes) -> Workers:
+    return Workers(processes)
+
+
+@dataclass
+class Stack:
+    """An API and a worker on a settings of their own, and an HTTP client for the API."""
+
+    settings: Settings
+    base_url: str
+    client: httpx.AsyncClient
+    api: Server
+    worker: Server
+
+
+@pytest.fixture(scope="session")
+def session_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack-logs")
+
+
+@pytest.fixture(scope="session")
+async def stack(backends: Backends, session_logs: Path) -> AsyncIterator[Stack]:
+    """One API and one worker for the whole session: for tests that only submit and read jobs."""
+    settings = make_settings(backends.redis_url, backends.mongo.url)
+    procs = Processes(session_logs)
+    try:
+        api, base_url = procs.start_api(settings)
+        worker = procs.start_worker(settings)
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            yield Stack(settings, base_url, client, api, worker)
+    finally:
+        procs.stop_all()

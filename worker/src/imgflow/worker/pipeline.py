@@ -1,0 +1,53 @@
+"""What a thumbnail job does, in order. Read top to bottom, this list is the documentation.
+
+Security checks (format allow-list, pixel limit) run on the header, before ``open_source``
+decodes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from imgflow.core.jobs import OutputFormat, ThumbnailSpec
+from imgflow.core.probe import ImageInfo, probe_buffer
+from imgflow.worker.steps.colour import to_srgb
+from imgflow.worker.steps.crop import crop
+from imgflow.worker.steps.encode import encode
+from imgflow.worker.steps.flatten import flatten
+from imgflow.worker.steps.load import open_source
+from imgflow.worker.steps.pad import pad
+from imgflow.worker.steps.resize import resize
+from imgflow.worker.steps.rotate import autorotate
+from imgflow.worker.work import Work
+
+Step = Callable[[Work], Work]
+
+STEPS: tuple[Step, ...] = (
+    resize,  # to the size the fit calls for (shrink-on-load already did the coarse part)
+    crop,  # cover: centre-crop to the box
+    to_srgb,  # ICC / CMYK / grey / 16-bit -> 8-bit sRGB
+    autorotate,  # apply EXIF orientation
+    pad,  # contain: centre on a box-sized canvas
+    flatten,  # JPEG: alpha onto white
+)
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    data: bytes
+    width: int
+    height: int
+    format: OutputFormat
+
+
+def make_thumbnail(
+    data: bytes, spec: ThumbnailSpec, *, max_pixels: int, quality: int, info: ImageInfo | None = None
+) -> Thumbnail:
+    """Run the whole pipeline on an encoded source; raises for anything that is not a usable image."""
+    info = info or probe_buffer(data, max_pixels=max_pixels)
+    work = open_source(data, info, spec)
+    for step in STEPS:
+        work = step(work)
+    encoded = encode(work.image, spec.format, quality)
+    return Thumbnail(encoded, work.image.width, work.image.height, spec.format)
