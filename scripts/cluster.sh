@@ -311,7 +311,17 @@ install_crds() {
     die "installing the CRDs in $crds failed"
   "${k[@]}" wait --for=condition=Established --timeout="${timeout}s" -f "$crds" >/dev/null ||
     die "the CRDs in $crds did not become Established"
-  log "CRDs established: $(cd "$crds" && ls -- *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')"
+  # Established is not yet published: `kubectl explain` needs the OpenAPI document, which the
+  # apiserver rebuilds a moment later.
+  local names name deadline=$((SECONDS + timeout))
+  names=$("${k[@]}" get -f "$crds" -o name | sed 's|.*/||')
+  for name in $names; do
+    until "${k[@]}" explain "$name" >/dev/null 2>&1; do
+      [ $SECONDS -lt $deadline ] || die "CRD $name is not in the OpenAPI document after ${timeout}s"
+      sleep 0.2
+    done
+  done
+  log "CRDs established: $(echo $names)"
 }
 
 cmd_up() {
