@@ -129,6 +129,14 @@ class JobStore:
         )
         return outcome.modified_count == 1
 
+    async def release(self, job_id: str) -> bool:
+        """A worker hands an unfinished job back: ``pending`` again, and the attempt not counted."""
+        outcome = await self._jobs.update_one(
+            {"_id": job_id, "status": JobStatus.processing.value},
+            {"$set": {"status": JobStatus.pending.value, "updated_at": utcnow()}, "$inc": {"attempts": -1}},
+        )
+        return outcome.modified_count == 1
+
     async def stale(self, untouched_since: datetime, limit: int = 500) -> list[Job]:
         """Unfinished jobs nobody has touched since ``untouched_since``: candidates to republish."""
         cursor = (

@@ -1,0 +1,46 @@
+"""``imgflow-worker``: consume jobs; serve /metrics and /healthz on IMGFLOW_WORKER_METRICS_PORT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+from faststream import FastStream
+from faststream.asgi import AsgiFastStream, make_ping_asgi
+from prometheus_client import make_asgi_app
+
+from imgflow.core.settings import get_settings
+from imgflow.worker.app import Worker
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("pyvips").setLevel(logging.WARNING)  # its INFO is a per-operation trace
+    settings = get_settings()
+    worker = Worker(settings)
+    if not settings.worker_metrics_port:
+        app = FastStream(worker.broker, after_startup=[worker.start], after_shutdown=[worker.stop])
+        asyncio.run(app.run())
+        return
+    asgi = AsgiFastStream(
+        worker.broker,
+        asgi_routes=[
+            ("/metrics", make_asgi_app()),
+            ("/healthz", make_ping_asgi(worker.broker, timeout=5.0)),
+        ],
+        after_startup=[worker.start],
+        after_shutdown=[worker.stop],
+    )
+    # uvicorn turns SIGTERM into a lifespan shutdown: FastStream then drains the subscribers.
+    uvicorn.run(
+        asgi,
+        host="0.0.0.0",
+        port=settings.worker_metrics_port,
+        log_level="warning",
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s) + 5,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The worker process: FastStream consumers on the job stream, feeding the ``Processor``.
+
+Delivery is at-least-once: a message is acknowledged only after its job is recorded ``completed``
+or ``failed``. Two subscribers share one consumer name in the group: one reads new messages, the
+other (XAUTOCLAIM) takes over messages a dead worker left unacknowledged for ``claim_idle_ms``.
+FastStream's reclaiming subscriber reads nothing new, hence the pair.
+
+While it runs, the worker keeps its in-flight messages fresh (so nobody reclaims live work) and
+publishes its in-flight count for the operator. On SIGTERM it stops reading, gives running jobs
+``graceful_timeout_s`` to finish, then puts whatever it still holds back on the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from typing import Any
+
+from faststream import AckPolicy
+from faststream.redis import StreamSub
+from faststream.redis.annotations import RedisStreamMessage
+from faststream.redis.parser.binary import BinaryMessageFormatV1
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from imgflow.core.probe import restrict_loaders
+from imgflow.core.queue import JobMessage, make_broker
+from imgflow.core.settings import Settings
+from imgflow.core.storage import make_storage
+from imgflow.core.store import JobStore, connect
+from imgflow.worker import metrics
+from imgflow.worker.processor import Processor
+
+log = logging.getLogger("imgflow.worker")
+HEARTBEAT_S = 2.0
+
+
+def consumer_name() -> str:
+    # The pod name where there is one, so the operator can match Redis state to pods.
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        restrict_loaders()
+        self.settings = settings
+        self.consumer = consumer_name()
+        self.mongo = connect(settings)
+        db = self.mongo[settings.mongodb_database]
+        self.store = JobStore(db)
+        self.processor = Processor(settings, self.store, make_storage(settings, db))
+        self.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+        self.broker = make_broker(settings, graceful_timeout=settings.graceful_timeout_s)
+        self.inflight: set[bytes] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._subscribe()
+
+    def _stream(self, **options: Any) -> StreamSub:
+        s = self.settings
+        # max_records=1: take one message at a time, so idle workers share the backlog
+        return StreamSub(s.stream, group=s.consumer_group, consumer=self.consumer, max_records=1, **options)
+
+    def _subscribe(self) -> None:
+        fresh = self.broker.subscriber(
+            stream=self._stream(),
+            max_workers=self.settings.worker_concurrency,
+            ack_policy=AckPolicy.MANUAL,
+        )
+        reclaim = self.broker.subscriber(
+            stream=self._stream(min_idle_time=self.settings.claim_idle_ms),
+            ack_policy=AckPolicy.MANUAL,
+        )
+        fresh(self.on_message)
+
+        async def on_reclaimed(body: Any, msg: RedisStreamMessage) -> None:
+            metrics.RECLAIMED.inc()
+            await self.on_message(body, msg)
+
+        reclaim(on_reclaimed)
+
+    async def on_message(self, body: Any, msg: RedisStreamMessage) -> None:
+        try:
+            job_id = JobMessage.model_validate(body).job_id
+        except ValidationError:
+            log.error("dropping a message that is not a job (v1): %r", body)
+            await msg.ack()
+            return
+        ids: list[bytes] = msg.raw_message["message_ids"]
+        self.inflight.update(ids)
+        metrics.INFLIGHT.set(len(self.inflight))
+        try:
+            await self.processor.process(job_id)
+            await msg.ack()  # only now: the outcome is in MongoDB
+        finally:
+            self.inflight.difference_update(ids)
+            metrics.INFLIGHT.set(len(self.inflight))
+
+    async def start(self) -> None:
+        await self.store.ensure_indexes()
+        self._heartbeat = asyncio.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        s = self.settings
+        key = f"{s.stream}:worker:{self.consumer}"
+        pod = os.environ.get("POD_NAME") or socket.gethostname()
+        while True:
+            try:
+                await self.redis.set(key, json.dumps({"pod": pod, "inflight": len(self.inflight)}), ex=10)
+                if self.inflight:
+                    # XCLAIM to ourselves resets the idle time: a long job is not mistaken for a dead one
+                    await self.redis.xclaim(
+                        s.stream, s.consumer_group, self.consumer, 0, list(self.inflight), justid=True
+                    )
+            except Exception:
+                log.warning("heartbeat failed (Redis down?)", exc_info=True)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def stop(self) -> None:
+        """After the subscribers stopped: return unfinished messages to the stream, then close."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        try:
+            returned = await self._give_back()
+            if returned:
+                log.info("returned %d unfinished message(s) to the stream", returned)
+            await self.redis.delete(f"{self.settings.stream}:worker:{self.consumer}")
+        except Exception:
+            log.warning("could not return unfinished messages; they will be reclaimed", exc_info=True)
+        await self.redis.aclose()
+        await self.mongo.close()
+
+    async def _give_back(self) -> int:
+        s = self.settings
+        pending = await self.redis.xpending_range(
+            s.stream, s.consumer_group, min="-", max="+", count=1000, consumername=self.consumer
+        )
+        for entry in pending:
+            message_id = entry["message_id"]
+            found = await self.redis.xrange(s.stream, min=message_id, max=message_id)
+            fields: dict[bytes, bytes] = dict(found[0][1] or {}) if found else {}  # type: ignore[arg-type]
+            async with self.redis.pipeline(transaction=True) as pipe:
+                if fields:
+                    pipe.xadd(s.stream, fields, maxlen=s.stream_maxlen, approximate=True)  # type: ignore[arg-type]
+                pipe.xack(s.stream, s.consumer_group, message_id)
+                await pipe.execute()
+            if fields:
+                with contextlib.suppress(ValidationError, KeyError, ValueError):
+                    await self.store.release(_job_id(fields))
+        return len(pending)
+
+
+def _job_id(fields: dict[bytes, bytes]) -> str:
+    # FastStream keeps the body, framed with its headers, in the entry's "__data__" field
+    body, _ = BinaryMessageFormatV1.parse(fields[b"__data__"])
+    return JobMessage.model_validate_json(body).job_id

@@ -1,0 +1,21 @@
+"""The worker's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
+
+FINISHED = Counter("imgflow_jobs_completed_total", "Jobs a worker finished", ["status"])
+DURATION = Histogram(
+    "imgflow_job_duration_seconds",
+    "Time from submit to finished, per job",
+    buckets=LATENCY_BUCKETS,
+)
+PROCESSING = Histogram(
+    "imgflow_job_processing_seconds",
+    "Time a worker spent making one thumbnail (fetch, decode, encode, store)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+INFLIGHT = Gauge("imgflow_worker_inflight_jobs", "Jobs this worker is processing now")
+RECLAIMED = Counter("imgflow_jobs_reclaimed_total", "Messages taken over from a worker that went silent")
