@@ -83,8 +83,8 @@ class V6Server(Server):
 def _serve(server: Server) -> Iterator[str]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    host, port = server.server_address[:2]
-    yield f"http://{'[' + str(host) + ']' if ':' in str(host) else host}:{port}"
+    host, port = str(server.server_address[0]), server.server_address[1]
+    yield f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     _stop.set()
     server.shutdown()
     server.server_close()
