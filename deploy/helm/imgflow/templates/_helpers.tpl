@@ -1,0 +1,247 @@
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "imgflow.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create a default fully qualified app name.
+We truncate at 63 chars because some Kubernetes name fields are limited to this (by the DNS naming spec).
+If release name contains chart name it will be used as a full name.
+*/}}
+{{- define "imgflow.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of one component's objects: <fullname>-<component>. Call with (dict "ctx" $ "component" "api").
+*/}}
+{{- define "imgflow.componentName" -}}
+{{- $prefix := include "imgflow.fullname" .ctx | trunc (int (sub 62 (len .component))) | trimSuffix "-" }}
+{{- printf "%s-%s" $prefix .component }}
+{{- end }}
+
+{{/*
+Create chart name and version as used by the chart label.
+*/}}
+{{- define "imgflow.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels of one component. Call with (dict "ctx" $ "component" "api").
+*/}}
+{{- define "imgflow.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "imgflow.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Common labels of one component's objects. Call with (dict "ctx" $ "component" "api").
+*/}}
+{{- define "imgflow.labels" -}}
+helm.sh/chart: {{ include "imgflow.chart" .ctx }}
+{{ include "imgflow.selectorLabels" . }}
+{{- if .ctx.Chart.AppVersion }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/part-of: {{ include "imgflow.name" .ctx }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference of an imgflow component: repository:tag[@digest]. Call with (dict "ctx" $ "image" .Values.api.image).
+*/}}
+{{- define "imgflow.image" -}}
+{{- $tag := .image.tag | default .ctx.Values.image.tag | default .ctx.Chart.AppVersion -}}
+{{- if .image.digest -}}
+{{- printf "%s:%s@%s" .image.repository $tag .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository $tag -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Pod securityContext meeting the "restricted" Pod Security Standard.
+*/}}
+{{- define "imgflow.podSecurityContext" -}}
+runAsNonRoot: true
+{{- with .Values.podSecurity }}
+{{- if not (kindIs "invalid" .runAsUser) }}
+runAsUser: {{ .runAsUser }}
+{{- end }}
+{{- if not (kindIs "invalid" .runAsGroup) }}
+runAsGroup: {{ .runAsGroup }}
+{{- end }}
+{{- if not (kindIs "invalid" .fsGroup) }}
+fsGroup: {{ .fsGroup }}
+{{- end }}
+{{- end }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+Container securityContext meeting the "restricted" Pod Security Standard, with a read-only root.
+*/}}
+{{- define "imgflow.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/*
+Whether the in-cluster dev Redis / MongoDB is deployed: "true" or "".
+*/}}
+{{- define "imgflow.redis.inCluster" -}}
+{{- if and .Values.redis.enabled (not .Values.externalRedis.url) (not .Values.existingSecret.name) }}true{{ end }}
+{{- end }}
+{{- define "imgflow.mongodb.inCluster" -}}
+{{- if and .Values.mongodb.enabled (not .Values.externalMongodb.url) (not .Values.existingSecret.name) }}true{{ end }}
+{{- end }}
+
+{{/*
+Name of the Secret holding IMGFLOW_REDIS_URL and IMGFLOW_MONGODB_URL.
+*/}}
+{{- define "imgflow.secretName" -}}
+{{- .Values.existingSecret.name | default (include "imgflow.componentName" (dict "ctx" . "component" "connections")) }}
+{{- end }}
+
+{{- define "imgflow.configMapName" -}}
+{{- include "imgflow.componentName" (dict "ctx" . "component" "config") }}
+{{- end }}
+
+{{- define "imgflow.workerName" -}}
+{{- include "imgflow.componentName" (dict "ctx" . "component" "worker") }}
+{{- end }}
+
+{{- define "imgflow.apiName" -}}
+{{- include "imgflow.componentName" (dict "ctx" . "component" "api") }}
+{{- end }}
+
+{{- define "imgflow.operatorName" -}}
+{{- include "imgflow.componentName" (dict "ctx" . "component" "operator") }}
+{{- end }}
+
+{{/*
+Name of the operator's cluster-scoped RBAC objects: unique per release namespace.
+*/}}
+{{- define "imgflow.operatorClusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "imgflow.operatorName" .) }}
+{{- end }}
+
+{{/*
+Grace period of a worker pod: longer than the worker's own drain timeout.
+*/}}
+{{- define "imgflow.workerTerminationGracePeriod" -}}
+{{- $drain := .Values.config.gracefulTimeoutS | float64 | ceil | int -}}
+{{- if kindIs "invalid" .Values.worker.terminationGracePeriodSeconds -}}
+{{- add $drain 15 -}}
+{{- else -}}
+{{- .Values.worker.terminationGracePeriodSeconds | int -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Checks across values that the JSON schema cannot express; fails rendering with a readable message.
+*/}}
+{{- define "imgflow.validate" -}}
+{{- $a := .Values.worker.autoscaling -}}
+{{- if gt (int $a.minReplicas) (int $a.maxReplicas) -}}
+{{- fail (printf "worker.autoscaling.minReplicas (%d) must not exceed worker.autoscaling.maxReplicas (%d)" (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- end -}}
+{{- if not (kindIs "invalid" .Values.worker.terminationGracePeriodSeconds) -}}
+{{- if le (float64 .Values.worker.terminationGracePeriodSeconds) (float64 .Values.config.gracefulTimeoutS) -}}
+{{- fail (printf "worker.terminationGracePeriodSeconds (%v) must exceed config.gracefulTimeoutS (%v), or in-flight jobs are killed before they drain" .Values.worker.terminationGracePeriodSeconds .Values.config.gracefulTimeoutS) -}}
+{{- end -}}
+{{- end -}}
+{{- if not (or .Values.externalRedis.url .Values.existingSecret.name .Values.redis.enabled) -}}
+{{- fail "no Redis: set externalRedis.url, existingSecret.name, or redis.enabled=true (dev only)" -}}
+{{- end -}}
+{{- if not (or .Values.externalMongodb.url .Values.existingSecret.name .Values.mongodb.enabled) -}}
+{{- fail "no MongoDB: set externalMongodb.url, existingSecret.name, or mongodb.enabled=true (dev only)" -}}
+{{- end -}}
+{{- if and .Values.existingSecret.name (or .Values.externalRedis.url .Values.externalMongodb.url) -}}
+{{- fail "existingSecret.name and externalRedis.url/externalMongodb.url exclude each other: put the URLs in the Secret" -}}
+{{- end -}}
+{{- if eq .Values.config.storageBackend "local" -}}
+{{- if not .Values.storageVolume -}}
+{{- fail "config.storageBackend=local needs storageVolume (a volume shared by the API, worker and operator pods, e.g. a ReadWriteMany PVC)" -}}
+{{- end -}}
+{{- if not (isAbs .Values.config.storageDir) -}}
+{{- fail (printf "config.storageDir must be an absolute path (the mount point of storageVolume), not %q" .Values.config.storageDir) -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Environment shared by the imgflow containers: the ConfigMap plus the two URLs from the Secret.
+*/}}
+{{- define "imgflow.envFrom" -}}
+- configMapRef:
+    name: {{ include "imgflow.configMapName" . }}
+{{- end }}
+{{- define "imgflow.connectionEnv" -}}
+- name: IMGFLOW_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "imgflow.secretName" . }}
+      key: {{ .Values.existingSecret.redisUrlKey }}
+- name: IMGFLOW_MONGODB_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "imgflow.secretName" . }}
+      key: {{ .Values.existingSecret.mongodbUrlKey }}
+{{- end }}
+
+{{/*
+Pod annotations that roll the pods when the configuration or the connection Secret changes.
+*/}}
+{{- define "imgflow.configChecksums" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- if not .Values.existingSecret.name }}
+checksum/connections: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/*
+Volumes and mounts every imgflow pod has: a writable /tmp, and the local storage volume if used.
+Call with (dict "ctx" $ "sizeLimit" "1Gi").
+*/}}
+{{- define "imgflow.volumes" -}}
+- name: tmp
+  emptyDir:
+    {{- with .sizeLimit }}
+    sizeLimit: {{ . }}
+    {{- end }}
+{{- if eq .ctx.Values.config.storageBackend "local" }}
+- name: storage
+  {{- toYaml .ctx.Values.storageVolume | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- define "imgflow.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if eq .Values.config.storageBackend "local" }}
+- name: storage
+  mountPath: {{ .Values.config.storageDir }}
+{{- end }}
+{{- end }}
