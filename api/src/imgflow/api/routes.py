@@ -120,6 +120,8 @@ async def create_job(request: Request, response: Response, state: State) -> Acce
             raise Problem(422, "Invalid request", "userId must be 1 to 128 printable characters.")
         spec = _spec_from_form(upload.fields, state)
         assert upload.path is not None
+        if upload.size == 0:
+            raise Problem(422, "Empty file", "The file is empty: send the image's bytes.")
         try:
             info = await anyio.to_thread.run_sync(
                 lambda: probe_file(upload.path, max_pixels=settings.max_pixels)  # type: ignore[arg-type]

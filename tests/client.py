@@ -1,0 +1,46 @@
+"""Small helpers for talking to a running API the way a client would."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+JOBS = "/api/image-processing/jobs"
+FINISHED = ("completed", "failed")
+
+
+async def submit(
+    client: httpx.AsyncClient,
+    data: bytes,
+    *,
+    user_id: str | None = "user-1",
+    filename: str = "image.jpg",
+    content_type: str = "image/jpeg",
+    **fields: str,
+) -> httpx.Response:
+    form = dict(fields)
+    if user_id is not None:
+        form["userId"] = user_id
+    return await client.post(JOBS, files={"file": (filename, data, content_type)}, data=form)
+
+
+async def wait_finished(client: httpx.AsyncClient, job_id: str, *, within: float = 90.0) -> dict[str, Any]:
+    """Poll until the job is completed or failed. ``within`` only stops a hung test; it is no target."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        job: dict[str, Any] = (await client.get(f"{JOBS}/{job_id}")).json()
+        if job["status"] in FINISHED:
+            return job
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"job {job_id} still {job['status']} after {within}s")
+        await asyncio.sleep(0.1)
+
+
+async def wait_status(client: httpx.AsyncClient, job_id: str, status: str, *, within: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while (await client.get(f"{JOBS}/{job_id}")).json()["status"] != status:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"job {job_id} never reached {status}")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,93 @@
+"""Bad input gets a clear problem-details answer with the right status, and nothing is kept."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import httpx
+import pytest
+
+from tests import images
+from tests.client import JOBS, submit
+from tests.conftest import Stack
+
+
+def check(response: httpx.Response, status: int, *phrases: str) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem: dict[str, object] = response.json()
+    assert problem["status"] == status
+    assert problem["title"] and problem["detail"] and problem["instance"]
+    for phrase in phrases:
+        assert phrase.lower() in str(problem["detail"]).lower(), problem
+    return problem
+
+
+async def test_empty_file(stack: Stack) -> None:
+    check(await submit(stack.client, b""), 422, "empty")
+
+
+async def test_text_named_jpg(stack: Stack) -> None:
+    response = await submit(stack.client, b"hello, I am text\n" * 50, filename="cat.jpg")
+    check(response, 415, "not an image", "jpeg, png, gif, webp, tiff")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+        b"P6\n2 2\n255\n" + b"\x00" * 12,
+        b"%PDF-1.4\n%%EOF",
+    ],
+    ids=["svg", "ppm", "pdf"],
+)
+async def test_formats_outside_the_allow_list(stack: Stack, data: bytes) -> None:
+    check(await submit(stack.client, data, content_type="image/png"), 415, "not an image")
+
+
+async def test_oversize_upload(stack: Stack) -> None:
+    limit = stack.settings.max_upload_bytes
+    response = await submit(stack.client, os.urandom(limit + 1))
+    problem = check(response, 413, "larger than the limit")
+    assert problem["limit"] == limit
+
+
+async def test_pixel_bomb(stack: Stack) -> None:
+    check(await submit(stack.client, images.png_bomb()), 422, "60000x60000", "over the limit")
+
+
+async def test_missing_user_id(stack: Stack) -> None:
+    check(await submit(stack.client, images.jpeg(), user_id=None), 422, "userId")
+
+
+async def test_missing_file(stack: Stack) -> None:
+    response = await stack.client.post(JOBS, data={"userId": "u"}, files={"other": ("x", b"y")})
+    check(response, 422, "file")
+
+
+async def test_not_multipart(stack: Stack) -> None:
+    response = await stack.client.post(JOBS, json={"userId": "u", "file": "aGVsbG8="})
+    check(response, 415, "multipart/form-data")
+
+
+@pytest.mark.parametrize(
+    ("fields", "phrase"),
+    [
+        ({"width": "0"}, "width"),
+        ({"height": "99999"}, "height"),
+        ({"width": "ten"}, "width"),
+        ({"fit": "stretchy"}, "fit must be one of"),
+        ({"format": "bmp"}, "format must be one of"),
+    ],
+)
+async def test_bad_options(stack: Stack, fields: dict[str, str], phrase: str) -> None:
+    check(await submit(stack.client, images.jpeg(), **fields), 422, phrase)
+
+
+async def test_refused_uploads_leave_nothing_behind(stack: Stack) -> None:
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    for data in (b"", b"text", images.png_bomb()):
+        assert (await submit(stack.client, data, user_id=user)).status_code >= 400
+    listing = (await stack.client.get(f"/api/image-processing/users/{user}/jobs")).json()
+    assert listing == {"jobs": []}
