@@ -21,7 +21,12 @@
 #   CLUSTER_ETCD_PEER_PORT   etcd peer port (default auto)
 #   CLUSTER_TIMEOUT          seconds to wait for readiness (default 180)
 #   CLUSTER_STOP_TIMEOUT     seconds to wait for a process to stop before SIGKILL (default 30)
+#   CLUSTER_OWNER_PID        with `up`: stop the control plane when this process is gone (a watchdog
+#                            process checks every second), so a test run that is killed outright
+#                            leaves nothing behind
 # Ports are chosen when a process starts and recorded in DIR/ports.env.
+# DIR holds pki/ (certificates, keys), etcd/ (the data), logs/, run/ (pid files), ports.env and
+# kubeconfig.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/.tools/bin
@@ -98,15 +103,21 @@ stop() {
   local name=$1 pid deadline
   if ! pid=$(pid_of "$name"); then
     rm -f "$run/$name.pid"
-    log "$name: not running"
+    [ "$name" = watchdog ] || log "$name: not running"
     return 0
   fi
-  kill -TERM "$pid" 2>/dev/null || true
+  if [ "$pid" = $$ ]; then # the watchdog runs this `down`
+    rm -f "$run/$name.pid"
+    return 0
+  fi
+  # Each process leads its own session and process group (setsid): signal the group, so that a
+  # child (the watchdog's sleep) goes too.
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
   deadline=$((SECONDS + stop_timeout))
   while pid_of "$name" >/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
   if pid_of "$name" >/dev/null; then
     log "$name (pid $pid) did not stop in ${stop_timeout}s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     deadline=$((SECONDS + 10))
     while pid_of "$name" >/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
     ! pid_of "$name" >/dev/null || die "$name (pid $pid) survived SIGKILL"
@@ -324,6 +335,20 @@ install_crds() {
   log "CRDs established: $(echo $names)"
 }
 
+# The watchdog: `cluster.sh down` once CLUSTER_OWNER_PID is gone. Its arguments name DIR, so pid_of
+# recognises it, and it execs `down` in the same process.
+up_watchdog() {
+  local owner=${CLUSTER_OWNER_PID:-}
+  [ -n "$owner" ] || return 0
+  case $owner in *[!0-9]*) die "CLUSTER_OWNER_PID is not a pid: $owner" ;; esac
+  if pid_of watchdog >/dev/null; then
+    return 0
+  fi
+  kill -0 "$owner" 2>/dev/null || die "CLUSTER_OWNER_PID $owner is not running"
+  start watchdog bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec "$2" --dir "$3" down' \
+    watchdog "$owner" "$root/scripts/cluster.sh" "$dir/"
+}
+
 cmd_up() {
   command -v openssl >/dev/null || die "openssl is needed"
   "$root/scripts/tools.sh" etcd kube-apiserver kubectl
@@ -336,11 +361,13 @@ cmd_up() {
   write_kubeconfig
   wait_ready
   install_crds
+  up_watchdog
   log "ready: https://127.0.0.1:$APISERVER_PORT   KUBECONFIG=$kubeconfig"
 }
 
 cmd_down() {
   if [ -d "$dir" ]; then
+    stop watchdog
     stop kube-apiserver
     stop etcd
   else
@@ -359,13 +386,15 @@ cmd_status() {
   local name pid ready=0
   load_ports 2>/dev/null || true
   echo "dir:            $dir"
-  for name in etcd kube-apiserver; do
+  for name in etcd kube-apiserver watchdog; do
     if pid=$(pid_of "$name"); then
       case $name in
+        watchdog) printf '%-15s running, pid %s, stops the control plane when pid %s exits\n' "$name:" "$pid" \
+          "$(ps -ww -o args= -p "$pid" | awk '{print $(NF-2)}')" ;;
         etcd) printf '%-15s running, pid %s, http://127.0.0.1:%s\n' "$name:" "$pid" "$ETCD_PORT" ;;
         *) printf '%-15s running, pid %s, https://127.0.0.1:%s\n' "$name:" "$pid" "$APISERVER_PORT" ;;
       esac
-    else
+    elif [ $name != watchdog ]; then
       printf '%-15s stopped\n' "$name:"
     fi
   done

@@ -1,0 +1,204 @@
+"""Fixtures for tests against a Kubernetes API server: ``kube`` and ``namespace``.
+
+``kube`` (session): a control plane for the whole session. By default a private one: etcd and
+kube-apiserver started by ``scripts/cluster.sh up`` in a pytest temp dir on free loopback ports,
+with the CRDs of ``deploy/helm/imgflow/crds`` installed (a few seconds), stopped at the end of the
+session (and by a watchdog if pytest dies without tearing down). With ``IMGFLOW_KUBECONFIG=PATH``
+the tests use that cluster instead and leave it running, e.g. after ``make cluster-up``::
+
+    IMGFLOW_KUBECONFIG=.cluster/kubeconfig uv run --frozen pytest tests/kube
+
+``namespace`` (function): a fresh namespace per test, emptied and deleted after it.
+
+What the control plane is, and is not: a real kube-apiserver (admission, validation, CEL rules,
+defaulting, server-side apply, watches, RBAC, service-account tokens) with an admin kubeconfig
+(``O=system:masters``). Nothing else runs: no kubelet (pods never start), no scheduler, no
+controller-manager, so
+
+* Deployments, Jobs and ReplicaSets are stored but make no pods; nothing gets an IP;
+* deleted namespaces stay ``Terminating`` (no namespace controller), and nothing garbage-collects
+  objects through ownerReferences;
+* the aggregated ClusterRoles ``admin``, ``edit`` and ``view`` have no rules (the controller that
+  aggregates them is absent): bind explicit Roles/ClusterRoles in RBAC tests;
+* no ServiceAccount ``default`` is made in new namespaces (``namespace`` makes one) and no token
+  Secrets are made; ``kubectl create token SA`` works.
+
+RBAC is real, and the authorizer learns about new (Cluster)RoleBindings from a watch, so poll
+``kubectl auth can-i`` for a moment after creating one. ``kubectl wait --for=jsonpath=...`` is a
+good way to wait for an operator's status updates.
+
+Typical use::
+
+    def test_something(kube: Kube, namespace: str) -> None:
+        kube.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+        job = kube.kubectl_json("get", "imagejob", "batch-1", "-n", namespace)
+        assert job["spec"]["operations"]["thumbnail"]["width"] == 100
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
+CLUSTER_SH = ROOT / "scripts" / "cluster.sh"
+CRDS = ROOT / "deploy" / "helm" / "imgflow" / "crds"
+HERE = Path(__file__).resolve().parent
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """A kubectl command failed; ``str()`` includes its stderr, so a failing test says why."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstderr: {(self.stderr or '').strip()}"
+
+
+@dataclass(frozen=True)
+class Kube:
+    """A Kubernetes API server and an admin (``system:masters``) kubeconfig for it."""
+
+    kubeconfig: Path
+    """Admin kubeconfig; give it to a process as ``KUBECONFIG`` (see ``env()``)."""
+    server: str
+    """The API server's URL, e.g. ``https://127.0.0.1:41234``."""
+    cluster_dir: Path | None = None
+    """The private control plane's ``scripts/cluster.sh`` directory (logs/ has the server logs);
+    ``None`` for a cluster given by ``IMGFLOW_KUBECONFIG``."""
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``.tools/bin/kubectl --kubeconfig KUBECONFIG ARGS...``; text in, text out.
+
+        ``input`` is fed to stdin (``kubectl apply -f - ...``). With ``check`` (the default) a
+        non-zero exit raises ``KubectlError`` carrying stderr; with ``check=False`` look at
+        ``returncode`` and ``stderr`` yourself, e.g. to assert that the API server refused
+        something.
+        """
+        cmd = [str(KUBECTL), f"--kubeconfig={self.kubeconfig}"]
+        if self.cluster_dir is not None:
+            # Discovery cached per private cluster: a port reused by a later session must not
+            # see an earlier session's resource list.
+            cmd.append(f"--cache-dir={self.cluster_dir / 'kube-cache'}")
+        cmd += args
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise KubectlError(proc.returncode, cmd, proc.stdout, proc.stderr)
+        return proc
+
+    def kubectl_json(self, *args: str, input: str | None = None) -> Any:
+        """``kubectl ARGS... -o json``, parsed; e.g. ``kube.kubectl_json("get", "ij", "a", "-n", ns)``."""
+        return json.loads(self.kubectl(*args, "-o", "json", input=input).stdout)
+
+    def env(self) -> dict[str, str]:
+        """This process's environment plus ``KUBECONFIG``: for starting an operator or helm."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+
+def _server_of(kubeconfig: Path) -> str:
+    jsonpath = "jsonpath={.clusters[0].cluster.server}"
+    cmd = [str(KUBECTL), f"--kubeconfig={kubeconfig}", "config", "view", "--minify", "-o", jsonpath]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def cluster_sh(cluster_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/cluster.sh ARGS...`` for the private control plane in ``cluster_dir``."""
+    env = {
+        **os.environ,
+        "CLUSTER_DIR": str(cluster_dir),
+        "CLUSTER_APISERVER_PORT": "auto",
+        "CLUSTER_ETCD_PORT": "auto",
+        "CLUSTER_ETCD_PEER_PORT": "auto",
+        # If pytest dies without its teardown, a watchdog stops the control plane.
+        "CLUSTER_OWNER_PID": str(os.getpid()),
+    }
+    return subprocess.run(
+        [str(CLUSTER_SH), *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    """The session's Kubernetes API server (private unless ``IMGFLOW_KUBECONFIG`` is set)."""
+    external = os.environ.get("IMGFLOW_KUBECONFIG")
+    if external:
+        kubeconfig = Path(external).resolve()
+        yield Kube(kubeconfig=kubeconfig, server=_server_of(kubeconfig))
+        return
+
+    cluster_dir = tmp_path_factory.mktemp("cluster")
+    up = cluster_sh(cluster_dir, "up")
+    if up.returncode != 0:
+        cluster_sh(cluster_dir, "down")
+        raise RuntimeError(
+            f"scripts/cluster.sh up failed (exit {up.returncode}); logs in {cluster_dir}/logs\n{up.stderr}"
+        )
+    kubeconfig = cluster_dir / "kubeconfig"
+    try:
+        yield Kube(kubeconfig=kubeconfig, server=_server_of(kubeconfig), cluster_dir=cluster_dir)
+    finally:
+        down = cluster_sh(cluster_dir, "down")
+        # Keep the logs and certificates for a look after the run; the etcd data is large.
+        shutil.rmtree(cluster_dir / "etcd", ignore_errors=True)
+        if down.returncode != 0:
+            raise RuntimeError(f"scripts/cluster.sh down failed:\n{down.stderr}")
+
+
+def _namespace_name(test_name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    return f"t-{slug}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new namespace named after the test (``t-<test name>-<random>``), with a ``default``
+    ServiceAccount as a real cluster would have.
+
+    Afterwards every namespaced object in it is deleted (there is no namespace controller to do
+    it) and then the namespace itself, without waiting: it stays ``Terminating``, and so does an
+    object whose finalizer nobody removes (e.g. an operator's, once the operator is stopped).
+    """
+    name = _namespace_name(request.node.name)
+    kube.kubectl(
+        "create",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ServiceAccount",
+                        "metadata": {"name": "default", "namespace": name},
+                    },
+                ],
+            }
+        ),
+    )
+    yield name
+    kinds = kube.kubectl("api-resources", "--namespaced", "--verbs=list,delete", "-o", "name").stdout
+    # v1 Endpoints only warns that it is deprecated; EndpointSlices are in the list.
+    kinds = ",".join(k for k in kinds.split() if k != "endpoints")
+    kube.kubectl("delete", kinds, "--all", "-n", name, "--wait=false", "--ignore-not-found", check=False)
+    kube.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/kube gets the ``kube`` marker (``pytest -m 'not kube'`` skips them)."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.kube)
