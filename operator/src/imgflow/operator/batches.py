@@ -1,0 +1,147 @@
+"""ImageJob sources in, imgflow jobs out: through the same ``submit_job`` the HTTP API uses.
+
+Idempotent by construction: a source's job id is derived from the ImageJob's uid and the source's
+index, so a second pass (an operator restart, a retried handler) finds the job it submitted before
+and records it instead of submitting it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from faststream.redis import RedisBroker
+from pymongo import AsyncMongoClient
+from pymongo.errors import DuplicateKeyError
+from redis.asyncio import Redis
+
+from imgflow.core.fetch import FetchRefused, check_url
+from imgflow.core.jobs import Job, JobStatus, ThumbnailSpec, UploadSource, UrlSource, original_key
+from imgflow.core.queue import make_broker
+from imgflow.core.storage import NotFound, Storage, make_storage
+from imgflow.core.store import Document, JobStore, connect
+from imgflow.core.submit import submit_job
+from imgflow.operator.imagejob import (
+    SourceItem,
+    SourceState,
+    job_id_for,
+    parse_sources,
+    refresh,
+    refused,
+    submitted,
+    thumbnail_spec,
+)
+from imgflow.operator.kube import Kube
+from imgflow.operator.settings import OperatorSettings
+
+
+@dataclass
+class Context:
+    """What the handlers share, kept in kopf's memo for the operator's lifetime."""
+
+    settings: OperatorSettings
+    mongo: AsyncMongoClient[Document]
+    store: JobStore
+    storage: Storage
+    broker: RedisBroker
+    redis: Redis
+    kube: Kube
+
+    @classmethod
+    async def open(cls, settings: OperatorSettings) -> Context:
+        mongo = connect(settings)
+        db = mongo[settings.mongodb_database]
+        broker = make_broker(settings)
+        await broker.connect()
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0)
+        return cls(settings, mongo, JobStore(db), make_storage(settings, db), broker, redis, Kube())
+
+    async def close(self) -> None:
+        await self.broker.stop()
+        await self.redis.aclose()
+        await self.mongo.close()
+
+
+class Refused(Exception):
+    """A source that will not be submitted; the text tells the ImageJob's author why."""
+
+
+async def resolve_source(ctx: Context, item: SourceItem, user_id: str) -> UrlSource | UploadSource:
+    if item.url is not None:
+        try:
+            # Resolving the host blocks; the worker checks again when it fetches, per hop.
+            await asyncio.to_thread(check_url, item.url, ctx.settings)
+        except FetchRefused as exc:
+            raise Refused(str(exc)) from exc
+        return UrlSource(url=item.url)
+    upload_id = item.upload_id or ""
+    upload = await ctx.store.get(upload_id)
+    # One message for "no such upload" and "someone else's": an ImageJob must not probe other users.
+    if upload is None or upload.user_id != user_id:
+        raise Refused(
+            f"Upload {upload_id} was not found for user {user_id!r}: uploadId must be the jobId of an "
+            "image this user uploaded through the HTTP API."
+        )
+    try:
+        await ctx.storage.stat(original_key(upload_id))
+    except NotFound as exc:
+        raise Refused(f"Upload {upload_id} has no stored original any more; upload the image again.") from exc
+    filename = upload.source.filename if isinstance(upload.source, UploadSource) else None
+    return UploadSource(key=original_key(upload_id), filename=filename)
+
+
+def check_thumbnail(spec: ThumbnailSpec, settings: OperatorSettings) -> str | None:
+    """Why this thumbnail is not allowed here, or None (the API applies the same limit)."""
+    limit = settings.max_output_dimension
+    if spec.width > limit or spec.height > limit:
+        return (
+            f"The thumbnail {spec.width}x{spec.height} is larger than this installation allows "
+            f"({limit} pixels a side, IMGFLOW_MAX_OUTPUT_DIMENSION)."
+        )
+    return None
+
+
+async def submit_sources(
+    ctx: Context, *, ref: str, uid: str, spec: Mapping[str, Any], recorded: Mapping[int, SourceState]
+) -> list[SourceState]:
+    """Submit every source not yet submitted; returns the state of every source, in order."""
+    user_id = str(spec["userId"])
+    thumbnail = thumbnail_spec(spec)
+    too_large = check_thumbnail(thumbnail, ctx.settings)
+    states: list[SourceState] = []
+    for item in parse_sources(spec):
+        known = recorded.get(item.index)
+        if known is not None and (known.job_id or known.status is JobStatus.failed):
+            states.append(known)
+            continue
+        job_id = job_id_for(uid, item.index)
+        job = await ctx.store.get(job_id)
+        if job is None:
+            try:
+                if too_large:
+                    raise Refused(too_large)
+                source = await resolve_source(ctx, item, user_id)
+            except Refused as exc:
+                states.append(refused(item, str(exc)))
+                continue
+            job = Job(job_id=job_id, user_id=user_id, source=source, spec=thumbnail, image_job=ref)
+            try:
+                job = await submit_job(ctx.store, ctx.broker, ctx.settings, job)
+            except DuplicateKeyError:  # another pass got there first: theirs is ours
+                job = await ctx.store.get(job_id) or job
+        states.append(submitted(item, job))
+    return states
+
+
+async def track_sources(ctx: Context, ref: str, states: Sequence[SourceState]) -> list[SourceState]:
+    """The states, updated from MongoDB; a job that vanished from it counts as failed."""
+    jobs = {job.job_id: job for job in await ctx.store.for_image_job(ref)}
+    fresh = refresh(states, jobs)
+    return [
+        SourceState(s.index, s.source, s.job_id, JobStatus.failed, f"Job {s.job_id} no longer exists.")
+        if s.job_id and s.job_id not in jobs and not s.status.finished
+        else s
+        for s in fresh
+    ]

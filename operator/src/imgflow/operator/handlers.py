@@ -1,0 +1,266 @@
+"""The kopf handlers: ImageJobs in, status and Events out; worker Deployments scaled by backlog.
+
+Importing this module registers the handlers with kopf's default registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from imgflow.core.jobs import JobStatus
+from imgflow.operator.autoscale import AUTOSCALE_LABEL
+from imgflow.operator.batches import Context, submit_sources, track_sources
+from imgflow.operator.imagejob import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    SourceState,
+    Summary,
+    expires_at,
+    failure_message,
+    image_job_ref,
+    is_finished,
+    recorded_sources,
+    rfc3339,
+    status_patch,
+    summarize,
+)
+from imgflow.operator.podcost import PodView
+from imgflow.operator.scaler import Autoscaler, DeletionCosts, Target
+from imgflow.operator.settings import OperatorSettings
+
+PREFIX = "imgflow.io"
+MAX_SOURCE_EVENTS = 10  # per ImageJob and kind; the status has every source anyway
+
+
+# --- the operator's life ------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    # kopf passes each index by its handler's name
+    autoscaled: kopf.Index[str, Target] = kwargs["autoscaled"]
+    worker_pods: kopf.Index[str, PodView] = kwargs["worker_pods"]
+    # Progress and the last-handled spec go to our own annotations (the CRD's status schema would
+    # prune kopf's status fields); the finalizer carries our name.
+    settings.persistence.finalizer = f"{PREFIX}/operator"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    # kopf would post an Event for every handler run (a timer runs every second); ours say more.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+    config: OperatorSettings = memo["settings"]
+    ctx = await Context.open(config)
+    memo["ctx"] = ctx
+
+    def targets() -> list[Target]:
+        return [target for store in autoscaled.values() for target in store]
+
+    def pods() -> list[PodView]:
+        return [pod for store in worker_pods.values() for pod in store]
+
+    namespace = config.operator_namespace or ""
+    memo["tasks"] = [
+        asyncio.create_task(Autoscaler(config, ctx.redis, ctx.kube, targets).run(), name="autoscaler"),
+        asyncio.create_task(
+            DeletionCosts(config, ctx.redis, ctx.kube, namespace, targets, pods).run(), name="deletion-costs"
+        ),
+    ]
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    tasks: list[asyncio.Task[None]] = memo.get("tasks", [])
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    ctx: Context | None = memo.get("ctx")
+    if ctx is not None:
+        await ctx.close()
+
+
+# --- what the autoscaler watches ----------------------------------------------------------------
+
+
+@kopf.index("apps", "v1", "deployments", labels={AUTOSCALE_LABEL: "true"})
+def autoscaled(
+    name: str, namespace: str | None, uid: str, spec: kopf.Spec, annotations: kopf.Annotations, **_: Any
+) -> dict[str, Target]:
+    selector = (spec.get("selector") or {}).get("matchLabels") or {}
+    replicas = spec.get("replicas")
+    return {
+        name: Target(
+            namespace=namespace or "",
+            name=name,
+            uid=uid,
+            replicas=1 if replicas is None else int(replicas),  # the API's default
+            annotations=dict(annotations),
+            selector=dict(selector),
+        )
+    }
+
+
+@kopf.index("v1", "pods")
+def worker_pods(
+    name: str, labels: kopf.Labels, annotations: kopf.Annotations, **_: Any
+) -> dict[str, PodView]:
+    return {name: PodView(name, dict(labels), annotations.get("controller.kubernetes.io/pod-deletion-cost"))}
+
+
+# --- ImageJobs ------------------------------------------------------------------------------------
+
+
+def _running(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") == "Running"
+
+
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
+    return not is_finished(status)
+
+
+def _awaiting_expiry(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    return expires_at(spec, status) is not None
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL, when=_unfinished)
+async def submit(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    uid: str,
+    name: str,
+    namespace: str | None,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Turn every source into a job (once), and record them all in status."""
+    ctx: Context = memo["ctx"]
+    before = recorded_sources(status)
+    states = await submit_sources(
+        ctx, ref=image_job_ref(namespace or "", name), uid=uid, spec=spec, recorded=before
+    )
+    summary = summarize(len(states), states)
+    now = datetime.now(UTC)
+    patch.status.update(
+        status_patch(
+            summary,
+            states,
+            generation=int(meta.get("generation", 1)),
+            started_at=status.get("startedAt") or rfc3339(now),
+            now=now,
+        )
+    )
+
+    fresh = [s for s in states if s.index not in before]
+    refused = [s for s in fresh if s.job_id is None]
+    for state in refused[:MAX_SOURCE_EVENTS]:
+        kopf.event(
+            body, type="Warning", reason="SourceRefused", message=f"Source {state.index}: {state.error}"
+        )
+    if fresh:
+        queued = len(fresh) - len(refused)
+        kopf.event(
+            body,
+            type="Normal",
+            reason="Submitted",
+            message=f"Submitted {queued} of {len(states)} sources as jobs.",
+        )
+    if summary.finished:
+        _announce_finish(body, summary, states)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=1.0, backoff=2.0, when=_running)
+async def track(
+    body: kopf.Body,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    name: str,
+    namespace: str | None,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    """Follow the jobs in MongoDB and bring the status up to date while the batch runs."""
+    ctx: Context = memo["ctx"]
+    before = sorted(recorded_sources(status).values(), key=lambda s: s.index)
+    states = await track_sources(ctx, image_job_ref(namespace or "", name), before)
+    if states == before:
+        return
+    total = int(status.get("total") or len(states))
+    summary = summarize(total, states)
+    now = datetime.now(UTC)
+    patch.status.update(
+        status_patch(
+            summary,
+            states,
+            generation=int(meta.get("generation", 1)),
+            started_at=status.get("startedAt") or rfc3339(now),
+            now=now,
+        )
+    )
+
+    newly_failed = [
+        s
+        for s, was in zip(states, before, strict=True)
+        if s.status != was.status and s.status is JobStatus.failed
+    ]
+    for state in newly_failed[:MAX_SOURCE_EVENTS]:
+        kopf.event(
+            body, type="Warning", reason="SourceFailed", message=f"Source {state.index}: {state.error}"
+        )
+    old = summarize(total, before)
+    if _quarter(old) != _quarter(summary) and not summary.finished:
+        kopf.event(
+            body,
+            type="Normal",
+            reason="Progress",
+            message=f"{summary.progress} succeeded, {summary.failed} failed.",
+        )
+    if summary.finished:
+        _announce_finish(body, summary, states)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=1.0, when=_awaiting_expiry)
+async def expire(
+    spec: kopf.Spec,
+    status: kopf.Status,
+    name: str,
+    namespace: str | None,
+    uid: str,
+    memo: kopf.Memo,
+    logger: Any,
+    **_: Any,
+) -> None:
+    """Delete a finished ImageJob ``ttlSecondsAfterFinished`` after it finished."""
+    when = expires_at(spec, status)
+    if when is not None and datetime.now(UTC) >= when:
+        ctx: Context = memo["ctx"]
+        await ctx.kube.delete_image_job(namespace or "", name, uid)
+        logger.info("deleted: finished at %s, ttlSecondsAfterFinished passed", status.get("finishedAt"))
+
+
+def _announce_finish(body: kopf.Body, summary: Summary, states: Iterable[SourceState]) -> None:
+    if summary.phase == "Succeeded":
+        kopf.event(
+            body, type="Normal", reason="Succeeded", message=f"All {summary.total} sources were thumbnailed."
+        )
+    else:
+        kopf.event(body, type="Warning", reason="Failed", message=failure_message(summary, list(states)))
+
+
+def _quarter(summary: Summary) -> int:
+    done = summary.succeeded + summary.failed
+    return 4 * done // summary.total if summary.total else 4

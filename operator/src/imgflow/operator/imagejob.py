@@ -1,0 +1,217 @@
+"""ImageJob resources: reading their spec and computing their status. Pure functions, no I/O.
+
+An ImageJob's ``status.sources[i]`` reports on ``spec.sources[i]``: the imgflow job made of it
+and where that job stands. Job ids are derived from the ImageJob's uid and the source's index, so
+an operator that restarts half-way finds the jobs it already submitted instead of submitting twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from imgflow.core.jobs import Fit, Job, JobStatus, OutputFormat, ThumbnailSpec
+
+GROUP = "imgflow.io"
+VERSION = "v1alpha1"
+PLURAL = "imagejobs"
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
+FINISHED_PHASES: tuple[Phase, ...] = ("Succeeded", "Failed")
+
+# Job ids of ImageJob sources are uuid5(uid/index) in this namespace: stable across restarts.
+_JOB_IDS = uuid.UUID("6f1c3e0a-4b8d-5e2f-9a7c-1d3b5f7e9a0c")
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One entry of ``spec.sources``: exactly one of ``url`` and ``upload_id`` is set (the CRD says)."""
+
+    index: int
+    url: str | None = None
+    upload_id: str | None = None
+
+    @property
+    def shown(self) -> str:
+        return self.url or self.upload_id or ""
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """One entry of ``status.sources``."""
+
+    index: int
+    source: str
+    job_id: str | None
+    status: JobStatus
+    error: str | None = None
+
+    def to_status(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"index": self.index, "source": self.source, "status": self.status.value}
+        if self.job_id:
+            entry["jobId"] = self.job_id
+        if self.error:
+            entry["error"] = self.error[:4096]
+        return entry
+
+    @classmethod
+    def from_status(cls, entry: Mapping[str, Any]) -> SourceState:
+        return cls(
+            index=int(entry["index"]),
+            source=str(entry.get("source", "")),
+            job_id=entry.get("jobId") or None,
+            status=JobStatus(entry.get("status", JobStatus.pending.value)),
+            error=entry.get("error") or None,
+        )
+
+
+def image_job_ref(namespace: str, name: str) -> str:
+    """What ``Job.image_job`` holds for jobs of this ImageJob."""
+    return f"{namespace}/{name}"
+
+
+def job_id_for(uid: str, index: int) -> str:
+    return str(uuid.uuid5(_JOB_IDS, f"{uid}/{index}"))
+
+
+def parse_sources(spec: Mapping[str, Any]) -> list[SourceItem]:
+    return [
+        SourceItem(index=i, url=item.get("url") or None, upload_id=item.get("uploadId") or None)
+        for i, item in enumerate(spec.get("sources") or [])
+    ]
+
+
+def thumbnail_spec(spec: Mapping[str, Any]) -> ThumbnailSpec:
+    """The thumbnail every source gets; the CRD's defaults are ThumbnailSpec's defaults."""
+    thumb = (spec.get("operations") or {}).get("thumbnail") or {}
+    return ThumbnailSpec(
+        width=int(thumb.get("width", 100)),
+        height=int(thumb.get("height", 100)),
+        fit=Fit(thumb.get("fit", Fit.cover.value)),
+        format=OutputFormat(thumb.get("format", OutputFormat.jpeg.value)),
+    )
+
+
+def recorded_sources(status: Mapping[str, Any]) -> dict[int, SourceState]:
+    return {s.index: s for s in map(SourceState.from_status, status.get("sources") or [])}
+
+
+def submitted(item: SourceItem, job: Job) -> SourceState:
+    return SourceState(item.index, item.shown, job.job_id, job.status, job.error)
+
+
+def refused(item: SourceItem, reason: str) -> SourceState:
+    """A source that was never submitted, because policy or a missing upload forbade it."""
+    return SourceState(item.index, item.shown, None, JobStatus.failed, reason)
+
+
+def refresh(states: Iterable[SourceState], jobs: Mapping[str, Job]) -> list[SourceState]:
+    """The states, updated from the jobs (by id) where those have news."""
+    fresh = []
+    for state in states:
+        job = jobs.get(state.job_id) if state.job_id else None
+        if job is not None and (job.status, job.error) != (state.status, state.error):
+            state = SourceState(state.index, state.source, state.job_id, job.status, job.error)
+        fresh.append(state)
+    return fresh
+
+
+@dataclass(frozen=True)
+class Summary:
+    total: int
+    succeeded: int
+    failed: int
+
+    @property
+    def finished(self) -> bool:
+        return self.succeeded + self.failed >= self.total
+
+    @property
+    def phase(self) -> Phase:
+        if not self.finished:
+            return "Running"
+        return "Failed" if self.failed else "Succeeded"
+
+    @property
+    def progress(self) -> str:
+        return f"{self.succeeded}/{self.total}"
+
+
+def summarize(total: int, states: Sequence[SourceState]) -> Summary:
+    """Counts over the sources; a source not yet recorded counts as unfinished."""
+    succeeded = sum(1 for s in states if s.status is JobStatus.completed)
+    failed = sum(1 for s in states if s.status is JobStatus.failed)
+    return Summary(total=total, succeeded=succeeded, failed=failed)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_patch(
+    summary: Summary,
+    states: Sequence[SourceState],
+    *,
+    generation: int,
+    started_at: str,
+    now: datetime,
+    finished_at: str | None = None,
+) -> dict[str, Any]:
+    """The whole ``status`` for these states; ``finishedAt`` (kept if already set) and a condition
+    once all finished."""
+    patch: dict[str, Any] = {
+        "phase": summary.phase,
+        "total": summary.total,
+        "succeeded": summary.succeeded,
+        "failed": summary.failed,
+        "progress": summary.progress,
+        "startedAt": started_at,
+        "observedGeneration": generation,
+        "sources": [s.to_status() for s in sorted(states, key=lambda s: s.index)],
+    }
+    if summary.finished:
+        patch["finishedAt"] = finished_at or rfc3339(now)
+        patch["conditions"] = [finished_condition(summary, states, generation, patch["finishedAt"])]
+    return patch
+
+
+def finished_condition(
+    summary: Summary, states: Sequence[SourceState], generation: int, when: str
+) -> dict[str, Any]:
+    """A Job-like condition: ``Complete`` when every source succeeded, else ``Failed``."""
+    if summary.phase == "Succeeded":
+        kind, reason = "Complete", "AllSucceeded"
+        message = f"All {summary.total} sources were thumbnailed."
+    else:
+        kind, reason = "Failed", "SourcesFailed"
+        message = failure_message(summary, states)
+    return {
+        "type": kind,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": when,
+        "observedGeneration": generation,
+    }
+
+
+def failure_message(summary: Summary, states: Sequence[SourceState]) -> str:
+    first = next((s for s in sorted(states, key=lambda s: s.index) if s.status is JobStatus.failed), None)
+    detail = f" First: source {first.index} ({first.source}): {first.error}" if first else ""
+    return f"{summary.failed} of {summary.total} sources failed.{detail}"
+
+
+def is_finished(status: Mapping[str, Any]) -> bool:
+    return status.get("phase") in FINISHED_PHASES
+
+
+def expires_at(spec: Mapping[str, Any], status: Mapping[str, Any]) -> datetime | None:
+    """When a finished ImageJob is to be deleted (``ttlSecondsAfterFinished``), if ever."""
+    ttl = spec.get("ttlSecondsAfterFinished")
+    finished = status.get("finishedAt")
+    if ttl is None or not finished or not is_finished(status):
+        return None
+    return datetime.fromisoformat(str(finished).replace("Z", "+00:00")) + timedelta(seconds=int(ttl))
