@@ -68,7 +68,9 @@ async def test_every_accepted_kind_completes_end_to_end(stack: Stack, kind: str)
 
 
 async def test_size_fit_and_format_can_be_chosen_per_job(stack: Stack) -> None:
-    response = await submit(stack.client, images.png_alpha(), width="64", height="32", fit="inside", format="png")
+    response = await submit(
+        stack.client, images.png_alpha(), width="64", height="32", fit="inside", format="png"
+    )
     job = await wait_finished(stack.client, response.json()["jobId"])
     assert job["options"] == {"width": 64, "height": 32, "fit": "inside", "format": "png"}
     assert job["result"]["thumbnailUrl"].endswith(".png") and job["result"]["format"] == "png"
@@ -165,14 +167,20 @@ async def test_operations_endpoints(stack: Stack) -> None:
     assert 'http_request_duration_seconds_bucket{le="0.1",method="POST"' in metrics
 
     spec = (await stack.client.get("/openapi.json")).json()
-    assert {f"{JOBS}", f"{JOBS}/{{job_id}}", "/api/image-processing/users/{user_id}/jobs"} <= set(spec["paths"])
+    assert {f"{JOBS}", f"{JOBS}/{{job_id}}", "/api/image-processing/users/{user_id}/jobs"} <= set(
+        spec["paths"]
+    )
     listing = spec["paths"]["/api/image-processing/users/{user_id}/jobs"]["get"]
     assert "cursor" in listing["description"].lower()
     assert (await stack.client.get("/docs")).status_code == 200
 
 
 async def test_thumbnail_paths_outside_our_names_are_404(stack: Stack) -> None:
-    for path in ("/uploads/original-x", "/uploads/..%2Fetc%2Fpasswd", f"/uploads/thumbnail-{uuid.uuid4()}.jpg"):
+    for path in (
+        "/uploads/original-x",
+        "/uploads/..%2Fetc%2Fpasswd",
+        f"/uploads/thumbnail-{uuid.uuid4()}.jpg",
+    ):
         response = await stack.client.get(path)
         assert response.status_code == 404, path
         assert response.headers["content-type"] == "application/problem+json"

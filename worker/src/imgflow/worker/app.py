@@ -100,7 +100,10 @@ class Worker:
             metrics.INFLIGHT.set(len(self.inflight))
 
     async def start(self) -> None:
-        await self.store.ensure_indexes()
+        try:
+            await self.store.ensure_indexes()
+        except Exception:  # MongoDB down at start: jobs wait in the stream until it is back
+            log.warning("could not create indexes now; continuing", exc_info=True)
         self._heartbeat = asyncio.create_task(self._beat())
 
     async def _beat(self) -> None:

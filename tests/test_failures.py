@@ -1,0 +1,248 @@
+"""An accepted job is never lost: workers killed mid-job, Redis and MongoDB going away, a publisher
+that died between insert and publish, duplicate messages, and graceful shutdown.
+
+Each test runs its own API and worker processes (and, where it stops one, its own Redis or
+MongoDB-wire server) so it can break them without touching the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from faststream.redis import RedisBroker
+from redis.asyncio import Redis
+
+from imgflow.core.jobs import Job, UploadSource, UrlSource, original_key
+from imgflow.core.queue import make_broker, publish_job, read_backlog
+from imgflow.core.settings import Settings
+from imgflow.core.storage import make_storage
+from imgflow.core.store import JobStore, connect
+from imgflow.core.submit import submit_job
+from scripts.servers import free_port, mongodb_server, redis_server, wait_for_port
+from tests import images
+from tests.client import JOBS, submit, wait_finished, wait_status
+from tests.conftest import Processes, make_settings
+from tests.sources import image_source
+
+
+async def submit_url_job(settings: Settings, url: str) -> str:
+    """A job whose source is a URL, accepted through the path the operator uses."""
+    mongo = connect(settings)
+    broker = make_broker(settings)
+    await broker.connect()
+    try:
+        job = Job(user_id="url-user", source=UrlSource(url=url))
+        await submit_job(JobStore(mongo[settings.mongodb_database]), broker, settings, job)
+        return job.job_id
+    finally:
+        await broker.stop()
+        await mongo.close()
+
+
+@pytest.fixture
+def url_settings(fresh_settings: Settings) -> Settings:
+    return fresh_settings.model_copy(update={"allow_private_urls": True})
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as c:
+        yield c
+
+
+async def test_a_worker_killed_mid_job_loses_nothing(
+    processes: Processes, url_settings: Settings, client: httpx.AsyncClient
+) -> None:
+    settings = url_settings.model_copy(update={"claim_idle_ms": 2000})
+    _, base = processes.start_api(settings)
+    client.base_url = httpx.URL(base)
+    doomed = processes.start_worker(settings)
+    with image_source(images.jpeg(), hold_first=1) as source:
+        job_id = await submit_url_job(settings, source.url)
+        await wait_status(client, job_id, "processing")
+        assert await asyncio.to_thread(source.arrived.wait, 30)  # its fetch hangs: mid-job
+        doomed.kill()  # SIGKILL
+
+        processes.start_worker(settings)  # takes the orphaned message over after claim_idle_ms
+        job = await wait_finished(client, job_id)
+    assert job["status"] == "completed", job
+    assert source.requests == 2
+    assert (await client.get(job["result"]["thumbnailUrl"])).status_code == 200
+
+
+async def test_redis_down_at_submit_is_503_and_nothing_is_kept(
+    processes: Processes, mongodb_url: str, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    port = free_port()
+    redis = redis_server(tmp_path / "redis", port).start()
+    wait_for_port(port, process=redis.process)
+    settings = make_settings(f"redis://127.0.0.1:{port}/0", mongodb_url)
+    _, base = processes.start_api(settings)
+    processes.start_worker(settings)
+    client.base_url = httpx.URL(base)
+    user = "redis-outage"
+    try:
+        redis.terminate()
+        response = await submit(client, images.jpeg(), user_id=user)
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"]
+        assert "nothing was kept" in response.json()["detail"]
+        assert (await client.get("/readyz")).status_code == 503
+        assert (await client.get(f"/api/image-processing/users/{user}/jobs")).json() == {"jobs": []}
+        mongo = connect(settings)
+        files = await mongo[settings.mongodb_database]["files.files"].count_documents({})
+        await mongo.close()
+        assert files == 0, "the refused upload's original was left in storage"
+
+        redis = redis_server(tmp_path / "redis", port).start()  # back, and empty
+        wait_for_port(port, process=redis.process)
+        response = await submit(client, images.jpeg(), user_id=user)
+        assert response.status_code == 202
+        # the worker's consumer group went with Redis's data; a fresh worker recreates it
+        processes.start_worker(settings)
+        assert (await wait_finished(client, response.json()["jobId"]))["status"] == "completed"
+    finally:
+        redis.terminate()
+
+
+async def test_jobs_accepted_before_redis_lost_its_data_are_republished(
+    processes: Processes, mongodb_url: str, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    port = free_port()
+    redis = redis_server(tmp_path / "redis", port).start()
+    wait_for_port(port, process=redis.process)
+    settings = make_settings(
+        f"redis://127.0.0.1:{port}/0", mongodb_url, requeue_after_s=1.0, reconcile_interval_s=0.5
+    )
+    _, base = processes.start_api(settings)
+    client.base_url = httpx.URL(base)
+    try:
+        accepted = [(await submit(client, images.jpeg(200, 150))).json()["jobId"] for _ in range(3)]
+        redis.terminate()  # no worker ever saw them, and Redis restarts empty (no persistence)
+        redis = redis_server(tmp_path / "redis", port).start()
+        wait_for_port(port, process=redis.process)
+        processes.start_worker(settings)
+        for job_id in accepted:
+            assert (await wait_finished(client, job_id))["status"] == "completed"
+    finally:
+        redis.terminate()
+
+
+async def test_a_job_whose_publisher_died_after_the_insert_is_republished(
+    processes: Processes, fresh_settings: Settings, client: httpx.AsyncClient
+) -> None:
+    settings = fresh_settings.model_copy(update={"requeue_after_s": 1.0, "reconcile_interval_s": 0.5})
+    # What an API process leaves when it dies between the MongoDB insert and the publish:
+    mongo = connect(settings)
+    db = mongo[settings.mongodb_database]
+    job = Job(user_id="orphan", source=UploadSource(key="x"))
+    job.source = UploadSource(key=original_key(job.job_id))
+    await make_storage(settings, db).save_bytes(job.source.key, images.jpeg(), "image/jpeg")
+    await JobStore(db).insert(job)
+    await mongo.close()
+
+    _, base = processes.start_api(settings)
+    processes.start_worker(settings)
+    client.base_url = httpx.URL(base)
+    assert (await wait_finished(client, job.job_id))["status"] == "completed"
+
+
+async def test_a_duplicate_message_never_moves_a_finished_job_back(
+    processes: Processes, fresh_settings: Settings, client: httpx.AsyncClient
+) -> None:
+    _, base = processes.start_api(fresh_settings)
+    processes.start_worker(fresh_settings)
+    client.base_url = httpx.URL(base)
+    job_id = (await submit(client, images.jpeg())).json()["jobId"]
+    before = await wait_finished(client, job_id)
+
+    broker = RedisBroker(fresh_settings.redis_url)
+    await broker.connect()
+    for _ in range(3):
+        await publish_job(broker, fresh_settings, job_id)
+    await broker.stop()
+    # the backlog drains to zero once the duplicates are consumed and dropped
+    r = Redis.from_url(fresh_settings.redis_url)
+    for _ in range(300):
+        if (await read_backlog(r, fresh_settings)).total == 0:
+            break
+        await asyncio.sleep(0.05)
+    await r.aclose()
+    after = (await client.get(f"{JOBS}/{job_id}")).json()
+    assert after == before
+
+
+async def test_sigterm_lets_a_running_job_finish(
+    processes: Processes, url_settings: Settings, client: httpx.AsyncClient
+) -> None:
+    _, base = processes.start_api(url_settings)
+    worker = processes.start_worker(url_settings)
+    client.base_url = httpx.URL(base)
+    with image_source(images.jpeg(), hold_first=1) as source:
+        job_id = await submit_url_job(url_settings, source.url)
+        await wait_status(client, job_id, "processing")
+        assert await asyncio.to_thread(source.arrived.wait, 30)
+        worker.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        await asyncio.sleep(1)  # the worker is draining now, its job still held back
+        assert worker.alive
+        source.release.set()
+        code = await asyncio.to_thread(worker.terminate, 60)
+    # uvicorn re-raises the SIGTERM it handled once the drain is done, so the exit says "terminated"
+    assert code in (0, -signal.SIGTERM), worker.tail()
+    assert "shut down gracefully" in worker.tail()
+    assert (await client.get(f"{JOBS}/{job_id}")).json()["status"] == "completed"
+
+
+async def test_what_a_stopping_worker_cannot_finish_goes_back_to_the_stream(
+    processes: Processes, url_settings: Settings, client: httpx.AsyncClient
+) -> None:
+    # An hour of claim_idle: only the give-back on shutdown can get the job to another worker.
+    settings = url_settings.model_copy(update={"claim_idle_ms": 3_600_000})
+    _, base = processes.start_api(settings)
+    hasty = processes.start_worker(settings, IMGFLOW_GRACEFUL_TIMEOUT_S="0.5")
+    client.base_url = httpx.URL(base)
+    with image_source(images.jpeg(), hold_first=1) as source:
+        job_id = await submit_url_job(settings, source.url)
+        await wait_status(client, job_id, "processing")
+        assert await asyncio.to_thread(source.arrived.wait, 30)
+        await asyncio.to_thread(hasty.terminate, 60)
+        assert "returned 1 unfinished message" in hasty.tail(80), hasty.tail(80)
+        assert (await client.get(f"{JOBS}/{job_id}")).json()["status"] == "pending"
+
+        processes.start_worker(settings)
+        job = await wait_finished(client, job_id)
+    assert job["status"] == "completed", job
+    assert source.requests == 2
+
+
+async def test_mongodb_down_while_a_job_waits_delays_it_but_loses_nothing(
+    processes: Processes, redis_url: str, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    if os.environ.get("MONGODB_URL"):
+        pytest.skip("needs a MongoDB-wire server this test can stop; MONGODB_URL points at an external one")
+    port = free_port()
+    choice = mongodb_server(tmp_path / "mongo", port)
+    assert choice.server is not None
+    mongo = choice.server.start()
+    wait_for_port(port, process=mongo.process)
+    settings = make_settings(redis_url, choice.url, claim_idle_ms=2000)
+    _, base = processes.start_api(settings)
+    client.base_url = httpx.URL(base)
+    try:
+        job_id = (await submit(client, images.jpeg())).json()["jobId"]
+        mongo.terminate()
+        worker = processes.start_worker(settings)  # takes the message; cannot record anything
+        await asyncio.sleep(3)
+        assert worker.alive, worker.tail()
+        mongo = mongodb_server(tmp_path / "mongo", port).server.start()  # type: ignore[union-attr]
+        wait_for_port(port, process=mongo.process)
+        assert (await wait_finished(client, job_id))["status"] == "completed"
+    finally:
+        mongo.terminate()
