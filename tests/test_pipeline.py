@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pyvips
 import pytest
+import pyvips
 
 from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_buffer, restrict_loaders
