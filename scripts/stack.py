@@ -1,0 +1,183 @@
+"""imgflow on loopback: ``python -m scripts.stack demo|up|down`` (what `make demo/up/down` run).
+
+demo  starts Redis, the MongoDB-wire server, the API and a worker in a temporary directory,
+      submits sample images through the HTTP API, prints each job's outcome, and stops it all.
+up    starts the same stack in the background under .run/ (API on http://127.0.0.1:8000 unless
+      IMGFLOW_API_PORT says otherwise); `down` stops exactly what `up` started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pyvips
+
+from imgflow.core.settings import Settings
+from scripts.servers import (
+    ROOT,
+    Server,
+    api_server,
+    free_port,
+    mongodb_server,
+    redis_server,
+    wait_for_port,
+    worker_server,
+)
+
+RUN_DIR = ROOT / ".run"
+STATE = RUN_DIR / "stack.json"
+
+
+def start_stack(workdir: Path, settings: Settings) -> tuple[list[Server], Settings, str]:
+    """Start everything; returns the servers (in start order), the settings in force and the mongo kind."""
+    servers: list[Server] = []
+    redis_port = free_port()
+    redis = redis_server(workdir / "redis", redis_port).start()
+    servers.append(redis)
+    mongo = mongodb_server(workdir / "mongo", free_port())
+    if mongo.server is not None:
+        servers.append(mongo.server.start())
+    wait_for_port(redis_port, process=redis.process)
+    if mongo.server is not None:
+        wait_for_port(int(mongo.url.rsplit(":", 1)[1]), process=mongo.server.process)
+    settings = settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{redis_port}/0", "mongodb_url": mongo.url}
+    )
+    api = api_server(settings, workdir / "api.log").start()
+    servers.append(api)
+    worker = worker_server(settings, workdir / "worker.log").start()
+    servers.append(worker)
+    wait_for_port(settings.api_port, process=api.process)
+    wait_for_port(settings.worker_metrics_port, process=worker.process)
+    return servers, settings, mongo.kind
+
+
+def samples() -> dict[str, tuple[bytes, dict[str, str]]]:
+    """Sample uploads made on the spot: name -> (bytes, extra form fields)."""
+    photo = pyvips.Image.xyz(1600, 1200)
+    photo = (photo[0] * 0.15 + photo[1] * 0.1).cast("uchar")
+    rgb = photo.bandjoin([(255 - photo).cast("uchar"), (photo / 2).cast("uchar")]).copy(interpretation="srgb")
+    alpha = pyvips.Image.xyz(640, 480)[0].linear(255 / 640, 0).cast("uchar")
+    with_alpha = rgb.crop(0, 0, 640, 480).bandjoin(alpha)
+    return {
+        "photo.jpg (1600x1200 JPEG)": (bytes(rgb.jpegsave_buffer(Q=90)), {}),
+        "logo.png (PNG with alpha, 200x100 webp)": (
+            bytes(with_alpha.pngsave_buffer()),
+            {"width": "200", "height": "100", "fit": "inside", "format": "webp"},
+        ),
+        "scan.tif (TIFF, contain)": (bytes(rgb.tiffsave_buffer()), {"fit": "contain", "width": "160"}),
+        "notes.jpg (text, refused)": (b"not an image at all, whatever the name says\n", {}),
+    }
+
+
+def demo() -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="imgflow-demo-"))
+    settings = Settings(api_port=free_port(), worker_metrics_port=free_port(), storage_backend="gridfs")
+    print(f"imgflow demo: starting Redis, MongoDB-wire server, API and worker (logs in {workdir})")
+    servers: list[Server] = []
+    try:
+        servers, settings, mongo_kind = start_stack(workdir, settings)
+        base = f"http://127.0.0.1:{settings.api_port}"
+        print(f"  MongoDB-wire server: {mongo_kind}; API: {base}\n")
+        with httpx.Client(base_url=base, timeout=30) as client:
+            accepted: dict[str, str] = {}
+            completed = 0
+            for name, (data, fields) in samples().items():
+                reply = client.post(
+                    "/api/image-processing/jobs",
+                    files={"file": (name.split()[0], data, "application/octet-stream")},
+                    data={"userId": "demo", **fields},
+                )
+                body = reply.json()
+                if reply.status_code == 202:
+                    accepted[name] = body["jobId"]
+                    print(f"  submitted {name:42} -> {reply.status_code} job {body['jobId']}")
+                else:
+                    print(f"  submitted {name:42} -> {reply.status_code} {body['title']}: {body['detail']}")
+            print()
+            deadline = time.monotonic() + 120
+            for name, job_id in accepted.items():
+                while True:
+                    job = client.get(f"/api/image-processing/jobs/{job_id}").json()
+                    if job["status"] in ("completed", "failed") or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
+                if job["status"] == "completed":
+                    completed += 1
+                    result = job["result"]
+                    size = len(client.get(result["thumbnailUrl"]).content)
+                    print(
+                        f"  {name:42} {job['status']:9} {result['width']}x{result['height']} "
+                        f"{result['format']} {size} bytes at {base}{result['thumbnailUrl']}"
+                    )
+                else:
+                    print(f"  {name:42} {job['status']:9} {job.get('error', '')}")
+            listing = client.get("/api/image-processing/users/demo/jobs").json()
+            print(f"\n  GET /api/image-processing/users/demo/jobs: {len(listing['jobs'])} jobs, newest first")
+        return 0 if accepted and completed == len(accepted) else 1
+    finally:
+        for server in reversed(servers):
+            server.terminate()
+        print("\nstopped everything")
+
+
+def up() -> int:
+    if STATE.exists():
+        print(f"already up (see {STATE}); `make down` first")
+        return 1
+    RUN_DIR.mkdir(exist_ok=True)
+    settings = Settings(storage_backend=os.environ.get("IMGFLOW_STORAGE_BACKEND", "gridfs"))
+    if not settings.worker_metrics_port:
+        settings = settings.model_copy(update={"worker_metrics_port": free_port()})
+    servers, settings, mongo_kind = start_stack(RUN_DIR, settings)
+    STATE.write_text(json.dumps({s.name: s.pid for s in servers}, indent=2))
+    print(f"imgflow is up: API http://127.0.0.1:{settings.api_port} (docs at /docs)")
+    print(f"  Redis {settings.redis_url}, MongoDB-wire ({mongo_kind}) {settings.mongodb_url}")
+    print(f"  worker metrics http://127.0.0.1:{settings.worker_metrics_port}/metrics; logs in {RUN_DIR}/")
+    return 0
+
+
+def down() -> int:
+    if not STATE.exists():
+        print("nothing is up")
+        return 0
+    pids: dict[str, int] = json.loads(STATE.read_text())
+    # Stop in reverse start order: the worker drains before Redis and MongoDB go away.
+    for name, pid in reversed(list(pids.items())):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        for _ in range(300):
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        print(f"stopped {name} ({pid})")
+    STATE.unlink()
+    shutil.rmtree(RUN_DIR / "mongo", ignore_errors=True)
+    return 0
+
+
+def main() -> int:
+    command = sys.argv[1] if len(sys.argv) > 1 else "demo"
+    commands = {"demo": demo, "up": up, "down": down}
+    if command not in commands:
+        print(__doc__)
+        return 2
+    return commands[command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
