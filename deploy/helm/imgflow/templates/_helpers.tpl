@@ -80,15 +80,11 @@ Pod securityContext meeting the "restricted" Pod Security Standard.
 */}}
 {{- define "imgflow.podSecurityContext" -}}
 runAsNonRoot: true
-{{- with .Values.podSecurity }}
-{{- if not (kindIs "invalid" .runAsUser) }}
-runAsUser: {{ .runAsUser }}
-{{- end }}
-{{- if not (kindIs "invalid" .runAsGroup) }}
-runAsGroup: {{ .runAsGroup }}
-{{- end }}
-{{- if not (kindIs "invalid" .fsGroup) }}
-fsGroup: {{ .fsGroup }}
+{{- /* A key set to null is dropped by Helm: read them with index, which tolerates that. */}}
+{{- range $key := list "runAsUser" "runAsGroup" "fsGroup" }}
+{{- $id := index $.Values.podSecurity $key }}
+{{- if not (kindIs "invalid" $id) }}
+{{ $key }}: {{ $id | int64 }}
 {{- end }}
 {{- end }}
 seccompProfile:
@@ -153,10 +149,11 @@ Grace period of a worker pod: longer than the worker's own drain timeout.
 */}}
 {{- define "imgflow.workerTerminationGracePeriod" -}}
 {{- $drain := .Values.config.gracefulTimeoutS | float64 | ceil | int -}}
-{{- if kindIs "invalid" .Values.worker.terminationGracePeriodSeconds -}}
+{{- $grace := index .Values.worker "terminationGracePeriodSeconds" -}}
+{{- if kindIs "invalid" $grace -}}
 {{- add $drain 15 -}}
 {{- else -}}
-{{- .Values.worker.terminationGracePeriodSeconds | int -}}
+{{- $grace | int -}}
 {{- end -}}
 {{- end }}
 
@@ -168,9 +165,13 @@ Checks across values that the JSON schema cannot express; fails rendering with a
 {{- if gt (int $a.minReplicas) (int $a.maxReplicas) -}}
 {{- fail (printf "worker.autoscaling.minReplicas (%d) must not exceed worker.autoscaling.maxReplicas (%d)" (int $a.minReplicas) (int $a.maxReplicas)) -}}
 {{- end -}}
-{{- if not (kindIs "invalid" .Values.worker.terminationGracePeriodSeconds) -}}
-{{- if le (float64 .Values.worker.terminationGracePeriodSeconds) (float64 .Values.config.gracefulTimeoutS) -}}
-{{- fail (printf "worker.terminationGracePeriodSeconds (%v) must exceed config.gracefulTimeoutS (%v), or in-flight jobs are killed before they drain" .Values.worker.terminationGracePeriodSeconds .Values.config.gracefulTimeoutS) -}}
+{{- if and (eq (int $a.minReplicas) 0) (not $a.scaleToZero) -}}
+{{- fail "worker.autoscaling.minReplicas=0 needs worker.autoscaling.scaleToZero=true" -}}
+{{- end -}}
+{{- $grace := index .Values.worker "terminationGracePeriodSeconds" -}}
+{{- if not (kindIs "invalid" $grace) -}}
+{{- if le (float64 $grace) (float64 .Values.config.gracefulTimeoutS) -}}
+{{- fail (printf "worker.terminationGracePeriodSeconds (%v) must exceed config.gracefulTimeoutS (%v), or in-flight jobs are killed before they drain" $grace .Values.config.gracefulTimeoutS) -}}
 {{- end -}}
 {{- end -}}
 {{- if not (or .Values.externalRedis.url .Values.existingSecret.name .Values.redis.enabled) -}}

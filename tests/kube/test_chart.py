@@ -1,0 +1,334 @@
+"""The Helm chart against a real kube-apiserver (fixture ``kube``; no kubelet, so no pod runs).
+
+``helm install --dry-run=server`` first (every object through the API server's validation and
+admission without storing it), then a real install, an upgrade with changed values, an uninstall
+that leaves nothing of the release behind, and the operator's RBAC checked with
+``kubectl auth can-i`` as its ServiceAccount. Never ``--wait`` (pods never become ready here) and
+never ``helm test`` (its pod would never run); tests/test_chart_render.py checks what it renders.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helm_chart import CHART, PRODUCTION_VALUES, helm, template_args
+from tests.kube.conftest import Kube
+
+RELEASE = "imgflow"  # contains the chart name, so objects are named imgflow-<component>
+API, WORKER, OPERATOR = "imgflow-api", "imgflow-worker", "imgflow-operator"
+
+# Namespaced kinds the chart creates (or could, with the values used here), checked after uninstall.
+NAMESPACED_KINDS = (
+    "deployments.apps",
+    "services",
+    "configmaps",
+    "secrets",
+    "serviceaccounts",
+    "roles.rbac.authorization.k8s.io",
+    "rolebindings.rbac.authorization.k8s.io",
+    "poddisruptionbudgets.policy",
+    "ingresses.networking.k8s.io",
+    "pods",
+)
+CLUSTER_KINDS = ("clusterroles.rbac.authorization.k8s.io", "clusterrolebindings.rbac.authorization.k8s.io")
+
+# Production-style values the test API server can take: everything of ci/production-values.yaml
+# except the ServiceMonitor (the monitoring.coreos.com CRDs are not installed here).
+SERVER_PRODUCTION: dict[str, Any] = {"serviceMonitor": {"enabled": False}}
+
+
+def _helm(kube: Kube, *args: str) -> str:
+    return helm(*args, kubeconfig=kube.kubeconfig).stdout
+
+
+def _install(kube: Kube, ns: str, *args: str) -> str:
+    return _helm(kube, "install", RELEASE, str(CHART), "--namespace", ns, *args)
+
+
+def _objects(manifest: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(manifest) if d]
+
+
+def _get(kube: Kube, ns: str, kind: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = kube.kubectl_json("get", kind, name, "-n", ns)
+    return obj
+
+
+def _leftovers(kube: Kube, ns: str) -> list[str]:
+    """Everything of the release still in the cluster, as kind/name."""
+    found = kube.kubectl(
+        "get", ",".join(NAMESPACED_KINDS), "-n", ns, "-o", "name", "--ignore-not-found"
+    ).stdout.split()
+    # the namespace fixture's ServiceAccount is not ours
+    found = [f for f in found if f != "serviceaccount/default"]
+    found += kube.kubectl(
+        "get", ",".join(CLUSTER_KINDS), "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name"
+    ).stdout.split()
+    # cluster-scoped objects of this namespace's release, whatever their labels
+    found += [
+        name
+        for name in kube.kubectl("get", ",".join(CLUSTER_KINDS), "-o", "name").stdout.split()
+        if name.split("/", 1)[1].startswith(f"{ns}-")
+    ]
+    return sorted(set(found))
+
+
+@pytest.fixture
+def tmp_values(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def uninstall_after(kube: Kube, namespace: str) -> Iterator[None]:
+    """Uninstalls the release if a test left it installed (its ClusterRole* outlive the namespace)."""
+    yield
+    helm("uninstall", RELEASE, "--namespace", namespace, "--ignore-not-found", kubeconfig=kube.kubeconfig)
+
+
+def test_server_side_dry_run_then_install_upgrade_uninstall(
+    kube: Kube, namespace: str, tmp_values: Path, uninstall_after: None
+) -> None:
+    ns = namespace
+    # 1. Every object through the API server's validation, nothing stored.
+    dry = _install(kube, ns, "--dry-run=server")
+    assert "STATUS: pending-install" in dry
+    assert kube.kubectl("get", "deployments", "-n", ns, "-o", "name").stdout.strip() == ""
+
+    # 2. The real install: what helm says it installed is in the cluster.
+    out = _install(kube, ns)
+    assert "STATUS: deployed" in out
+    # NOTES.txt tells the user what to do next
+    for hint in (
+        f"port-forward svc/{API}",
+        "/api/image-processing/jobs",
+        f"-n {ns} get imagejobs",
+        "WARNING",
+    ):
+        assert hint in out, hint
+    manifest = _objects(_helm(kube, "get", "manifest", RELEASE, "--namespace", ns))
+    assert {(o["kind"], o["metadata"]["name"]) for o in manifest} >= {
+        ("Deployment", API),
+        ("Deployment", WORKER),
+        ("Deployment", OPERATOR),
+        ("Deployment", "imgflow-redis"),
+        ("Deployment", "imgflow-mongodb"),
+        ("Role", OPERATOR),
+        ("ClusterRole", f"{ns}-{OPERATOR}"),
+    }
+    for o in manifest:
+        kind = o["kind"].lower()
+        if o["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            kube.kubectl("get", kind, o["metadata"]["name"])
+        else:
+            assert (
+                _get(kube, ns, kind, o["metadata"]["name"])["metadata"]["labels"][
+                    "app.kubernetes.io/instance"
+                ]
+                == RELEASE
+            )
+    # the test hook is not created by install (and would not run here)
+    assert kube.kubectl("get", "pods", "-n", ns, "-o", "name").stdout.strip() == ""
+    worker = _get(kube, ns, "deployment", WORKER)
+    assert worker["metadata"]["labels"]["imgflow.io/autoscale"] == "true"
+    assert worker["spec"]["replicas"] == 1  # the API server's default: the chart leaves it to the operator
+
+    # 3. The operator scales the workers (here: kubectl, as the operator would)...
+    kube.kubectl("scale", "deployment", WORKER, "--replicas=3", "-n", ns)
+    # ...and an upgrade with changed values applies them without undoing that.
+    changed = {
+        "api": {"replicas": 2},
+        "config": {"workerConcurrency": 4},
+        "worker": {"autoscaling": {"maxReplicas": 20}},
+    }
+    out = _helm(
+        kube,
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        ns,
+        *template_args(changed, directory=tmp_values),
+    )
+    assert "STATUS: deployed" in out and "REVISION: 2" in out
+    assert _get(kube, ns, "deployment", API)["spec"]["replicas"] == 2
+    worker = _get(kube, ns, "deployment", WORKER)
+    assert worker["metadata"]["annotations"]["imgflow.io/max-replicas"] == "20"
+    assert worker["spec"]["replicas"] == 3, "helm upgrade reset the replica count the operator chose"
+    config = _get(kube, ns, "configmap", "imgflow-config")
+    assert config["data"]["IMGFLOW_WORKER_CONCURRENCY"] == "4"
+    history = _helm(kube, "history", RELEASE, "--namespace", ns, "-o", "yaml")
+    assert [h["status"] for h in yaml.safe_load(history)] == ["superseded", "deployed"]
+
+    # 4. Uninstall: nothing of the release is left; the CRD stays (Helm never deletes crds/).
+    out = _helm(kube, "uninstall", RELEASE, "--namespace", ns)
+    assert "uninstalled" in out
+    assert _leftovers(kube, ns) == []
+    release_secrets = kube.kubectl("get", "secrets", "-n", ns, "-l", "owner=helm", "-o", "name").stdout
+    assert release_secrets.strip() == ""
+    kube.kubectl("get", "crd", "imagejobs.imgflow.io")
+
+
+def test_production_values_install_with_an_existing_secret(
+    kube: Kube, namespace: str, tmp_values: Path, uninstall_after: None
+) -> None:
+    """External databases via the user's own Secret, Ingress, PDBs, the dashboard, 3 API pods."""
+    ns = namespace
+    kube.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "imgflow-connections-prod",
+        "-n",
+        ns,
+        "--from-literal=redis-url=redis://redis.example:6379/0",
+        "--from-literal=mongodb-url=mongodb://mongo.example:27017",
+    )
+    prod = yaml.safe_load(PRODUCTION_VALUES.read_text())
+    values = {
+        **SERVER_PRODUCTION,
+        "externalRedis": {"url": ""},
+        "externalMongodb": {"url": ""},
+        "existingSecret": {"name": "imgflow-connections-prod"},
+    }
+    args = template_args(values, files=[PRODUCTION_VALUES], directory=tmp_values)
+    _install(kube, ns, "--dry-run=server", *args)
+    out = _install(kube, ns, *args)
+    assert "STATUS: deployed" in out and "WARNING" not in out
+    assert "export IMGFLOW=https://imgflow.example.com" in out
+
+    names = set(kube.kubectl("get", ",".join(NAMESPACED_KINDS), "-n", ns, "-o", "name").stdout.split())
+    assert "deployment.apps/imgflow-redis" not in names and "deployment.apps/imgflow-mongodb" not in names
+    assert "secret/imgflow-connections" not in names  # the chart made no Secret of its own
+    ingress = _get(kube, ns, "ingress", API)
+    assert ingress["spec"]["rules"][0]["host"] == prod["api"]["ingress"]["hosts"][0]["host"]
+    assert _get(kube, ns, "deployment", API)["spec"]["replicas"] == 3
+    assert _get(kube, ns, "pdb", API)["spec"]["maxUnavailable"] == 1
+    dashboard = _get(kube, ns, "configmap", "imgflow-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    api_env = _get(kube, ns, "deployment", API)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {
+        "name": "IMGFLOW_REDIS_URL",
+        "valueFrom": {"secretKeyRef": {"name": "imgflow-connections-prod", "key": "redis-url"}},
+    } in api_env
+    # the user's Secret is not the release's: uninstall leaves it alone
+    _helm(kube, "uninstall", RELEASE, "--namespace", ns)
+    left = _leftovers(kube, ns)
+    assert left == ["secret/imgflow-connections-prod"]
+    data = _get(kube, ns, "secret", "imgflow-connections-prod")["data"]
+    assert base64.b64decode(data["redis-url"]).decode() == "redis://redis.example:6379/0"
+
+
+def test_server_rejects_nothing_the_schema_lets_through(kube: Kube, namespace: str, tmp_values: Path) -> None:
+    """Odd but valid values (no operator, fixed workers, local storage, platform UIDs) still pass
+    the API server's validation."""
+    values = {
+        "operator": {"enabled": False},
+        "worker": {
+            "autoscaling": {"enabled": False},
+            "replicas": 0,
+            "podDisruptionBudget": {"maxUnavailable": "50%"},
+        },
+        "config": {"storageBackend": "local", "storageDir": "/srv/imgflow"},
+        "storageVolume": {"persistentVolumeClaim": {"claimName": "imgflow-data"}},
+        "podSecurity": {"runAsUser": None, "runAsGroup": None, "fsGroup": None},
+        "api": {"service": {"type": "NodePort"}, "podDisruptionBudget": {"enabled": True}},
+    }
+    out = _install(kube, namespace, "--dry-run=server", *template_args(values, directory=tmp_values))
+    assert "STATUS: pending-install" in out
+    assert "ImageJobs are not processed" in out
+
+
+# --- the operator's RBAC ------------------------------------------------------------------------
+
+
+def _can_i(kube: Kube, ns: str, *args: str) -> bool:
+    proc = kube.kubectl("auth", "can-i", *args, f"--as=system:serviceaccount:{ns}:{OPERATOR}", check=False)
+    answer = proc.stdout.strip()
+    assert answer in ("yes", "no"), proc.stderr
+    return answer == "yes"
+
+
+def test_operator_service_account_can_do_its_job_and_nothing_else(
+    kube: Kube, namespace: str, uninstall_after: None
+) -> None:
+    ns = namespace
+    _install(kube, ns)
+    # A second namespace with its own Deployment named like ours, and a stranger Deployment here.
+    other_ns = f"{ns}-other"[:63]
+    kube.kubectl("create", "namespace", other_ns)
+    try:
+        kube.kubectl("create", "deployment", "other", "--image=nginx", "-n", ns)
+        kube.kubectl("create", "deployment", WORKER, "--image=nginx", "-n", other_ns)
+
+        # The authorizer learns of new bindings from a watch: wait until the first grant shows.
+        deadline = time.monotonic() + 60
+        while not _can_i(kube, ns, "patch", f"deployments.apps/{WORKER}", "--subresource=scale", "-n", ns):
+            assert time.monotonic() < deadline, "the operator's RoleBinding never took effect"
+            time.sleep(0.5)
+
+        must = [
+            ("patch", f"deployments.apps/{WORKER}", "--subresource=scale", "-n", ns),
+            ("update", f"deployments.apps/{WORKER}", "--subresource=scale", "-n", ns),
+            ("get", f"deployments.apps/{WORKER}", "--subresource=scale", "-n", ns),
+            ("list", "deployments.apps", "-n", ns),
+            ("watch", "deployments.apps", "-n", ns),
+            ("get", "imagejobs.imgflow.io", "-n", ns),
+            ("list", "imagejobs.imgflow.io", "-n", ns),
+            ("watch", "imagejobs.imgflow.io", "-n", ns),
+            ("patch", "imagejobs.imgflow.io", "-n", ns),
+            ("delete", "imagejobs.imgflow.io", "-n", ns),
+            ("patch", "imagejobs.imgflow.io", "--subresource=status", "-n", ns),
+            ("update", "imagejobs.imgflow.io", "--subresource=status", "-n", ns),
+            ("create", "events", "-n", ns),
+            ("patch", "events", "-n", ns),
+            ("create", "events.events.k8s.io", "-n", ns),
+            ("list", "pods", "-n", ns),
+            ("watch", "pods", "-n", ns),
+            ("patch", "pods", "-n", ns),
+            ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+            ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+        ]
+        must_not = [
+            # no Secrets, in any way
+            ("get", "secrets", "-n", ns),
+            ("list", "secrets", "-n", ns),
+            ("watch", "secrets", "-n", ns),
+            ("get", "secrets", "-n", other_ns),
+            # no other Deployment's scale, and no Deployment writes at all
+            ("patch", f"deployments.apps/{API}", "--subresource=scale", "-n", ns),
+            ("update", f"deployments.apps/{API}", "--subresource=scale", "-n", ns),
+            ("patch", "deployments.apps/other", "--subresource=scale", "-n", ns),
+            ("patch", f"deployments.apps/{WORKER}", "--subresource=scale", "-n", other_ns),
+            ("patch", f"deployments.apps/{WORKER}", "-n", ns),
+            ("update", f"deployments.apps/{WORKER}", "-n", ns),
+            ("delete", f"deployments.apps/{WORKER}", "-n", ns),
+            ("create", "deployments.apps", "-n", ns),
+            # no pods made or removed
+            ("create", "pods", "-n", ns),
+            ("delete", "pods", "-n", ns),
+            ("create", "pods/exec", "-n", ns),
+            # only its own namespace
+            ("list", "imagejobs.imgflow.io", "-n", other_ns),
+            ("list", "pods", "-n", other_ns),
+            ("list", "deployments.apps", "--all-namespaces"),
+            # nothing else of note
+            ("create", "imagejobs.imgflow.io", "-n", ns),
+            ("get", "configmaps", "-n", ns),
+            ("create", "serviceaccounts/token", "-n", ns),
+            ("patch", "roles.rbac.authorization.k8s.io", "-n", ns),
+            ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+            ("list", "namespaces"),
+        ]
+        wrong = [" ".join(a) for a in must if not _can_i(kube, ns, *a)]
+        wrong += ["NOT " + " ".join(a) for a in must_not if _can_i(kube, ns, *a)]
+        assert wrong == [], "the operator's permissions differ from the agreed ones"
+    finally:
+        kube.kubectl("delete", "deployment", WORKER, "-n", other_ns, "--ignore-not-found", check=False)
+        kube.kubectl("delete", "namespace", other_ns, "--wait=false", "--ignore-not-found", check=False)

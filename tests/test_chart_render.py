@@ -1,0 +1,728 @@
+"""The Helm chart (deploy/helm/imgflow) without an API server: lint, render, schema, security.
+
+Also checks that the files around the chart agree with it: the Dockerfiles' UID and commands,
+skaffold.yaml's value keys, the GitHub workflow. tests/kube/test_chart.py installs the chart into a
+real kube-apiserver.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from imgflow.core.settings import Settings
+from tests.helm_chart import (
+    CHART,
+    KUBE_VERSION,
+    PRODUCTION_VALUES,
+    ROOT,
+    find,
+    helm,
+    one,
+    pod_specs,
+    render,
+    restricted_violations,
+    template_args,
+)
+
+pytestmark = pytest.mark.skipif(
+    not (ROOT / ".tools" / "bin" / "helm").exists(), reason="needs .tools/bin/helm (scripts/tools.sh helm)"
+)
+
+REL = "rel"
+NS = "imgflow"
+API, WORKER, OPERATOR = f"{REL}-imgflow-api", f"{REL}-imgflow-worker", f"{REL}-imgflow-operator"
+REDIS, MONGODB = f"{REL}-imgflow-redis", f"{REL}-imgflow-mongodb"
+DEFAULT_VALUES: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+MEMBERS = ("api", "worker", "operator")
+
+
+@pytest.fixture(scope="module")
+def default_docs() -> list[dict[str, Any]]:
+    return render(release=REL, namespace=NS)
+
+
+@pytest.fixture(scope="module")
+def production_docs() -> list[dict[str, Any]]:
+    return render(files=[PRODUCTION_VALUES], release=REL, namespace=NS)
+
+
+def container(deployment: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    return containers[0] if name is None else next(c for c in containers if c["name"] == name)
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env") or []}
+
+
+def secret_data(secret: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def config_map(docs: list[dict[str, Any]]) -> dict[str, str]:
+    data: dict[str, str] = one(docs, "ConfigMap", f"{REL}-imgflow-config")["data"]
+    return data
+
+
+# --- lint ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, PRODUCTION_VALUES], ids=["default", "production"])
+def test_lint_strict_has_no_warnings(values: Path | None) -> None:
+    args = ["-f", str(values)] if values else []
+    proc = helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), *args, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "[WARNING]" not in output and "[ERROR]" not in output, output
+    assert "1 chart(s) linted, 0 chart(s) failed" in output
+
+
+# --- what the default values render -------------------------------------------------------------
+
+
+def test_default_render_has_the_expected_objects(default_docs: list[dict[str, Any]]) -> None:
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in default_docs)
+    assert kinds == sorted(
+        [
+            ("ConfigMap", f"{REL}-imgflow-config"),
+            ("Secret", f"{REL}-imgflow-connections"),
+            ("Deployment", API),
+            ("Service", API),
+            ("Deployment", WORKER),
+            ("Service", f"{REL}-imgflow-worker-metrics"),
+            ("PodDisruptionBudget", WORKER),
+            ("Deployment", OPERATOR),
+            ("Service", f"{REL}-imgflow-operator-metrics"),
+            ("ServiceAccount", OPERATOR),
+            ("Role", OPERATOR),
+            ("RoleBinding", OPERATOR),
+            ("ClusterRole", f"{NS}-{OPERATOR}"),
+            ("ClusterRoleBinding", f"{NS}-{OPERATOR}"),
+            ("Deployment", REDIS),
+            ("Service", REDIS),
+            ("Deployment", MONGODB),
+            ("Service", MONGODB),
+            ("Pod", f"{REL}-imgflow-test"),
+        ]
+    )
+    for d in default_docs:
+        labels = d["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "imgflow"
+        assert labels["app.kubernetes.io/instance"] == REL
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/version"] == "0.1.0"
+        assert "app.kubernetes.io/component" in labels
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert d["metadata"]["namespace"] == NS
+
+
+def test_dev_databases_are_wired_by_default(default_docs: list[dict[str, Any]]) -> None:
+    urls = secret_data(one(default_docs, "Secret", f"{REL}-imgflow-connections"))
+    assert urls == {"redis-url": f"redis://{REDIS}:6379/0", "mongodb-url": f"mongodb://{MONGODB}:27017"}
+    redis = container(one(default_docs, "Deployment", REDIS))
+    assert redis["image"] == "redis:7.4"
+    mongo = container(one(default_docs, "Deployment", MONGODB))
+    assert mongo["image"] == "mongo:8.0" and mongo["command"] == ["mongod"]
+    for name in (REDIS, MONGODB):
+        assert one(default_docs, "Deployment", name)["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_configmap_sets_every_core_setting_with_the_application_defaults(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    data = config_map(default_docs)
+    fields = Settings.model_fields
+    secret_fields = {"redis_url", "mongodb_url"}
+    keys = {k.removeprefix("IMGFLOW_").lower() for k in data}
+    assert all(k.startswith("IMGFLOW_") for k in data)
+    assert keys <= set(fields), f"ConfigMap keys that are no setting: {keys - set(fields)}"
+    assert set(fields) - secret_fields <= keys, f"settings the chart cannot set: {set(fields) - keys}"
+    # Each value parses, and equals the application's default unless the chart decides it.
+    chart_decided = {"api_host": "0.0.0.0", "storage_dir": "/data"}
+    parsed = Settings.model_validate({k.removeprefix("IMGFLOW_").lower(): v for k, v in data.items()})
+    for name in keys:
+        expected = chart_decided.get(name, fields[name].default)
+        assert str(getattr(parsed, name)) == str(expected), name
+    assert data["IMGFLOW_STREAM_MAXLEN"] == "1000000"  # not 1e+06
+    assert data["IMGFLOW_MAX_UPLOAD_BYTES"] == "10485760"
+
+
+def test_operator_settings_the_chart_sets_exist() -> None:
+    operator_settings = pytest.importorskip("imgflow.operator.settings")
+    docs = render(release=REL, namespace=NS)
+    env = env_of(container(one(docs, "Deployment", OPERATOR)))
+    fields = operator_settings.OperatorSettings.model_fields
+    for name in env:
+        if name.startswith("IMGFLOW_"):
+            assert name.removeprefix("IMGFLOW_").lower() in fields, name
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_api_deployment(default_docs: list[dict[str, Any]]) -> None:
+    api = one(default_docs, "Deployment", API)
+    c = container(api, "api")
+    assert api["spec"]["replicas"] == 1
+    assert c["image"] == "ghcr.io/imgflow/imgflow-api:0.1.0"
+    assert c["command"] == ["imgflow-api"]
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert config_map(default_docs)["IMGFLOW_API_HOST"] == "0.0.0.0"
+    assert config_map(default_docs)["IMGFLOW_API_PORT"] == "8000"
+    env = env_of(c)
+    assert env["IMGFLOW_REDIS_URL"] == {
+        "secretKeyRef": {"name": f"{REL}-imgflow-connections", "key": "redis-url"}
+    }
+    assert env["IMGFLOW_MONGODB_URL"]["secretKeyRef"]["key"] == "mongodb-url"
+    assert c["envFrom"] == [{"configMapRef": {"name": f"{REL}-imgflow-config"}}]
+    svc = one(default_docs, "Service", API)
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    assert svc["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
+    assert api["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("name", [API, WORKER, OPERATOR])
+def test_imgflow_pods_get_a_writable_tmp(default_docs: list[dict[str, Any]], name: str) -> None:
+    d = one(default_docs, "Deployment", name)
+    spec = d["spec"]["template"]["spec"]
+    tmp = next(v for v in spec["volumes"] if v["name"] == "tmp")
+    assert "emptyDir" in tmp
+    assert {"name": "tmp", "mountPath": "/tmp"} in spec["containers"][0]["volumeMounts"]
+    # the pods roll when the configuration changes
+    assert {"checksum/config", "checksum/connections"} <= set(
+        d["spec"]["template"]["metadata"]["annotations"]
+    )
+
+
+def test_worker_is_set_up_for_the_operator(default_docs: list[dict[str, Any]]) -> None:
+    worker = one(default_docs, "Deployment", WORKER)
+    meta = worker["metadata"]
+    assert meta["labels"]["imgflow.io/autoscale"] == "true"
+    assert meta["annotations"] == {
+        "imgflow.io/min-replicas": "1",
+        "imgflow.io/max-replicas": "10",
+        "imgflow.io/backlog-per-replica": "10",
+        "imgflow.io/scale-to-zero": "false",
+        "imgflow.io/scale-down-window-seconds": "60",
+    }
+    # the operator owns the replica count: Helm must not render (and on upgrade reset) it
+    assert "replicas" not in worker["spec"]
+    spec = worker["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] > float(
+        config_map(default_docs)["IMGFLOW_GRACEFUL_TIMEOUT_S"]
+    )
+    c = container(worker, "worker")
+    assert c["command"] == ["imgflow-worker"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["ports"][0]["containerPort"] == 9100
+    assert config_map(default_docs)["IMGFLOW_WORKER_METRICS_PORT"] == "9100"
+    pdb = one(default_docs, "PodDisruptionBudget", WORKER)
+    assert pdb["spec"]["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # the API Deployment is not the operator's to scale
+    assert "imgflow.io/autoscale" not in one(default_docs, "Deployment", API)["metadata"]["labels"]
+
+
+def test_worker_autoscaling_off_renders_fixed_replicas() -> None:
+    docs = render({"worker": {"autoscaling": {"enabled": False}, "replicas": 4}})
+    worker = one(docs, "Deployment", WORKER)
+    assert worker["spec"]["replicas"] == 4
+    assert "imgflow.io/autoscale" not in worker["metadata"]["labels"]
+    assert not worker["metadata"].get("annotations")
+
+
+def test_worker_grace_period_follows_the_drain_timeout() -> None:
+    docs = render({"config": {"gracefulTimeoutS": 90.5}})
+    assert one(docs, "Deployment", WORKER)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 106
+    docs = render({"worker": {"terminationGracePeriodSeconds": 120}})
+    assert one(docs, "Deployment", WORKER)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+
+
+def test_operator_deployment(default_docs: list[dict[str, Any]]) -> None:
+    op = one(default_docs, "Deployment", OPERATOR)
+    assert op["spec"]["replicas"] == 1
+    assert op["spec"]["strategy"] == {"type": "Recreate"}
+    spec = op["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == OPERATOR
+    c = container(op, "operator")
+    assert c["command"] == ["imgflow-operator"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
+
+
+def test_operator_rbac_is_exactly_the_agreed_rules(default_docs: list[dict[str, Any]]) -> None:
+    def norm(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, tuple[str, ...]]]:
+        out = set()
+        for r in rules:
+            assert "*" not in r["verbs"] and "*" not in r["resources"] and "*" not in r["apiGroups"]
+            assert "nonResourceURLs" not in r
+            for group in r["apiGroups"]:
+                for resource in r["resources"]:
+                    for verb in r["verbs"]:
+                        out.add((group, resource, verb, tuple(r.get("resourceNames") or ())))
+        return out
+
+    role = norm(one(default_docs, "Role", OPERATOR)["rules"])
+    expected: set[tuple[str, str, str, tuple[str, ...]]] = set()
+    for verb in ("get", "list", "watch", "patch", "delete"):
+        expected.add(("imgflow.io", "imagejobs", verb, ()))
+    for verb in ("get", "patch", "update"):
+        expected.add(("imgflow.io", "imagejobs/status", verb, ()))
+        expected.add(("apps", "deployments/scale", verb, (WORKER,)))
+    for verb in ("create", "patch"):
+        expected.add(("", "events", verb, ()))
+        expected.add(("events.k8s.io", "events", verb, ()))
+    for verb in ("get", "list", "watch"):
+        expected.add(("apps", "deployments", verb, ()))
+    for verb in ("get", "list", "watch", "patch"):
+        expected.add(("", "pods", verb, ()))
+    assert role == expected
+    assert not any(resource == "secrets" for _, resource, _, _ in role)
+
+    cluster = norm(one(default_docs, "ClusterRole", f"{NS}-{OPERATOR}")["rules"])
+    assert cluster == {
+        ("apiextensions.k8s.io", "customresourcedefinitions", verb, ()) for verb in ("get", "list", "watch")
+    }
+    for kind, ref_kind in (("RoleBinding", "Role"), ("ClusterRoleBinding", "ClusterRole")):
+        name = OPERATOR if kind == "RoleBinding" else f"{NS}-{OPERATOR}"
+        binding = one(default_docs, kind, name)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": ref_kind, "name": name}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NS}]
+
+
+def test_operator_can_be_left_out() -> None:
+    docs = render({"operator": {"enabled": False}})
+    assert not [d for d in docs if d["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"]
+
+
+def test_helm_test_pod_submits_an_image_and_waits(default_docs: list[dict[str, Any]]) -> None:
+    pod = one(default_docs, "Pod", f"{REL}-imgflow-test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    c = pod["spec"]["containers"][0]
+    assert c["image"] == "python:3.11-slim"
+    assert env_of(c)["API_URL"] == f"http://{API}:80"
+    script = c["args"][0]
+    compile(script, "helm-test", "exec")  # it is valid Python
+    for needle in ("/readyz", "/api/image-processing/jobs", '"completed"', "userId"):
+        assert needle in script
+
+
+# --- production-style values --------------------------------------------------------------------
+
+
+def test_production_values_render_what_they_ask_for(production_docs: list[dict[str, Any]]) -> None:
+    prod = yaml.safe_load(PRODUCTION_VALUES.read_text())
+    names = {(d["kind"], d["metadata"]["name"]) for d in production_docs}
+    # external databases: no in-cluster ones
+    assert ("Deployment", REDIS) not in names and ("Deployment", MONGODB) not in names
+    assert ("Service", REDIS) not in names and ("Service", MONGODB) not in names
+    urls = secret_data(one(production_docs, "Secret", f"{REL}-imgflow-connections"))
+    assert urls == {"redis-url": prod["externalRedis"]["url"], "mongodb-url": prod["externalMongodb"]["url"]}
+
+    api = one(production_docs, "Deployment", API)
+    assert api["spec"]["replicas"] == 3
+    assert (
+        api["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        == prod["api"]["topologySpreadConstraints"]
+    )
+    assert container(api)["resources"] == prod["api"]["resources"]
+    assert one(production_docs, "PodDisruptionBudget", API)["spec"]["maxUnavailable"] == 1
+
+    ingress = one(production_docs, "Ingress", API)
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == prod["api"]["ingress"]["tls"]
+    assert ingress["metadata"]["annotations"] == prod["api"]["ingress"]["annotations"]
+    rule = ingress["spec"]["rules"][0]
+    assert rule["host"] == "imgflow.example.com"
+    assert rule["http"]["paths"][0]["backend"] == {"service": {"name": API, "port": {"name": "http"}}}
+
+    worker = one(production_docs, "Deployment", WORKER)
+    assert worker["metadata"]["annotations"]["imgflow.io/min-replicas"] == "2"
+    assert worker["metadata"]["annotations"]["imgflow.io/max-replicas"] == "40"
+    assert worker["metadata"]["annotations"]["imgflow.io/scale-down-window-seconds"] == "600"
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 70  # 55 s drain + 15
+    assert config_map(production_docs)["IMGFLOW_WORKER_CONCURRENCY"] == "4"
+    assert config_map(production_docs)["IMGFLOW_MAX_UPLOAD_BYTES"] == "20971520"
+
+    sm = one(production_docs, "ServiceMonitor", f"{REL}-imgflow")
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert {e["port"] for e in sm["spec"]["endpoints"]} == {"http", "metrics"}
+    assert all(e["interval"] == "15s" and e["path"] == "/metrics" for e in sm["spec"]["endpoints"])
+    # every component with metrics has a Service the ServiceMonitor selects, with the right port
+    selected = [
+        d
+        for d in find(production_docs, "Service")
+        if all(d["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
+        and d["metadata"]["labels"]["app.kubernetes.io/component"] in ("api", "worker", "operator")
+    ]
+    ports = {
+        (s["metadata"]["labels"]["app.kubernetes.io/component"], s["spec"]["ports"][0]["name"])
+        for s in selected
+    }
+    assert ports == {("api", "http"), ("worker", "metrics"), ("operator", "metrics")}
+    for name in (API, WORKER, OPERATOR):
+        assert container(one(production_docs, "Deployment", name))["image"].endswith(":0.1.0")
+
+
+def test_grafana_dashboard(production_docs: list[dict[str, Any]]) -> None:
+    cm = one(production_docs, "ConfigMap", f"{REL}-imgflow-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "imgflow"}
+    dashboard = json.loads(cm["data"]["imgflow.json"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for metric in (
+        "imgflow_queue_backlog",
+        "imgflow_jobs_submitted_total",
+        "imgflow_jobs_completed_total",
+        'status="failed"',
+        "imgflow_job_duration_seconds_bucket",
+        "imgflow_autoscaler_desired_replicas",
+        "imgflow_autoscaler_current_replicas",
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+    ):
+        assert metric in exprs, metric
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for word in ("backlog", "throughput", "latency", "failure", "replicas"):
+        assert word in titles
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert not find(render(), "ConfigMap", f"{REL}-imgflow-dashboard")  # off by default
+
+
+def test_existing_secret_replaces_the_chart_secret_and_the_dev_databases() -> None:
+    docs = render(
+        {"existingSecret": {"name": "imgflow-prod", "redisUrlKey": "REDIS", "mongodbUrlKey": "MONGO"}}
+    )
+    assert not find(docs, "Secret")
+    assert not find(docs, "Deployment", REDIS) and not find(docs, "Deployment", MONGODB)
+    for name in (API, WORKER, OPERATOR):
+        d = one(docs, "Deployment", name)
+        env = env_of(container(d))
+        assert env["IMGFLOW_REDIS_URL"] == {"secretKeyRef": {"name": "imgflow-prod", "key": "REDIS"}}
+        assert env["IMGFLOW_MONGODB_URL"] == {"secretKeyRef": {"name": "imgflow-prod", "key": "MONGO"}}
+        assert "checksum/connections" not in d["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_one_external_database_keeps_the_other_in_cluster() -> None:
+    docs = render({"externalRedis": {"url": "redis://redis.example:6379/1"}})
+    assert not find(docs, "Deployment", REDIS)
+    assert find(docs, "Deployment", MONGODB)
+    urls = secret_data(one(docs, "Secret", f"{REL}-imgflow-connections"))
+    assert urls["redis-url"] == "redis://redis.example:6379/1"
+    assert urls["mongodb-url"] == f"mongodb://{MONGODB}:27017"
+
+
+def test_local_storage_mounts_the_shared_volume_everywhere() -> None:
+    volume = {"persistentVolumeClaim": {"claimName": "imgflow-data"}}
+    docs = render(
+        {"config": {"storageBackend": "local", "storageDir": "/srv/imgflow"}, "storageVolume": volume}
+    )
+    for name in (API, WORKER, OPERATOR):
+        spec = one(docs, "Deployment", name)["spec"]["template"]["spec"]
+        assert {"name": "storage", **volume} in spec["volumes"]
+        assert {"name": "storage", "mountPath": "/srv/imgflow"} in spec["containers"][0]["volumeMounts"]
+    assert config_map(docs)["IMGFLOW_STORAGE_DIR"] == "/srv/imgflow"
+
+
+def test_image_tags_and_digests() -> None:
+    digest = "sha256:" + "a" * 64
+    docs = render({"image": {"tag": "1.2.3"}, "worker": {"image": {"tag": "9.9.9", "digest": digest}}})
+    assert container(one(docs, "Deployment", API))["image"] == "ghcr.io/imgflow/imgflow-api:1.2.3"
+    assert (
+        container(one(docs, "Deployment", WORKER))["image"]
+        == f"ghcr.io/imgflow/imgflow-worker:9.9.9@{digest}"
+    )
+
+
+def test_long_release_names_stay_within_kubernetes_limits() -> None:
+    release = "long-release-name-" + "x" * 35  # 53: the longest Helm accepts
+    docs = render(release=release)
+    for d in docs:
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert len(d["metadata"]["name"]) <= 63, d["metadata"]["name"]
+            assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", d["metadata"]["name"])
+    names = [d["metadata"]["name"] for d in docs]
+    assert len(names) == len({(d["kind"], d["metadata"]["name"]) for d in docs})
+
+
+# --- security -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [None, PRODUCTION_VALUES], ids=["default", "production"])
+def test_every_pod_meets_the_restricted_pod_security_standard(values: Path | None) -> None:
+    docs = render(files=[values] if values else [])
+    specs = dict(pod_specs(docs))
+    expected = {f"Deployment/{n}" for n in (API, WORKER, OPERATOR)} | {f"Pod/{REL}-imgflow-test"}
+    if values is None:
+        expected |= {f"Deployment/{REDIS}", f"Deployment/{MONGODB}"}
+    assert set(specs) == expected
+    for where, spec in specs.items():
+        assert restricted_violations(spec) == [], where
+        assert spec["securityContext"]["runAsUser"] == 10001, where
+        assert spec["securityContext"]["runAsGroup"] == 10001, where
+        for c in spec["containers"]:
+            assert c.get("resources", {}).get("limits", {}).get("memory"), f"{where}: no memory limit"
+
+
+def test_the_checker_catches_violations() -> None:
+    docs = render()
+    spec = dict(pod_specs(docs))[f"Deployment/{API}"]
+    spec["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    spec["securityContext"].pop("seccompProfile")
+    problems = restricted_violations(spec)
+    assert any("allowPrivilegeEscalation" in p for p in problems)
+    assert any("seccompProfile" in p for p in problems)
+
+
+def test_platform_assigned_uids_are_possible() -> None:
+    docs = render({"podSecurity": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}})
+    for where, spec in pod_specs(docs):
+        sc = spec["securityContext"]
+        assert sc["runAsNonRoot"] is True and "runAsUser" not in sc and "fsGroup" not in sc, where
+
+
+# --- the schema and the template checks refuse bad values ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"api": {"replicaCount": 2}}, "at '/api': additional properties 'replicaCount' not allowed"),
+        (
+            {"worker": {"autoscalling": {"maxReplicas": 3}}},
+            "at '/worker': additional properties 'autoscalling'",
+        ),
+        ({"confg": {"jpegQuality": 90}}, "additional properties 'confg' not allowed"),
+        ({"config": {"jpegQualty": 90}}, "at '/config': additional properties 'jpegQualty' not allowed"),
+        ({"api": {"replicas": -1}}, "at '/api/replicas': minimum: got -1, want 0"),
+        ({"worker": {"autoscaling": {"maxReplicas": 0}}}, "at '/worker/autoscaling/maxReplicas'"),
+        ({"config": {"jpegQuality": 101}}, "at '/config/jpegQuality': maximum"),
+        (
+            {"config": {"storageBackend": "s3"}},
+            "at '/config/storageBackend': value must be one of 'gridfs', 'local'",
+        ),
+        ({"api": {"service": {"type": "Ingress"}}}, "at '/api/service/type': value must be one of"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy': value must be one of"),
+        ({"api": {"replicas": "two"}}, "at '/api/replicas': got string, want integer"),
+        ({"worker": {"image": {"digest": "latest"}}}, "at '/worker/image/digest'"),
+        ({"externalRedis": {"url": "http://redis"}}, "at '/externalRedis/url'"),
+        ({"podSecurity": {"runAsUser": 0}}, "at '/podSecurity/runAsUser'"),
+        ({"serviceMonitor": {"interval": "soon"}}, "at '/serviceMonitor/interval'"),
+    ],
+    ids=lambda v: json.dumps(v) if isinstance(v, dict) else "",
+)
+def test_schema_refuses_bad_values(values: dict[str, Any], message: str, tmp_path: Path) -> None:
+    proc = helm(
+        "template",
+        REL,
+        str(CHART),
+        "--kube-version",
+        KUBE_VERSION,
+        *template_args(values, directory=tmp_path),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"worker": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}},
+            "worker.autoscaling.minReplicas (5) must not exceed worker.autoscaling.maxReplicas (2)",
+        ),
+        (
+            {"worker": {"autoscaling": {"minReplicas": 0}}},
+            "worker.autoscaling.minReplicas=0 needs worker.autoscaling.scaleToZero=true",
+        ),
+        (
+            {"worker": {"terminationGracePeriodSeconds": 25}},
+            "worker.terminationGracePeriodSeconds (25) must exceed config.gracefulTimeoutS (25)",
+        ),
+        ({"redis": {"enabled": False}}, "no Redis: set externalRedis.url, existingSecret.name"),
+        ({"mongodb": {"enabled": False}}, "no MongoDB: set externalMongodb.url, existingSecret.name"),
+        ({"config": {"storageBackend": "local"}}, "config.storageBackend=local needs storageVolume"),
+        (
+            {"existingSecret": {"name": "s"}, "externalRedis": {"url": "redis://r:6379/0"}},
+            "existingSecret.name and externalRedis.url/externalMongodb.url exclude each other",
+        ),
+    ],
+)
+def test_template_checks_refuse_inconsistent_values(
+    values: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    proc = helm(
+        "template",
+        REL,
+        str(CHART),
+        "--kube-version",
+        KUBE_VERSION,
+        *template_args(values, directory=tmp_path),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_every_value_has_a_comment_and_a_schema_entry() -> None:
+    """values.yaml documents each tunable (a `# --` comment above it, or above an enclosing key
+    whose whole value it documents) and the schema knows every key."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    stack: list[tuple[int, bool]] = []  # enclosing keys: (indent, documented)
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)(?:- )?([A-Za-z][A-Za-z0-9]*):(.*)$", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        inherited = any(documented for _, documented in stack)
+        block: list[str] = []
+        j = i - 1
+        while j >= 0 and lines[j].strip().startswith("#"):
+            block.insert(0, lines[j].strip())
+            j -= 1
+        documented = bool(block) and block[0].startswith("# --")
+        is_section = m.group(3).strip() == ""  # a mapping whose keys carry their own comments
+        if not (documented or inherited or is_section):
+            undocumented.append(line.strip())
+        stack.append((indent, documented or inherited))
+    assert undocumented == []
+
+    def walk(values: Any, node: dict[str, Any], path: str) -> None:
+        if "$ref" in node:
+            node = schema["definitions"][node["$ref"].rsplit("/", 1)[1]]
+        if "allOf" in node:
+            node = {**node, **schema["definitions"][node["allOf"][0]["$ref"].rsplit("/", 1)[1]]}
+        if not isinstance(values, dict) or "properties" not in node:
+            return
+        for key, value in values.items():
+            assert key in node["properties"], f"{path}.{key} is not in values.schema.json"
+            walk(value, node["properties"][key], f"{path}.{key}")
+
+    walk(DEFAULT_VALUES, schema, "")
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+
+
+# --- the files around the chart -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("member", MEMBERS)
+def test_dockerfile_matches_the_chart(member: str) -> None:
+    text = (ROOT / member / "Dockerfile").read_text()
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.M)
+    assert re.search(r"^COPY --from=ghcr\.io/astral-sh/uv:[0-9.]+ /uv ", text, re.M)
+    assert text.count("FROM ") == 2  # build stage + runtime stage
+    syncs = re.findall(r"uv sync ([^\n]+)", text)
+    assert syncs and all(
+        "--frozen --no-dev" in s and s.endswith(f"--package imgflow-{member}") for s in syncs
+    )
+    others = [m for m in MEMBERS if m != member]
+    for other in others:  # only the member's own sources go into the image
+        assert f"COPY {other}/src" not in text
+    uid = DEFAULT_VALUES["podSecurity"]["runAsUser"]
+    gid = DEFAULT_VALUES["podSecurity"]["runAsGroup"]
+    assert re.search(rf"^USER {uid}:{gid}$", text, re.M)
+    assert f"--uid {uid}" in text and f"--gid {gid}" in text
+    assert f'ENTRYPOINT ["imgflow-{member}"]' in text
+    assert "TMPDIR=/tmp" in text and "PYTHONDONTWRITEBYTECODE=1" in text
+
+
+def test_dockerignore_lets_in_what_the_dockerfiles_copy() -> None:
+    lines = [
+        line
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert lines[0] == "**"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    for member in MEMBERS:
+        for src in re.findall(r"^COPY (?!--from)(.+) \S+$", (ROOT / member / "Dockerfile").read_text(), re.M):
+            for path in src.split():
+                assert path in allowed, f"{member}/Dockerfile copies {path}, which .dockerignore leaves out"
+                assert (ROOT / path).exists(), path
+
+
+def skaffold_config() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((ROOT / "skaffold.yaml").read_text()) if d]
+
+
+def test_skaffold_builds_the_three_images_and_deploys_the_chart() -> None:
+    (config,) = skaffold_config()
+    assert re.fullmatch(r"skaffold/v4beta\d+", config["apiVersion"])
+    artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
+    assert set(artifacts) == {f"imgflow-{m}" for m in MEMBERS}
+    for member in MEMBERS:
+        a = artifacts[f"imgflow-{member}"]
+        assert a["context"] == "."
+        assert a["docker"]["dockerfile"] == f"{member}/Dockerfile"
+    (release,) = config["deploy"]["helm"]["releases"]
+    assert (ROOT / release["chartPath"]).resolve() == CHART
+    templates = release["setValueTemplates"]
+    for member in MEMBERS:
+        key = f"IMAGE_REPO_imgflow_{member}"
+        assert templates[f"{member}.image.repository"] == f"{{{{.{key}}}}}"
+        assert templates[f"{member}.image.tag"].startswith(f"{{{{.IMAGE_TAG_imgflow_{member}}}}}")
+
+
+def _set_dotted(values: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for p in parents:
+        values = values.setdefault(p, {})
+    values[leaf] = value
+
+
+@pytest.mark.parametrize("profile", [None, "kind"])
+def test_skaffold_values_are_valid_chart_values(profile: str | None, tmp_path: Path) -> None:
+    """The values skaffold sets (default and per profile) pass the schema and render."""
+    (config,) = skaffold_config()
+    release = config["deploy"]["helm"]["releases"][0]
+    values: dict[str, Any] = {}
+    set_values = dict(release.get("setValues") or {})
+    templates = dict(release["setValueTemplates"])
+    if profile:
+        (prof,) = [p for p in config["profiles"] if p["name"] == profile]
+        assert "deploy" not in prof, "the profile patches the release rather than replacing it"
+        for patch in prof.get("patches") or []:
+            prefix = "/deploy/helm/releases/0/setValues/"
+            if patch["path"].startswith(prefix):
+                assert patch["op"] in ("add", "replace")
+                set_values[patch["path"].removeprefix(prefix).replace("~1", "/")] = patch["value"]
+    for key, value in set_values.items():  # `helm --set` types them: "true" is a boolean, "4" a number
+        _set_dotted(values, key, yaml.safe_load(value) if isinstance(value, str) else value)
+    for key in templates:  # skaffold fills these with the built images
+        _set_dotted(values, key, "imgflow-x")
+    docs = render(values)
+    assert find(docs, "Deployment", WORKER)
+    if profile == "kind":
+        assert find(docs, "Deployment", REDIS) and find(docs, "Deployment", MONGODB)
+
+
+def test_kind_files_and_workflow_parse() -> None:
+    cluster = yaml.safe_load((ROOT / "deploy" / "kind" / "cluster.yaml").read_text())
+    assert cluster["kind"] == "Cluster" and cluster["apiVersion"].startswith("kind.x-k8s.io/")
+    up = ROOT / "deploy" / "kind" / "up.sh"
+    assert up.stat().st_mode & 0o111, "deploy/kind/up.sh is not executable"
+    assert "skaffold run -p kind" in up.read_text()
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "kind.yaml").read_text())
+    steps = [
+        s.get("run", "") + str(s.get("uses", "")) for job in workflow["jobs"].values() for s in job["steps"]
+    ]
+    text = "\n".join(steps)
+    for needle in ("skaffold run", "kind", "/api/image-processing/jobs", "completed", "replicas"):
+        assert needle in text, needle
