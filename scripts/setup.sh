@@ -7,12 +7,17 @@ cd "$root"
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
-command -v go >/dev/null || need_apt+=(golang-go)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v go >/dev/null; then
+  echo "setup: Go 1.24 or newer is needed to build FerretDB, etcd, kube-apiserver and helm" >&2
+  exit 1
 fi
 
 if ! command -v uv >/dev/null; then
