@@ -49,7 +49,6 @@ class Settings(BaseSettings):
     # Input limits: checked before anything is decoded
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest accepted upload, in bytes")
     max_pixels: int = Field(50_000_000, ge=1, description="Largest accepted width x height of a source")
-    max_frames: int = Field(1, ge=1, description="Frames (pages) decoded of an animated source")
 
     # Processing
     default_width: int = Field(100, ge=1, le=8192, description="Thumbnail width when a job gives none")
@@ -70,9 +69,6 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the API listens on")
     api_port: int = Field(8000, description="Port the API listens on")
     worker_metrics_port: int = Field(9100, description="Port of the worker's /metrics and /healthz (0: off)")
-
-    # Users listing
-    page_limit_max: int = Field(100, ge=1, description="Largest page a list request may ask for")
 
 
 @lru_cache
