@@ -32,7 +32,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/.tools/bin
 crds=$root/deploy/helm/imgflow/crds
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+help() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; }
+usage() { echo "usage: scripts/cluster.sh [--dir DIR] up | down [--purge] | status   (-h: more)" >&2; exit 2; }
 log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
@@ -45,7 +46,7 @@ while [ $# -gt 0 ]; do
     --dir=*) dir=${1#--dir=}; shift ;;
     --purge) purge=1; shift ;;
     up | down | status) [ -z "$cmd" ] || usage; cmd=$1; shift ;;
-    -h | --help) usage ;;
+    -h | --help) help ;;
     *) usage ;;
   esac
 done
@@ -89,8 +90,9 @@ start() {
   echo "=== $(date -u +%FT%TZ) start" >>"$logs/$name.log"
   # The inner shell writes its own pid and execs the command, so the pid is right whether or not
   # setsid forks.
+  # shellcheck disable=SC2016
   setsid bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$file" "$@" \
-    </dev/null >>"$logs/$name.log" 2>&1 &
+    </dev/null >>"$logs/$name.log" 2>&1 9>&- &
   for ((i = 0; i < 100; i++)); do
     [ -s "$file" ] && return 0
     sleep 0.05
@@ -98,9 +100,9 @@ start() {
   die "$name did not start; see $logs/$name.log"
 }
 
-# stop NAME: SIGTERM, wait up to CLUSTER_STOP_TIMEOUT seconds, then SIGKILL.
+# stop NAME [SECONDS]: SIGTERM, wait up to SECONDS (CLUSTER_STOP_TIMEOUT), then SIGKILL.
 stop() {
-  local name=$1 pid deadline
+  local name=$1 wait=${2:-$stop_timeout} pid deadline
   if ! pid=$(pid_of "$name"); then
     rm -f "$run/$name.pid"
     [ "$name" = watchdog ] || log "$name: not running"
@@ -113,10 +115,10 @@ stop() {
   # Each process leads its own session and process group (setsid): signal the group, so that a
   # child (the watchdog's sleep) goes too.
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  deadline=$((SECONDS + stop_timeout))
+  deadline=$((SECONDS + wait))
   while pid_of "$name" >/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
   if pid_of "$name" >/dev/null; then
-    log "$name (pid $pid) did not stop in ${stop_timeout}s; killing it"
+    log "$name (pid $pid) did not stop in ${wait}s; killing it"
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     deadline=$((SECONDS + 10))
     while pid_of "$name" >/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
@@ -130,6 +132,7 @@ stop() {
 fail_with_log() {
   log "$2; last lines of $logs/$1.log:"
   tail -n 25 "$logs/$1.log" | sed 's/^/    /' >&2
+  log "(scripts/cluster.sh --dir $dir down stops whatever did start)"
   exit 1
 }
 
@@ -178,7 +181,7 @@ EOF
 }
 
 load_ports() {
-  ETCD_PORT= ETCD_PEER_PORT= APISERVER_PORT=
+  ETCD_PORT='' ETCD_PEER_PORT='' APISERVER_PORT=
   # shellcheck disable=SC1091
   [ ! -f "$dir/ports.env" ] || . "$dir/ports.env"
 }
@@ -309,6 +312,7 @@ wait_ready() {
   local deadline=$((SECONDS + timeout))
   local url=https://127.0.0.1:$APISERVER_PORT/readyz
   until http_ok "$url" tls; do
+    pid_of etcd >/dev/null || fail_with_log etcd "etcd exited"
     pid_of kube-apiserver >/dev/null || fail_with_log kube-apiserver "kube-apiserver exited"
     [ $SECONDS -lt $deadline ] || fail_with_log kube-apiserver "kube-apiserver not ready after ${timeout}s"
     sleep 0.2
@@ -325,14 +329,14 @@ install_crds() {
   # Established is not yet published: `kubectl explain` needs the OpenAPI document, which the
   # apiserver rebuilds a moment later.
   local names name deadline=$((SECONDS + timeout))
-  names=$("${k[@]}" get -f "$crds" -o name | sed 's|.*/||')
+  names=$("${k[@]}" get -f "$crds" -o name | sed 's|.*/||' | tr '\n' ' ')
   for name in $names; do
     until "${k[@]}" explain "$name" >/dev/null 2>&1; do
       [ $SECONDS -lt $deadline ] || die "CRD $name is not in the OpenAPI document after ${timeout}s"
       sleep 0.2
     done
   done
-  log "CRDs established: $(echo $names)"
+  log "CRDs established: ${names% }"
 }
 
 # The watchdog: `cluster.sh down` once CLUSTER_OWNER_PID is gone. Its arguments name DIR, so pid_of
@@ -345,6 +349,7 @@ up_watchdog() {
     return 0
   fi
   kill -0 "$owner" 2>/dev/null || die "CLUSTER_OWNER_PID $owner is not running"
+  # shellcheck disable=SC2016
   start watchdog bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; exec "$2" --dir "$3" down' \
     watchdog "$owner" "$root/scripts/cluster.sh" "$dir/"
 }
@@ -356,6 +361,12 @@ cmd_up() {
   [ -f "$marker" ] || echo "imgflow local control plane state; see scripts/cluster.sh" >"$marker"
   certs
   load_ports
+  # An apiserver whose etcd is gone would wait for it forever (and does not shut down gracefully
+  # without it): restart both.
+  if ! pid_of etcd >/dev/null && pid_of kube-apiserver >/dev/null; then
+    log "etcd is gone; restarting kube-apiserver too"
+    stop kube-apiserver 3
+  fi
   up_etcd
   up_apiserver
   write_kubeconfig
@@ -409,8 +420,22 @@ cmd_status() {
   [ $ready = 1 ] || exit 3
 }
 
+# One `up` or `down` at a time per DIR (when flock(1) is there to say so).
+lock() {
+  command -v flock >/dev/null || return 0
+  exec 9>>"$dir/.lock"
+  flock -w "$timeout" 9 || die "another scripts/cluster.sh holds $dir/.lock"
+}
+
 case $cmd in
-  up) cmd_up ;;
-  down) cmd_down ;;
+  up)
+    mkdir -p "$dir"
+    lock
+    cmd_up
+    ;;
+  down)
+    [ ! -d "$dir" ] || lock
+    cmd_down
+    ;;
   status) cmd_status ;;
 esac

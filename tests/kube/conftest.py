@@ -4,7 +4,8 @@
 kube-apiserver started by ``scripts/cluster.sh up`` in a pytest temp dir on free loopback ports,
 with the CRDs of ``deploy/helm/imgflow/crds`` installed (a few seconds), stopped at the end of the
 session (and by a watchdog if pytest dies without tearing down). With ``IMGFLOW_KUBECONFIG=PATH``
-the tests use that cluster instead and leave it running, e.g. after ``make cluster-up``::
+the tests use that cluster instead (after applying the working tree's CRDs to it) and leave it
+running, e.g. after ``make cluster-up``::
 
     IMGFLOW_KUBECONFIG=.cluster/kubeconfig uv run --frozen pytest tests/kube
 
@@ -20,14 +21,14 @@ controller-manager, so
   objects through ownerReferences;
 * the aggregated ClusterRoles ``admin``, ``edit`` and ``view`` have no rules (the controller that
   aggregates them is absent): bind explicit Roles/ClusterRoles in RBAC tests;
-* no ServiceAccount ``default`` is made in new namespaces (``namespace`` makes one) and no token
-  Secrets are made; ``kubectl create token SA`` works.
+* no ServiceAccount ``default`` is made in new namespaces (``namespace`` makes one), no token
+  Secrets and no ``kube-root-ca.crt`` ConfigMaps; ``kubectl create token SA`` works.
 
 RBAC is real, and the authorizer learns about new (Cluster)RoleBindings from a watch, so poll
 ``kubectl auth can-i`` for a moment after creating one. ``kubectl wait --for=jsonpath=...`` is a
 good way to wait for an operator's status updates.
 
-Typical use::
+Typical use (``from tests.kube.conftest import Kube`` for the type)::
 
     def test_something(kube: Kube, namespace: str) -> None:
         kube.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
@@ -134,11 +135,21 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     external = os.environ.get("IMGFLOW_KUBECONFIG")
     if external:
         kubeconfig = Path(external).resolve()
-        yield Kube(kubeconfig=kubeconfig, server=_server_of(kubeconfig))
+        cluster = Kube(kubeconfig=kubeconfig, server=_server_of(kubeconfig))
+        # The working tree's CRDs, in case they changed since that cluster got them.
+        cluster.kubectl(
+            "apply", "--server-side", "--force-conflicts", "--field-manager=imgflow-cluster", "-f", str(CRDS)
+        )
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=120s", "-f", str(CRDS))
+        yield cluster
         return
 
     cluster_dir = tmp_path_factory.mktemp("cluster")
     up = cluster_sh(cluster_dir, "up")
+    if up.returncode != 0:
+        # Once more: on a busy machine a free port can be taken between choosing and binding it.
+        cluster_sh(cluster_dir, "down")
+        up = cluster_sh(cluster_dir, "up")
     if up.returncode != 0:
         cluster_sh(cluster_dir, "down")
         raise RuntimeError(
