@@ -10,13 +10,21 @@ never ``helm test`` (its pod would never run); tests/test_chart_render.py checks
 from __future__ import annotations
 
 import base64
+import json
+import os
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from redis import Redis
 
 from tests.helm_chart import CHART, PRODUCTION_VALUES, helm, template_args
 from tests.kube.conftest import Kube
@@ -332,3 +340,139 @@ def test_operator_service_account_can_do_its_job_and_nothing_else(
     finally:
         kube.kubectl("delete", "deployment", WORKER, "-n", other_ns, "--ignore-not-found", check=False)
         kube.kubectl("delete", "namespace", other_ns, "--wait=false", "--ignore-not-found", check=False)
+
+
+# --- the real operator with the chart's permissions ---------------------------------------------
+
+
+def _service_account_kubeconfig(kube: Kube, ns: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as the operator's ServiceAccount (a bound token)."""
+    token = kube.kubectl("create", "token", OPERATOR, "-n", ns, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(kube.kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": "operator", "user": {"token": token}}],
+                "contexts": [
+                    {"name": "operator", "context": {"cluster": cluster["name"], "user": "operator"}}
+                ],
+                "current-context": "operator",
+            }
+        )
+    )
+    return path
+
+
+def _wait_for(what: str, check: Callable[[], bool], log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen; operator log:\n{log.read_text()[-4000:]}")
+        time.sleep(0.3)
+
+
+def _replicas(kube: Kube, ns: str) -> int:
+    replicas: int = _get(kube, ns, "deployment", WORKER)["spec"]["replicas"]
+    return replicas
+
+
+def test_the_real_operator_works_with_the_charts_permissions(
+    kube: Kube, namespace: str, redis_url: str, mongodb_url: str, tmp_path: Path, uninstall_after: None
+) -> None:
+    """imgflow-operator, authenticated as the chart's ServiceAccount (nothing more), runs an
+    ImageJob to its finalizer and scales the chart's worker Deployment by backlog, with no request
+    refused. The pods it would scale never exist here (no controller-manager); the Deployment's
+    spec.replicas is what the operator sets."""
+    ns = namespace
+    values = {"worker": {"autoscaling": {"minReplicas": 1, "maxReplicas": 6, "scaleDownWindowSeconds": 0}}}
+    _install(kube, ns, *template_args(values, directory=tmp_path))
+    kubeconfig = _service_account_kubeconfig(kube, ns, tmp_path / "operator.kubeconfig")
+    # Without the RoleBinding in effect the operator would start with 403s: wait for it first.
+    deadline = time.monotonic() + 60
+    while not _can_i(kube, ns, "list", "imagejobs.imgflow.io", "-n", ns):
+        assert time.monotonic() < deadline, "the operator's RoleBinding never took effect"
+        time.sleep(0.5)
+
+    tag = uuid.uuid4().hex[:10]
+    stream, health = f"imgflow:chart:{tag}", _free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "POD_NAMESPACE": ns,  # as the chart's Downward API sets it
+        "IMGFLOW_REDIS_URL": redis_url,
+        "IMGFLOW_MONGODB_URL": mongodb_url,
+        "IMGFLOW_MONGODB_DATABASE": f"imgflow_chart_{tag}",
+        "IMGFLOW_STREAM": stream,
+        "IMGFLOW_CONSUMER_GROUP": f"workers-{tag}",
+        "IMGFLOW_OPERATOR_HEALTH_PORT": str(health),
+        "IMGFLOW_OPERATOR_METRICS_PORT": str(_free_port()),
+    }
+    log = tmp_path / "operator.log"
+    with log.open("w") as out:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "imgflow.operator", "--verbose"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    redis = Redis.from_url(redis_url)
+    try:
+        _wait_for("the operator's liveness endpoint", lambda: _healthy(health, operator), log)
+
+        # An ImageJob: submitted (status written), then deleted (the finalizer removed).
+        job = {
+            "apiVersion": "imgflow.io/v1alpha1",
+            "kind": "ImageJob",
+            "metadata": {"name": "batch-1"},
+            "spec": {"userId": "chart-test", "sources": [{"url": "https://example.com/cat.jpg"}]},
+        }
+        kube.kubectl("create", "-n", ns, "-f", "-", input=json.dumps(job))
+        _wait_for(
+            "ImageJob status",
+            lambda: bool(_get(kube, ns, "imagejob", "batch-1").get("status", {}).get("phase")),
+            log,
+        )
+
+        # A backlog of 35 (the ImageJob's job and 34 more) calls for 4 workers at 10 per worker.
+        for i in range(34):
+            redis.xadd(stream, {"job_id": f"filler-{i}"})
+        _wait_for("scale-up to 4 workers", lambda: _replicas(kube, ns) == 4, log)
+
+        kube.kubectl("delete", "imagejob", "batch-1", "-n", ns, "--timeout=60s")
+        redis.delete(stream)
+        _wait_for("scale-down to the minimum", lambda: _replicas(kube, ns) == 1, log)
+        assert operator.poll() is None, log.read_text()[-4000:]
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait()
+        redis.delete(stream)
+        redis.close()
+    text = log.read_text()
+    for refusal in ("403", "Forbidden", "forbidden"):
+        assert refusal not in text, f"a request was refused ({refusal}):\n{text[-4000:]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _healthy(port: int, process: subprocess.Popen[bytes]) -> bool:
+    if process.poll() is not None:
+        raise AssertionError(f"the operator exited with {process.returncode}")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
