@@ -726,3 +726,32 @@ def test_kind_files_and_workflow_parse() -> None:
     text = "\n".join(steps)
     for needle in ("skaffold run", "kind", "/api/image-processing/jobs", "completed", "replicas"):
         assert needle in text, needle
+
+
+def test_readme_values_table_matches_values_yaml() -> None:
+    """deploy/helm/imgflow/README.md lists every documented value with its current default."""
+    readme = (CHART / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([A-Za-z0-9.]+)` \| `(.*?)` \|", readme, re.M))
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    documented: dict[str, str] = {}
+    stack: list[tuple[int, str, bool]] = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z][A-Za-z0-9]*):", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        j = i - 1
+        while j >= 0 and lines[j].strip().startswith("#"):
+            j -= 1
+        doc = j + 1 < i and lines[j + 1].strip().startswith("# --")
+        inherited = any(d for _, _, d in stack)
+        path = [k for _, k, _ in stack] + [m.group(2)]
+        if doc and not inherited:
+            value: Any = DEFAULT_VALUES
+            for key in path:
+                value = value[key]
+            documented[".".join(path)] = json.dumps(value)
+        stack.append((indent, m.group(2), doc or inherited))
+    assert rows == documented
