@@ -246,3 +246,16 @@ async def test_mongodb_down_while_a_job_waits_delays_it_but_loses_nothing(
         assert (await wait_finished(client, job_id))["status"] == "completed"
     finally:
         mongo.terminate()
+
+
+async def test_jobs_accepted_before_any_worker_started_are_not_skipped(
+    processes: Processes, fresh_settings: Settings, client: httpx.AsyncClient
+) -> None:
+    # The reconciler is kept out of it (an hour): only the consumer group's start position counts.
+    settings = fresh_settings.model_copy(update={"requeue_after_s": 3600.0})
+    _, base = processes.start_api(settings)
+    client.base_url = httpx.URL(base)
+    waiting = [(await submit(client, images.jpeg(160, 120))).json()["jobId"] for _ in range(3)]
+    processes.start_worker(settings)
+    for job_id in waiting:
+        assert (await wait_finished(client, job_id))["status"] == "completed"

@@ -16,7 +16,7 @@ from imgflow.api import metrics, problems
 from imgflow.api.routes import router
 from imgflow.api.state import AppState
 from imgflow.core.probe import restrict_loaders
-from imgflow.core.queue import make_broker
+from imgflow.core.queue import ensure_group, make_broker
 from imgflow.core.settings import Settings, get_settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
@@ -58,6 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.store.ensure_indexes()
         except Exception:
             log.warning("could not create indexes now (MongoDB down?); /readyz will say so", exc_info=True)
+        try:
+            await ensure_group(state.redis, settings)
+        except Exception:
+            log.warning("could not create the consumer group now (Redis down?)", exc_info=True)
         await state.broker.connect()
         app.state.imgflow = state
         reconciler = asyncio.create_task(_reconcile_forever(state))

@@ -44,6 +44,19 @@ async def publish_job(broker: RedisBroker, settings: Settings, job_id: str) -> N
         raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
 
 
+async def ensure_group(redis: Redis, settings: Settings) -> None:
+    """Create the workers' consumer group at the start of the stream if it is missing.
+
+    FastStream would create it at ``$`` (only messages published after that moment), which hides
+    every job accepted before the first worker started or since Redis lost its data.
+    """
+    try:
+        await redis.xgroup_create(settings.stream, settings.consumer_group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
 @dataclass(frozen=True)
 class Backlog:
     """How much work the consumer group has: entries never delivered, and delivered but unacked."""

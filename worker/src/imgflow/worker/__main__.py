@@ -20,7 +20,12 @@ def main() -> None:
     settings = get_settings()
     worker = Worker(settings)
     if not settings.worker_metrics_port:
-        app = FastStream(worker.broker, after_startup=[worker.start], after_shutdown=[worker.stop])
+        app = FastStream(
+            worker.broker,
+            on_startup=[worker.prepare],
+            after_startup=[worker.start],
+            after_shutdown=[worker.stop],
+        )
         asyncio.run(app.run())
         return
     asgi = AsgiFastStream(
@@ -29,6 +34,7 @@ def main() -> None:
             ("/metrics", make_asgi_app()),
             ("/healthz", make_ping_asgi(worker.broker, timeout=5.0)),
         ],
+        on_startup=[worker.prepare],
         after_startup=[worker.start],
         after_shutdown=[worker.stop],
     )

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from imgflow.core.probe import restrict_loaders
-from imgflow.core.queue import JobMessage, make_broker
+from imgflow.core.queue import JobMessage, ensure_group, make_broker
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
@@ -98,6 +98,10 @@ class Worker:
         finally:
             self.inflight.difference_update(ids)
             metrics.INFLIGHT.set(len(self.inflight))
+
+    async def prepare(self) -> None:
+        """Before the subscribers start: the consumer group must see jobs already waiting."""
+        await ensure_group(self.redis, self.settings)
 
     async def start(self) -> None:
         try:
