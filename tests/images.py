@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 
 import pyvips
 
@@ -104,7 +105,7 @@ def truncated_jpeg() -> bytes:
 
 
 # name -> (bytes factory, expected source format)
-VALID = {
+VALID: dict[str, tuple[Callable[[], bytes], str]] = {
     "baseline_jpeg": (jpeg, "jpeg"),
     "progressive_jpeg": (lambda: jpeg(progressive=True), "jpeg"),
     "png_alpha": (png_alpha, "png"),
