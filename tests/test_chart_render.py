@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 import yaml
 
 from imgflow.core.settings import Settings
+from tests.conftest import Processes, make_settings
 from tests.helm_chart import (
     CHART,
     KUBE_VERSION,
@@ -315,6 +319,44 @@ def test_helm_test_pod_submits_an_image_and_waits(default_docs: list[dict[str, A
     compile(script, "helm-test", "exec")  # it is valid Python
     for needle in ("/readyz", "/api/image-processing/jobs", '"completed"', "userId"):
         assert needle in script
+
+
+def test_helm_test_script_passes_against_a_real_api_and_worker(
+    processes: Processes, redis_url: str, mongodb_url: str
+) -> None:
+    """The `helm test` pod's script, run here against a real API and worker (the pod itself never
+    runs in these tests): it must see /readyz, submit its PNG and see the job complete."""
+    pod = one(render(), "Pod", f"{REL}-imgflow-test")
+    script = pod["spec"]["containers"][0]["args"][0]
+    settings = make_settings(redis_url, mongodb_url)
+    _, base_url = processes.start_api(settings)
+    processes.start_worker(settings)
+    proc = subprocess.run(
+        [sys.executable, "-u", "-c", script],
+        env={"API_URL": base_url, "TIMEOUT_S": "120", "PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASS" in proc.stdout
+
+
+def test_helm_test_script_fails_when_no_worker_runs(
+    processes: Processes, redis_url: str, mongodb_url: str
+) -> None:
+    pod = one(render(), "Pod", f"{REL}-imgflow-test")
+    script = pod["spec"]["containers"][0]["args"][0]
+    _, base_url = processes.start_api(make_settings(redis_url, mongodb_url))
+    proc = subprocess.run(
+        [sys.executable, "-u", "-c", script],
+        env={"API_URL": base_url, "TIMEOUT_S": "10", "PATH": os.environ.get("PATH", "")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "FAIL: job not completed in time" in proc.stderr
 
 
 # --- production-style values --------------------------------------------------------------------
