@@ -56,12 +56,26 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     )
     # kopf would post an Event for every handler run (a timer runs every second); ours say more.
     settings.posting.level = logging.WARNING
+    # A timer caught mid-call (a MongoDB read, a DELETE) when its ImageJob is deleted would keep the
+    # finalizer for kopf's default 60 s poll; our calls take milliseconds.
+    settings.background.instant_exit_timeout = 0.5
+    settings.background.cancellation_polling = 1.0
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    # Watching Namespaces and CRDs would need cluster-wide rights we do not ask for (without them
+    # kopf retries for a minute before it starts); we watch one namespace and a CRD that must be
+    # installed first (Helm's crds/ is), which is checked below.
+    settings.scanning.disabled = True
 
     config: OperatorSettings = memo["settings"]
     ctx = await Context.open(config)
     memo["ctx"] = ctx
+    if not await ctx.kube.serves_image_jobs():
+        await ctx.close()
+        raise kopf.PermanentError(
+            f"The API server does not serve {PLURAL}.{GROUP}/{VERSION}: install the ImageJob CRD "
+            "(deploy/helm/imgflow/crds/) before starting the operator."
+        )
 
     def targets() -> list[Target]:
         return [target for store in autoscaled.values() for target in store]

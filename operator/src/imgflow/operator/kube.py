@@ -51,6 +51,18 @@ class Kube:
         self._core = kubernetes.client.CoreV1Api(client)
         self._custom = kubernetes.client.CustomObjectsApi(client)
 
+    async def serves_image_jobs(self) -> bool:
+        """The API server serves ImageJobs (the CRD is installed), by discovery: needs no RBAC."""
+        try:
+            found = await asyncio.to_thread(
+                self._custom.get_api_resources, GROUP, VERSION, _request_timeout=TIMEOUT_S
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return any(resource.name == PLURAL for resource in found.resources)
+
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
         """Set a Deployment's replicas through its ``scale`` subresource (all the RBAC allows)."""
         await asyncio.to_thread(

@@ -1,0 +1,476 @@
+"""imgflow-operator end to end: a real kube-apiserver, Redis, MongoDB-wire server and worker
+processes; the operator runs as its console script under its own ServiceAccount and RBAC
+(operator/rbac.yaml), so anything it does beyond that fails here as it would in a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from imgflow.core.jobs import JobStatus, OutputFormat, thumbnail_key
+from imgflow.core.settings import Settings
+from imgflow.core.storage import make_storage
+from imgflow.core.store import JobStore, connect
+from imgflow.operator.settings import OperatorSettings
+from tests import images
+from tests.client import submit
+from tests.conftest import Processes, Workers
+from tests.kube.conftest import Kube
+from tests.kube.operator_harness import (
+    WORKER_DEPLOYMENT,
+    OperatorProcess,
+    WorkerFleet,
+    api_client,
+    events_for,
+    metric,
+    operator_kubeconfig,
+    start_operator,
+    worker_deployment,
+)
+
+WAIT = "120s"  # only stops a hung test
+
+
+# --- fixtures and helpers -------------------------------------------------------------------------
+
+
+@dataclass
+class Images:
+    """A loopback HTTP server for source images; each response can be held back ``delay`` seconds."""
+
+    base: str
+    requests: list[str]
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+
+@contextlib.contextmanager
+def serve_images(body: bytes, delay: float = 0.0) -> Iterator[Images]:
+    seen: list[str] = []
+    closing = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            if self.path.startswith("/missing"):
+                self.send_error(404)
+                return
+            closing.wait(delay)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # a stopped worker no longer listens
+                self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Images(f"http://127.0.0.1:{server.server_address[1]}", seen)
+    finally:
+        closing.set()
+        server.shutdown()
+        server.server_close()
+
+
+def operator_settings(base: Settings, namespace: str, **overrides: Any) -> OperatorSettings:
+    values = {**base.model_dump(), "operator_namespace": namespace, **overrides}
+    return OperatorSettings.model_validate(values)
+
+
+@dataclass
+class OperatorRun:
+    """Starts the operator (as often as a test likes) under its ServiceAccount in the test namespace."""
+
+    kube: Kube
+    namespace: str
+    kubeconfig: Path
+    logs: Path
+    started: list[OperatorProcess]
+    expected_refusals: list[str]  # log text of refusals a test provokes on purpose
+
+    def start(self, settings: OperatorSettings, **extra_env: str) -> OperatorProcess:
+        log = self.logs / f"operator-{len(self.started)}.log"
+        process = start_operator(settings, self.kubeconfig, log, **extra_env)
+        self.started.append(process)
+        return process
+
+    def logs_text(self) -> str:
+        return "\n".join(p.log() for p in self.started)
+
+
+@pytest.fixture
+def operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[OperatorRun]:
+    kubeconfig = operator_kubeconfig(
+        kube.kubectl, kube.kubeconfig, namespace, tmp_path / "operator.kubeconfig"
+    )
+    run = OperatorRun(kube, namespace, kubeconfig, tmp_path / "logs", [], [])
+    yield run
+    for process in run.started:
+        process.server.terminate()
+    # Least privilege held: nothing the operator tried was refused (unless the test meant it).
+    refused = [
+        line
+        for line in run.logs_text().splitlines()
+        if "forbidden" in line.lower() and not any(ok in line for ok in run.expected_refusals)
+    ]
+    assert not refused, "\n".join(refused)
+
+
+def image_job(name: str, user: str, sources: list[dict[str, str]], **spec: Any) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "imgflow.io/v1alpha1",
+            "kind": "ImageJob",
+            "metadata": {"name": name},
+            "spec": {"userId": user, "sources": sources, **spec},
+        }
+    )
+
+
+def get_image_job(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = kube.kubectl_json("get", "imagejob", name, "-n", namespace)
+    return found
+
+
+async def wait_phase(kube: Kube, namespace: str, name: str, phase: str) -> dict[str, Any]:
+    await asyncio.to_thread(
+        kube.kubectl,
+        "wait",
+        f"imagejob/{name}",
+        "-n",
+        namespace,
+        f"--for=jsonpath={{.status.phase}}={phase}",
+        f"--timeout={WAIT}",
+        timeout=150,
+    )
+    return get_image_job(kube, namespace, name)
+
+
+@contextlib.asynccontextmanager
+async def job_store(settings: Settings) -> AsyncIterator[tuple[JobStore, Any]]:
+    client = connect(settings)
+    db = client[settings.mongodb_database]
+    try:
+        yield JobStore(db), make_storage(settings, db)
+    finally:
+        await client.close()
+
+
+def reasons(events: list[dict[str, Any]]) -> list[str]:
+    return [e["reason"] for e in events]
+
+
+# --- (a) a batch of URLs ends Succeeded ------------------------------------------------------------
+
+
+async def test_image_job_of_urls_succeeds(
+    kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings, workers: Workers
+) -> None:
+    settings = operator_settings(fresh_settings, namespace, allow_private_urls=True)
+    workers.start(settings)
+    operator.start(settings)
+    n = 5
+    with serve_images(images.jpeg(400, 300)) as source:
+        sources = [{"url": source.url(f"photo-{i}.jpg")} for i in range(n)]
+        thumbnail = {"width": 64, "height": 48, "fit": "inside", "format": "webp"}
+        manifest = image_job("holiday", "alice", sources, operations={"thumbnail": thumbnail})
+        kube.kubectl("create", "-n", namespace, "-f", "-", input=manifest)
+        done = await wait_phase(kube, namespace, "holiday", "Succeeded")
+
+    status = done["status"]
+    assert (status["total"], status["succeeded"], status["failed"], status["progress"]) == (
+        n,
+        n,
+        0,
+        f"{n}/{n}",
+    )
+    assert status["observedGeneration"] == 1
+    assert status["startedAt"] <= status["finishedAt"]
+    assert [s["index"] for s in status["sources"]] == list(range(n))
+    assert all(s["status"] == "completed" for s in status["sources"])
+    assert [s["source"] for s in status["sources"]] == [s["url"] for s in sources]
+    (condition,) = status["conditions"]
+    assert (condition["type"], condition["status"], condition["reason"]) == (
+        "Complete",
+        "True",
+        "AllSucceeded",
+    )
+
+    job_ids = [s["jobId"] for s in status["sources"]]
+    assert len(set(job_ids)) == n
+    async with job_store(settings) as (store, storage):
+        jobs = await store.for_image_job(f"{namespace}/holiday")
+        assert sorted(j.job_id for j in jobs) == sorted(job_ids)
+        for job in jobs:
+            assert job.status is JobStatus.completed
+            assert job.user_id == "alice"
+            assert job.spec.format is OutputFormat.webp
+            assert job.result is not None and job.result.width <= 64 and job.result.height <= 48
+            stored = await storage.stat(thumbnail_key(job.job_id, OutputFormat.webp))
+            assert stored.size == job.result.bytes
+
+    events = events_for(kube.kubectl, namespace, "ImageJob", "holiday")
+    assert "Submitted" in reasons(events)
+    assert "Succeeded" in reasons(events)
+    assert any(e["message"] == f"Submitted {n} of {n} sources as jobs." for e in events)
+
+    table = kube.kubectl("get", "imagejobs", "-n", namespace).stdout
+    header, row = table.strip().splitlines()
+    assert header.split() == ["NAME", "PHASE", "SUCCEEDED", "FAILED", "AGE"]
+    assert row.split()[:4] == ["holiday", "Succeeded", f"{n}/{n}", "0"]
+
+
+# --- (b) refused sources: private addresses and other users' uploads ------------------------------
+
+
+async def test_private_addresses_and_foreign_uploads_are_refused(
+    kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings, processes: Processes
+) -> None:
+    settings = operator_settings(fresh_settings, namespace)  # default: private URLs refused
+    assert not settings.allow_private_urls
+    processes.start_worker(settings)
+    _, base_url = processes.start_api(settings)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        mine = (await submit(client, images.jpeg(), user_id="bob")).json()["jobId"]
+        theirs = (await submit(client, images.jpeg(), user_id="mallory")).json()["jobId"]
+    operator.start(settings)
+
+    with serve_images(images.jpeg()) as source:
+        sources = [
+            {"uploadId": mine},
+            {"url": source.url("inside.jpg")},
+            {"url": "http://169.254.169.254/latest/meta-data/iam/"},
+            {"url": "http://[::1]:8080/x.jpg"},
+            {"uploadId": theirs},
+        ]
+        kube.kubectl("create", "-n", namespace, "-f", "-", input=image_job("mixed", "bob", sources))
+        done = await wait_phase(kube, namespace, "mixed", "Failed")
+        assert source.requests == []  # nothing was fetched from the private address
+
+    status = done["status"]
+    assert (status["total"], status["succeeded"], status["failed"], status["progress"]) == (5, 1, 4, "1/5")
+    by_index = {s["index"]: s for s in status["sources"]}
+    assert by_index[0]["status"] == "completed" and by_index[0]["jobId"]
+    refused = {i: by_index[i] for i in (1, 2, 3, 4)}
+    assert all(s["status"] == "failed" and "jobId" not in s for s in refused.values())
+    assert "127.0.0.1 is a loopback address" in refused[1]["error"]
+    assert "169.254.169.254 is the cloud metadata service address" in refused[2]["error"]
+    assert "::1 is a loopback address" in refused[3]["error"]
+    assert "IMGFLOW_ALLOW_PRIVATE_URLS" in refused[1]["error"]
+    assert f"Upload {theirs} was not found for user 'bob'" in refused[4]["error"]
+    (condition,) = status["conditions"]
+    assert (condition["type"], condition["reason"]) == ("Failed", "SourcesFailed")
+    assert condition["message"].startswith("4 of 5 sources failed. First: source 1")
+
+    events = events_for(kube.kubectl, namespace, "ImageJob", "mixed")
+    assert reasons(events).count("SourceRefused") == 4
+    assert "Failed" in reasons(events)
+    async with job_store(settings) as (store, _):
+        jobs = await store.for_image_job(f"{namespace}/mixed")
+        assert [j.job_id for j in jobs] == [by_index[0]["jobId"]]  # refused sources made no job
+
+
+# --- restarts: no source is submitted twice --------------------------------------------------------
+
+
+async def test_an_operator_restart_submits_nothing_twice(
+    kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings, workers: Workers
+) -> None:
+    settings = operator_settings(fresh_settings, namespace, allow_private_urls=True)
+    first = operator.start(settings)
+    with serve_images(images.jpeg()) as source:
+        sources = [{"url": source.url(f"p{i}.jpg")} for i in range(4)]
+        kube.kubectl("create", "-n", namespace, "-f", "-", input=image_job("again", "carol", sources))
+        running = await wait_phase(kube, namespace, "again", "Running")  # no worker yet: it stays so
+        job_ids = [s["jobId"] for s in running["status"]["sources"]]
+        first.server.kill()
+
+        # As if the operator had died after submitting but before recording: status forgets the jobs.
+        forget = json.dumps([{"op": "remove", "path": "/status/sources"}])
+        kube.kubectl(
+            "patch", "imagejob", "again", "-n", namespace, "--subresource=status", "--type=json", "-p", forget
+        )
+        operator.start(settings)
+        await asyncio.to_thread(
+            kube.kubectl,
+            "wait",
+            "imagejob/again",
+            "-n",
+            namespace,
+            "--for=jsonpath={.status.sources[3].jobId}",
+            f"--timeout={WAIT}",
+            timeout=150,
+        )
+        workers.start(settings)
+        done = await wait_phase(kube, namespace, "again", "Succeeded")
+
+    assert [s["jobId"] for s in done["status"]["sources"]] == job_ids
+    async with job_store(settings) as (store, _):
+        assert len(await store.for_image_job(f"{namespace}/again")) == 4
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        assert await redis.xlen(settings.stream) == 4  # one message per source, not one per pass
+    finally:
+        await redis.aclose()
+
+
+async def test_ttl_deletes_a_finished_image_job(
+    kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings, workers: Workers
+) -> None:
+    settings = operator_settings(fresh_settings, namespace, allow_private_urls=True)
+    workers.start(settings)
+    operator.start(settings)
+    with serve_images(images.jpeg()) as source:
+        manifest = image_job("brief", "dave", [{"url": source.url("a.jpg")}], ttlSecondsAfterFinished=1)
+        kube.kubectl("create", "-n", namespace, "-f", "-", input=manifest)
+        await asyncio.to_thread(
+            kube.kubectl,
+            "wait",
+            "imagejob/brief",
+            "-n",
+            namespace,
+            "--for=delete",
+            f"--timeout={WAIT}",
+            timeout=150,
+        )
+    async with job_store(settings) as (store, _):
+        (job,) = await store.for_image_job(f"{namespace}/brief")
+        assert job.status is JobStatus.completed  # the jobs and thumbnails outlive the ImageJob
+
+
+# --- (c) autoscaling end to end --------------------------------------------------------------------
+
+
+async def test_workers_follow_the_backlog_up_and_down_to_zero(
+    kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings, workers: Workers
+) -> None:
+    settings = operator_settings(
+        fresh_settings,
+        namespace,
+        allow_private_urls=True,
+        worker_concurrency=2,
+        graceful_timeout_s=15.0,
+        pod_cost_interval_s=0.5,
+    )
+    annotations = {
+        "imgflow.io/min-replicas": "0",
+        "imgflow.io/max-replicas": "3",
+        "imgflow.io/backlog-per-replica": "4",
+        "imgflow.io/scale-to-zero": "true",
+        "imgflow.io/scale-down-window-seconds": "2",
+    }
+    kube.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(worker_deployment(annotations, 1)))
+    process = operator.start(settings)
+    fleet = WorkerFleet(
+        api_client(kube.kubeconfig),
+        namespace,
+        WORKER_DEPLOYMENT,
+        start_worker=lambda pod: workers.start(settings, POD_NAME=pod),
+    )
+    with fleet, serve_images(images.jpeg(), delay=1.0) as source:
+        # Idle: after a window at one replica, down to zero.
+        await asyncio.to_thread(fleet.wait_for, lambda r: r == 0, 60, "idle workers scaled to zero")
+
+        n = 24
+        sources = [{"url": source.url(f"burst-{i}.jpg")} for i in range(n)]
+        kube.kubectl("create", "-n", namespace, "-f", "-", input=image_job("burst", "erin", sources))
+        # 24 queued, 4 per replica: 6 wanted, 3 at most.
+        await asyncio.to_thread(fleet.wait_for, lambda r: r == 3, 60, "scaled up to the maximum")
+        done = await wait_phase(kube, namespace, "burst", "Succeeded")
+        assert done["status"]["succeeded"] == n
+        await asyncio.to_thread(fleet.wait_for, lambda r: r == 0, 60, "drained workers scaled to zero")
+
+        # Woken from zero by the first message.
+        kube.kubectl("create", "-n", namespace, "-f", "-", input=image_job("single", "erin", [sources[0]]))
+        await asyncio.to_thread(fleet.wait_for, lambda r: r >= 1, 60, "woken from zero")
+        await wait_phase(kube, namespace, "single", "Succeeded")
+        await asyncio.to_thread(fleet.wait_for, lambda r: r == 0, 60, "back to zero")
+
+    replicas = [r for _, r in fleet.timeline]
+    assert max(replicas) == 3 and min(replicas) == 0
+    ups = sum(1 for a, b in itertools.pairwise(replicas) if b > a)
+    downs = sum(1 for a, b in itertools.pairwise(replicas) if b < a)
+    assert ups >= 2 and downs >= 2
+
+    # No job lost or stuck while workers came and went: every one of them completed.
+    async with job_store(settings) as (store, _):
+        jobs = await store.for_image_job(f"{namespace}/burst")
+        assert len(jobs) == n
+        assert all(j.status is JobStatus.completed for j in jobs), [
+            (j.job_id, j.status, j.error) for j in jobs
+        ]
+
+    # Busy workers were marked costly to delete (the fleet, like a ReplicaSet, stops the cheapest).
+    assert any(max(costs) > 0 for costs in fleet.costs_seen.values()), fleet.costs_seen
+
+    events = events_for(kube.kubectl, namespace, "Deployment", WORKER_DEPLOYMENT)
+    assert "ScaledUp" in reasons(events) and "ScaledDown" in reasons(events)
+    messages = [e["message"] for e in events]
+    assert any(m.startswith("Scaled from 0 to ") and "backlog" in m for m in messages), messages
+    assert any(" to 3 replicas: backlog " in m for m in messages), messages
+
+    async with httpx.AsyncClient() as client:
+        # The gauges follow on the operator's next tick after its last patch.
+        deadline = time.monotonic() + 30
+        while True:
+            exposition = (await client.get(process.metrics_url)).text
+            gauges = [
+                metric(exposition, "imgflow_queue_backlog"),
+                metric(exposition, "imgflow_autoscaler_desired_replicas", deployment=WORKER_DEPLOYMENT),
+                metric(exposition, "imgflow_autoscaler_current_replicas", deployment=WORKER_DEPLOYMENT),
+            ]
+            if gauges == [0, 0, 0] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+    assert gauges == [0, 0, 0], exposition
+    up = metric(
+        exposition, "imgflow_autoscaler_decisions_total", deployment=WORKER_DEPLOYMENT, direction="up"
+    )
+    down = metric(
+        exposition, "imgflow_autoscaler_decisions_total", deployment=WORKER_DEPLOYMENT, direction="down"
+    )
+    assert up is not None and up >= 2 and down is not None and down >= 2
+
+
+async def test_a_deployment_it_may_not_scale_gets_a_warning_not_a_crash(
+    kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings
+) -> None:
+    settings = operator_settings(fresh_settings, namespace)
+    other = worker_deployment(
+        {"imgflow.io/min-replicas": "2", "imgflow.io/max-replicas": "nine"}, 1, name="other"
+    )
+    kube.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(other))
+    operator.start(settings)
+    deadline = time.monotonic() + 60
+    while not {"ScaleFailed", "InvalidAutoscaling"} <= set(
+        reasons(events_for(kube.kubectl, namespace, "Deployment", "other"))
+    ):
+        assert time.monotonic() < deadline, "no warning events"
+        await asyncio.sleep(0.2)
+    events = events_for(kube.kubectl, namespace, "Deployment", "other")
+    invalid = next(e for e in events if e["reason"] == "InvalidAutoscaling")
+    assert "imgflow.io/max-replicas='nine' is not a whole number" in invalid["message"]
+    assert kube.kubectl_json("get", "deployment", "other", "-n", namespace)["spec"]["replicas"] == 1
+    assert "scaling to 2 failed: Forbidden" in operator.logs_text()
+    operator.expected_refusals.append("scaling to 2 failed: Forbidden")
