@@ -1,0 +1,166 @@
+"""The operator's pure parts: ImageJob spec and status, and pods' deletion cost. No cluster."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from imgflow.core.jobs import Fit, Job, JobStatus, OutputFormat, UrlSource
+from imgflow.operator.imagejob import (
+    SourceItem,
+    SourceState,
+    expires_at,
+    job_id_for,
+    parse_sources,
+    recorded_sources,
+    refresh,
+    refused,
+    status_patch,
+    summarize,
+    thumbnail_spec,
+)
+from imgflow.operator.podcost import PodView, deletion_costs, parse_heartbeats
+
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def state(i: int, status: JobStatus, error: str | None = None) -> SourceState:
+    return SourceState(i, f"https://example.com/{i}.jpg", f"job-{i}", status, error)
+
+
+# --- ImageJob spec --------------------------------------------------------------------------------
+
+
+def test_job_ids_are_stable_per_image_job_and_index() -> None:
+    assert job_id_for("uid-1", 0) == job_id_for("uid-1", 0)
+    ids = {job_id_for(uid, i) for uid in ("uid-1", "uid-2") for i in range(3)}
+    assert len(ids) == 6
+    Job(job_id=job_id_for("uid-1", 0), user_id="u", source=UrlSource(url="https://x/y"))  # a valid job id
+
+
+def test_sources_and_thumbnail_are_read_with_the_crd_defaults() -> None:
+    spec = {"userId": "u", "sources": [{"url": "https://a/b.jpg"}, {"uploadId": "abc"}]}
+    assert parse_sources(spec) == [SourceItem(0, url="https://a/b.jpg"), SourceItem(1, upload_id="abc")]
+    thumb = thumbnail_spec(spec)
+    assert (thumb.width, thumb.height, thumb.fit, thumb.format) == (100, 100, Fit.cover, OutputFormat.jpeg)
+    chosen = thumbnail_spec({"operations": {"thumbnail": {"width": 64, "fit": "inside", "format": "png"}}})
+    assert (chosen.width, chosen.height, chosen.fit, chosen.format) == (64, 100, Fit.inside, OutputFormat.png)
+
+
+# --- ImageJob status ------------------------------------------------------------------------------
+
+
+def test_running_until_every_source_finished() -> None:
+    states = [state(0, JobStatus.completed), state(1, JobStatus.processing), state(2, JobStatus.pending)]
+    summary = summarize(3, states)
+    assert (summary.phase, summary.progress, summary.finished) == ("Running", "1/3", False)
+    patch = status_patch(summary, states, generation=1, started_at="2025-01-02T03:00:00Z", now=NOW)
+    assert "finishedAt" not in patch and "conditions" not in patch
+    assert patch["sources"][1] == {
+        "index": 1,
+        "source": "https://example.com/1.jpg",
+        "jobId": "job-1",
+        "status": "processing",
+    }
+
+
+def test_succeeded_when_all_completed() -> None:
+    states = [state(i, JobStatus.completed) for i in range(2)]
+    patch = status_patch(summarize(2, states), states, generation=1, started_at="s", now=NOW)
+    assert (patch["phase"], patch["succeeded"], patch["failed"]) == ("Succeeded", 2, 0)
+    assert patch["finishedAt"] == "2025-01-02T03:04:05Z"
+    (condition,) = patch["conditions"]
+    assert (condition["type"], condition["status"], condition["reason"]) == (
+        "Complete",
+        "True",
+        "AllSucceeded",
+    )
+
+
+def test_failed_once_all_finished_and_any_failed() -> None:
+    states = [
+        state(0, JobStatus.completed),
+        state(1, JobStatus.failed, "HTTP 404"),
+        state(2, JobStatus.processing),
+    ]
+    assert summarize(3, states).phase == "Running"  # a failure does not end a batch early
+    states[2] = state(2, JobStatus.failed, "too large")
+    patch = status_patch(summarize(3, states), states, generation=1, started_at="s", now=NOW)
+    assert (patch["phase"], patch["progress"], patch["failed"]) == ("Failed", "1/3", 2)
+    (condition,) = patch["conditions"]
+    assert condition["type"] == "Failed"
+    assert (
+        condition["message"] == "2 of 3 sources failed. First: source 1 (https://example.com/1.jpg): HTTP 404"
+    )
+    assert patch["sources"][1]["error"] == "HTTP 404"
+
+
+def test_refused_sources_have_no_job_and_count_as_failed() -> None:
+    gone = refused(SourceItem(0, url="http://10.0.0.1/"), "Refused: private")
+    assert gone.to_status() == {
+        "index": 0,
+        "source": "http://10.0.0.1/",
+        "status": "failed",
+        "error": "Refused: private",
+    }
+    assert summarize(1, [gone]).phase == "Failed"
+
+
+def test_an_existing_finish_time_is_kept() -> None:
+    states = [state(0, JobStatus.completed)]
+    patch = status_patch(
+        summarize(1, states), states, generation=1, started_at="s", now=NOW, finished_at="earlier"
+    )
+    assert patch["finishedAt"] == "earlier"
+
+
+def test_status_round_trips_and_refreshes_from_jobs() -> None:
+    states = [state(0, JobStatus.pending), refused(SourceItem(1, url="http://x"), "no")]
+    patch = status_patch(summarize(2, states), states, generation=1, started_at="s", now=NOW)
+    recorded = recorded_sources(json.loads(json.dumps(patch)))
+    assert list(recorded.values()) == states
+    done = Job(
+        job_id="job-0", user_id="u", source=UrlSource(url="https://x"), status=JobStatus.failed, error="bad"
+    )
+    fresh = refresh(recorded.values(), {"job-0": done})
+    assert fresh[0].status is JobStatus.failed and fresh[0].error == "bad"
+    assert fresh[1] == states[1]
+
+
+def test_expiry_only_for_finished_jobs_with_a_ttl() -> None:
+    finished = {"phase": "Succeeded", "finishedAt": "2025-01-02T03:04:05Z"}
+    assert expires_at({"ttlSecondsAfterFinished": 30}, finished) == datetime(2025, 1, 2, 3, 4, 35, tzinfo=UTC)
+    assert expires_at({"ttlSecondsAfterFinished": 0}, finished) == datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert expires_at({}, finished) is None
+    assert expires_at({"ttlSecondsAfterFinished": 30}, {"phase": "Running"}) is None
+
+
+# --- deletion cost --------------------------------------------------------------------------------
+
+
+def test_heartbeats_are_summed_per_pod_and_junk_is_skipped() -> None:
+    values = [
+        json.dumps({"pod": "w-1", "inflight": 2}).encode(),
+        json.dumps({"pod": "w-1", "inflight": 1}),
+        json.dumps({"pod": "w-2", "inflight": 0}),
+        None,
+        b"not json",
+        json.dumps({"inflight": 3}),
+    ]
+    assert parse_heartbeats(values) == {"w-1": 3, "w-2": 0}
+
+
+def test_costs_follow_in_flight_jobs_for_selected_pods_only() -> None:
+    worker = {"app": "worker"}
+    pods = [
+        PodView("w-1", {"app": "worker", "pod-template-hash": "x"}, None),  # busy, unannotated
+        PodView("w-2", worker, None),  # idle, unannotated: nothing to do
+        PodView("w-3", worker, "4"),  # was busy, now idle
+        PodView("w-4", worker, "2"),  # unchanged
+        PodView("w-5", worker, "1"),  # no heartbeat any more
+        PodView("api-1", {"app": "api"}, None),  # not a worker
+    ]
+    inflight = {"w-1": 2, "w-2": 0, "w-3": 0, "w-4": 2, "api-1": 9}
+    assert deletion_costs(inflight, pods, [worker]) == {"w-1": 2, "w-3": 0, "w-5": 0}
+    assert deletion_costs(inflight, pods, []) == {}
+    assert deletion_costs(inflight, pods, [{}]) == {}  # an empty selector selects nothing
