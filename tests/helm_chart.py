@@ -7,7 +7,9 @@ stay out of the user's), ``render()`` runs ``helm template`` and parses the docu
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -21,6 +23,7 @@ CHART = ROOT / "deploy" / "helm" / "imgflow"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
 HELM = ROOT / ".tools" / "bin" / "helm"
 _HOME = Path(tempfile.mkdtemp(prefix="imgflow-helm-home-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 
 def kubernetes_version() -> str:
