@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -24,7 +24,7 @@ from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.core.submit import submit_job
-from scripts.servers import free_port, mongodb_server, redis_server, wait_for_port
+from scripts.servers import Server, free_port, mongodb_server, redis_server, wait_for_port
 from tests import images
 from tests.client import JOBS, submit, wait_finished, wait_status
 from tests.conftest import Processes, make_settings
@@ -48,6 +48,47 @@ async def submit_url_job(settings: Settings, url: str) -> str:
 @pytest.fixture
 def url_settings(fresh_settings: Settings) -> Settings:
     return fresh_settings.model_copy(update={"allow_private_urls": True})
+
+
+class Restartable:
+    """A server of the test's own, on a fixed port and data directory, that can go away and return."""
+
+    def __init__(self, make: Callable[[int], Server]) -> None:
+        self.port = free_port()
+        self._make = make
+        self._server: Server | None = None
+
+    def start(self) -> None:
+        self._server = self._make(self.port).start()
+        wait_for_port(self.port, process=self._server.process)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.terminate()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Restartable]:
+    redis = Restartable(lambda port: redis_server(tmp_path / "redis", port))
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+@pytest.fixture
+def own_mongo(tmp_path: Path) -> Iterator[tuple[Restartable, str]]:
+    if os.environ.get("MONGODB_URL"):
+        pytest.skip("needs a MongoDB-wire server this test can stop; MONGODB_URL points at an external one")
+
+    def make(port: int) -> Server:
+        server = mongodb_server(tmp_path / "mongo", port).server
+        assert server is not None
+        return server
+
+    mongo = Restartable(make)
+    mongo.start()
+    yield mongo, f"mongodb://127.0.0.1:{mongo.port}"
+    mongo.stop()
 
 
 @pytest.fixture
@@ -77,62 +118,49 @@ async def test_a_worker_killed_mid_job_loses_nothing(
 
 
 async def test_redis_down_at_submit_is_503_and_nothing_is_kept(
-    processes: Processes, mongodb_url: str, tmp_path: Path, client: httpx.AsyncClient
+    processes: Processes, mongodb_url: str, own_redis: Restartable, client: httpx.AsyncClient
 ) -> None:
-    port = free_port()
-    redis = redis_server(tmp_path / "redis", port).start()
-    wait_for_port(port, process=redis.process)
-    settings = make_settings(f"redis://127.0.0.1:{port}/0", mongodb_url)
+    settings = make_settings(f"redis://127.0.0.1:{own_redis.port}/0", mongodb_url)
     _, base = processes.start_api(settings)
     processes.start_worker(settings)
     client.base_url = httpx.URL(base)
     user = "redis-outage"
-    try:
-        redis.terminate()
-        response = await submit(client, images.jpeg(), user_id=user)
-        assert response.status_code == 503
-        assert response.headers["content-type"] == "application/problem+json"
-        assert response.headers["retry-after"]
-        assert "nothing was kept" in response.json()["detail"]
-        assert (await client.get("/readyz")).status_code == 503
-        assert (await client.get(f"/api/image-processing/users/{user}/jobs")).json() == {"jobs": []}
-        mongo = connect(settings)
-        files = await mongo[settings.mongodb_database]["files.files"].count_documents({})
-        await mongo.close()
-        assert files == 0, "the refused upload's original was left in storage"
 
-        redis = redis_server(tmp_path / "redis", port).start()  # back, and empty
-        wait_for_port(port, process=redis.process)
-        response = await submit(client, images.jpeg(), user_id=user)
-        assert response.status_code == 202
-        # the worker's consumer group went with Redis's data; a fresh worker recreates it
-        processes.start_worker(settings)
-        assert (await wait_finished(client, response.json()["jobId"]))["status"] == "completed"
-    finally:
-        redis.terminate()
+    own_redis.stop()
+    response = await submit(client, images.jpeg(), user_id=user)
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"]
+    assert "nothing was kept" in response.json()["detail"]
+    assert (await client.get("/readyz")).status_code == 503
+    assert (await client.get(f"/api/image-processing/users/{user}/jobs")).json() == {"jobs": []}
+    mongo = connect(settings)
+    files = await mongo[settings.mongodb_database]["files.files"].count_documents({})
+    await mongo.close()
+    assert files == 0, "the refused upload's original was left in storage"
+
+    own_redis.start()  # back, and empty
+    response = await submit(client, images.jpeg(), user_id=user)
+    assert response.status_code == 202
+    # the first worker stopped when its consumer group vanished with Redis's data; a new one starts
+    processes.start_worker(settings)
+    assert (await wait_finished(client, response.json()["jobId"]))["status"] == "completed"
 
 
 async def test_jobs_accepted_before_redis_lost_its_data_are_republished(
-    processes: Processes, mongodb_url: str, tmp_path: Path, client: httpx.AsyncClient
+    processes: Processes, mongodb_url: str, own_redis: Restartable, client: httpx.AsyncClient
 ) -> None:
-    port = free_port()
-    redis = redis_server(tmp_path / "redis", port).start()
-    wait_for_port(port, process=redis.process)
     settings = make_settings(
-        f"redis://127.0.0.1:{port}/0", mongodb_url, requeue_after_s=1.0, reconcile_interval_s=0.5
+        f"redis://127.0.0.1:{own_redis.port}/0", mongodb_url, requeue_after_s=1.0, reconcile_interval_s=0.5
     )
     _, base = processes.start_api(settings)
     client.base_url = httpx.URL(base)
-    try:
-        accepted = [(await submit(client, images.jpeg(200, 150))).json()["jobId"] for _ in range(3)]
-        redis.terminate()  # no worker ever saw them, and Redis restarts empty (no persistence)
-        redis = redis_server(tmp_path / "redis", port).start()
-        wait_for_port(port, process=redis.process)
-        processes.start_worker(settings)
-        for job_id in accepted:
-            assert (await wait_finished(client, job_id))["status"] == "completed"
-    finally:
-        redis.terminate()
+    accepted = [(await submit(client, images.jpeg(200, 150))).json()["jobId"] for _ in range(3)]
+    own_redis.stop()  # no worker ever saw them, and Redis restarts empty (no persistence)
+    own_redis.start()
+    processes.start_worker(settings)
+    for job_id in accepted:
+        assert (await wait_finished(client, job_id))["status"] == "completed"
 
 
 async def test_a_job_whose_publisher_died_after_the_insert_is_republished(
@@ -223,29 +251,19 @@ async def test_what_a_stopping_worker_cannot_finish_goes_back_to_the_stream(
 
 
 async def test_mongodb_down_while_a_job_waits_delays_it_but_loses_nothing(
-    processes: Processes, redis_url: str, tmp_path: Path, client: httpx.AsyncClient
+    processes: Processes, redis_url: str, own_mongo: tuple[Restartable, str], client: httpx.AsyncClient
 ) -> None:
-    if os.environ.get("MONGODB_URL"):
-        pytest.skip("needs a MongoDB-wire server this test can stop; MONGODB_URL points at an external one")
-    port = free_port()
-    choice = mongodb_server(tmp_path / "mongo", port)
-    assert choice.server is not None
-    mongo = choice.server.start()
-    wait_for_port(port, process=mongo.process)
-    settings = make_settings(redis_url, choice.url, claim_idle_ms=2000)
+    mongo, mongodb_url = own_mongo
+    settings = make_settings(redis_url, mongodb_url, claim_idle_ms=2000)
     _, base = processes.start_api(settings)
     client.base_url = httpx.URL(base)
-    try:
-        job_id = (await submit(client, images.jpeg())).json()["jobId"]
-        mongo.terminate()
-        worker = processes.start_worker(settings)  # takes the message; cannot record anything
-        await asyncio.sleep(3)
-        assert worker.alive, worker.tail()
-        mongo = mongodb_server(tmp_path / "mongo", port).server.start()  # type: ignore[union-attr]
-        wait_for_port(port, process=mongo.process)
-        assert (await wait_finished(client, job_id))["status"] == "completed"
-    finally:
-        mongo.terminate()
+    job_id = (await submit(client, images.jpeg())).json()["jobId"]
+    mongo.stop()
+    worker = processes.start_worker(settings)  # takes the message; cannot record anything
+    await asyncio.sleep(3)
+    assert worker.alive, worker.tail()
+    mongo.start()
+    assert (await wait_finished(client, job_id))["status"] == "completed"
 
 
 async def test_jobs_accepted_before_any_worker_started_are_not_skipped(
