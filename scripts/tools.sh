@@ -84,12 +84,17 @@ build_kube() {
 }
 
 build_helm() {
-  local out=$cache/helm-$HELM_VERSION
+  # "-k8s" names the build that carries the Kubernetes version helm was made against; without it
+  # helm assumes v1.20 and refuses charts that require anything newer.
+  local out=$cache/helm-$HELM_VERSION-k8s minor
   if [ ! -x "$out" ]; then
     log "building helm $HELM_VERSION (a few minutes, once)"
     (wrapper "$cache/src/helm" &&
       go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" &&
-      go build -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+      minor=$(go list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2) &&
+      go build -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+        -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor \
+        -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor" \
         -o "$out" helm.sh/helm/v3/cmd/helm)
   fi
   link helm "$out"
