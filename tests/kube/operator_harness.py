@@ -86,6 +86,7 @@ def operator_kubeconfig(kubectl: Kubectl, admin_kubeconfig: Path, namespace: str
 class OperatorProcess:
     server: Server
     metrics_url: str
+    health_url: str
 
     def log(self) -> str:
         return self.server.log.read_text(errors="replace") if self.server.log.exists() else ""
@@ -109,7 +110,9 @@ def start_operator(settings: Any, kubeconfig: Path, log: Path, **extra_env: str)
     except (RuntimeError, TimeoutError) as exc:
         server.kill()
         raise RuntimeError(f"operator did not start:\n{server.tail()}") from exc
-    return OperatorProcess(server, f"http://127.0.0.1:{metrics}/metrics")
+    return OperatorProcess(
+        server, f"http://127.0.0.1:{metrics}/metrics", f"http://127.0.0.1:{health}/healthz"
+    )
 
 
 def api_client(kubeconfig: Path) -> kubernetes.client.ApiClient:

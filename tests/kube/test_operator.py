@@ -189,7 +189,7 @@ async def test_image_job_of_urls_succeeds(
 ) -> None:
     settings = operator_settings(fresh_settings, namespace, allow_private_urls=True)
     workers.start(settings)
-    operator.start(settings)
+    process = operator.start(settings)
     n = 5
     with serve_images(images.jpeg(400, 300)) as source:
         sources = [{"url": source.url(f"photo-{i}.jpg")} for i in range(n)]
@@ -234,6 +234,11 @@ async def test_image_job_of_urls_succeeds(
     assert "Submitted" in reasons(events)
     assert "Succeeded" in reasons(events)
     assert any(e["message"] == f"Submitted {n} of {n} sources as jobs." for e in events)
+
+    async with httpx.AsyncClient() as client:
+        health = await client.get(process.health_url)
+    assert health.status_code == 200
+    assert "seconds_since_last_tick" in health.json()["autoscaler"]
 
     table = kube.kubectl("get", "imagejobs", "-n", namespace).stdout
     header, row = table.strip().splitlines()

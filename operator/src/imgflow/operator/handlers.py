@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from pymongo.errors import PyMongoError
 
 from imgflow.core.jobs import JobStatus
+from imgflow.core.queue import QueueUnavailable
 from imgflow.operator.autoscale import AUTOSCALE_LABEL
 from imgflow.operator.batches import Context, submit_sources, track_sources
 from imgflow.operator.imagejob import (
@@ -84,8 +87,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         return [pod for store in worker_pods.values() for pod in store]
 
     namespace = config.operator_namespace or ""
+    autoscaler = Autoscaler(config, ctx.redis, ctx.kube, targets)
+    memo["autoscaler"] = autoscaler
     memo["tasks"] = [
-        asyncio.create_task(Autoscaler(config, ctx.redis, ctx.kube, targets).run(), name="autoscaler"),
+        asyncio.create_task(autoscaler.run(), name="autoscaler"),
         asyncio.create_task(
             DeletionCosts(config, ctx.redis, ctx.kube, namespace, targets, pods).run(), name="deletion-costs"
         ),
@@ -101,6 +106,18 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx: Context | None = memo.get("ctx")
     if ctx is not None:
         await ctx.close()
+
+
+@kopf.on.probe(id="autoscaler")
+def autoscaler_probe(memo: kopf.Memo, **_: Any) -> dict[str, float | None]:
+    """For kopf's /healthz: fails (so the pod is restarted) only if a background loop has died."""
+    tasks: list[asyncio.Task[None]] = memo.get("tasks", [])
+    dead = [task.get_name() for task in tasks if task.done()]
+    if dead:
+        raise RuntimeError(f"background task(s) stopped: {', '.join(dead)}")
+    autoscaler: Autoscaler | None = memo.get("autoscaler")
+    last = autoscaler.last_tick if autoscaler else None
+    return {"seconds_since_last_tick": None if last is None else round(time.monotonic() - last, 1)}
 
 
 # --- what the autoscaler watches ----------------------------------------------------------------
@@ -163,9 +180,15 @@ async def submit(
     """Turn every source into a job (once), and record them all in status."""
     ctx: Context = memo["ctx"]
     before = recorded_sources(status)
-    states = await submit_sources(
-        ctx, ref=image_job_ref(namespace or "", name), uid=uid, spec=spec, recorded=before
-    )
+    try:
+        states = await submit_sources(
+            ctx, ref=image_job_ref(namespace or "", name), uid=uid, spec=spec, recorded=before
+        )
+    except (QueueUnavailable, PyMongoError) as exc:
+        # Nothing is lost: what was submitted is found again by its job id on the next try.
+        raise kopf.TemporaryError(
+            f"Could not submit yet ({type(exc).__name__}: {exc}); retrying.", delay=5
+        ) from exc
     summary = summarize(len(states), states)
     now = datetime.now(UTC)
     patch.status.update(

@@ -21,6 +21,7 @@ PLURAL = "imagejobs"
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
 FINISHED_PHASES: tuple[Phase, ...] = ("Succeeded", "Failed")
+ERROR_MAX = 512  # characters of a source's error kept in status
 
 # Job ids of ImageJob sources are uuid5(uid/index) in this namespace: stable across restarts.
 _JOB_IDS = uuid.UUID("6f1c3e0a-4b8d-5e2f-9a7c-1d3b5f7e9a0c")
@@ -54,7 +55,8 @@ class SourceState:
         if self.job_id:
             entry["jobId"] = self.job_id
         if self.error:
-            entry["error"] = self.error[:4096]
+            # Short enough that a status of 1000 failed sources stays far below etcd's object limit.
+            entry["error"] = self.error if len(self.error) <= ERROR_MAX else self.error[: ERROR_MAX - 1] + "…"
         return entry
 
     @classmethod

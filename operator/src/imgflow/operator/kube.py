@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import kubernetes
+import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from imgflow.operator.imagejob import GROUP, PLURAL, VERSION
@@ -23,6 +24,9 @@ FIELD_MANAGER = "imgflow-operator"
 TIMEOUT_S = 10.0
 
 log = logging.getLogger(__name__)
+
+# What a call may raise when the API server refuses it or cannot be reached.
+KubeError = (ApiException, urllib3.exceptions.HTTPError, OSError)
 
 
 @dataclass(frozen=True)
@@ -148,5 +152,5 @@ class Kube:
                 event,
                 _request_timeout=TIMEOUT_S,
             )
-        except (ApiException, OSError) as exc:
+        except KubeError as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, obj.kind, obj.name, exc)

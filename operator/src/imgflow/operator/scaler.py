@@ -17,14 +17,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from kubernetes.client.exceptions import ApiException
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from imgflow.core.queue import Backlog, read_backlog
 from imgflow.operator import metrics
 from imgflow.operator.autoscale import History, Policy, decide, parse_policy
-from imgflow.operator.kube import Kube, ObjectRef
+from imgflow.operator.kube import Kube, KubeError, ObjectRef
 from imgflow.operator.podcost import PodView, deletion_costs, heartbeat_pattern, parse_heartbeats
 from imgflow.operator.settings import OperatorSettings
 
@@ -104,6 +103,7 @@ class Autoscaler:
         self._clock = clock
         self._states: dict[str, _State] = {}
         self._redis_health = _Quiet("redis")
+        self.last_tick: float | None = None  # when a tick last completed (the clock's time)
 
     async def run(self) -> None:
         while True:
@@ -111,8 +111,12 @@ class Autoscaler:
                 await self.tick()
             except (RedisError, OSError) as exc:
                 self._redis_health.failed(exc)
+            except Exception:
+                # A bug must not stop autoscaling for good; the probe reports the stale tick.
+                log.exception("autoscaler tick failed")
             else:
                 self._redis_health.ok()
+                self.last_tick = self._clock()
             await asyncio.sleep(self._settings.autoscale_interval_s)
 
     async def tick(self) -> None:
@@ -148,7 +152,7 @@ class Autoscaler:
 
         try:
             await self._kube.scale(target.namespace, target.name, decision.desired)
-        except (ApiException, OSError) as exc:
+        except KubeError as exc:
             metrics.ERRORS.labels("kubernetes").inc()
             text = f"scaling to {decision.desired} failed: {getattr(exc, 'reason', None) or exc}"
             if text != state.failing:
@@ -201,6 +205,8 @@ class DeletionCosts:
                 await self.tick()
             except (RedisError, OSError) as exc:
                 self._health.failed(exc)
+            except Exception:
+                log.exception("deletion cost update failed")
             else:
                 self._health.ok()
             await asyncio.sleep(self._settings.pod_cost_interval_s)
@@ -216,7 +222,7 @@ class DeletionCosts:
         for pod, cost in changes.items():
             try:
                 await self._kube.set_deletion_cost(self._namespace, pod, cost)
-            except (ApiException, OSError) as exc:  # tried again next tick
+            except KubeError as exc:  # tried again next tick
                 metrics.ERRORS.labels("kubernetes").inc()
                 log.warning("pod %s: setting its deletion cost failed: %s", pod, exc)
         return changes
