@@ -290,6 +290,7 @@ async def test_private_addresses_and_foreign_uploads_are_refused(
 
     events = events_for(kube.kubectl, namespace, "ImageJob", "mixed")
     assert reasons(events).count("SourceRefused") == 4
+    assert any(e["message"] == "Submitted 1 of 5 sources as jobs; 4 refused." for e in events)
     assert "Failed" in reasons(events)
     async with job_store(settings) as (store, _):
         jobs = await store.for_image_job(f"{namespace}/mixed")

@@ -213,7 +213,8 @@ async def submit(
             body,
             type="Normal",
             reason="Submitted",
-            message=f"Submitted {queued} of {len(states)} sources as jobs.",
+            message=f"Submitted {queued} of {len(states)} sources as jobs"
+            + (f"; {len(refused)} refused." if refused else "."),
         )
     if summary.finished:
         _announce_finish(body, summary, states)
