@@ -89,6 +89,15 @@ class Server:
                 self.process.wait()
         return self.process.returncode
 
+    def wait_exit(self, timeout: float) -> bool:
+        """Whether the process ended by itself within ``timeout`` seconds."""
+        assert self.process is not None
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()

@@ -122,7 +122,7 @@ async def test_redis_down_at_submit_is_503_and_nothing_is_kept(
 ) -> None:
     settings = make_settings(f"redis://127.0.0.1:{own_redis.port}/0", mongodb_url)
     _, base = processes.start_api(settings)
-    processes.start_worker(settings)
+    first_worker = processes.start_worker(settings)
     client.base_url = httpx.URL(base)
     user = "redis-outage"
 
@@ -142,7 +142,9 @@ async def test_redis_down_at_submit_is_503_and_nothing_is_kept(
     own_redis.start()  # back, and empty
     response = await submit(client, images.jpeg(), user_id=user)
     assert response.status_code == 202
-    # the first worker stopped when its consumer group vanished with Redis's data; a new one starts
+    # The consumer group vanished with Redis's data; the first worker notices it reads nothing
+    # any more and exits to be restarted (as Kubernetes would), and a fresh one recreates the group.
+    assert await asyncio.to_thread(first_worker.wait_exit, 60), first_worker.tail()
     processes.start_worker(settings)
     assert (await wait_finished(client, response.json()["jobId"]))["status"] == "completed"
 

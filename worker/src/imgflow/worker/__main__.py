@@ -23,6 +23,7 @@ def main() -> None:
         app = FastStream(
             worker.broker,
             on_startup=[worker.prepare],
+            on_shutdown=[worker.draining],
             after_startup=[worker.start],
             after_shutdown=[worker.stop],
         )
@@ -35,6 +36,7 @@ def main() -> None:
             ("/healthz", make_ping_asgi(worker.broker, timeout=5.0)),
         ],
         on_startup=[worker.prepare],
+        on_shutdown=[worker.draining],
         after_startup=[worker.start],
         after_shutdown=[worker.stop],
     )

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 from typing import Any
 
@@ -56,6 +57,7 @@ class Worker:
         self.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
         self.broker = make_broker(settings, graceful_timeout=settings.graceful_timeout_s)
         self.inflight: set[bytes] = set()
+        self.stopping = False
         self._heartbeat: asyncio.Task[None] | None = None
         self._subscribe()
 
@@ -75,6 +77,7 @@ class Worker:
             ack_policy=AckPolicy.MANUAL,
         )
         fresh(self.on_message)
+        self._subscribers = (fresh, reclaim)
 
         async def on_reclaimed(body: Any, msg: RedisStreamMessage) -> None:
             metrics.RECLAIMED.inc()
@@ -110,6 +113,10 @@ class Worker:
             log.warning("could not create indexes now; continuing", exc_info=True)
         self._heartbeat = asyncio.create_task(self._beat())
 
+    async def draining(self) -> None:
+        """SIGTERM received: the subscribers are about to stop on purpose."""
+        self.stopping = True
+
     async def _beat(self) -> None:
         s = self.settings
         key = f"{s.stream}:worker:{self.consumer}"
@@ -124,6 +131,13 @@ class Worker:
                     )
             except Exception:
                 log.warning("heartbeat failed (Redis down?)", exc_info=True)
+            if not self.stopping and not all(sub.running for sub in self._subscribers):
+                # FastStream stops a subscriber for good when its consumer group vanishes (Redis
+                # lost its data). A worker that reads nothing must not look alive: stop, drain,
+                # and let the supervisor start a fresh one, which recreates the group.
+                log.error("a subscriber stopped (consumer group gone?); shutting down to be restarted")
+                self.stopping = True
+                os.kill(os.getpid(), signal.SIGTERM)
             await asyncio.sleep(HEARTBEAT_S)
 
     async def stop(self) -> None:
