@@ -6,7 +6,7 @@ redis-server, FerretDB or mongod, uvicorn and FastStream in child processes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,26 +104,26 @@ class Processes:
     def start_worker(self, settings: Settings, **extra_env: str) -> Server:
         port = free_port()
         env = {"IMGFLOW_WORKER_METRICS_PORT": str(port), **extra_env}
-        n = sum(1 for s in self.started if s.name == "worker")
-        server = worker_server(settings, self.logs / f"worker-{n}.log", env).start()
-        self.started.append(server)
-        try:
-            wait_for_port(port, process=server.process)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"worker did not start:\n{server.tail()}") from exc
-        return server
+        return self._start(worker_server, settings, env, port)
 
     def start_api(self, settings: Settings, **extra_env: str) -> tuple[Server, str]:
         port = free_port()
         settings = settings.model_copy(update={"api_port": port})
-        n = sum(1 for s in self.started if s.name == "api")
-        server = api_server(settings, self.logs / f"api-{n}.log", extra_env).start()
+        return self._start(api_server, settings, extra_env, port), f"http://127.0.0.1:{port}"
+
+    def _start(
+        self, make: Callable[..., Server], settings: Settings, env: dict[str, str], port: int
+    ) -> Server:
+        """Start a process, wait until it listens on ``port``; its log goes to logs/<name>-<n>.log."""
+        name = make.__name__.removesuffix("_server")
+        n = sum(1 for s in self.started if s.name == name)
+        server = make(settings, self.logs / f"{name}-{n}.log", env).start()
         self.started.append(server)
         try:
             wait_for_port(port, process=server.process)
         except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"API did not start:\n{server.tail()}") from exc
-        return server, f"http://127.0.0.1:{port}"
+            raise RuntimeError(f"{name} did not start:\n{server.tail()}") from exc
+        return server
 
     def stop_all(self) -> None:
         for server in reversed(self.started):
