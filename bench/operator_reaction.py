@@ -2,10 +2,11 @@
 
 Starts what it needs on loopback: a Redis and a private kube-apiserver + etcd
 (``scripts/cluster.sh``, CRDs installed; or the cluster of ``IMGFLOW_KUBECONFIG``, e.g. after
-``make cluster-up``). In a fresh namespace it grants the operator's RBAC (``operator/rbac.yaml``),
-runs ``imgflow-operator`` under that ServiceAccount and creates an autoscaled worker Deployment
-(scale-to-zero, 1 message per replica, 1 s scale-down window). No worker runs: nothing consumes,
-so the backlog is exactly what the trial publishes.
+``make cluster-up``). In a fresh namespace it grants the operator's RBAC (the chart's
+ServiceAccount, Role and RoleBinding, by ``helm template``), runs ``imgflow-operator`` under that
+ServiceAccount and creates an autoscaled worker Deployment (scale-to-zero, 1 message per
+replica, 1 s scale-down window). No worker runs: nothing consumes, so the backlog is exactly what
+the trial publishes.
 
 Each trial waits for 0 replicas, publishes ``--messages`` stream entries (XADD), and takes the time
 from the last XADD's reply to the watch event that shows the Deployment's new ``spec.replicas``

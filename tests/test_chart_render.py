@@ -45,6 +45,8 @@ API, WORKER, OPERATOR = f"{REL}-imgflow-api", f"{REL}-imgflow-worker", f"{REL}-i
 REDIS, MONGODB = f"{REL}-imgflow-redis", f"{REL}-imgflow-mongodb"
 DEFAULT_VALUES: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
 MEMBERS = ("api", "worker", "operator")
+# What a chart might create outside its namespace (the CRD is in crds/, which helm template omits).
+CLUSTER_SCOPED_KINDS = ("ClusterRole", "ClusterRoleBinding", "Namespace", "CustomResourceDefinition")
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +109,6 @@ def test_default_render_has_the_expected_objects(default_docs: list[dict[str, An
             ("ServiceAccount", OPERATOR),
             ("Role", OPERATOR),
             ("RoleBinding", OPERATOR),
-            ("ClusterRole", f"{NS}-{OPERATOR}"),
-            ("ClusterRoleBinding", f"{NS}-{OPERATOR}"),
             ("Deployment", REDIS),
             ("Service", REDIS),
             ("Deployment", MONGODB),
@@ -123,8 +123,7 @@ def test_default_render_has_the_expected_objects(default_docs: list[dict[str, An
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
         assert labels["app.kubernetes.io/version"] == "0.1.0"
         assert "app.kubernetes.io/component" in labels
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
-            assert d["metadata"]["namespace"] == NS
+        assert d["metadata"]["namespace"] == NS
 
 
 def test_dev_databases_are_wired_by_default(default_docs: list[dict[str, Any]]) -> None:
@@ -275,32 +274,40 @@ def test_operator_rbac_is_exactly_the_agreed_rules(default_docs: list[dict[str, 
                         out.add((group, resource, verb, tuple(r.get("resourceNames") or ())))
         return out
 
+    # Only the verbs the operator sends (kopf reads by list+watch and writes by patch; see
+    # templates/operator-rbac.yaml): no get, no update, no patching Events.
     role = norm(one(default_docs, "Role", OPERATOR)["rules"])
     expected: set[tuple[str, str, str, tuple[str, ...]]] = set()
-    for verb in ("get", "list", "watch", "patch", "delete"):
+    for verb in ("list", "watch", "patch", "delete"):
         expected.add(("imgflow.io", "imagejobs", verb, ()))
-    for verb in ("get", "patch", "update"):
-        expected.add(("imgflow.io", "imagejobs/status", verb, ()))
-        expected.add(("apps", "deployments/scale", verb, (WORKER,)))
-    for verb in ("create", "patch"):
-        expected.add(("", "events", verb, ()))
-        expected.add(("events.k8s.io", "events", verb, ()))
-    for verb in ("get", "list", "watch"):
+    expected.add(("imgflow.io", "imagejobs/status", "patch", ()))
+    expected.add(("apps", "deployments/scale", "patch", (WORKER,)))
+    expected.add(("", "events", "create", ()))
+    for verb in ("list", "watch"):
         expected.add(("apps", "deployments", verb, ()))
-    for verb in ("get", "list", "watch", "patch"):
+    for verb in ("list", "watch", "patch"):
         expected.add(("", "pods", verb, ()))
     assert role == expected
     assert not any(resource == "secrets" for _, resource, _, _ in role)
+    assert not any(group in ("events.k8s.io", "apiextensions.k8s.io") for group, _, _, _ in role)
 
-    cluster = norm(one(default_docs, "ClusterRole", f"{NS}-{OPERATOR}")["rules"])
-    assert cluster == {
-        ("apiextensions.k8s.io", "customresourcedefinitions", verb, ()) for verb in ("get", "list", "watch")
-    }
-    for kind, ref_kind in (("RoleBinding", "Role"), ("ClusterRoleBinding", "ClusterRole")):
-        name = OPERATOR if kind == "RoleBinding" else f"{NS}-{OPERATOR}"
-        binding = one(default_docs, kind, name)
-        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": ref_kind, "name": name}
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NS}]
+    binding = one(default_docs, "RoleBinding", OPERATOR)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": OPERATOR}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NS}]
+
+
+@pytest.mark.parametrize("values", [None, PRODUCTION_VALUES], ids=["default", "production"])
+def test_nothing_cluster_scoped_is_rendered(values: Path | None) -> None:
+    """The operator needs no cluster-scoped permission, and nothing else of the chart is
+    cluster-scoped either: every object is in the release namespace."""
+    docs = render(files=[values] if values else [])
+    cluster_scoped = [
+        f"{d['kind']}/{d['metadata']['name']}" for d in docs if d["kind"] in CLUSTER_SCOPED_KINDS
+    ]
+    assert cluster_scoped == []
+    assert all(d["metadata"].get("namespace") == NS for d in docs)
+    bindings = find(docs, "RoleBinding")
+    assert [b["roleRef"]["kind"] for b in bindings] == ["Role"]  # no ClusterRole bound either
 
 
 def test_operator_can_be_left_out() -> None:
@@ -491,9 +498,8 @@ def test_long_release_names_stay_within_kubernetes_limits() -> None:
     release = "long-release-name-" + "x" * 35  # 53: the longest Helm accepts
     docs = render(release=release)
     for d in docs:
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
-            assert len(d["metadata"]["name"]) <= 63, d["metadata"]["name"]
-            assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", d["metadata"]["name"])
+        assert len(d["metadata"]["name"]) <= 63, d["metadata"]["name"]
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", d["metadata"]["name"])
     names = [d["metadata"]["name"] for d in docs]
     assert len(names) == len({(d["kind"], d["metadata"]["name"]) for d in docs})
 

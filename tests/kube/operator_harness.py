@@ -1,8 +1,9 @@
 """Running imgflow-operator against a real kube-apiserver, under its own least-privilege RBAC.
 
-* ``operator_kubeconfig``: applies ``operator/rbac.yaml`` to a namespace and writes a kubeconfig
-  holding a token of the ``imgflow-operator`` ServiceAccount, so the operator gets exactly the
-  permissions the chart grants it and not the tests' admin rights;
+* ``operator_kubeconfig``: applies the chart's operator ServiceAccount, Role and RoleBinding
+  (``helm template`` of release ``imgflow``) to a namespace and writes a kubeconfig holding a token
+  of the ``imgflow-operator`` ServiceAccount, so the operator gets exactly the permissions the
+  chart grants it and not the tests' admin rights;
 * ``start_operator``: the ``imgflow-operator`` console script as a child process;
 * ``WorkerFleet``: the kubelet and ReplicaSet controller this control plane lacks, for one worker
   Deployment: it keeps as many real worker processes (and Pod objects named after them) as the
@@ -28,29 +29,46 @@ import kubernetes
 import yaml
 
 from scripts.servers import Server, free_port, settings_env, wait_for_port
+from tests.helm_chart import CHART, KUBE_VERSION, helm
 
-ROOT = Path(__file__).resolve().parents[2]
-RBAC = ROOT / "operator" / "rbac.yaml"
+# Release "imgflow" contains the chart's name, so the chart names its objects imgflow-<component>.
+RELEASE = "imgflow"
+RBAC_TEMPLATES = ("operator-serviceaccount.yaml", "operator-rbac.yaml", "operator-rolebindings.yaml")
 SERVICE_ACCOUNT = "imgflow-operator"
-WORKER_DEPLOYMENT = "imgflow-worker"  # the name operator/rbac.yaml lets it scale
+WORKER_DEPLOYMENT = "imgflow-worker"  # the one Deployment the chart's Role lets it scale
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
 Kubectl = Callable[..., Any]  # tests.kube.conftest.Kube.kubectl
 
 
 def rbac_for(namespace: str) -> str:
-    """operator/rbac.yaml, moved from namespace ``imgflow`` to ``namespace``."""
-    docs = [doc for doc in yaml.safe_load_all(RBAC.read_text()) if doc]
-    for doc in docs:
-        if doc["metadata"].get("namespace"):
-            doc["metadata"]["namespace"] = namespace
-        if doc["kind"].startswith("Cluster"):
-            doc["metadata"]["name"] = f"{doc['metadata']['name']}-{namespace}"
-            if doc["kind"] == "ClusterRoleBinding":
-                doc["roleRef"]["name"] = f"{doc['roleRef']['name']}-{namespace}"
-        for subject in doc.get("subjects", []):
-            subject["namespace"] = namespace
-    return yaml.safe_dump_all(docs)
+    """The chart's ServiceAccount, Role and RoleBinding of the operator, rendered for ``namespace``
+    with default values: what ``helm install imgflow`` would grant it there, and nothing else."""
+    show_only = [arg for t in RBAC_TEMPLATES for arg in ("--show-only", f"templates/{t}")]
+    out = helm(
+        "template", RELEASE, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION, *show_only
+    ).stdout
+    docs = [doc for doc in yaml.safe_load_all(out) if doc]
+    found = sorted((doc["kind"], doc["metadata"]["name"]) for doc in docs)
+    expected = [
+        ("Role", SERVICE_ACCOUNT),
+        ("RoleBinding", SERVICE_ACCOUNT),
+        ("ServiceAccount", SERVICE_ACCOUNT),
+    ]
+    if found != expected:
+        raise RuntimeError(f"the chart's operator RBAC templates render {found}, not {expected}")
+    (role,) = (doc for doc in docs if doc["kind"] == "Role")
+    scalable = [
+        name
+        for rule in role["rules"]
+        if "deployments/scale" in rule["resources"]
+        for name in rule["resourceNames"]
+    ]
+    if scalable != [WORKER_DEPLOYMENT]:
+        raise RuntimeError(
+            f"the chart's Role lets the operator scale {scalable}, not [{WORKER_DEPLOYMENT!r}]"
+        )
+    return out
 
 
 def operator_kubeconfig(kubectl: Kubectl, admin_kubeconfig: Path, namespace: str, dest: Path) -> Path:

@@ -88,6 +88,12 @@ def _leftovers(kube: Kube, ns: str) -> list[str]:
     return sorted(set(found))
 
 
+def _cluster_scoped_kinds(kube: Kube) -> set[str]:
+    """Kinds of every cluster-scoped resource the API server serves (ClusterRole, Namespace, ...)."""
+    table = kube.kubectl("api-resources", "--namespaced=false", "--no-headers").stdout
+    return {line.split()[-1] for line in table.splitlines() if line.strip()}
+
+
 @pytest.fixture
 def tmp_values(tmp_path: Path) -> Path:
     return tmp_path
@@ -95,7 +101,7 @@ def tmp_values(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def uninstall_after(kube: Kube, namespace: str) -> Iterator[None]:
-    """Uninstalls the release if a test left it installed (its ClusterRole* outlive the namespace)."""
+    """Uninstalls the release if a test left it installed."""
     yield
     helm("uninstall", RELEASE, "--namespace", namespace, "--ignore-not-found", kubeconfig=kube.kubeconfig)
 
@@ -128,19 +134,16 @@ def test_server_side_dry_run_then_install_upgrade_uninstall(
         ("Deployment", "imgflow-redis"),
         ("Deployment", "imgflow-mongodb"),
         ("Role", OPERATOR),
-        ("ClusterRole", f"{ns}-{OPERATOR}"),
+        ("RoleBinding", OPERATOR),
     }
+    # Nothing cluster-scoped, by the API server's own account of which kinds are.
+    assert not [o for o in manifest if o["kind"] in _cluster_scoped_kinds(kube)]
     for o in manifest:
         kind = o["kind"].lower()
-        if o["kind"] in ("ClusterRole", "ClusterRoleBinding"):
-            kube.kubectl("get", kind, o["metadata"]["name"])
-        else:
-            assert (
-                _get(kube, ns, kind, o["metadata"]["name"])["metadata"]["labels"][
-                    "app.kubernetes.io/instance"
-                ]
-                == RELEASE
-            )
+        assert (
+            _get(kube, ns, kind, o["metadata"]["name"])["metadata"]["labels"]["app.kubernetes.io/instance"]
+            == RELEASE
+        )
     # the test hook is not created by install (and would not run here)
     assert kube.kubectl("get", "pods", "-n", ns, "-o", "name").stdout.strip() == ""
     worker = _get(kube, ns, "deployment", WORKER)
@@ -281,27 +284,20 @@ def test_operator_service_account_can_do_its_job_and_nothing_else(
             assert time.monotonic() < deadline, "the operator's RoleBinding never took effect"
             time.sleep(0.5)
 
+        # Exactly what the operator sends: kopf reads by list+watch and writes by patch.
         must = [
             ("patch", f"deployments.apps/{WORKER}", "--subresource=scale", "-n", ns),
-            ("update", f"deployments.apps/{WORKER}", "--subresource=scale", "-n", ns),
-            ("get", f"deployments.apps/{WORKER}", "--subresource=scale", "-n", ns),
             ("list", "deployments.apps", "-n", ns),
             ("watch", "deployments.apps", "-n", ns),
-            ("get", "imagejobs.imgflow.io", "-n", ns),
             ("list", "imagejobs.imgflow.io", "-n", ns),
             ("watch", "imagejobs.imgflow.io", "-n", ns),
             ("patch", "imagejobs.imgflow.io", "-n", ns),
             ("delete", "imagejobs.imgflow.io", "-n", ns),
             ("patch", "imagejobs.imgflow.io", "--subresource=status", "-n", ns),
-            ("update", "imagejobs.imgflow.io", "--subresource=status", "-n", ns),
             ("create", "events", "-n", ns),
-            ("patch", "events", "-n", ns),
-            ("create", "events.events.k8s.io", "-n", ns),
             ("list", "pods", "-n", ns),
             ("watch", "pods", "-n", ns),
             ("patch", "pods", "-n", ns),
-            ("list", "customresourcedefinitions.apiextensions.k8s.io"),
-            ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
         ]
         must_not = [
             # no Secrets, in any way
@@ -332,11 +328,39 @@ def test_operator_service_account_can_do_its_job_and_nothing_else(
             ("create", "serviceaccounts/token", "-n", ns),
             ("patch", "roles.rbac.authorization.k8s.io", "-n", ns),
             ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+            # nothing cluster-scoped at all: kopf's scanning of CRDs and Namespaces is off
+            ("get", "customresourcedefinitions.apiextensions.k8s.io/imagejobs.imgflow.io"),
+            ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+            ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
             ("list", "namespaces"),
+            ("watch", "namespaces"),
+            ("get", f"namespaces/{ns}"),
+            ("list", "imagejobs.imgflow.io", "--all-namespaces"),
+            # verbs it never sends: no single-object reads, no updates, no Event patches
+            ("get", "imagejobs.imgflow.io", "-n", ns),
+            ("update", "imagejobs.imgflow.io", "-n", ns),
+            ("get", "imagejobs.imgflow.io", "--subresource=status", "-n", ns),
+            ("update", "imagejobs.imgflow.io", "--subresource=status", "-n", ns),
+            ("get", f"deployments.apps/{WORKER}", "--subresource=scale", "-n", ns),
+            ("update", f"deployments.apps/{WORKER}", "--subresource=scale", "-n", ns),
+            ("get", f"deployments.apps/{WORKER}", "-n", ns),
+            ("get", "pods", "-n", ns),
+            ("patch", "events", "-n", ns),
+            ("create", "events.events.k8s.io", "-n", ns),
         ]
         wrong = [" ".join(a) for a in must if not _can_i(kube, ns, *a)]
         wrong += ["NOT " + " ".join(a) for a in must_not if _can_i(kube, ns, *a)]
         assert wrong == [], "the operator's permissions differ from the agreed ones"
+
+        # And no cluster-wide grant reaches it through any ClusterRoleBinding.
+        bindings = kube.kubectl_json("get", "clusterrolebindings")["items"]
+        to_operator = [
+            b["metadata"]["name"]
+            for b in bindings
+            for s in b.get("subjects") or []
+            if s.get("kind") == "ServiceAccount" and s.get("name") == OPERATOR and s.get("namespace") == ns
+        ]
+        assert to_operator == []
     finally:
         kube.kubectl("delete", "deployment", WORKER, "-n", other_ns, "--ignore-not-found", check=False)
         kube.kubectl("delete", "namespace", other_ns, "--wait=false", "--ignore-not-found", check=False)

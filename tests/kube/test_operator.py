@@ -1,6 +1,7 @@
 """imgflow-operator end to end: a real kube-apiserver, Redis, MongoDB-wire server and worker
-processes; the operator runs as its console script under its own ServiceAccount and RBAC
-(operator/rbac.yaml), so anything it does beyond that fails here as it would in a cluster.
+processes; the operator runs as its console script under its own ServiceAccount and the chart's
+Role for it (templates/operator-rbac.yaml, rendered by ``helm template``; nothing cluster-scoped),
+so anything it does beyond that fails here as it would in a cluster.
 """
 
 from __future__ import annotations

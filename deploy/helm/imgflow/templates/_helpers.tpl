@@ -138,13 +138,6 @@ Name of the Secret holding IMGFLOW_REDIS_URL and IMGFLOW_MONGODB_URL.
 {{- end }}
 
 {{/*
-Name of the operator's cluster-scoped RBAC objects: unique per release namespace.
-*/}}
-{{- define "imgflow.operatorClusterName" -}}
-{{- printf "%s-%s" .Release.Namespace (include "imgflow.operatorName" .) }}
-{{- end }}
-
-{{/*
 Grace period of a worker pod: longer than the worker's own drain timeout.
 */}}
 {{- define "imgflow.workerTerminationGracePeriod" -}}
