@@ -1,0 +1,1 @@
+"""imgflow's benchmarks: ``make bench`` runs ``bench/run.sh``. See bench/README.md."""

@@ -1,0 +1,312 @@
+"""End-to-end part of ``make bench``: the corpus through the running stack over HTTP.
+
+Starts Redis, the MongoDB-wire server (FerretDB unless ``mongod`` or ``MONGODB_URL`` is there), the
+API and one worker process (``IMGFLOW_WORKER_CONCURRENCY=2``, libvips' default threads) on loopback,
+all sharing this machine's cores. Originals and thumbnails go to the local storage backend (a
+directory) unless ``BENCH_E2E_STORAGE=gridfs``: FerretDB's SQLite backend scans every stored
+chunk for each GridFS operation, so with GridFS each job costs more than the one before (about
++60 ms per GridFS operation for every 3 MB original already stored, measured here) and the figures
+would describe FerretDB, not imgflow. With mongod or ``MONGODB_URL``, GridFS is a fair choice. Then
+``BENCH_E2E_PASSES`` passes over the corpus (default 3) are submitted with
+``POST /api/image-processing/jobs`` by ``BENCH_E2E_INFLIGHT`` clients (default 4: twice what the
+worker takes at once, so it never waits for work), each polling
+``GET /api/image-processing/jobs/{jobId}`` every 50 ms until its job is completed, then submitting
+the next. A short warm-up (one image per subset) comes first and is not counted.
+
+Latency is submit-to-completed: from the moment the client starts the POST to the job's
+``result.processedAt``, which the worker stamps just before it records the job completed (same
+clock, this machine); the poll that sees it comes up to 50 ms later and is reported apart.
+
+    python -m bench.e2e [--engine bench/.results/engine.json] [--out bench/.results/e2e.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+
+from bench import corpus
+from bench.system import Usage, cpu_seconds, status_kb
+from imgflow.core.settings import Settings, StorageBackend
+from scripts.servers import (
+    Server,
+    api_server,
+    free_port,
+    mongodb_server,
+    redis_server,
+    wait_for_port,
+    worker_server,
+)
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / ".results"
+JOBS = "/api/image-processing/jobs"
+POLL_S = float(os.environ.get("BENCH_E2E_POLL_MS", "50")) / 1000
+JOB_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Record:
+    subset: str
+    submitted: float  # wall clock, when the POST started
+    accepted: float  # when the 202 came back
+    seen: float  # when a poll saw it completed
+    processed: float  # the worker's result.processedAt
+
+
+def _timestamp(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+async def run_job(client: httpx.AsyncClient, image: corpus.Image, data: bytes) -> Record:
+    submitted = time.time()
+    response = await client.post(
+        JOBS,
+        files={"file": (image.path.name, data, "application/octet-stream")},
+        data={"userId": "bench"},
+    )
+    if response.status_code != 202:
+        raise RuntimeError(f"POST {image.path.name}: {response.status_code} {response.text}")
+    accepted = time.time()
+    job_id = response.json()["jobId"]
+    while True:
+        await asyncio.sleep(POLL_S)
+        job = (await client.get(f"{JOBS}/{job_id}")).json()
+        if job["status"] == "completed":
+            result = job["result"]
+            if (result["width"], result["height"]) != (100, 100):
+                raise RuntimeError(f"{image.path.name}: thumbnail is {result['width']}x{result['height']}")
+            return Record(image.subset, submitted, accepted, time.time(), _timestamp(result["processedAt"]))
+        if job["status"] == "failed":
+            raise RuntimeError(f"{image.path.name}: job failed: {job.get('error')}")
+        if time.time() - submitted > JOB_TIMEOUT_S:
+            raise TimeoutError(f"{image.path.name}: not completed after {JOB_TIMEOUT_S:g} s")
+
+
+async def push(client: httpx.AsyncClient, work: list[corpus.Image], inflight: int) -> list[Record]:
+    payload = {image.path: image.path.read_bytes() for image in work}
+    queue: asyncio.Queue[corpus.Image] = asyncio.Queue()
+    for image in work:
+        queue.put_nowait(image)
+    records: list[Record] = []
+
+    async def client_loop() -> None:
+        while not queue.empty():
+            image = queue.get_nowait()
+            records.append(await run_job(client, image, payload[image.path]))
+
+    await asyncio.gather(*(client_loop() for _ in range(inflight)))
+    return records
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return float(ordered[index])
+
+
+def engine_rate(engine: dict[str, Any], config: str, counts: dict[str, int]) -> float:
+    """Images/s of an engine configuration over a mix of subsets: total images / total time."""
+    seconds = sum(n / float(engine["subsets"][key]["configs"][config]["best"]) for key, n in counts.items())
+    return sum(counts.values()) / seconds
+
+
+def _raise_exit(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)
+
+
+async def bench(
+    logs: Path, workdir: Path, passes: int, inflight: int, storage: StorageBackend
+) -> dict[str, Any]:
+    servers: list[Server] = []
+    try:
+        redis_port, mongo_port, api_port, metrics_port = free_port(), free_port(), free_port(), free_port()
+        redis = redis_server(workdir / "redis", redis_port)
+        redis.log = logs / "e2e-redis.log"
+        servers.append(redis.start())
+        mongo = mongodb_server(workdir / "mongo", mongo_port)
+        if mongo.server is not None:
+            mongo.server.log = logs / f"e2e-{mongo.kind}.log"
+            servers.append(mongo.server.start())
+        wait_for_port(redis_port, process=redis.process)
+        if mongo.server is not None:
+            wait_for_port(mongo_port, process=mongo.server.process)
+        tag = uuid.uuid4().hex[:8]
+        settings = Settings.model_validate(
+            {
+                "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+                "mongodb_url": mongo.url,
+                "mongodb_database": f"imgflow_bench_{tag}",
+                "stream": f"imgflow:bench:{tag}",
+                "consumer_group": f"bench-{tag}",
+                "storage_backend": storage,
+                "storage_dir": workdir / "storage",
+                "api_port": api_port,
+                "worker_metrics_port": metrics_port,
+                "worker_concurrency": 2,
+            }
+        )
+        api = api_server(settings, logs / "e2e-api.log")
+        servers.append(api.start())
+        worker = worker_server(settings, logs / "e2e-worker.log", {"IMGFLOW_WORKER_CONCURRENCY": "2"})
+        servers.append(worker.start())
+        for server, port in ((api, api_port), (worker, metrics_port)):
+            try:
+                wait_for_port(port, process=server.process)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"{server.name} did not start:\n{server.tail()}") from exc
+
+        images = corpus.images()
+        warmup = [next(i for i in images if i.subset == s.key) for s in corpus.SUBSETS]
+        work = images * passes
+        random.Random(7).shuffle(work)  # the subsets evenly mixed over the run
+        procs = {"worker": worker, "API": api, mongo.kind: mongo.server, "Redis": redis}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60) as client:
+            await push(client, warmup, inflight)
+            rss_idle = status_kb(worker.pid, "VmRSS")
+            cpu_before = {name: cpu_seconds(s.pid) for name, s in procs.items() if s is not None}
+            self_before = time.process_time()
+            usage = Usage().start()
+            started = time.time()
+            records = await push(client, work, inflight)
+            elapsed = max(r.processed for r in records) - started
+            usage.stop()
+            cpu = {name: cpu_seconds(s.pid) - cpu_before[name] for name, s in procs.items() if s is not None}
+            cpu["bench client"] = time.process_time() - self_before
+        cpu["other processes"] = usage.others(sum(cpu.values())) * usage.total
+        return {
+            "jobs": len(records),
+            "passes": passes,
+            "inflight": inflight,
+            "mongo": mongo.kind,
+            "storage": storage.value,
+            "elapsed_s": elapsed,
+            "throughput": len(records) / elapsed,
+            "latency_ms": [1000 * (r.processed - r.submitted) for r in records],
+            "upload_ms": [1000 * (r.accepted - r.submitted) for r in records],
+            "poll_lag_ms": [1000 * max(0.0, r.seen - r.processed) for r in records],
+            "by_subset": {
+                s.key: [1000 * (r.processed - r.submitted) for r in records if r.subset == s.key]
+                for s in corpus.SUBSETS
+            },
+            "counts": {s.key: sum(1 for r in records if r.subset == s.key) for s in corpus.SUBSETS},
+            "worker_rss_idle_kb": rss_idle,
+            "worker_peak_rss_kb": status_kb(worker.pid, "VmHWM"),
+            "api_peak_rss_kb": status_kb(api.pid, "VmHWM"),
+            "cpu_s": cpu,
+            "machine_cpu_s": usage.total,
+            "worker_vips_concurrency": os.environ.get("VIPS_CONCURRENCY", "default"),
+        }
+    finally:
+        for server in reversed(servers):
+            server.terminate()
+
+
+def print_table(result: dict[str, Any]) -> None:
+    lat, up, lag = result["latency_ms"], result["upload_ms"], result["poll_lag_ms"]
+    print(
+        f"\nEnd-to-end: {result['jobs']} jobs ({result['passes']} passes over the "
+        f"{len(corpus.images())}-image corpus), {result['inflight']} in flight. API, one worker "
+        f"(IMGFLOW_WORKER_CONCURRENCY=2, VIPS_CONCURRENCY {result['worker_vips_concurrency']}), "
+        f"Redis and {result['mongo']} ({result['storage']} storage) all share this machine's cores."
+    )
+    rows = [
+        ("throughput", f"{result['throughput']:.1f} images/s over {result['elapsed_s']:.1f} s"),
+        (
+            "submit -> completed",
+            f"p50 {percentile(lat, 50):.0f} ms, p95 {percentile(lat, 95):.0f} ms, max {max(lat):.0f} ms",
+        ),
+        (
+            "  by subset, p50 / p95",
+            ", ".join(
+                f"{corpus.subset(k).title} {percentile(v, 50):.0f}/{percentile(v, 95):.0f} ms"
+                for k, v in result["by_subset"].items()
+                if v
+            ),
+        ),
+        (
+            "  of which upload (POST -> 202)",
+            f"p50 {percentile(up, 50):.0f} ms, p95 {percentile(up, 95):.0f} ms",
+        ),
+        (
+            "  poll lag (not in the above)",
+            f"p50 {percentile(lag, 50):.0f} ms (polls every {1000 * POLL_S:.0f} ms)",
+        ),
+        (
+            "worker RSS",
+            f"peak (VmHWM) {result['worker_peak_rss_kb'] / 1024:.0f} MB; "
+            f"{result['worker_rss_idle_kb'] / 1024:.0f} MB after warm-up "
+            f"(API peak {result['api_peak_rss_kb'] / 1024:.0f} MB)",
+        ),
+        (
+            "CPU seconds used",
+            ", ".join(f"{name} {seconds:.1f}" for name, seconds in result["cpu_s"].items())
+            + f" (of {result['machine_cpu_s']:.1f} available)",
+        ),
+    ]
+    if "engine_rate" in result:
+        rows.append(
+            (
+                "engine on the same images",
+                f"{result['engine_rate']:.1f} images/s (2 threads, default libvips threads: the worker's "
+                f"setup; best 2-core setup {result['engine_best_rate']:.1f})",
+            )
+        )
+        rows.append(
+            (
+                "end-to-end / engine",
+                f"{result['throughput'] / result['engine_rate']:.2f} "
+                f"(vs best 2-core setup {result['throughput'] / result['engine_best_rate']:.2f})",
+            )
+        )
+    for name, value in rows:
+        print(f"  {name:32s}{value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--engine", type=Path, default=RESULTS / "engine.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "e2e.json")
+    args = parser.parse_args()
+    passes = int(os.environ.get("BENCH_E2E_PASSES", "3"))
+    inflight = int(os.environ.get("BENCH_E2E_INFLIGHT", "4"))
+    storage = StorageBackend(os.environ.get("BENCH_E2E_STORAGE", "local"))
+    corpus.ensure()
+    logs = args.out.parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for old in logs.glob("e2e-*.log"):
+        old.unlink()
+    signal.signal(signal.SIGTERM, _raise_exit)  # so the servers are stopped on `kill` too
+    workdir = Path(tempfile.mkdtemp(prefix="imgflow-bench-e2e-"))
+    try:
+        result = asyncio.run(bench(logs, workdir, passes, inflight, storage))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.engine.exists():
+        engine = json.loads(args.engine.read_text())
+        result["engine_rate"] = engine_rate(engine, "imgflow_dc2", result["counts"])
+        result["engine_best_rate"] = max(
+            engine_rate(engine, c, result["counts"]) for c in ("imgflow_2t", "imgflow_2p", "imgflow_dc2")
+        )
+    args.out.write_text(json.dumps(result, indent=1))
+    print_table(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The Python engines the benchmark times, each a function from encoded bytes to encoded bytes.
+
+Every engine makes the same thumbnail: 100x100, ``cover`` (scale to fill, centre-crop), JPEG at
+quality 85 with optimised Huffman tables, 4:2:0 chroma, no metadata. sharp, the fourth engine,
+lives in ``bench/sharp.mjs``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyvips
+from PIL import Image, ImageOps
+
+from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
+from imgflow.core.probe import probe_buffer
+from imgflow.worker.pipeline import make_thumbnail
+from imgflow.worker.steps.load import shrink_factor
+
+BOX = 100
+QUALITY = 85
+MAX_PIXELS = 50_000_000  # the worker's default limit
+SPEC = ThumbnailSpec(width=BOX, height=BOX, fit=Fit.cover, format=OutputFormat.jpeg)
+
+
+@dataclass(frozen=True)
+class Source:
+    """An encoded image, and the load options imgflow's shrink-on-load picks for it (worked out
+    once, so the decode floor times the decode alone)."""
+
+    data: bytes
+    load: dict[str, Any]
+
+    @classmethod
+    def of(cls, data: bytes) -> Source:
+        return cls(data, load_options(data))
+
+
+Engine = Callable[[Source], bytes]
+
+
+def imgflow(source: Source, *, lossless: bool = False) -> bytes:
+    """The worker's own thumbnail step, exactly as a job runs it (probe, shrink-on-load, steps)."""
+    spec = SPEC.model_copy(update={"format": OutputFormat.png}) if lossless else SPEC
+    return make_thumbnail(source.data, spec, max_pixels=MAX_PIXELS, quality=QUALITY).data
+
+
+def vips_thumbnail(source: Source, *, lossless: bool = False) -> bytes:
+    """libvips' own all-in-one ``thumbnail_buffer``, saved with the same JPEG options as imgflow."""
+    image = pyvips.Image.thumbnail_buffer(source.data, BOX, height=BOX, crop="centre")
+    if lossless:
+        return bytes(image.pngsave_buffer())
+    return bytes(image.jpegsave_buffer(Q=QUALITY, optimize_coding=True, keep="none"))
+
+
+def pillow(source: Source, *, lossless: bool = False) -> bytes:
+    """Pillow: JPEG DCT scaling with ``draft`` to no less than twice the box (the same rule as
+    imgflow's shrink-on-load), then ``ImageOps.fit``, which crops the centre and resizes it in one
+    LANCZOS (lanczos3) pass."""
+    with Image.open(io.BytesIO(source.data)) as opened:
+        opened.draft("RGB", (2 * BOX, 2 * BOX))  # a no-op for PNG and WebP
+        image = opened if opened.mode == "RGB" else opened.convert("RGB")
+        thumb = ImageOps.fit(image, (BOX, BOX), method=Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if lossless:
+        thumb.save(out, "PNG")
+    else:
+        thumb.save(out, "JPEG", quality=QUALITY, optimize=True)  # 4:2:0 chroma below quality 90
+    return out.getvalue()
+
+
+def load_options(data: bytes) -> dict[str, Any]:
+    """The shrink-on-load imgflow's ``open_source`` would use for ``data``."""
+    info = probe_buffer(data, max_pixels=MAX_PIXELS)
+    factor = shrink_factor(info.width, info.height, (BOX, BOX), Fit.cover)
+    options: dict[str, Any] = {"access": "sequential"}
+    if factor > 1 and info.format == "jpeg":
+        options["shrink"] = factor
+    elif factor > 1 and info.format == "webp":
+        options["scale"] = 1 / factor
+    return options
+
+
+def _drain(image: pyvips.Image) -> None:
+    """Make libvips decode every pixel, for as little else as possible: the average of one band
+    (an average of all three costs 7 ms more on a 1080p PNG than the PNG takes to thumbnail)."""
+    image.extract_band(0).avg()
+
+
+def decode_shrunk(source: Source) -> bytes:
+    """Floor: decode with imgflow's shrink-on-load, nothing else."""
+    _drain(pyvips.Image.new_from_buffer(source.data, "", **source.load))
+    return b""
+
+
+def decode_full(source: Source) -> bytes:
+    """Floor without shrink-on-load: a full-size decode."""
+    _drain(pyvips.Image.new_from_buffer(source.data, "", access="sequential"))
+    return b""
+
+
+def pillow_decode(source: Source) -> bytes:
+    """Floor for Pillow: open and decode with the same ``draft`` as ``pillow``, nothing else."""
+    with Image.open(io.BytesIO(source.data)) as opened:
+        opened.draft("RGB", (2 * BOX, 2 * BOX))
+        opened.load()
+    return b""
+
+
+ENGINES: dict[str, Engine] = {
+    "imgflow": imgflow,
+    "vips_thumbnail": vips_thumbnail,
+    "pillow": pillow,
+    "decode_shrunk": decode_shrunk,
+    "decode_full": decode_full,
+    "pillow_decode": pillow_decode,
+}
+# the engines that make thumbnails, with ``lossless=True`` giving the same pixels as PNG (for quality)
+THUMBNAILERS = {"imgflow": imgflow, "vips_thumbnail": vips_thumbnail, "pillow": pillow}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# `make bench`: imgflow's thumbnail engine against its peers, then the whole stack over HTTP.
+# Prints figures (images/s, latency, RSS) and ratios measured in this one run; nothing passes or
+# fails on a threshold. See bench/README.md.
+#
+# Usage: bench/run.sh [--investigate]    (or BENCH_INVESTIGATE=1)
+#   --investigate   also time candidate changes to the worker's thumbnail step (about 3 min more)
+# Knobs: BENCH_ROUNDS (5), BENCH_SECONDS (0.5) per engine measurement; BENCH_E2E_PASSES (3),
+#        BENCH_E2E_INFLIGHT (4), BENCH_E2E_STORAGE (local|gridfs) for the end-to-end part.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+investigate=${BENCH_INVESTIGATE:-0}
+for arg in "$@"; do
+  case $arg in
+    --investigate) investigate=1 ;;
+    *) echo "usage: bench/run.sh [--investigate]" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "bench: $*" >&2; }
+
+# sharp, the peer from npm, pinned by bench/package-lock.json; installed again only when that changes
+command -v node >/dev/null || { log "node (>= 20.9) and npm are needed for sharp"; exit 1; }
+lock_sum=$(sha256sum bench/package-lock.json | cut -d' ' -f1)
+stamp=bench/node_modules/.imgflow-lock-sha256
+if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ]; then
+  log "installing sharp (npm ci)"
+  (cd bench && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_sum" >"$stamp"
+fi
+
+results=bench/.results
+mkdir -p "$results"
+rm -f "$results"/*.json
+started=$SECONDS
+py() { uv run --frozen python "$@"; }
+
+py -m bench.corpus
+log "engine part (about 4 min)"
+py -m bench.engine --out "$results/engine.json"
+log "end-to-end part (about 30 s)"
+py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e.json"
+if [ "$investigate" = 1 ]; then
+  log "investigation (about 3 min)"
+  py -m bench.investigate --out "$results/investigate.json"
+fi
+py -m bench.summary --engine "$results/engine.json" --e2e "$results/e2e.json"
+echo
+echo "bench: done in $((SECONDS - started)) s; figures as JSON and server logs in $results/"
