@@ -10,12 +10,12 @@ would describe FerretDB, not imgflow. With mongod or ``MONGODB_URL``, GridFS is 
 ``BENCH_E2E_PASSES`` passes over the corpus (default 3) are submitted with
 ``POST /api/image-processing/jobs`` by ``BENCH_E2E_INFLIGHT`` clients (default 4: twice what the
 worker takes at once, so it never waits for work), each polling
-``GET /api/image-processing/jobs/{jobId}`` every 50 ms until its job is completed, then submitting
-the next. A short warm-up (one image per subset) comes first and is not counted.
+``GET /api/image-processing/jobs/{jobId}`` every ``BENCH_E2E_POLL_MS`` (50) until its job is
+completed, then submitting the next. A short warm-up (one image per subset) comes first and is not counted.
 
 Latency is submit-to-completed: from the moment the client starts the POST to the job's
 ``result.processedAt``, which the worker stamps just before it records the job completed (same
-clock, this machine); the poll that sees it comes up to 50 ms later and is reported apart.
+clock, this machine); the poll that sees it comes up to a poll interval later and is reported apart.
 
     python -m bench.e2e [--engine bench/.results/engine.json] [--out bench/.results/e2e.json]
 """

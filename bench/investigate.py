@@ -52,9 +52,11 @@ CONFIGS = (
 )
 MEMORY_SETUPS = {
     "as it is": {},
-    "cache off": {"BENCH_VIPS_CACHE_MAX": "0"},
+    "cache off (pyvips.cache_set_max(0))": {"BENCH_VIPS_CACHE_MAX": "0"},
     "MALLOC_ARENA_MAX=2": {"MALLOC_ARENA_MAX": "2"},
-    "both": {"BENCH_VIPS_CACHE_MAX": "0", "MALLOC_ARENA_MAX": "2"},
+    "cache off + MALLOC_ARENA_MAX=2": {"BENCH_VIPS_CACHE_MAX": "0", "MALLOC_ARENA_MAX": "2"},
+    "VIPS_CONCURRENCY=1": {"VIPS_CONCURRENCY": "1"},
+    "all three": {"BENCH_VIPS_CACHE_MAX": "0", "MALLOC_ARENA_MAX": "2", "VIPS_CONCURRENCY": "1"},
 }
 
 
@@ -103,7 +105,7 @@ def memory_child() -> None:
 def memory() -> dict[str, dict[str, int]]:
     out = {}
     for name, extra in MEMORY_SETUPS.items():
-        _, env = python_runner(**extra)  # VIPS_CONCURRENCY unset: libvips' default, as in the worker
+        _, env = python_runner(**extra)  # VIPS_CONCURRENCY unset unless given: as in the worker
         argv = [sys.executable, "-m", "bench.investigate", "--memory-child"]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
         out[name] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -142,8 +144,8 @@ def print_tables(result: dict[str, Any]) -> None:
             cells = "".join(f"{figures[key][config.key]['best']:24.1f}" for key in subsets)
             print(f"  {config.label:{LABEL - 2}s}{cells}")
     print(
-        "\nInvestigation: peak RSS of a worker-like process (2 threads, libvips default threads, "
-        "3 passes over the corpus)"
+        "\nInvestigation: peak RSS of a worker-like process (2 threads, libvips default threads unless "
+        "said, 3 passes over the corpus)"
     )
     for name, rss in result["memory"].items():
         print(

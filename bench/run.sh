@@ -4,7 +4,7 @@
 # fails on a threshold. See bench/README.md.
 #
 # Usage: bench/run.sh [--investigate]    (or BENCH_INVESTIGATE=1)
-#   --investigate   also time candidate changes to the worker's thumbnail step (about 3 min more)
+#   --investigate   also time candidate changes to the worker's thumbnail step (about 4 min more)
 # Knobs: BENCH_ROUNDS (5), BENCH_SECONDS (0.5) per engine measurement; BENCH_E2E_PASSES (3),
 #        BENCH_E2E_INFLIGHT (4), BENCH_E2E_STORAGE (local|gridfs) for the end-to-end part.
 set -euo pipefail
@@ -43,7 +43,7 @@ py -m bench.engine --out "$results/engine.json"
 log "end-to-end part (about 30 s)"
 py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e.json"
 if [ "$investigate" = 1 ]; then
-  log "investigation (about 3 min)"
+  log "investigation (about 4 min)"
   py -m bench.investigate --out "$results/investigate.json"
 fi
 py -m bench.summary --engine "$results/engine.json" --e2e "$results/e2e.json"

@@ -69,7 +69,7 @@ def rows(engine: dict[str, Any]) -> list[tuple[str, list[str]]]:
     row("imgflow / best peer, 2 cores, worker's setup", ratio(WORKER_CONFIG, PEERS_2CORE))
     row("  best imgflow 2-core setup / best peer", best_2core)
     row("imgflow / libvips thumbnail_buffer, 1 core", ratio("imgflow_1t", ("vips_1t",)))
-    row("imgflow / its decode-only floor, 1 core", vs_floor)
+    row("imgflow / libvips decode-only floor, 1 core", vs_floor)
     row("PSNR imgflow - fastest peer (JPEG, dB)", psnr)
     row("imgflow 2 threads / 2 processes", threads_vs_processes)
     row("imgflow worker's setup / 1 thread (scaling)", scaling)

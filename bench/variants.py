@@ -121,7 +121,7 @@ LABELS = {
     "webp_box": "WebP: decode to the box",
     "webp_2x": "WebP: decode to 2x the box",
     "random_access": "access=random",
-    "neutral": "no copy + header once + crop first + WebP 2x",
-    "sharp_like": "the above with sharp's shrink, WebP to box",
+    "neutral": "no copy+header once+crop first+WebP 2x",
+    "sharp_like": "the above + sharp's shrink, WebP to box",
 }
 assert BOX == SPEC.width == SPEC.height
