@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.probe import probe_buffer
 from imgflow.worker.pipeline import make_thumbnail
-from imgflow.worker.steps.load import shrink_factor
+from imgflow.worker.steps.load import load_options as worker_load_options
 
 BOX = 100
 QUALITY = 85
@@ -75,13 +75,7 @@ def pillow(source: Source, *, lossless: bool = False) -> bytes:
 def load_options(data: bytes) -> dict[str, Any]:
     """The shrink-on-load imgflow's ``open_source`` would use for ``data``."""
     info = probe_buffer(data, max_pixels=MAX_PIXELS)
-    factor = shrink_factor(info.width, info.height, (BOX, BOX), Fit.cover)
-    options: dict[str, Any] = {"access": "sequential"}
-    if factor > 1 and info.format == "jpeg":
-        options["shrink"] = factor
-    elif factor > 1 and info.format == "webp":
-        options["scale"] = 1 / factor
-    return options
+    return worker_load_options(info, SPEC)
 
 
 def _drain(image: pyvips.Image) -> None:

@@ -29,8 +29,17 @@ from imgflow.core.jobs import Fit, OutputFormat
 from imgflow.core.probe import _check, probe_buffer, restrict_loaders
 from imgflow.worker.pipeline import STEPS
 from imgflow.worker.steps.encode import encode
-from imgflow.worker.steps.load import SHRINK_FACTORS, shrink_factor
 from imgflow.worker.work import TRANSPOSING, Work
+
+# The shrink rule the worker used before these variants were measured (kept to reproduce them):
+# the largest JPEG shrink that still leaves a 2x final resize.
+SHRINK_FACTORS = (8, 4, 2)
+
+
+def shrink_factor(width: int, height: int, box: tuple[int, int], fit: Fit) -> int:
+    box_w, box_h = box
+    reduction = min(width / box_w, height / box_h)
+    return next((f for f in SHRINK_FACTORS if reduction >= 2 * f), 1)
 
 
 def _open(data: bytes, no_copy: bool, **options: Any) -> pyvips.Image:

@@ -8,8 +8,10 @@ import pyvips
 from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_buffer, restrict_loaders
 from imgflow.worker.pipeline import Thumbnail, make_thumbnail
-from imgflow.worker.steps.load import shrink_factor
-from imgflow.worker.steps.resize import target_size
+from imgflow.worker.steps.crop import crop
+from imgflow.worker.steps.load import jpeg_shrink, open_source, reduction
+from imgflow.worker.steps.resize import resize
+from imgflow.worker.work import Work
 from tests import images
 
 LIMIT = 50_000_000
@@ -153,22 +155,41 @@ def test_untrusted_or_unknown_formats_never_reach_a_loader(name: str, data: byte
     ("size", "box", "fit", "expected"),
     [
         ((4000, 3000), (100, 100), Fit.cover, 8),  # 12 MP to 100 px: decode at 1/8
-        ((1920, 1080), (100, 100), Fit.cover, 4),  # 10.8x: 1/8 would leave less than 2x
-        ((1920, 1080), (300, 300), Fit.cover, 1),  # 3.6x: any shrink would leave less than 2x
-        ((640, 480), (100, 100), Fit.cover, 2),
-        ((300, 200), (100, 100), Fit.cover, 1),
+        ((1920, 1080), (100, 100), Fit.cover, 8),  # 10.8x: 1/8 leaves 240x135, still over the box
+        ((1920, 1080), (300, 300), Fit.cover, 2),  # 3.6x
+        ((640, 480), (100, 100), Fit.cover, 4),  # 4.8x
+        ((300, 200), (100, 100), Fit.cover, 2),
+        ((150, 150), (100, 100), Fit.cover, 1),  # less than 2x: a shrink would go under the box
         ((4000, 100), (100, 100), Fit.inside, 8),  # inside: the more-reduced axis decides
         ((4000, 100), (100, 100), Fit.cover, 1),
     ],
 )
-def test_shrink_on_load_leaves_at_least_a_2x_final_resize(
+def test_jpeg_shrink_on_load_never_goes_below_the_box(
     size: tuple[int, int], box: tuple[int, int], fit: Fit, expected: int
 ) -> None:
-    assert shrink_factor(*size, box, fit) == expected
+    assert jpeg_shrink(reduction(*size, box, fit)) == expected
 
 
-def test_cover_target_never_falls_short_of_the_box() -> None:
+def test_cover_crops_to_the_box_shape_before_resampling() -> None:
+    info = probe_buffer(images.jpeg(640, 480), max_pixels=LIMIT)
+    work = open_source(images.jpeg(640, 480), info, ThumbnailSpec(width=100, height=100))
+    assert (work.image.width, work.image.height) == (160, 120)  # 1/4 on load
+    cropped = crop(work)
+    assert (cropped.image.width, cropped.image.height) == (120, 120)
+    assert (resize(cropped).image.width, resize(cropped).image.height) == (100, 100)
+
+
+def test_webp_decodes_straight_to_the_box() -> None:
+    data = images.webp(400, 300)
+    info = probe_buffer(data, max_pixels=LIMIT)
+    work = open_source(data, info, ThumbnailSpec(width=100, height=100))
+    assert min(work.image.width, work.image.height) == 100
+
+
+def test_cover_ends_exactly_at_the_box_for_any_shape() -> None:
     for width in range(1, 400, 7):
         for height in (1, 3, 99, 101, 333):
-            w, h = target_size(width, height, (100, 100), Fit.cover)
-            assert w >= 100 and h >= 100
+            image = pyvips.Image.black(width, height, bands=3)
+            spec = ThumbnailSpec(width=100, height=100)
+            work = resize(crop(Work(image=image, spec=spec)))
+            assert (work.image.width, work.image.height) == (100, 100), (width, height)

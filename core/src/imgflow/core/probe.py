@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyvips
 
@@ -39,6 +40,7 @@ class ImageInfo:
     width: int
     height: int
     pages: int
+    orientation: int = 1  # EXIF orientation, 1 (upright) when there is none
 
     @property
     def pixels(self) -> int:
@@ -77,10 +79,15 @@ def probe_buffer(data: bytes, *, max_pixels: int) -> ImageInfo:
     if not data:
         raise UnsupportedImage("The file is empty.")
     try:
-        image = pyvips.Image.new_from_buffer(data, "", access="sequential")
+        image = open_buffer(data, access="sequential")
     except pyvips.Error as exc:
         raise UnsupportedImage(_not_an_image()) from exc
     return _check(image, max_pixels)
+
+
+def open_buffer(data: bytes, **options: Any) -> pyvips.Image:
+    """Open encoded bytes in place: ``new_from_buffer`` would copy the whole file on every call."""
+    return pyvips.Image.new_from_source(pyvips.Source.new_from_memory(data), "", **options)
 
 
 def _not_an_image() -> str:
@@ -94,7 +101,8 @@ def _check(image: pyvips.Image, max_pixels: int) -> ImageInfo:
         raise UnsupportedImage(_not_an_image())
     pages = int(image.get("n-pages")) if image.get_typeof("n-pages") else 1
     # A multi-page source is loaded one page at a time, so one page's size is what we decode.
-    info = ImageInfo(format=fmt, width=image.width, height=image.height, pages=pages)
+    orientation = int(image.get("orientation")) if image.get_typeof("orientation") else 1
+    info = ImageInfo(fmt, image.width, image.height, pages, orientation)
     if info.pixels > max_pixels:
         raise ImageTooLarge(
             f"The image is {info.width}x{info.height} = {info.pixels:,} pixels, "

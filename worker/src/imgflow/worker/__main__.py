@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 
 import uvicorn
@@ -13,8 +15,18 @@ from prometheus_client import make_asgi_app
 from imgflow.core.settings import get_settings
 from imgflow.worker.app import Worker
 
+M_ARENA_MAX = -8  # mallopt parameter number, from glibc's malloc.h
+
+
+def _fewer_malloc_arenas() -> None:
+    """glibc gives threads malloc arenas of their own, and libvips' threads leave them fragmented:
+    a worker peaked at 275 MB RSS with the default and 105 MB with two arenas (bench/README.md)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
+
 
 def main() -> None:
+    _fewer_malloc_arenas()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("pyvips").setLevel(logging.WARNING)  # its INFO is a per-operation trace
     settings = get_settings()

@@ -21,6 +21,7 @@ import signal
 import socket
 from typing import Any
 
+import pyvips
 from faststream import AckPolicy
 from faststream.redis import StreamSub
 from faststream.redis.annotations import RedisStreamMessage
@@ -48,6 +49,8 @@ def consumer_name() -> str:
 class Worker:
     def __init__(self, settings: Settings) -> None:
         restrict_loaders()
+        # Every job's image is new: libvips' operation cache would only hold memory (and time).
+        pyvips.cache_set_max(0)
         self.settings = settings
         self.consumer = consumer_name()
         self.mongo = connect(settings)

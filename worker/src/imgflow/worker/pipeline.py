@@ -24,8 +24,8 @@ from imgflow.worker.work import Work
 Step = Callable[[Work], Work]
 
 STEPS: tuple[Step, ...] = (
+    crop,  # cover: centre-crop to the box's shape
     resize,  # to the size the fit calls for (shrink-on-load already did the coarse part)
-    crop,  # cover: centre-crop to the box
     to_srgb,  # ICC / CMYK / grey / 16-bit -> 8-bit sRGB
     autorotate,  # apply EXIF orientation
     pad,  # contain: centre on a box-sized canvas

@@ -8,12 +8,8 @@ from imgflow.worker.work import Work
 
 def target_size(width: int, height: int, box: tuple[int, int], fit: Fit) -> tuple[int, int]:
     box_w, box_h = box
-    if fit is Fit.fill:
+    if fit in (Fit.fill, Fit.cover):  # cover: the crop before has given the image the box's shape
         return box_w, box_h
-    if fit is Fit.cover:
-        scale = max(box_w / width, box_h / height)
-        # never a pixel short of the box, so the crop that follows always has enough
-        return max(box_w, round(width * scale)), max(box_h, round(height * scale))
     scale = min(box_w / width, box_h / height)
     return max(1, min(box_w, round(width * scale))), max(1, min(box_h, round(height * scale)))
 
