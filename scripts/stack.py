@@ -134,7 +134,12 @@ def up() -> int:
         print(f"already up (see {STATE}); `make down` first")
         return 1
     RUN_DIR.mkdir(exist_ok=True)
-    settings = Settings(storage_backend=os.environ.get("IMGFLOW_STORAGE_BACKEND", "gridfs"))
+    # Local files by default: this is a single-host stack, and FerretDB (SQLite) scans every stored
+    # GridFS chunk per read, so GridFS on it slows down as files accumulate.
+    settings = Settings(
+        storage_backend=os.environ.get("IMGFLOW_STORAGE_BACKEND", "local"),
+        storage_dir=Path(os.environ.get("IMGFLOW_STORAGE_DIR", RUN_DIR / "files")),
+    )
     if not settings.worker_metrics_port:
         settings = settings.model_copy(update={"worker_metrics_port": free_port()})
     servers, settings, mongo_kind = start_stack(RUN_DIR, settings)
@@ -166,7 +171,8 @@ def down() -> int:
             os.killpg(pid, signal.SIGKILL)
         print(f"stopped {name} ({pid})")
     STATE.unlink()
-    shutil.rmtree(RUN_DIR / "mongo", ignore_errors=True)
+    for data in ("mongo", "files"):
+        shutil.rmtree(RUN_DIR / data, ignore_errors=True)
     return 0
 
 
