@@ -18,7 +18,7 @@ import pytest
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
-from imgflow.core.jobs import Job, UploadSource, UrlSource, original_key
+from imgflow.core.jobs import Job, UploadSource, UrlSource, new_job_id, original_key
 from imgflow.core.queue import make_broker, publish_job, read_backlog
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
@@ -172,9 +172,9 @@ async def test_a_job_whose_publisher_died_after_the_insert_is_republished(
     # What an API process leaves when it dies between the MongoDB insert and the publish:
     mongo = connect(settings)
     db = mongo[settings.mongodb_database]
-    job = Job(user_id="orphan", source=UploadSource(key="x"))
-    job.source = UploadSource(key=original_key(job.job_id))
-    await make_storage(settings, db).save_bytes(job.source.key, images.jpeg(), "image/jpeg")
+    job_id = new_job_id()
+    job = Job(job_id=job_id, user_id="orphan", source=UploadSource(key=original_key(job_id)))
+    await make_storage(settings, db).save_bytes(original_key(job_id), images.jpeg(), "image/jpeg")
     await JobStore(db).insert(job)
     await mongo.close()
 

@@ -15,7 +15,16 @@ from imgflow.api.problems import Problem
 from imgflow.api.schemas import UPLOADS_PREFIX, Accepted, JobList, JobView
 from imgflow.api.state import AppState, get_state
 from imgflow.api.uploads import FILE_FIELD, receive_upload
-from imgflow.core.jobs import Fit, Job, JobStatus, OutputFormat, ThumbnailSpec, UploadSource, original_key
+from imgflow.core.jobs import (
+    Fit,
+    Job,
+    JobStatus,
+    OutputFormat,
+    ThumbnailSpec,
+    UploadSource,
+    new_job_id,
+    original_key,
+)
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_file
 from imgflow.core.queue import QueueUnavailable
 from imgflow.core.storage import NotFound
@@ -133,19 +142,20 @@ async def create_job(request: Request, response: Response, state: State) -> Acce
             metrics.REJECTED.labels("422").inc()
             raise Problem(422, "Image too large", str(exc)) from exc
 
-        job = Job(user_id=user_id, spec=spec, source=UploadSource(key="", filename=upload.filename))
-        job.source = UploadSource(key=original_key(job.job_id), filename=upload.filename)
+        job_id = new_job_id()
+        source = UploadSource(key=original_key(job_id), filename=upload.filename)
+        job = Job(job_id=job_id, user_id=user_id, spec=spec, source=source)
         try:
-            await state.storage.save(job.source.key, upload.path, f"image/{info.format}")
+            await state.storage.save(source.key, upload.path, f"image/{info.format}")
         except PyMongoError as exc:
             raise _unavailable("MongoDB") from exc
     try:
         await submit_job(state.store, state.broker, settings, job)
     except QueueUnavailable as exc:
-        await state.storage.delete(job.source.key)
+        await state.storage.delete(source.key)
         raise _unavailable("The job queue (Redis)") from exc
     except PyMongoError as exc:
-        await state.storage.delete(job.source.key)
+        await state.storage.delete(source.key)
         raise _unavailable("MongoDB") from exc
     metrics.SUBMITTED.inc()
     response.headers["Location"] = f"{JOBS}/{job.job_id}"
