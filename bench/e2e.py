@@ -42,15 +42,7 @@ import httpx
 from bench import corpus
 from bench.system import Usage, cpu_seconds, status_kb
 from imgflow.core.settings import Settings, StorageBackend
-from scripts.servers import (
-    Server,
-    api_server,
-    free_port,
-    mongodb_server,
-    redis_server,
-    wait_for_port,
-    worker_server,
-)
+from scripts.servers import free_port, start_stack
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / ".results"
@@ -132,50 +124,30 @@ def _raise_exit(signum: int, frame: object) -> NoReturn:
 async def bench(
     logs: Path, workdir: Path, passes: int, inflight: int, storage: StorageBackend
 ) -> dict[str, Any]:
-    servers: list[Server] = []
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings.model_validate(
+        {
+            "mongodb_database": f"imgflow_bench_{tag}",
+            "stream": f"imgflow:bench:{tag}",
+            "consumer_group": f"bench-{tag}",
+            "storage_backend": storage,
+            "storage_dir": workdir / "storage",
+            "api_port": free_port(),
+            "worker_metrics_port": free_port(),
+            "worker_concurrency": 2,
+        }
+    )
+    stack = start_stack(settings, workdir, logs=logs)
+    api, worker, redis, mongo = stack.api, stack.worker, stack.redis, stack.mongo
     try:
-        redis_port, mongo_port, api_port, metrics_port = free_port(), free_port(), free_port(), free_port()
-        redis = redis_server(workdir / "redis", redis_port)
-        redis.log = logs / "e2e-redis.log"
-        servers.append(redis.start())
-        mongo = mongodb_server(workdir / "mongo", mongo_port)
-        if mongo.server is not None:
-            mongo.server.log = logs / f"e2e-{mongo.kind}.log"
-            servers.append(mongo.server.start())
-        wait_for_port(redis_port, process=redis.process)
-        if mongo.server is not None:
-            wait_for_port(mongo_port, process=mongo.server.process)
-        tag = uuid.uuid4().hex[:8]
-        settings = Settings.model_validate(
-            {
-                "redis_url": f"redis://127.0.0.1:{redis_port}/0",
-                "mongodb_url": mongo.url,
-                "mongodb_database": f"imgflow_bench_{tag}",
-                "stream": f"imgflow:bench:{tag}",
-                "consumer_group": f"bench-{tag}",
-                "storage_backend": storage,
-                "storage_dir": workdir / "storage",
-                "api_port": api_port,
-                "worker_metrics_port": metrics_port,
-                "worker_concurrency": 2,
-            }
-        )
-        api = api_server(settings, logs / "e2e-api.log")
-        servers.append(api.start())
-        worker = worker_server(settings, logs / "e2e-worker.log", {"IMGFLOW_WORKER_CONCURRENCY": "2"})
-        servers.append(worker.start())
-        for server, port in ((api, api_port), (worker, metrics_port)):
-            try:
-                wait_for_port(port, process=server.process)
-            except (RuntimeError, TimeoutError) as exc:
-                raise RuntimeError(f"{server.name} did not start:\n{server.tail()}") from exc
-
         images = corpus.images()
         warmup = [next(i for i in images if i.subset == s.key) for s in corpus.SUBSETS]
         work = images * passes
         random.Random(7).shuffle(work)  # the subsets evenly mixed over the run
         procs = {"worker": worker, "API": api, mongo.kind: mongo.server, "Redis": redis}
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{stack.settings.api_port}", timeout=60
+        ) as client:
             await push(client, warmup, inflight)
             rss_idle = status_kb(worker.pid, "VmRSS")
             cpu_before = {name: cpu_seconds(s.pid) for name, s in procs.items() if s is not None}
@@ -212,8 +184,7 @@ async def bench(
             "worker_vips_concurrency": os.environ.get("VIPS_CONCURRENCY", "default"),
         }
     finally:
-        for server in reversed(servers):
-            server.terminate()
+        stack.stop()
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -172,3 +172,65 @@ def api_server(settings: Settings, log: Path, extra_env: Mapping[str, str] | Non
 def worker_server(settings: Settings, log: Path, extra_env: Mapping[str, str] | None = None) -> Server:
     env = {**settings_env(settings), **(extra_env or {})}
     return Server("worker", [sys.executable, "-m", "imgflow.worker"], log, env)
+
+
+@dataclass
+class Stack:
+    """Redis, a MongoDB-wire server, the API and one worker, started together."""
+
+    settings: Settings
+    mongo: MongoChoice
+    redis: Server
+    api: Server
+    worker: Server
+
+    @property
+    def servers(self) -> list[Server]:
+        """In start order; stop them in reverse, so the worker drains before its backends go."""
+        backends = [self.redis] + ([self.mongo.server] if self.mongo.server else [])
+        return [*backends, self.api, self.worker]
+
+    def stop(self) -> None:
+        for server in reversed(self.servers):
+            server.terminate()
+
+
+def start_stack(settings: Settings, workdir: Path, logs: Path | None = None) -> Stack:
+    """Start the whole stack on loopback with ``settings`` (whose API and worker metrics ports
+    must be set), data under ``workdir``, logs under ``logs`` (default: ``workdir``). Waits until
+    everything listens; if anything fails to start, stops what did start and raises."""
+    logs = logs or workdir
+    started: list[Server] = []
+
+    def start(server: Server, log_name: str) -> Server:
+        server.log = logs / log_name
+        started.append(server.start())
+        return server
+
+    def wait(server: Server, port: int) -> None:
+        try:
+            wait_for_port(port, process=server.process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{server.name} did not start:\n{server.tail()}") from exc
+
+    try:
+        redis_port = free_port()
+        redis = start(redis_server(workdir / "redis", redis_port), "redis.log")
+        mongo = mongodb_server(workdir / "mongo", free_port())
+        if mongo.server is not None:
+            start(mongo.server, f"{mongo.kind}.log")
+        wait(redis, redis_port)
+        if mongo.server is not None:
+            wait(mongo.server, int(mongo.url.rsplit(":", 1)[1]))
+        settings = settings.model_copy(
+            update={"redis_url": f"redis://127.0.0.1:{redis_port}/0", "mongodb_url": mongo.url}
+        )
+        api = start(api_server(settings, logs / "api.log"), "api.log")
+        worker = start(worker_server(settings, logs / "worker.log"), "worker.log")
+        wait(api, settings.api_port)
+        wait(worker, settings.worker_metrics_port)
+    except BaseException:
+        for server in reversed(started):
+            server.terminate()
+        raise
+    return Stack(settings, mongo, redis, api, worker)

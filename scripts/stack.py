@@ -21,43 +21,10 @@ import httpx
 import pyvips
 
 from imgflow.core.settings import Settings
-from scripts.servers import (
-    ROOT,
-    Server,
-    api_server,
-    free_port,
-    mongodb_server,
-    redis_server,
-    wait_for_port,
-    worker_server,
-)
+from scripts.servers import ROOT, free_port, start_stack
 
 RUN_DIR = ROOT / ".run"
 STATE = RUN_DIR / "stack.json"
-
-
-def start_stack(workdir: Path, settings: Settings) -> tuple[list[Server], Settings, str]:
-    """Start everything; returns the servers (in start order), the settings in force and the mongo kind."""
-    servers: list[Server] = []
-    redis_port = free_port()
-    redis = redis_server(workdir / "redis", redis_port).start()
-    servers.append(redis)
-    mongo = mongodb_server(workdir / "mongo", free_port())
-    if mongo.server is not None:
-        servers.append(mongo.server.start())
-    wait_for_port(redis_port, process=redis.process)
-    if mongo.server is not None:
-        wait_for_port(int(mongo.url.rsplit(":", 1)[1]), process=mongo.server.process)
-    settings = settings.model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{redis_port}/0", "mongodb_url": mongo.url}
-    )
-    api = api_server(settings, workdir / "api.log").start()
-    servers.append(api)
-    worker = worker_server(settings, workdir / "worker.log").start()
-    servers.append(worker)
-    wait_for_port(settings.api_port, process=api.process)
-    wait_for_port(settings.worker_metrics_port, process=worker.process)
-    return servers, settings, mongo.kind
 
 
 def samples() -> dict[str, tuple[bytes, dict[str, str]]]:
@@ -82,11 +49,11 @@ def demo() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="imgflow-demo-"))
     settings = Settings(api_port=free_port(), worker_metrics_port=free_port(), storage_backend="gridfs")
     print(f"imgflow demo: starting Redis, MongoDB-wire server, API and worker (logs in {workdir})")
-    servers: list[Server] = []
+    stack = start_stack(settings, workdir)
+    settings = stack.settings
     try:
-        servers, settings, mongo_kind = start_stack(workdir, settings)
         base = f"http://127.0.0.1:{settings.api_port}"
-        print(f"  MongoDB-wire server: {mongo_kind}; API: {base}\n")
+        print(f"  MongoDB-wire server: {stack.mongo.kind}; API: {base}\n")
         with httpx.Client(base_url=base, timeout=30) as client:
             accepted: dict[str, str] = {}
             completed = 0
@@ -124,8 +91,7 @@ def demo() -> int:
             print(f"\n  GET /api/image-processing/users/demo/jobs: {len(listing['jobs'])} jobs, newest first")
         return 0 if accepted and completed == len(accepted) else 1
     finally:
-        for server in reversed(servers):
-            server.terminate()
+        stack.stop()
         print("\nstopped everything")
 
 
@@ -142,10 +108,11 @@ def up() -> int:
     )
     if not settings.worker_metrics_port:
         settings = settings.model_copy(update={"worker_metrics_port": free_port()})
-    servers, settings, mongo_kind = start_stack(RUN_DIR, settings)
-    STATE.write_text(json.dumps({s.name: s.pid for s in servers}, indent=2))
+    stack = start_stack(settings, RUN_DIR)
+    settings = stack.settings
+    STATE.write_text(json.dumps({s.name: s.pid for s in stack.servers}, indent=2))
     print(f"imgflow is up: API http://127.0.0.1:{settings.api_port} (docs at /docs)")
-    print(f"  Redis {settings.redis_url}, MongoDB-wire ({mongo_kind}) {settings.mongodb_url}")
+    print(f"  Redis {settings.redis_url}, MongoDB-wire ({stack.mongo.kind}) {settings.mongodb_url}")
     print(f"  worker metrics http://127.0.0.1:{settings.worker_metrics_port}/metrics; logs in {RUN_DIR}/")
     return 0
 
