@@ -670,28 +670,25 @@ def test_every_value_has_a_comment_and_a_schema_entry() -> None:
 # --- the files around the chart -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("member", MEMBERS)
-def test_dockerfile_matches_the_chart(member: str) -> None:
-    text = (ROOT / member / "Dockerfile").read_text()
+def test_dockerfile_matches_the_chart() -> None:
+    text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.M)
-    assert re.search(r"^COPY --from=ghcr\.io/astral-sh/uv:[0-9.]+ /uv ", text, re.M)
-    assert text.count("FROM ") == 2  # build stage + runtime stage
+    assert re.search(r"^ARG UV_IMAGE=ghcr\.io/astral-sh/uv:[0-9.]+$", text, re.M)
+    assert text.count("FROM ") == 3  # uv + build stage + runtime stage
     syncs = re.findall(r"uv sync ([^\n]+)", text)
-    assert syncs and all(
-        "--frozen --no-dev" in s and s.endswith(f"--package imgflow-{member}") for s in syncs
-    )
-    others = [m for m in MEMBERS if m != member]
-    for other in others:  # only the member's own sources go into the image
-        assert f"COPY {other}/src" not in text
+    assert syncs and all('--frozen --no-dev' in s and s.endswith('--package "imgflow-$MEMBER"') for s in syncs)
+    # only the member's own sources (and the core's) go into the image
+    assert re.findall(r"^COPY (\S+)/src ", text, re.M) == ["core", "${MEMBER}"]
     uid = DEFAULT_VALUES["podSecurity"]["runAsUser"]
     gid = DEFAULT_VALUES["podSecurity"]["runAsGroup"]
     assert re.search(rf"^USER {uid}:{gid}$", text, re.M)
     assert f"--uid {uid}" in text and f"--gid {gid}" in text
-    assert f'ENTRYPOINT ["imgflow-{member}"]' in text
+    assert 'ln -s "imgflow-$MEMBER" /app/.venv/bin/imgflow-entrypoint' in text
+    assert 'ENTRYPOINT ["imgflow-entrypoint"]' in text
     assert "TMPDIR=/tmp" in text and "PYTHONDONTWRITEBYTECODE=1" in text
 
 
-def test_dockerignore_lets_in_what_the_dockerfiles_copy() -> None:
+def test_dockerignore_lets_in_what_the_dockerfile_copies() -> None:
     lines = [
         line
         for line in (ROOT / ".dockerignore").read_text().splitlines()
@@ -699,10 +696,11 @@ def test_dockerignore_lets_in_what_the_dockerfiles_copy() -> None:
     ]
     assert lines[0] == "**"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    sources = re.findall(r"^COPY (?!--from)(.+) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
     for member in MEMBERS:
-        for src in re.findall(r"^COPY (?!--from)(.+) \S+$", (ROOT / member / "Dockerfile").read_text(), re.M):
-            for path in src.split():
-                assert path in allowed, f"{member}/Dockerfile copies {path}, which .dockerignore leaves out"
+        for src in sources:
+            for path in src.replace("${MEMBER}", member).split():
+                assert path in allowed, f"the Dockerfile copies {path}, which .dockerignore leaves out"
                 assert (ROOT / path).exists(), path
 
 
@@ -718,7 +716,8 @@ def test_skaffold_builds_the_three_images_and_deploys_the_chart() -> None:
     for member in MEMBERS:
         a = artifacts[f"imgflow-{member}"]
         assert a["context"] == "."
-        assert a["docker"]["dockerfile"] == f"{member}/Dockerfile"
+        assert a["docker"]["dockerfile"] == "Dockerfile"
+        assert a["docker"]["buildArgs"] == {"MEMBER": member}
     (release,) = config["deploy"]["helm"]["releases"]
     assert (ROOT / release["chartPath"]).resolve() == CHART
     templates = release["setValueTemplates"]
