@@ -1,6 +1,6 @@
 # imgflow's interface. Each target sets up what a fresh machine lacks (scripts/setup.sh) and is
 # quick the second time. See README.md.
-.PHONY: setup demo up down test lint bench cluster-up cluster-down kind-up
+.PHONY: setup demo up down test lint bench images cluster-tools cluster-up cluster-down deploy kind-up
 
 setup:
 	@scripts/setup.sh
@@ -14,7 +14,7 @@ up: setup              ## the same stack in the background (API on http://127.0.
 down:                  ## stop what `make up` started
 	@uv run --frozen python -m scripts.stack down
 
-test: setup cluster-tools   ## the whole suite against real Redis, MongoDB-wire server and kube-apiserver
+test: setup images        ## the whole suite: real Redis, MongoDB-wire server, and a real Kubernetes node
 	@uv run --frozen pytest
 
 lint: setup
@@ -24,13 +24,19 @@ bench: setup           ## benchmarks: figures as ratios against a baseline measu
 	@bench/run.sh
 
 cluster-tools:
-	@scripts/tools.sh etcd kube-apiserver kubectl helm
+	@scripts/tools.sh
 
-cluster-up: setup cluster-tools   ## a local Kubernetes control plane with the ImageJob CRD (.cluster/kubeconfig)
+images: cluster-tools    ## the api, worker, operator images and the node's own (no Docker: buildah, scripts/images.sh)
+	@scripts/images.sh build
+
+cluster-up: setup images   ## a one-node Kubernetes cluster on this machine (.cluster/kubeconfig)
 	@scripts/cluster.sh up
 
-cluster-down:
+cluster-down:            ## stop it; nothing of it is left running (data kept: `scripts/cluster.sh down --purge`)
 	@scripts/cluster.sh down
+
+deploy: cluster-up       ## the chart as release imgflow in namespace imgflow on that node, with local images
+	@scripts/deploy.sh
 
 kind-up:               ## for users with Docker: a kind cluster and `skaffold run`
 	@deploy/kind/up.sh

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# A local Kubernetes control plane for imgflow: etcd and kube-apiserver on loopback, with real
-# client-certificate auth, RBAC and service-account tokens, and the CRDs of deploy/helm/imgflow/crds.
-# No kubelet, scheduler or controller-manager: objects are stored and validated, pods never run,
-# namespaces stay Terminating when deleted. See README.md, "Local Kubernetes control plane".
+# A local Kubernetes cluster for imgflow: etcd, kube-apiserver (real client-certificate auth, RBAC,
+# service-account tokens), the CRDs of deploy/helm/imgflow/crds and, by default, a real node:
+# kube-controller-manager, kube-scheduler, and in network/mount namespaces of their own containerd +
+# runc, the kubelet, kube-proxy, CNI (ptp) and CoreDNS (scripts/node.sh). With CLUSTER_NODE=0 only
+# etcd and kube-apiserver run on loopback: objects are stored and validated, pods never run (fast,
+# for tests of the API alone). See README.md, "Run it on Kubernetes without Docker".
 #
-# Usage: scripts/cluster.sh [--dir DIR] up | down [--purge] | status
+# Usage: scripts/cluster.sh [--dir DIR] up | down [--purge] | status | load-images
 #
 #   up      generate certificates on first run, start whatever is not running, wait for /readyz,
 #           write DIR/kubeconfig (admin, O=system:masters), install the CRDs and wait until
@@ -13,8 +15,10 @@
 #           CLUSTER_STOP_TIMEOUT seconds). Keeps the data (etcd, certificates, kubeconfig), so the
 #           next `up` has the same objects; `down --purge` also deletes DIR.
 #   status  print what runs, where; exit status 0 if the control plane is ready, 3 if not.
+#   load-images  import into the node the images of .tools/images.env it lacks (scripts/images.sh)
 #
 # Environment:
+#   CLUSTER_NODE             1 (default): the whole node; 0: API server only (decided at `up`)
 #   CLUSTER_DIR              state directory (default .cluster/ in the repository; --dir wins)
 #   CLUSTER_APISERVER_PORT   kube-apiserver's port on 127.0.0.1 (default 6443; "auto": a free one)
 #   CLUSTER_ETCD_PORT        etcd client port (default auto)
@@ -33,7 +37,7 @@ bin=$root/.tools/bin
 crds=$root/deploy/helm/imgflow/crds
 
 help() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; }
-usage() { echo "usage: scripts/cluster.sh [--dir DIR] up | down [--purge] | status   (-h: more)" >&2; exit 2; }
+usage() { echo "usage: scripts/cluster.sh [--dir DIR] up | down [--purge] | status | load-images   (-h: more)" >&2; exit 2; }
 log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
@@ -45,7 +49,7 @@ while [ $# -gt 0 ]; do
     --dir) [ $# -ge 2 ] || usage; dir=$2; shift 2 ;;
     --dir=*) dir=${1#--dir=}; shift ;;
     --purge) purge=1; shift ;;
-    up | down | status) [ -z "$cmd" ] || usage; cmd=$1; shift ;;
+    up | down | status | load-images) [ -z "$cmd" ] || usage; cmd=$1; shift ;;
     -h | --help) help ;;
     *) usage ;;
   esac
@@ -64,6 +68,11 @@ logs=$dir/logs
 kubeconfig=$dir/kubeconfig
 marker=$dir/.imgflow-cluster
 issuer=https://kubernetes.default.svc.cluster.local
+# shellcheck source=versions.env
+. "$root/scripts/versions.env"
+# shellcheck source=node.sh
+. "$root/scripts/node.sh"
+node_names
 
 # ---------------------------------------------------------------------------------------------
 # processes
@@ -89,9 +98,10 @@ start() {
   rm -f "$file"
   echo "=== $(date -u +%FT%TZ) start" >>"$logs/$name.log"
   # The inner shell writes its own pid and execs the command, so the pid is right whether or not
-  # setsid forks.
+  # setsid forks. umask 022: what the servers create (containerd's snapshots) is readable by the
+  # containers' non-root users.
   # shellcheck disable=SC2016
-  setsid bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$file" "$@" \
+  setsid bash -c 'umask 022 && echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$file" "$@" \
     </dev/null >>"$logs/$name.log" 2>&1 9>&- &
   for ((i = 0; i < 100; i++)); do
     [ -s "$file" ] && return 0
@@ -176,14 +186,23 @@ save_ports() {
 ETCD_PORT=${ETCD_PORT:-}
 ETCD_PEER_PORT=${ETCD_PEER_PORT:-}
 APISERVER_PORT=${APISERVER_PORT:-}
+NODE=$NODE
 EOF
   mv "$dir/ports.env.tmp" "$dir/ports.env"
 }
 
 load_ports() {
-  ETCD_PORT='' ETCD_PEER_PORT='' APISERVER_PORT=
+  ETCD_PORT='' ETCD_PEER_PORT='' APISERVER_PORT='' NODE=
   # shellcheck disable=SC1091
   [ ! -f "$dir/ports.env" ] || . "$dir/ports.env"
+  NODE=${NODE:-0}
+  set_apiserver_host
+}
+
+# With a node, the API server listens on the host's end of the node's veth (HOST_IP); without one,
+# on loopback.
+set_apiserver_host() {
+  if [ "$NODE" = 1 ]; then APISERVER_HOST=$HOST_IP; else APISERVER_HOST=127.0.0.1; fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -191,68 +210,89 @@ load_ports() {
 # and an admin client certificate in system:masters. Generated once; `down --purge` forgets them.
 
 certs() {
-  local f missing=0
-  for f in ca.crt ca.key apiserver.crt apiserver.key sa.key sa.pub admin.crt admin.key; do
-    [ -s "$pki/$f" ] || missing=1
-  done
-  [ $missing = 1 ] || return 0
-  log "generating certificates in $pki"
-  rm -rf "$pki" && mkdir -p "$pki" && chmod 700 "$pki"
+  mkdir -p "$pki" && chmod 700 "$pki"
+  # An apiserver certificate from before the node (no SAN for HOST_IP) is made again.
+  if [ -s "$pki/apiserver.crt" ] && ! openssl x509 -in "$pki/apiserver.crt" -noout -text | grep -q "IP Address:$HOST_IP"; then
+    rm -f "$pki/apiserver.crt" "$pki/apiserver.key"
+  fi
   (
     cd "$pki"
     umask 077
     key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
     # A minimal config, so the system's openssl.cnf does not matter.
     printf '[req]\ndistinguished_name=dn\n[dn]\n' >openssl.cnf
-    key ca.key
-    openssl req -config openssl.cnf -x509 -new -key ca.key -sha256 -days 3650 -out ca.crt \
-      -subj "/CN=imgflow-local-ca" \
-      -addext "basicConstraints=critical,CA:TRUE" \
-      -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
-    # leaf NAME SUBJECT EXTENSIONS: a certificate signed by the CA.
+    if [ ! -s ca.crt ] || [ ! -s ca.key ]; then
+      log "generating certificates in $pki"
+      rm -f ./*.crt ./*.key ./*.pub
+      key ca.key
+      openssl req -config openssl.cnf -x509 -new -key ca.key -sha256 -days 3650 -out ca.crt \
+        -subj "/CN=imgflow-local-ca" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+    fi
+    # leaf NAME SUBJECT USAGE [SAN]: a certificate signed by the CA, unless it exists.
     leaf() {
+      [ -s "$1.crt" ] && [ -s "$1.key" ] && return 0
       key "$1.key"
       openssl req -config openssl.cnf -new -key "$1.key" -subj "$2" -out "$1.csr" 2>/dev/null
-      printf '%b' "$3" >"$1.ext"
+      printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=%s\n' "$3" >"$1.ext"
+      [ -z "${4:-}" ] || echo "subjectAltName=$4" >>"$1.ext"
       openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 -days 3650 \
         -extfile "$1.ext" -out "$1.crt" 2>/dev/null
       rm -f "$1.csr" "$1.ext"
     }
-    leaf apiserver "/CN=kube-apiserver" \
-      "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-    leaf admin "/O=system:masters/CN=imgflow-admin" \
-      "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
-    key sa.key
-    openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
+    leaf apiserver "/CN=kube-apiserver" serverAuth \
+      "IP:127.0.0.1,DNS:localhost,IP:$HOST_IP,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    leaf admin "/O=system:masters/CN=imgflow-admin" clientAuth
+    # The node's components, each under the identity Kubernetes' default RBAC gives its rights to.
+    leaf kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" clientAuth
+    leaf kubelet-serving "/CN=$NODE_NAME" serverAuth "IP:$NODE_IP,DNS:$NODE_NAME"
+    leaf kube-proxy "/CN=system:kube-proxy" clientAuth
+    leaf controller-manager "/CN=system:kube-controller-manager" clientAuth
+    leaf scheduler "/CN=system:kube-scheduler" clientAuth
+    if [ ! -s sa.key ] || [ ! -s sa.pub ]; then
+      key sa.key
+      openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
+    fi
     rm -f ca.srl openssl.cnf
   ) || die "certificate generation failed (openssl)"
 }
 
 b64() { base64 <"$1" | tr -d '\n'; }
 
-write_kubeconfig() {
-  umask 077
-  cat >"$kubeconfig.tmp" <<EOF
+# kubeconfig_for FILE CERT: a kubeconfig for the API server, as the identity of pki/CERT.crt.
+kubeconfig_for() {
+  (umask 077 && cat >"$1.tmp") <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: imgflow-local
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://$APISERVER_HOST:$APISERVER_PORT
     certificate-authority-data: $(b64 "$pki/ca.crt")
 users:
-- name: imgflow-admin
+- name: $2
   user:
-    client-certificate-data: $(b64 "$pki/admin.crt")
-    client-key-data: $(b64 "$pki/admin.key")
+    client-certificate-data: $(b64 "$pki/$2.crt")
+    client-key-data: $(b64 "$pki/$2.key")
 contexts:
 - name: imgflow-local
   context:
     cluster: imgflow-local
-    user: imgflow-admin
+    user: $2
 current-context: imgflow-local
 EOF
-  mv "$kubeconfig.tmp" "$kubeconfig"
+  mv "$1.tmp" "$1"
+}
+
+write_kubeconfig() {
+  kubeconfig_for "$kubeconfig" admin
+  if [ "$NODE" = 1 ]; then
+    kubeconfig_for "$dir/kubelet.kubeconfig" kubelet
+    kubeconfig_for "$dir/kube-proxy.kubeconfig" kube-proxy
+    kubeconfig_for "$dir/controller-manager.kubeconfig" controller-manager
+    kubeconfig_for "$dir/scheduler.kubeconfig" scheduler
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -286,23 +326,32 @@ up_etcd() {
 }
 
 up_apiserver() {
-  local pid
+  local pid node_flags=(--endpoint-reconciler-type=none)
   if pid=$(pid_of kube-apiserver); then
     [ -n "$APISERVER_PORT" ] || die "kube-apiserver runs (pid $pid) but $dir/ports.env does not say on which port"
     return 0
   fi
   APISERVER_PORT=$(port "${CLUSTER_APISERVER_PORT:-6443}")
-  log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
+  if [ "$NODE" = 1 ]; then
+    # Reachable from the node through the veth (and only there and from this host); its address
+    # is the `kubernetes` Service's endpoint. It reaches the kubelet by its CA-signed certificate.
+    node_flags=(
+      --kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key"
+      --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP
+      --enable-admission-plugins=NodeRestriction
+    )
+  fi
+  log "starting kube-apiserver on https://$APISERVER_HOST:$APISERVER_PORT"
   start kube-apiserver "$bin/kube-apiserver" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --bind-address="$APISERVER_HOST" --advertise-address="$APISERVER_HOST" --secure-port="$APISERVER_PORT" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
     --client-ca-file="$pki/ca.crt" \
     --authorization-mode=Node,RBAC \
     --service-account-issuer="$issuer" --api-audiences="$issuer" \
     --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
-    --endpoint-reconciler-type=none \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    "${node_flags[@]}" \
     --allow-privileged=true \
     --profiling=false
   save_ports
@@ -310,7 +359,7 @@ up_apiserver() {
 
 wait_ready() {
   local deadline=$((SECONDS + timeout))
-  local url=https://127.0.0.1:$APISERVER_PORT/readyz
+  local url=https://$APISERVER_HOST:$APISERVER_PORT/readyz
   until http_ok "$url" tls; do
     pid_of etcd >/dev/null || fail_with_log etcd "etcd exited"
     pid_of kube-apiserver >/dev/null || fail_with_log kube-apiserver "kube-apiserver exited"
@@ -355,12 +404,28 @@ up_watchdog() {
 }
 
 cmd_up() {
+  local want_node=${CLUSTER_NODE:-1}
   command -v openssl >/dev/null || die "openssl is needed"
-  "$root/scripts/tools.sh" etcd kube-apiserver kubectl
+  if [ "$want_node" = 1 ]; then
+    # shellcheck disable=SC2086
+    "$root/scripts/tools.sh" etcd $KUBERNETES_COMMANDS
+  else
+    "$root/scripts/tools.sh" etcd kube-apiserver kubectl
+  fi
   mkdir -p "$dir" "$run" "$logs"
   [ -f "$marker" ] || echo "imgflow local control plane state; see scripts/cluster.sh" >"$marker"
   certs
   load_ports
+  if [ "$NODE" != "$want_node" ] && pid_of kube-apiserver >/dev/null; then
+    log "switching CLUSTER_NODE to $want_node: restarting kube-apiserver"
+    stop kube-apiserver
+  fi
+  NODE=$want_node
+  set_apiserver_host
+  if [ "$NODE" = 1 ]; then
+    node_tools
+    up_node_network
+  fi
   # An apiserver whose etcd is gone would wait for it forever (and does not shut down gracefully
   # without it): restart both.
   if ! pid_of etcd >/dev/null && pid_of kube-apiserver >/dev/null; then
@@ -372,14 +437,18 @@ cmd_up() {
   write_kubeconfig
   wait_ready
   install_crds
+  [ "$NODE" != 1 ] || cmd_up_node
   up_watchdog
-  log "ready: https://127.0.0.1:$APISERVER_PORT   KUBECONFIG=$kubeconfig"
+  log "ready: https://$APISERVER_HOST:$APISERVER_PORT   KUBECONFIG=$kubeconfig"
 }
 
 cmd_down() {
   if [ -d "$dir" ]; then
+    load_ports
     stop watchdog
+    cmd_down_node_components
     stop kube-apiserver
+    cmd_down_node_namespaces
     stop etcd
   else
     log "no cluster in $dir"
@@ -397,20 +466,21 @@ cmd_status() {
   local name pid ready=0
   load_ports 2>/dev/null || true
   echo "dir:            $dir"
-  for name in etcd kube-apiserver watchdog; do
+  for name in etcd kube-apiserver kube-controller-manager kube-scheduler node-ns containerd kubelet kube-proxy watchdog; do
     if pid=$(pid_of "$name"); then
       case $name in
         watchdog) printf '%-15s running, pid %s, stops the control plane when pid %s exits\n' "$name:" "$pid" \
           "$(ps -ww -o args= -p "$pid" | awk '{print $(NF-2)}')" ;;
         etcd) printf '%-15s running, pid %s, http://127.0.0.1:%s\n' "$name:" "$pid" "$ETCD_PORT" ;;
-        *) printf '%-15s running, pid %s, https://127.0.0.1:%s\n' "$name:" "$pid" "$APISERVER_PORT" ;;
+        kube-apiserver) printf '%-15s running, pid %s, https://%s:%s\n' "$name:" "$pid" "$APISERVER_HOST" "$APISERVER_PORT" ;;
+        *) printf '%-15s running, pid %s\n' "$name:" "$pid" ;;
       esac
-    elif [ $name != watchdog ]; then
+    elif [ $name = etcd ] || [ $name = kube-apiserver ] || { [ "$NODE" = 1 ] && [ $name != watchdog ]; }; then
       printf '%-15s stopped\n' "$name:"
     fi
   done
   if pid_of kube-apiserver >/dev/null &&
-    http_ok "https://127.0.0.1:$APISERVER_PORT/readyz" tls; then
+    http_ok "https://$APISERVER_HOST:$APISERVER_PORT/readyz" tls; then
     ready=1
     echo "readyz:         ok"
     echo "kubeconfig:     $kubeconfig"
@@ -438,4 +508,9 @@ case $cmd in
     cmd_down
     ;;
   status) cmd_status ;;
+  load-images)
+    load_ports
+    [ "$NODE" = 1 ] || die "the cluster in $dir has no node"
+    node_load_images
+    ;;
 esac

@@ -114,6 +114,7 @@ cmd_build() {
   local base_ref uv_ref member ctx refs=() ref name
   base_ref=$(base)
   uv_ref=$(uv_image)
+  refs+=("$base_ref")  # the chart's helm-test pod runs python3 on it
   for member in api worker operator; do
     # The machine's CA bundle, for uv behind a TLS-inspecting proxy (see the Dockerfile).
     refs+=("$(build "$member" "$root/Dockerfile" "$root" --build-arg "MEMBER=$member" \
@@ -136,6 +137,7 @@ cmd_build() {
     for ref in "${refs[@]}"; do
       name=${ref#"$registry"/}
       name=${name%%:*}
+      name=${name//-/_}
       echo "${name^^}_IMAGE=$ref"
       echo "${name^^}_ARCHIVE=$(archive "$ref")"
     done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the Go-made tools imgflow runs against (FerretDB, etcd, kube-apiserver, kubectl, helm) once per
+# Builds the Go-made tools imgflow runs against (FerretDB, etcd, Kubernetes, helm, CoreDNS) once per
 # version from the Go module proxy, keeps them in a per-machine cache and links them into .tools/bin.
-# Usage: scripts/tools.sh [ferretdb|etcd|kube-apiserver|kubectl|helm ...]   (no argument: all of them)
+# Usage: scripts/tools.sh [ferretdb|etcd|kube-apiserver|kubectl|kubelet|...|helm|coredns ...]   (no argument: all of them)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=versions.env
@@ -59,8 +59,7 @@ kubernetes_wrapper() {
     gomod=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])') &&
     awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$gomod" | sort -u |
       while read -r m; do go mod edit -replace "$m=$m@$staging"; done &&
-    go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" \
-      "k8s.io/kubernetes/cmd/kubectl@$KUBERNETES_VERSION" &&
+    go get $(printf "k8s.io/kubernetes/cmd/%s@$KUBERNETES_VERSION " $KUBERNETES_COMMANDS) &&
     touch .ready) >&2
   echo "$dir"
 }
@@ -100,14 +99,52 @@ build_helm() {
   link helm "$out"
 }
 
+# CoreDNS with only the plugins a single-node cluster needs: it answers cluster.local from the
+# Kubernetes API and, having no `forward` plugin, never sends a query off the machine.
+build_coredns() {
+  local out=$cache/coredns-$COREDNS_VERSION
+  if [ ! -x "$out" ]; then
+    log "building CoreDNS $COREDNS_VERSION (a few minutes, once)"
+    (wrapper "$cache/src/coredns" &&
+      cat >main.go <<'GO' &&
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/ready"
+	_ "github.com/coredns/coredns/plugin/reload"
+)
+
+// The order in which the plugins see a query, as in CoreDNS's plugin.cfg.
+func init() {
+	dnsserver.Directives = []string{"reload", "ready", "health", "errors", "loadbalance", "cache", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+GO
+      go get "github.com/coredns/coredns@$COREDNS_VERSION" &&
+      go mod tidy &&
+      go build -ldflags "-s -w" -o "$out" .)
+  fi
+  link coredns "$out"
+}
+
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(ferretdb etcd kube-apiserver kubectl helm)
+[ ${#want[@]} -gt 0 ] || want=(ferretdb etcd $KUBERNETES_COMMANDS helm coredns)
 for t in "${want[@]}"; do
   case $t in
     ferretdb) build_ferretdb ;;
     etcd) build_etcd ;;
-    kube-apiserver | kubectl) build_kube "$t" ;;
+    kube-apiserver | kubectl | kube-controller-manager | kube-scheduler | kubelet | kube-proxy) build_kube "$t" ;;
     helm) build_helm ;;
+    coredns) build_coredns ;;
     *) echo "tools: unknown tool $t" >&2; exit 2 ;;
   esac
 done

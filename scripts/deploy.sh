@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make deploy`: install (or upgrade) the chart as release RELEASE in namespace NAMESPACE on the
+# node of `make cluster-up`, with the images of `make images` loaded into it and the dev Redis and
+# MongoDB-wire server (FerretDB) as pods; wait until every pod is Ready; say how to reach the API.
+#
+# Environment: CLUSTER_DIR (default .cluster), RELEASE (imgflow), NAMESPACE (imgflow),
+# DEPLOY_TIMEOUT (default 300s); extra arguments go to `helm upgrade --install` (e.g. --set ...).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=${CLUSTER_DIR:-$root/.cluster}
+release=${RELEASE:-imgflow}
+namespace=${NAMESPACE:-imgflow}
+wait=${DEPLOY_TIMEOUT:-300s}
+images=$root/.tools/images.env
+export KUBECONFIG=$dir/kubeconfig
+kubectl=$root/.tools/bin/kubectl
+helm=$root/.tools/bin/helm
+
+log() { echo "deploy: $*" >&2; }
+[ -f "$KUBECONFIG" ] || { log "no cluster in $dir: run make cluster-up"; exit 1; }
+[ -f "$images" ] || { log "no $images: run make images"; exit 1; }
+"$root/scripts/cluster.sh" --dir "$dir" load-images
+
+# image NAME: the reference scripts/images.sh built for NAME.
+image() { sed -n "s/^${1}_IMAGE=//p" "$images"; }
+repo() { local r; r=$(image "$1"); echo "${r%:*}"; }
+tag() { local r; r=$(image "$1"); echo "${r##*:}"; }
+
+# The restricted Pod Security Standard is enforced on the namespace: every pod of the chart meets it.
+"$kubectl" create namespace "$namespace" --dry-run=client -o yaml |
+  "$kubectl" label --local -f - -o yaml pod-security.kubernetes.io/enforce=restricted \
+    pod-security.kubernetes.io/enforce-version=latest |
+  "$kubectl" apply --server-side --field-manager=imgflow-deploy -f - >/dev/null
+
+log "installing the chart as $release in namespace $namespace"
+set_images=()
+for member in api worker operator; do
+  set_images+=(--set "$member.image.repository=$(repo "${member^^}")" --set "$member.image.tag=$(tag "${member^^}")")
+done
+"$helm" upgrade --install "$release" "$root/deploy/helm/imgflow" -n "$namespace" \
+  -f "$root/deploy/local/values.yaml" "${set_images[@]}" \
+  --set "redis.image.repository=$(repo REDIS)" --set "redis.image.tag=$(tag REDIS)" \
+  --set "mongodb.image.repository=$(repo FERRETDB)" --set "mongodb.image.tag=$(tag FERRETDB)" \
+  --set "tests.image.repository=$(repo BASE)" --set "tests.image.tag=$(tag BASE)" \
+  --wait --timeout "$wait" "$@" >/dev/null
+"$kubectl" -n "$namespace" wait --for=condition=Ready pod -l "app.kubernetes.io/instance=$release" \
+  --timeout="$wait" >/dev/null
+"$kubectl" -n "$namespace" get pods -o wide
+cat <<EOF
+
+imgflow is running in namespace $namespace. To reach the API:
+  export KUBECONFIG=$KUBECONFIG
+  $kubectl -n $namespace port-forward svc/$release-api 8080:80
+  curl -F file=@picture.jpg -F userId=me http://127.0.0.1:8080/api/image-processing/jobs
+Check the install:  $helm test $release -n $namespace --logs
+EOF
