@@ -113,10 +113,12 @@ def _server_of(kubeconfig: Path) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def cluster_sh(cluster_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``scripts/cluster.sh ARGS...`` for the private control plane in ``cluster_dir``."""
+def cluster_sh(cluster_dir: Path, *args: str, node: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/cluster.sh ARGS...`` for the private cluster in ``cluster_dir``: the API
+    server alone, or with ``node`` the whole one-node cluster (tests/node)."""
     env = {
         **os.environ,
+        "CLUSTER_NODE": "1" if node else "0",
         "CLUSTER_DIR": str(cluster_dir),
         "CLUSTER_APISERVER_PORT": "auto",
         "CLUSTER_ETCD_PORT": "auto",
