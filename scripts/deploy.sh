@@ -43,8 +43,6 @@ done
   --set "mongodb.image.repository=$(repo FERRETDB)" --set "mongodb.image.tag=$(tag FERRETDB)" \
   --set "tests.image.repository=$(repo BASE)" --set "tests.image.tag=$(tag BASE)" \
   --wait --timeout "$wait" "$@" >/dev/null
-"$kubectl" -n "$namespace" wait --for=condition=Ready pod -l "app.kubernetes.io/instance=$release" \
-  --timeout="$wait" >/dev/null
 "$kubectl" -n "$namespace" get pods -o wide
 cat <<EOF
 
@@ -52,5 +50,5 @@ imgflow is running in namespace $namespace. To reach the API:
   export KUBECONFIG=$KUBECONFIG
   $kubectl -n $namespace port-forward svc/$release-api 8080:80
   curl -F file=@picture.jpg -F userId=me http://127.0.0.1:8080/api/image-processing/jobs
-Check the install:  $helm test $release -n $namespace --logs
+Check the install:  $helm test $release -n $namespace   (add --logs to see a failing test's output)
 EOF

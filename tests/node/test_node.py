@@ -88,7 +88,7 @@ def test_pods_get_ips_services_resolve_by_name_and_kubectl_reaches_them(node: No
         assert all(re.fullmatch(r"10\.244\.\d+\.\d+", ip) for ip in ips.values()), ips
 
         # From alpha, beta's Service by its short and full DNS names (CoreDNS + kube-proxy).
-        fetch = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+        fetch = "import sys, urllib.request as u; print(u.urlopen(sys.argv[1], timeout=10).read().decode())"
         for url in ("http://beta/name", f"http://beta.{ns}.svc.cluster.local/name"):
             out = wait_until(
                 f"{url} from alpha",
@@ -100,7 +100,7 @@ def test_pods_get_ips_services_resolve_by_name_and_kubectl_reaches_them(node: No
             assert out == "beta"
         # kubectl logs: beta's server logged alpha's request, from alpha's pod IP.
         logs = kube.kubectl("logs", "-n", ns, "beta").stdout
-        assert f'{ips["alpha"]} - - ' in logs and "GET /name" in logs, logs
+        assert f"{ips['alpha']} - - " in logs and "GET /name" in logs, logs
         # kubectl port-forward, to a Service.
         with port_forward(kube, ns, "svc/alpha", 80) as fwd:
             assert httpx.get(f"{fwd.url}/name", timeout=10).text == "alpha"

@@ -1,0 +1,382 @@
+"""Autoscaling with real pods: a release on the local node, bursts of slow jobs, the worker
+Deployment from 0 up and back to 0, timed and counted.
+
+Needs a release installed by ``scripts/deploy.sh`` (``make deploy``) whose workers scale to zero
+(see ``AUTOSCALE_VALUES``; ``--install`` installs one) and reaches its pods directly: the host has
+a route to the node's pod network. In the release's namespace it runs a source server (a pod of
+the base image answering ``/<name>.jpg?delay=S`` after S seconds), then for each cycle:
+
+1. waits until the worker Deployment is at 0 replicas with no worker pod left;
+2. creates an ImageJob of ``--jobs`` URL sources, each taking ``--delay`` s to fetch;
+3. records, from watches of the Deployment and the worker pods: the first replica patch, the
+   first worker pod Ready, the first and last job completed (the jobs' own times in MongoDB);
+4. waits for the ImageJob to succeed and the workers to go back to 0.
+
+Interrupted jobs, the figure that must be 0: a job a worker gave back while stopping (it is
+published again: the stream grows past one entry per job) or that a second worker took over after
+the first one died (its ``attempts`` exceeds 1).
+
+    uv run --frozen python -m bench.node_autoscale [--cycles 5] [--jobs 12] [--delay 2] [--json PATH]
+        [--kubeconfig .cluster/kubeconfig] [--namespace imgflow] [--release imgflow] [--install]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import statistics
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pymongo
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
+
+# Values for a release this benchmark can run on: workers from 0 to 3, 2 queued jobs per worker,
+# back to 0 three seconds after the queue empties; in-cluster URL sources allowed.
+AUTOSCALE_VALUES = [
+    "--set", "worker.autoscaling.minReplicas=0",
+    "--set", "worker.autoscaling.maxReplicas=3",
+    "--set", "worker.autoscaling.backlogPerReplica=2",
+    "--set", "worker.autoscaling.scaleToZero=true",
+    "--set", "worker.autoscaling.scaleDownWindowSeconds=3",
+    "--set", "config.allowPrivateUrls=true",
+]  # fmt: skip
+
+SOURCE_SERVER = """
+import http.server, time, urllib.parse
+IMAGE = open("/data/image.jpg", "rb").read()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        time.sleep(min(float(query.get("delay", ["0"])[0]), 30))
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(IMAGE)))
+        self.end_headers()
+        self.wfile.write(IMAGE)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("", 8080), Handler).serve_forever()
+"""
+
+
+def kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:
+    done = subprocess.run(
+        [str(KUBECTL), f"--kubeconfig={kubeconfig}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr}")
+    return done.stdout
+
+
+def source_server_manifest(image: str, jpeg: bytes) -> str:
+    """A ConfigMap (the script and one JPEG), a Deployment running it and a Service ``sources``."""
+    labels = {"app": "sources"}
+    security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    items: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "sources"},
+            "data": {"serve.py": SOURCE_SERVER},
+            "binaryData": {"image.jpg": base64.b64encode(jpeg).decode()},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "sources", "labels": labels},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "automountServiceAccountToken": False,
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [
+                            {
+                                "name": "serve",
+                                "image": image,
+                                "imagePullPolicy": "Never",
+                                "command": ["python3", "/data/serve.py"],
+                                "ports": [{"containerPort": 8080}],
+                                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                                "securityContext": security,
+                                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                            }
+                        ],
+                        "volumes": [{"name": "data", "configMap": {"name": "sources"}}],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "sources"},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    ]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+@dataclass
+class Watched:
+    """What the watches saw, with this machine's wall-clock times."""
+
+    replicas: list[tuple[float, int]] = field(default_factory=list)
+    ready_pods: dict[str, float] = field(default_factory=dict)  # pod uid -> first seen Ready
+
+
+def watch(
+    api: kubernetes.client.ApiClient, namespace: str, worker: str, seen: Watched, stop: threading.Event
+) -> None:
+    def deployments() -> None:
+        apps = kubernetes.client.AppsV1Api(api)
+        while not stop.is_set():
+            w = kubernetes.watch.Watch()
+            for event in w.stream(
+                apps.list_namespaced_deployment,
+                namespace,
+                field_selector=f"metadata.name={worker}",
+                timeout_seconds=5,
+            ):
+                replicas = event["object"].spec.replicas or 0
+                if not seen.replicas or seen.replicas[-1][1] != replicas:
+                    seen.replicas.append((time.time(), replicas))
+
+    def pods() -> None:
+        core = kubernetes.client.CoreV1Api(api)
+        while not stop.is_set():
+            w = kubernetes.watch.Watch()
+            for event in w.stream(
+                core.list_namespaced_pod,
+                namespace,
+                label_selector="app.kubernetes.io/component=worker",
+                timeout_seconds=5,
+            ):
+                pod = event["object"]
+                ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+                if ready and pod.metadata.uid not in seen.ready_pods:
+                    seen.ready_pods[pod.metadata.uid] = time.time()
+
+    for target in (deployments, pods):
+        threading.Thread(target=target, daemon=True).start()
+
+
+@dataclass
+class Cycle:
+    jobs: int
+    patch_s: float  # first job published -> first replica patch seen
+    pod_ready_s: float  # first job published -> first new worker pod Ready
+    first_done_s: float  # first job published -> first job completed (wake from zero)
+    all_done_s: float  # first job published -> last job completed
+    zero_s: float  # last job completed -> Deployment back at 0 replicas
+    max_replicas: int
+
+
+def base_image() -> str:
+    """The Debian base image of scripts/images.sh (python3, nothing else): the source server's."""
+    for line in (ROOT / ".tools" / "images.env").read_text().splitlines():
+        if line.startswith("BASE_IMAGE="):
+            return line.split("=", 1)[1]
+    raise RuntimeError("no BASE_IMAGE in .tools/images.env: run make images")
+
+
+def pods(kubeconfig: Path, namespace: str, component: str) -> list[dict[str, Any]]:
+    """The release's pods of one component (api, worker, redis, ...)."""
+    selector = f"app.kubernetes.io/component={component}"
+    found: list[dict[str, Any]] = json.loads(
+        kubectl(kubeconfig, "get", "pods", "-n", namespace, "-l", selector, "-o", "json")
+    )["items"]
+    return found
+
+
+def pod_ip(kubeconfig: Path, namespace: str, component: str) -> str:
+    running = [p for p in pods(kubeconfig, namespace, component) if p["status"].get("phase") == "Running"]
+    assert len(running) == 1, f"{component}: {len(running)} running pods"
+    ip: str = running[0]["status"]["podIP"]
+    return ip
+
+
+def epoch(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def wait(what: str, check: Any, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {within:.0f}s: {what}")
+        time.sleep(0.2)
+
+
+def run(
+    kubeconfig: Path, namespace: str, release: str, cycles: int, jobs: int, delay: float
+) -> dict[str, Any]:
+    """Run the cycles; the figures and the interrupted-job count."""
+    from tests import images  # a real JPEG made with libvips
+
+    worker = f"{release}-worker"
+    manifest = source_server_manifest(base_image(), images.jpeg(800, 600))
+    kubectl(kubeconfig, "apply", "--server-side", "-n", namespace, "-f", "-", input=manifest)
+    kubectl(kubeconfig, "rollout", "status", "deployment/sources", "-n", namespace, "--timeout=120s")
+    config = json.loads(
+        kubectl(kubeconfig, "get", "configmap", f"{release}-config", "-n", namespace, "-o", "json")
+    )
+    stream = config["data"].get("IMGFLOW_STREAM", "imgflow:jobs")
+    database = config["data"].get("IMGFLOW_MONGODB_DATABASE", "imgflow")
+    queue = redis.Redis(host=pod_ip(kubeconfig, namespace, "redis"), port=6379)
+    mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        f"mongodb://{pod_ip(kubeconfig, namespace, 'mongodb')}:27017/", serverSelectionTimeoutMS=10_000
+    )
+    collection = mongo[database]["jobs"]
+    stream_before = queue.xlen(stream)
+
+    api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    seen = Watched()
+    stop = threading.Event()
+    watch(api, namespace, worker, seen, stop)
+    results: list[Cycle] = []
+    submitted: list[str] = []
+    try:
+        for i in range(cycles):
+
+            def at_zero() -> bool:
+                idle = bool(seen.replicas) and seen.replicas[-1][1] == 0
+                return idle and not pods(kubeconfig, namespace, "worker")
+
+            wait("workers at 0 before the burst", at_zero, 180)
+            name = f"burst-{uuid.uuid4().hex[:6]}"
+            sources = [{"url": f"http://sources/{name}-{k}.jpg?delay={delay}"} for k in range(jobs)]
+            ij = {
+                "apiVersion": "imgflow.io/v1alpha1",
+                "kind": "ImageJob",
+                "metadata": {"name": name},
+                "spec": {"userId": "autoscale", "sources": sources},
+            }
+            started = time.time()
+            kubectl(kubeconfig, "create", "-n", namespace, "-f", "-", input=json.dumps(ij))
+            kubectl(
+                kubeconfig, "wait", f"imagejob/{name}", "-n", namespace,
+                "--for=jsonpath={.status.phase}=Succeeded", "--timeout=300s",
+            )  # fmt: skip
+            submitted.append(f"{namespace}/{name}")
+            docs = list(collection.find({"image_job": f"{namespace}/{name}"}))
+            assert len(docs) == jobs and all(d["status"] == "completed" for d in docs)
+            published = min(epoch(d["created_at"]) for d in docs)
+            done = sorted(epoch(d["updated_at"]) for d in docs)
+            wait("workers back to 0", at_zero, 180)
+            patch = next(t for t, r in seen.replicas if t >= started and r > 0)
+            ready = min(t for t in seen.ready_pods.values() if t >= started)
+            zero = next(t for t, r in seen.replicas if t >= done[-1] and r == 0)
+            peak = max(r for t, r in seen.replicas if t >= started)
+            results.append(
+                Cycle(
+                    jobs,
+                    patch - published,
+                    ready - published,
+                    done[0] - published,
+                    done[-1] - published,
+                    zero - done[-1],
+                    peak,
+                )
+            )
+            print(f"cycle {i + 1}/{cycles}: {asdict(results[-1])}", flush=True)
+    finally:
+        stop.set()
+
+    all_docs = [d for n in submitted for d in collection.find({"image_job": n})]
+    redelivered = sum(1 for d in all_docs if d.get("attempts", 1) > 1)
+    given_back = queue.xlen(stream) - stream_before - len(all_docs)
+    return {
+        "cycles": [asdict(c) for c in results],
+        "jobs": len(all_docs),
+        "interrupted": {"given_back": given_back, "redelivered": redelivered},
+        "ups": sum(1 for (_, a), (_, b) in zip(seen.replicas, seen.replicas[1:], strict=False) if b > a),
+        "downs": sum(1 for (_, a), (_, b) in zip(seen.replicas, seen.replicas[1:], strict=False) if b < a),
+    }
+
+
+def summary(figures: dict[str, Any]) -> str:
+    def stat(key: str) -> str:
+        values = sorted(c[key] for c in figures["cycles"])
+        p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+        return f"median {statistics.median(values):6.2f} s   p95 {p95:6.2f} s"
+
+    keda = {
+        "patch_s": "up to 30 s (pollingInterval 30 s), then the HPA's next sync (15 s)",
+        "pod_ready_s": "the same plus the pod start",
+        "first_done_s": "the same plus the first job",
+        "zero_s": "300 s (HPA scale-down stabilization) + cooldownPeriod 300 s before 1 -> 0",
+    }
+    lines = [
+        f"{len(figures['cycles'])} cycles, {figures['jobs']} jobs; interrupted: {figures['interrupted']}",
+        f"{'from the first job published to':<38} imgflow (measured)              KEDA + HPA defaults",
+    ]
+    names = {
+        "patch_s": "the replica patch",
+        "pod_ready_s": "the first new worker pod Ready",
+        "first_done_s": "the first job completed (wake from 0)",
+        "all_done_s": "the last job completed",
+        "zero_s": "(last job done) back to 0 replicas",
+    }
+    for key, label in names.items():
+        lines.append(f"  {label:<36} {stat(key):<32} {keda.get(key, '')}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kubeconfig", type=Path, default=ROOT / ".cluster" / "kubeconfig")
+    parser.add_argument("--namespace", default="imgflow")
+    parser.add_argument("--release", default="imgflow")
+    parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--delay", type=float, default=2.0)
+    parser.add_argument(
+        "--install", action="store_true", help="install/upgrade the release first (scripts/deploy.sh)"
+    )
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.install:
+        env = {
+            "CLUSTER_DIR": str(args.kubeconfig.parent),
+            "NAMESPACE": args.namespace,
+            "RELEASE": args.release,
+        }
+        subprocess.run(
+            [str(ROOT / "scripts" / "deploy.sh"), *AUTOSCALE_VALUES], env={**os.environ, **env}, check=True
+        )
+    figures = run(args.kubeconfig, args.namespace, args.release, args.cycles, args.jobs, args.delay)
+    figures["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    print(summary(figures))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
