@@ -157,8 +157,8 @@ def watch(
     def deployments() -> None:
         apps = kubernetes.client.AppsV1Api(api)
         while not stop.is_set():
-            w = kubernetes.watch.Watch()
-            for event in w.stream(
+            w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+            for event in w.stream(  # type: ignore[no-untyped-call]
                 apps.list_namespaced_deployment,
                 namespace,
                 field_selector=f"metadata.name={worker}",
@@ -171,8 +171,8 @@ def watch(
     def pods() -> None:
         core = kubernetes.client.CoreV1Api(api)
         while not stop.is_set():
-            w = kubernetes.watch.Watch()
-            for event in w.stream(
+            w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+            for event in w.stream(  # type: ignore[no-untyped-call]
                 core.list_namespaced_pod,
                 namespace,
                 label_selector="app.kubernetes.io/component=worker",
@@ -256,7 +256,7 @@ def run(
     collection = mongo[database]["jobs"]
     stream_before = queue.xlen(stream)
 
-    api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     seen = Watched()
     stop = threading.Event()
     watch(api, namespace, worker, seen, stop)

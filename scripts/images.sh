@@ -76,16 +76,26 @@ uv_image() {
   echo "$ref"
 }
 
-# build NAME DOCKERFILE CONTEXT [buildah bud args]: build, tag by content, print the reference.
+# digest WORD_OR_FILE...: a short hash of these build inputs (files by content, other words as
+# they are), so that an image is rebuilt exactly when something it is made of changed.
+digest() {
+  local x
+  for x in "$@"; do
+    if [ -f "$x" ]; then echo "$x $(sha256sum <"$x")"; else echo "$x"; fi
+  done | sha256sum | cut -c1-12
+}
+
+# build NAME TAG DOCKERFILE CONTEXT [buildah bud args]: build unless NAME:TAG exists; print it.
 build() {
-  local name=$1 file=$2 context=$3 id
-  shift 3
-  log "building $name"
-  bah bud --quiet --isolation chroot --network host --layers -f "$file" -t "$registry/$name:build" "$@" \
-    "$context" >/dev/null
-  id=$(bah inspect --type image --format '{{.FromImageID}}' "$registry/$name:build")
-  bah tag "$registry/$name:build" "$registry/$name:${id:0:12}"
-  echo "$registry/$name:${id:0:12}"
+  local name=$1 ref=$registry/$1:$2 file=$3 context=$4 buildlog=$cache/logs/$1.log
+  shift 4
+  if ! exists "$ref"; then
+    log "building $name"
+    mkdir -p "$cache/logs"
+    bah bud --isolation chroot --network host --layers -f "$file" -t "$ref" "$@" "$context" \
+      >"$buildlog" 2>&1 || { tail -n 30 "$buildlog" >&2; die "building $name failed (log: $buildlog)"; }
+  fi
+  echo "$ref"
 }
 
 # context_with NAME FILE: a temporary build context holding FILE as NAME.
@@ -96,10 +106,12 @@ context_with() {
   echo "$dir"
 }
 
+archive_path() { echo "$cache/archives/$(echo "$1" | tr '/:' '__').tar"; }
+
 # archive REF: a docker-archive of the image (what `ctr images import` reads), written once per tag.
 archive() {
   local ref=$1 file
-  file=$cache/archives/$(echo "$ref" | tr '/:' '__').tar
+  file=$(archive_path "$ref")
   if [ ! -s "$file" ]; then
     rm -f "$file.tmp"
     bah push -q "$ref" "docker-archive:$file.tmp:$ref" >/dev/null
@@ -111,26 +123,34 @@ archive() {
 cmd_build() {
   need
   "$root/scripts/tools.sh" ferretdb coredns >/dev/null
-  local base_ref uv_ref member ctx refs=() ref name
+  local base_ref uv_ref member ctx refs=() ref name sources bin
   base_ref=$(base)
   uv_ref=$(uv_image)
-  refs+=("$base_ref")  # the chart's helm-test pod runs python3 on it
+  refs+=("$base_ref") # the chart's helm-test pod runs python3 on it
+  # What the Dockerfile copies: the workspace's files that git tracks or would (not caches).
+  mapfile -t sources < <(cd "$root" && git ls-files -co --exclude-standard -- uv.lock pyproject.toml \
+    core/pyproject.toml core/src api/pyproject.toml api/src worker/pyproject.toml worker/src \
+    operator/pyproject.toml operator/src | sort)
   for member in api worker operator; do
     # The machine's CA bundle, for uv behind a TLS-inspecting proxy (see the Dockerfile).
-    refs+=("$(build "$member" "$root/Dockerfile" "$root" --build-arg "MEMBER=$member" \
+    refs+=("$(build "$member" "$(cd "$root" && digest Dockerfile "$base_ref" "$uv_ref" "$member" "${sources[@]}")" \
+      "$root/Dockerfile" "$root" --build-arg "MEMBER=$member" \
       --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
       --build-arg "PYTHON_IMAGE=$base_ref" --build-arg "UV_IMAGE=$uv_ref")")
   done
-  refs+=("$(build redis "$root/deploy/images/redis/Dockerfile" "$root/deploy/images/redis" \
-    --build-arg "BASE_IMAGE=$base_ref")")
+  refs+=("$(build redis "$(digest "$root/deploy/images/redis/Dockerfile" "$base_ref")" \
+    "$root/deploy/images/redis/Dockerfile" "$root/deploy/images/redis" --build-arg "BASE_IMAGE=$base_ref")")
   for name in ferretdb coredns; do
-    ctx=$(context_with "$name" "$root/.tools/bin/$name")
-    refs+=("$(build "$name" "$root/deploy/images/$name/Dockerfile" "$ctx")")
+    bin=$(readlink -f "$root/.tools/bin/$name")
+    ctx=$(context_with "$name" "$bin")
+    refs+=("$(build "$name" "$(digest "$root/deploy/images/$name/Dockerfile" "$bin")" \
+      "$root/deploy/images/$name/Dockerfile" "$ctx")")
     rm -rf "$ctx"
   done
   ctx=$(mktemp -d "$cache/context.XXXXXX")
   gcc -Os -static -o "$ctx/pause" "$root/deploy/images/pause/pause.c"
-  refs+=("$(build pause "$root/deploy/images/pause/Dockerfile" "$ctx")")
+  refs+=("$(build pause "$(digest "$root/deploy/images/pause/Dockerfile" "$root/deploy/images/pause/pause.c")" \
+    "$root/deploy/images/pause/Dockerfile" "$ctx")")
   rm -rf "$ctx"
   {
     echo "# Written by scripts/images.sh: the images of this checkout, and their archives."
@@ -143,7 +163,22 @@ cmd_build() {
     done
   } >"$out.tmp"
   mv "$out.tmp" "$out"
+  prune "${refs[@]}" "$uv_ref"
   log "images ready: $out"
+}
+
+# prune REF...: forget the images and archives of earlier builds (other tags of these names), and
+# the layers nothing uses any more, so that rebuilds do not fill the disk.
+prune() {
+  local keep=" $* " archives=" " ref file
+  for ref in "$@"; do archives+="$(archive_path "$ref") "; done
+  for ref in $(bah images --format '{{.Name}}:{{.Tag}}' --filter "reference=$registry/*"); do
+    case $keep in *" $ref "*) ;; *) bah rmi -f "$ref" >/dev/null 2>&1 || true ;; esac
+  done
+  for file in "$cache"/archives/*.tar; do
+    case $archives in *" $file "*) ;; *) rm -f "$file" ;; esac
+  done
+  bah rmi --prune >/dev/null 2>&1 || true
 }
 
 cmd_list() {

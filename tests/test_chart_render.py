@@ -676,7 +676,9 @@ def test_dockerfile_matches_the_chart() -> None:
     assert re.search(r"^ARG UV_IMAGE=ghcr\.io/astral-sh/uv:[0-9.]+$", text, re.M)
     assert text.count("FROM ") == 3  # uv + build stage + runtime stage
     syncs = re.findall(r"uv sync ([^\n]+)", text)
-    assert syncs and all('--frozen --no-dev' in s and s.endswith('--package "imgflow-$MEMBER"') for s in syncs)
+    assert syncs and all(
+        "--frozen --no-dev" in s and s.rstrip(" \\").endswith('--package "imgflow-$MEMBER"') for s in syncs
+    )
     # only the member's own sources (and the core's) go into the image
     assert re.findall(r"^COPY (\S+)/src ", text, re.M) == ["core", "${MEMBER}"]
     uid = DEFAULT_VALUES["podSecurity"]["runAsUser"]

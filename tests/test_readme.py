@@ -19,6 +19,6 @@ def test_every_setting_is_documented_with_its_default() -> None:
 
 def test_the_readme_commands_exist_in_the_makefile() -> None:
     makefile = (Path(__file__).parents[1] / "Makefile").read_text()
-    for target in ("demo", "test", "up", "down", "bench", "cluster-up", "cluster-down"):
+    for target in ("demo", "test", "up", "down", "bench", "images", "cluster-up", "deploy", "cluster-down"):
         assert f"make {target}" in README, target
         assert f"\n{target}:" in makefile, target

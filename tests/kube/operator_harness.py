@@ -5,10 +5,8 @@
   of the ``imgflow-operator`` ServiceAccount, so the operator gets exactly the permissions the
   chart grants it and not the tests' admin rights;
 * ``start_operator``: the ``imgflow-operator`` console script as a child process;
-* ``WorkerFleet``: the kubelet and ReplicaSet controller this control plane lacks, for one worker
-  Deployment: it keeps as many real worker processes (and Pod objects named after them) as the
-  Deployment's ``spec.replicas`` says, and on scale-down stops the pod a ReplicaSet would delete
-  first (lowest ``pod-deletion-cost``, then newest) with SIGTERM.
+(Autoscaling with real pods, a ReplicaSet controller and a kubelet is tested on the node:
+tests/node/test_chart_on_node.py.)
 
 Also used by ``bench/operator_reaction.py``.
 """
@@ -17,11 +15,9 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,129 +158,6 @@ def worker_deployment(
             },
         },
     }
-
-
-@dataclass
-class FleetPod:
-    name: str
-    server: Server
-    started: float
-
-
-@dataclass
-class WorkerFleet:
-    """Keeps real worker processes in line with a Deployment's ``spec.replicas`` (see module doc)."""
-
-    api: kubernetes.client.ApiClient
-    namespace: str
-    deployment: str
-    start_worker: Callable[[str], Server]  # pod name -> a started worker process (POD_NAME set)
-    poll_s: float = 0.2
-    timeline: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, spec.replicas)
-    costs_seen: dict[str, set[int]] = field(default_factory=dict)
-    errors: list[BaseException] = field(default_factory=list)
-    _pods: list[FleetPod] = field(default_factory=list)
-    _counter: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _stoppers: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(4))
-
-    def __post_init__(self) -> None:
-        self._apps = kubernetes.client.AppsV1Api(self.api)
-        self._core = kubernetes.client.CoreV1Api(self.api)
-        deployment = self._raw(self._apps.read_namespaced_deployment(self.deployment, self.namespace))
-        self._labels: dict[str, str] = deployment["spec"]["selector"]["matchLabels"]
-
-    def __enter__(self) -> WorkerFleet:
-        self._thread = threading.Thread(target=self._run, name="worker-fleet", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(60)
-        for pod in list(self._pods):
-            self._stoppers.submit(self._stop_pod, pod)
-        self._stoppers.shutdown(wait=True)
-
-    @property
-    def replicas(self) -> int:
-        return self.timeline[-1][1] if self.timeline else -1
-
-    @property
-    def running(self) -> int:
-        return len(self._pods)
-
-    def wait_for(self, predicate: Callable[[int], bool], within: float, what: str) -> None:
-        """Until ``predicate(spec.replicas)`` holds and the fleet matches it.
-
-        ``within`` only stops a hung test; it is no target."""
-        deadline = time.monotonic() + within
-        while not (self.timeline and predicate(self.replicas) and self.running == self.replicas):
-            if self.errors:
-                raise self.errors[0]
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{what}: replicas {self.replicas}, running {self.running} after {within}s"
-                )
-            time.sleep(0.05)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._reconcile()
-            except Exception as exc:  # reported by wait_for
-                self.errors.append(exc)
-            self._stop.wait(self.poll_s)
-
-    def _reconcile(self) -> None:
-        scale = self._raw(self._apps.read_namespaced_deployment_scale(self.deployment, self.namespace))
-        want = int(scale["spec"].get("replicas", 0))
-        if not self.timeline or self.timeline[-1][1] != want:
-            self.timeline.append((time.monotonic(), want))
-        costs = self._costs()
-        for name, cost in costs.items():
-            self.costs_seen.setdefault(name, set()).add(cost)
-        while len(self._pods) < want:
-            self._counter += 1
-            name = f"{self.deployment}-{self._counter}"
-            pod = kubernetes.client.V1Pod.from_dict(
-                {
-                    "metadata": {"name": name, "labels": self._labels},
-                    "spec": {"containers": [{"name": "w", "image": "x"}]},
-                }
-            )
-            assert pod is not None
-            self._core.create_namespaced_pod(self.namespace, pod)
-            self._pods.append(FleetPod(name, self.start_worker(name), time.monotonic()))
-        while len(self._pods) > want:
-            # What a ReplicaSet deletes first among equally (un)ready pods: lowest cost, then newest.
-            victim = min(self._pods, key=lambda p: (costs.get(p.name, 0), -p.started))
-            self._pods.remove(victim)
-            self._stoppers.submit(self._stop_pod, victim)
-
-    def _costs(self) -> dict[str, int]:
-        pods = self._core.list_namespaced_pod(
-            self.namespace, label_selector=",".join(f"{k}={v}" for k, v in self._labels.items())
-        )
-        return {
-            p["metadata"]["name"]: int(p["metadata"].get("annotations", {}).get(DELETION_COST, "0"))
-            for p in self._raw(pods)["items"]
-        }
-
-    def _raw(self, obj: object) -> dict[str, Any]:
-        """A client model as the API's own JSON (camelCase keys, no Nones)."""
-        raw: dict[str, Any] = self.api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
-        return raw
-
-    def _stop_pod(self, pod: FleetPod) -> None:
-        pod.server.terminate()  # SIGTERM: the worker drains like a pod being deleted
-        try:
-            self._core.delete_namespaced_pod(pod.name, self.namespace, grace_period_seconds=0)
-        except kubernetes.client.exceptions.ApiException as exc:
-            if exc.status != 404:
-                raise
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import threading
 import time
@@ -32,12 +31,8 @@ from tests.client import submit
 from tests.conftest import Processes, Workers
 from tests.kube.conftest import Kube
 from tests.kube.operator_harness import (
-    WORKER_DEPLOYMENT,
     OperatorProcess,
-    WorkerFleet,
-    api_client,
     events_for,
-    metric,
     operator_kubeconfig,
     start_operator,
     worker_deployment,
@@ -367,97 +362,6 @@ async def test_ttl_deletes_a_finished_image_job(
 
 
 # --- (c) autoscaling end to end --------------------------------------------------------------------
-
-
-async def test_workers_follow_the_backlog_up_and_down_to_zero(
-    kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings, workers: Workers
-) -> None:
-    settings = operator_settings(
-        fresh_settings,
-        namespace,
-        allow_private_urls=True,
-        worker_concurrency=2,
-        graceful_timeout_s=15.0,
-        pod_cost_interval_s=0.5,
-    )
-    annotations = {
-        "imgflow.io/min-replicas": "0",
-        "imgflow.io/max-replicas": "3",
-        "imgflow.io/backlog-per-replica": "4",
-        "imgflow.io/scale-to-zero": "true",
-        "imgflow.io/scale-down-window-seconds": "2",
-    }
-    kube.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(worker_deployment(annotations, 1)))
-    process = operator.start(settings)
-    fleet = WorkerFleet(
-        api_client(kube.kubeconfig),
-        namespace,
-        WORKER_DEPLOYMENT,
-        start_worker=lambda pod: workers.start(settings, POD_NAME=pod),
-    )
-    with fleet, serve_images(images.jpeg(), delay=1.0) as source:
-        # Idle: after a window at one replica, down to zero.
-        await asyncio.to_thread(fleet.wait_for, lambda r: r == 0, 60, "idle workers scaled to zero")
-
-        n = 24
-        sources = [{"url": source.url(f"burst-{i}.jpg")} for i in range(n)]
-        kube.kubectl("create", "-n", namespace, "-f", "-", input=image_job("burst", "erin", sources))
-        # 24 queued, 4 per replica: 6 wanted, 3 at most.
-        await asyncio.to_thread(fleet.wait_for, lambda r: r == 3, 60, "scaled up to the maximum")
-        done = await wait_phase(kube, namespace, "burst", "Succeeded")
-        assert done["status"]["succeeded"] == n
-        await asyncio.to_thread(fleet.wait_for, lambda r: r == 0, 60, "drained workers scaled to zero")
-
-        # Woken from zero by the first message.
-        kube.kubectl("create", "-n", namespace, "-f", "-", input=image_job("single", "erin", [sources[0]]))
-        await asyncio.to_thread(fleet.wait_for, lambda r: r >= 1, 60, "woken from zero")
-        await wait_phase(kube, namespace, "single", "Succeeded")
-        await asyncio.to_thread(fleet.wait_for, lambda r: r == 0, 60, "back to zero")
-
-    replicas = [r for _, r in fleet.timeline]
-    assert max(replicas) == 3 and min(replicas) == 0
-    ups = sum(1 for a, b in itertools.pairwise(replicas) if b > a)
-    downs = sum(1 for a, b in itertools.pairwise(replicas) if b < a)
-    assert ups >= 2 and downs >= 2
-
-    # No job lost or stuck while workers came and went: every one of them completed.
-    async with job_store(settings) as (store, _):
-        jobs = await store.for_image_job(f"{namespace}/burst")
-        assert len(jobs) == n
-        assert all(j.status is JobStatus.completed for j in jobs), [
-            (j.job_id, j.status, j.error) for j in jobs
-        ]
-
-    # Busy workers were marked costly to delete (the fleet, like a ReplicaSet, stops the cheapest).
-    assert any(max(costs) > 0 for costs in fleet.costs_seen.values()), fleet.costs_seen
-
-    events = events_for(kube.kubectl, namespace, "Deployment", WORKER_DEPLOYMENT)
-    assert "ScaledUp" in reasons(events) and "ScaledDown" in reasons(events)
-    messages = [e["message"] for e in events]
-    assert any(m.startswith("Scaled from 0 to ") and "backlog" in m for m in messages), messages
-    assert any(" to 3 replicas: backlog " in m for m in messages), messages
-
-    async with httpx.AsyncClient() as client:
-        # The gauges follow on the operator's next tick after its last patch.
-        deadline = time.monotonic() + 30
-        while True:
-            exposition = (await client.get(process.metrics_url)).text
-            gauges = [
-                metric(exposition, "imgflow_queue_backlog"),
-                metric(exposition, "imgflow_autoscaler_desired_replicas", deployment=WORKER_DEPLOYMENT),
-                metric(exposition, "imgflow_autoscaler_current_replicas", deployment=WORKER_DEPLOYMENT),
-            ]
-            if gauges == [0, 0, 0] or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
-    assert gauges == [0, 0, 0], exposition
-    up = metric(
-        exposition, "imgflow_autoscaler_decisions_total", deployment=WORKER_DEPLOYMENT, direction="up"
-    )
-    down = metric(
-        exposition, "imgflow_autoscaler_decisions_total", deployment=WORKER_DEPLOYMENT, direction="down"
-    )
-    assert up is not None and up >= 2 and down is not None and down >= 2
 
 
 async def test_a_deployment_it_may_not_scale_gets_a_warning_not_a_crash(

@@ -25,6 +25,7 @@ from bench import node_autoscale
 from tests import images
 from tests.helm_chart import helm
 from tests.kube.conftest import ROOT
+from tests.kube.operator_harness import events_for, metric
 from tests.node.conftest import Node, port_forward, wait_until
 
 NS = "imgflow"
@@ -165,6 +166,22 @@ def test_workers_scale_up_from_zero_and_back_with_real_pods_interrupting_no_job(
     assert figures["jobs"] == 60
     assert [c["max_replicas"] for c in figures["cycles"]] == [3] * 5  # 12 queued, 2 per worker, 3 at most
     assert figures["ups"] >= 5 and figures["downs"] >= 5
+
+    # The operator said so: Events on the Deployment, and its metrics.
+    events = events_for(node.kube.kubectl, NS, "Deployment", f"{RELEASE}-worker")
+    messages = [e["message"] for e in events]
+    assert {"ScaledUp", "ScaledDown"} <= {e["reason"] for e in events}, messages
+    assert any(m.startswith("Scaled from 0 to ") and "backlog" in m for m in messages), messages
+    operator_ip = node_autoscale.pod_ip(node.kube.kubeconfig, NS, "operator")
+    exposition = httpx.get(f"http://{operator_ip}:9090/metrics", timeout=10).text
+    for direction in ("up", "down"):
+        decisions = metric(
+            exposition,
+            "imgflow_autoscaler_decisions_total",
+            deployment=f"{RELEASE}-worker",
+            direction=direction,
+        )
+        assert decisions is not None and decisions >= 5, exposition
 
 
 def test_an_upgrade_rolls_the_pods_and_keeps_the_operators_replica_count(node: Node, installed: str) -> None:
