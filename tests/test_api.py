@@ -1,7 +1,9 @@
-"""The HTTP contract (../shared/CONTRACT.md) and its extensions, against a running API and worker
+"""The HTTP contract of the original design (README, "HTTP API") and its extensions, against a running API and worker
 on real Redis and MongoDB-wire servers."""
 
 from __future__ import annotations
+
+import base64
 
 import re
 import uuid
@@ -47,6 +49,7 @@ async def test_job_completes_with_a_servable_thumbnail(stack: Stack) -> None:
     thumb = await stack.client.get(result["thumbnailUrl"])
     assert thumb.status_code == 200
     assert thumb.headers["content-type"] == "image/jpeg"
+    assert thumb.headers["x-content-type-options"] == "nosniff"
     assert int(thumb.headers["content-length"]) == len(thumb.content) == result["bytes"]
     assert "max-age" in thumb.headers["cache-control"]
     image = pyvips.Image.new_from_buffer(thumb.content, "")
@@ -147,6 +150,9 @@ async def test_listing_refuses_bad_parameters(stack: Stack) -> None:
         ({"limit": "0"}, 422),
         ({"limit": "1000"}, 422),
         ({"cursor": "not-a-cursor"}, 400),
+        # deeply nested JSON, base64-encoded: once a RecursionError and a 500
+        ({"cursor": base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode()}, 400),
+        ({"cursor": base64.urlsafe_b64encode(b"[" * 100 + b"]" * 100).decode()}, 400),
     ]:
         response = await stack.client.get(url, params=params)
         assert response.status_code == status, (params, response.text)

@@ -66,6 +66,18 @@ async def test_missing_file(stack: Stack) -> None:
     check(response, 422, "file")
 
 
+async def test_multipart_body_without_its_closing_boundary(stack: Stack) -> None:
+    """A truncated upload is malformed (400), not "the file is empty" (once a 415)."""
+    boundary = "imgflowboundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="userId"\r\n\r\nu\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + images.jpeg(64, 64)
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    check(await stack.client.post(JOBS, content=body, headers=headers), 400, "closing boundary")
+
+
 async def test_not_multipart(stack: Stack) -> None:
     response = await stack.client.post(JOBS, json={"userId": "u", "file": "aGVsbG8="})
     check(response, 415, "multipart/form-data")
@@ -77,6 +89,9 @@ async def test_not_multipart(stack: Stack) -> None:
         ({"width": "0"}, "width"),
         ({"height": "99999"}, "height"),
         ({"width": "ten"}, "width"),
+        # a digit to str.isdigit() but not to int(): once a 400 quoting Python's ValueError
+        ({"width": "\u00b2"}, "width must be a whole number"),
+        ({"height": "\u0663"}, "height must be a whole number"),  # ARABIC-INDIC DIGIT THREE
         ({"fit": "stretchy"}, "fit must be one of"),
         ({"format": "bmp"}, "format must be one of"),
     ],

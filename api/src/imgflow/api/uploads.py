@@ -53,6 +53,10 @@ class _FormReader:
         self._name: str | None = None
         self._value = bytearray()
         self._file: BinaryIO | None = None
+        self.complete = False  # the closing boundary was read
+
+    def on_end(self) -> None:
+        self.complete = True
 
     def on_part_begin(self) -> None:
         self._headers, self._name, self._value = {}, None, bytearray()
@@ -131,6 +135,7 @@ async def receive_upload(
             "on_headers_finished": reader.on_headers_finished,
             "on_part_data": reader.on_part_data,
             "on_part_end": reader.on_part_end,
+            "on_end": reader.on_end,
         },
     )
     received = 0
@@ -141,6 +146,12 @@ async def receive_upload(
                 raise too_large(max_bytes)
             parser.write(chunk)
         parser.finalize()
+        if not reader.complete:
+            raise Problem(
+                400,
+                "Malformed multipart body",
+                "The body ended before the multipart closing boundary: the upload is incomplete.",
+            )
         yield upload
     except ValueError as exc:  # python-multipart's MultipartParseError
         raise Problem(

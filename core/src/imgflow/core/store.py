@@ -46,11 +46,15 @@ class PageCursor:
 
     @classmethod
     def decode(cls, token: str) -> PageCursor:
+        # A cursor this service hands out is under 150 characters; a longer one is not ours, and
+        # parsing it could cost (deeply nested JSON recurses).
+        if len(token) > 512:
+            raise InvalidCursor(token[:32])
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             data = json.loads(raw)
             return cls(created_at=datetime.fromisoformat(data["t"]), job_id=str(data["id"]))
-        except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        except (binascii.Error, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise InvalidCursor(token) from exc
 
 
