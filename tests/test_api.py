@@ -4,7 +4,6 @@ on real Redis and MongoDB-wire servers."""
 from __future__ import annotations
 
 import base64
-
 import re
 import uuid
 from datetime import datetime
