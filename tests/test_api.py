@@ -1,5 +1,5 @@
-"""The HTTP contract of the original design (README, "HTTP API") and its extensions, against a running API and worker
-on real Redis and MongoDB-wire servers."""
+"""The HTTP contract of the original design (README, "HTTP API") and its extensions, against a
+running API and worker on real Redis and MongoDB-wire servers."""
 
 from __future__ import annotations
 
