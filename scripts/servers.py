@@ -116,7 +116,8 @@ def redis_server(workdir: Path, port: int) -> Server:
         raise RuntimeError("redis-server is not installed (make setup installs Debian's redis-server)")
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir)]
-    argv += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+    # The append-only file, synced every second: a restart loses at most a second of the queue.
+    argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no"]
     return Server("redis", argv, workdir / "redis.log")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -53,23 +54,26 @@ def url_settings(fresh_settings: Settings) -> Settings:
 class Restartable:
     """A server of the test's own, on a fixed port and data directory, that can go away and return."""
 
-    def __init__(self, make: Callable[[int], Server]) -> None:
+    def __init__(self, make: Callable[[int], Server], data: Path | None = None) -> None:
         self.port = free_port()
         self._make = make
+        self._data = data
         self._server: Server | None = None
 
     def start(self) -> None:
         self._server = self._make(self.port).start()
         wait_for_port(self.port, process=self._server.process)
 
-    def stop(self) -> None:
+    def stop(self, *, lose_data: bool = False) -> None:
         if self._server is not None:
             self._server.terminate()
+        if lose_data and self._data is not None:
+            shutil.rmtree(self._data)  # what a crash with the disk gone leaves
 
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[Restartable]:
-    redis = Restartable(lambda port: redis_server(tmp_path / "redis", port))
+    redis = Restartable(lambda port: redis_server(tmp_path / "redis", port), tmp_path / "redis")
     redis.start()
     yield redis
     redis.stop()
@@ -126,7 +130,7 @@ async def test_redis_down_at_submit_is_503_and_nothing_is_kept(
     client.base_url = httpx.URL(base)
     user = "redis-outage"
 
-    own_redis.stop()
+    own_redis.stop(lose_data=True)
     response = await submit(client, images.jpeg(), user_id=user)
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
@@ -158,7 +162,23 @@ async def test_jobs_accepted_before_redis_lost_its_data_are_republished(
     _, base = processes.start_api(settings)
     client.base_url = httpx.URL(base)
     accepted = [(await submit(client, images.jpeg(200, 150))).json()["jobId"] for _ in range(3)]
-    own_redis.stop()  # no worker ever saw them, and Redis restarts empty (no persistence)
+    own_redis.stop(lose_data=True)  # no worker ever saw them, and Redis comes back empty
+    own_redis.start()
+    processes.start_worker(settings)
+    for job_id in accepted:
+        assert (await wait_finished(client, job_id))["status"] == "completed"
+
+
+async def test_a_redis_restart_keeps_the_queue(
+    processes: Processes, mongodb_url: str, own_redis: Restartable, client: httpx.AsyncClient
+) -> None:
+    """Redis keeps an append-only file: queued jobs survive its restart without the reconciler."""
+    settings = make_settings(f"redis://127.0.0.1:{own_redis.port}/0", mongodb_url, requeue_after_s=3600.0)
+    _, base = processes.start_api(settings)
+    client.base_url = httpx.URL(base)
+    accepted = [(await submit(client, images.jpeg(200, 150))).json()["jobId"] for _ in range(3)]
+    await asyncio.sleep(1.5)  # appendfsync everysec
+    own_redis.stop()
     own_redis.start()
     processes.start_worker(settings)
     for job_id in accepted:

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from imgflow.api import metrics, problems
 from imgflow.api.routes import router
 from imgflow.api.state import AppState
-from imgflow.core.probe import restrict_loaders
+from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import ensure_group, make_broker
 from imgflow.core.settings import Settings, get_settings
 from imgflow.core.storage import make_storage
@@ -40,7 +40,7 @@ async def _reconcile_forever(state: AppState) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    restrict_loaders()
+    configure_libvips()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

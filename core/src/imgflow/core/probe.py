@@ -62,6 +62,14 @@ def restrict_loaders() -> None:
     _restricted = True
 
 
+def configure_libvips() -> None:
+    """imgflow's process-wide libvips policy, for the API and the worker: our loaders only, and no
+    operation cache. Every image is new, so the cache would only hold memory, and the open files
+    of the sources it keeps (a WebP loader keeps its file open: deleted uploads stayed open)."""
+    restrict_loaders()
+    pyvips.cache_set_max(0)
+
+
 def probe_file(path: Path, *, max_pixels: int) -> ImageInfo:
     """Read the header of the image at ``path``; raise if it is not one of ours or too large."""
     restrict_loaders()

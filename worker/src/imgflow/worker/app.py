@@ -21,7 +21,6 @@ import signal
 import socket
 from typing import Any
 
-import pyvips
 from faststream import AckPolicy
 from faststream.redis import StreamSub
 from faststream.redis.annotations import RedisStreamMessage
@@ -29,7 +28,7 @@ from faststream.redis.parser.binary import BinaryMessageFormatV1
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from imgflow.core.probe import restrict_loaders
+from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import JobMessage, ensure_group, make_broker
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
@@ -48,9 +47,7 @@ def consumer_name() -> str:
 
 class Worker:
     def __init__(self, settings: Settings) -> None:
-        restrict_loaders()
-        # Every job's image is new: libvips' operation cache would only hold memory (and time).
-        pyvips.cache_set_max(0)
+        configure_libvips()
         self.settings = settings
         self.consumer = consumer_name()
         self.mongo = connect(settings)
