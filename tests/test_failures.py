@@ -25,7 +25,7 @@ from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.core.submit import submit_job
-from scripts.servers import Server, free_port, mongodb_server, redis_server, wait_for_port
+from scripts.servers import Server, free_port, mongodb_server, redis_server, wait_for_port, worker_server
 from tests import images
 from tests.client import JOBS, submit, wait_finished, wait_status
 from tests.conftest import Processes, make_settings
@@ -146,10 +146,31 @@ async def test_redis_down_at_submit_is_503_and_nothing_is_kept(
     own_redis.start()  # back, and empty
     response = await submit(client, images.jpeg(), user_id=user)
     assert response.status_code == 202
-    # The consumer group vanished with Redis's data; the first worker notices it reads nothing
-    # any more and exits to be restarted (as Kubernetes would), and a fresh one recreates the group.
-    assert await asyncio.to_thread(first_worker.wait_exit, 60), first_worker.tail()
-    processes.start_worker(settings)
+    # The consumer group vanished with Redis's data; the worker notices it reads nothing any more
+    # and starts again in place (same process), recreating the group: no supervisor needed.
+    assert (await wait_finished(client, response.json()["jobId"]))["status"] == "completed"
+    assert first_worker.alive, first_worker.tail()
+    assert "restarting" in first_worker.tail(200)
+
+
+async def test_a_worker_started_while_redis_is_down_waits_for_it(
+    processes: Processes, mongodb_url: str, own_redis: Restartable, client: httpx.AsyncClient
+) -> None:
+    settings = make_settings(f"redis://127.0.0.1:{own_redis.port}/0", mongodb_url)
+    _, base = processes.start_api(settings)
+    client.base_url = httpx.URL(base)
+    own_redis.stop()
+    port = free_port()
+    worker = worker_server(
+        settings, processes.logs / "waiting-worker.log", {"IMGFLOW_WORKER_METRICS_PORT": str(port)}
+    ).start()
+    processes.started.append(worker)
+    await asyncio.sleep(3)
+    assert worker.alive, worker.tail()  # it once exited with status 3
+    assert "Redis is not reachable" in worker.tail()
+    own_redis.start()
+    response = await submit(client, images.jpeg())
+    assert response.status_code == 202
     assert (await wait_finished(client, response.json()["jobId"]))["status"] == "completed"
 
 

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
+import sys
 
 import uvicorn
 from faststream import FastStream
@@ -26,6 +28,16 @@ def _fewer_malloc_arenas() -> None:
 
 
 def main() -> None:
+    worker = run()
+    if worker.restart:
+        # Start again as a new process image with the same pid: a clean FastStream, a recreated
+        # consumer group, and nothing for a supervisor (or `make up`, which has none) to do.
+        logging.getLogger("imgflow.worker").warning("starting again")
+        os.execv(sys.executable, [sys.executable, "-m", "imgflow.worker"])
+
+
+def run() -> Worker:
+    """Serve until stopped; the worker, which says whether it stopped only to start again."""
     _fewer_malloc_arenas()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("pyvips").setLevel(logging.WARNING)  # its INFO is a per-operation trace
@@ -39,8 +51,9 @@ def main() -> None:
             after_startup=[worker.start],
             after_shutdown=[worker.stop],
         )
+        worker.request_stop = app.exit
         asyncio.run(app.run())
-        return
+        return worker
     asgi = AsgiFastStream(
         worker.broker,
         asgi_routes=[
@@ -53,13 +66,22 @@ def main() -> None:
         after_shutdown=[worker.stop],
     )
     # uvicorn turns SIGTERM into a lifespan shutdown: FastStream then drains the subscribers.
-    uvicorn.run(
-        asgi,
-        host="0.0.0.0",
-        port=settings.worker_metrics_port,
-        log_level="warning",
-        timeout_graceful_shutdown=int(settings.graceful_timeout_s) + 5,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            asgi,
+            host="0.0.0.0",
+            port=settings.worker_metrics_port,
+            log_level="warning",
+            timeout_graceful_shutdown=int(settings.graceful_timeout_s) + 5,
+        )
     )
+
+    def stop() -> None:
+        server.should_exit = True
+
+    worker.request_stop = stop
+    server.run()
+    return worker
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from faststream import AckPolicy
@@ -27,6 +28,8 @@ from faststream.redis.annotations import RedisStreamMessage
 from faststream.redis.parser.binary import BinaryMessageFormatV1
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import JobMessage, ensure_group, make_broker
@@ -38,6 +41,7 @@ from imgflow.worker.processor import Processor
 
 log = logging.getLogger("imgflow.worker")
 HEARTBEAT_S = 2.0
+START_RETRY_MAX_S = 10.0
 
 
 def consumer_name() -> str:
@@ -58,6 +62,10 @@ class Worker:
         self.broker = make_broker(settings, graceful_timeout=settings.graceful_timeout_s)
         self.inflight: set[bytes] = set()
         self.stopping = False
+        self.restart = False  # set when the worker stops only to start again (its group vanished)
+        # How the worker asks its server to shut down gracefully (__main__ sets the server's own;
+        # a signal would be re-raised by uvicorn and end the process instead of restarting it).
+        self.request_stop: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self._heartbeat: asyncio.Task[None] | None = None
         self._subscribe()
 
@@ -103,8 +111,17 @@ class Worker:
             metrics.INFLIGHT.set(len(self.inflight))
 
     async def prepare(self) -> None:
-        """Before the subscribers start: the consumer group must see jobs already waiting."""
-        await ensure_group(self.redis, self.settings)
+        """Before the subscribers start: the consumer group must see jobs already waiting. A worker
+        started while Redis is down waits for it (with backoff) instead of exiting."""
+        delay = 0.5
+        while True:
+            try:
+                await ensure_group(self.redis, self.settings)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("Redis is not reachable (%s); trying again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, START_RETRY_MAX_S)
 
     async def start(self) -> None:
         try:
@@ -133,11 +150,11 @@ class Worker:
                 log.warning("heartbeat failed (Redis down?)", exc_info=True)
             if not self.stopping and not all(sub.running for sub in self._subscribers):
                 # FastStream stops a subscriber for good when its consumer group vanishes (Redis
-                # lost its data). A worker that reads nothing must not look alive: stop, drain,
-                # and let the supervisor start a fresh one, which recreates the group.
-                log.error("a subscriber stopped (consumer group gone?); shutting down to be restarted")
-                self.stopping = True
-                os.kill(os.getpid(), signal.SIGTERM)
+                # lost its data). A worker that reads nothing must not look alive: it drains and
+                # starts again in place (see __main__), recreating the group; no supervisor needed.
+                log.error("a subscriber stopped (consumer group gone?); restarting")
+                self.stopping = self.restart = True
+                self.request_stop()
             await asyncio.sleep(HEARTBEAT_S)
 
     async def stop(self) -> None:
