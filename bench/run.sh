@@ -3,8 +3,9 @@
 # Prints figures (images/s, latency, RSS) and ratios measured in this one run; nothing passes or
 # fails on a threshold. See bench/README.md.
 #
-# Usage: bench/run.sh [--investigate]    (or BENCH_INVESTIGATE=1)
+# Usage: bench/run.sh [--investigate] [--node]    (or BENCH_INVESTIGATE=1, BENCH_NODE=1)
 #   --investigate   also time candidate changes to the worker's thumbnail step (about 4 min more)
+#   --node          also autoscaling with real pods on the local node (make cluster-up; ~3 min)
 # Knobs: BENCH_ROUNDS (5), BENCH_SECONDS (0.5) per engine measurement; BENCH_E2E_PASSES (3),
 #        BENCH_E2E_INFLIGHT (4), BENCH_E2E_STORAGE (local|gridfs) for the end-to-end part.
 set -euo pipefail
@@ -12,10 +13,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 investigate=${BENCH_INVESTIGATE:-0}
+node=${BENCH_NODE:-0}
 for arg in "$@"; do
   case $arg in
     --investigate) investigate=1 ;;
-    *) echo "usage: bench/run.sh [--investigate]" >&2; exit 2 ;;
+    --node) node=1 ;;
+    *) echo "usage: bench/run.sh [--investigate] [--node]" >&2; exit 2 ;;
   esac
 done
 
@@ -45,6 +48,11 @@ py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e.json"
 if [ "$investigate" = 1 ]; then
   log "investigation (about 4 min)"
   py -m bench.investigate --out "$results/investigate.json"
+fi
+if [ "$node" = 1 ]; then
+  log "autoscaling with real pods (make cluster-up, then the release of make deploy with scale-to-zero)"
+  make --no-print-directory cluster-up
+  py -m bench.node_autoscale --install --cycles 8 --json "$results/node_autoscale.json"
 fi
 py -m bench.summary --engine "$results/engine.json" --e2e "$results/e2e.json"
 echo

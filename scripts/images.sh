@@ -164,6 +164,9 @@ cmd_build() {
   } >"$out.tmp"
   mv "$out.tmp" "$out"
   prune "${refs[@]}" "$uv_ref"
+  # buildah leaves a mounted working container for a stage used only by COPY --from (the uv
+  # stage): remove them, and with them their mounts.
+  bah rm --all >/dev/null 2>&1 || true
   log "images ready: $out"
 }
 
