@@ -50,5 +50,5 @@ imgflow is running in namespace $namespace. To reach the API:
   export KUBECONFIG=$KUBECONFIG
   $kubectl -n $namespace port-forward svc/$release-api 8080:80
   curl -F file=@picture.jpg -F userId=me http://127.0.0.1:8080/api/image-processing/jobs
-Check the install:  $helm test $release -n $namespace   (add --logs to see a failing test's output)
+Check the install:  $helm test $release -n $namespace
 EOF

@@ -73,7 +73,7 @@ kind-up: imgflow is running in namespace imgflow of $context.
   kubectl --context $context -n imgflow port-forward svc/imgflow-api 8000:80 &
   curl -F file=@photo.jpg -F userId=me http://127.0.0.1:8000/api/image-processing/jobs
   kubectl --context $context -n imgflow get imagejobs -w
-  helm --kube-context $context -n imgflow test imgflow --logs
+  helm --kube-context $context -n imgflow test imgflow || { kubectl --context $context -n imgflow logs imgflow-test; exit 1; }
   deploy/kind/up.sh dev      # the rebuild-on-change loop
   deploy/kind/up.sh delete   # remove the cluster
 NEXT
