@@ -31,6 +31,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,36 +155,38 @@ class Watched:
 def watch(
     api: kubernetes.client.ApiClient, namespace: str, worker: str, seen: Watched, stop: threading.Event
 ) -> None:
-    def deployments() -> None:
-        apps = kubernetes.client.AppsV1Api(api)
-        while not stop.is_set():
-            w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
-            for event in w.stream(  # type: ignore[no-untyped-call]
-                apps.list_namespaced_deployment,
-                namespace,
-                field_selector=f"metadata.name={worker}",
-                timeout_seconds=5,
-            ):
-                replicas = event["object"].spec.replicas or 0
-                if not seen.replicas or seen.replicas[-1][1] != replicas:
-                    seen.replicas.append((time.time(), replicas))
+    """Record the worker Deployment's replicas and its pods' first Ready, from watches in threads."""
 
-    def pods() -> None:
-        core = kubernetes.client.CoreV1Api(api)
-        while not stop.is_set():
-            w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
-            for event in w.stream(  # type: ignore[no-untyped-call]
-                core.list_namespaced_pod,
-                namespace,
-                label_selector="app.kubernetes.io/component=worker",
-                timeout_seconds=5,
-            ):
-                pod = event["object"]
-                ready = any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
-                if ready and pod.metadata.uid not in seen.ready_pods:
-                    seen.ready_pods[pod.metadata.uid] = time.time()
+    def follow(list_objects: Any, on_object: Callable[[Any], None], **selector: str) -> Callable[[], None]:
+        def loop() -> None:
+            while not stop.is_set():  # a watch ends every 5 s, so that `stop` is seen
+                w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+                for event in w.stream(list_objects, namespace, timeout_seconds=5, **selector):  # type: ignore[no-untyped-call]
+                    on_object(event["object"])
 
-    for target in (deployments, pods):
+        return loop
+
+    def deployment(d: Any) -> None:
+        replicas = d.spec.replicas or 0
+        if not seen.replicas or seen.replicas[-1][1] != replicas:
+            seen.replicas.append((time.time(), replicas))
+
+    def pod(p: Any) -> None:
+        ready = any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
+        if ready and p.metadata.uid not in seen.ready_pods:
+            seen.ready_pods[p.metadata.uid] = time.time()
+
+    follow_deployment = follow(
+        kubernetes.client.AppsV1Api(api).list_namespaced_deployment,
+        deployment,
+        field_selector=f"metadata.name={worker}",
+    )
+    follow_pods = follow(
+        kubernetes.client.CoreV1Api(api).list_namespaced_pod,
+        pod,
+        label_selector="app.kubernetes.io/component=worker",
+    )
+    for target in (follow_deployment, follow_pods):
         threading.Thread(target=target, daemon=True).start()
 
 
