@@ -22,7 +22,8 @@ from imgflow.worker.steps.load import load_options as worker_load_options
 
 BOX = 100
 QUALITY = 85
-MAX_PIXELS = 50_000_000  # the worker's default limit
+MAX_PIXELS = 50_000_000  # the worker's default limits
+MAX_SIDE = 16_384
 SPEC = ThumbnailSpec(width=BOX, height=BOX, fit=Fit.cover, format=OutputFormat.jpeg)
 
 
@@ -45,7 +46,7 @@ Engine = Callable[[Source], bytes]
 def imgflow(source: Source, *, lossless: bool = False) -> bytes:
     """The worker's own thumbnail step, exactly as a job runs it (probe, shrink-on-load, steps)."""
     spec = SPEC.model_copy(update={"format": OutputFormat.png}) if lossless else SPEC
-    return make_thumbnail(source.data, spec, max_pixels=MAX_PIXELS, quality=QUALITY).data
+    return make_thumbnail(source.data, spec, max_pixels=MAX_PIXELS, max_side=MAX_SIDE, quality=QUALITY).data
 
 
 def vips_thumbnail(source: Source, *, lossless: bool = False) -> bytes:
@@ -74,7 +75,7 @@ def pillow(source: Source, *, lossless: bool = False) -> bytes:
 
 def load_options(data: bytes) -> dict[str, Any]:
     """The shrink-on-load imgflow's ``open_source`` would use for ``data``."""
-    info = probe_buffer(data, max_pixels=MAX_PIXELS)
+    info = probe_buffer(data, max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
     return worker_load_options(info, SPEC)
 
 

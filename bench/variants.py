@@ -24,7 +24,7 @@ from typing import Any
 
 import pyvips
 
-from bench.engines import BOX, MAX_PIXELS, QUALITY, SPEC, Source
+from bench.engines import BOX, MAX_PIXELS, MAX_SIDE, QUALITY, SPEC, Source
 from imgflow.core.jobs import Fit, OutputFormat
 from imgflow.core.probe import _check, probe_buffer, restrict_loaders
 from imgflow.worker.pipeline import STEPS
@@ -62,11 +62,11 @@ class Variant:
         if self.one_header or self.no_copy:  # probe_buffer's own steps, on our choice of opening
             restrict_loaders()
             header = _open(data, self.no_copy, access="sequential")
-            info = _check(header, MAX_PIXELS)
+            info = _check(header, MAX_PIXELS, MAX_SIDE)
             if not self.one_header:
                 header = _open(data, self.no_copy, access="sequential")
         else:
-            info = probe_buffer(data, max_pixels=MAX_PIXELS)
+            info = probe_buffer(data, max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
             header = pyvips.Image.new_from_buffer(data, "", access="sequential")
         orientation = int(header.get("orientation")) if header.get_typeof("orientation") else 1
         box = (SPEC.height, SPEC.width) if orientation in TRANSPOSING else (SPEC.width, SPEC.height)

@@ -57,6 +57,11 @@ async def test_pixel_bomb(stack: Stack) -> None:
     check(await submit(stack.client, images.png_bomb()), 422, "60000x60000", "over the limit")
 
 
+async def test_an_extreme_shape_within_the_pixel_limit(stack: Stack) -> None:
+    """50,000,000 x 1 passes the area limit; its resize once held gigabytes. Refused by side."""
+    check(await submit(stack.client, images.png_bomb(50_000_000, 1)), 422, "50000000x1", "16,384")
+
+
 async def test_missing_user_id(stack: Stack) -> None:
     check(await submit(stack.client, images.jpeg(), user_id=None), 422, "userId")
 

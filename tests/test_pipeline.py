@@ -15,10 +15,13 @@ from imgflow.worker.work import Work
 from tests import images
 
 LIMIT = 50_000_000
+SIDE = 16_384
 
 
 def thumb(data: bytes, **spec: object) -> Thumbnail:
-    return make_thumbnail(data, ThumbnailSpec.model_validate(spec), max_pixels=LIMIT, quality=85)
+    return make_thumbnail(
+        data, ThumbnailSpec.model_validate(spec), max_pixels=LIMIT, max_side=SIDE, quality=85
+    )
 
 
 def decode(t: Thumbnail) -> pyvips.Image:
@@ -38,7 +41,7 @@ def test_every_kind_becomes_a_100x100_srgb_jpeg_by_default(kind: str) -> None:
 @pytest.mark.parametrize("kind", sorted(images.VALID))
 def test_probe_reads_the_format_from_the_bytes(kind: str) -> None:
     make, fmt = images.VALID[kind]
-    assert probe_buffer(make(), max_pixels=LIMIT).format == fmt
+    assert probe_buffer(make(), max_pixels=LIMIT, max_side=SIDE).format == fmt
 
 
 @pytest.mark.parametrize(
@@ -144,7 +147,7 @@ def test_pixel_bombs_are_refused_from_the_header() -> None:
 def test_untrusted_or_unknown_formats_never_reach_a_loader(name: str, data: bytes) -> None:
     restrict_loaders()
     with pytest.raises(UnsupportedImage):
-        probe_buffer(data, max_pixels=LIMIT)
+        probe_buffer(data, max_pixels=LIMIT, max_side=SIDE)
     # libvips itself refuses them too: the loaders are blocked process-wide, not just skipped by us
     if name in ("ppm", "csv", "matrix", "svg"):
         with pytest.raises(pyvips.Error):
@@ -171,7 +174,7 @@ def test_jpeg_shrink_on_load_never_goes_below_the_box(
 
 
 def test_cover_crops_to_the_box_shape_before_resampling() -> None:
-    info = probe_buffer(images.jpeg(640, 480), max_pixels=LIMIT)
+    info = probe_buffer(images.jpeg(640, 480), max_pixels=LIMIT, max_side=SIDE)
     work = open_source(images.jpeg(640, 480), info, ThumbnailSpec(width=100, height=100))
     assert (work.image.width, work.image.height) == (160, 120)  # 1/4 on load
     cropped = crop(work)
@@ -181,7 +184,7 @@ def test_cover_crops_to_the_box_shape_before_resampling() -> None:
 
 def test_webp_decodes_straight_to_the_box() -> None:
     data = images.webp(400, 300)
-    info = probe_buffer(data, max_pixels=LIMIT)
+    info = probe_buffer(data, max_pixels=LIMIT, max_side=SIDE)
     work = open_source(data, info, ThumbnailSpec(width=100, height=100))
     assert min(work.image.width, work.image.height) == 100
 

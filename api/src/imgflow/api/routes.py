@@ -129,12 +129,13 @@ async def create_job(request: Request, response: Response, state: State) -> Acce
         if not USER_ID.match(user_id):
             raise Problem(422, "Invalid request", "userId must be 1 to 128 printable characters.")
         spec = _spec_from_form(upload.fields, state)
-        assert upload.path is not None
+        path = upload.path
+        assert path is not None
         if upload.size == 0:
             raise Problem(422, "Empty file", "The file is empty: send the image's bytes.")
         try:
             info = await anyio.to_thread.run_sync(
-                lambda: probe_file(upload.path, max_pixels=settings.max_pixels)  # type: ignore[arg-type]
+                lambda: probe_file(path, max_pixels=settings.max_pixels, max_side=settings.max_side)
             )
         except UnsupportedImage as exc:
             metrics.REJECTED.labels("415").inc()
@@ -147,7 +148,7 @@ async def create_job(request: Request, response: Response, state: State) -> Acce
         source = UploadSource(key=original_key(job_id), filename=upload.filename)
         job = Job(job_id=job_id, user_id=user_id, spec=spec, source=source)
         try:
-            await state.storage.save(source.key, upload.path, f"image/{info.format}")
+            await state.storage.save(source.key, path, f"image/{info.format}")
         except PyMongoError as exc:
             raise _unavailable("MongoDB") from exc
     try:

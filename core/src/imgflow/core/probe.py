@@ -70,7 +70,7 @@ def configure_libvips() -> None:
     pyvips.cache_set_max(0)
 
 
-def probe_file(path: Path, *, max_pixels: int) -> ImageInfo:
+def probe_file(path: Path, *, max_pixels: int, max_side: int) -> ImageInfo:
     """Read the header of the image at ``path``; raise if it is not one of ours or too large."""
     restrict_loaders()
     if path.stat().st_size == 0:
@@ -79,10 +79,10 @@ def probe_file(path: Path, *, max_pixels: int) -> ImageInfo:
         image = pyvips.Image.new_from_file(str(path), access="sequential")
     except pyvips.Error as exc:
         raise UnsupportedImage(_not_an_image()) from exc
-    return _check(image, max_pixels)
+    return _check(image, max_pixels, max_side)
 
 
-def probe_buffer(data: bytes, *, max_pixels: int) -> ImageInfo:
+def probe_buffer(data: bytes, *, max_pixels: int, max_side: int) -> ImageInfo:
     restrict_loaders()
     if not data:
         raise UnsupportedImage("The file is empty.")
@@ -90,7 +90,7 @@ def probe_buffer(data: bytes, *, max_pixels: int) -> ImageInfo:
         image = open_buffer(data, access="sequential")
     except pyvips.Error as exc:
         raise UnsupportedImage(_not_an_image()) from exc
-    return _check(image, max_pixels)
+    return _check(image, max_pixels, max_side)
 
 
 def open_buffer(data: bytes, **options: Any) -> pyvips.Image:
@@ -102,7 +102,7 @@ def _not_an_image() -> str:
     return f"The file is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})."
 
 
-def _check(image: pyvips.Image, max_pixels: int) -> ImageInfo:
+def _check(image: pyvips.Image, max_pixels: int, max_side: int) -> ImageInfo:
     loader = str(image.get("vips-loader"))
     fmt = _NICKNAMES.get(loader.removesuffix("_buffer").removesuffix("_source").removesuffix("_file"))
     if fmt is None:  # cannot happen while restrict_loaders holds; refuse rather than trust it
@@ -115,5 +115,11 @@ def _check(image: pyvips.Image, max_pixels: int) -> ImageInfo:
         raise ImageTooLarge(
             f"The image is {info.width}x{info.height} = {info.pixels:,} pixels, "
             f"over the limit of {max_pixels:,}."
+        )
+    # Within the pixel limit, an extreme shape (50,000,000 x 1) still made libvips' resize hold
+    # gigabytes; a bound per side keeps every intermediate to what the area limit promises.
+    if max(info.width, info.height) > max_side:
+        raise ImageTooLarge(
+            f"The image is {info.width}x{info.height}: a side over the limit of {max_side:,} pixels."
         )
     return info

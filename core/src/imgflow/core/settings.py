@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # Input limits: checked before anything is decoded
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest accepted upload, in bytes")
     max_pixels: int = Field(50_000_000, ge=1, description="Largest accepted width x height of a source")
+    max_side: int = Field(
+        16384, ge=1, description="Largest accepted width or height of a source (bounds extreme aspect ratios)"
+    )
 
     # Processing
     default_width: int = Field(100, ge=1, le=8192, description="Thumbnail width when a job gives none")

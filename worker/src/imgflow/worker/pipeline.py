@@ -42,10 +42,16 @@ class Thumbnail:
 
 
 def make_thumbnail(
-    data: bytes, spec: ThumbnailSpec, *, max_pixels: int, quality: int, info: ImageInfo | None = None
+    data: bytes,
+    spec: ThumbnailSpec,
+    *,
+    max_pixels: int,
+    max_side: int,
+    quality: int,
+    info: ImageInfo | None = None,
 ) -> Thumbnail:
     """Run the whole pipeline on an encoded source; raises for anything that is not a usable image."""
-    info = info or probe_buffer(data, max_pixels=max_pixels)
+    info = info or probe_buffer(data, max_pixels=max_pixels, max_side=max_side)
     work = open_source(data, info, spec)
     for step in STEPS:
         work = step(work)

@@ -89,8 +89,9 @@ class Processor:
 
     def _thumbnail(self, data: bytes, job: Job) -> Thumbnail:
         try:
+            s = self.settings
             return make_thumbnail(
-                data, job.spec, max_pixels=self.settings.max_pixels, quality=self.settings.jpeg_quality
+                data, job.spec, max_pixels=s.max_pixels, max_side=s.max_side, quality=s.jpeg_quality
             )
         except (UnsupportedImage, ImageTooLarge) as exc:
             raise BadSource(str(exc)) from exc
