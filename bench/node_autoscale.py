@@ -12,9 +12,9 @@ the base image answering ``/<name>.jpg?delay=S`` after S seconds), then for each
    first worker pod Ready, the first and last job completed (the jobs' own times in MongoDB);
 4. waits for the ImageJob to succeed and the workers to go back to 0.
 
-Interrupted jobs, the figure that must be 0: a job a worker gave back while stopping (it is
-published again: the stream grows past one entry per job) or that a second worker took over after
-the first one died (its ``attempts`` exceeds 1).
+Interrupted jobs, the figure that must be 0: a job a worker gave back while stopping (its
+``given_back`` count in MongoDB) or that a second worker took over after the first one died (its
+``attempts`` exceeds 1).
 
     uv run --frozen python -m bench.node_autoscale [--cycles 5] [--jobs 12] [--delay 2] [--json PATH]
         [--kubeconfig .cluster/kubeconfig] [--namespace imgflow] [--release imgflow] [--install]
@@ -39,7 +39,6 @@ from typing import Any
 
 import kubernetes
 import pymongo
-import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
@@ -250,14 +249,11 @@ def run(
     config = json.loads(
         kubectl(kubeconfig, "get", "configmap", f"{release}-config", "-n", namespace, "-o", "json")
     )
-    stream = config["data"].get("IMGFLOW_STREAM", "imgflow:jobs")
     database = config["data"].get("IMGFLOW_MONGODB_DATABASE", "imgflow")
-    queue = redis.Redis(host=pod_ip(kubeconfig, namespace, "redis"), port=6379)
     mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
         f"mongodb://{pod_ip(kubeconfig, namespace, 'mongodb')}:27017/", serverSelectionTimeoutMS=10_000
     )
     collection = mongo[database]["jobs"]
-    stream_before = queue.xlen(stream)
 
     api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     seen = Watched()
@@ -314,7 +310,7 @@ def run(
 
     all_docs = [d for n in submitted for d in collection.find({"image_job": n})]
     redelivered = sum(1 for d in all_docs if d.get("attempts", 1) > 1)
-    given_back = queue.xlen(stream) - stream_before - len(all_docs)
+    given_back = sum(d.get("given_back", 0) for d in all_docs)
     return {
         "cycles": [asdict(c) for c in results],
         "jobs": len(all_docs),

@@ -6,6 +6,7 @@ import logging
 
 import uvicorn
 
+from imgflow.api.protocol import with_header_timeout
 from imgflow.core.settings import get_settings
 
 
@@ -19,6 +20,7 @@ def main() -> None:
         port=settings.api_port,
         proxy_headers=True,
         access_log=False,
+        http=with_header_timeout(settings.request_header_timeout_s),
     )
 
 

@@ -16,7 +16,7 @@ from imgflow.api import metrics, problems
 from imgflow.api.routes import router
 from imgflow.api.state import AppState
 from imgflow.core.probe import configure_libvips
-from imgflow.core.queue import ensure_group, make_broker
+from imgflow.core.queue import ensure_group, make_broker, tidy_queue
 from imgflow.core.settings import Settings, get_settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
@@ -26,7 +26,8 @@ log = logging.getLogger("imgflow.api")
 
 
 async def _reconcile_forever(state: AppState) -> None:
-    """Republish jobs the queue lost; one API replica at a time, by a Redis lock per round."""
+    """Republish jobs the queue lost and tidy the stream; one API replica at a time, by a Redis
+    lock per round."""
     settings = state.settings
     lock = f"{settings.stream}:reconciler"
     while True:
@@ -34,6 +35,9 @@ async def _reconcile_forever(state: AppState) -> None:
         try:
             if await state.redis.set(lock, "1", nx=True, ex=max(1, int(settings.reconcile_interval_s))):
                 await requeue_stale(state.store, state.broker, settings)
+                tidied = await tidy_queue(state.redis, settings)
+                if tidied.consumers_removed:
+                    log.info("removed %d consumer(s) of workers that are gone", tidied.consumers_removed)
         except Exception:  # a down Redis or MongoDB must not end the loop
             log.warning("reconciler round failed; retrying next round", exc_info=True)
 

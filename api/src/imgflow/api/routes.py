@@ -121,7 +121,14 @@ def _spec_from_form(fields: dict[str, str], state: AppState) -> ThumbnailSpec:
 )
 async def create_job(request: Request, response: Response, state: State) -> Accepted:
     settings = state.settings
-    async with receive_upload(request, max_bytes=settings.max_upload_bytes) as upload:
+    if state.uploads.locked():
+        raise Problem(
+            503,
+            "Too many uploads",
+            f"This server is receiving {settings.max_concurrent_uploads} uploads already. Retry shortly.",
+            headers={"Retry-After": "2"},
+        )
+    async with state.uploads, receive_upload(request, settings) as upload:
         user_id = upload.fields.get("userId", "").strip()
         missing = [name for name, ok in ((FILE_FIELD, upload.path), ("userId", user_id)) if not ok]
         if missing:

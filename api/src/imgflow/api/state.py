@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -23,6 +24,11 @@ class AppState:
     storage: Storage
     broker: RedisBroker
     redis: Redis
+    # Uploads being received now: each holds a connection and up to max_upload_bytes of /tmp.
+    uploads: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.uploads = asyncio.Semaphore(self.settings.max_concurrent_uploads)
 
 
 def get_state(request: Request) -> AppState:

@@ -112,6 +112,7 @@ class Job(BaseModel):
     source: UploadSource | UrlSource = Field(discriminator="kind")
     spec: ThumbnailSpec = Field(default_factory=ThumbnailSpec)
     attempts: int = 0
+    given_back: int = 0  # times a stopping worker handed it back unfinished (not attempts)
     result: JobResult | None = None
     error: str | None = None
     image_job: str | None = None  # "namespace/name" of the ImageJob that created it, if any

@@ -93,3 +93,53 @@ async def read_backlog(redis: Redis, settings: Settings) -> Backlog:
 
 def _as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def worker_key(settings: Settings, consumer: str) -> str:
+    """The Redis key where a live worker publishes its in-flight count (expires when it stops)."""
+    return f"{settings.stream}:worker:{consumer}"
+
+
+@dataclass(frozen=True)
+class Tidied:
+    consumers_removed: int
+    entries_trimmed: int
+
+
+async def tidy_queue(redis: Redis, settings: Settings) -> Tidied:
+    """Remove what the consumer groups no longer need: consumers of workers that are gone (nothing
+    pending, no heartbeat, idle for longer than a claim takes) and every entry older than the
+    oldest one some group still needs (unacknowledged, or not yet delivered)."""
+    try:
+        groups = await redis.xinfo_groups(settings.stream)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return Tidied(0, 0)
+        raise
+    removed = 0
+    for consumer in await _consumers(redis, settings):
+        name = _as_str(consumer["name"])
+        idle_and_empty = int(consumer["pending"]) == 0 and int(consumer["idle"]) > settings.claim_idle_ms
+        if idle_and_empty and not await redis.exists(worker_key(settings, name)):
+            await redis.xgroup_delconsumer(settings.stream, settings.consumer_group, name)
+            removed += 1
+    needed: list[str] = []
+    for group in groups:
+        name = _as_str(group["name"])
+        pending = await redis.xpending(settings.stream, name)
+        needed.append(_as_str(pending["min"]) if pending["pending"] else _as_str(group["last-delivered-id"]))
+    if not needed:
+        return Tidied(removed, 0)
+    oldest = min(needed, key=lambda i: tuple(int(p) for p in i.split("-")))
+    trimmed = await redis.xtrim(settings.stream, minid=oldest, approximate=False)
+    return Tidied(removed, int(trimmed))
+
+
+async def _consumers(redis: Redis, settings: Settings) -> list[dict[str, Any]]:
+    try:
+        found: list[dict[str, Any]] = await redis.xinfo_consumers(settings.stream, settings.consumer_group)
+    except ResponseError as exc:  # no such group yet
+        if "nogroup" in str(exc).lower():
+            return []
+        raise
+    return found

@@ -71,7 +71,24 @@ class Settings(BaseSettings):
     # HTTP
     api_host: str = Field("127.0.0.1", description="Address the API listens on")
     api_port: int = Field(8000, description="Port the API listens on")
+    request_header_timeout_s: float = Field(
+        10.0, gt=0, description="Time a client has to send a request's line and headers"
+    )
+    upload_idle_timeout_s: float = Field(
+        10.0, gt=0, description="Longest pause in an upload's body before the request is dropped (408)"
+    )
+    upload_min_bytes_per_s: int = Field(
+        65536, ge=1, description="Slowest accepted upload rate: the deadline is 30 s + max size / this"
+    )
+    max_concurrent_uploads: int = Field(
+        16, ge=1, description="Uploads one API process receives at once; more get 503 + Retry-After"
+    )
     worker_metrics_port: int = Field(9100, description="Port of the worker's /metrics and /healthz (0: off)")
+
+    @property
+    def upload_deadline_s(self) -> float:
+        """Total time an upload may take: a largest-size upload at the slowest accepted rate."""
+        return 30.0 + self.max_upload_bytes / self.upload_min_bytes_per_s
 
 
 @lru_cache

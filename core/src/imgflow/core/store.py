@@ -137,7 +137,10 @@ class JobStore:
         """A worker hands an unfinished job back: ``pending`` again, and the attempt not counted."""
         outcome = await self._jobs.update_one(
             {"_id": job_id, "status": JobStatus.processing.value},
-            {"$set": {"status": JobStatus.pending.value, "updated_at": utcnow()}, "$inc": {"attempts": -1}},
+            {
+                "$set": {"status": JobStatus.pending.value, "updated_at": utcnow()},
+                "$inc": {"attempts": -1, "given_back": 1},
+            },
         )
         return outcome.modified_count == 1
 

@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imgflow.core.probe import configure_libvips
-from imgflow.core.queue import JobMessage, ensure_group, make_broker
+from imgflow.core.queue import JobMessage, ensure_group, make_broker, worker_key
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
@@ -136,7 +136,7 @@ class Worker:
 
     async def _beat(self) -> None:
         s = self.settings
-        key = f"{s.stream}:worker:{self.consumer}"
+        key = worker_key(s, self.consumer)
         pod = os.environ.get("POD_NAME") or socket.gethostname()
         while True:
             try:
@@ -167,7 +167,7 @@ class Worker:
             returned = await self._give_back()
             if returned:
                 log.info("returned %d unfinished message(s) to the stream", returned)
-            await self.redis.delete(f"{self.settings.stream}:worker:{self.consumer}")
+            await self.redis.delete(worker_key(self.settings, self.consumer))
         except Exception:
             log.warning("could not return unfinished messages; they will be reclaimed", exc_info=True)
         await self.redis.aclose()
