@@ -17,10 +17,11 @@ from tests import images
 from tests.client import JOBS, submit
 from tests.conftest import Processes, make_settings
 
+UPLOAD_SLOTS = 2
 LIMITS = {
     "request_header_timeout_s": 2.0,
     "upload_idle_timeout_s": 2.0,
-    "max_concurrent_uploads": 2,
+    "max_concurrent_uploads": UPLOAD_SLOTS,
 }
 
 
@@ -103,7 +104,7 @@ def test_a_stalled_body_gets_408_and_its_temp_file_goes(slow_api: tuple[str, int
 
 async def test_uploads_beyond_the_limit_get_503_until_a_slot_frees(slow_api: tuple[str, int, Path]) -> None:
     base, port, _ = slow_api
-    stalled = [connect(port) for _ in range(LIMITS["max_concurrent_uploads"])]
+    stalled = [connect(port) for _ in range(UPLOAD_SLOTS)]
     for sock in stalled:
         sock.sendall(upload_head(100_000) + b"\xff\xd8")
     await asyncio.sleep(0.5)
