@@ -111,8 +111,11 @@ class Job(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     source: UploadSource | UrlSource = Field(discriminator="kind")
     spec: ThumbnailSpec = Field(default_factory=ThumbnailSpec)
-    attempts: int = 0
+    attempts: int = 0  # times a worker started it
     given_back: int = 0  # times a stopping worker handed it back unfinished (not attempts)
+    crashes: int = 0  # times its worker died while processing it and nothing else
+    isolate: bool = False  # its worker died holding other jobs too: it runs alone from now on
+    worker: str | None = None  # the consumer that started it last
     result: JobResult | None = None
     error: str | None = None
     image_job: str | None = None  # "namespace/name" of the ImageJob that created it, if any

@@ -100,6 +100,16 @@ def worker_key(settings: Settings, consumer: str) -> str:
     return f"{settings.stream}:worker:{consumer}"
 
 
+def inflight_key(settings: Settings, consumer: str) -> str:
+    """The Redis set of the jobs a worker is processing now. It outlives the worker by more than a
+    claim takes, so whoever takes its messages over can tell what it was doing when it died."""
+    return f"{settings.stream}:inflight:{consumer}"
+
+
+def inflight_ttl_s(settings: Settings) -> int:
+    return settings.claim_idle_ms // 1000 + 60
+
+
 @dataclass(frozen=True)
 class Tidied:
     consumers_removed: int

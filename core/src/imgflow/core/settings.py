@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     claim_idle_ms: int = Field(
         30_000, ge=1000, description="A message unacknowledged this long is reclaimed by another worker"
     )
-    max_attempts: int = Field(3, ge=1, description="Deliveries of one job before it is failed for good")
+    max_attempts: int = Field(
+        3, ge=1, description="Times a worker may die processing one image (alone) before the job fails"
+    )
     requeue_after_s: float = Field(
         60.0, gt=0, description="A job pending or processing untouched this long is republished"
     )

@@ -109,11 +109,21 @@ class JobStore:
         next_cursor = PageCursor(jobs[-1].created_at, jobs[-1].job_id) if more else None
         return Page(jobs=jobs, next_cursor=next_cursor)
 
-    async def start(self, job_id: str) -> Job | None:
-        """Mark an unfinished job ``processing`` and count the attempt; None if it is finished or gone."""
+    async def start(self, job: Job, worker: str) -> Job | None:
+        """Mark an unfinished job ``processing`` by ``worker``, with the crash count and isolation
+        decided for it; None if it is finished or gone."""
         doc = await self._jobs.find_one_and_update(
-            {"_id": job_id, "status": {"$in": [s.value for s in UNFINISHED]}},
-            {"$set": {"status": JobStatus.processing.value, "updated_at": utcnow()}, "$inc": {"attempts": 1}},
+            {"_id": job.job_id, "status": {"$in": [s.value for s in UNFINISHED]}},
+            {
+                "$set": {
+                    "status": JobStatus.processing.value,
+                    "worker": worker,
+                    "crashes": job.crashes,
+                    "isolate": job.isolate,
+                    "updated_at": utcnow(),
+                },
+                "$inc": {"attempts": 1},
+            },
             return_document=ReturnDocument.AFTER,
         )
         return Job.from_document(doc) if doc else None
@@ -123,8 +133,10 @@ class JobStore:
             job_id, {"status": JobStatus.completed.value, "result": result.model_dump(mode="python")}
         )
 
-    async def fail(self, job_id: str, error: str) -> bool:
-        return await self._finish(job_id, {"status": JobStatus.failed.value, "error": error})
+    async def fail(self, job_id: str, error: str, *, crashes: int = 0) -> bool:
+        return await self._finish(
+            job_id, {"status": JobStatus.failed.value, "error": error, "crashes": crashes}
+        )
 
     async def _finish(self, job_id: str, fields: Document) -> bool:
         outcome = await self._jobs.update_one(

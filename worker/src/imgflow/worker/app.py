@@ -31,12 +31,14 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from imgflow.core.jobs import Job, JobStatus
 from imgflow.core.probe import configure_libvips
-from imgflow.core.queue import JobMessage, ensure_group, make_broker, worker_key
+from imgflow.core.queue import JobMessage, ensure_group, inflight_key, inflight_ttl_s, make_broker, worker_key
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.worker import metrics
+from imgflow.worker.gate import Gate
 from imgflow.worker.processor import Processor
 
 log = logging.getLogger("imgflow.worker")
@@ -60,7 +62,8 @@ class Worker:
         self.processor = Processor(settings, self.store, make_storage(settings, db))
         self.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
         self.broker = make_broker(settings, graceful_timeout=settings.graceful_timeout_s)
-        self.inflight: set[bytes] = set()
+        self.inflight: set[bytes] = set()  # message ids being handled (for XCLAIM and give-back)
+        self.gate = Gate()
         self.stopping = False
         self.restart = False  # set when the worker stops only to start again (its group vanished)
         # How the worker asks its server to shut down gracefully (__main__ sets the server's own;
@@ -89,11 +92,15 @@ class Worker:
 
         async def on_reclaimed(body: Any, msg: RedisStreamMessage) -> None:
             metrics.RECLAIMED.inc()
-            await self.on_message(body, msg)
+            await self.handle(body, msg, reclaimed=True)
 
         reclaim(on_reclaimed)
 
     async def on_message(self, body: Any, msg: RedisStreamMessage) -> None:
+        # FastStream reads a handler's parameters as the message's fields: keep to these two.
+        await self.handle(body, msg, reclaimed=False)
+
+    async def handle(self, body: Any, msg: RedisStreamMessage, *, reclaimed: bool) -> None:
         try:
             job_id = JobMessage.model_validate(body).job_id
         except ValidationError:
@@ -104,11 +111,57 @@ class Worker:
         self.inflight.update(ids)
         metrics.INFLIGHT.set(len(self.inflight))
         try:
-            await self.processor.process(job_id)
+            job = await self._admit(job_id, reclaimed)
+            if job is not None:
+                async with self.gate.alone() if job.isolate else self.gate.shared():
+                    await self._run(job)
             await msg.ack()  # only now: the outcome is in MongoDB
         finally:
             self.inflight.difference_update(ids)
             metrics.INFLIGHT.set(len(self.inflight))
+
+    async def _admit(self, job_id: str, reclaimed: bool) -> Job | None:
+        """The job to run for this message, with what its last worker's end says about it; None
+        when there is nothing to run (finished, unknown, a duplicate, or failed here).
+
+        The attempt rule: a job is blamed for a worker's death only when that worker died while
+        processing it and nothing else. Died holding other jobs too: nobody can tell which one
+        killed it, so the job is not blamed but runs alone from now on, where blame is certain.
+        """
+        job = await self.store.get(job_id)
+        if job is None or job.status in (JobStatus.completed, JobStatus.failed):
+            log.info("job %s is finished or unknown; dropping the message", job_id)
+            return None
+        previous = job.worker if job.status is JobStatus.processing else None
+        if previous is not None and previous != self.consumer:
+            # A reclaimed message's holder was silent for claim_idle_ms (a live one keeps its
+            # messages fresh): it is gone. A fresh message for a job another worker is on is a
+            # duplicate (republished) while that worker lives.
+            if not reclaimed and await self.redis.exists(worker_key(self.settings, previous)):
+                log.info("job %s is being processed by %s; dropping a duplicate message", job_id, previous)
+                return None
+            members = await self.redis.smembers(inflight_key(self.settings, previous))
+            held = {m.decode() if isinstance(m, bytes) else m for m in members}
+            if held == {job_id}:
+                job = job.model_copy(update={"crashes": job.crashes + 1})
+            else:
+                job = job.model_copy(update={"isolate": True})
+            log.warning(
+                "job %s: its worker %s stopped holding %s", job_id, previous, sorted(held) or "unknown jobs"
+            )
+        if job.crashes >= self.settings.max_attempts:
+            await self.processor.give_up(job)
+            return None
+        return job
+
+    async def _run(self, job: Job) -> None:
+        key = inflight_key(self.settings, self.consumer)
+        await self.redis.sadd(key, job.job_id)
+        await self.redis.expire(key, inflight_ttl_s(self.settings))
+        try:
+            await self.processor.process(job, self.consumer)
+        finally:
+            await self.redis.srem(key, job.job_id)
 
     async def prepare(self) -> None:
         """Before the subscribers start: the consumer group must see jobs already waiting. A worker
@@ -141,6 +194,7 @@ class Worker:
         while True:
             try:
                 await self.redis.set(key, json.dumps({"pod": pod, "inflight": len(self.inflight)}), ex=10)
+                await self.redis.expire(inflight_key(s, self.consumer), inflight_ttl_s(s))
                 if self.inflight:
                     # XCLAIM to ourselves resets the idle time: a long job is not mistaken for a dead one
                     await self.redis.xclaim(

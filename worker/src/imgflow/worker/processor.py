@@ -39,17 +39,18 @@ class Processor:
         # libvips releases the GIL, so threads run pipelines truly in parallel.
         self._limiter = anyio.CapacityLimiter(settings.worker_concurrency)
 
-    async def process(self, job_id: str) -> None:
-        job = await self.store.start(job_id)
+    async def give_up(self, job: Job) -> None:
+        """The job's image killed its worker ``max_attempts`` times: fail it instead of a fourth."""
+        await self._fail(
+            job,
+            f"Gave up: the worker processing this image (and nothing else) stopped {job.crashes} times "
+            "before finishing it.",
+        )
+
+    async def process(self, admitted: Job, worker: str) -> None:
+        job = await self.store.start(admitted, worker)
         if job is None:
-            log.info("job %s is finished or unknown; dropping the message", job_id)
-            return
-        if job.attempts > self.settings.max_attempts:
-            await self._fail(
-                job,
-                f"Gave up after {self.settings.max_attempts} attempts: the worker processing this image "
-                "stopped each time before finishing it.",
-            )
+            log.info("job %s is finished or unknown; dropping the message", admitted.job_id)
             return
         started = time.perf_counter()
         try:
@@ -100,7 +101,7 @@ class Processor:
 
     async def _fail(self, job: Job, error: str) -> None:
         log.info("job %s failed: %s", job.job_id, error)
-        if await self.store.fail(job.job_id, error):
+        if await self.store.fail(job.job_id, error, crashes=job.crashes):
             metrics.FINISHED.labels("failed").inc()
             metrics.DURATION.observe((utcnow() - job.created_at).total_seconds())
 
