@@ -1,0 +1,176 @@
+"""The fault run: jobs through the whole stack while workers are SIGKILLed and Redis and the
+MongoDB-wire server restart. What counts is that nothing accepted is lost or stuck, and that no
+healthy image is failed.
+
+Starts Redis, the MongoDB-wire server, the API and ``--workers`` worker processes on loopback
+(local storage), submits ``--jobs`` small photos over HTTP from 4 clients, and meanwhile every
+``--kill-every`` seconds SIGKILLs a random worker and starts a new one; one third into the
+submissions it restarts Redis (its append-only file keeps the queue), two thirds in the MongoDB-wire
+server. Then it waits up to ``--drain`` seconds for every accepted job to finish and prints:
+accepted (202), refused (503 while a server was down: the client was told, nothing was kept),
+completed, failed by reason, lost (accepted but unknown), stuck (unfinished at the end), the drain
+time, and histograms of attempts and of crashes blamed on a job.
+
+    uv run --frozen python -m bench.faults [--jobs 1500] [--workers 3] [--kill-every 5] [--drain 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import random
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pymongo
+
+from imgflow.core.settings import Settings, StorageBackend
+from scripts.servers import Server, free_port, start_stack, wait_for_port, worker_server
+from tests import images
+
+
+async def submit_all(base: str, jobs: int, clients: int = 4) -> tuple[list[str], int]:
+    """Submit ``jobs`` photos; the ids accepted, and how many were refused with 503."""
+    photos = [images.jpeg(w, h) for w, h in ((320, 240), (640, 480), (1024, 768))]
+    accepted: list[str] = []
+    refused = 0
+    todo = list(range(jobs))
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal refused
+        while todo:
+            n = todo.pop()
+            try:
+                response = await client.post(
+                    "/api/image-processing/jobs",
+                    files={"file": ("p.jpg", photos[n % len(photos)], "image/jpeg")},
+                    data={"userId": "faults"},
+                )
+            except httpx.TransportError:
+                refused += 1
+                continue
+            if response.status_code == 202:
+                accepted.append(response.json()["jobId"])
+            elif response.status_code == 503:
+                refused += 1
+            else:
+                raise RuntimeError(f"unexpected {response.status_code}: {response.text}")
+
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+    return accepted, refused
+
+
+def restart(server: Server, port: int) -> None:
+    server.terminate()
+    server.start()
+    wait_for_port(port, process=server.process)
+
+
+async def run(jobs: int, workers: int, kill_every: float, drain: float, workdir: Path) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings.model_validate(
+        {
+            "mongodb_database": f"imgflow_faults_{tag}",
+            "stream": f"imgflow:faults:{tag}",
+            "consumer_group": f"faults-{tag}",
+            "storage_backend": StorageBackend.local,
+            "storage_dir": workdir / "storage",
+            "api_port": free_port(),
+            "worker_metrics_port": free_port(),
+            "claim_idle_ms": 5000,
+            "requeue_after_s": 30.0,
+        }
+    )
+    stack = start_stack(settings, workdir, logs=workdir / "logs")
+    settings = stack.settings
+    fleet = [stack.worker]
+
+    def new_worker() -> Server:
+        env = {"IMGFLOW_WORKER_METRICS_PORT": "0"}
+        return worker_server(settings, workdir / "logs" / f"worker-{uuid.uuid4().hex[:6]}.log", env).start()
+
+    fleet += [new_worker() for _ in range(workers - 1)]
+    kills = 0
+    try:
+        submitting = asyncio.create_task(submit_all(f"http://127.0.0.1:{settings.api_port}", jobs))
+        started = time.monotonic()
+        restarted: set[str] = set()
+        while not submitting.done():
+            await asyncio.sleep(kill_every)
+            victim = random.choice(fleet)
+            victim.kill()
+            fleet.remove(victim)
+            fleet.append(new_worker())
+            kills += 1
+            elapsed = time.monotonic() - started
+            if "redis" not in restarted and elapsed > kill_every * 2:
+                restarted.add("redis")
+                await asyncio.to_thread(
+                    restart, stack.redis, int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
+                )
+            elif "mongo" not in restarted and elapsed > kill_every * 4 and stack.mongo.server is not None:
+                restarted.add("mongo")
+                await asyncio.to_thread(
+                    restart, stack.mongo.server, int(stack.mongo.url.rsplit(":", 1)[1].strip("/"))
+                )
+        accepted, refused = await submitting
+        submitted_at = time.monotonic()
+        mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(stack.mongo.url)
+        collection = mongo[settings.mongodb_database]["jobs"]
+        while True:
+            unfinished = collection.count_documents({"status": {"$in": ["pending", "processing"]}})
+            if unfinished == 0 or time.monotonic() - submitted_at > drain:
+                break
+            await asyncio.sleep(1)
+        drain_s = time.monotonic() - submitted_at
+        docs = {d["_id"]: d for d in collection.find({"_id": {"$in": accepted}})}
+    finally:
+        for worker in fleet:
+            worker.terminate()
+        stack.stop()
+    statuses = collections.Counter(d["status"] for d in docs.values())
+    return {
+        "jobs submitted": jobs,
+        "accepted": len(accepted),
+        "refused (503)": refused,
+        "completed": statuses["completed"],
+        "failed by reason": dict(
+            collections.Counter(d["error"][:80] for d in docs.values() if d["status"] == "failed")
+        ),
+        "lost": len(set(accepted) - set(docs)),
+        "stuck": statuses["pending"] + statuses["processing"],
+        "drain s": round(drain_s, 1),
+        "workers killed": kills,
+        "attempts": dict(sorted(collections.Counter(d.get("attempts", 0) for d in docs.values()).items())),
+        "crashes blamed": dict(
+            sorted(collections.Counter(d.get("crashes", 0) for d in docs.values()).items())
+        ),
+        "given back": sum(d.get("given_back", 0) for d in docs.values()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=1500)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--kill-every", type=float, default=5.0)
+    parser.add_argument("--drain", type=float, default=300.0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="imgflow-faults-") as tmp:
+        result = asyncio.run(run(args.jobs, args.workers, args.kill_every, args.drain, Path(tmp)))
+    for key, value in result.items():
+        print(f"{key:>18}: {value}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
