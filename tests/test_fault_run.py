@@ -1,0 +1,17 @@
+"""A shortened fault run (bench/faults.py) in the suite: workers SIGKILLed every 2 s and Redis
+restarted while jobs are submitted; no accepted job is lost, stuck or failed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import faults
+
+
+async def test_no_healthy_job_fails_while_workers_are_killed(tmp_path: Path) -> None:
+    result = await faults.run(jobs=240, workers=2, kill_every=2.0, drain=240.0, workdir=tmp_path)
+    assert result["accepted"] + result["refused (503)"] == 240
+    assert result["workers killed"] >= 2
+    assert (result["lost"], result["stuck"]) == (0, 0), result
+    assert result["failed by reason"] == {}, result
+    assert result["completed"] == result["accepted"]
