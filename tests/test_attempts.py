@@ -1,6 +1,7 @@
 """The attempt rule, with real workers SIGKILLed mid-job: a job is blamed for a worker's death only
-when that worker was processing it and nothing else; held beside other jobs, it is not blamed but
-runs alone from then on; an image that kills its worker alone ``max_attempts`` times fails."""
+when that worker was processing it and nothing else (tests/test_failures.py: a worker killed
+mid-job); held beside other jobs, it is not blamed but runs alone from then on; an image that
+kills its worker alone ``max_attempts`` times fails."""
 
 from __future__ import annotations
 
@@ -45,24 +46,6 @@ async def wait_for_requests(source: ImageSource, count: int) -> None:
 
 def attempt_settings(fresh_settings: Settings, **update: object) -> Settings:
     return fresh_settings.model_copy(update={"allow_private_urls": True, "claim_idle_ms": 2000, **update})
-
-
-async def test_a_worker_dying_with_one_job_is_blamed_on_it(
-    processes: Processes, fresh_settings: Settings, client: httpx.AsyncClient
-) -> None:
-    settings = attempt_settings(fresh_settings)
-    _, base = processes.start_api(settings)
-    client.base_url = httpx.URL(base)
-    doomed = processes.start_worker(settings)
-    with image_source(images.jpeg(), hold_first=1) as source:
-        job_id = await submit_url_job(settings, source.url)
-        await wait_status(client, job_id, "processing")
-        assert await asyncio.to_thread(source.arrived.wait, 30)
-        doomed.kill()
-        processes.start_worker(settings)
-        assert (await wait_finished(client, job_id))["status"] == "completed"
-    job = await job_of(settings, job_id)
-    assert (job.crashes, job.attempts, job.isolate) == (1, 2, False)
 
 
 async def test_a_worker_dying_with_two_jobs_blames_neither_and_runs_them_alone(

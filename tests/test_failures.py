@@ -119,6 +119,11 @@ async def test_a_worker_killed_mid_job_loses_nothing(
     assert job["status"] == "completed", job
     assert source.requests == 2
     assert (await client.get(job["result"]["thumbnailUrl"])).status_code == 200
+    # It was the only job on the killed worker: that death is blamed on it (the attempt rule).
+    mongo = connect(settings)
+    stored = await JobStore(mongo[settings.mongodb_database]).get(job_id)
+    await mongo.close()
+    assert stored is not None and (stored.crashes, stored.attempts, stored.isolate) == (1, 2, False)
 
 
 async def test_redis_down_at_submit_is_503_and_nothing_is_kept(
