@@ -70,6 +70,24 @@ async def test_a_worker_dying_with_two_jobs_blames_neither_and_runs_them_alone(
         assert (job.crashes, job.isolate) == (0, True), job
 
 
+async def test_a_container_restarted_in_its_pod_blames_the_job_that_killed_it(
+    processes: Processes, fresh_settings: Settings, client: httpx.AsyncClient
+) -> None:
+    """Kubernetes restarts an OOM-killed container in the same pod, under the same POD_NAME."""
+    settings = attempt_settings(fresh_settings)
+    _, base = processes.start_api(settings)
+    client.base_url = httpx.URL(base)
+    with image_source(images.jpeg(), hold_first=1) as source:
+        job_id = await submit_url_job(settings, source.url)
+        doomed = processes.start_worker(settings, POD_NAME="worker-pod-0")
+        await wait_for_requests(source, 1)
+        doomed.kill()
+        processes.start_worker(settings, POD_NAME="worker-pod-0")
+        assert (await wait_finished(client, job_id))["status"] == "completed"
+    job = await job_of(settings, job_id)
+    assert (job.crashes, job.attempts) == (1, 2)
+
+
 async def test_an_image_that_kills_its_worker_alone_fails_after_max_attempts(
     processes: Processes, fresh_settings: Settings, client: httpx.AsyncClient
 ) -> None:

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -47,8 +48,10 @@ START_RETRY_MAX_S = 10.0
 
 
 def consumer_name() -> str:
-    # The pod name where there is one, so the operator can match Redis state to pods.
-    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    """Unique per process: a container restarted in its pod (after an OOM kill, say) must not pass
+    for the one that died, or the attempt rule could not blame the image that killed it. The
+    heartbeat names the pod, for the operator."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
 class Worker:
@@ -63,6 +66,7 @@ class Worker:
         self.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
         self.broker = make_broker(settings, graceful_timeout=settings.graceful_timeout_s)
         self.inflight: set[bytes] = set()  # message ids being handled (for XCLAIM and give-back)
+        self.running: set[str] = set()  # ids of the jobs being processed
         self.gate = Gate()
         self.stopping = False
         self.restart = False  # set when the worker stops only to start again (its group vanished)
@@ -132,6 +136,9 @@ class Worker:
         if job is None or job.status in (JobStatus.completed, JobStatus.failed):
             log.info("job %s is finished or unknown; dropping the message", job_id)
             return None
+        if job_id in self.running:
+            log.info("job %s is being processed here; dropping a duplicate message", job_id)
+            return None
         previous = job.worker if job.status is JobStatus.processing else None
         if previous is not None and previous != self.consumer:
             # A reclaimed message's holder was silent for claim_idle_ms (a live one keeps its
@@ -156,11 +163,13 @@ class Worker:
 
     async def _run(self, job: Job) -> None:
         key = inflight_key(self.settings, self.consumer)
+        self.running.add(job.job_id)
         await self.redis.sadd(key, job.job_id)
         await self.redis.expire(key, inflight_ttl_s(self.settings))
         try:
             await self.processor.process(job, self.consumer)
         finally:
+            self.running.discard(job.job_id)
             await self.redis.srem(key, job.job_id)
 
     async def prepare(self) -> None:
