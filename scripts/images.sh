@@ -81,7 +81,8 @@ uv_image() {
 digest() {
   local x
   for x in "$@"; do
-    if [ -f "$x" ]; then echo "$x $(sha256sum <"$x")"; else echo "$x"; fi
+    # a file by its path in the repository (not where the checkout is) and its content
+    if [ -f "$x" ]; then echo "${x#"$root"/} $(sha256sum <"$x")"; else echo "$x"; fi
   done | sha256sum | cut -c1-12
 }
 
