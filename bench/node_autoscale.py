@@ -200,6 +200,20 @@ class Cycle:
     max_replicas: int
 
 
+def wait_until_routed(kubeconfig: Path, namespace: str, release: str) -> None:
+    """Until the ``sources`` Service answers from inside the cluster. Ready is not yet routed:
+    until kube-proxy has written the Service's rules a fetch is refused, and a refused fetch fails
+    a job for good (retrying transient failures is not built yet)."""
+    fetch = "import urllib.request as u; u.urlopen('http://sources/probe.jpg', timeout=5).read()"
+    cmd = [str(KUBECTL), f"--kubeconfig={kubeconfig}", "exec", "-n", namespace, f"deploy/{release}-api"]
+
+    def answers() -> bool:
+        done = subprocess.run([*cmd, "--", "python", "-c", fetch], capture_output=True, timeout=60)
+        return done.returncode == 0
+
+    wait("the sources Service answers inside the cluster", answers, 60)
+
+
 def base_image() -> str:
     """The Debian base image of scripts/images.sh (python3, nothing else): the source server's."""
     for line in (ROOT / ".tools" / "images.env").read_text().splitlines():
@@ -246,6 +260,7 @@ def run(
     manifest = source_server_manifest(base_image(), images.jpeg(800, 600))
     kubectl(kubeconfig, "apply", "--server-side", "-n", namespace, "-f", "-", input=manifest)
     kubectl(kubeconfig, "rollout", "status", "deployment/sources", "-n", namespace, "--timeout=120s")
+    wait_until_routed(kubeconfig, namespace, release)
     config = json.loads(
         kubectl(kubeconfig, "get", "configmap", f"{release}-config", "-n", namespace, "-o", "json")
     )

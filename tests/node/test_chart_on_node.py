@@ -129,6 +129,7 @@ def test_an_image_job_of_in_cluster_urls_succeeds_with_progress_and_events(
         input=node_autoscale.source_server_manifest(base, images.jpeg()),
     )
     kube.kubectl("rollout", "status", "deployment/sources", "-n", NS, "--timeout=120s")
+    node_autoscale.wait_until_routed(kube.kubeconfig, NS, RELEASE)
     sources = [{"url": f"http://sources/photo-{i}.jpg?delay=0.5"} for i in range(4)]
     job = {
         "apiVersion": "imgflow.io/v1alpha1",
@@ -147,7 +148,18 @@ def test_an_image_job_of_in_cluster_urls_succeeds_with_progress_and_events(
         progress.add(row[header.index("SUCCEEDED") : header.index("FAILED")].strip())
         return phase == "Succeeded"
 
-    wait_until("ImageJob in-cluster Succeeded", succeeded, within=180, every=0.2)
+    try:
+        wait_until("ImageJob in-cluster Succeeded", succeeded, within=180, every=0.2)
+    except AssertionError:
+        status = kube.kubectl("get", "ij", "in-cluster", "-n", NS, "-o", "jsonpath={.status}", check=False)
+        logs = {
+            d: kube.kubectl("logs", "-n", NS, f"deploy/{RELEASE}-{d}", "--tail=40", check=False)
+            for d in ("worker", "operator", "api")
+        }
+        raise AssertionError(
+            f"status: {status.stdout}\n"
+            + "\n".join(f"--- {d}:\n{p.stdout}{p.stderr}" for d, p in logs.items())
+        ) from None
     assert "4/4" in progress, progress
     done = kube.kubectl_json("get", "ij", "in-cluster", "-n", NS)
     assert done["status"]["succeeded"] == 4
