@@ -71,15 +71,8 @@ class Backlog:
 
 async def read_backlog(redis: Redis, settings: Settings) -> Backlog:
     """Backlog of the workers' consumer group, from XINFO GROUPS (Redis 7+ reports ``lag``)."""
-    try:
-        groups = await redis.xinfo_groups(settings.stream)
-    except ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            return Backlog(lag=0, pending=0)
-        raise
-    for group in groups:
-        name = group["name"]
-        if (name.decode() if isinstance(name, bytes) else name) == settings.consumer_group:
+    for group in await _groups(redis, settings):
+        if _as_str(group["name"]) == settings.consumer_group:
             lag = group.get("lag")
             if lag is None:
                 # Redis cannot tell the lag after entries were deleted mid-stream; fall back to
@@ -87,8 +80,19 @@ async def read_backlog(redis: Redis, settings: Settings) -> Backlog:
                 after = await redis.xrange(settings.stream, min=f"({_as_str(group['last-delivered-id'])}")
                 lag = len(after or [])
             return Backlog(lag=int(lag), pending=int(group["pending"]))
-    # No group yet: no worker has ever started, so everything in the stream is waiting.
+    # No group yet: no worker has ever started, so everything in the stream (if any) is waiting.
     return Backlog(lag=int(await redis.xlen(settings.stream)), pending=0)
+
+
+async def _groups(redis: Redis, settings: Settings) -> list[dict[str, Any]]:
+    """XINFO GROUPS of the stream; none while the stream does not exist."""
+    try:
+        found: list[dict[str, Any]] = await redis.xinfo_groups(settings.stream)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return []
+        raise
+    return found
 
 
 def _as_str(value: bytes | str) -> str:
@@ -120,12 +124,9 @@ async def tidy_queue(redis: Redis, settings: Settings) -> Tidied:
     """Remove what the consumer groups no longer need: consumers of workers that are gone (nothing
     pending, no heartbeat, idle for longer than a claim takes) and every entry older than the
     oldest one some group still needs (unacknowledged, or not yet delivered)."""
-    try:
-        groups = await redis.xinfo_groups(settings.stream)
-    except ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            return Tidied(0, 0)
-        raise
+    groups = await _groups(redis, settings)
+    if not groups:
+        return Tidied(0, 0)
     removed = 0
     for consumer in await _consumers(redis, settings):
         name = _as_str(consumer["name"])
