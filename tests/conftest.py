@@ -101,10 +101,13 @@ class Processes:
     logs: Path
     started: list[Server] = field(default_factory=list)
 
-    def start_worker(self, settings: Settings, **extra_env: str) -> Server:
+    def start_worker(self, settings: Settings, *, cgroup: Path | None = None, **extra_env: str) -> Server:
+        """A worker process; with ``cgroup``, it joins that cgroup v1 group before Python starts, so
+        all its memory is charged there (as a container's would be)."""
         port = free_port()
         env = {"IMGFLOW_WORKER_METRICS_PORT": str(port), **extra_env}
-        return self._start(worker_server, settings, env, port)
+        join = [] if cgroup is None else ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh"]
+        return self._start(worker_server, settings, env, port, argv_prefix=join)
 
     def start_api(self, settings: Settings, **extra_env: str) -> tuple[Server, str]:
         port = free_port()
@@ -112,12 +115,19 @@ class Processes:
         return self._start(api_server, settings, extra_env, port), f"http://127.0.0.1:{port}"
 
     def _start(
-        self, make: Callable[..., Server], settings: Settings, env: dict[str, str], port: int
+        self,
+        make: Callable[..., Server],
+        settings: Settings,
+        env: dict[str, str],
+        port: int,
+        argv_prefix: list[str] | None = None,
     ) -> Server:
         """Start a process, wait until it listens on ``port``; its log goes to logs/<name>-<n>.log."""
         name = make.__name__.removesuffix("_server")
         n = sum(1 for s in self.started if s.name == name)
-        server = make(settings, self.logs / f"{name}-{n}.log", env).start()
+        server = make(settings, self.logs / f"{name}-{n}.log", env)
+        server.argv = [*(argv_prefix or []), *server.argv]
+        server.start()
         self.started.append(server)
         try:
             wait_for_port(port, process=server.process)

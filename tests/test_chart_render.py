@@ -600,6 +600,15 @@ def test_schema_refuses_bad_values(values: dict[str, Any], message: str, tmp_pat
             {"worker": {"terminationGracePeriodSeconds": 25}},
             "worker.terminationGracePeriodSeconds (25) must exceed config.gracefulTimeoutS (25)",
         ),
+        (
+            {"worker": {"resources": {"limits": {"memory": "800Mi"}}}},
+            "worker.resources.limits.memory (800Mi) must be at least config.workerMemoryMb + 256 MiB",
+        ),
+        (
+            {"config": {"workerMemoryMb": 1024}},
+            "worker.resources.limits.memory (1Gi) must be at least config.workerMemoryMb + 256 MiB "
+            "for the process (1280 Mi)",
+        ),
         ({"redis": {"enabled": False}}, "no Redis: set externalRedis.url, existingSecret.name"),
         ({"mongodb": {"enabled": False}}, "no MongoDB: set externalMongodb.url, existingSecret.name"),
         ({"config": {"storageBackend": "local"}}, "config.storageBackend=local needs storageVolume"),

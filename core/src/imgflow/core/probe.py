@@ -24,6 +24,7 @@ LOADERS = {
 # the loader nickname libvips reports in "vips-loader", without its _buffer/_source suffix
 _NICKNAMES = {"jpegload": "jpeg", "pngload": "png", "gifload": "gif", "webpload": "webp", "tiffload": "tiff"}
 SUPPORTED_FORMATS = tuple(LOADERS.values())
+_SAMPLE_BYTES = {"uchar": 1, "char": 1, "ushort": 2, "short": 2, "uint": 4, "int": 4, "float": 4}
 
 
 class UnsupportedImage(Exception):
@@ -41,6 +42,10 @@ class ImageInfo:
     height: int
     pages: int
     orientation: int = 1  # EXIF orientation, 1 (upright) when there is none
+    bands: int = 3  # with alpha, if any
+    sample_bytes: int = 1  # 2 for 16-bit
+    # Adam7 PNG or progressive JPEG: the decoder must hold the whole image (or its coefficients)
+    interlaced: bool = False
 
     @property
     def pixels(self) -> int:
@@ -110,7 +115,17 @@ def _check(image: pyvips.Image, max_pixels: int, max_side: int) -> ImageInfo:
     pages = int(image.get("n-pages")) if image.get_typeof("n-pages") else 1
     # A multi-page source is loaded one page at a time, so one page's size is what we decode.
     orientation = int(image.get("orientation")) if image.get_typeof("orientation") else 1
-    info = ImageInfo(fmt, image.width, image.height, pages, orientation)
+    interlaced = bool(image.get("interlaced")) if image.get_typeof("interlaced") else False
+    info = ImageInfo(
+        fmt,
+        image.width,
+        image.height,
+        pages,
+        orientation,
+        bands=image.bands,
+        sample_bytes=_SAMPLE_BYTES.get(str(image.format), 8),
+        interlaced=interlaced,
+    )
     if info.pixels > max_pixels:
         raise ImageTooLarge(
             f"The image is {info.width}x{info.height} = {info.pixels:,} pixels, "

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     max_output_dimension: int = Field(4096, ge=1, description="Largest width or height a job may ask for")
     jpeg_quality: int = Field(85, ge=1, le=100, description="Quality of JPEG and WebP output")
     worker_concurrency: int = Field(2, ge=1, description="Jobs one worker process handles at once")
+    worker_memory_mb: int = Field(
+        640,
+        ge=64,
+        description="Memory a worker's jobs may hold together, each estimated from its header before "
+        "decoding: jobs wait for room, and one needing more than all of it fails. Keep the worker's "
+        "memory limit at least this plus 256 MiB for the process itself",
+    )
     graceful_timeout_s: float = Field(25.0, gt=0, description="Time a stopping worker has to finish jobs")
 
     # URL sources (ImageJobs fetched by the worker)

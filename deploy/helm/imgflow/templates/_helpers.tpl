@@ -167,6 +167,11 @@ Checks across values that the JSON schema cannot express; fails rendering with a
 {{- fail (printf "worker.terminationGracePeriodSeconds (%v) must exceed config.gracefulTimeoutS (%v), or in-flight jobs are killed before they drain" $grace .Values.config.gracefulTimeoutS) -}}
 {{- end -}}
 {{- end -}}
+{{- $limit := include "imgflow.mebibytes" (dig "limits" "memory" "" .Values.worker.resources) -}}
+{{- $needed := add (int .Values.config.workerMemoryMb) 256 -}}
+{{- if and $limit (lt (int $limit) (int $needed)) -}}
+{{- fail (printf "worker.resources.limits.memory (%s) must be at least config.workerMemoryMb + 256 MiB for the process (%d Mi), or a worker holding its whole memory budget is OOM-killed" .Values.worker.resources.limits.memory $needed) -}}
+{{- end -}}
 {{- if not (or .Values.externalRedis.url .Values.existingSecret.name .Values.redis.enabled) -}}
 {{- fail "no Redis: set externalRedis.url, existingSecret.name, or redis.enabled=true (dev only)" -}}
 {{- end -}}
@@ -183,6 +188,23 @@ Checks across values that the JSON schema cannot express; fails rendering with a
 {{- if not (isAbs .Values.config.storageDir) -}}
 {{- fail (printf "config.storageDir must be an absolute path (the mount point of storageVolume), not %q" .Values.config.storageDir) -}}
 {{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+A Kubernetes memory quantity ("1Gi", "768Mi", "1G", "1073741824") in whole MiB; empty when unset.
+*/}}
+{{- define "imgflow.mebibytes" -}}
+{{- $q := toString . -}}
+{{- if $q -}}
+{{- $units := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- $number := regexFind "^[0-9.]+" $q -}}
+{{- $unit := trimPrefix $number $q -}}
+{{- $factor := 1 -}}
+{{- if $unit -}}
+{{- $factor = required (printf "unknown memory unit in %q" $q) (get $units $unit) -}}
+{{- end -}}
+{{- div (mulf (float64 $number) (float64 $factor) | int64) 1048576 -}}
 {{- end -}}
 {{- end }}
 

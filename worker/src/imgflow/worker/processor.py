@@ -17,11 +17,12 @@ import pyvips
 
 from imgflow.core.fetch import FetchFailed, FetchRefused, fetch_to_file
 from imgflow.core.jobs import Job, JobResult, UrlSource, thumbnail_key, utcnow
-from imgflow.core.probe import ImageTooLarge, UnsupportedImage
+from imgflow.core.probe import ImageInfo, ImageTooLarge, UnsupportedImage, probe_buffer
 from imgflow.core.settings import Settings
 from imgflow.core.storage import NotFound, Storage
 from imgflow.core.store import JobStore
 from imgflow.worker import metrics
+from imgflow.worker.memory import MB, MemoryBudget, OverBudget, job_memory_bytes
 from imgflow.worker.pipeline import Thumbnail, make_thumbnail
 
 log = logging.getLogger("imgflow.worker")
@@ -38,6 +39,7 @@ class Processor:
         self.storage = storage
         # libvips releases the GIL, so threads run pipelines truly in parallel.
         self._limiter = anyio.CapacityLimiter(settings.worker_concurrency)
+        self._memory = MemoryBudget(settings.worker_memory_mb * MB)
 
     async def give_up(self, job: Job) -> None:
         """The job's image killed its worker ``max_attempts`` times: fail it instead of a fourth."""
@@ -55,7 +57,15 @@ class Processor:
         started = time.perf_counter()
         try:
             source = await self._source_bytes(job)
-            thumbnail = await anyio.to_thread.run_sync(self._thumbnail, source, job, limiter=self._limiter)
+            info = await anyio.to_thread.run_sync(self._probe, source)
+            # Known before decoding: jobs wait until their memory fits beside the running ones.
+            async with self._memory.hold(job_memory_bytes(info, job.spec, len(source))):
+                thumbnail = await anyio.to_thread.run_sync(
+                    self._thumbnail, source, info, job, limiter=self._limiter
+                )
+        except OverBudget as exc:
+            await self._fail(job, str(exc))
+            return
         except BadSource as exc:
             await self._fail(job, str(exc))
             return
@@ -88,11 +98,22 @@ class Processor:
         except NotFound:
             raise BadSource("The uploaded original is gone from storage.") from None
 
-    def _thumbnail(self, data: bytes, job: Job) -> Thumbnail:
+    def _probe(self, data: bytes) -> ImageInfo:
+        try:
+            return probe_buffer(data, max_pixels=self.settings.max_pixels, max_side=self.settings.max_side)
+        except (UnsupportedImage, ImageTooLarge) as exc:
+            raise BadSource(str(exc)) from exc
+
+    def _thumbnail(self, data: bytes, info: ImageInfo, job: Job) -> Thumbnail:
         try:
             s = self.settings
             return make_thumbnail(
-                data, job.spec, max_pixels=s.max_pixels, max_side=s.max_side, quality=s.jpeg_quality
+                data,
+                job.spec,
+                max_pixels=s.max_pixels,
+                max_side=s.max_side,
+                quality=s.jpeg_quality,
+                info=info,
             )
         except (UnsupportedImage, ImageTooLarge) as exc:
             raise BadSource(str(exc)) from exc

@@ -1,0 +1,120 @@
+"""How much memory a job will need, known from the header before anything is decoded, and the
+worker-wide budget jobs draw it from.
+
+libvips streams most sources a band of rows at a time, so a job's memory follows the width of what
+is decoded, not its area — except where the format makes the decoder hold the whole image: an
+interlaced PNG (Adam7), a progressive JPEG (its coefficients), a GIF frame (RGBA canvas) and a TIFF
+(a strip may span the whole image). The figures below are fitted to bench/memory.py's
+measurements on the worst shapes the limits let through, with margin: the estimate is meant to be
+above what a job takes, so that jobs whose estimates fit the budget together fit the pod.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from imgflow.core.jobs import ThumbnailSpec
+from imgflow.core.probe import ImageInfo
+from imgflow.worker.steps.load import load_options
+
+MB = 1 << 20
+# the pipeline's own buffers, whatever the source: libvips' thread buffers, the encoder
+FIXED = 24 * MB
+# rows of the decoded source that libvips' sequential read, block shrink and lanczos3 hold at
+# once across its threads (measured up to ~2,600 on a 16384-wide 16-bit source)
+STREAMED_ROWS = 3_000
+# the same when the decoder holds the whole image already (no sequential read cache, but the
+# decoder's own row buffers: up to ~1,000 rows for a 16384-wide interlaced PNG)
+ROWS_BESIDE_WHOLE = 1_000
+# a decoder holding the whole image keeps some more (libpng's interlace passes)
+WHOLE_MARGIN = 1.1
+# a progressive JPEG's coefficients: 2 bytes per sample of every component, at full size
+COEFFICIENT_BYTES = 2
+# a GIF frame is rendered to 8-bit RGBA by the decoder and copied once more by libvips (measured
+# 409 MB for one 50 MP frame)
+GIF_FRAME_BYTES = 9
+
+
+class OverBudget(Exception):
+    """The job needs more memory than the worker may give any one job."""
+
+
+def job_memory_bytes(info: ImageInfo, spec: ThumbnailSpec, source_bytes: int) -> int:
+    """Peak memory of the pipeline for this source and spec, estimated from the header."""
+    scale = _load_scale(info, spec)
+    width, height = math.ceil(info.width * scale), math.ceil(info.height * scale)
+    row = width * info.bands * info.sample_bytes
+    whole = 0
+    if info.format == "gif":
+        whole = info.pixels * GIF_FRAME_BYTES
+    elif info.format == "jpeg" and info.interlaced:
+        whole = info.pixels * info.bands * COEFFICIENT_BYTES  # shrink-on-load does not shrink these
+    elif info.interlaced or info.format == "tiff":
+        whole = width * height * info.bands * info.sample_bytes
+    rows = ROWS_BESIDE_WHOLE if whole else STREAMED_ROWS
+    return int(FIXED + source_bytes + whole * WHOLE_MARGIN + row * rows)
+
+
+def _load_scale(info: ImageInfo, spec: ThumbnailSpec) -> float:
+    options = load_options(info, spec)
+    if "shrink" in options:
+        return 1 / int(options["shrink"])
+    return float(options.get("scale", 1.0))
+
+
+class MemoryBudget:
+    """Jobs hold their estimate while they run; one that would overdraw the budget waits.
+
+    A job alone may always run if its estimate is within the budget, so a big job is never starved
+    by a stream of small ones for long: waiters are served in arrival order.
+    """
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total = total_bytes
+        self.held = 0
+        self._turns: list[anyio.Event] = []
+        self._changed: anyio.Event | None = None  # set whenever ``held`` or the queue changes
+
+    @asynccontextmanager
+    async def hold(self, amount: int) -> AsyncIterator[None]:
+        if amount > self.total:
+            raise OverBudget(
+                f"Processing this image needs about {_mb(amount)} MB, over the {_mb(self.total)} MB "
+                "one job may use on this service (a very wide, interlaced or 16-bit image); "
+                "a smaller or non-interlaced version will work."
+            )
+        turn = anyio.Event()
+        self._turns.append(turn)
+        try:
+            while self._turns[0] is not turn or self.held + amount > self.total:
+                await self._wait_for_change()
+        except BaseException:
+            self._turns.remove(turn)
+            self._notify()
+            raise
+        self._turns.pop(0)
+        self.held += amount
+        self._notify()
+        try:
+            yield
+        finally:
+            self.held -= amount
+            self._notify()
+
+    async def _wait_for_change(self) -> None:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+
+def _mb(amount: int) -> int:
+    return math.ceil(amount / MB)
