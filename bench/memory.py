@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 SHAPES = {"widest": (16384, 3051), "tallest": (3051, 16384), "square": (7071, 7071)}
 KINDS = ("png16-rgba", "png16-rgba-interlaced", "tiff16-rgb", "jpeg", "jpeg-progressive", "gif")
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--budget-mb", type=int, default=640)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    rows = []
+    rows: list[dict[str, Any]] = []
     print(
         f"{'source':<22} {'kind':<22} {'size':>8} {'estimate':>9} {'one job':>8} {'together':>9}"
         "  (MB)  refused"
@@ -116,7 +117,7 @@ def main() -> None:
                 make_source(kind, width, height, source)
                 alone = measure(source, 1, args.budget_mb)
                 together = measure(source, args.concurrency, args.budget_mb)
-                row = {
+                row: dict[str, Any] = {
                     "shape": f"{shape} {width}x{height}",
                     "kind": kind,
                     "bytes": source.stat().st_size,

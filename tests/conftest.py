@@ -101,7 +101,10 @@ class Processes:
     logs: Path
     started: list[Server] = field(default_factory=list)
 
-    def start_worker(self, settings: Settings, *, cgroup: Path | None = None, **extra_env: str) -> Server:
+    def start_worker(self, settings: Settings, **extra_env: str) -> Server:
+        return self.start_worker_in(settings, None, **extra_env)
+
+    def start_worker_in(self, settings: Settings, cgroup: Path | None, **extra_env: str) -> Server:
         """A worker process; with ``cgroup``, it joins that cgroup v1 group before Python starts, so
         all its memory is charged there (as a container's would be)."""
         port = free_port()

@@ -36,13 +36,15 @@ async def submit_url_job(settings: Settings, url: str) -> str:
     """A job whose source is a URL, accepted through the path the operator uses."""
     mongo = connect(settings)
     broker = make_broker(settings)
+    redis = Redis.from_url(settings.redis_url)
     await broker.connect()
     try:
         job = Job(user_id="url-user", source=UrlSource(url=url))
-        await submit_job(JobStore(mongo[settings.mongodb_database]), broker, settings, job)
+        await submit_job(JobStore(mongo[settings.mongodb_database]), broker, redis, settings, job)
         return job.job_id
     finally:
         await broker.stop()
+        await redis.aclose()
         await mongo.close()
 
 
@@ -175,7 +177,7 @@ async def test_a_worker_started_while_redis_is_down_waits_for_it(
     assert "Redis is not reachable" in worker.tail()
     own_redis.start()
     response = await submit(client, images.jpeg())
-    assert response.status_code == 202
+    assert response.status_code == 202, response.text
     assert (await wait_finished(client, response.json()["jobId"]))["status"] == "completed"
 
 
@@ -241,11 +243,11 @@ async def test_a_duplicate_message_never_moves_a_finished_job_back(
 
     broker = RedisBroker(fresh_settings.redis_url)
     await broker.connect()
+    r = Redis.from_url(fresh_settings.redis_url)
     for _ in range(3):
-        await publish_job(broker, fresh_settings, job_id)
+        await publish_job(broker, r, fresh_settings, job_id)
     await broker.stop()
     # the backlog drains to zero once the duplicates are consumed and dropped
-    r = Redis.from_url(fresh_settings.redis_url)
     for _ in range(300):
         if (await read_backlog(r, fresh_settings)).total == 0:
             break

@@ -90,7 +90,7 @@ async def test_the_worst_accepted_sources_stay_within_the_chart_limit(
         max_upload_bytes=32 << 20,  # the interlaced PNG is 14 MB; the default limit is an API matter
     )
     _, base = processes.start_api(settings)
-    worker = processes.start_worker(settings, cgroup=memory_cgroup)
+    worker = processes.start_worker_in(settings, memory_cgroup)
     assert str(worker.pid) in (memory_cgroup / "cgroup.procs").read_text().split()
 
     uploads = []

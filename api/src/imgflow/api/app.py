@@ -20,21 +20,26 @@ from imgflow.core.queue import ensure_group, make_broker, tidy_queue
 from imgflow.core.settings import Settings, get_settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
-from imgflow.core.submit import requeue_stale
+from imgflow.core.submit import requeue_lost
 
 log = logging.getLogger("imgflow.api")
 
 
 async def _reconcile_forever(state: AppState) -> None:
     """Republish jobs the queue lost and tidy the stream; one API replica at a time, by a Redis
-    lock per round."""
+    lock per round. A walk over the waiting jobs runs at most every ``requeue_after_s / 2``: a job
+    whose message is lost is published again within about 1.5x ``requeue_after_s``."""
     settings = state.settings
     lock = f"{settings.stream}:reconciler"
+    loop = asyncio.get_running_loop()
+    last_walk = -settings.requeue_after_s
     while True:
         await asyncio.sleep(settings.reconcile_interval_s)
         try:
             if await state.redis.set(lock, "1", nx=True, ex=max(1, int(settings.reconcile_interval_s))):
-                await requeue_stale(state.store, state.broker, settings)
+                if loop.time() - last_walk >= settings.requeue_after_s / 2:
+                    last_walk = loop.time()
+                    await requeue_lost(state.store, state.broker, state.redis, settings)
                 tidied = await tidy_queue(state.redis, settings)
                 if tidied.consumers_removed:
                     log.info("removed %d consumer(s) of workers that are gone", tidied.consumers_removed)

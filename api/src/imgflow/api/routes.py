@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Annotated, TypeVar
 
@@ -65,8 +66,11 @@ UPLOAD_FORM_DOC = {
     }
 }
 
+log = logging.getLogger("imgflow.api")
 
-def _unavailable(what: str) -> Problem:
+
+def _unavailable(what: str, cause: Exception | None = None) -> Problem:
+    log.warning("refusing a job: %s is unreachable (%s)", what, cause)
     return Problem(
         503,
         "Service unavailable",
@@ -159,10 +163,10 @@ async def create_job(request: Request, response: Response, state: State) -> Acce
         except PyMongoError as exc:
             raise _unavailable("MongoDB") from exc
     try:
-        await submit_job(state.store, state.broker, settings, job)
+        await submit_job(state.store, state.broker, state.redis, settings, job)
     except QueueUnavailable as exc:
         await state.storage.delete(source.key)
-        raise _unavailable("The job queue (Redis)") from exc
+        raise _unavailable("The job queue (Redis)", exc) from exc
     except PyMongoError as exc:
         await state.storage.delete(source.key)
         raise _unavailable("MongoDB") from exc

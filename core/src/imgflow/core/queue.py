@@ -1,20 +1,28 @@
 """The queue contract: the message on the Redis stream, how it is published, and how deep the queue is.
 
 The message carries only the job id and a version; MongoDB holds the job itself, so a message can
-be repeated or replayed without harm (status changes there are conditional).
+be repeated or replayed without harm. Each unfinished job's latest stream entry id is recorded in
+a hash beside the stream (``entries_key``), so the reconciler can tell a job whose message is
+still in the stream (waiting, or held by a worker) from one whose message is really gone.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from faststream.redis import RedisBroker
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from imgflow.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class JobMessage(BaseModel):
@@ -33,15 +41,93 @@ def make_broker(settings: Settings, **kwargs: Any) -> RedisBroker:
     return RedisBroker(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0, **kwargs)
 
 
-async def publish_job(broker: RedisBroker, settings: Settings, job_id: str) -> None:
+async def publish_job(broker: RedisBroker, redis: Redis, settings: Settings, job_id: str) -> None:
+    """Publish one job's message and record its entry id.
+
+    A process dying between the two steps leaves a job with no recorded entry: the reconciler then
+    publishes it again, and the worker drops whichever duplicate comes second.
+    """
     try:
-        await broker.publish(
-            JobMessage(job_id=job_id),
-            stream=settings.stream,
-            maxlen=settings.stream_maxlen,
+        entry = await broker.publish(
+            JobMessage(job_id=job_id), stream=settings.stream, maxlen=settings.stream_maxlen
         )
     except Exception as exc:  # redis-py raises several unrelated types for "no Redis"
         raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
+    try:
+        await record_entries(redis, settings, {job_id: entry})
+    except Exception:
+        # The job is queued; unrecorded, it only risks one harmless duplicate from the reconciler.
+        log.warning("could not record the stream entry of job %s", job_id, exc_info=True)
+
+
+async def publish_jobs(broker: RedisBroker, redis: Redis, settings: Settings, job_ids: Sequence[str]) -> None:
+    """``publish_job`` for many jobs, in one pipeline (one round trip) plus one to record them."""
+    if not job_ids:
+        return
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                await broker.publish(
+                    JobMessage(job_id=job_id),
+                    stream=settings.stream,
+                    maxlen=settings.stream_maxlen,
+                    pipeline=pipe,
+                )
+            entries: list[bytes] = await pipe.execute()
+        await record_entries(redis, settings, dict(zip(job_ids, entries, strict=True)))
+    except Exception as exc:
+        raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+def entries_key(settings: Settings) -> str:
+    """The Redis hash: job id -> id of the stream entry that last carried it (unfinished jobs only)."""
+    return f"{settings.stream}:entries"
+
+
+async def record_entries(redis: Redis, settings: Settings, entries: Mapping[str, bytes | str]) -> None:
+    if not entries:
+        return
+    fields: dict[FieldT, EncodableT] = {job_id: entry for job_id, entry in entries.items()}
+    try:
+        await redis.hset(entries_key(settings), mapping=fields)
+    except RedisConnectionError:
+        # The first command on a connection Redis closed (it restarted) fails; the pool then
+        # opens a fresh one. HSET is idempotent.
+        await redis.hset(entries_key(settings), mapping=fields)
+
+
+# Delete the job's record only if it still names this entry: a newer publish (a give-back, a
+# republish) has recorded its own, which must stay.
+_FORGET = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
+async def forget_entry(redis: Redis, settings: Settings, job_id: str, entry_id: bytes | str) -> None:
+    """The entry was acknowledged: the job no longer has a message in the stream through it."""
+    entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    await redis.eval(_FORGET, 1, entries_key(settings), job_id, entry)
+
+
+async def lost_jobs(redis: Redis, settings: Settings, job_ids: Sequence[str]) -> list[str]:
+    """Which of these (unfinished) jobs have no message left in the stream: never published (the
+    publisher died), Redis lost its data, or the stream was trimmed past the entry. A job whose
+    entry is still there is waiting or held by a worker (a dead one's is reclaimed): not lost.
+    Two round trips for the whole batch."""
+    if not job_ids:
+        return []
+    recorded = await redis.hmget(entries_key(settings), list(job_ids))
+    async with redis.pipeline(transaction=False) as pipe:
+        for entry in recorded:
+            if entry is not None:
+                pipe.xrange(settings.stream, min=entry, max=entry, count=1)
+        found = iter(await pipe.execute())
+    return [
+        job_id for job_id, entry in zip(job_ids, recorded, strict=True) if entry is None or not next(found)
+    ]
 
 
 async def ensure_group(redis: Redis, settings: Settings) -> None:

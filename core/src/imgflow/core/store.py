@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -156,24 +157,22 @@ class JobStore:
         )
         return outcome.modified_count == 1
 
-    async def stale(self, untouched_since: datetime, limit: int = 500) -> list[Job]:
-        """Unfinished jobs nobody has touched since ``untouched_since``: candidates to republish."""
-        cursor = (
-            self._jobs.find(
-                {"status": {"$in": [s.value for s in UNFINISHED]}, "updated_at": {"$lt": untouched_since}}
-            )
-            .sort("updated_at", ASCENDING)
-            .limit(limit)
+    async def stale_ids(self, untouched_since: datetime, *, batch: int) -> AsyncIterator[list[str]]:
+        """Ids of the unfinished jobs nobody has touched since ``untouched_since``, in batches: the
+        candidates whose message may be lost. One query for the whole walk."""
+        cursor = self._jobs.find(
+            {"status": {"$in": [s.value for s in UNFINISHED]}, "updated_at": {"$lt": untouched_since}},
+            projection={"_id": 1},
+            batch_size=batch,
         )
-        return [Job.from_document(doc) async for doc in cursor]
-
-    async def touch(self, job: Job) -> bool:
-        """Claim a stale job for republishing; False if someone else changed it first."""
-        outcome = await self._jobs.update_one(
-            {"_id": job.job_id, "status": job.status.value, "updated_at": job.updated_at},
-            {"$set": {"updated_at": utcnow()}},
-        )
-        return outcome.modified_count == 1
+        ids: list[str] = []
+        async for doc in cursor:
+            ids.append(doc["_id"])
+            if len(ids) == batch:
+                yield ids
+                ids = []
+        if ids:
+            yield ids
 
     async def for_image_job(self, image_job: str) -> list[Job]:
         return [Job.from_document(doc) async for doc in self._jobs.find({"image_job": image_job})]

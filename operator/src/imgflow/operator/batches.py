@@ -128,7 +128,7 @@ async def submit_sources(
                 continue
             job = Job(job_id=job_id, user_id=user_id, source=source, spec=thumbnail, image_job=ref)
             try:
-                job = await submit_job(ctx.store, ctx.broker, ctx.settings, job)
+                job = await submit_job(ctx.store, ctx.broker, ctx.redis, ctx.settings, job)
             except DuplicateKeyError:  # another pass got there first: theirs is ours
                 job = await ctx.store.get(job_id) or job
         states.append(submitted(item, job))

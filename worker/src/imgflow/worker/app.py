@@ -34,7 +34,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imgflow.core.jobs import Job, JobStatus
 from imgflow.core.probe import configure_libvips
-from imgflow.core.queue import JobMessage, ensure_group, inflight_key, inflight_ttl_s, make_broker, worker_key
+from imgflow.core.queue import (
+    JobMessage,
+    ensure_group,
+    forget_entry,
+    inflight_key,
+    inflight_ttl_s,
+    make_broker,
+    record_entries,
+    worker_key,
+)
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
@@ -120,6 +129,8 @@ class Worker:
                 async with self.gate.alone() if job.isolate else self.gate.shared():
                     await self._run(job)
             await msg.ack()  # only now: the outcome is in MongoDB
+            for message_id in ids:
+                await forget_entry(self.redis, self.settings, job_id, message_id)
         finally:
             self.inflight.difference_update(ids)
             metrics.INFLIGHT.set(len(self.inflight))
@@ -249,10 +260,12 @@ class Worker:
                 if fields:
                     pipe.xadd(s.stream, fields, maxlen=s.stream_maxlen, approximate=True)  # type: ignore[arg-type]
                 pipe.xack(s.stream, s.consumer_group, message_id)
-                await pipe.execute()
+                done = await pipe.execute()
             if fields:
                 with contextlib.suppress(ValidationError, KeyError, ValueError):
-                    await self.store.release(_job_id(fields))
+                    job_id = _job_id(fields)
+                    await record_entries(self.redis, s, {job_id: done[0]})
+                    await self.store.release(job_id)
         return len(pending)
 
 
