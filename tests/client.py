@@ -1,4 +1,5 @@
-"""Small helpers for talking to a running API the way a client would."""
+"""Small helpers for talking to a running API the way a client would, and for submitting many jobs
+the way the operator does."""
 
 from __future__ import annotations
 
@@ -6,6 +7,15 @@ import asyncio
 from typing import Any
 
 import httpx
+from redis.asyncio import Redis
+
+from imgflow.core.jobs import Job, ThumbnailSpec, UploadSource
+from imgflow.core.queue import make_broker
+from imgflow.core.settings import Settings
+from imgflow.core.storage import make_storage
+from imgflow.core.store import JobStore, connect
+from imgflow.core.submit import submit_job
+from tests import images
 
 JOBS = "/api/image-processing/jobs"
 FINISHED = ("completed", "failed")
@@ -44,3 +54,24 @@ async def wait_status(client: httpx.AsyncClient, job_id: str, status: str, *, wi
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"job {job_id} never reached {status}")
         await asyncio.sleep(0.02)
+
+
+async def submit_many(settings: Settings, redis: Redis, count: int, user_id: str = "requeue") -> list[str]:
+    """``count`` jobs through the path the API and the operator share, on one stored original."""
+    mongo = connect(settings)
+    broker = make_broker(settings)
+    await broker.connect()
+    try:
+        db = mongo[settings.mongodb_database]
+        store = JobStore(db)
+        await store.ensure_indexes()
+        await make_storage(settings, db).save_bytes("original-shared", images.jpeg(320, 240), "image/jpeg")
+        source = UploadSource(key="original-shared")
+        spec = ThumbnailSpec(width=32, height=32)
+        jobs = [Job(user_id=user_id, source=source, spec=spec) for _ in range(count)]
+        for job in jobs:
+            await submit_job(store, broker, redis, settings, job)
+        return [job.job_id for job in jobs]
+    finally:
+        await broker.stop()
+        await mongo.close()

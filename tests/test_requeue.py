@@ -10,13 +10,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from imgflow.core.jobs import Job, JobStatus, ThumbnailSpec, UploadSource
-from imgflow.core.queue import entries_key, make_broker
+from imgflow.core.jobs import Job, JobStatus
+from imgflow.core.queue import entries_key
 from imgflow.core.settings import Settings, StorageBackend
-from imgflow.core.storage import make_storage
-from imgflow.core.store import JobStore, connect
-from imgflow.core.submit import submit_job
-from tests import images
+from imgflow.core.store import connect
+from tests.client import submit_many
 from tests.conftest import Processes
 
 JOBS = 1000
@@ -39,27 +37,6 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     client = Redis.from_url(settings.redis_url)
     yield client
     await client.aclose()
-
-
-async def submit_many(settings: Settings, redis: Redis, count: int) -> list[str]:
-    """``count`` jobs through the path the API and the operator share, on one stored original."""
-    mongo = connect(settings)
-    broker = make_broker(settings)
-    await broker.connect()
-    try:
-        db = mongo[settings.mongodb_database]
-        store = JobStore(db)
-        await store.ensure_indexes()
-        await make_storage(settings, db).save_bytes("original-shared", images.jpeg(320, 240), "image/jpeg")
-        source = UploadSource(key="original-shared")
-        spec = ThumbnailSpec(width=32, height=32)
-        jobs = [Job(user_id="requeue", source=source, spec=spec) for _ in range(count)]
-        for job in jobs:
-            await submit_job(store, broker, redis, settings, job)
-        return [job.job_id for job in jobs]
-    finally:
-        await broker.stop()
-        await mongo.close()
 
 
 async def test_a_waiting_backlog_is_not_republished_and_each_job_runs_once(
