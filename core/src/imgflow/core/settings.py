@@ -40,7 +40,10 @@ class Settings(BaseSettings):
         3, ge=1, description="Times a worker may die processing one image (alone) before the job fails"
     )
     requeue_after_s: float = Field(
-        60.0, gt=0, description="A job pending or processing untouched this long is republished"
+        60.0,
+        gt=0,
+        description="A job pending or processing untouched this long is republished if its message "
+        "is no longer in the stream",
     )
     reconcile_interval_s: float = Field(15.0, gt=0, description="How often the API looks for such jobs")
 
