@@ -1,8 +1,10 @@
 """Jobs in MongoDB, through PyMongo's native async API.
 
-Every status change is a conditional update on the job's current status, so a repeated or late
-queue message can never move a finished job backwards. Only features FerretDB 1.x also has are
-used: plain indexes, find/sort/limit, findAndModify; no transactions, TTL indexes or change streams.
+Every status change is an update by ``_id`` alone, the shape every MongoDB-wire server answers by
+key (FerretDB on SQLite scans for anything more); the worker's lease on the job in Redis is what
+keeps a repeated or late queue message from moving a finished job backwards (worker/lease.py).
+Only features FerretDB 1.x also has are used: plain indexes, find/sort/limit, findAndModify; no
+transactions, TTL indexes or change streams.
 """
 
 from __future__ import annotations
@@ -111,19 +113,20 @@ class JobStore:
         return Page(jobs=jobs, next_cursor=next_cursor)
 
     async def start(self, job: Job, worker: str) -> Job | None:
-        """Mark an unfinished job ``processing`` by ``worker``, with the crash count and isolation
-        decided for it; None if it is finished or gone."""
+        """Mark the job ``processing`` by ``worker``, with the crash count and isolation decided
+        for it; None if it is gone. The caller holds the job's lease (worker/lease.py) and has
+        read it unfinished: updates go by ``_id`` alone, which every server answers by key."""
         doc = await self._jobs.find_one_and_update(
-            {"_id": job.job_id, "status": {"$in": [s.value for s in UNFINISHED]}},
+            {"_id": job.job_id},
             {
                 "$set": {
                     "status": JobStatus.processing.value,
                     "worker": worker,
                     "crashes": job.crashes,
                     "isolate": job.isolate,
+                    "attempts": job.attempts + 1,
                     "updated_at": utcnow(),
                 },
-                "$inc": {"attempts": 1},
             },
             return_document=ReturnDocument.AFTER,
         )
@@ -140,22 +143,25 @@ class JobStore:
         )
 
     async def _finish(self, job_id: str, fields: Document) -> bool:
-        outcome = await self._jobs.update_one(
-            {"_id": job_id, "status": {"$in": [s.value for s in UNFINISHED]}},
-            {"$set": {**fields, "updated_at": utcnow()}},
-        )
-        return outcome.modified_count == 1
+        """Record the outcome (the caller holds the job's lease and read it unfinished)."""
+        outcome = await self._jobs.update_one({"_id": job_id}, {"$set": {**fields, "updated_at": utcnow()}})
+        return outcome.matched_count == 1
 
-    async def release(self, job_id: str) -> bool:
-        """A worker hands an unfinished job back: ``pending`` again, and the attempt not counted."""
+    async def release(self, job: Job) -> bool:
+        """A worker hands an unfinished job back: ``pending`` again, and the attempt not counted.
+        ``job`` is as the worker last read it (processing, by itself)."""
         outcome = await self._jobs.update_one(
-            {"_id": job_id, "status": JobStatus.processing.value},
+            {"_id": job.job_id},
             {
-                "$set": {"status": JobStatus.pending.value, "updated_at": utcnow()},
-                "$inc": {"attempts": -1, "given_back": 1},
+                "$set": {
+                    "status": JobStatus.pending.value,
+                    "attempts": max(0, job.attempts - 1),
+                    "given_back": job.given_back + 1,
+                    "updated_at": utcnow(),
+                },
             },
         )
-        return outcome.modified_count == 1
+        return outcome.matched_count == 1
 
     async def stale_ids(self, untouched_since: datetime, *, batch: int) -> AsyncIterator[list[str]]:
         """Ids of the unfinished jobs nobody has touched since ``untouched_since``, in batches: the

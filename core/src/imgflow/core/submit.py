@@ -8,13 +8,14 @@ publishes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
-from imgflow.core.jobs import Job, utcnow
+from imgflow.core.jobs import UNFINISHED, Job, utcnow
 from imgflow.core.queue import QueueUnavailable, lost_jobs, publish_job, publish_jobs
 from imgflow.core.settings import Settings
 from imgflow.core.store import JobStore
@@ -42,14 +43,18 @@ async def requeue_lost(store: JobStore, broker: RedisBroker, redis: Redis, setti
     Covers what at-least-once delivery alone cannot: a publisher that died after the insert, a
     Redis that lost its data, a stream trimmed past undelivered entries. A job merely waiting in
     the stream (a backlog) or held by a worker is left alone: republishing it would only add
-    duplicates. Nothing is written to MongoDB; per batch of 500: Redis is asked twice and the lost
-    ones are published in one pipeline, so a Redis that lost everything is refilled at thousands
-    of jobs per second (bench/republish.py).
+    duplicates. Nothing is written to MongoDB; per batch of 500: Redis is asked twice, the lost
+    ones are read again by ``_id`` and published in one pipeline, so a Redis that lost everything
+    is refilled at thousands of jobs per second (bench/republish.py).
     """
     cutoff = utcnow() - timedelta(seconds=settings.requeue_after_s)
     requeued = 0
     async for batch in store.stale_ids(cutoff, batch=BATCH):
         lost = await lost_jobs(redis, settings, batch)
+        # A job that finished since it was read has had its entry forgotten at its ack: it looks
+        # lost but is done. Read those again (by _id, concurrently) and keep the unfinished.
+        again = await asyncio.gather(*(store.get(job_id) for job_id in lost))
+        lost = [job.job_id for job in again if job is not None and job.status in UNFINISHED]
         if lost:
             await publish_jobs(broker, redis, settings, lost)
             log.info("published %d job(s) whose message was lost", len(lost))

@@ -47,7 +47,7 @@ from imgflow.core.queue import (
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
-from imgflow.worker import metrics
+from imgflow.worker import lease, metrics
 from imgflow.worker.gate import Gate
 from imgflow.worker.processor import Processor
 
@@ -121,10 +121,19 @@ class Worker:
             await msg.ack()
             return
         ids: list[bytes] = msg.raw_message["message_ids"]
+        if job_id in self.running:
+            log.info("job %s is being processed here; dropping a duplicate message", job_id)
+            await msg.ack()
+            return
+        if not await lease.take(self.redis, self.settings, job_id, self.consumer, force=reclaimed):
+            log.info("job %s is held by a live worker; dropping a duplicate message", job_id)
+            await msg.ack()
+            return
         self.inflight.update(ids)
+        self.running.add(job_id)
         metrics.INFLIGHT.set(len(self.inflight))
         try:
-            job = await self._admit(job_id, reclaimed)
+            job = await self._admit(job_id, reclaimed)  # read under the lease: current
             if job is not None:
                 async with self.gate.alone() if job.isolate else self.gate.shared():
                     await self._run(job)
@@ -132,8 +141,11 @@ class Worker:
             for message_id in ids:
                 await forget_entry(self.redis, self.settings, job_id, message_id)
         finally:
+            self.running.discard(job_id)
             self.inflight.difference_update(ids)
             metrics.INFLIGHT.set(len(self.inflight))
+            with contextlib.suppress(Exception):  # Redis down: the lease expires by itself
+                await lease.release(self.redis, self.settings, job_id, self.consumer)
 
     async def _admit(self, job_id: str, reclaimed: bool) -> Job | None:
         """The job to run for this message, with what its last worker's end says about it; None
@@ -146,9 +158,6 @@ class Worker:
         job = await self.store.get(job_id)
         if job is None or job.status in (JobStatus.completed, JobStatus.failed):
             log.info("job %s is finished or unknown; dropping the message", job_id)
-            return None
-        if job_id in self.running:
-            log.info("job %s is being processed here; dropping a duplicate message", job_id)
             return None
         previous = job.worker if job.status is JobStatus.processing else None
         if previous is not None and previous != self.consumer:
@@ -174,13 +183,11 @@ class Worker:
 
     async def _run(self, job: Job) -> None:
         key = inflight_key(self.settings, self.consumer)
-        self.running.add(job.job_id)
         await self.redis.sadd(key, job.job_id)
         await self.redis.expire(key, inflight_ttl_s(self.settings))
         try:
             await self.processor.process(job, self.consumer)
         finally:
-            self.running.discard(job.job_id)
             await self.redis.srem(key, job.job_id)
 
     async def prepare(self) -> None:
@@ -215,6 +222,7 @@ class Worker:
             try:
                 await self.redis.set(key, json.dumps({"pod": pod, "inflight": len(self.inflight)}), ex=10)
                 await self.redis.expire(inflight_key(s, self.consumer), inflight_ttl_s(s))
+                await lease.keep(self.redis, s, set(self.running), self.consumer)
                 if self.inflight:
                     # XCLAIM to ourselves resets the idle time: a long job is not mistaken for a dead one
                     await self.redis.xclaim(
@@ -265,7 +273,9 @@ class Worker:
                 with contextlib.suppress(ValidationError, KeyError, ValueError):
                     job_id = _job_id(fields)
                     await record_entries(self.redis, s, {job_id: done[0]})
-                    await self.store.release(job_id)
+                    job = await self.store.get(job_id)
+                    if job and job.status is JobStatus.processing and job.worker == self.consumer:
+                        await self.store.release(job)
         return len(pending)
 
 
