@@ -6,6 +6,7 @@ Used by ``scripts/stack.py`` (make demo/up/down) and by ``tests/conftest.py``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgflow.core.settings import Settings
+from scripts import ferretdb_pg
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / ".tools" / "bin"
@@ -85,8 +87,7 @@ class Server:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.kill()
         return self.process.returncode
 
     def wait_exit(self, timeout: float) -> bool:
@@ -99,8 +100,10 @@ class Server:
         return True
 
     def kill(self) -> None:
+        """SIGKILL the process and whatever it started (its session: a supervisor's children)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
     def tail(self, lines: int = 40) -> str:
@@ -126,22 +129,46 @@ class MongoChoice:
     """Which MongoDB-wire server a run uses, and why (the README and the test summary say it)."""
 
     url: str
-    kind: str  # "external", "mongod" or "ferretdb"
+    kind: str  # "external", "mongod", "ferretdb-pg" or "ferretdb" (SQLite)
     server: Server | None
 
 
+def mongodb_kind() -> str:
+    """Which MongoDB-wire server ``mongodb_server`` starts: ``MONGODB_URL`` if set ("external"),
+    else ``mongod`` if on PATH, else FerretDB from .tools: on Debian's PostgreSQL when installed
+    ("ferretdb-pg"), else on SQLite ("ferretdb"; also when ``IMGFLOW_FERRETDB_BACKEND=sqlite``)."""
+    if os.environ.get("MONGODB_URL"):
+        return "external"
+    if shutil.which("mongod"):
+        return "mongod"
+    if os.environ.get("IMGFLOW_FERRETDB_BACKEND", "pg") != "sqlite" and ferretdb_pg.available():
+        return "ferretdb-pg"
+    return "ferretdb"
+
+
 def mongodb_server(workdir: Path, port: int) -> MongoChoice:
-    """``MONGODB_URL`` if set, else ``mongod`` if on PATH, else FerretDB (SQLite) from .tools."""
-    if url := os.environ.get("MONGODB_URL"):
-        return MongoChoice(url, "external", None)
+    kind = mongodb_kind()
+    if kind == "external":
+        return MongoChoice(os.environ["MONGODB_URL"], kind, None)
     workdir.mkdir(parents=True, exist_ok=True)
     url = f"mongodb://127.0.0.1:{port}"
-    if mongod := shutil.which("mongod"):
-        argv = [mongod, "--bind_ip", "127.0.0.1", "--port", str(port), "--dbpath", str(workdir)]
-        return MongoChoice(url, "mongod", Server("mongod", argv, workdir / "mongod.log"))
+    if kind == "mongod":
+        argv = [
+            str(shutil.which("mongod")),
+            "--bind_ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dbpath",
+            str(workdir),
+        ]
+        return MongoChoice(url, kind, Server("mongod", argv, workdir / "mongod.log"))
     ferretdb = TOOLS / "ferretdb"
     if not ferretdb.exists():
         raise RuntimeError("no MongoDB-wire server: run scripts/tools.sh ferretdb (make setup does)")
+    if kind == "ferretdb-pg":
+        argv = [sys.executable, "-m", "scripts.ferretdb_pg", "--port", str(port), "--workdir", str(workdir)]
+        return MongoChoice(url, kind, Server("ferretdb", argv, workdir / "ferretdb.log"))
     argv = [
         str(ferretdb),
         "--handler=sqlite",
@@ -152,7 +179,17 @@ def mongodb_server(workdir: Path, port: int) -> MongoChoice:
         "--telemetry=disable",
         "--log-level=warn",
     ]
-    return MongoChoice(url, "ferretdb", Server("ferretdb", argv, workdir / "ferretdb.log"))
+    return MongoChoice(url, kind, Server("ferretdb", argv, workdir / "ferretdb.log"))
+
+
+def describe(kind: str) -> str:
+    """How a run names its MongoDB-wire server (test header, `make up`)."""
+    return {
+        "external": "MONGODB_URL (external)",
+        "mongod": "mongod",
+        "ferretdb-pg": "FerretDB 1.24.2 on PostgreSQL (Debian's)",
+        "ferretdb": "FerretDB 1.24.2 on SQLite",
+    }[kind]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

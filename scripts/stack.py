@@ -21,7 +21,7 @@ import httpx
 import pyvips
 
 from imgflow.core.settings import Settings
-from scripts.servers import ROOT, free_port, start_stack
+from scripts.servers import ROOT, describe, free_port, start_stack
 
 RUN_DIR = ROOT / ".run"
 STATE = RUN_DIR / "stack.json"
@@ -53,7 +53,7 @@ def demo() -> int:
     settings = stack.settings
     try:
         base = f"http://127.0.0.1:{settings.api_port}"
-        print(f"  MongoDB-wire server: {stack.mongo.kind}; API: {base}\n")
+        print(f"  MongoDB-wire server: {describe(stack.mongo.kind)}; API: {base}\n")
         with httpx.Client(base_url=base, timeout=30) as client:
             accepted: dict[str, str] = {}
             completed = 0
@@ -112,7 +112,7 @@ def up() -> int:
     settings = stack.settings
     STATE.write_text(json.dumps({s.name: s.pid for s in stack.servers}, indent=2))
     print(f"imgflow is up: API http://127.0.0.1:{settings.api_port} (docs at /docs)")
-    print(f"  Redis {settings.redis_url}, MongoDB-wire ({stack.mongo.kind}) {settings.mongodb_url}")
+    print(f"  Redis {settings.redis_url}, MongoDB-wire ({describe(stack.mongo.kind)}) {settings.mongodb_url}")
     print(f"  worker metrics http://127.0.0.1:{settings.worker_metrics_port}/metrics; logs in {RUN_DIR}/")
     return 0
 

@@ -18,7 +18,9 @@ from scripts.servers import (
     MongoChoice,
     Server,
     api_server,
+    describe,
     free_port,
+    mongodb_kind,
     mongodb_server,
     redis_server,
     wait_for_port,
@@ -53,14 +55,7 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    import os
-    import shutil
-
-    if os.environ.get("MONGODB_URL"):
-        return "MongoDB-wire server: MONGODB_URL (external)"
-    return (
-        f"MongoDB-wire server: {'mongod' if shutil.which('mongod') else 'FerretDB 1.24.2 (SQLite backend)'}"
-    )
+    return f"MongoDB-wire server: {describe(mongodb_kind())}"
 
 
 @pytest.fixture(scope="session")
