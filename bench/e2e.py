@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 import httpx
 
 from bench import corpus
-from bench.system import Usage, cpu_seconds, status_kb
+from bench.system import Usage, status_kb, tree_cpu_seconds
 from imgflow.core.settings import Settings, StorageBackend
 from scripts.servers import free_port, start_stack
 
@@ -150,14 +150,16 @@ async def bench(
         ) as client:
             await push(client, warmup, inflight)
             rss_idle = status_kb(worker.pid, "VmRSS")
-            cpu_before = {name: cpu_seconds(s.pid) for name, s in procs.items() if s is not None}
+            cpu_before = {name: tree_cpu_seconds(s.pid) for name, s in procs.items() if s is not None}
             self_before = time.process_time()
             usage = Usage().start()
             started = time.time()
             records = await push(client, work, inflight)
             elapsed = max(r.processed for r in records) - started
             usage.stop()
-            cpu = {name: cpu_seconds(s.pid) - cpu_before[name] for name, s in procs.items() if s is not None}
+            cpu = {
+                name: tree_cpu_seconds(s.pid) - cpu_before[name] for name, s in procs.items() if s is not None
+            }
             cpu["bench client"] = time.process_time() - self_before
         cpu["other processes"] = usage.others(sum(cpu.values())) * usage.total
         return {

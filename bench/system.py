@@ -15,6 +15,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and every process under it, counting children it has already
+    reaped (a supervisor such as scripts/ferretdb_pg.py does no work itself; PostgreSQL forks a
+    backend per connection)."""
+    parents: dict[int, int] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        stats[int(entry.name)] = fields
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent and child not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    ticks = sum(sum(int(v) for v in stats[p][11:15]) for p in tree if p in stats)
+    return ticks / TICK
+
+
 def machine_seconds() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, summed over its cores."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
