@@ -17,13 +17,17 @@ class ImageSource:
     url: str = ""
     requests: int = 0
     hold_first: int = 0  # how many of the first requests wait for ``release``
+    fail_first: int = 0  # how many of the first requests answer ``fail_status``
+    fail_status: int = 503
     release: threading.Event = field(default_factory=threading.Event)
     arrived: threading.Event = field(default_factory=threading.Event)
 
 
 @contextmanager
-def image_source(body: bytes, *, hold_first: int = 0) -> Iterator[ImageSource]:
-    source = ImageSource(body, hold_first=hold_first)
+def image_source(
+    body: bytes, *, hold_first: int = 0, fail_first: int = 0, fail_status: int = 503
+) -> Iterator[ImageSource]:
+    source = ImageSource(body, hold_first=hold_first, fail_first=fail_first, fail_status=fail_status)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -32,6 +36,11 @@ def image_source(body: bytes, *, hold_first: int = 0) -> Iterator[ImageSource]:
             source.arrived.set()
             if number <= source.hold_first:
                 source.release.wait(120)
+            if number <= source.fail_first:
+                self.send_response(source.fail_status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(len(source.body)))

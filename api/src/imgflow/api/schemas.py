@@ -56,7 +56,15 @@ class JobView(Camel):
     options: Options
     source: str = Field(description="'upload', or the URL the image was fetched from")
     result: Result | None = Field(None, description="Present once the job is completed")
-    error: str | None = Field(None, description="Present when the job failed: what went wrong")
+    error: str | None = Field(
+        None,
+        description="Present when the job failed: what went wrong; while a retry waits, why the last "
+        "try did not work",
+    )
+    attempts: int = Field(0, description="Times a worker started the job")
+    next_attempt_at: Timestamp | None = Field(
+        None, description="While the job waits for a retry (status pending): when it is tried again"
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobView:
@@ -80,6 +88,8 @@ class JobView(Camel):
             source=job.source.url if job.source.kind == "url" else "upload",
             result=result,
             error=job.error,
+            attempts=job.attempts,
+            next_attempt_at=job.next_attempt_at if job.status is JobStatus.pending else None,
         )
 
 

@@ -51,7 +51,19 @@ class FetchRefused(FetchError):
 
 
 class FetchFailed(FetchError):
-    """The fetch was allowed and tried, but did not work: network, HTTP status, size or time."""
+    """The fetch was allowed and tried, but did not work: network, HTTP status, size or time.
+
+    ``transient``: trying again later may work (a timeout, a connection refused or reset, a name
+    that does not resolve now, HTTP 408/429/5xx); otherwise (404, too large, too many redirects)
+    it will not."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# HTTP statuses that say "not now" rather than "not this"
+TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 def address_refusal(ip: IPAddress) -> str | None:
@@ -119,7 +131,7 @@ async def fetch_to_file(
             await _fetch(url, dest, settings, policy or address_refusal)
     except TimeoutError:
         await anyio.Path(dest).unlink(missing_ok=True)
-        raise FetchFailed(_too_slow(url, settings)) from None
+        raise FetchFailed(_too_slow(url, settings), transient=True) from None
     except BaseException:
         await anyio.Path(dest).unlink(missing_ok=True)
         raise
@@ -149,7 +161,7 @@ async def _fetch(url: str, dest: Path, settings: Settings, policy: AddressPolicy
             try:
                 response = await client.send(request, stream=True)
             except httpx.HTTPError as exc:
-                raise FetchFailed(f"Could not fetch {current}: {_describe(exc)}.") from exc
+                raise FetchFailed(f"Could not fetch {current}: {_describe(exc)}.", transient=True) from exc
             try:
                 if response.is_redirect:
                     target = current.join(response.headers["location"])
@@ -162,7 +174,8 @@ async def _fetch(url: str, dest: Path, settings: Settings, policy: AddressPolicy
                     continue
                 if response.status_code != 200:
                     raise FetchFailed(
-                        f"{current} answered HTTP {response.status_code} {response.reason_phrase}."
+                        f"{current} answered HTTP {response.status_code} {response.reason_phrase}.",
+                        transient=response.status_code in TRANSIENT_STATUSES,
                     )
                 await _save(response, current, dest, settings)
                 return
@@ -188,7 +201,7 @@ async def _save(response: httpx.Response, url: httpx.URL, dest: Path, settings: 
                     raise FetchFailed(_too_large(url, limit, None))
                 await out.write(chunk)
         except httpx.HTTPError as exc:
-            raise FetchFailed(f"Could not fetch {url}: {_describe(exc)}.") from exc
+            raise FetchFailed(f"Could not fetch {url}: {_describe(exc)}.", transient=True) from exc
 
 
 async def _resolve_checked(url: httpx.URL, settings: Settings, policy: AddressPolicy) -> IPAddress:
@@ -201,7 +214,9 @@ async def _resolve_checked(url: httpx.URL, settings: Settings, policy: AddressPo
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, _port(url), type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
-            raise FetchFailed(f"Could not fetch {shown}: the host name {host!r} does not resolve.") from exc
+            raise FetchFailed(
+                f"Could not fetch {shown}: the host name {host!r} does not resolve.", transient=True
+            ) from exc
         addresses = [_sockaddr_ip(info[4]) for info in infos]
         if not addresses:
             raise FetchFailed(f"Could not fetch {shown}: the host name {host!r} has no address.")

@@ -114,6 +114,8 @@ class Job(BaseModel):
     attempts: int = 0  # times a worker started it
     given_back: int = 0  # times a stopping worker handed it back unfinished (not attempts)
     crashes: int = 0  # times its worker died while processing it and nothing else
+    retries: int = 0  # times it failed for a passing reason and was scheduled again
+    next_attempt_at: datetime | None = None  # while it waits for a retry
     isolate: bool = False  # its worker died holding other jobs too: it runs alone from now on
     worker: str | None = None  # the consumer that started it last
     result: JobResult | None = None
@@ -139,6 +141,8 @@ class Job(BaseModel):
         data["job_id"] = data.pop("_id")
         for field in ("created_at", "updated_at"):
             data[field] = _as_utc(data[field])
+        if data.get("next_attempt_at"):
+            data["next_attempt_at"] = _as_utc(data["next_attempt_at"])
         if data.get("result"):
             data["result"] = {**data["result"], "processed_at": _as_utc(data["result"]["processed_at"])}
         return cls.model_validate(data)

@@ -240,3 +240,70 @@ async def _consumers(redis: Redis, settings: Settings) -> list[dict[str, Any]]:
             return []
         raise
     return found
+
+
+def retry_key(settings: Settings) -> str:
+    """The Redis sorted set of jobs waiting for a retry, scored by when it is due (epoch s)."""
+    return f"{settings.stream}:retry"
+
+
+def dead_letter_key(settings: Settings) -> str:
+    """The Redis stream of jobs that failed after their last retry (fields: job_id, error)."""
+    return f"{settings.stream}:dead"
+
+
+async def schedule_retry(redis: Redis, settings: Settings, job_id: str, due: float) -> None:
+    await redis.zadd(retry_key(settings), {job_id: due})
+
+
+# Take the due members atomically, so that each due job is published by one worker only.
+_TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"""
+
+
+async def take_due_retries(redis: Redis, settings: Settings, now: float, limit: int = 500) -> list[str]:
+    """Remove and return the jobs whose retry is due. A process dying before it publishes them
+    leaves them to the reconciler (unfinished, no message, due)."""
+    due: list[bytes] = await redis.eval(_TAKE_DUE, 1, retry_key(settings), now, limit)
+    return [member.decode() for member in due]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    entry_id: str
+    job_id: str
+    error: str
+
+
+async def add_dead_letter(redis: Redis, settings: Settings, job_id: str, error: str) -> None:
+    await redis.xadd(dead_letter_key(settings), {"job_id": job_id, "error": error})
+
+
+async def dead_letters(
+    redis: Redis, settings: Settings, *, after: str | None, limit: int
+) -> list[DeadLetter]:
+    """Oldest first, from after the entry id ``after``."""
+    found = await redis.xrange(dead_letter_key(settings), min=f"({after}" if after else "-", count=limit)
+    letters = []
+    for entry_id, fields in found or []:
+        values = {_as_str(k): _as_str(v) for k, v in (fields or {}).items()}
+        letters.append(
+            DeadLetter(_as_str(entry_id or b""), values.get("job_id", ""), values.get("error", ""))
+        )
+    return letters
+
+
+async def remove_dead_letters(redis: Redis, settings: Settings, job_id: str) -> int:
+    """Remove every dead letter of ``job_id`` (a scan of the dead-letter stream, which stays small:
+    operators drain it); returns how many."""
+    removed = 0
+    after = None
+    while page := await dead_letters(redis, settings, after=after, limit=500):
+        ids = [letter.entry_id for letter in page if letter.job_id == job_id]
+        if ids:
+            removed += int(await redis.xdel(dead_letter_key(settings), *ids))
+        after = page[-1].entry_id
+    return removed

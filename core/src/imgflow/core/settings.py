@@ -71,6 +71,18 @@ class Settings(BaseSettings):
         "decoding: jobs wait for room, and one needing more than all of it fails. Keep the worker's "
         "memory limit at least this plus 256 MiB for the process itself",
     )
+    retry_delays_s: str = Field(
+        "1,5,30,120,600",
+        pattern=r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$",
+        description="Seconds to wait before each retry of a job that failed for a passing reason "
+        "(a URL source timing out or answering 5xx, storage unreachable), comma-separated; one "
+        "retry per entry (each +-20% jitter), then the job fails and goes to the dead letters",
+    )
+    admin_token: str | None = Field(
+        None,
+        description="Bearer token of the operator endpoints (/api/admin/...); unset: they are "
+        "disabled. A stand-in until API keys with an admin scope exist",
+    )
     graceful_timeout_s: float = Field(25.0, gt=0, description="Time a stopping worker has to finish jobs")
 
     # URL sources (ImageJobs fetched by the worker)
@@ -101,6 +113,10 @@ class Settings(BaseSettings):
     def upload_deadline_s(self) -> float:
         """Total time an upload may take: a largest-size upload at the slowest accepted rate."""
         return 30.0 + self.max_upload_bytes / self.upload_min_bytes_per_s
+
+    @property
+    def retry_delays(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.retry_delays_s.split(",") if part.strip())
 
 
 @lru_cache

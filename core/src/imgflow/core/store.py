@@ -125,6 +125,7 @@ class JobStore:
                     "crashes": job.crashes,
                     "isolate": job.isolate,
                     "attempts": job.attempts + 1,
+                    "next_attempt_at": None,
                     "updated_at": utcnow(),
                 },
             },
@@ -146,6 +147,40 @@ class JobStore:
         """Record the outcome (the caller holds the job's lease and read it unfinished)."""
         outcome = await self._jobs.update_one({"_id": job_id}, {"$set": {**fields, "updated_at": utcnow()}})
         return outcome.matched_count == 1
+
+    async def wait_for_retry(self, job: Job, error: str, next_attempt_at: datetime) -> bool:
+        """The job failed for a passing reason: ``pending`` until ``next_attempt_at``, with why."""
+        outcome = await self._jobs.update_one(
+            {"_id": job.job_id},
+            {
+                "$set": {
+                    "status": JobStatus.pending.value,
+                    "error": error,
+                    "retries": job.retries + 1,
+                    "next_attempt_at": next_attempt_at,
+                    "updated_at": utcnow(),
+                }
+            },
+        )
+        return outcome.matched_count == 1
+
+    async def revive(self, job_id: str) -> Job | None:
+        """A failed job an operator sends back (from the dead letters): ``pending``, retries reset.
+        No worker writes a failed job, so the API may."""
+        doc = await self._jobs.find_one_and_update(
+            {"_id": job_id},
+            {
+                "$set": {
+                    "status": JobStatus.pending.value,
+                    "error": None,
+                    "retries": 0,
+                    "next_attempt_at": None,
+                    "updated_at": utcnow(),
+                }
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        return Job.from_document(doc) if doc else None
 
     async def release(self, job: Job) -> bool:
         """A worker hands an unfinished job back: ``pending`` again, and the attempt not counted.

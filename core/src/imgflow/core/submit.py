@@ -54,7 +54,15 @@ async def requeue_lost(store: JobStore, broker: RedisBroker, redis: Redis, setti
         # A job that finished since it was read has had its entry forgotten at its ack: it looks
         # lost but is done. Read those again (by _id, concurrently) and keep the unfinished.
         again = await asyncio.gather(*(store.get(job_id) for job_id in lost))
-        lost = [job.job_id for job in again if job is not None and job.status in UNFINISHED]
+        # A job waiting for a retry has no message until it is due; one due for longer than
+        # requeue_after_s lost it (Redis lost the retry schedule, or its publisher died).
+        lost = [
+            job.job_id
+            for job in again
+            if job is not None
+            and job.status in UNFINISHED
+            and (job.next_attempt_at is None or job.next_attempt_at < cutoff)
+        ]
         if lost:
             await publish_jobs(broker, redis, settings, lost)
             log.info("published %d job(s) whose message was lost", len(lost))

@@ -115,7 +115,7 @@ Whether the in-cluster dev Redis / MongoDB is deployed: "true" or "".
 {{- end }}
 
 {{/*
-Name of the Secret holding IMGFLOW_REDIS_URL and IMGFLOW_MONGODB_URL.
+Name of the Secret holding IMGFLOW_REDIS_URL, IMGFLOW_MONGODB_URL and, optionally, IMGFLOW_ADMIN_TOKEN.
 */}}
 {{- define "imgflow.secretName" -}}
 {{- .Values.existingSecret.name | default (include "imgflow.componentName" (dict "ctx" . "component" "connections")) }}
@@ -226,6 +226,12 @@ Environment shared by the imgflow containers: the ConfigMap plus the two URLs fr
     secretKeyRef:
       name: {{ include "imgflow.secretName" . }}
       key: {{ .Values.existingSecret.mongodbUrlKey }}
+- name: IMGFLOW_ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "imgflow.secretName" . }}
+      key: {{ .Values.existingSecret.adminTokenKey }}
+      optional: true
 {{- end }}
 
 {{/*

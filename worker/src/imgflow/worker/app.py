@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +42,9 @@ from imgflow.core.queue import (
     inflight_key,
     inflight_ttl_s,
     make_broker,
+    publish_jobs,
     record_entries,
+    take_due_retries,
     worker_key,
 )
 from imgflow.core.settings import Settings
@@ -53,6 +56,7 @@ from imgflow.worker.processor import Processor
 
 log = logging.getLogger("imgflow.worker")
 HEARTBEAT_S = 2.0
+RETRY_PUMP_S = 0.5
 START_RETRY_MAX_S = 10.0
 
 
@@ -71,8 +75,8 @@ class Worker:
         self.mongo = connect(settings)
         db = self.mongo[settings.mongodb_database]
         self.store = JobStore(db)
-        self.processor = Processor(settings, self.store, make_storage(settings, db))
         self.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+        self.processor = Processor(settings, self.store, make_storage(settings, db), self.redis)
         self.broker = make_broker(settings, graceful_timeout=settings.graceful_timeout_s)
         self.inflight: set[bytes] = set()  # message ids being handled (for XCLAIM and give-back)
         self.running: set[str] = set()  # ids of the jobs being processed
@@ -83,6 +87,7 @@ class Worker:
         # a signal would be re-raised by uvicorn and end the process instead of restarting it).
         self.request_stop: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self._heartbeat: asyncio.Task[None] | None = None
+        self._retries: asyncio.Task[None] | None = None
         self._subscribe()
 
     def _stream(self, **options: Any) -> StreamSub:
@@ -209,6 +214,7 @@ class Worker:
         except Exception:  # MongoDB down at start: jobs wait in the stream until it is back
             log.warning("could not create indexes now; continuing", exc_info=True)
         self._heartbeat = asyncio.create_task(self._beat())
+        self._retries = asyncio.create_task(self._publish_due_retries())
 
     async def draining(self) -> None:
         """SIGTERM received: the subscribers are about to stop on purpose."""
@@ -239,12 +245,23 @@ class Worker:
                 self.request_stop()
             await asyncio.sleep(HEARTBEAT_S)
 
+    async def _publish_due_retries(self) -> None:
+        """Every worker publishes the retries that are due (each taken by one worker only)."""
+        while True:
+            await asyncio.sleep(RETRY_PUMP_S)
+            try:
+                due = await take_due_retries(self.redis, self.settings, time.time())
+                await publish_jobs(self.broker, self.redis, self.settings, due)
+            except Exception:
+                log.warning("could not publish due retries (Redis down?)", exc_info=True)
+
     async def stop(self) -> None:
         """After the subscribers stopped: return unfinished messages to the stream, then close."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for task in (self._heartbeat, self._retries):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         try:
             returned = await self._give_back()
             if returned:

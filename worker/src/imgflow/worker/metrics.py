@@ -19,3 +19,7 @@ PROCESSING = Histogram(
 )
 INFLIGHT = Gauge("imgflow_worker_inflight_jobs", "Jobs this worker is processing now")
 RECLAIMED = Counter("imgflow_jobs_reclaimed_total", "Messages taken over from a worker that went silent")
+RETRIES = Counter(
+    "imgflow_job_retries_total", "Jobs scheduled again after failing for a passing reason", ["reason"]
+)
+DEAD_LETTERS = Counter("imgflow_dead_letters_total", "Jobs failed after their last retry (dead letters)")

@@ -8,16 +8,20 @@ image: the message then stays pending and is delivered again.
 from __future__ import annotations
 
 import logging
+import random
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
 import pyvips
+from redis.asyncio import Redis
 
 from imgflow.core.fetch import FetchFailed, FetchRefused, fetch_to_file
 from imgflow.core.jobs import Job, JobResult, UrlSource, thumbnail_key, utcnow
 from imgflow.core.probe import ImageInfo, ImageTooLarge, UnsupportedImage, probe_buffer
+from imgflow.core.queue import add_dead_letter, schedule_retry
 from imgflow.core.settings import Settings
 from imgflow.core.storage import NotFound, Storage
 from imgflow.core.store import JobStore
@@ -32,11 +36,17 @@ class BadSource(Exception):
     """The source is unusable: the job fails with this message, and retrying will not help."""
 
 
+class PassingFailure(Exception):
+    """It did not work now, for a reason that may pass (a URL source timing out or answering 5xx,
+    storage unreachable): the job is tried again after the next delay of ``retry_delays_s``."""
+
+
 class Processor:
-    def __init__(self, settings: Settings, store: JobStore, storage: Storage) -> None:
+    def __init__(self, settings: Settings, store: JobStore, storage: Storage, redis: Redis) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
+        self.redis = redis
         # libvips releases the GIL, so threads run pipelines truly in parallel.
         self._limiter = anyio.CapacityLimiter(settings.worker_concurrency)
         self._memory = MemoryBudget(settings.worker_memory_mb * MB)
@@ -69,8 +79,15 @@ class Processor:
         except BadSource as exc:
             await self._fail(job, str(exc))
             return
+        except PassingFailure as exc:
+            await self._retry_later(job, str(exc), "source")
+            return
         key = thumbnail_key(job.job_id, thumbnail.format)
-        await self.storage.save_bytes(key, thumbnail.data, thumbnail.format.media_type)
+        try:
+            await self.storage.save_bytes(key, thumbnail.data, thumbnail.format.media_type)
+        except Exception as exc:  # the backends raise OSError, PyMongoError, ...
+            await self._retry_later(job, f"Could not store the thumbnail: {exc}", "storage")
+            return
         result = JobResult(
             key=key,
             width=thumbnail.width,
@@ -90,13 +107,17 @@ class Processor:
                 dest = Path(tmp) / "source"
                 try:
                     await fetch_to_file(job.source.url, dest, self.settings)
-                except (FetchRefused, FetchFailed) as exc:
+                except FetchFailed as exc:
+                    raise (PassingFailure if exc.transient else BadSource)(str(exc)) from exc
+                except FetchRefused as exc:
                     raise BadSource(str(exc)) from exc
                 return await anyio.Path(dest).read_bytes()
         try:
             return await self.storage.read(job.source.key)
         except NotFound:
             raise BadSource("The uploaded original is gone from storage.") from None
+        except Exception as exc:  # the backends raise OSError, PyMongoError, ...
+            raise PassingFailure(f"Could not read the original from storage: {exc}") from exc
 
     def _probe(self, data: bytes) -> ImageInfo:
         try:
@@ -119,6 +140,22 @@ class Processor:
             raise BadSource(str(exc)) from exc
         except pyvips.Error as exc:
             raise BadSource(_vips_message(exc)) from exc
+
+    async def _retry_later(self, job: Job, error: str, reason: str) -> None:
+        """Schedule the next try after the next delay (+-20% jitter, so that jobs failed together
+        do not come back together); after the last, fail the job and file it as a dead letter."""
+        delays = self.settings.retry_delays
+        if job.retries >= len(delays):
+            tries = job.retries + 1
+            await self._fail(job, f"Gave up after {tries} {'try' if tries == 1 else 'tries'}: {error}")
+            await add_dead_letter(self.redis, self.settings, job.job_id, error)
+            metrics.DEAD_LETTERS.inc()
+            return
+        delay = delays[job.retries] * random.uniform(0.8, 1.2)
+        log.info("job %s: %s; trying again in %.1f s", job.job_id, error, delay)
+        await self.store.wait_for_retry(job, error, utcnow() + timedelta(seconds=delay))
+        await schedule_retry(self.redis, self.settings, job.job_id, time.time() + delay)
+        metrics.RETRIES.labels(reason).inc()
 
     async def _fail(self, job: Job, error: str) -> None:
         log.info("job %s failed: %s", job.job_id, error)
