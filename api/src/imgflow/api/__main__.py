@@ -21,6 +21,8 @@ def main() -> None:
         proxy_headers=True,
         access_log=False,
         http=with_header_timeout(settings.request_header_timeout_s),
+        # open event streams (GET .../events) would otherwise hold a stopping API forever
+        timeout_graceful_shutdown=20,
     )
 
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from imgflow.api.problems import Problem
 from imgflow.api.schemas import Camel, JobView
 from imgflow.api.state import AppState, get_state
+from imgflow.core.events import job_changed
 from imgflow.core.jobs import JobStatus
 from imgflow.core.queue import dead_letters, publish_job, remove_dead_letters
 
@@ -79,5 +80,6 @@ async def retry_dead_letter(job_id: str, state: State, _: Admin, response: Respo
     revived = await state.store.revive(job_id)
     assert revived is not None
     await publish_job(state.broker, state.redis, state.settings, job_id)
+    await job_changed(state.redis, state.settings, job_id, JobStatus.pending)
     response.headers["Location"] = f"/api/image-processing/jobs/{job_id}"
     return JobView.of(revived)

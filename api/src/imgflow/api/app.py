@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from imgflow.api import admin, metrics, problems
+from imgflow.api import admin, metrics, problems, progress
 from imgflow.api.routes import router
 from imgflow.api.state import AppState
 from imgflow.core.probe import configure_libvips
@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.middleware("http")(metrics.record)
     app.include_router(router)
     app.include_router(admin.router)
+    app.include_router(progress.router)
 
     @app.get("/healthz", tags=["operations"], summary="Alive")
     async def healthz() -> dict[str, str]:

@@ -15,6 +15,7 @@ from datetime import timedelta
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
+from imgflow.core.events import job_changed
 from imgflow.core.jobs import UNFINISHED, Job, utcnow
 from imgflow.core.queue import QueueUnavailable, lost_jobs, publish_job, publish_jobs
 from imgflow.core.settings import Settings
@@ -30,6 +31,7 @@ async def submit_job(store: JobStore, broker: RedisBroker, redis: Redis, setting
     except QueueUnavailable:
         await store.delete(job.job_id)
         raise
+    await job_changed(redis, settings, job.job_id, job.status)
     return job
 
 

@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from imgflow.core.events import job_changed
 from imgflow.core.jobs import Job, JobStatus
 from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import (
@@ -293,6 +294,7 @@ class Worker:
                     job = await self.store.get(job_id)
                     if job and job.status is JobStatus.processing and job.worker == self.consumer:
                         await self.store.release(job)
+                        await job_changed(self.redis, s, job_id, JobStatus.pending)
         return len(pending)
 
 

@@ -18,8 +18,9 @@ import anyio
 import pyvips
 from redis.asyncio import Redis
 
+from imgflow.core.events import job_changed
 from imgflow.core.fetch import FetchFailed, FetchRefused, fetch_to_file
-from imgflow.core.jobs import Job, JobResult, UrlSource, thumbnail_key, utcnow
+from imgflow.core.jobs import Job, JobResult, JobStatus, UrlSource, thumbnail_key, utcnow
 from imgflow.core.probe import ImageInfo, ImageTooLarge, UnsupportedImage, probe_buffer
 from imgflow.core.queue import add_dead_letter, schedule_retry
 from imgflow.core.settings import Settings
@@ -64,6 +65,7 @@ class Processor:
         if job is None:
             log.info("job %s is finished or unknown; dropping the message", admitted.job_id)
             return
+        await job_changed(self.redis, self.settings, job.job_id, JobStatus.processing)
         started = time.perf_counter()
         try:
             source = await self._source_bytes(job)
@@ -97,6 +99,7 @@ class Processor:
             processed_at=utcnow(),
         )
         if await self.store.complete(job.job_id, result):
+            await job_changed(self.redis, self.settings, job.job_id, JobStatus.completed)
             metrics.FINISHED.labels("completed").inc()
             metrics.DURATION.observe((result.processed_at - job.created_at).total_seconds())
         metrics.PROCESSING.observe(time.perf_counter() - started)
@@ -154,12 +157,14 @@ class Processor:
         delay = delays[job.retries] * random.uniform(0.8, 1.2)
         log.info("job %s: %s; trying again in %.1f s", job.job_id, error, delay)
         await self.store.wait_for_retry(job, error, utcnow() + timedelta(seconds=delay))
+        await job_changed(self.redis, self.settings, job.job_id, JobStatus.pending)
         await schedule_retry(self.redis, self.settings, job.job_id, time.time() + delay)
         metrics.RETRIES.labels(reason).inc()
 
     async def _fail(self, job: Job, error: str) -> None:
         log.info("job %s failed: %s", job.job_id, error)
         if await self.store.fail(job.job_id, error, crashes=job.crashes):
+            await job_changed(self.redis, self.settings, job.job_id, JobStatus.failed)
             metrics.FINISHED.labels("failed").inc()
             metrics.DURATION.observe((utcnow() - job.created_at).total_seconds())
 
