@@ -45,6 +45,8 @@ log "engine part (about 4 min)"
 py -m bench.engine --out "$results/engine.json"
 log "end-to-end part (about 30 s)"
 py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e.json"
+log "the same, clients polling instead of following Server-Sent Events (about 30 s)"
+BENCH_E2E_WAIT=poll py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e-poll.json"
 log "republishing after Redis lost its data (about 20 s)"
 py -m bench.republish --jobs 5000
 if [ "$investigate" = 1 ]; then
