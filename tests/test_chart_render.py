@@ -142,7 +142,7 @@ def test_configmap_sets_every_core_setting_with_the_application_defaults(
 ) -> None:
     data = config_map(default_docs)
     fields = Settings.model_fields
-    secret_fields = {"redis_url", "mongodb_url", "admin_token"}
+    secret_fields = {"redis_url", "mongodb_url", "admin_token", "webhook_secret"}
     keys = {k.removeprefix("IMGFLOW_").lower() for k in data}
     assert all(k.startswith("IMGFLOW_") for k in data)
     assert keys <= set(fields), f"ConfigMap keys that are no setting: {keys - set(fields)}"

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from imgflow.api import admin, metrics, problems, progress
+from imgflow.api import admin, metrics, problems, progress, webhooks
 from imgflow.api.routes import router
 from imgflow.api.state import AppState
 from imgflow.core.probe import configure_libvips
@@ -73,13 +73,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("could not create the consumer group now (Redis down?)", exc_info=True)
         await state.broker.connect()
         app.state.imgflow = state
-        reconciler = asyncio.create_task(_reconcile_forever(state))
+        tasks = [
+            asyncio.create_task(_reconcile_forever(state)),
+            asyncio.create_task(webhooks.send_forever(state)),
+        ]
         try:
             yield
         finally:
-            reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reconciler
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.broker.stop()
             await state.redis.aclose()
             await mongo.close()
@@ -95,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(admin.router)
     app.include_router(progress.router)
+    app.include_router(webhooks.router)
 
     @app.get("/healthz", tags=["operations"], summary="Alive")
     async def healthz() -> dict[str, str]:

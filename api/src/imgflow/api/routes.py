@@ -16,6 +16,7 @@ from imgflow.api.problems import Problem
 from imgflow.api.schemas import UPLOADS_PREFIX, Accepted, JobList, JobView
 from imgflow.api.state import AppState, get_state
 from imgflow.api.uploads import FILE_FIELD, receive_upload
+from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import (
     Fit,
     Job,
@@ -28,6 +29,7 @@ from imgflow.core.jobs import (
 )
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_file
 from imgflow.core.queue import QueueUnavailable
+from imgflow.core.settings import Settings
 from imgflow.core.storage import NotFound
 from imgflow.core.store import InvalidCursor, PageCursor
 from imgflow.core.submit import submit_job
@@ -58,6 +60,12 @@ UPLOAD_FORM_DOC = {
                             "type": "string",
                             "enum": [f.value for f in OutputFormat],
                             "default": "jpeg",
+                        },
+                        "callbackUrl": {
+                            "type": "string",
+                            "format": "uri",
+                            "description": "Where to POST the job.completed / job.failed webhook "
+                            "(Standard Webhooks signature; needs IMGFLOW_WEBHOOK_SECRET)",
                         },
                     },
                 }
@@ -113,6 +121,26 @@ def _spec_from_form(fields: dict[str, str], state: AppState) -> ThumbnailSpec:
     )
 
 
+async def _callback_url(url: str, settings: Settings) -> str | None:
+    """The job's webhook URL, checked like a URL source (scheme, public address) at the door; the
+    sender checks the address again when it connects."""
+    if not url:
+        return None
+    if not settings.webhook_secret:
+        raise Problem(
+            422,
+            "Invalid request",
+            "callbackUrl needs webhooks enabled on this service (IMGFLOW_WEBHOOK_SECRET).",
+        )
+    if len(url) > 2048:
+        raise Problem(422, "Invalid request", "callbackUrl is longer than 2048 characters.")
+    try:
+        await anyio.to_thread.run_sync(check_url, url, settings)
+    except FetchRefused as exc:
+        raise Problem(422, "Invalid request", f"callbackUrl: {exc}") from exc
+    return url
+
+
 @router.post(
     JOBS,
     status_code=202,
@@ -140,6 +168,7 @@ async def create_job(request: Request, response: Response, state: State) -> Acce
         if not USER_ID.match(user_id):
             raise Problem(422, "Invalid request", "userId must be 1 to 128 printable characters.")
         spec = _spec_from_form(upload.fields, state)
+        callback_url = await _callback_url(upload.fields.get("callbackUrl", "").strip(), settings)
         path = upload.path
         assert path is not None
         if upload.size == 0:
@@ -157,7 +186,7 @@ async def create_job(request: Request, response: Response, state: State) -> Acce
 
         job_id = new_job_id()
         source = UploadSource(key=original_key(job_id), filename=upload.filename)
-        job = Job(job_id=job_id, user_id=user_id, spec=spec, source=source)
+        job = Job(job_id=job_id, user_id=user_id, spec=spec, source=source, callback_url=callback_url)
         try:
             await state.storage.save(source.key, path, f"image/{info.format}")
         except PyMongoError as exc:

@@ -204,6 +204,32 @@ async def _save(response: httpx.Response, url: httpx.URL, dest: Path, settings: 
             raise FetchFailed(f"Could not fetch {url}: {_describe(exc)}.", transient=True) from exc
 
 
+async def post_checked(
+    url: str, body: bytes, headers: dict[str, str], settings: Settings, *, timeout_s: float
+) -> int:
+    """POST ``body`` to ``url`` under the fetch rules (scheme, every resolved address checked, the
+    connection made to the checked address), following no redirect; returns the status code.
+    Raises ``FetchRefused`` or ``FetchFailed`` (a timeout or a connection error: transient)."""
+    target = _parse(url)
+    ip = await _resolve_checked(target, settings, address_refusal)
+    try:
+        async with (
+            asyncio.timeout(timeout_s),
+            httpx.AsyncClient(trust_env=False, follow_redirects=False, timeout=None) as client,
+        ):
+            response = await client.post(
+                target.copy_with(host=str(ip)),
+                content=body,
+                headers={**headers, "Host": target.netloc.decode("ascii"), "User-Agent": "imgflow"},
+                extensions={"sni_hostname": target.host} if target.scheme == "https" else {},
+            )
+            return response.status_code
+    except TimeoutError:
+        raise FetchFailed(f"{url} did not answer within {timeout_s:g} s.", transient=True) from None
+    except httpx.HTTPError as exc:
+        raise FetchFailed(f"Could not reach {url}: {_describe(exc)}.", transient=True) from exc
+
+
 async def _resolve_checked(url: httpx.URL, settings: Settings, policy: AddressPolicy) -> IPAddress:
     """The address to connect to for ``url``: resolved once, every answer checked."""
     host, shown = url.host, str(url)

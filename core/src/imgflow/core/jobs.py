@@ -121,6 +121,7 @@ class Job(BaseModel):
     result: JobResult | None = None
     error: str | None = None
     image_job: str | None = None  # "namespace/name" of the ImageJob that created it, if any
+    callback_url: str | None = None  # where its completion webhook goes
 
     @model_validator(mode="after")
     def _finished_jobs_say_how(self) -> Job:

@@ -78,6 +78,19 @@ class Settings(BaseSettings):
         "(a URL source timing out or answering 5xx, storage unreachable), comma-separated; one "
         "retry per entry (each +-20% jitter), then the job fails and goes to the dead letters",
     )
+    webhook_secret: str | None = Field(
+        None,
+        pattern=r"^(whsec_[A-Za-z0-9+/]+={0,2})?$",
+        description="Signing secret of completion webhooks (whsec_<base64>, Standard Webhooks); "
+        "unset: jobs with a callbackUrl are refused",
+    )
+    webhook_retry_delays_s: str = Field(
+        "5,30,300,1800,7200,21600,43200",
+        pattern=r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$",
+        description="Seconds before each retry of a webhook delivery that got no 2xx (about 20 h "
+        "in all), comma-separated",
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Time a webhook receiver has to answer")
     admin_token: str | None = Field(
         None,
         description="Bearer token of the operator endpoints (/api/admin/...); unset: they are "
@@ -116,7 +129,15 @@ class Settings(BaseSettings):
 
     @property
     def retry_delays(self) -> tuple[float, ...]:
-        return tuple(float(part) for part in self.retry_delays_s.split(",") if part.strip())
+        return _seconds(self.retry_delays_s)
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        return _seconds(self.webhook_retry_delays_s)
+
+
+def _seconds(text: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in text.split(",") if part.strip())
 
 
 @lru_cache

@@ -226,6 +226,12 @@ Environment shared by the imgflow containers: the ConfigMap plus the two URLs fr
     secretKeyRef:
       name: {{ include "imgflow.secretName" . }}
       key: {{ .Values.existingSecret.mongodbUrlKey }}
+- name: IMGFLOW_WEBHOOK_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "imgflow.secretName" . }}
+      key: {{ .Values.existingSecret.webhookSecretKey }}
+      optional: true
 - name: IMGFLOW_ADMIN_TOKEN
   valueFrom:
     secretKeyRef:

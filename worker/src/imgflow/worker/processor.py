@@ -26,6 +26,7 @@ from imgflow.core.queue import add_dead_letter, schedule_retry
 from imgflow.core.settings import Settings
 from imgflow.core.storage import NotFound, Storage
 from imgflow.core.store import JobStore
+from imgflow.core.webhooks import file_delivery
 from imgflow.worker import metrics
 from imgflow.worker.memory import MB, MemoryBudget, OverBudget, job_memory_bytes
 from imgflow.worker.pipeline import Thumbnail, make_thumbnail
@@ -100,6 +101,8 @@ class Processor:
         )
         if await self.store.complete(job.job_id, result):
             await job_changed(self.redis, self.settings, job.job_id, JobStatus.completed)
+            if job.callback_url:
+                await file_delivery(self.redis, self.settings, job.job_id, "job.completed")
             metrics.FINISHED.labels("completed").inc()
             metrics.DURATION.observe((result.processed_at - job.created_at).total_seconds())
         metrics.PROCESSING.observe(time.perf_counter() - started)
@@ -165,6 +168,8 @@ class Processor:
         log.info("job %s failed: %s", job.job_id, error)
         if await self.store.fail(job.job_id, error, crashes=job.crashes):
             await job_changed(self.redis, self.settings, job.job_id, JobStatus.failed)
+            if job.callback_url:
+                await file_delivery(self.redis, self.settings, job.job_id, "job.failed")
             metrics.FINISHED.labels("failed").inc()
             metrics.DURATION.observe((utcnow() - job.created_at).total_seconds())
 

@@ -1,0 +1,151 @@
+"""The webhook sender, run by every API replica (one consumer group shares the deliveries), and
+``GET .../jobs/{jobId}/deliveries``. See imgflow.core.webhooks for the contract."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from redis.exceptions import ResponseError
+
+from imgflow.api.problems import Problem
+from imgflow.api.schemas import Camel, JobView
+from imgflow.api.state import AppState, get_state
+from imgflow.core.fetch import FetchError, FetchFailed, post_checked
+from imgflow.core.jobs import utcnow
+from imgflow.core.webhooks import (
+    SENDERS,
+    Attempt,
+    attempts,
+    file_delivery,
+    message_id,
+    record_attempt,
+    sign,
+    webhook_retry_key,
+    webhooks_key,
+)
+
+log = logging.getLogger("imgflow.api.webhooks")
+router = APIRouter()
+State = Annotated[AppState, Depends(get_state)]
+BLOCK_MS = 2000
+RECLAIM_IDLE_MS = 60_000
+
+_TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"""
+
+
+async def send_forever(state: AppState) -> None:
+    """Deliver filed webhooks; retry failures on the configured schedule; never give up the loop."""
+    redis, settings = state.redis, state.settings
+    consumer = f"api-{uuid.uuid4().hex[:8]}"
+    while True:
+        try:
+            await _ensure_group(state)
+            for member in await redis.eval(_TAKE_DUE, 1, webhook_retry_key(settings), time.time()):
+                due = json.loads(member)
+                await file_delivery(redis, settings, due["job_id"], due["type"], due["attempt"])
+            _, claimed, _ = await redis.xautoclaim(
+                webhooks_key(settings), SENDERS, consumer, RECLAIM_IDLE_MS, count=10
+            )
+            fresh: Any = await redis.xreadgroup(
+                SENDERS, consumer, {webhooks_key(settings): ">"}, count=10, block=BLOCK_MS
+            )
+            entries = list(claimed or []) + [entry for _, batch in fresh or [] for entry in batch]
+            await asyncio.gather(*(_deliver(state, entry_id, fields) for entry_id, fields in entries))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("webhook sender round failed; retrying", exc_info=True)
+            await asyncio.sleep(1)
+
+
+async def _ensure_group(state: AppState) -> None:
+    try:
+        await state.redis.xgroup_create(webhooks_key(state.settings), SENDERS, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def _deliver(state: AppState, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    redis, settings = state.redis, state.settings
+    job_id, event_type = fields[b"job_id"].decode(), fields[b"type"].decode()
+    attempt = int(fields.get(b"attempt", b"0"))
+    job = await state.store.get(job_id)
+    if job is not None and job.callback_url and settings.webhook_secret:
+        body = json.dumps(
+            {
+                "type": event_type,
+                "timestamp": utcnow().isoformat().replace("+00:00", "Z"),
+                "data": JobView.of(job).model_dump(mode="json", by_alias=True, exclude_none=True),
+            }
+        ).encode()
+        msg_id, now = message_id(job_id, event_type), int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(now),
+            "webhook-signature": sign(settings.webhook_secret, msg_id, now, body),
+        }
+        status: int | None = None
+        error: str | None = None
+        retry = True
+        try:
+            status = await post_checked(
+                job.callback_url, body, headers, settings, timeout_s=settings.webhook_timeout_s
+            )
+        except FetchFailed as exc:
+            error, retry = str(exc), exc.transient
+        except FetchError as exc:  # refused now (the name points inside since): no retry helps
+            error, retry = str(exc), False
+        delivered = status is not None and 200 <= status < 300
+        if status is not None and not delivered:
+            error = f"{job.callback_url} answered HTTP {status}."
+        at = utcnow().isoformat().replace("+00:00", "Z")
+        await record_attempt(redis, settings, job_id, Attempt(at, attempt + 1, status, error, delivered))
+        delays = settings.webhook_retry_delays
+        if not delivered and retry and attempt < len(delays):
+            delay = delays[attempt] * random.uniform(0.8, 1.2)
+            member = json.dumps({"job_id": job_id, "type": event_type, "attempt": attempt + 1})
+            await redis.zadd(webhook_retry_key(settings), {member: time.time() + delay})
+        elif not delivered:
+            log.warning(
+                "webhook %s of job %s not delivered after %d attempts", event_type, job_id, attempt + 1
+            )
+    await redis.xack(webhooks_key(settings), SENDERS, entry_id)
+    await redis.xdel(webhooks_key(settings), entry_id)
+
+
+class DeliveryView(Camel):
+    at: str
+    attempt: int
+    status: int | None
+    error: str | None
+    delivered: bool
+
+
+class DeliveryList(Camel):
+    deliveries: list[DeliveryView]
+
+
+@router.get(
+    "/api/image-processing/jobs/{job_id}/deliveries",
+    response_model=DeliveryList,
+    summary="Attempts to deliver the job's webhook",
+    responses={404: {"description": "No such job"}},
+)
+async def job_deliveries(job_id: str, state: State) -> DeliveryList:
+    if await state.store.get(job_id) is None:
+        raise Problem(404, "Job not found", f"There is no job with id {job_id!r}.")
+    found: list[Any] = await attempts(state.redis, state.settings, job_id)
+    return DeliveryList(deliveries=[DeliveryView(**vars(a)) for a in found])

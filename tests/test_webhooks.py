@@ -1,0 +1,157 @@
+"""Completion webhooks, checked the way a receiver would: real HTTP receivers on loopback, every
+signature verified with the official ``standardwebhooks`` package."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from imgflow.core.settings import Settings
+from tests import images
+from tests.client import JOBS, submit, wait_finished
+from tests.conftest import Processes
+
+SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
+@dataclass
+class Receiver:
+    url: str = ""
+    fail_first: int = 0  # answer 500 to this many requests first
+    silent: bool = False  # never answer
+    calls: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+
+@contextmanager
+def receiver(*, fail_first: int = 0, silent: bool = False) -> Iterator[Receiver]:
+    state = Receiver(fail_first=fail_first, silent=silent)
+    stop = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            state.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            if state.silent:
+                stop.wait(30)
+                return
+            self.send_response(500 if len(state.calls) <= state.fail_first else 204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/imgflow"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield state
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def settings(fresh_settings: Settings) -> Settings:
+    return fresh_settings.model_copy(
+        update={
+            "allow_private_urls": True,  # the receivers are on loopback
+            "webhook_secret": SECRET,
+            "webhook_retry_delays_s": "0.3,0.5",
+            "webhook_timeout_s": 1.0,
+        }
+    )
+
+
+@pytest.fixture
+def api(processes: Processes, settings: Settings) -> str:
+    _, base = processes.start_api(settings)
+    processes.start_worker(settings)
+    return base
+
+
+def wait_calls(hook: Receiver, count: int, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while len(hook.calls) < count:
+        assert time.monotonic() < deadline, f"{len(hook.calls)} calls, expected {count}"
+        time.sleep(0.05)
+
+
+async def deliveries(client: httpx.AsyncClient, job_id: str, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 30
+    while True:
+        found: list[dict[str, Any]] = (await client.get(f"{JOBS}/{job_id}/deliveries")).json()["deliveries"]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.1)
+
+
+async def test_a_receiver_failing_twice_gets_the_signed_event_on_the_third_try(api: str) -> None:
+    with receiver(fail_first=2) as hook:
+        async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+            response = await submit(client, images.jpeg(), callbackUrl=hook.url)
+            assert response.status_code == 202, response.text
+            job_id = response.json()["jobId"]
+            assert (await wait_finished(client, job_id))["status"] == "completed"
+            wait_calls(hook, 3)
+            attempts = await deliveries(client, job_id, 3)
+    verifier = Webhook(SECRET)
+    payloads = [verifier.verify(body, headers) for headers, body in hook.calls]
+    assert {p["type"] for p in payloads} == {"job.completed"}
+    assert {p["data"]["jobId"] for p in payloads} == {job_id}
+    assert payloads[-1]["data"]["status"] == "completed" and payloads[-1]["data"]["result"]["thumbnailUrl"]
+    assert len({headers["webhook-id"] for headers, _ in hook.calls}) == 1  # one event, three tries
+    assert [(a["attempt"], a["status"], a["delivered"]) for a in attempts] == [
+        (1, 500, False),
+        (2, 500, False),
+        (3, 204, True),
+    ]
+    with pytest.raises(Exception, match=r"(?i)signature"):
+        Webhook("whsec_" + base64.b64encode(b"another secret, not ours").decode()).verify(
+            *hook.calls[0][::-1]
+        )
+
+
+async def test_a_receiver_that_never_answers_is_given_up_after_the_schedule(api: str) -> None:
+    with receiver(silent=True) as hook:
+        async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+            response = await submit(client, images.jpeg(), callbackUrl=hook.url)
+            job_id = response.json()["jobId"]
+            await wait_finished(client, job_id)
+            attempts = await deliveries(client, job_id, 3)
+            await asyncio.sleep(1.5)  # long enough for a fourth try, if there were one
+            assert len((await client.get(f"{JOBS}/{job_id}/deliveries")).json()["deliveries"]) == 3
+    assert [a["delivered"] for a in attempts] == [False, False, False]
+    assert all("did not answer" in a["error"] for a in attempts)
+
+
+async def test_callback_urls_are_checked_at_the_door(processes: Processes, fresh_settings: Settings) -> None:
+    _, guarded = processes.start_api(fresh_settings.model_copy(update={"webhook_secret": SECRET}))
+    _, unsigned = processes.start_api(fresh_settings)
+    async with httpx.AsyncClient(timeout=30) as client:
+        client.base_url = httpx.URL(guarded)
+        private = await submit(client, images.jpeg(), callbackUrl="http://127.0.0.1:9/hook")
+        scheme = await submit(client, images.jpeg(), callbackUrl="file:///etc/passwd")
+        client.base_url = httpx.URL(unsigned)
+        no_secret = await submit(client, images.jpeg(), callbackUrl="https://example.com/hook")
+    for response, phrase in (
+        (private, "loopback"),
+        (scheme, "only http"),
+        (no_secret, "IMGFLOW_WEBHOOK_SECRET"),
+    ):
+        assert response.status_code == 422, response.text
+        assert phrase in response.json()["detail"], response.json()
