@@ -64,7 +64,9 @@ async def measure(store: JobStore) -> dict[str, float]:
         "insert (API accept)": await median_ms(lambda i: store.insert(jobs[i])),
         "get (worker admit, client poll)": await median_ms(lambda i: store.get(jobs[i].job_id)),
         "start (worker)": await median_ms(lambda i: store.start(jobs[i], "w")),
-        "complete (worker)": await median_ms(lambda i: store.complete(jobs[i].job_id, RESULT)),
+        "complete (worker)": await median_ms(
+            lambda i: store.complete(jobs[i].job_id, RESULT, expires_at=utcnow())
+        ),
         "list a user's newest jobs": await median_ms(
             lambda i: store.list_for_user(user, status=None, limit=20, after=None)
         ),
@@ -77,7 +79,9 @@ async def measure(store: JobStore) -> dict[str, float]:
         await store.insert(job)
         started.append(await store.start(job, "w"))
     figures["give back (worker stopping)"] = await median_ms(lambda i: store.release(started[i] or extra[i]))
-    figures["fail (worker)"] = await median_ms(lambda i: store.fail(extra[i].job_id, "bad"))
+    figures["fail (worker)"] = await median_ms(
+        lambda i: store.fail(extra[i].job_id, "bad", expires_at=utcnow())
+    )
     return figures
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -45,6 +46,17 @@ async def test_save_stat_read_stream_replace_delete(storage: Storage, tmp_path: 
         await storage.stat("thumbnail-a.jpg")
     with pytest.raises(NotFound):
         await storage.read("thumbnail-a.jpg")
+
+
+async def test_entries_list_what_is_stored_with_when(storage: Storage) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    for key in ("original-1", "thumbnail-1.jpg"):
+        await storage.save_bytes(key, b"bytes", "image/jpeg")
+    found = {key: when async for key, when in storage.entries()}
+    assert set(found) == {"original-1", "thumbnail-1.jpg"}  # no sidecars, no partial files
+    assert all(before < when <= datetime.now(UTC) + timedelta(seconds=5) for when in found.values())
+    await storage.delete("original-1")
+    assert [key async for key, _ in storage.entries()] == ["thumbnail-1.jpg"]
 
 
 async def test_the_local_backend_serves_the_whole_job_path(

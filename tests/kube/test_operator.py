@@ -337,7 +337,7 @@ async def test_an_operator_restart_submits_nothing_twice(
         await redis.aclose()
 
 
-async def test_ttl_deletes_a_finished_image_job(
+async def test_ttl_deletes_a_finished_image_job_with_its_jobs(
     kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings, workers: Workers
 ) -> None:
     settings = operator_settings(fresh_settings, namespace, allow_private_urls=True)
@@ -356,9 +356,10 @@ async def test_ttl_deletes_a_finished_image_job(
             f"--timeout={WAIT}",
             timeout=150,
         )
-    async with job_store(settings) as (store, _):
-        (job,) = await store.for_image_job(f"{namespace}/brief")
-        assert job.status is JobStatus.completed  # the jobs and thumbnails outlive the ImageJob
+    async with job_store(settings) as (store, storage):
+        # the imgflow jobs it created, and their thumbnails, went with it
+        assert await store.for_image_job(f"{namespace}/brief") == []
+        assert [key async for key, _ in storage.entries()] == []
 
 
 # --- (c) autoscaling end to end --------------------------------------------------------------------

@@ -17,6 +17,7 @@ from imgflow.api.routes import router
 from imgflow.api.state import AppState
 from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import ensure_group, make_broker, tidy_queue
+from imgflow.core.retention import Swept, sweep_expired, sweep_orphans
 from imgflow.core.settings import Settings, get_settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
@@ -33,6 +34,7 @@ async def _reconcile_forever(state: AppState) -> None:
     lock = f"{settings.stream}:reconciler"
     loop = asyncio.get_running_loop()
     last_walk = -settings.requeue_after_s
+    last_orphans = loop.time()  # not at start: a fresh replica need not list all storage at once
     while True:
         await asyncio.sleep(settings.reconcile_interval_s)
         try:
@@ -43,8 +45,22 @@ async def _reconcile_forever(state: AppState) -> None:
                 tidied = await tidy_queue(state.redis, settings)
                 if tidied.consumers_removed:
                     log.info("removed %d consumer(s) of workers that are gone", tidied.consumers_removed)
+                swept = await sweep_expired(state.store, state.storage, state.redis, settings)
+                _count(swept, "expired")
+                # listing all storage costs: at most four times per grace period
+                if loop.time() - last_orphans >= settings.orphan_grace_s / 4:
+                    last_orphans = loop.time()
+                    _count(await sweep_orphans(state.store, state.storage, settings), "orphan")
         except Exception:  # a down Redis or MongoDB must not end the loop
             log.warning("reconciler round failed; retrying next round", exc_info=True)
+
+
+def _count(swept: Swept, why: str) -> None:
+    if swept.jobs or swept.objects:
+        log.info("%s: deleted %d job(s), %d file(s), %d bytes", why, swept.jobs, swept.objects, swept.bytes)
+    metrics.EXPIRED.inc(swept.jobs)
+    metrics.DELETED_OBJECTS.labels(why).inc(swept.objects)
+    metrics.DELETED_BYTES.labels(why).inc(swept.bytes)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -17,6 +17,9 @@ LATENCY = Histogram(
 )
 SUBMITTED = Counter("imgflow_jobs_submitted_total", "Jobs accepted by the API")
 REJECTED = Counter("imgflow_jobs_rejected_total", "Uploads refused by the API", ["status"])
+EXPIRED = Counter("imgflow_jobs_expired_total", "Finished jobs deleted after their retention")
+DELETED_OBJECTS = Counter("imgflow_storage_deleted_objects_total", "Stored files deleted", ["why"])
+DELETED_BYTES = Counter("imgflow_storage_deleted_bytes_total", "Bytes of stored files deleted", ["why"])
 
 
 async def record(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -26,6 +26,7 @@ from imgflow.core.jobs import (
     UploadSource,
     new_job_id,
     original_key,
+    utcnow,
 )
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_file
 from imgflow.core.queue import QueueUnavailable
@@ -216,8 +217,8 @@ async def get_job(job_id: str, state: State) -> JobView:
         job = await state.store.get(job_id)
     except PyMongoError as exc:
         raise _unavailable("MongoDB") from exc
-    if job is None:
-        raise Problem(404, "Job not found", f"There is no job with id {job_id!r}.")
+    if job is None or (job.expires_at is not None and job.expires_at <= utcnow()):
+        raise Problem(404, "Job not found", f"There is no job with id {job_id!r} (or it has expired).")
     return JobView.of(job)
 
 

@@ -62,6 +62,9 @@ class JobView(Camel):
         "try did not work",
     )
     attempts: int = Field(0, description="Times a worker started the job")
+    expires_at: Timestamp | None = Field(
+        None, description="Once finished: when the job and its files are deleted (then it answers 404)"
+    )
     next_attempt_at: Timestamp | None = Field(
         None, description="While the job waits for a retry (status pending): when it is tried again"
     )
@@ -89,6 +92,7 @@ class JobView(Camel):
             result=result,
             error=job.error,
             attempts=job.attempts,
+            expires_at=job.expires_at,
             next_attempt_at=job.next_attempt_at if job.status is JobStatus.pending else None,
         )
 

@@ -122,6 +122,7 @@ class Job(BaseModel):
     error: str | None = None
     image_job: str | None = None  # "namespace/name" of the ImageJob that created it, if any
     callback_url: str | None = None  # where its completion webhook goes
+    expires_at: datetime | None = None  # set when it finishes: retention_s later it is deleted
 
     @model_validator(mode="after")
     def _finished_jobs_say_how(self) -> Job:
@@ -142,8 +143,9 @@ class Job(BaseModel):
         data["job_id"] = data.pop("_id")
         for field in ("created_at", "updated_at"):
             data[field] = _as_utc(data[field])
-        if data.get("next_attempt_at"):
-            data["next_attempt_at"] = _as_utc(data["next_attempt_at"])
+        for optional in ("next_attempt_at", "expires_at"):
+            if data.get(optional):
+                data[optional] = _as_utc(data[optional])
         if data.get("result"):
             data["result"] = {**data["result"], "processed_at": _as_utc(data["result"]["processed_at"])}
         return cls.model_validate(data)

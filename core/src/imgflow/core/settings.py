@@ -91,6 +91,21 @@ class Settings(BaseSettings):
         "in all), comma-separated",
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="Time a webhook receiver has to answer")
+    retention_s: float = Field(
+        604800.0,
+        gt=0,
+        description="Seconds a finished job, its original and its thumbnail are kept; then they are "
+        "deleted and the job answers 404",
+    )
+    keep_originals: bool = Field(
+        True, description="Keep an uploaded original until the job expires (false: delete it once finished)"
+    )
+    orphan_grace_s: float = Field(
+        3600.0,
+        gt=0,
+        description="A stored file whose job does not exist (a crash between storing and recording) "
+        "is deleted once this old",
+    )
     admin_token: str | None = Field(
         None,
         description="Bearer token of the operator endpoints (/api/admin/...); unset: they are "

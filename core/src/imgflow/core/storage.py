@@ -52,6 +52,9 @@ class Storage(Protocol):
 
     async def read(self, key: str) -> bytes: ...
 
+    def entries(self) -> AsyncIterator[tuple[str, datetime]]:
+        """Every stored key with when it was stored (for the orphan sweep)."""
+
     async def delete(self, key: str) -> None:
         """Remove the file; a missing file is not an error."""
 
@@ -113,6 +116,10 @@ class GridFSStorage:
         with contextlib.suppress(NoFile):
             await self._bucket.delete(key)
 
+    async def entries(self) -> AsyncIterator[tuple[str, datetime]]:
+        async for grid_out in self._bucket.find({}):
+            yield str(grid_out._id), grid_out.upload_date.replace(tzinfo=UTC)
+
 
 class LocalStorage:
     """Files in a directory; the content type is kept in a sidecar so serving needs no guessing."""
@@ -171,6 +178,12 @@ class LocalStorage:
     async def delete(self, key: str) -> None:
         for path in (self._path(key), self._path(key).with_name(f".{key}.type")):
             path.unlink(missing_ok=True)
+
+    async def entries(self) -> AsyncIterator[tuple[str, datetime]]:
+        for entry in await anyio.to_thread.run_sync(lambda: list(os.scandir(self._root))):
+            if not entry.name.startswith(".") and entry.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    yield entry.name, datetime.fromtimestamp(entry.stat().st_mtime, UTC)
 
 
 def _copy(src: Path, dst: Path) -> None:

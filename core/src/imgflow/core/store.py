@@ -81,6 +81,7 @@ class JobStore:
         )
         await self._jobs.create_index([("status", ASCENDING), ("updated_at", ASCENDING)], name="unfinished")
         await self._jobs.create_index([("image_job", ASCENDING)], name="image_job")
+        await self._jobs.create_index([("expires_at", ASCENDING)], name="expiry")
 
     async def insert(self, job: Job) -> None:
         await self._jobs.insert_one(job.to_document())
@@ -133,15 +134,26 @@ class JobStore:
         )
         return Job.from_document(doc) if doc else None
 
-    async def complete(self, job_id: str, result: JobResult) -> bool:
+    async def complete(self, job_id: str, result: JobResult, *, expires_at: datetime) -> bool:
         return await self._finish(
-            job_id, {"status": JobStatus.completed.value, "result": result.model_dump(mode="python")}
+            job_id,
+            {
+                "status": JobStatus.completed.value,
+                "result": result.model_dump(mode="python"),
+                "expires_at": expires_at,
+            },
         )
 
-    async def fail(self, job_id: str, error: str, *, crashes: int = 0) -> bool:
+    async def fail(self, job_id: str, error: str, *, expires_at: datetime, crashes: int = 0) -> bool:
         return await self._finish(
-            job_id, {"status": JobStatus.failed.value, "error": error, "crashes": crashes}
+            job_id,
+            {"status": JobStatus.failed.value, "error": error, "crashes": crashes, "expires_at": expires_at},
         )
+
+    async def expired(self, now: datetime, limit: int = 500) -> list[Job]:
+        """Finished jobs whose retention has passed, oldest first."""
+        cursor = self._jobs.find({"expires_at": {"$lt": now}}).sort("expires_at", ASCENDING).limit(limit)
+        return [Job.from_document(doc) async for doc in cursor]
 
     async def _finish(self, job_id: str, fields: Document) -> bool:
         """Record the outcome (the caller holds the job's lease and read it unfinished)."""

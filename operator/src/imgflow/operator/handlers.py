@@ -17,6 +17,7 @@ from pymongo.errors import PyMongoError
 
 from imgflow.core.jobs import JobStatus
 from imgflow.core.queue import QueueUnavailable
+from imgflow.core.retention import delete_job
 from imgflow.operator.autoscale import AUTOSCALE_LABEL
 from imgflow.operator.batches import Context, submit_sources, track_sources
 from imgflow.operator.imagejob import (
@@ -282,10 +283,14 @@ async def expire(
     logger: Any,
     **_: Any,
 ) -> None:
-    """Delete a finished ImageJob ``ttlSecondsAfterFinished`` after it finished."""
+    """Delete a finished ImageJob ``ttlSecondsAfterFinished`` after it finished, with the jobs it
+    created."""
     when = expires_at(spec, status)
     if when is not None and datetime.now(UTC) >= when:
         ctx: Context = memo["ctx"]
+        # the imgflow jobs it created, their files and records, go with it
+        for job in await ctx.store.for_image_job(f"{namespace}/{name}"):
+            await delete_job(job, ctx.store, ctx.storage, ctx.redis, ctx.settings)
         await ctx.kube.delete_image_job(namespace or "", name, uid)
         logger.info("deleted: finished at %s, ttlSecondsAfterFinished passed", status.get("finishedAt"))
 

@@ -11,7 +11,7 @@ import logging
 import random
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from imgflow.core.events import job_changed
 from imgflow.core.fetch import FetchFailed, FetchRefused, fetch_to_file
-from imgflow.core.jobs import Job, JobResult, JobStatus, UrlSource, thumbnail_key, utcnow
+from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, UrlSource, thumbnail_key, utcnow
 from imgflow.core.probe import ImageInfo, ImageTooLarge, UnsupportedImage, probe_buffer
 from imgflow.core.queue import add_dead_letter, schedule_retry
 from imgflow.core.settings import Settings
@@ -99,10 +99,11 @@ class Processor:
             format=thumbnail.format,
             processed_at=utcnow(),
         )
-        if await self.store.complete(job.job_id, result):
+        if await self.store.complete(job.job_id, result, expires_at=self._expiry()):
             await job_changed(self.redis, self.settings, job.job_id, JobStatus.completed)
             if job.callback_url:
                 await file_delivery(self.redis, self.settings, job.job_id, "job.completed")
+            await self._finished(job)
             metrics.FINISHED.labels("completed").inc()
             metrics.DURATION.observe((result.processed_at - job.created_at).total_seconds())
         metrics.PROCESSING.observe(time.perf_counter() - started)
@@ -147,6 +148,14 @@ class Processor:
         except pyvips.Error as exc:
             raise BadSource(_vips_message(exc)) from exc
 
+    def _expiry(self) -> datetime:
+        return utcnow() + timedelta(seconds=self.settings.retention_s)
+
+    async def _finished(self, job: Job) -> None:
+        """What follows a job's end: its original goes unless originals are kept."""
+        if not self.settings.keep_originals and isinstance(job.source, UploadSource):
+            await self.storage.delete(job.source.key)
+
     async def _retry_later(self, job: Job, error: str, reason: str) -> None:
         """Schedule the next try after the next delay (+-20% jitter, so that jobs failed together
         do not come back together); after the last, fail the job and file it as a dead letter."""
@@ -166,10 +175,11 @@ class Processor:
 
     async def _fail(self, job: Job, error: str) -> None:
         log.info("job %s failed: %s", job.job_id, error)
-        if await self.store.fail(job.job_id, error, crashes=job.crashes):
+        if await self.store.fail(job.job_id, error, crashes=job.crashes, expires_at=self._expiry()):
             await job_changed(self.redis, self.settings, job.job_id, JobStatus.failed)
             if job.callback_url:
                 await file_delivery(self.redis, self.settings, job.job_id, "job.failed")
+            await self._finished(job)
             metrics.FINISHED.labels("failed").inc()
             metrics.DURATION.observe((utcnow() - job.created_at).total_seconds())
 
