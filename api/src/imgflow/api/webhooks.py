@@ -36,6 +36,7 @@ router = APIRouter()
 State = Annotated[AppState, Depends(get_state)]
 BLOCK_MS = 2000
 RECLAIM_IDLE_MS = 60_000
+BATCH = 100  # deliveries sent at once by one replica
 
 _TAKE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
@@ -48,22 +49,34 @@ async def send_forever(state: AppState) -> None:
     """Deliver filed webhooks; retry failures on the configured schedule; never give up the loop."""
     redis, settings = state.redis, state.settings
     consumer = f"api-{uuid.uuid4().hex[:8]}"
+    loop = asyncio.get_running_loop()
+    ready, last_reclaim = False, loop.time()
     while True:
         try:
-            await _ensure_group(state)
+            if not ready:
+                await _ensure_group(state)
+                ready = True
             for member in await redis.eval(_TAKE_DUE, 1, webhook_retry_key(settings), time.time()):
                 due = json.loads(member)
                 await file_delivery(redis, settings, due["job_id"], due["type"], due["attempt"])
-            _, claimed, _ = await redis.xautoclaim(
-                webhooks_key(settings), SENDERS, consumer, RECLAIM_IDLE_MS, count=10
-            )
+            entries: list[Any] = []
+            if loop.time() - last_reclaim > RECLAIM_IDLE_MS / 6000:  # every 10 s: a dead sender's
+                last_reclaim = loop.time()
+                _, claimed, _ = await redis.xautoclaim(
+                    webhooks_key(settings), SENDERS, consumer, RECLAIM_IDLE_MS, count=BATCH
+                )
+                entries += claimed or []
             fresh: Any = await redis.xreadgroup(
-                SENDERS, consumer, {webhooks_key(settings): ">"}, count=10, block=BLOCK_MS
+                SENDERS, consumer, {webhooks_key(settings): ">"}, count=BATCH, block=BLOCK_MS
             )
-            entries = list(claimed or []) + [entry for _, batch in fresh or [] for entry in batch]
+            entries += [entry for _, batch in fresh or [] for entry in batch]
             await asyncio.gather(*(_deliver(state, entry_id, fields) for entry_id, fields in entries))
         except asyncio.CancelledError:
             raise
+        except ResponseError as exc:
+            ready = "NOGROUP" not in str(exc)  # Redis lost the group: create it again
+            log.warning("webhook sender round failed: %s", exc)
+            await asyncio.sleep(1)
         except Exception:
             log.warning("webhook sender round failed; retrying", exc_info=True)
             await asyncio.sleep(1)

@@ -1,0 +1,147 @@
+"""The job lifecycle at volume: webhook latency, requeue entries per job, storage after retention.
+
+Starts Redis, the MongoDB-wire server, the API and one worker on loopback (local storage,
+``IMGFLOW_RETENTION_S`` short), plus a webhook receiver on loopback. ``--jobs`` small JPEGs are
+submitted by 8 clients with a ``callbackUrl``; each client follows its job on Server-Sent Events.
+Prints: throughput; webhook delivery latency after the job finished (receiver clock minus
+``result.processedAt``, same machine); stream entries published per job (1.0 = no requeue
+duplicates); stored bytes at the end of the run and after the retention has passed, with the
+jobs left in MongoDB.
+
+    uv run --frozen python -m bench.lifecycle [--jobs 10000] [--retention 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pymongo
+from redis.asyncio import Redis
+
+from bench.e2e import follow, percentile
+from imgflow.core.settings import Settings, StorageBackend
+from scripts.servers import free_port, start_stack
+from tests import images
+
+JOBS = "/api/image-processing/jobs"
+
+
+def receiver(arrivals: list[tuple[float, dict[str, object]]]) -> tuple[ThreadingHTTPServer, str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            arrivals.append((time.time(), json.loads(body)))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/hook"
+
+
+def stored_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.iterdir() if p.is_file())
+
+
+async def run(jobs: int, retention: float, workdir: Path) -> None:
+    arrivals: list[tuple[float, dict[str, object]]] = []
+    server, hook = receiver(arrivals)
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings.model_validate(
+        {
+            "mongodb_database": f"imgflow_lifecycle_{tag}",
+            "stream": f"imgflow:lifecycle:{tag}",
+            "storage_backend": StorageBackend.local,
+            "storage_dir": workdir / "storage",
+            "api_port": free_port(),
+            "worker_metrics_port": free_port(),
+            "retention_s": retention,
+            "reconcile_interval_s": 1.0,
+            "allow_private_urls": True,  # the receiver is on loopback
+            "webhook_secret": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
+        }
+    )
+    stack = start_stack(settings, workdir)
+    settings = stack.settings
+    data = images.jpeg(320, 240)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(jobs):
+        queue.put_nowait(n)
+    try:
+        started = time.time()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=120) as client:
+
+            async def client_loop() -> None:
+                while not queue.empty():
+                    queue.get_nowait()
+                    response = await client.post(
+                        JOBS,
+                        files={"file": ("a.jpg", data, "image/jpeg")},
+                        data={"userId": "lifecycle", "callbackUrl": hook},
+                    )
+                    response.raise_for_status()
+                    await follow(client, response.json()["jobId"])
+
+            await asyncio.gather(*(client_loop() for _ in range(8)))
+        elapsed = time.time() - started
+        deadline = time.time() + 120
+        while len(arrivals) < jobs and time.time() < deadline:  # noqa: ASYNC110 (another thread)
+            await asyncio.sleep(0.2)
+        at_end = stored_bytes(settings.storage_dir)
+        redis = Redis.from_url(settings.redis_url)
+        entries = int((await redis.xinfo_stream(settings.stream))["entries-added"])
+        await redis.aclose()
+        await asyncio.sleep(retention + 10)  # past the retention, and a few sweeps
+        after = stored_bytes(settings.storage_dir)
+        client_db: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(stack.mongo.url)
+        left = client_db[settings.mongodb_database]["jobs"].count_documents({})
+        client_db.close()
+        latency = [
+            1000 * (arrived - _ts(str(payload["data"]["result"]["processedAt"])))  # type: ignore[index]
+            for arrived, payload in arrivals
+        ]
+        print(f"{jobs} jobs through {stack.mongo.kind}, 8 clients following Server-Sent Events:")
+        print(f"  throughput                   {jobs / elapsed:.1f} jobs/s")
+        print(f"  webhooks received            {len(arrivals)} of {jobs}")
+        p50, p95 = percentile(latency, 50), percentile(latency, 95)
+        print(f"  webhook after completion     p50 {p50:.0f} ms, p95 {p95:.0f} ms")
+        print(f"  stream entries per job       {entries / jobs:.3f}")
+        print(f"  stored at the end            {at_end / 1e6:.1f} MB")
+        print(f"  stored {retention:g} s + 10 s later   {after / 1e6:.2f} MB, {left} job(s) left in MongoDB")
+    finally:
+        server.shutdown()
+        stack.stop()
+
+
+def _ts(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--retention", type=float, default=60.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="imgflow-lifecycle-") as tmp:
+        asyncio.run(run(args.jobs, args.retention, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
