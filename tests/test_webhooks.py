@@ -155,3 +155,21 @@ async def test_callback_urls_are_checked_at_the_door(processes: Processes, fresh
     ):
         assert response.status_code == 422, response.text
         assert phrase in response.json()["detail"], response.json()
+
+
+async def test_a_job_waits_for_its_webhook_before_it_expires(
+    processes: Processes, settings: Settings
+) -> None:
+    settings = settings.model_copy(update={"retention_s": 0.5, "reconcile_interval_s": 0.25})
+    _, base = processes.start_api(settings)
+    processes.start_worker(settings)
+    with receiver(silent=True) as hook:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            job_id = (await submit(client, images.jpeg(), callbackUrl=hook.url)).json()["jobId"]
+            # three tries over ~3.5 s, all describing the job, although it expired after 0.5 s
+            wait_calls(hook, 3)
+            attempts = await deliveries(client, job_id, 3)
+            assert len(attempts) == 3
+            async with asyncio.timeout(30):  # then it goes
+                while (await client.get(f"{JOBS}/{job_id}/deliveries")).status_code != 404:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)

@@ -23,6 +23,7 @@ from imgflow.core.webhooks import (
     SENDERS,
     Attempt,
     attempts,
+    delivery_over,
     file_delivery,
     message_id,
     record_attempt,
@@ -131,10 +132,14 @@ async def _deliver(state: AppState, entry_id: bytes, fields: dict[bytes, bytes])
             delay = delays[attempt] * random.uniform(0.8, 1.2)
             member = json.dumps({"job_id": job_id, "type": event_type, "attempt": attempt + 1})
             await redis.zadd(webhook_retry_key(settings), {member: time.time() + delay})
-        elif not delivered:
-            log.warning(
-                "webhook %s of job %s not delivered after %d attempts", event_type, job_id, attempt + 1
-            )
+        else:
+            if not delivered:
+                log.warning(
+                    "webhook %s of job %s not delivered after %d attempts", event_type, job_id, attempt + 1
+                )
+            await delivery_over(redis, settings, job_id)
+    else:
+        await delivery_over(redis, settings, job_id)
     await redis.xack(webhooks_key(settings), SENDERS, entry_id)
     await redis.xdel(webhooks_key(settings), entry_id)
 

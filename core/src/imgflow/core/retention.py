@@ -19,7 +19,7 @@ from imgflow.core.jobs import Job, UploadSource, utcnow
 from imgflow.core.settings import Settings
 from imgflow.core.storage import NotFound, Storage
 from imgflow.core.store import JobStore
-from imgflow.core.webhooks import attempts_key
+from imgflow.core.webhooks import attempts_key, undelivered
 
 # original-<job id> and thumbnail-<job id>.<ext>: the keys imgflow stores
 _OWNER = re.compile(r"^(?:original-(?P<original>.+)|thumbnail-(?P<thumbnail>.+)\.[a-z]+)$")
@@ -67,7 +67,10 @@ async def sweep_expired(
     total = Swept()
     for _ in range(batches):
         expired = await store.expired(utcnow())
+        waiting = await undelivered(redis, settings, [job.job_id for job in expired])
         for job in expired:
+            if job.job_id in waiting:
+                continue  # its webhook is still on its way: it goes once that is over
             done = await delete_job(job, store, storage, redis, settings)
             total.jobs, total.objects, total.bytes = (
                 total.jobs + done.jobs,

@@ -32,6 +32,12 @@ def webhook_retry_key(settings: Settings) -> str:
     return f"{settings.stream}:webhooks:retry"
 
 
+def undelivered_key(settings: Settings) -> str:
+    """The Redis set of jobs whose webhook is not delivered or given up yet: the retention sweep
+    keeps those jobs, so that a late delivery still has the job to describe."""
+    return f"{settings.stream}:webhooks:undelivered"
+
+
 def attempts_key(settings: Settings, job_id: str) -> str:
     return f"{settings.stream}:deliveries:{job_id}"
 
@@ -51,7 +57,22 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 async def file_delivery(
     redis: Redis, settings: Settings, job_id: str, event_type: str, attempt: int = 0
 ) -> None:
-    await redis.xadd(webhooks_key(settings), {"job_id": job_id, "type": event_type, "attempt": str(attempt)})
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.sadd(undelivered_key(settings), job_id)
+        pipe.xadd(webhooks_key(settings), {"job_id": job_id, "type": event_type, "attempt": str(attempt)})
+        await pipe.execute()
+
+
+async def delivery_over(redis: Redis, settings: Settings, job_id: str) -> None:
+    """Delivered, or given up: the job may expire."""
+    await redis.srem(undelivered_key(settings), job_id)
+
+
+async def undelivered(redis: Redis, settings: Settings, job_ids: list[str]) -> set[str]:
+    if not job_ids:
+        return set()
+    flags = await redis.smismember(undelivered_key(settings), job_ids)
+    return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag}
 
 
 @dataclass(frozen=True)
