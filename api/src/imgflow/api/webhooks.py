@@ -19,6 +19,7 @@ from imgflow.api.schemas import Camel, JobView
 from imgflow.api.state import AppState, get_state
 from imgflow.core.fetch import FetchError, FetchFailed, post_checked
 from imgflow.core.jobs import utcnow
+from imgflow.core.queue import take_due
 from imgflow.core.webhooks import (
     SENDERS,
     Attempt,
@@ -39,12 +40,6 @@ BLOCK_MS = 2000
 RECLAIM_IDLE_MS = 60_000
 BATCH = 100  # deliveries sent at once by one replica
 
-_TAKE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
-if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
-return due
-"""
-
 
 async def send_forever(state: AppState) -> None:
     """Deliver filed webhooks; retry failures on the configured schedule; never give up the loop."""
@@ -57,7 +52,7 @@ async def send_forever(state: AppState) -> None:
             if not ready:
                 await _ensure_group(state)
                 ready = True
-            for member in await redis.eval(_TAKE_DUE, 1, webhook_retry_key(settings), time.time()):
+            for member in await take_due(redis, webhook_retry_key(settings), time.time(), BATCH):
                 due = json.loads(member)
                 await file_delivery(redis, settings, due["job_id"], due["type"], due["attempt"])
             entries: list[Any] = []

@@ -256,7 +256,7 @@ async def schedule_retry(redis: Redis, settings: Settings, job_id: str, due: flo
     await redis.zadd(retry_key(settings), {job_id: due})
 
 
-# Take the due members atomically, so that each due job is published by one worker only.
+# Take the due members atomically, so that each is handled by one process only.
 _TAKE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
@@ -264,11 +264,17 @@ return due
 """
 
 
+async def take_due(redis: Redis, schedule: str, now: float, limit: int) -> list[str]:
+    """Remove and return the members of the sorted set ``schedule`` scored at or before ``now``
+    (job retries here, webhook retries in the API): each is taken by one process only."""
+    due: list[bytes] = await redis.eval(_TAKE_DUE, 1, schedule, now, limit)
+    return [member.decode() for member in due]
+
+
 async def take_due_retries(redis: Redis, settings: Settings, now: float, limit: int = 500) -> list[str]:
     """Remove and return the jobs whose retry is due. A process dying before it publishes them
     leaves them to the reconciler (unfinished, no message, due)."""
-    due: list[bytes] = await redis.eval(_TAKE_DUE, 1, retry_key(settings), now, limit)
-    return [member.decode() for member in due]
+    return await take_due(redis, retry_key(settings), now, limit)
 
 
 @dataclass(frozen=True)
