@@ -14,13 +14,12 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from imgflow.api.problems import Problem
 from imgflow.api.schemas import Camel, JobView
-from imgflow.api.state import AppState, get_state
+from imgflow.api.state import State
 from imgflow.core.events import job_changed
 from imgflow.core.jobs import JobStatus
 from imgflow.core.queue import dead_letters, publish_job, remove_dead_letters
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
-State = Annotated[AppState, Depends(get_state)]
 
 
 def require_admin(request: Request, state: State) -> None:

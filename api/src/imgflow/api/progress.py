@@ -13,17 +13,16 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 
 from imgflow.api.problems import Problem
 from imgflow.api.schemas import JobView
-from imgflow.api.state import AppState, get_state
+from imgflow.api.state import State
 from imgflow.core.events import last_change, next_changes
 from imgflow.core.jobs import Job, JobStatus
 
 router = APIRouter()
-State = Annotated[AppState, Depends(get_state)]
 # under the API's Redis socket timeout (5 s), so a blocking read never trips it
 HEARTBEAT_MS = 4000
 ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")

@@ -7,14 +7,14 @@ import re
 from typing import Annotated, TypeVar
 
 import anyio
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pymongo.errors import PyMongoError
 
 from imgflow.api import metrics
 from imgflow.api.problems import Problem
 from imgflow.api.schemas import UPLOADS_PREFIX, Accepted, JobList, JobView
-from imgflow.api.state import AppState, get_state
+from imgflow.api.state import AppState, State
 from imgflow.api.uploads import FILE_FIELD, receive_upload
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import (
@@ -40,7 +40,6 @@ JOBS = "/api/image-processing/jobs"
 USER_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 THUMBNAIL_NAME = re.compile(r"^thumbnail-[0-9a-f-]{36}\.(jpg|png|webp)$")
 
-State = Annotated[AppState, Depends(get_state)]
 E = TypeVar("E", Fit, OutputFormat)
 
 UPLOAD_FORM_DOC = {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from faststream.redis import RedisBroker
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
@@ -34,3 +34,7 @@ class AppState:
 def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.imgflow
     return state
+
+
+# what a route declares to get the shared state
+State = Annotated[AppState, Depends(get_state)]

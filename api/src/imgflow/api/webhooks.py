@@ -9,14 +9,14 @@ import logging
 import random
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from redis.exceptions import ResponseError
 
 from imgflow.api.problems import Problem
 from imgflow.api.schemas import Camel, JobView
-from imgflow.api.state import AppState, get_state
+from imgflow.api.state import AppState, State
 from imgflow.core.fetch import FetchError, FetchFailed, post_checked
 from imgflow.core.jobs import utcnow
 from imgflow.core.queue import take_due
@@ -35,7 +35,6 @@ from imgflow.core.webhooks import (
 
 log = logging.getLogger("imgflow.api.webhooks")
 router = APIRouter()
-State = Annotated[AppState, Depends(get_state)]
 BLOCK_MS = 2000
 RECLAIM_IDLE_MS = 60_000
 BATCH = 100  # deliveries sent at once by one replica
