@@ -31,6 +31,11 @@ class Swept:
     objects: int = 0
     bytes: int = 0
 
+    def add(self, other: Swept) -> None:
+        self.jobs += other.jobs
+        self.objects += other.objects
+        self.bytes += other.bytes
+
 
 def job_keys(job: Job) -> list[str]:
     """The stored files of a job."""
@@ -71,12 +76,7 @@ async def sweep_expired(
         for job in expired:
             if job.job_id in waiting:
                 continue  # its webhook is still on its way: it goes once that is over
-            done = await delete_job(job, store, storage, redis, settings)
-            total.jobs, total.objects, total.bytes = (
-                total.jobs + done.jobs,
-                total.objects + done.objects,
-                total.bytes + done.bytes,
-            )
+            total.add(await delete_job(job, store, storage, redis, settings))
         if len(expired) < 500:
             break
     return total

@@ -19,6 +19,10 @@ class StorageBackend(StrEnum):
     local = "local"
 
 
+# a comma-separated list of seconds, e.g. "1,5,30"
+DELAYS = r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGFLOW_", extra="ignore")
 
@@ -73,7 +77,7 @@ class Settings(BaseSettings):
     )
     retry_delays_s: str = Field(
         "1,5,30,120,600",
-        pattern=r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$",
+        pattern=DELAYS,
         description="Seconds to wait before each retry of a job that failed for a passing reason "
         "(a URL source timing out or answering 5xx, storage unreachable), comma-separated; one "
         "retry per entry (each +-20% jitter), then the job fails and goes to the dead letters",
@@ -86,7 +90,7 @@ class Settings(BaseSettings):
     )
     webhook_retry_delays_s: str = Field(
         "5,30,300,1800,7200,21600,43200",
-        pattern=r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$",
+        pattern=DELAYS,
         description="Seconds before each retry of a webhook delivery that got no 2xx (about 20 h "
         "in all), comma-separated",
     )
