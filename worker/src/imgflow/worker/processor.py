@@ -100,10 +100,7 @@ class Processor:
             processed_at=utcnow(),
         )
         if await self.store.complete(job.job_id, result, expires_at=self._expiry()):
-            await job_changed(self.redis, self.settings, job.job_id, JobStatus.completed)
-            if job.callback_url:
-                await file_delivery(self.redis, self.settings, job.job_id, "job.completed")
-            await self._finished(job)
+            await self._finished(job, JobStatus.completed)
             metrics.FINISHED.labels("completed").inc()
             metrics.DURATION.observe((result.processed_at - job.created_at).total_seconds())
         metrics.PROCESSING.observe(time.perf_counter() - started)
@@ -141,18 +138,20 @@ class Processor:
                 max_pixels=s.max_pixels,
                 max_side=s.max_side,
                 quality=s.jpeg_quality,
-                info=info,
+                info=info,  # probed already (_probe): decoding is all that can fail here
             )
-        except (UnsupportedImage, ImageTooLarge) as exc:
-            raise BadSource(str(exc)) from exc
         except pyvips.Error as exc:
             raise BadSource(_vips_message(exc)) from exc
 
     def _expiry(self) -> datetime:
         return utcnow() + timedelta(seconds=self.settings.retention_s)
 
-    async def _finished(self, job: Job) -> None:
-        """What follows a job's end: its original goes unless originals are kept."""
+    async def _finished(self, job: Job, status: JobStatus) -> None:
+        """What follows a job's end, completed or failed: followers are told, its webhook is filed,
+        its original goes unless originals are kept."""
+        await job_changed(self.redis, self.settings, job.job_id, status)
+        if job.callback_url:
+            await file_delivery(self.redis, self.settings, job.job_id, f"job.{status.value}")
         if not self.settings.keep_originals and isinstance(job.source, UploadSource):
             await self.storage.delete(job.source.key)
 
@@ -176,10 +175,7 @@ class Processor:
     async def _fail(self, job: Job, error: str) -> None:
         log.info("job %s failed: %s", job.job_id, error)
         if await self.store.fail(job.job_id, error, crashes=job.crashes, expires_at=self._expiry()):
-            await job_changed(self.redis, self.settings, job.job_id, JobStatus.failed)
-            if job.callback_url:
-                await file_delivery(self.redis, self.settings, job.job_id, "job.failed")
-            await self._finished(job)
+            await self._finished(job, JobStatus.failed)
             metrics.FINISHED.labels("failed").inc()
             metrics.DURATION.observe((utcnow() - job.created_at).total_seconds())
 
