@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -261,7 +262,12 @@ def start_stack(settings: Settings, workdir: Path, logs: Path | None = None) -> 
         if mongo.server is not None:
             wait(mongo.server, int(mongo.url.rsplit(":", 1)[1]))
         settings = settings.model_copy(
-            update={"redis_url": f"redis://127.0.0.1:{redis_port}/0", "mongodb_url": mongo.url}
+            update={
+                "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+                "mongodb_url": mongo.url,
+                # a bootstrap admin key of its own, unless one was given
+                "admin_key": settings.admin_key or "imgf_admin_" + secrets.token_hex(16),
+            }
         )
         api = start(api_server(settings, logs / "api.log"), "api.log")
         worker = start(worker_server(settings, logs / "worker.log"), "worker.log")

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pyvips
 
-from imgflow.core.settings import Settings
+from imgflow.core.settings import AuthMode, Settings
 from scripts.servers import ROOT, describe, free_port, start_stack
 
 RUN_DIR = ROOT / ".run"
@@ -45,6 +45,19 @@ def samples() -> dict[str, tuple[bytes, dict[str, str]]]:
     }
 
 
+def create_key(base: str, settings: Settings, tenant: str) -> str:
+    """A jobs:write + jobs:read key for ``tenant``, made with the stack's bootstrap admin key."""
+    reply = httpx.post(
+        f"{base}/api/admin/keys",
+        json={"tenant": tenant, "scopes": ["jobs:write", "jobs:read"], "name": f"make {tenant}"},
+        headers={"Authorization": f"Bearer {settings.admin_key}"},
+        timeout=30,
+    )
+    reply.raise_for_status()
+    key: str = reply.json()["key"]
+    return key
+
+
 def demo() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="imgflow-demo-"))
     settings = Settings(api_port=free_port(), worker_metrics_port=free_port(), storage_backend="gridfs")
@@ -53,8 +66,10 @@ def demo() -> int:
     settings = stack.settings
     try:
         base = f"http://127.0.0.1:{settings.api_port}"
-        print(f"  MongoDB-wire server: {describe(stack.mongo.kind)}; API: {base}\n")
-        with httpx.Client(base_url=base, timeout=30) as client:
+        print(f"  MongoDB-wire server: {describe(stack.mongo.kind)}; API: {base}")
+        key = create_key(base, settings, "demo")
+        print(f"  API key for tenant 'demo' (jobs:write, jobs:read): {key}\n")
+        with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
             accepted: dict[str, str] = {}
             completed = 0
             for name, (data, fields) in samples().items():
@@ -111,7 +126,18 @@ def up() -> int:
     stack = start_stack(settings, RUN_DIR)
     settings = stack.settings
     STATE.write_text(json.dumps({s.name: s.pid for s in stack.servers}, indent=2))
-    print(f"imgflow is up: API http://127.0.0.1:{settings.api_port} (docs at /docs)")
+    base = f"http://127.0.0.1:{settings.api_port}"
+    print(f"imgflow is up: API {base} (docs at /docs)")
+    if settings.auth is AuthMode.keys:
+        key = create_key(base, settings, "local")
+        for name, value in (("api-key", key), ("admin-key", settings.admin_key)):
+            secret = RUN_DIR / name
+            secret.touch(mode=0o600)
+            secret.write_text(f"{value}\n")
+        print(f"  API key of tenant 'local' (also in .run/api-key): {key}")
+        print("  admin key in .run/admin-key")
+    else:
+        print("  IMGFLOW_AUTH=off: no API keys; anyone who reaches the API can use it")
     print(f"  Redis {settings.redis_url}, MongoDB-wire ({describe(stack.mongo.kind)}) {settings.mongodb_url}")
     print(f"  worker metrics http://127.0.0.1:{settings.worker_metrics_port}/metrics; logs in {RUN_DIR}/")
     return 0

@@ -4,6 +4,7 @@ the way the operator does."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
 import httpx
@@ -19,6 +20,14 @@ from tests import images
 
 JOBS = "/api/image-processing/jobs"
 FINISHED = ("completed", "failed")
+# the bootstrap admin key of every API the suite starts (make_settings): sees every tenant
+ADMIN_KEY = "imgf_admin_" + secrets.token_hex(16)
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def api_client(base_url: str = "", *, key: str = ADMIN_KEY, **kwargs: Any) -> httpx.AsyncClient:
+    """An HTTP client for an API the suite started, sending ``key`` (default: the admin key)."""
+    return httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, **kwargs)
 
 
 async def submit(

@@ -26,6 +26,7 @@ from scripts.servers import (
     wait_for_port,
     worker_server,
 )
+from tests.client import ADMIN_KEY, api_client
 
 
 @dataclass
@@ -79,6 +80,7 @@ def make_settings(redis_url: str, mongodb_url: str, **overrides: object) -> Sett
         "consumer_group": f"workers-{tag}",
         "storage_backend": StorageBackend.gridfs,
         "worker_metrics_port": 0,
+        "admin_key": ADMIN_KEY,
     }
     values.update(overrides)
     return Settings.model_validate(values)
@@ -184,7 +186,7 @@ async def stack(backends: Backends, session_logs: Path) -> AsyncIterator[Stack]:
     try:
         api, base_url = procs.start_api(settings)
         worker = procs.start_worker(settings)
-        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        async with api_client(base_url, timeout=30) as client:
             yield Stack(settings, base_url, client, api, worker)
     finally:
         procs.stop_all()

@@ -15,7 +15,7 @@ from imgflow.core.jobs import Job
 from imgflow.core.settings import Settings
 from imgflow.core.store import JobStore, connect
 from tests import images
-from tests.client import wait_finished, wait_status
+from tests.client import api_client, wait_finished, wait_status
 from tests.conftest import Processes
 from tests.sources import ImageSource, image_source
 from tests.test_failures import submit_url_job
@@ -23,7 +23,7 @@ from tests.test_failures import submit_url_job
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as c:
+    async with api_client(timeout=30) as c:
         yield c
 
 

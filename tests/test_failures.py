@@ -27,7 +27,7 @@ from imgflow.core.store import JobStore, connect
 from imgflow.core.submit import submit_job
 from scripts.servers import Server, free_port, mongodb_server, redis_server, wait_for_port, worker_server
 from tests import images
-from tests.client import JOBS, submit, wait_finished, wait_status
+from tests.client import JOBS, api_client, submit, wait_finished, wait_status
 from tests.conftest import Processes, make_settings
 from tests.sources import image_source
 
@@ -99,7 +99,7 @@ def own_mongo(tmp_path: Path) -> Iterator[tuple[Restartable, str]]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as c:
+    async with api_client(timeout=30) as c:
         yield c
 
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import images
-from tests.client import JOBS
+from tests.client import AUTH, JOBS
 from tests.conftest import Stack
 
 # what leaks when an exception reaches the client unhandled or is quoted verbatim
@@ -58,7 +58,7 @@ def cursors() -> st.SearchStrategy[str]:
 @EXAMPLES
 @given(cursor=cursors())
 def test_any_cursor(stack: Stack, cursor: str) -> None:
-    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+    with httpx.Client(base_url=stack.base_url, timeout=30, headers=AUTH) as client:
         check_answer(client.get("/api/image-processing/users/prop/jobs", params={"cursor": cursor}))
 
 
@@ -69,7 +69,7 @@ FIELDS = ("userId", "width", "height", "fit", "format")
 @given(field=st.sampled_from(FIELDS), value=TEXT | st.integers().map(str))
 def test_any_form_value(stack: Stack, field: str, value: str) -> None:
     form = {"userId": "prop", field: value}
-    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+    with httpx.Client(base_url=stack.base_url, timeout=30, headers=AUTH) as client:
         response = client.post(JOBS, files={"file": ("a.png", TINY_PNG, "image/png")}, data=form)
     check_answer(response)
 
@@ -77,5 +77,5 @@ def test_any_form_value(stack: Stack, field: str, value: str) -> None:
 @EXAMPLES
 @given(query=st.dictionaries(st.sampled_from(["cursor", "page", "limit"]), TEXT, min_size=1))
 def test_any_listing_query(stack: Stack, query: dict[str, str]) -> None:
-    with httpx.Client(base_url=stack.base_url, timeout=30) as client:
+    with httpx.Client(base_url=stack.base_url, timeout=30, headers=AUTH) as client:
         check_answer(client.get("/api/image-processing/users/prop/jobs", params=query))

@@ -14,13 +14,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from bench.memory import make_source
 from imgflow.core.settings import Settings, StorageBackend
-from tests.client import submit, wait_finished
+from tests.client import api_client, submit, wait_finished
 from tests.conftest import Processes, make_settings
 
 CHART_VALUES = yaml.safe_load((Path(__file__).parents[1] / "deploy/helm/imgflow/values.yaml").read_text())
@@ -102,7 +101,7 @@ async def test_the_worst_accepted_sources_stay_within_the_chart_limit(
     wide_tiff32 = tmp_path / "tiff32"
     make_source("tiff32-rgb", 16384, 3051, wide_tiff32)
 
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+    async with api_client(base, timeout=60) as client:
         accepted = []
         for kind, data in uploads:
             for spec in SPECS:

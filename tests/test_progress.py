@@ -14,7 +14,7 @@ import pytest
 
 from imgflow.core.settings import Settings
 from tests import images
-from tests.client import JOBS, submit, wait_finished
+from tests.client import JOBS, api_client, submit, wait_finished
 from tests.conftest import Processes
 from tests.sources import ImageSource, image_source
 from tests.test_failures import submit_url_job
@@ -66,7 +66,7 @@ async def test_a_client_follows_a_job_to_the_end_on_one_connection(
         job_id = await submit_url_job(settings, source.url)
         seen: list[Event] = []
         async with (
-            httpx.AsyncClient(base_url=base, timeout=30) as client,
+            api_client(base, timeout=30) as client,
             client.stream("GET", f"{JOBS}/{job_id}/events") as response,
         ):
             assert response.status_code == 200
@@ -92,10 +92,10 @@ async def test_another_replica_resumes_after_the_last_event_seen(
     _, following = processes.start_api(settings)
     processes.start_worker(settings)
     with image_source(images.jpeg(), hold_first=1) as source:
-        async with httpx.AsyncClient(base_url=accepting, timeout=30) as client:
+        async with api_client(accepting, timeout=30) as client:
             job_id = (await submit(client, images.jpeg(), user_id="progress")).json()["jobId"]
             url_job = await submit_url_job(settings, source.url)
-        async with httpx.AsyncClient(base_url=following, timeout=30) as client:
+        async with api_client(following, timeout=30) as client:
             async with client.stream("GET", f"{JOBS}/{url_job}/events") as response:
                 first = await anext(e async for e in events(response) if e is not None)
             assert first.job["status"] in ("pending", "processing")
@@ -116,7 +116,7 @@ async def test_another_replica_resumes_after_the_last_event_seen(
 
 async def test_an_unknown_job_is_a_404_problem(processes: Processes, settings: Settings) -> None:
     _, base = processes.start_api(settings)
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with api_client(base, timeout=30) as client:
         response = await client.get(f"{JOBS}/no-such-job/events")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"

@@ -7,13 +7,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from imgflow.core.settings import Settings, StorageBackend
 from scripts.servers import Server
 from tests import images
-from tests.client import submit, wait_finished
+from tests.client import api_client, submit, wait_finished
 from tests.conftest import Processes, make_settings
 
 FORMATS = {
@@ -64,7 +63,7 @@ async def test_fifty_uploads_leave_no_file_open(stack_on_files: tuple[Server, Se
     api, worker, base = stack_on_files
     make, content_type = FORMATS[fmt]
     data = make()
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with api_client(base, timeout=30) as client:
         responses = [
             await submit(client, data, filename=f"x.{fmt}", content_type=content_type, user_id="fd-test")
             for _ in range(50)

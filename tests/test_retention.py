@@ -15,7 +15,7 @@ import pytest
 
 from imgflow.core.settings import Settings, StorageBackend
 from tests import images
-from tests.client import JOBS, submit, wait_finished
+from tests.client import JOBS, api_client, submit, wait_finished
 from tests.conftest import Processes
 
 
@@ -46,7 +46,7 @@ async def test_a_finished_job_and_its_files_are_deleted_after_the_retention(
 ) -> None:
     _, base = processes.start_api(settings)
     processes.start_worker(settings)
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with api_client(base, timeout=30) as client:
         job_id = (await submit(client, images.jpeg())).json()["jobId"]
         job = await wait_finished(client, job_id)
         assert job["status"] == "completed"
@@ -70,7 +70,7 @@ async def test_originals_can_go_as_soon_as_the_job_is_finished(
     settings = settings.model_copy(update={"keep_originals": False, "retention_s": 3600.0})
     _, base = processes.start_api(settings)
     processes.start_worker(settings)
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with api_client(base, timeout=30) as client:
         job_id = (
             await submit(client, images.png_alpha(), filename="a.png", content_type="image/png")
         ).json()["jobId"]
@@ -92,7 +92,7 @@ async def test_files_whose_job_does_not_exist_are_swept_after_the_grace(
     os.utime(settings.storage_dir / orphan, (past, past))  # older than the grace
     _, base = processes.start_api(settings)
     processes.start_worker(settings)
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with api_client(base, timeout=30) as client:
         job_id = (await submit(client, images.jpeg())).json()["jobId"]
         await wait_finished(client, job_id)
         async with asyncio.timeout(30):

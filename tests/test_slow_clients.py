@@ -9,12 +9,11 @@ import socket
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from imgflow.core.settings import Settings
 from tests import images
-from tests.client import JOBS, submit
+from tests.client import JOBS, api_client, submit
 from tests.conftest import Processes, make_settings
 
 UPLOAD_SLOTS = 2
@@ -108,7 +107,7 @@ async def test_uploads_beyond_the_limit_get_503_until_a_slot_frees(slow_api: tup
     for sock in stalled:
         sock.sendall(upload_head(100_000) + b"\xff\xd8")
     await asyncio.sleep(0.5)
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with api_client(base, timeout=30) as client:
         refused = await submit(client, images.jpeg(64, 64))
         assert refused.status_code == 503, refused.text
         assert refused.headers["retry-after"] and "uploads already" in refused.json()["detail"]

@@ -6,14 +6,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.core.storage import NotFound, Storage, make_storage
 from imgflow.core.store import connect
 from tests import images
-from tests.client import submit, wait_finished
+from tests.client import api_client, submit, wait_finished
 from tests.conftest import Processes
 
 
@@ -68,7 +67,7 @@ async def test_the_local_backend_serves_the_whole_job_path(
     )
     _, base = processes.start_api(settings)
     processes.start_worker(settings)
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with api_client(base, timeout=30) as client:
         job_id = (await submit(client, images.png_alpha(), format="png")).json()["jobId"]
         job = await wait_finished(client, job_id)
         assert job["status"] == "completed", job

@@ -20,7 +20,7 @@ from standardwebhooks.webhooks import Webhook
 
 from imgflow.core.settings import Settings
 from tests import images
-from tests.client import JOBS, submit, wait_finished
+from tests.client import JOBS, api_client, submit, wait_finished
 from tests.conftest import Processes
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
@@ -102,7 +102,7 @@ async def deliveries(client: httpx.AsyncClient, job_id: str, count: int) -> list
 
 async def test_a_receiver_failing_twice_gets_the_signed_event_on_the_third_try(api: str) -> None:
     with receiver(fail_first=2) as hook:
-        async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+        async with api_client(api, timeout=30) as client:
             response = await submit(client, images.jpeg(), callbackUrl=hook.url)
             assert response.status_code == 202, response.text
             job_id = response.json()["jobId"]
@@ -128,7 +128,7 @@ async def test_a_receiver_failing_twice_gets_the_signed_event_on_the_third_try(a
 
 async def test_a_receiver_that_never_answers_is_given_up_after_the_schedule(api: str) -> None:
     with receiver(silent=True) as hook:
-        async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+        async with api_client(api, timeout=30) as client:
             response = await submit(client, images.jpeg(), callbackUrl=hook.url)
             job_id = response.json()["jobId"]
             await wait_finished(client, job_id)
@@ -142,7 +142,7 @@ async def test_a_receiver_that_never_answers_is_given_up_after_the_schedule(api:
 async def test_callback_urls_are_checked_at_the_door(processes: Processes, fresh_settings: Settings) -> None:
     _, guarded = processes.start_api(fresh_settings.model_copy(update={"webhook_secret": SECRET}))
     _, unsigned = processes.start_api(fresh_settings)
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with api_client(timeout=30) as client:
         client.base_url = httpx.URL(guarded)
         private = await submit(client, images.jpeg(), callbackUrl="http://127.0.0.1:9/hook")
         scheme = await submit(client, images.jpeg(), callbackUrl="file:///etc/passwd")
@@ -164,7 +164,7 @@ async def test_a_job_waits_for_its_webhook_before_it_expires(
     _, base = processes.start_api(settings)
     processes.start_worker(settings)
     with receiver(silent=True) as hook:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        async with api_client(base, timeout=30) as client:
             job_id = (await submit(client, images.jpeg(), callbackUrl=hook.url)).json()["jobId"]
             # three tries over ~3.5 s, all describing the job, although it expired after 0.5 s
             wait_calls(hook, 3)

@@ -1,18 +1,13 @@
-"""Operator endpoints: the dead letters (jobs that failed after their last retry).
-
-Guarded by one bearer token, ``IMGFLOW_ADMIN_TOKEN``, compared in constant time; without it they
-are disabled (403). A stand-in until API keys with an ``admin`` scope exist: keep these routes
-off the public ingress, or behind its authentication.
-"""
+"""Operator endpoints: the dead letters (jobs that failed after their last retry). Admin scope."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 
-from imgflow.api.problems import Problem
+from imgflow.api.auth import AdminKey
+from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, JobView
 from imgflow.api.state import State
 from imgflow.core.events import job_changed
@@ -20,23 +15,6 @@ from imgflow.core.jobs import JobStatus
 from imgflow.core.queue import dead_letters, publish_job, remove_dead_letters
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
-
-
-def require_admin(request: Request, state: State) -> None:
-    token = state.settings.admin_token
-    if not token:
-        raise Problem(403, "Admin endpoints disabled", "Set IMGFLOW_ADMIN_TOKEN to use /api/admin.")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-        raise Problem(
-            401,
-            "Unauthorized",
-            "Send the admin token as 'Authorization: Bearer <IMGFLOW_ADMIN_TOKEN>'.",
-            headers={"WWW-Authenticate": 'Bearer realm="imgflow-admin"'},
-        )
-
-
-Admin = Annotated[None, Depends(require_admin)]
 
 
 class DeadLetterView(Camel):
@@ -50,10 +28,16 @@ class DeadLetterList(Camel):
     next_after: str | None = None
 
 
-@router.get("/dead-letters", response_model=DeadLetterList, summary="Jobs that failed after their last retry")
+@router.get(
+    "/dead-letters",
+    response_model=DeadLetterList,
+    operation_id="listDeadLetters",
+    summary="Jobs that failed after their last retry",
+    responses=documented(401, 403, 422),
+)
 async def list_dead_letters(
     state: State,
-    _: Admin,
+    _: AdminKey,
     after: Annotated[str | None, Query(max_length=40, pattern=r"^\d+-\d+$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> DeadLetterList:
@@ -68,9 +52,11 @@ async def list_dead_letters(
     "/dead-letters/{job_id}/retry",
     status_code=202,
     response_model=JobView,
+    operation_id="retryDeadLetter",
     summary="Send a dead-lettered job back to the queue, its retries reset",
+    responses=documented(401, 403, 404),
 )
-async def retry_dead_letter(job_id: str, state: State, _: Admin, response: Response) -> JobView:
+async def retry_dead_letter(job_id: str, state: State, _: AdminKey, response: Response) -> JobView:
     job = await state.store.get(job_id)
     if job is None or job.status is not JobStatus.failed:
         raise Problem(404, "Not found", f"No failed job {job_id!r}.")

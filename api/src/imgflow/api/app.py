@@ -12,13 +12,16 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from imgflow.api import admin, metrics, problems, progress, webhooks
+from imgflow.api import admin, auth, keys_routes, metrics, problems, progress, webhooks
+from imgflow.api.auth import KeyCache
+from imgflow.api.ratelimit import RateLimiter
 from imgflow.api.routes import router
 from imgflow.api.state import AppState
+from imgflow.core.keys import KeyStore
 from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import ensure_group, make_broker, tidy_queue
 from imgflow.core.retention import Swept, sweep_expired, sweep_orphans
-from imgflow.core.settings import Settings, get_settings
+from imgflow.core.settings import AuthMode, Settings, get_settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.core.submit import requeue_lost
@@ -71,16 +74,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         mongo = connect(settings)
         db = mongo[settings.mongodb_database]
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+        keys = KeyStore(db)
         state = AppState(
             settings=settings,
             mongo=mongo,
             store=JobStore(db),
             storage=make_storage(settings, db),
             broker=make_broker(settings),
-            redis=Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3),
+            redis=redis,
+            keys=keys,
+            key_cache=KeyCache(keys, settings.key_cache_s),
+            limiter=RateLimiter(redis, settings.stream),
         )
+        if settings.auth is AuthMode.off:
+            log.warning(
+                "IMGFLOW_AUTH=off: anyone who can reach this API can submit and read every job; "
+                "use it on a trusted network only"
+            )
+        elif not settings.admin_key:
+            log.info("no IMGFLOW_ADMIN_KEY: only keys already stored can call the API")
         try:
             await state.store.ensure_indexes()
+            await keys.ensure_indexes()
         except Exception:
             log.warning("could not create indexes now (MongoDB down?); /readyz will say so", exc_info=True)
         try:
@@ -111,17 +127,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    app.middleware("http")(auth.add_ratelimit_headers)
     app.middleware("http")(metrics.record)
     app.include_router(router)
     app.include_router(admin.router)
+    app.include_router(keys_routes.router)
     app.include_router(progress.router)
     app.include_router(webhooks.router)
 
-    @app.get("/healthz", tags=["operations"], summary="Alive")
+    @app.get("/healthz", tags=["operations"], operation_id="healthz", summary="Alive")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], summary="MongoDB and Redis reachable")
+    @app.get("/readyz", tags=["operations"], operation_id="readyz", summary="MongoDB and Redis reachable")
     async def readyz() -> JSONResponse:
         state: AppState = app.state.imgflow
         checks: dict[str, str] = {}
@@ -140,7 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
         )
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["operations"], operation_id="metrics", summary="Prometheus metrics")
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -6,10 +6,68 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MEDIA_TYPE = "application/problem+json"
+
+
+class FieldError(BaseModel):
+    field: str | None = Field(description="The field at fault (dotted path), if one is")
+    message: str
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details: the body of every error answer."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "about:blank",
+                    "title": "Unauthorized",
+                    "status": 401,
+                    "detail": "Send an API key: 'Authorization: Bearer imgf_...'.",
+                    "instance": "/api/image-processing/jobs",
+                }
+            ]
+        },
+    )
+    type: str = "about:blank"
+    title: str = Field(description="Short, the same for every problem of this kind")
+    status: int = Field(description="The HTTP status code")
+    detail: str = Field(description="What went wrong, in words a person can act on")
+    instance: str = Field(description="The request path")
+    errors: list[FieldError] | None = Field(None, description="With 422: each invalid field")
+
+
+_MEANING = {
+    400: "Malformed request",
+    401: "No API key, or not a valid one",
+    403: "The key lacks the scope",
+    404: "Not found (or not visible to this key's tenant)",
+    408: "The upload was too slow",
+    409: "A request with this Idempotency-Key is still being handled",
+    413: "Upload too large",
+    415: "Not a supported image",
+    422: "Invalid field or image",
+    429: "Rate limit or quota exceeded; see Retry-After",
+    503: "A backing service is unreachable; retry after Retry-After",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each as problem details."""
+    return {
+        status: {
+            "description": _MEANING[status],
+            "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}},
+        }
+        for status in statuses
+    }
 
 
 class Problem(Exception):
@@ -77,6 +135,32 @@ def install(app: FastAPI) -> None:
             request, Problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
         )
 
+    def openapi() -> dict[str, Any]:
+        # the routes refer to ProblemDetails by $ref; put it (and what it uses) in the components
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+            )
+            found = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(found.pop("$defs", {}))
+            components["ProblemDetails"] = found
+            # FastAPI documents its own 422 shape; ours is problem details like every other error
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    if "422" in operation.get("responses", {}):
+                        operation["responses"]["422"] = documented(422)[422]
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

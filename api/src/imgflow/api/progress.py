@@ -16,13 +16,15 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 
-from imgflow.api.problems import Problem
+from imgflow.api.auth import Reader
+from imgflow.api.problems import documented
+from imgflow.api.routes import visible_job
 from imgflow.api.schemas import JobView
 from imgflow.api.state import State
 from imgflow.core.events import last_change, next_changes
 from imgflow.core.jobs import Job, JobStatus
 
-router = APIRouter()
+router = APIRouter(tags=["jobs"])
 # under the API's Redis socket timeout (5 s), so a blocking read never trips it
 HEARTBEAT_MS = 4000
 ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -39,13 +41,15 @@ def _event(job: Job, event_id: str) -> str:
     summary="Follow a job's status (Server-Sent Events)",
     description="One `status` event (the job view) now and on every change; the stream ends when "
     "the job is finished. Send `Last-Event-ID` to resume.",
+    operation_id="followJob",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "No such job"}},
+    responses={200: {"content": {"text/event-stream": {}}}, **documented(401, 403, 404, 429, 503)},
 )
 async def job_events(
     job_id: str,
     request: Request,
     state: State,
+    principal: Reader,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     redis, settings = state.redis, state.settings
@@ -53,9 +57,7 @@ async def job_events(
     # the latest change before reading the job: nothing that happens after the read is missed
     latest = await last_change(redis, settings, job_id)
     after = resume or latest
-    job = await state.store.get(job_id)
-    if job is None:
-        raise Problem(404, "Job not found", f"There is no job with id {job_id!r}.")
+    job = await visible_job(state, principal, job_id)
 
     async def stream() -> AsyncIterator[str]:
         nonlocal after

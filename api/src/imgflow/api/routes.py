@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Annotated, TypeVar
 
 import anyio
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
-from imgflow.api import metrics
-from imgflow.api.problems import Problem
+from imgflow.api import idempotency, metrics
+from imgflow.api.auth import Principal, Reader, Writer
+from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import UPLOADS_PREFIX, Accepted, JobList, JobView
 from imgflow.api.state import AppState, State
 from imgflow.api.uploads import FILE_FIELD, receive_upload
+from imgflow.core import quota
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import (
     Fit,
@@ -30,15 +34,15 @@ from imgflow.core.jobs import (
 )
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_file
 from imgflow.core.queue import QueueUnavailable
-from imgflow.core.settings import Settings
+from imgflow.core.settings import AuthMode, Settings
 from imgflow.core.storage import NotFound
 from imgflow.core.store import InvalidCursor, PageCursor
 from imgflow.core.submit import submit_job
 
-router = APIRouter()
+router = APIRouter(tags=["jobs"])
 JOBS = "/api/image-processing/jobs"
 USER_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
-THUMBNAIL_NAME = re.compile(r"^thumbnail-[0-9a-f-]{36}\.(jpg|png|webp)$")
+THUMBNAIL_NAME = re.compile(r"^thumbnail-([0-9a-f-]{36})\.(jpg|png|webp)$")
 
 E = TypeVar("E", Fit, OutputFormat)
 
@@ -145,13 +149,28 @@ async def _callback_url(url: str, settings: Settings) -> str | None:
     JOBS,
     status_code=202,
     response_model=Accepted,
+    operation_id="createJob",
     summary="Submit an image",
     description="Accepts the image and answers at once; a worker makes the thumbnail. "
-    "The format is read from the bytes, never from the file name or Content-Type.",
+    "The format is read from the bytes, never from the file name or Content-Type. "
+    "With an `Idempotency-Key` header, a retry of the same request (same bytes and fields) "
+    "within 24 h answers the first job instead of creating another.",
     openapi_extra=UPLOAD_FORM_DOC,
-    responses={413: {"description": "Too large"}, 415: {"description": "Not a supported image"}},
+    responses=documented(400, 401, 403, 408, 409, 413, 415, 422, 429, 503),
 )
-async def create_job(request: Request, response: Response, state: State) -> Accepted:
+async def create_job(
+    request: Request,
+    response: Response,
+    state: State,
+    principal: Writer,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=idempotency.HEADER,
+            description="Any unique string (a UUID) per intended job; retries send the same one",
+        ),
+    ] = None,
+) -> Accepted:
     settings = state.settings
     if state.uploads.locked():
         raise Problem(
@@ -160,11 +179,39 @@ async def create_job(request: Request, response: Response, state: State) -> Acce
             f"This server is receiving {settings.max_concurrent_uploads} uploads already. Retry shortly.",
             headers={"Retry-After": "2"},
         )
-    async with state.uploads, receive_upload(request, settings) as upload:
+    claim = None
+    if idempotency_key is not None:
+        try:
+            claim = await idempotency.claim(state.redis, settings, principal.tenant, idempotency_key)
+        except RedisError as exc:
+            raise _unavailable("Redis", exc) from exc
+    try:
+        async with state.uploads:
+            accepted = await _accept(request, state, principal, claim)
+    except BaseException:
+        if claim is not None and claim.done is None:
+            with contextlib.suppress(RedisError):
+                await idempotency.abandon(state.redis, claim)
+        raise
+    response.headers["Location"] = f"{JOBS}/{accepted.job_id}"
+    return accepted
+
+
+async def _accept(
+    request: Request, state: AppState, principal: Principal, claim: idempotency.Claim | None
+) -> Accepted:
+    """Receive, check, store, record and publish one job (or replay an idempotent one)."""
+    settings = state.settings
+    print_ = ""
+    async with receive_upload(request, settings, digest=claim is not None) as upload:
         user_id = upload.fields.get("userId", "").strip()
         missing = [name for name, ok in ((FILE_FIELD, upload.path), ("userId", user_id)) if not ok]
         if missing:
             raise Problem(422, "Invalid request", f"Missing form field(s): {', '.join(missing)}.")
+        if claim is not None:
+            print_ = idempotency.fingerprint(upload.sha256 or "", upload.fields)
+            if claim.done is not None:
+                return Accepted.model_validate(idempotency.replay(claim, print_))
         if not USER_ID.match(user_id):
             raise Problem(422, "Invalid request", "userId must be 1 to 128 printable characters.")
         spec = _spec_from_form(upload.fields, state)
@@ -186,52 +233,109 @@ async def create_job(request: Request, response: Response, state: State) -> Acce
 
         job_id = new_job_id()
         source = UploadSource(key=original_key(job_id), filename=upload.filename)
-        job = Job(job_id=job_id, user_id=user_id, spec=spec, source=source, callback_url=callback_url)
+        job = Job(
+            job_id=job_id,
+            user_id=user_id,
+            tenant=principal.tenant,
+            key_id=principal.key_id,
+            spec=spec,
+            source=source,
+            callback_url=callback_url,
+        )
+        if not principal.admin:
+            await _reserve_place(state, job)
         try:
             await state.storage.save(source.key, path, f"image/{info.format}")
         except PyMongoError as exc:
+            await _release_place(state, job)
             raise _unavailable("MongoDB") from exc
     try:
         await submit_job(state.store, state.broker, state.redis, settings, job)
-    except QueueUnavailable as exc:
+    except (QueueUnavailable, PyMongoError) as exc:
         await state.storage.delete(source.key)
-        raise _unavailable("The job queue (Redis)", exc) from exc
-    except PyMongoError as exc:
-        await state.storage.delete(source.key)
-        raise _unavailable("MongoDB") from exc
+        await _release_place(state, job)
+        raise _unavailable(
+            "The job queue (Redis)" if isinstance(exc, QueueUnavailable) else "MongoDB", exc
+        ) from exc
     metrics.SUBMITTED.inc()
-    response.headers["Location"] = f"{JOBS}/{job.job_id}"
-    return Accepted(job_id=job.job_id, status=job.status, created_at=job.created_at)
+    accepted = Accepted(job_id=job.job_id, status=job.status, created_at=job.created_at)
+    if claim is not None:
+        await idempotency.remember(state.redis, settings, claim, print_, accepted.model_dump(mode="json"))
+    return accepted
+
+
+async def _reserve_place(state: AppState, job: Job) -> None:
+    """A place among the tenant's unfinished jobs, or 429. At the cap, places whose jobs have
+    finished without freeing them (a lost removal) are freed first."""
+    redis, settings, tenant = state.redis, state.settings, job.tenant
+    try:
+        if await quota.reserve(redis, settings, tenant, job.job_id):
+            return
+        stale = []
+        for job_id in await quota.oldest(redis, settings, tenant, 20):
+            held = await state.store.get(job_id)
+            if held is None or held.status.finished:
+                stale.append(job_id)
+        await quota.release(redis, settings, tenant, *stale)
+        if stale and await quota.reserve(redis, settings, tenant, job.job_id):
+            return
+    except RedisError as exc:
+        raise _unavailable("Redis", exc) from exc
+    except PyMongoError as exc:
+        raise _unavailable("MongoDB", exc) from exc
+    metrics.REJECTED.labels("429").inc()
+    raise Problem(
+        429,
+        "Too many unfinished jobs",
+        f"Tenant {tenant!r} has {settings.tenant_max_unfinished} jobs pending or processing, the most "
+        "it may have at once; submit more as these finish.",
+        headers={"Retry-After": "5"},
+    )
+
+
+async def _release_place(state: AppState, job: Job) -> None:
+    with contextlib.suppress(RedisError):
+        await quota.release(state.redis, state.settings, job.tenant, job.job_id)
 
 
 @router.get(
     JOBS + "/{job_id}",
     response_model=JobView,
     response_model_exclude_none=True,
+    operation_id="getJob",
     summary="Get one job",
-    responses={404: {"description": "No such job"}},
+    responses=documented(401, 403, 404, 429, 503),
 )
-async def get_job(job_id: str, state: State) -> JobView:
+async def get_job(job_id: str, state: State, principal: Reader) -> JobView:
+    return JobView.of(await visible_job(state, principal, job_id))
+
+
+async def visible_job(state: AppState, principal: Principal, job_id: str) -> Job:
+    """The job, if it exists, has not expired and the caller's tenant may see it; else 404 (the
+    same answer for another tenant's job as for none, so ids leak nothing)."""
     try:
         job = await state.store.get(job_id)
     except PyMongoError as exc:
         raise _unavailable("MongoDB") from exc
-    if job is None or (job.expires_at is not None and job.expires_at <= utcnow()):
+    if job is None or not principal.sees(job) or (job.expires_at is not None and job.expires_at <= utcnow()):
         raise Problem(404, "Job not found", f"There is no job with id {job_id!r} (or it has expired).")
-    return JobView.of(job)
+    return job
 
 
 @router.get(
     "/api/image-processing/users/{user_id}/jobs",
     response_model=JobList,
     response_model_exclude_none=True,
+    operation_id="listUserJobs",
     summary="List a user's jobs, newest first",
+    responses=documented(400, 401, 403, 422, 429, 503),
     description="Paged by cursor: follow `nextCursor` until it is absent. "
     "A cursor stays correct while new jobs arrive; the original's `page` is still accepted.",
 )
 async def list_jobs(
     user_id: str,
     state: State,
+    principal: Reader,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page")] = 20,
     cursor: Annotated[str | None, Query(description="nextCursor of the previous page")] = None,
@@ -249,11 +353,15 @@ async def list_jobs(
         if page is not None and after is None:
             # The original's numbered pages: walk the cursor forward; bounded by page <= 1000.
             for _ in range(page - 1):
-                skipped = await state.store.list_for_user(user_id, status=status, limit=limit, after=after)
+                skipped = await state.store.list_for_user(
+                    user_id, tenant=principal.visible_tenant, status=status, limit=limit, after=after
+                )
                 if skipped.next_cursor is None:
                     return JobList(jobs=[], next_cursor=None)
                 after = skipped.next_cursor
-        result = await state.store.list_for_user(user_id, status=status, limit=limit, after=after)
+        result = await state.store.list_for_user(
+            user_id, tenant=principal.visible_tenant, status=status, limit=limit, after=after
+        )
     except PyMongoError as exc:
         raise _unavailable("MongoDB") from exc
     return JobList(
@@ -264,20 +372,34 @@ async def list_jobs(
 
 @router.get(
     UPLOADS_PREFIX + "/{name}",
+    operation_id="getThumbnail",
     summary="A thumbnail's bytes",
     response_class=StreamingResponse,
-    responses={200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}}, 304: {}},
+    responses={
+        200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}},
+        304: {"description": "Not modified (If-None-Match)"},
+        **documented(401, 403, 404, 429, 503),
+    },
 )
-async def get_thumbnail(name: str, request: Request, state: State) -> Response:
-    if not THUMBNAIL_NAME.match(name):
+async def get_thumbnail(name: str, request: Request, state: State, principal: Reader) -> Response:
+    match = THUMBNAIL_NAME.match(name)
+    if not match:
         raise Problem(404, "Not found", f"There is no file {name!r}.")
+    if state.settings.auth is not AuthMode.off:
+        try:
+            await visible_job(state, principal, match.group(1))
+        except Problem:
+            raise Problem(404, "Not found", f"There is no file {name!r}.") from None
     try:
         stored = await state.storage.stat(name)
     except NotFound:
         raise Problem(404, "Not found", f"There is no file {name!r}.") from None
     headers = {
         "ETag": stored.etag,
-        "Cache-Control": "public, max-age=86400",
+        # with keys, a shared cache must not hand one tenant's thumbnail to another
+        "Cache-Control": "public, max-age=86400"
+        if state.settings.auth is AuthMode.off
+        else "private, max-age=86400",
         # The bytes are what the worker encoded; a browser must not guess another type.
         "X-Content-Type-Options": "nosniff",
         "Last-Modified": stored.modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 from faststream.redis import RedisBroker
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from imgflow.core.keys import KeyStore
 from imgflow.core.settings import Settings
 from imgflow.core.storage import Storage
 from imgflow.core.store import JobStore
+
+if TYPE_CHECKING:
+    from imgflow.api.auth import KeyCache
+    from imgflow.api.ratelimit import RateLimiter
 
 
 @dataclass
@@ -24,6 +29,9 @@ class AppState:
     storage: Storage
     broker: RedisBroker
     redis: Redis
+    keys: KeyStore
+    key_cache: KeyCache
+    limiter: RateLimiter
     # Uploads being received now: each holds a connection and up to max_upload_bytes of /tmp.
     uploads: asyncio.Semaphore = field(init=False)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ class Upload:
     path: Path | None = None
     filename: str | None = None
     size: int = 0
+    sha256: str | None = None  # of the file's bytes, when asked for (idempotent creates)
 
 
 def too_large(limit: int) -> Problem:
@@ -45,8 +47,9 @@ def too_large(limit: int) -> Problem:
 
 
 class _FormReader:
-    def __init__(self, upload: Upload, max_bytes: int, tmpdir: str | None) -> None:
+    def __init__(self, upload: Upload, max_bytes: int, tmpdir: str | None, digest: bool) -> None:
         self.upload = upload
+        self._hash = hashlib.sha256() if digest else None
         self.max_bytes = max_bytes
         self.tmpdir = tmpdir
         self._header_field = b""
@@ -91,6 +94,8 @@ class _FormReader:
             if self.upload.size > self.max_bytes:
                 raise too_large(self.max_bytes)
             self._file.write(data[start:end])
+            if self._hash is not None:
+                self._hash.update(data[start:end])
         else:
             self._value += data[start:end]
             if len(self._value) > MAX_FIELD_BYTES:
@@ -100,6 +105,8 @@ class _FormReader:
         if self._file is not None:
             self._file.close()
             self._file = None
+            if self._hash is not None:
+                self.upload.sha256 = self._hash.hexdigest()
         elif self._name:
             self.upload.fields[self._name] = self._value.decode(errors="replace")
 
@@ -110,7 +117,7 @@ class _FormReader:
 
 @contextlib.asynccontextmanager
 async def receive_upload(
-    request: Request, settings: Settings, tmpdir: str | None = None
+    request: Request, settings: Settings, tmpdir: str | None = None, *, digest: bool = False
 ) -> AsyncIterator[Upload]:
     """Parse the request's multipart body; the temporary file is removed when the block ends.
 
@@ -131,7 +138,7 @@ async def receive_upload(
         raise too_large(max_bytes)
 
     upload = Upload()
-    reader = _FormReader(upload, max_bytes, tmpdir)
+    reader = _FormReader(upload, max_bytes, tmpdir, digest)
     parser = MultipartParser(
         boundary,
         {

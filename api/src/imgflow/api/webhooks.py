@@ -14,7 +14,9 @@ from typing import Any
 from fastapi import APIRouter
 from redis.exceptions import ResponseError
 
-from imgflow.api.problems import Problem
+from imgflow.api.auth import Reader
+from imgflow.api.problems import documented
+from imgflow.api.routes import visible_job
 from imgflow.api.schemas import Camel, JobView
 from imgflow.api.state import AppState, State
 from imgflow.core.fetch import FetchError, FetchFailed, post_checked
@@ -34,7 +36,7 @@ from imgflow.core.webhooks import (
 )
 
 log = logging.getLogger("imgflow.api.webhooks")
-router = APIRouter()
+router = APIRouter(tags=["jobs"])
 BLOCK_MS = 2000
 RECLAIM_IDLE_MS = 60_000
 BATCH = 100  # deliveries sent at once by one replica
@@ -153,11 +155,11 @@ class DeliveryList(Camel):
 @router.get(
     "/api/image-processing/jobs/{job_id}/deliveries",
     response_model=DeliveryList,
+    operation_id="listJobDeliveries",
     summary="Attempts to deliver the job's webhook",
-    responses={404: {"description": "No such job"}},
+    responses=documented(401, 403, 404, 429, 503),
 )
-async def job_deliveries(job_id: str, state: State) -> DeliveryList:
-    if await state.store.get(job_id) is None:
-        raise Problem(404, "Job not found", f"There is no job with id {job_id!r}.")
+async def job_deliveries(job_id: str, state: State, principal: Reader) -> DeliveryList:
+    await visible_job(state, principal, job_id)
     found: list[Any] = await attempts(state.redis, state.settings, job_id)
     return DeliveryList(deliveries=[DeliveryView(**vars(a)) for a in found])

@@ -105,7 +105,9 @@ def original_key(job_id: str) -> str:
 
 class Job(BaseModel):
     job_id: str = Field(default_factory=new_job_id)
-    user_id: str
+    user_id: str  # the original's label of who asked, inside the tenant
+    tenant: str = "default"  # whose job it is: only keys of this tenant (or admin) see it
+    key_id: str | None = None  # the API key that created it (None: auth off, or an ImageJob)
     status: JobStatus = JobStatus.pending
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

@@ -13,10 +13,17 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imgflow.core.keys import TENANT_PATTERN
+
 
 class StorageBackend(StrEnum):
     gridfs = "gridfs"
     local = "local"
+
+
+class AuthMode(StrEnum):
+    keys = "keys"  # every /api and /uploads request needs an API key
+    off = "off"  # the original's open API, for a trusted network only
 
 
 # a comma-separated list of seconds, e.g. "1,5,30"
@@ -110,10 +117,41 @@ class Settings(BaseSettings):
         description="A stored file whose job does not exist (a crash between storing and recording) "
         "is deleted once this old",
     )
-    admin_token: str | None = Field(
+    # API keys, tenants, rate limits
+    auth: AuthMode = Field(
+        AuthMode.keys,
+        description="keys: every /api and /uploads request needs 'Authorization: Bearer <key>'; "
+        "off: the original's open API, for a trusted network only (logged as a warning at start)",
+    )
+    admin_key: str | None = Field(
         None,
-        description="Bearer token of the operator endpoints (/api/admin/...); unset: they are "
-        "disabled. A stand-in until API keys with an admin scope exist",
+        min_length=32,
+        description="Bootstrap key with the admin scope (tenant default_tenant), to create the "
+        "other keys; the chart generates one into a Secret",
+    )
+    default_tenant: str = Field(
+        "default",
+        pattern=TENANT_PATTERN,
+        description="Tenant of the bootstrap key and, with auth off, of every job",
+    )
+    key_cache_s: float = Field(
+        1.0,
+        ge=0,
+        le=2,
+        description="Seconds an API replica trusts a key it looked up: a revoked key stops "
+        "working within this",
+    )
+    create_per_s: float = Field(
+        10.0, gt=0, description="Job creates per second per key (default for new keys)"
+    )
+    create_burst: int = Field(20, ge=1, description="Job creates a key may make at once above its rate")
+    read_per_s: float = Field(50.0, gt=0, description="Reads per second per key (default for new keys)")
+    read_burst: int = Field(100, ge=1, description="Reads a key may make at once above its rate")
+    tenant_max_unfinished: int = Field(
+        1000, ge=1, description="Jobs a tenant may have pending or processing at once; more creates get 429"
+    )
+    idempotency_ttl_s: float = Field(
+        86400.0, gt=0, description="How long an Idempotency-Key's first answer is kept and replayed"
     )
     graceful_timeout_s: float = Field(25.0, gt=0, description="Time a stopping worker has to finish jobs")
 

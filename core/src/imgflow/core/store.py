@@ -72,6 +72,20 @@ class JobStore:
         self._jobs: AsyncCollection[Document] = db["jobs"]
 
     async def ensure_indexes(self) -> None:
+        # a tenant's listings, then the same without the tenant for admin keys
+        await self._jobs.create_index(
+            [("tenant", ASCENDING), ("user_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)],
+            name="tenant_user_newest",
+        )
+        await self._jobs.create_index(
+            [
+                ("tenant", ASCENDING),
+                ("user_id", ASCENDING),
+                ("status", ASCENDING),
+                ("created_at", DESCENDING),
+            ],
+            name="tenant_user_status_newest",
+        )
         await self._jobs.create_index(
             [("user_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="user_newest"
         )
@@ -94,9 +108,16 @@ class JobStore:
         return Job.from_document(doc) if doc else None
 
     async def list_for_user(
-        self, user_id: str, *, status: JobStatus | None, limit: int, after: PageCursor | None
+        self,
+        user_id: str,
+        *,
+        tenant: str | None,
+        status: JobStatus | None,
+        limit: int,
+        after: PageCursor | None,
     ) -> Page:
-        query: Document = {"user_id": user_id}
+        """A user's jobs, newest first; of one tenant, or of all (``tenant=None``, admin)."""
+        query: Document = {"user_id": user_id} if tenant is None else {"tenant": tenant, "user_id": user_id}
         if status is not None:
             query["status"] = status.value
         if after is not None:

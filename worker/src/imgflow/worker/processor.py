@@ -18,6 +18,7 @@ import anyio
 import pyvips
 from redis.asyncio import Redis
 
+from imgflow.core import quota
 from imgflow.core.events import job_changed
 from imgflow.core.fetch import FetchFailed, FetchRefused, fetch_to_file
 from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, UrlSource, thumbnail_key, utcnow
@@ -148,8 +149,9 @@ class Processor:
 
     async def _finished(self, job: Job, status: JobStatus) -> None:
         """What follows a job's end, completed or failed: followers are told, its webhook is filed,
-        its original goes unless originals are kept."""
+        its original goes unless originals are kept, its place in its tenant's cap is freed."""
         await job_changed(self.redis, self.settings, job.job_id, status)
+        await quota.release(self.redis, self.settings, job.tenant, job.job_id)
         if job.callback_url:
             await file_delivery(self.redis, self.settings, job.job_id, f"job.{status.value}")
         if not self.settings.keep_originals and isinstance(job.source, UploadSource):

@@ -1,0 +1,187 @@
+"""Who is calling: the API key in ``Authorization: Bearer``, its tenant, scopes and rate limits.
+
+Routes declare what they need (``Reader``, ``Writer``, ``AdminKey``) and get the caller's
+``Principal``. A replica trusts a key record it looked up for ``key_cache_s`` (at most 2 s), so a
+revoked key stops working on every replica within that. With ``IMGFLOW_AUTH=off`` every caller
+is an admin of the default tenant, unlimited: the original's open API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
+from starlette.responses import Response
+
+from imgflow.api.problems import Problem
+from imgflow.api.ratelimit import Policy
+from imgflow.api.state import State
+from imgflow.core.jobs import Job
+from imgflow.core.keys import ApiKey, KeyStore, Limits, Scope, digest, key_id_of
+from imgflow.core.settings import AuthMode, Settings
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    bearerFormat="imgf_<id>_<secret>",
+    description="An API key, created with POST /api/admin/keys (or IMGFLOW_ADMIN_KEY)",
+)
+BOOTSTRAP_KEY_ID = "bootstrap"
+# compared against when a key is malformed or unknown, so a bad key costs the same either way
+_NOBODY = digest("imgf_0000000000000000_" + "x" * 43)
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str | None
+    tenant: str
+    scopes: frozenset[Scope]
+    limits: Limits
+
+    @property
+    def admin(self) -> bool:
+        return Scope.admin in self.scopes
+
+    @property
+    def visible_tenant(self) -> str | None:
+        """The tenant whose jobs this caller sees; None: all (admin)."""
+        return None if self.admin else self.tenant
+
+    def sees(self, job: Job) -> bool:
+        return self.admin or job.tenant == self.tenant
+
+
+class KeyCache:
+    """Key records by id, each trusted for ``ttl`` seconds (absent ones too: a flood of made-up
+    ids costs one lookup per id per ``ttl``)."""
+
+    def __init__(self, store: KeyStore, ttl: float) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._entries: dict[str, tuple[ApiKey | None, float]] = {}
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        now = asyncio.get_running_loop().time()
+        cached = self._entries.get(key_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        record = await self._store.get(key_id)
+        if len(self._entries) > 10_000:
+            self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
+        self._entries[key_id] = (record, now + self._ttl)
+        return record
+
+    def forget(self, key_id: str) -> None:
+        self._entries.pop(key_id, None)
+
+
+def _unauthorized(detail: str, error: str | None = None) -> Problem:
+    challenge = 'Bearer realm="imgflow"' + (f', error="{error}"' if error else "")
+    return Problem(401, "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+def open_principal(settings: Settings) -> Principal:
+    return Principal(None, settings.default_tenant, frozenset(Scope), Limits())
+
+
+async def _identify(key: str, state_keys: KeyCache, settings: Settings) -> Principal | None:
+    if settings.admin_key and hmac.compare_digest(digest(key), digest(settings.admin_key)):
+        return Principal(BOOTSTRAP_KEY_ID, settings.default_tenant, frozenset(Scope), Limits())
+    key_id = key_id_of(key)
+    record = await state_keys.get(key_id) if key_id else None
+    if record is None:
+        hmac.compare_digest(digest(key), _NOBODY)
+        return None
+    if not record.matches(key):
+        return None
+    return Principal(record.key_id, record.tenant, frozenset(record.scopes), record.limits)
+
+
+async def authenticate(
+    state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+) -> Principal:
+    settings = state.settings
+    if settings.auth is AuthMode.off:
+        return open_principal(settings)
+    if credentials is None:
+        raise _unauthorized("Send an API key: 'Authorization: Bearer imgf_...'.")
+    try:
+        principal = await _identify(credentials.credentials, state.key_cache, settings)
+    except PyMongoError:
+        raise Problem(
+            503, "Service unavailable", "MongoDB is unreachable; retry shortly.", headers={"Retry-After": "5"}
+        ) from None
+    if principal is None:
+        raise _unauthorized("The API key is not valid (unknown, revoked or mistyped).", "invalid_token")
+    return principal
+
+
+def _policy(principal: Principal, settings: Settings, kind: Literal["create", "read"]) -> Policy:
+    limits = principal.limits
+    if kind == "create":
+        return Policy(
+            "create",
+            limits.create_per_s or settings.create_per_s,
+            limits.create_burst or settings.create_burst,
+        )
+    return Policy("read", limits.read_per_s or settings.read_per_s, limits.read_burst or settings.read_burst)
+
+
+def require(scope: Scope, rate: Literal["create", "read"] | None) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: the caller, if it has ``scope`` (admin has all) and is within its ``rate``.
+    Admin keys are not rate-limited: they are the operator's."""
+
+    async def dependency(
+        request: Request, state: State, principal: Annotated[Principal, Depends(authenticate)]
+    ) -> Principal:
+        if scope not in principal.scopes and not principal.admin:
+            raise Problem(403, "Forbidden", f"This API key lacks the {scope.value!r} scope.")
+        if rate is None or principal.admin or principal.key_id is None:
+            return principal
+        policy = _policy(principal, state.settings, rate)
+        try:
+            decision = await state.limiter.hit(principal.key_id, policy)
+        except RedisError:
+            raise Problem(
+                503,
+                "Service unavailable",
+                "Redis is unreachable; retry shortly.",
+                headers={"Retry-After": "5"},
+            ) from None
+        headers = decision.headers(policy)
+        if not decision.allowed:
+            wait = max(1, round(decision.retry_after_s + 0.5))
+            raise Problem(
+                429,
+                "Too many requests",
+                f"This key may make {policy.per_s:g} {rate} requests per second (bursts of "
+                f"{policy.burst}); retry in {wait} s.",
+                headers={**headers, "Retry-After": str(wait)},
+            )
+        request.state.ratelimit = headers
+        return principal
+
+    return dependency
+
+
+async def add_ratelimit_headers(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Middleware: the RateLimit headers a route's dependency decided, on whatever it answers."""
+    response = await call_next(request)
+    headers: dict[str, str] | None = getattr(request.state, "ratelimit", None)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+Reader = Annotated[Principal, Depends(require(Scope.jobs_read, "read"))]
+Writer = Annotated[Principal, Depends(require(Scope.jobs_write, "create"))]
+AdminKey = Annotated[Principal, Depends(require(Scope.admin, None))]

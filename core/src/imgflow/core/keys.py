@@ -1,0 +1,114 @@
+"""API keys: who may call the API, for which tenant, with which scopes and rate limits.
+
+A key reads ``imgf_<id>_<secret>``: the id finds the stored record by ``_id`` (the one lookup
+every MongoDB-wire server answers by key), the whole key is compared as a SHA-256 hash in
+constant time. Only the hash is stored; the key itself is shown once, when it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pymongo import ASCENDING
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from imgflow.core.jobs import utcnow
+
+PREFIX = "imgf_"
+# imgf_ + 16 hex id + _ + 43 url-safe base64 characters (256 bits)
+KEY_PATTERN = re.compile(r"^imgf_([0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
+TENANT_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class Scope(StrEnum):
+    jobs_write = "jobs:write"  # create jobs
+    jobs_read = "jobs:read"  # read jobs, their thumbnails, events and deliveries
+    admin = "admin"  # everything, every tenant, and key management
+
+
+class Limits(BaseModel):
+    """A key's request rates; None takes the service's default (Settings)."""
+
+    create_per_s: float | None = Field(None, gt=0, le=100_000)
+    create_burst: int | None = Field(None, ge=1, le=100_000)
+    read_per_s: float | None = Field(None, gt=0, le=100_000)
+    read_burst: int | None = Field(None, ge=1, le=100_000)
+
+
+class ApiKey(BaseModel):
+    key_id: str
+    tenant: str
+    name: str
+    scopes: list[Scope]
+    limits: Limits = Field(default_factory=Limits)
+    created_at: datetime = Field(default_factory=utcnow)
+    key_hash: str  # hex SHA-256 of the whole key
+
+    def matches(self, key: str) -> bool:
+        return hmac.compare_digest(digest(key), self.key_hash)
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_id_of(key: str) -> str | None:
+    """The id inside a well-formed key; None for anything else."""
+    match = KEY_PATTERN.match(key)
+    return match.group(1) if match else None
+
+
+def new_key(tenant: str, name: str, scopes: list[Scope], limits: Limits | None = None) -> tuple[ApiKey, str]:
+    """A new key record and the key itself (to show once)."""
+    key_id = secrets.token_hex(8)
+    key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    record = ApiKey(
+        key_id=key_id,
+        tenant=tenant,
+        name=name,
+        scopes=sorted(set(scopes)),
+        limits=limits or Limits(),
+        key_hash=digest(key),
+    )
+    return record, key
+
+
+class KeyStore:
+    """Keys in MongoDB, one document per key, ``_id`` = the key's id."""
+
+    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+        self._keys: AsyncCollection[dict[str, Any]] = db["api_keys"]
+
+    async def ensure_indexes(self) -> None:
+        await self._keys.create_index([("tenant", ASCENDING), ("created_at", ASCENDING)], name="tenant")
+
+    async def insert(self, key: ApiKey) -> None:
+        doc = key.model_dump(mode="python", exclude={"key_id"})
+        doc["_id"] = key.key_id
+        await self._keys.insert_one(doc)
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        doc = await self._keys.find_one({"_id": key_id})
+        return _from_document(doc) if doc else None
+
+    async def all(self, tenant: str | None = None, limit: int = 1000) -> list[ApiKey]:
+        query = {} if tenant is None else {"tenant": tenant}
+        cursor = self._keys.find(query).sort("created_at", ASCENDING).limit(limit)
+        return [_from_document(doc) async for doc in cursor]
+
+    async def delete(self, key_id: str) -> bool:
+        return (await self._keys.delete_one({"_id": key_id})).deleted_count == 1
+
+
+def _from_document(doc: dict[str, Any]) -> ApiKey:
+    data = dict(doc)
+    data["key_id"] = data.pop("_id")
+    return ApiKey.model_validate(data)
