@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     )
     admin_key: str | None = Field(
         None,
-        min_length=32,
+        pattern=r"^(\S{32,})?$",
         description="Bootstrap key with the admin scope (tenant default_tenant), to create the "
         "other keys; the chart generates one into a Secret",
     )
