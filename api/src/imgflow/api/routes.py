@@ -44,6 +44,8 @@ JOBS = "/api/image-processing/jobs"
 USER_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 THUMBNAIL_NAME = re.compile(r"^thumbnail-([0-9a-f-]{36})\.(jpg|png|webp)$")
 
+THUMBNAIL_TYPES = [f.media_type for f in OutputFormat]
+
 E = TypeVar("E", Fit, OutputFormat)
 
 UPLOAD_FORM_DOC = {
@@ -376,7 +378,10 @@ async def list_jobs(
     summary="A thumbnail's bytes",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"image/jpeg": {}, "image/png": {}, "image/webp": {}}},
+        200: {
+            "description": "The thumbnail",
+            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in THUMBNAIL_TYPES},
+        },
         304: {"description": "Not modified (If-None-Match)"},
         **documented(401, 403, 404, 429, 503),
     },
