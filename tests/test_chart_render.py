@@ -128,7 +128,11 @@ def test_default_render_has_the_expected_objects(default_docs: list[dict[str, An
 
 def test_dev_databases_are_wired_by_default(default_docs: list[dict[str, Any]]) -> None:
     urls = secret_data(one(default_docs, "Secret", f"{REL}-imgflow-connections"))
+    admin_key = urls.pop("admin-key")
     assert urls == {"redis-url": f"redis://{REDIS}:6379/0", "mongodb-url": f"mongodb://{MONGODB}:27017"}
+    # a generated bootstrap admin key that the API accepts (IMGFLOW_ADMIN_KEY)
+    assert re.fullmatch(r"imgf_admin_[A-Za-z0-9]{43}", admin_key)
+    Settings(admin_key=admin_key)
     redis = container(one(default_docs, "Deployment", REDIS))
     assert redis["image"] == "redis:7.4"
     mongo = container(one(default_docs, "Deployment", MONGODB))
@@ -142,7 +146,7 @@ def test_configmap_sets_every_core_setting_with_the_application_defaults(
 ) -> None:
     data = config_map(default_docs)
     fields = Settings.model_fields
-    secret_fields = {"redis_url", "mongodb_url", "admin_token", "webhook_secret"}
+    secret_fields = {"redis_url", "mongodb_url", "admin_key", "webhook_secret"}
     keys = {k.removeprefix("IMGFLOW_").lower() for k in data}
     assert all(k.startswith("IMGFLOW_") for k in data)
     assert keys <= set(fields), f"ConfigMap keys that are no setting: {keys - set(fields)}"
@@ -338,15 +342,24 @@ def test_helm_test_script_passes_against_a_real_api_and_worker(
     settings = make_settings(redis_url, mongodb_url)
     _, base_url = processes.start_api(settings)
     processes.start_worker(settings)
-    proc = subprocess.run(
-        [sys.executable, "-u", "-c", script],
-        env={"API_URL": base_url, "TIMEOUT_S": "120", "PATH": os.environ.get("PATH", "")},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = run_test_pod_script(script, base_url, settings, timeout_s=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASS" in proc.stdout
+
+
+def run_test_pod_script(
+    script: str, base_url: str, settings: Settings, timeout_s: int
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        "API_URL": base_url,
+        "TIMEOUT_S": str(timeout_s),
+        "PATH": os.environ.get("PATH", ""),
+        # as the pod gets it from the release's Secret
+        "IMGFLOW_ADMIN_KEY": settings.admin_key or "",
+    }
+    return subprocess.run(
+        [sys.executable, "-u", "-c", script], env=env, capture_output=True, text=True, timeout=timeout_s + 60
+    )
 
 
 def test_helm_test_script_fails_when_no_worker_runs(
@@ -354,14 +367,9 @@ def test_helm_test_script_fails_when_no_worker_runs(
 ) -> None:
     pod = one(render(), "Pod", f"{REL}-imgflow-test")
     script = pod["spec"]["containers"][0]["args"][0]
-    _, base_url = processes.start_api(make_settings(redis_url, mongodb_url))
-    proc = subprocess.run(
-        [sys.executable, "-u", "-c", script],
-        env={"API_URL": base_url, "TIMEOUT_S": "10", "PATH": os.environ.get("PATH", "")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    settings = make_settings(redis_url, mongodb_url)
+    _, base_url = processes.start_api(settings)
+    proc = run_test_pod_script(script, base_url, settings, timeout_s=10)
     assert proc.returncode != 0
     assert "FAIL: job not completed in time" in proc.stderr
 
@@ -376,6 +384,7 @@ def test_production_values_render_what_they_ask_for(production_docs: list[dict[s
     assert ("Deployment", REDIS) not in names and ("Deployment", MONGODB) not in names
     assert ("Service", REDIS) not in names and ("Service", MONGODB) not in names
     urls = secret_data(one(production_docs, "Secret", f"{REL}-imgflow-connections"))
+    assert urls.pop("admin-key").startswith("imgf_admin_")
     assert urls == {"redis-url": prod["externalRedis"]["url"], "mongodb-url": prod["externalMongodb"]["url"]}
 
     api = one(production_docs, "Deployment", API)

@@ -136,5 +136,5 @@ async def test_a_generated_client_drives_one_job(stack: Stack, tmp_path: Path) -
     missing = await get_job.asyncio("no-such-job", client=client)
     assert isinstance(missing, models.ProblemDetails) and missing.status == 404
     anonymous = client_pkg.Client(base_url=stack.base_url)
-    refused = await get_job.asyncio_detailed(accepted.job_id, client=anonymous)  # type: ignore[arg-type]
+    refused = await get_job.asyncio_detailed(accepted.job_id, client=anonymous)
     assert refused.status_code == 401 and isinstance(refused.parsed, models.ProblemDetails)

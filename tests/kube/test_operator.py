@@ -27,7 +27,7 @@ from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.operator.settings import OperatorSettings
 from tests import images
-from tests.client import submit
+from tests.client import api_client, submit
 from tests.conftest import Processes, Workers
 from tests.kube.conftest import Kube
 from tests.kube.operator_harness import (
@@ -252,7 +252,7 @@ async def test_private_addresses_and_foreign_uploads_are_refused(
     assert not settings.allow_private_urls
     processes.start_worker(settings)
     _, base_url = processes.start_api(settings)
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+    async with api_client(base_url, timeout=30) as client:
         mine = (await submit(client, images.jpeg(), user_id="bob")).json()["jobId"]
         theirs = (await submit(client, images.jpeg(), user_id="mallory")).json()["jobId"]
     operator.start(settings)
@@ -279,7 +279,7 @@ async def test_private_addresses_and_foreign_uploads_are_refused(
     assert "169.254.169.254 is the cloud metadata service address" in refused[2]["error"]
     assert "::1 is a loopback address" in refused[3]["error"]
     assert "IMGFLOW_ALLOW_PRIVATE_URLS" in refused[1]["error"]
-    assert f"Upload {theirs} was not found for user 'bob'" in refused[4]["error"]
+    assert f"Upload {theirs} was not found for user 'bob' of tenant 'default'" in refused[4]["error"]
     (condition,) = status["conditions"]
     assert (condition["type"], condition["reason"]) == ("Failed", "SourcesFailed")
     assert condition["message"].startswith("4 of 5 sources failed. First: source 1")
@@ -291,6 +291,19 @@ async def test_private_addresses_and_foreign_uploads_are_refused(
     async with job_store(settings) as (store, _):
         jobs = await store.for_image_job(f"{namespace}/mixed")
         assert [j.job_id for j in jobs] == [by_index[0]["jobId"]]  # refused sources made no job
+        assert jobs[0].tenant == settings.default_tenant  # the spec names no tenant
+
+    # another tenant's ImageJob cannot use this tenant's upload, even for the same userId
+    kube.kubectl(
+        "create",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=image_job("elsewhere", "bob", [{"uploadId": mine}], tenant="acme"),
+    )
+    elsewhere = (await wait_phase(kube, namespace, "elsewhere", "Failed"))["status"]["sources"][0]
+    assert f"Upload {mine} was not found for user 'bob' of tenant 'acme'" in elsewhere["error"]
 
 
 # --- restarts: no source is submitted twice --------------------------------------------------------

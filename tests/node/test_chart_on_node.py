@@ -8,6 +8,7 @@ the uninstall.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -87,31 +88,49 @@ def test_helm_test_passes(node: Node, installed: str) -> None:
     assert "Phase:          Succeeded" in out, out
 
 
+def admin_key(node: Node) -> str:
+    """The bootstrap admin key the chart generated into its Secret, read as NOTES.txt says."""
+    secret = node.kube.kubectl_json("get", "secret", f"{RELEASE}-imgflow-connections", "-n", NS)
+    return base64.b64decode(secret["data"]["admin-key"]).decode()
+
+
 def test_an_upload_through_the_api_service_completes(node: Node, installed: str) -> None:
+    assert "ADMIN_KEY=$(kubectl" in installed  # NOTES.txt tells how to read the key
     with (
         port_forward(node.kube, NS, "svc/imgflow-api", 80) as api,
-        httpx.Client(base_url=api.url, timeout=30) as client,
+        httpx.Client(base_url=api.url, timeout=30) as open_client,
     ):
-        created = client.post(
-            "/api/image-processing/jobs",
-            files={"file": ("photo.jpg", images.jpeg(1280, 960), "image/jpeg")},
-            data={"userId": "node-test"},
+        # keys are on by default: nothing without one
+        refused = open_client.get("/api/image-processing/users/node-test/jobs")
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+        made = open_client.post(
+            "/api/admin/keys",
+            json={"tenant": "node", "scopes": ["jobs:write", "jobs:read"], "name": "node test"},
+            headers={"Authorization": f"Bearer {admin_key(node)}"},
         )
-        assert created.status_code == 202, created.text
-        job_id = created.json()["jobId"]
+        assert made.status_code == 201, made.text
+        key = made.json()["key"]
+        with httpx.Client(base_url=api.url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
+            created = client.post(
+                "/api/image-processing/jobs",
+                files={"file": ("photo.jpg", images.jpeg(1280, 960), "image/jpeg")},
+                data={"userId": "node-test"},
+            )
+            assert created.status_code == 202, created.text
+            job_id = created.json()["jobId"]
 
-        def completed() -> dict[str, Any] | None:
-            job: dict[str, Any] = client.get(f"/api/image-processing/jobs/{job_id}").json()
-            assert job["status"] != "failed", job
-            return job if job["status"] == "completed" else None
+            def completed() -> dict[str, Any] | None:
+                job: dict[str, Any] = client.get(f"/api/image-processing/jobs/{job_id}").json()
+                assert job["status"] != "failed", job
+                return job if job["status"] == "completed" else None
 
-        # The workers start from 0: the operator wakes one for this job.
-        job = wait_until("the uploaded job completed", completed, within=180)
-        assert isinstance(job, dict)
-        thumbnail = client.get(job["result"]["thumbnailUrl"])
-        assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
-        image = pyvips.Image.new_from_buffer(thumbnail.content, "")
-        assert (image.width, image.height) == (100, 100)
+            # The workers start from 0: the operator wakes one for this job.
+            job = wait_until("the uploaded job completed", completed, within=180)
+            assert isinstance(job, dict)
+            thumbnail = client.get(job["result"]["thumbnailUrl"])
+            assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+            image = pyvips.Image.new_from_buffer(thumbnail.content, "")
+            assert (image.width, image.height) == (100, 100)
 
 
 def test_an_image_job_of_in_cluster_urls_succeeds_with_progress_and_events(
@@ -198,6 +217,7 @@ def test_workers_scale_up_from_zero_and_back_with_real_pods_interrupting_no_job(
 
 def test_an_upgrade_rolls_the_pods_and_keeps_the_operators_replica_count(node: Node, installed: str) -> None:
     before = deployments(node)
+    key_before = admin_key(node)
     assert before["worker"]["spec"]["replicas"] == 0  # idle: the operator scaled the workers to zero
     api_pods = {p["metadata"]["name"] for p in node_autoscale.pods(node.kube.kubeconfig, NS, "api")}
 
@@ -220,6 +240,7 @@ def test_an_upgrade_rolls_the_pods_and_keeps_the_operators_replica_count(node: N
     assert after["api"]["spec"]["replicas"] == 2 and after["api"]["status"]["readyReplicas"] == 2
     config = node.kube.kubectl_json("get", "configmap", "imgflow-config", "-n", NS)
     assert config["data"]["IMGFLOW_WORKER_CONCURRENCY"] == "3"
+    assert admin_key(node) == key_before  # the generated admin key survives the upgrade
     # The changed configuration rolled the API: every pod serving is new (old ones are terminating).
     new_pods = {
         p["metadata"]["name"]

@@ -115,7 +115,7 @@ Whether the in-cluster dev Redis / MongoDB is deployed: "true" or "".
 {{- end }}
 
 {{/*
-Name of the Secret holding IMGFLOW_REDIS_URL, IMGFLOW_MONGODB_URL and, optionally, IMGFLOW_ADMIN_TOKEN.
+Name of the Secret holding IMGFLOW_REDIS_URL, IMGFLOW_MONGODB_URL and, optionally, IMGFLOW_ADMIN_KEY.
 */}}
 {{- define "imgflow.secretName" -}}
 {{- .Values.existingSecret.name | default (include "imgflow.componentName" (dict "ctx" . "component" "connections")) }}
@@ -232,11 +232,11 @@ Environment shared by the imgflow containers: the ConfigMap plus the two URLs fr
       name: {{ include "imgflow.secretName" . }}
       key: {{ .Values.existingSecret.webhookSecretKey }}
       optional: true
-- name: IMGFLOW_ADMIN_TOKEN
+- name: IMGFLOW_ADMIN_KEY
   valueFrom:
     secretKeyRef:
       name: {{ include "imgflow.secretName" . }}
-      key: {{ .Values.existingSecret.adminTokenKey }}
+      key: {{ .Values.existingSecret.adminKeyKey }}
       optional: true
 {{- end }}
 
@@ -246,7 +246,8 @@ Pod annotations that roll the pods when the configuration or the connection Secr
 {{- define "imgflow.configChecksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- if not .Values.existingSecret.name }}
-checksum/connections: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- /* the URLs only: the generated admin key is not known before the Secret exists */}}
+checksum/connections: {{ printf "%s|%s" .Values.externalRedis.url .Values.externalMongodb.url | sha256sum }}
 {{- end }}
 {{- end }}
 

@@ -68,7 +68,9 @@ class Refused(Exception):
     """A source that will not be submitted; the text tells the ImageJob's author why."""
 
 
-async def resolve_source(ctx: Context, item: SourceItem, user_id: str) -> UrlSource | UploadSource:
+async def resolve_source(
+    ctx: Context, item: SourceItem, tenant: str, user_id: str
+) -> UrlSource | UploadSource:
     if item.url is not None:
         try:
             # Resolving the host blocks; the worker checks again when it fetches, per hop.
@@ -78,11 +80,12 @@ async def resolve_source(ctx: Context, item: SourceItem, user_id: str) -> UrlSou
         return UrlSource(url=item.url)
     upload_id = item.upload_id or ""
     upload = await ctx.store.get(upload_id)
-    # One message for "no such upload" and "someone else's": an ImageJob must not probe other users.
-    if upload is None or upload.user_id != user_id:
+    # One message for "no such upload" and "someone else's": an ImageJob must not probe other
+    # users or tenants.
+    if upload is None or upload.user_id != user_id or upload.tenant != tenant:
         raise Refused(
-            f"Upload {upload_id} was not found for user {user_id!r}: uploadId must be the jobId of an "
-            "image this user uploaded through the HTTP API."
+            f"Upload {upload_id} was not found for user {user_id!r} of tenant {tenant!r}: uploadId "
+            "must be the jobId of an image this user uploaded through the HTTP API."
         )
     try:
         await ctx.storage.stat(original_key(upload_id))
@@ -108,6 +111,7 @@ async def submit_sources(
 ) -> list[SourceState]:
     """Submit every source not yet submitted; returns the state of every source, in order."""
     user_id = str(spec["userId"])
+    tenant = str(spec.get("tenant") or ctx.settings.default_tenant)
     thumbnail = thumbnail_spec(spec)
     too_large = check_thumbnail(thumbnail, ctx.settings)
     states: list[SourceState] = []
@@ -122,11 +126,13 @@ async def submit_sources(
             try:
                 if too_large:
                     raise Refused(too_large)
-                source = await resolve_source(ctx, item, user_id)
+                source = await resolve_source(ctx, item, tenant, user_id)
             except Refused as exc:
                 states.append(refused(item, str(exc)))
                 continue
-            job = Job(job_id=job_id, user_id=user_id, source=source, spec=thumbnail, image_job=ref)
+            job = Job(
+                job_id=job_id, user_id=user_id, tenant=tenant, source=source, spec=thumbnail, image_job=ref
+            )
             try:
                 job = await submit_job(ctx.store, ctx.broker, ctx.redis, ctx.settings, job)
             except DuplicateKeyError:  # another pass got there first: theirs is ours
