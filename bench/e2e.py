@@ -164,7 +164,9 @@ async def bench(
         random.Random(7).shuffle(work)  # the subsets evenly mixed over the run
         procs = {"worker": worker, "API": api, mongo.kind: mongo.server, "Redis": redis}
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{stack.settings.api_port}", timeout=60
+            base_url=f"http://127.0.0.1:{stack.settings.api_port}",
+            timeout=60,
+            headers={"Authorization": f"Bearer {stack.settings.admin_key}"},
         ) as client:
             await push(client, warmup, inflight)
             rss_idle = status_kb(worker.pid, "VmRSS")

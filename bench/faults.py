@@ -35,7 +35,7 @@ from scripts.servers import Server, free_port, start_stack, wait_for_port, worke
 from tests import images
 
 
-async def submit_all(base: str, jobs: int, clients: int = 4) -> tuple[list[str], int]:
+async def submit_all(base: str, key: str, jobs: int, clients: int = 4) -> tuple[list[str], int]:
     """Submit ``jobs`` photos; the ids accepted, and how many were refused with 503."""
     photos = [images.jpeg(w, h) for w, h in ((320, 240), (640, 480), (1024, 768))]
     accepted: list[str] = []
@@ -62,7 +62,9 @@ async def submit_all(base: str, jobs: int, clients: int = 4) -> tuple[list[str],
             else:
                 raise RuntimeError(f"unexpected {response.status_code}: {response.text}")
 
-    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=base, timeout=60, headers={"Authorization": f"Bearer {key}"}
+    ) as client:
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
     return accepted, refused
 
@@ -99,7 +101,9 @@ async def run(jobs: int, workers: int, kill_every: float, drain: float, workdir:
     fleet += [new_worker() for _ in range(workers - 1)]
     kills = 0
     try:
-        submitting = asyncio.create_task(submit_all(f"http://127.0.0.1:{settings.api_port}", jobs))
+        submitting = asyncio.create_task(
+            submit_all(f"http://127.0.0.1:{settings.api_port}", settings.admin_key or "", jobs)
+        )
         started = time.monotonic()
         restarted: set[str] = set()
         while not submitting.done():

@@ -95,7 +95,11 @@ async def run(jobs: int, retention: float, workdir: Path) -> None:
 
         watcher = asyncio.create_task(watch_storage())
         started = time.time()
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.api_port}", timeout=120) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{settings.api_port}",
+            timeout=120,
+            headers={"Authorization": f"Bearer {settings.admin_key}"},
+        ) as client:
 
             async def client_loop() -> None:
                 while not queue.empty():

@@ -49,6 +49,8 @@ log "the same, clients polling instead of following Server-Sent Events (about 30
 BENCH_E2E_WAIT=poll py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e-poll.json"
 log "republishing after Redis lost its data (about 20 s)"
 py -m bench.republish --jobs 5000
+log "what API keys, rate limits and Idempotency-Key add per request (about 40 s)"
+py -m bench.auth_cost
 if [ "$investigate" = 1 ]; then
   log "investigation (about 4 min)"
   py -m bench.investigate --out "$results/investigate.json"

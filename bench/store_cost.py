@@ -71,7 +71,9 @@ async def measure(store: JobStore) -> dict[str, float]:
             lambda i: store.list_for_user(user, tenant="default", status=None, limit=20, after=None)
         ),
         "list a user's completed jobs": await median_ms(
-            lambda i: store.list_for_user(user, tenant="default", status=JobStatus.completed, limit=20, after=None)
+            lambda i: store.list_for_user(
+                user, tenant="default", status=JobStatus.completed, limit=20, after=None
+            )
         ),
     }
     started = []
