@@ -49,6 +49,7 @@ cat <<EOF
 imgflow is running in namespace $namespace. To reach the API:
   export KUBECONFIG=$KUBECONFIG
   $kubectl -n $namespace port-forward svc/$release-api 8080:80
-  curl -F file=@picture.jpg -F userId=me http://127.0.0.1:8080/api/image-processing/jobs
+  export ADMIN_KEY=\$($kubectl -n $namespace get secret $release-connections -o jsonpath='{.data.admin-key}' | base64 -d)
+  curl -H "Authorization: Bearer \$ADMIN_KEY" -F file=@picture.jpg -F userId=me http://127.0.0.1:8080/api/image-processing/jobs
 Check the install:  $helm test $release -n $namespace
 EOF
