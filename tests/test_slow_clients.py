@@ -13,7 +13,7 @@ import pytest
 
 from imgflow.core.settings import Settings
 from tests import images
-from tests.client import JOBS, api_client, submit
+from tests.client import ADMIN_KEY, JOBS, api_client, submit
 from tests.conftest import Processes, make_settings
 
 UPLOAD_SLOTS = 2
@@ -51,9 +51,12 @@ def closed_by_server(sock: socket.socket, within: float) -> bool:
     return True
 
 
+AUTH_HEADER = f"Authorization: Bearer {ADMIN_KEY}"
+
+
 def upload_head(length: int, boundary: str = "slowboundary") -> bytes:
     return (
-        f"POST {JOBS} HTTP/1.1\r\nHost: test\r\nContent-Length: {length}\r\n"
+        f"POST {JOBS} HTTP/1.1\r\nHost: test\r\nContent-Length: {length}\r\n{AUTH_HEADER}\r\n"
         f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
         "Content-Type: image/jpeg\r\n\r\n"
