@@ -75,7 +75,9 @@ class KeyList(Camel):
     responses=documented(401, 403, 422),
 )
 async def create_key(body: NewKey, state: State, _: AdminKey, response: Response) -> CreatedKey:
-    record, key = new_key(body.tenant, body.name, body.scopes, Limits(**body.limits.model_dump(by_alias=False)))
+    record, key = new_key(
+        body.tenant, body.name, body.scopes, Limits(**body.limits.model_dump(by_alias=False))
+    )
     await state.keys.insert(record)
     log.info("created API key %s for tenant %s (%s)", record.key_id, record.tenant, ",".join(record.scopes))
     response.headers["Location"] = f"/api/admin/keys/{record.key_id}"

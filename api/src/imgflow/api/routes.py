@@ -312,14 +312,16 @@ async def get_job(job_id: str, state: State, principal: Reader) -> JobView:
     return JobView.of(await visible_job(state, principal, job_id))
 
 
-async def visible_job(state: AppState, principal: Principal, job_id: str) -> Job:
-    """The job, if it exists, has not expired and the caller's tenant may see it; else 404 (the
-    same answer for another tenant's job as for none, so ids leak nothing)."""
+async def visible_job(state: AppState, principal: Principal, job_id: str, *, expired: bool = False) -> Job:
+    """The job, if it exists, the caller's tenant may see it and it has not expired (or
+    ``expired`` allows that: a job waiting for its webhook is kept past its expiry); else 404, the
+    same answer for another tenant's job as for none, so ids leak nothing."""
     try:
         job = await state.store.get(job_id)
     except PyMongoError as exc:
         raise _unavailable("MongoDB") from exc
-    if job is None or not principal.sees(job) or (job.expires_at is not None and job.expires_at <= utcnow()):
+    gone = not expired and job is not None and job.expires_at is not None and job.expires_at <= utcnow()
+    if job is None or not principal.sees(job) or gone:
         raise Problem(404, "Job not found", f"There is no job with id {job_id!r} (or it has expired).")
     return job
 

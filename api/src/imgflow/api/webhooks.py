@@ -160,6 +160,6 @@ class DeliveryList(Camel):
     responses=documented(401, 403, 404, 429, 503),
 )
 async def job_deliveries(job_id: str, state: State, principal: Reader) -> DeliveryList:
-    await visible_job(state, principal, job_id)
+    await visible_job(state, principal, job_id, expired=True)
     found: list[Any] = await attempts(state.redis, state.settings, job_id)
     return DeliveryList(deliveries=[DeliveryView(**vars(a)) for a in found])
