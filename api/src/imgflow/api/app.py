@@ -12,11 +12,12 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from imgflow.api import admin, auth, keys_routes, metrics, problems, progress, webhooks
+from imgflow.api import admin, auth, endpoints_routes, keys_routes, metrics, problems, progress, webhooks
 from imgflow.api.auth import KeyCache
 from imgflow.api.ratelimit import RateLimiter
 from imgflow.api.routes import router
 from imgflow.api.state import AppState
+from imgflow.core.endpoints import EndpointStore
 from imgflow.core.keys import KeyStore
 from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import ensure_group, make_broker, tidy_queue
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             broker=make_broker(settings),
             redis=redis,
             keys=keys,
+            endpoints=EndpointStore(db),
             key_cache=KeyCache(keys, settings.key_cache_s),
             limiter=RateLimiter(redis, settings.stream),
         )
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await state.store.ensure_indexes()
             await keys.ensure_indexes()
+            await state.endpoints.ensure_indexes()
         except Exception:
             log.warning("could not create indexes now (MongoDB down?); /readyz will say so", exc_info=True)
         try:
@@ -132,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(admin.router)
     app.include_router(keys_routes.router)
+    app.include_router(endpoints_routes.router)
     app.include_router(progress.router)
     app.include_router(webhooks.router)
 

@@ -11,6 +11,7 @@ from faststream.redis import RedisBroker
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from imgflow.core.endpoints import EndpointStore
 from imgflow.core.keys import KeyStore
 from imgflow.core.settings import Settings
 from imgflow.core.storage import Storage
@@ -30,6 +31,7 @@ class AppState:
     broker: RedisBroker
     redis: Redis
     keys: KeyStore
+    endpoints: EndpointStore
     key_cache: KeyCache
     limiter: RateLimiter
     # Uploads being received now: each holds a connection and up to max_upload_bytes of /tmp.

@@ -1,11 +1,14 @@
 """Completion webhooks, per the Standard Webhooks specification (standardwebhooks.com).
 
-A job may carry a ``callback_url``. When a worker finishes it, it files a delivery in a Redis
-stream (``webhooks_key``); the API's sender (api/webhooks.py) POSTs
-``{"type", "timestamp", "data": <the job view>}`` with the ``webhook-id``, ``webhook-timestamp``
-and ``webhook-signature`` headers. Delivery is at-least-once: an entry is acknowledged only after
-a 2xx or after its retry is scheduled (a sorted set, like job retries), so a sender that dies
-mid-delivery leaves it to be reclaimed. Every attempt is recorded per job.
+Two kinds of target: a job's own ``callback_url`` (signed with the service's secret), and the
+endpoints a tenant registered (``POST /api/webhooks``, each with its own secret and event types).
+When a worker finishes a job that has either, it files one "fan-out" entry in a Redis stream
+(``webhooks_key``); the API's sender (api/webhooks.py) turns it into one delivery per target and
+POSTs ``{"type", "timestamp", "data": <the job view>}`` with the ``webhook-id``,
+``webhook-timestamp`` and ``webhook-signature`` headers. Delivery is at-least-once: an entry is
+acknowledged only after a 2xx or after its retry is scheduled (a sorted set, like job retries), so
+a sender that dies mid-delivery leaves it to be reclaimed. Every attempt is recorded per job. A
+job keeps a count of its deliveries still under way, and is not expired while it has any.
 """
 
 from __future__ import annotations
@@ -22,6 +25,24 @@ from imgflow.core.settings import Settings
 
 SENDERS = "webhook-senders"  # the consumer group of the API replicas' senders
 KEEP_ATTEMPTS_S = 7 * 24 * 3600
+FANOUT = "*"  # the target of a finished job's first entry: all of its targets
+CALLBACK = "callbackUrl"  # the target that is the job's own callback URL
+
+# KEYS: stream, outstanding hash, tenants with endpoints; ARGV: job id, event, tenant, has callback
+_FILE_FINISHED = """
+if ARGV[4] == '1' or redis.call('SISMEMBER', KEYS[3], ARGV[3]) == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+  redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[1], 'type', ARGV[2], 'attempt', '0', 'target', '*')
+  return 1
+end
+return 0
+"""
+# KEYS: outstanding hash; ARGV: job id, change. Drops the job once nothing is outstanding.
+_OUTSTANDING = """
+local left = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if left <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return left
+"""
 
 
 def webhooks_key(settings: Settings) -> str:
@@ -32,10 +53,16 @@ def webhook_retry_key(settings: Settings) -> str:
     return f"{settings.stream}:webhooks:retry"
 
 
-def undelivered_key(settings: Settings) -> str:
-    """The Redis set of jobs whose webhook is not delivered or given up yet: the retention sweep
+def outstanding_key(settings: Settings) -> str:
+    """The Redis hash of jobs -> deliveries not yet delivered or given up: the retention sweep
     keeps those jobs, so that a late delivery still has the job to describe."""
-    return f"{settings.stream}:webhooks:undelivered"
+    return f"{settings.stream}:webhooks:outstanding"
+
+
+def endpoint_tenants_key(settings: Settings) -> str:
+    """The Redis set of tenants that have registered endpoints: a worker files a finished job
+    for webhooks only if it has a callback URL or its tenant is here."""
+    return f"{settings.stream}:webhooks:tenants"
 
 
 def attempts_key(settings: Settings, job_id: str) -> str:
@@ -54,25 +81,34 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
+async def file_finished(
+    redis: Redis, settings: Settings, job_id: str, tenant: str, event_type: str, *, has_callback: bool
+) -> bool:
+    """A finished job's webhooks, if it has any target (one round trip either way)."""
+    keys = [webhooks_key(settings), outstanding_key(settings), endpoint_tenants_key(settings)]
+    filed = await redis.eval(_FILE_FINISHED, 3, *keys, job_id, event_type, tenant, int(has_callback))
+    return bool(filed)
+
+
 async def file_delivery(
-    redis: Redis, settings: Settings, job_id: str, event_type: str, attempt: int = 0
+    redis: Redis, settings: Settings, job_id: str, event_type: str, attempt: int, target: str
 ) -> None:
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.sadd(undelivered_key(settings), job_id)
-        pipe.xadd(webhooks_key(settings), {"job_id": job_id, "type": event_type, "attempt": str(attempt)})
-        await pipe.execute()
+    """One more attempt of a delivery already counted as outstanding (a retry that is due)."""
+    fields = {"job_id": job_id, "type": event_type, "attempt": str(attempt), "target": target}
+    await redis.xadd(webhooks_key(settings), fields)  # type: ignore[arg-type]
 
 
-async def delivery_over(redis: Redis, settings: Settings, job_id: str) -> None:
-    """Delivered, or given up: the job may expire."""
-    await redis.srem(undelivered_key(settings), job_id)
+async def outstanding(redis: Redis, settings: Settings, job_id: str, change: int) -> None:
+    """``change`` deliveries more (a fan-out into its targets) or fewer (one delivered or given
+    up) for the job; at none, the job may expire."""
+    await redis.eval(_OUTSTANDING, 1, outstanding_key(settings), job_id, change)
 
 
 async def undelivered(redis: Redis, settings: Settings, job_ids: list[str]) -> set[str]:
     if not job_ids:
         return set()
-    flags = await redis.smismember(undelivered_key(settings), job_ids)
-    return {job_id for job_id, flag in zip(job_ids, flags, strict=True) if flag}
+    counts = await redis.hmget(outstanding_key(settings), job_ids)
+    return {job_id for job_id, count in zip(job_ids, counts, strict=True) if count and int(count) > 0}
 
 
 @dataclass(frozen=True)
@@ -82,6 +118,7 @@ class Attempt:
     status: int | None  # HTTP status, None when no answer
     error: str | None
     delivered: bool
+    target: str = CALLBACK  # the job's callbackUrl, or the id of the tenant's endpoint
 
 
 async def record_attempt(redis: Redis, settings: Settings, job_id: str, attempt: Attempt) -> None:

@@ -27,7 +27,7 @@ from imgflow.core.queue import add_dead_letter, schedule_retry
 from imgflow.core.settings import Settings
 from imgflow.core.storage import NotFound, Storage
 from imgflow.core.store import JobStore
-from imgflow.core.webhooks import file_delivery
+from imgflow.core.webhooks import file_finished
 from imgflow.worker import metrics
 from imgflow.worker.memory import MB, MemoryBudget, OverBudget, job_memory_bytes
 from imgflow.worker.pipeline import Thumbnail, make_thumbnail
@@ -149,11 +149,18 @@ class Processor:
 
     async def _finished(self, job: Job, status: JobStatus) -> None:
         """What follows a job's end, completed or failed: followers are told, its webhook is filed,
-        its original goes unless originals are kept, its place in its tenant's cap is freed."""
+        its webhooks are filed (if it has a callbackUrl or its tenant endpoints), its original goes
+        unless originals are kept, its place in its tenant's cap is freed."""
         await job_changed(self.redis, self.settings, job.job_id, status)
         await quota.release(self.redis, self.settings, job.tenant, job.job_id)
-        if job.callback_url:
-            await file_delivery(self.redis, self.settings, job.job_id, f"job.{status.value}")
+        await file_finished(
+            self.redis,
+            self.settings,
+            job.job_id,
+            job.tenant,
+            f"job.{status.value}",
+            has_callback=bool(job.callback_url),
+        )
         if not self.settings.keep_originals and isinstance(job.source, UploadSource):
             await self.storage.delete(job.source.key)
 

@@ -1,0 +1,128 @@
+"""A tenant's webhook endpoints: ``POST /api/webhooks`` (the signing secret is shown once),
+``GET /api/webhooks``, ``DELETE /api/webhooks/{id}``. Every job of the tenant that finishes with
+a subscribed event is delivered to each endpoint (imgflow.core.webhooks)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Literal
+
+import anyio
+from fastapi import APIRouter, Path, Response
+from pydantic import ConfigDict, Field
+
+from imgflow.api.auth import Reader, Writer
+from imgflow.api.problems import Problem, documented
+from imgflow.api.schemas import Camel, Timestamp
+from imgflow.api.state import State
+from imgflow.core.endpoints import Endpoint
+from imgflow.core.fetch import FetchRefused, check_url
+from imgflow.core.webhooks import endpoint_tenants_key
+
+router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
+log = logging.getLogger("imgflow.api")
+MAX_PER_TENANT = 20
+Event = Literal["job.completed", "job.failed"]
+
+
+def _all_events() -> list[Event]:
+    return ["job.completed", "job.failed"]
+
+
+class NewEndpoint(Camel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"url": "https://example.com/hooks/imgflow", "events": ["job.completed"]}]
+        }
+    )
+    url: str = Field(
+        max_length=2048, description="Where to POST the events (http or https, a public address)"
+    )
+    events: list[Event] = Field(default_factory=_all_events, min_length=1, description="Events to send")
+
+
+class EndpointView(Camel):
+    id: str
+    tenant: str
+    url: str
+    events: list[str]
+    created_at: Timestamp
+
+    @classmethod
+    def of(cls, endpoint: Endpoint) -> EndpointView:
+        return cls(
+            id=endpoint.endpoint_id,
+            tenant=endpoint.tenant,
+            url=endpoint.url,
+            events=endpoint.events,
+            created_at=endpoint.created_at,
+        )
+
+
+class CreatedEndpoint(EndpointView):
+    secret: str = Field(
+        description="Signing secret (whsec_...): shown this once; verify each delivery with it"
+    )
+
+
+class EndpointList(Camel):
+    endpoints: list[EndpointView]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=CreatedEndpoint,
+    operation_id="createWebhookEndpoint",
+    summary="Register a webhook endpoint for the tenant's jobs (its secret is shown once)",
+    responses=documented(401, 403, 409, 422, 429, 503),
+)
+async def create_endpoint(
+    body: NewEndpoint, state: State, principal: Writer, response: Response
+) -> CreatedEndpoint:
+    try:
+        await anyio.to_thread.run_sync(check_url, body.url, state.settings)
+    except FetchRefused as exc:
+        raise Problem(422, "Invalid request", f"url: {exc}") from exc
+    if len(await state.endpoints.of_tenant(principal.tenant)) >= MAX_PER_TENANT:
+        raise Problem(
+            409, "Too many endpoints", f"A tenant may register {MAX_PER_TENANT} endpoints; delete one first."
+        )
+    endpoint = Endpoint(tenant=principal.tenant, url=body.url, events=sorted(set(body.events)))
+    await state.endpoints.insert(endpoint)
+    await state.redis.sadd(endpoint_tenants_key(state.settings), principal.tenant)
+    log.info("registered webhook endpoint %s for tenant %s", endpoint.endpoint_id, endpoint.tenant)
+    response.headers["Location"] = f"/api/webhooks/{endpoint.endpoint_id}"
+    return CreatedEndpoint(**EndpointView.of(endpoint).model_dump(), secret=endpoint.secret)
+
+
+@router.get(
+    "",
+    response_model=EndpointList,
+    operation_id="listWebhookEndpoints",
+    summary="The tenant's webhook endpoints (never their secrets)",
+    responses=documented(401, 403, 429, 503),
+)
+async def list_endpoints(state: State, principal: Reader) -> EndpointList:
+    found = await state.endpoints.of_tenant(principal.visible_tenant)
+    return EndpointList(endpoints=[EndpointView.of(e) for e in found])
+
+
+@router.delete(
+    "/{endpoint_id}",
+    status_code=204,
+    operation_id="deleteWebhookEndpoint",
+    summary="Stop sending events to an endpoint",
+    responses=documented(401, 403, 404, 429, 503),
+)
+async def delete_endpoint(
+    endpoint_id: Annotated[str, Path(pattern=r"^we_[0-9a-f]{16}$")], state: State, principal: Writer
+) -> Response:
+    endpoint = await state.endpoints.get(endpoint_id)
+    if endpoint is None or not (principal.admin or endpoint.tenant == principal.tenant):
+        raise Problem(404, "Not found", f"There is no webhook endpoint {endpoint_id!r}.")
+    await state.endpoints.delete(endpoint_id)
+    if not await state.endpoints.of_tenant(endpoint.tenant):
+        await state.redis.srem(endpoint_tenants_key(state.settings), endpoint.tenant)
+    log.info("deleted webhook endpoint %s of tenant %s", endpoint_id, endpoint.tenant)
+    return Response(status_code=204)
