@@ -22,6 +22,7 @@ from imgflow.core.settings import Settings
 from tests import images
 from tests.client import JOBS, api_client, submit, wait_finished
 from tests.conftest import Processes
+from tests.test_auth import make_key
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
@@ -173,3 +174,59 @@ async def test_a_job_waits_for_its_webhook_before_it_expires(
             async with asyncio.timeout(30):  # then it goes
                 while (await client.get(f"{JOBS}/{job_id}/deliveries")).status_code != 404:  # noqa: ASYNC110
                     await asyncio.sleep(0.1)
+
+
+async def test_a_tenants_endpoints_get_its_events_signed_with_their_own_secrets(api: str) -> None:
+    with receiver() as completed_only, receiver() as everything, receiver() as elsewhere:
+        async with api_client(api, timeout=30) as admin:
+            acme_key = await make_key(admin, "acme", "jobs:read", "jobs:write")
+            globex_key = await make_key(admin, "globex", "jobs:read", "jobs:write")
+        async with (
+            api_client(api, key=acme_key, timeout=30) as acme,
+            api_client(api, key=globex_key) as globex,
+        ):
+            first = await acme.post(
+                "/api/webhooks", json={"url": completed_only.url, "events": ["job.completed"]}
+            )
+            second = await acme.post("/api/webhooks", json={"url": everything.url})
+            theirs = await globex.post("/api/webhooks", json={"url": elsewhere.url})
+            assert first.status_code == second.status_code == theirs.status_code == 201, first.text
+            secrets = {
+                hook.url: made.json()["secret"]
+                for hook, made in ((completed_only, first), (everything, second))
+            }
+            assert all(s.startswith("whsec_") for s in secrets.values())
+            listed = await acme.get("/api/webhooks")
+            assert {e["id"] for e in listed.json()["endpoints"]} == {first.json()["id"], second.json()["id"]}
+            assert not any(s in listed.text for s in secrets.values()) and '"secret"' not in listed.text
+            assert (await acme.post("/api/webhooks", json={"url": "file:///etc/passwd"})).status_code == 422
+
+            photo = images.jpeg()
+            good = (await submit(acme, photo)).json()["jobId"]
+            bad = (await submit(acme, photo[: len(photo) // 2])).json()["jobId"]  # fails in the worker
+            assert (await wait_finished(acme, good))["status"] == "completed"
+            assert (await wait_finished(acme, bad))["status"] == "failed"
+            wait_calls(everything, 2)
+            wait_calls(completed_only, 1)
+            for hook in (completed_only, everything):
+                for headers, body in hook.calls:  # each verifies with its own endpoint's secret
+                    Webhook(secrets[hook.url]).verify(body, headers)
+            assert [
+                Webhook(secrets[completed_only.url]).verify(b, h)["data"]["jobId"]
+                for h, b in completed_only.calls
+            ] == [good]
+            events = {Webhook(secrets[everything.url]).verify(b, h)["type"] for h, b in everything.calls}
+            assert events == {"job.completed", "job.failed"}
+            attempts = await deliveries(acme, good, 2)
+            assert {a["target"] for a in attempts} == {first.json()["id"], second.json()["id"]}
+            assert all(a["delivered"] for a in attempts)
+            assert elsewhere.calls == []  # another tenant's endpoint hears nothing of acme's jobs
+
+            # deleting: only by its tenant; then it gets nothing more
+            assert (await globex.delete(f"/api/webhooks/{first.json()['id']}")).status_code == 404
+            assert (await acme.delete(f"/api/webhooks/{first.json()['id']}")).status_code == 204
+            later = (await submit(acme, photo)).json()["jobId"]
+            await wait_finished(acme, later)
+            wait_calls(everything, 3)
+            await deliveries(acme, later, 1)
+            assert len(completed_only.calls) == 1
