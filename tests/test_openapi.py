@@ -34,6 +34,9 @@ OPERATIONS = {
     "createApiKey",
     "listApiKeys",
     "revokeApiKey",
+    "createWebhookEndpoint",
+    "listWebhookEndpoints",
+    "deleteWebhookEndpoint",
 }
 
 
