@@ -113,7 +113,7 @@ def test_get_prints_phase_progress_failed_and_age(kube: Kube, namespace: str) ->
         assert row.split()[:4] == ["batch", "Running", "3/5", "1"], resource
 
     header, row = kube.kubectl("get", "ij", "-n", namespace, "-o", "wide").stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "SUCCEEDED", "FAILED", "AGE", "USER", "FINISHED"]
+    assert header.split() == ["NAME", "PHASE", "SUCCEEDED", "FAILED", "AGE", "USER", "TENANT", "FINISHED"]
     assert row.split()[:4] + row.split()[5:6] == ["batch", "Running", "3/5", "1", "user-7"]
 
 
@@ -134,7 +134,7 @@ def test_explain_teaches_the_spec(kube: Kube) -> None:
     assert "Immutable after creation" in spec
     for field in ("userId", "sources", "operations", "ttlSecondsAfterFinished"):
         assert field in spec
-    assert "X-User-Id" in spec
+    assert "userId form field" in spec and "tenant" in spec
 
     sources = explain(kube, "imagejob.spec.sources")
     assert "1 to 1000" in sources
