@@ -124,6 +124,8 @@ def test_server_side_dry_run_then_install_upgrade_uninstall(
         "/api/image-processing/jobs",
         f"-n {ns} get imagejobs",
         "WARNING",
+        "jsonpath='{.data.admin-key}' | base64 -d",  # how to read the generated admin key
+        'Authorization: Bearer $KEY"',
     ):
         assert hint in out, hint
     manifest = _objects(_helm(kube, "get", "manifest", RELEASE, "--namespace", ns))

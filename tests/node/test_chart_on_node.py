@@ -90,12 +90,12 @@ def test_helm_test_passes(node: Node, installed: str) -> None:
 
 def admin_key(node: Node) -> str:
     """The bootstrap admin key the chart generated into its Secret, read as NOTES.txt says."""
-    secret = node.kube.kubectl_json("get", "secret", f"{RELEASE}-imgflow-connections", "-n", NS)
+    secret = node.kube.kubectl_json("get", "secret", "imgflow-connections", "-n", NS)
     return base64.b64decode(secret["data"]["admin-key"]).decode()
 
 
 def test_an_upload_through_the_api_service_completes(node: Node, installed: str) -> None:
-    assert "ADMIN_KEY=$(kubectl" in installed  # NOTES.txt tells how to read the key
+    assert "export ADMIN_KEY=$(" in installed  # make deploy tells how to read the key
     with (
         port_forward(node.kube, NS, "svc/imgflow-api", 80) as api,
         httpx.Client(base_url=api.url, timeout=30) as open_client,
