@@ -164,6 +164,8 @@ def down() -> int:
             os.killpg(pid, signal.SIGKILL)
         print(f"stopped {name} ({pid})")
     STATE.unlink()
+    for name in ("api-key", "admin-key"):  # keys of a stack that is gone
+        (RUN_DIR / name).unlink(missing_ok=True)
     for data in ("mongo", "files"):
         shutil.rmtree(RUN_DIR / data, ignore_errors=True)
     return 0
