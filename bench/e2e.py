@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 
 import httpx
 
-from bench import corpus
+from bench import corpus, ops
 from bench.system import Usage, status_kb, tree_cpu_seconds
 from imgflow.core.settings import Settings, StorageBackend
 from scripts.servers import free_port, start_stack
@@ -169,6 +169,14 @@ async def bench(
             headers={"Authorization": f"Bearer {stack.settings.admin_key}"},
         ) as client:
             await push(client, warmup, inflight)
+            metrics_urls = [
+                f"http://127.0.0.1:{stack.settings.api_port}/metrics",
+                f"http://127.0.0.1:{stack.settings.worker_metrics_port}/metrics",
+            ]
+            ops_before = (
+                await ops.mongo_commands(metrics_urls),
+                await ops.redis_commands(stack.settings.redis_url),
+            )
             rss_idle = status_kb(worker.pid, "VmRSS")
             cpu_before = {name: tree_cpu_seconds(s.pid) for name, s in procs.items() if s is not None}
             self_before = time.process_time()
@@ -181,6 +189,10 @@ async def bench(
                 name: tree_cpu_seconds(s.pid) - cpu_before[name] for name, s in procs.items() if s is not None
             }
             cpu["bench client"] = time.process_time() - self_before
+            mongo_ops = ops.per_job(ops_before[0], await ops.mongo_commands(metrics_urls), len(records))
+            redis_ops = ops.per_job(
+                ops_before[1], await ops.redis_commands(stack.settings.redis_url), len(records)
+            )
         cpu["other processes"] = usage.others(sum(cpu.values())) * usage.total
         return {
             "jobs": len(records),
@@ -202,6 +214,8 @@ async def bench(
             "worker_peak_rss_kb": status_kb(worker.pid, "VmHWM"),
             "api_peak_rss_kb": status_kb(api.pid, "VmHWM"),
             "cpu_s": cpu,
+            "mongodb_ops_per_job": mongo_ops,
+            "redis_ops_per_job": redis_ops,
             "machine_cpu_s": usage.total,
             "worker_vips_concurrency": os.environ.get("VIPS_CONCURRENCY", "default"),
             "wait": WAIT,
@@ -251,6 +265,8 @@ def print_table(result: dict[str, Any]) -> None:
             f"{result['worker_rss_idle_kb'] / 1024:.0f} MB after warm-up "
             f"(API peak {result['api_peak_rss_kb'] / 1024:.0f} MB)",
         ),
+        ("MongoDB commands per job", ops.describe(result["mongodb_ops_per_job"])),
+        ("Redis commands per job", ops.describe(result["redis_ops_per_job"])),
         (
             "CPU seconds used",
             ", ".join(f"{name} {seconds:.1f}" for name, seconds in result["cpu_s"].items())

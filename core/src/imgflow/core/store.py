@@ -21,6 +21,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from imgflow.core.dbmetrics import CommandCounter
 from imgflow.core.jobs import UNFINISHED, Job, JobResult, JobStatus, utcnow
 from imgflow.core.settings import Settings
 
@@ -29,7 +30,9 @@ Document = dict[str, Any]
 
 def connect(settings: Settings) -> AsyncMongoClient[Document]:
     # Short server selection keeps /readyz and submits honest when MongoDB is down.
-    return AsyncMongoClient(settings.mongodb_url, tz_aware=True, serverSelectionTimeoutMS=5000)
+    return AsyncMongoClient(
+        settings.mongodb_url, tz_aware=True, serverSelectionTimeoutMS=5000, event_listeners=[CommandCounter()]
+    )
 
 
 class InvalidCursor(ValueError):

@@ -148,9 +148,9 @@ class Processor:
         return utcnow() + timedelta(seconds=self.settings.retention_s)
 
     async def _finished(self, job: Job, status: JobStatus) -> None:
-        """What follows a job's end, completed or failed: followers are told, its webhook is filed,
-        its webhooks are filed (if it has a callbackUrl or its tenant endpoints), its original goes
-        unless originals are kept, its place in its tenant's cap is freed."""
+        """What follows a job's end, completed or failed: followers are told, its place in its
+        tenant's cap is freed, its webhooks are filed (if it has a callbackUrl or its tenant
+        endpoints), its original goes unless originals are kept."""
         await job_changed(self.redis, self.settings, job.job_id, status)
         await quota.release(self.redis, self.settings, job.tenant, job.job_id)
         await file_finished(
