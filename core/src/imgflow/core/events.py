@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from imgflow.core.jobs import JobStatus
 from imgflow.core.settings import Settings
@@ -26,13 +27,18 @@ def events_key(settings: Settings, job_id: str) -> str:
     return f"{settings.stream}:events:{job_id}"
 
 
+def announce(pipe: Pipeline, settings: Settings, job_id: str, status: JobStatus) -> None:
+    """Queue the change's announcement on ``pipe`` (to send it with other commands at once)."""
+    key = events_key(settings, job_id)
+    pipe.xadd(key, {"status": status.value}, maxlen=KEEP_ENTRIES, approximate=True)
+    pipe.expire(key, KEEP_SECONDS)
+
+
 async def job_changed(redis: Redis, settings: Settings, job_id: str, status: JobStatus) -> None:
     """Tell followers the job changed; a failure only delays them until their next heartbeat."""
-    key = events_key(settings, job_id)
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(key, {"status": status.value}, maxlen=KEEP_ENTRIES, approximate=True)
-            pipe.expire(key, KEEP_SECONDS)
+            announce(pipe, settings, job_id, status)
             await pipe.execute()
     except Exception:
         log.warning("could not announce job %s %s", job_id, status.value, exc_info=True)

@@ -20,6 +20,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from imgflow.core.settings import Settings
 
@@ -81,13 +82,13 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-async def file_finished(
-    redis: Redis, settings: Settings, job_id: str, tenant: str, event_type: str, *, has_callback: bool
-) -> bool:
-    """A finished job's webhooks, if it has any target (one round trip either way)."""
+def file_finished(
+    pipe: Pipeline, settings: Settings, job_id: str, tenant: str, event_type: str, *, has_callback: bool
+) -> None:
+    """Queue on ``pipe`` the filing of a finished job's webhooks, if it has any target (decided in
+    Redis: whether the tenant has endpoints)."""
     keys = [webhooks_key(settings), outstanding_key(settings), endpoint_tenants_key(settings)]
-    filed = await redis.eval(_FILE_FINISHED, 3, *keys, job_id, event_type, tenant, int(has_callback))
-    return bool(filed)
+    pipe.eval(_FILE_FINISHED, 3, *keys, job_id, event_type, tenant, int(has_callback))
 
 
 async def file_delivery(

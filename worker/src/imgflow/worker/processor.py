@@ -19,7 +19,7 @@ import pyvips
 from redis.asyncio import Redis
 
 from imgflow.core import quota
-from imgflow.core.events import job_changed
+from imgflow.core.events import announce, job_changed
 from imgflow.core.fetch import FetchFailed, FetchRefused, fetch_to_file
 from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, UrlSource, thumbnail_key, utcnow
 from imgflow.core.probe import ImageInfo, ImageTooLarge, UnsupportedImage, probe_buffer
@@ -151,16 +151,14 @@ class Processor:
         """What follows a job's end, completed or failed: followers are told, its place in its
         tenant's cap is freed, its webhooks are filed (if it has a callbackUrl or its tenant
         endpoints), its original goes unless originals are kept."""
-        await job_changed(self.redis, self.settings, job.job_id, status)
-        await quota.release(self.redis, self.settings, job.tenant, job.job_id)
-        await file_finished(
-            self.redis,
-            self.settings,
-            job.job_id,
-            job.tenant,
-            f"job.{status.value}",
-            has_callback=bool(job.callback_url),
-        )
+        s = self.settings
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for the three
+            announce(pipe, s, job.job_id, status)
+            pipe.zrem(quota.unfinished_key(s, job.tenant), job.job_id)
+            file_finished(
+                pipe, s, job.job_id, job.tenant, f"job.{status.value}", has_callback=bool(job.callback_url)
+            )
+            await pipe.execute()
         if not self.settings.keep_originals and isinstance(job.source, UploadSource):
             await self.storage.delete(job.source.key)
 
