@@ -23,6 +23,7 @@ from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import ensure_group, make_broker, tidy_queue
 from imgflow.core.retention import Swept, sweep_expired, sweep_orphans
 from imgflow.core.settings import AuthMode, Settings, get_settings
+from imgflow.core.snapshots import Snapshots
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.core.submit import requeue_lost
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = AppState(
             settings=settings,
             mongo=mongo,
-            store=JobStore(db),
+            store=JobStore(db, Snapshots(redis, settings)),
             storage=make_storage(settings, db),
             broker=make_broker(settings),
             redis=redis,

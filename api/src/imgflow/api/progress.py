@@ -73,7 +73,7 @@ async def job_events(
                 yield ": keep-alive\n\n"
                 continue
             after = changes[-1]
-            current = await state.store.get(job_id)
+            current = await state.store.view(job_id)
             if current is not None:
                 yield _event(current, after)
 

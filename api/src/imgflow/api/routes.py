@@ -317,7 +317,7 @@ async def visible_job(state: AppState, principal: Principal, job_id: str, *, exp
     ``expired`` allows that: a job waiting for its webhook is kept past its expiry); else 404, the
     same answer for another tenant's job as for none, so ids leak nothing."""
     try:
-        job = await state.store.get(job_id)
+        job = await state.store.view(job_id)
     except PyMongoError as exc:
         raise _unavailable("MongoDB") from exc
     gone = not expired and job is not None and job.expires_at is not None and job.expires_at <= utcnow()

@@ -24,6 +24,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from imgflow.core.dbmetrics import CommandCounter
 from imgflow.core.jobs import UNFINISHED, Job, JobResult, JobStatus, utcnow
 from imgflow.core.settings import Settings
+from imgflow.core.snapshots import Snapshots
 
 Document = dict[str, Any]
 
@@ -71,8 +72,12 @@ class Page:
 
 
 class JobStore:
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
+    """Jobs in MongoDB; with ``snapshots``, every change also keeps the job's snapshot in Redis
+    (imgflow.core.snapshots) for ``view``, the reads clients make."""
+
+    def __init__(self, db: AsyncDatabase[Document], snapshots: Snapshots | None = None) -> None:
         self._jobs: AsyncCollection[Document] = db["jobs"]
+        self._snapshots = snapshots
 
     async def ensure_indexes(self) -> None:
         # a tenant's listings, then the same without the tenant for admin keys
@@ -102,13 +107,44 @@ class JobStore:
 
     async def insert(self, job: Job) -> None:
         await self._jobs.insert_one(job.to_document())
+        if self._snapshots is not None:
+            await self._snapshots.put(job)
 
     async def delete(self, job_id: str) -> None:
         await self._jobs.delete_one({"_id": job_id})
+        if self._snapshots is not None:
+            await self._snapshots.forget_deleted(job_id)
 
     async def get(self, job_id: str) -> Job | None:
+        """The job as MongoDB has it: for decisions about it."""
         doc = await self._jobs.find_one({"_id": job_id})
         return Job.from_document(doc) if doc else None
+
+    async def view(self, job_id: str) -> Job | None:
+        """The job for a client to see: its snapshot when there is one, else MongoDB's."""
+        if self._snapshots is None:
+            return await self.get(job_id)
+        job = await self._snapshots.get(job_id)
+        if job is None:
+            job = await self.get(job_id)
+            if job is not None:
+                await self._snapshots.fill(job)
+        return job
+
+    async def _change(self, job_id: str, fields: Document) -> Job | None:
+        """Set ``fields`` (and ``updated_at``) on the job by ``_id``; the job after, or None if it is
+        gone. Its snapshot is dropped first and set after, so none outlives a failed write."""
+        if self._snapshots is not None:
+            await self._snapshots.forget(job_id)
+        doc = await self._jobs.find_one_and_update(
+            {"_id": job_id},
+            {"$set": {**fields, "updated_at": utcnow()}},
+            return_document=ReturnDocument.AFTER,
+        )
+        job = Job.from_document(doc) if doc else None
+        if job is not None and self._snapshots is not None:
+            await self._snapshots.put(job)
+        return job
 
     async def list_for_user(
         self,
@@ -141,22 +177,17 @@ class JobStore:
         """Mark the job ``processing`` by ``worker``, with the crash count and isolation decided
         for it; None if it is gone. The caller holds the job's lease (worker/lease.py) and has
         read it unfinished: updates go by ``_id`` alone, which every server answers by key."""
-        doc = await self._jobs.find_one_and_update(
-            {"_id": job.job_id},
+        return await self._change(
+            job.job_id,
             {
-                "$set": {
-                    "status": JobStatus.processing.value,
-                    "worker": worker,
-                    "crashes": job.crashes,
-                    "isolate": job.isolate,
-                    "attempts": job.attempts + 1,
-                    "next_attempt_at": None,
-                    "updated_at": utcnow(),
-                },
+                "status": JobStatus.processing.value,
+                "worker": worker,
+                "crashes": job.crashes,
+                "isolate": job.isolate,
+                "attempts": job.attempts + 1,
+                "next_attempt_at": None,
             },
-            return_document=ReturnDocument.AFTER,
         )
-        return Job.from_document(doc) if doc else None
 
     async def complete(self, job_id: str, result: JobResult, *, expires_at: datetime) -> bool:
         return await self._finish(
@@ -181,58 +212,33 @@ class JobStore:
 
     async def _finish(self, job_id: str, fields: Document) -> bool:
         """Record the outcome (the caller holds the job's lease and read it unfinished)."""
-        outcome = await self._jobs.update_one({"_id": job_id}, {"$set": {**fields, "updated_at": utcnow()}})
-        return outcome.matched_count == 1
+        return await self._change(job_id, fields) is not None
 
     async def wait_for_retry(self, job: Job, error: str, next_attempt_at: datetime) -> bool:
         """The job failed for a passing reason: ``pending`` until ``next_attempt_at``, with why."""
-        outcome = await self._jobs.update_one(
-            {"_id": job.job_id},
-            {
-                "$set": {
-                    "status": JobStatus.pending.value,
-                    "error": error,
-                    "retries": job.retries + 1,
-                    "next_attempt_at": next_attempt_at,
-                    "updated_at": utcnow(),
-                }
-            },
-        )
-        return outcome.matched_count == 1
+        fields = {
+            "status": JobStatus.pending.value,
+            "error": error,
+            "retries": job.retries + 1,
+            "next_attempt_at": next_attempt_at,
+        }
+        return await self._change(job.job_id, fields) is not None
 
     async def revive(self, job_id: str) -> Job | None:
         """A failed job an operator sends back (from the dead letters): ``pending``, retries reset.
         No worker writes a failed job, so the API may."""
-        doc = await self._jobs.find_one_and_update(
-            {"_id": job_id},
-            {
-                "$set": {
-                    "status": JobStatus.pending.value,
-                    "error": None,
-                    "retries": 0,
-                    "next_attempt_at": None,
-                    "updated_at": utcnow(),
-                }
-            },
-            return_document=ReturnDocument.AFTER,
-        )
-        return Job.from_document(doc) if doc else None
+        fields = {"status": JobStatus.pending.value, "error": None, "retries": 0, "next_attempt_at": None}
+        return await self._change(job_id, fields)
 
     async def release(self, job: Job) -> bool:
         """A worker hands an unfinished job back: ``pending`` again, and the attempt not counted.
         ``job`` is as the worker last read it (processing, by itself)."""
-        outcome = await self._jobs.update_one(
-            {"_id": job.job_id},
-            {
-                "$set": {
-                    "status": JobStatus.pending.value,
-                    "attempts": max(0, job.attempts - 1),
-                    "given_back": job.given_back + 1,
-                    "updated_at": utcnow(),
-                },
-            },
-        )
-        return outcome.matched_count == 1
+        fields = {
+            "status": JobStatus.pending.value,
+            "attempts": max(0, job.attempts - 1),
+            "given_back": job.given_back + 1,
+        }
+        return await self._change(job.job_id, fields) is not None
 
     async def stale_ids(self, untouched_since: datetime, *, batch: int) -> AsyncIterator[list[str]]:
         """Ids of the unfinished jobs nobody has touched since ``untouched_since``, in batches: the

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import Job, JobStatus, ThumbnailSpec, UploadSource, UrlSource, original_key
 from imgflow.core.queue import make_broker
+from imgflow.core.snapshots import Snapshots
 from imgflow.core.storage import NotFound, Storage, make_storage
 from imgflow.core.store import Document, JobStore, connect
 from imgflow.core.submit import submit_job
@@ -56,7 +57,8 @@ class Context:
         broker = make_broker(settings)
         await broker.connect()
         redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0)
-        return cls(settings, mongo, JobStore(db), make_storage(settings, db), broker, redis, Kube())
+        store = JobStore(db, Snapshots(redis, settings))
+        return cls(settings, mongo, store, make_storage(settings, db), broker, redis, Kube())
 
     async def close(self) -> None:
         await self.broker.stop()

@@ -49,6 +49,7 @@ from imgflow.core.queue import (
     worker_key,
 )
 from imgflow.core.settings import Settings
+from imgflow.core.snapshots import Snapshots
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.worker import lease, metrics
@@ -75,8 +76,8 @@ class Worker:
         self.consumer = consumer_name()
         self.mongo = connect(settings)
         db = self.mongo[settings.mongodb_database]
-        self.store = JobStore(db)
         self.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+        self.store = JobStore(db, Snapshots(self.redis, settings))
         self.processor = Processor(settings, self.store, make_storage(settings, db), self.redis)
         self.broker = make_broker(settings, graceful_timeout=settings.graceful_timeout_s)
         self.inflight: set[bytes] = set()  # message ids being handled (for XCLAIM and give-back)
