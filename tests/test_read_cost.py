@@ -5,11 +5,10 @@ grow with the jobs stored (FerretDB 1.24 scans for every query). Counted with th
 
 from __future__ import annotations
 
-import re
-
 import httpx
 from redis.asyncio import Redis
 
+from bench.ops import mongo_commands
 from imgflow.core.settings import Settings
 from imgflow.core.snapshots import Snapshots
 from imgflow.core.store import JobStore, connect
@@ -17,11 +16,9 @@ from tests import images
 from tests.client import JOBS, api_client, submit, wait_finished
 from tests.conftest import Processes
 
-SAMPLE = re.compile(r'^imgflow_mongodb_commands_total\{command="([^"]+)"\} ([0-9.e+]+)$', re.M)
 
-
-async def mongodb_commands(client: httpx.AsyncClient) -> float:
-    return sum(float(v) for _, v in SAMPLE.findall((await client.get("/metrics")).text))
+async def mongodb_commands(client: httpx.AsyncClient) -> int:
+    return sum((await mongo_commands([str(client.base_url.join("/metrics"))])).values())
 
 
 async def test_reading_a_job_asks_nothing_of_mongodb(processes: Processes, fresh_settings: Settings) -> None:
