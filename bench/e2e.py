@@ -129,6 +129,20 @@ def percentile(values: list[float], q: float) -> float:
     return float(ordered[index])
 
 
+BLOCK = 50
+
+
+def block_rates(started: float, finished: list[float]) -> list[float]:
+    """Images/s of each successive block of ``BLOCK`` completions: flat if a job's cost does not
+    grow with the jobs stored before it."""
+    times = [started, *sorted(finished)]
+    return [
+        BLOCK / (times[end] - times[end - BLOCK])
+        for end in range(BLOCK, len(times), BLOCK)
+        if times[end] > times[end - BLOCK]
+    ]
+
+
 def engine_rate(engine: dict[str, Any], config: str, counts: dict[str, int]) -> float:
     """Images/s of an engine configuration over a mix of subsets: total images / total time."""
     seconds = sum(n / float(engine["subsets"][key]["configs"][config]["best"]) for key, n in counts.items())
@@ -202,6 +216,7 @@ async def bench(
             "storage": storage.value,
             "elapsed_s": elapsed,
             "throughput": len(records) / elapsed,
+            "block_rates": block_rates(started, [r.processed for r in records]),
             "latency_ms": [1000 * (r.processed - r.submitted) for r in records],
             "upload_ms": [1000 * (r.accepted - r.submitted) for r in records],
             "poll_lag_ms": [1000 * max(0.0, r.seen - r.processed) for r in records],
@@ -264,6 +279,15 @@ def print_table(result: dict[str, Any]) -> None:
             f"peak (VmHWM) {result['worker_peak_rss_kb'] / 1024:.0f} MB; "
             f"{result['worker_rss_idle_kb'] / 1024:.0f} MB after warm-up "
             f"(API peak {result['api_peak_rss_kb'] / 1024:.0f} MB)",
+        ),
+        (
+            f"images/s per block of {BLOCK}",
+            " ".join(f"{rate:.1f}" for rate in result["block_rates"])
+            + (
+                f" (last / first {result['block_rates'][-1] / result['block_rates'][0]:.2f})"
+                if len(result["block_rates"]) > 1
+                else ""
+            ),
         ),
         ("MongoDB commands per job", ops.describe(result["mongodb_ops_per_job"])),
         ("Redis commands per job", ops.describe(result["redis_ops_per_job"])),

@@ -47,6 +47,8 @@ log "end-to-end part (about 30 s)"
 py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e.json"
 log "the same, clients polling instead of following Server-Sent Events (about 30 s)"
 BENCH_E2E_WAIT=poll py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e-poll.json"
+log "the same over 528 jobs: does the rate stay flat over blocks of 50 as jobs accumulate? (about 40 s)"
+BENCH_E2E_PASSES=11 py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e-blocks.json"
 log "republishing after Redis lost its data (about 20 s)"
 py -m bench.republish --jobs 5000
 log "what API keys, rate limits and Idempotency-Key add per request (about 40 s)"
