@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from imgflow.api import admin, auth, endpoints_routes, keys_routes, metrics, problems, progress, webhooks
+from imgflow.api import admin, endpoints_routes, keys_routes, metrics, problems, progress, webhooks
 from imgflow.api.auth import KeyCache
+from imgflow.api.middleware import Observe
 from imgflow.api.ratelimit import RateLimiter
 from imgflow.api.routes import router
 from imgflow.api.state import AppState
@@ -131,8 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
-    app.middleware("http")(auth.add_ratelimit_headers)
-    app.middleware("http")(metrics.record)
+    app.add_middleware(Observe)
     app.include_router(router)
     app.include_router(admin.router)
     app.include_router(keys_routes.router)

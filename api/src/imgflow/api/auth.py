@@ -18,7 +18,6 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
-from starlette.responses import Response
 
 from imgflow.api.problems import Problem
 from imgflow.api.ratelimit import Policy
@@ -169,17 +168,6 @@ def require(scope: Scope, rate: Literal["create", "read"] | None) -> Callable[..
         return principal
 
     return dependency
-
-
-async def add_ratelimit_headers(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    """Middleware: the RateLimit headers a route's dependency decided, on whatever it answers."""
-    response = await call_next(request)
-    headers: dict[str, str] | None = getattr(request.state, "ratelimit", None)
-    if headers:
-        response.headers.update(headers)
-    return response
 
 
 Reader = Annotated[Principal, Depends(require(Scope.jobs_read, "read"))]

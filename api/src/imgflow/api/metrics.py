@@ -1,11 +1,7 @@
-"""The API's Prometheus metrics and the middleware that records them."""
+"""The API's Prometheus metrics (recorded per request by imgflow.api.middleware)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-
-from fastapi import Request, Response
 from prometheus_client import Counter, Histogram
 
 REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["method", "route", "status"])
@@ -20,13 +16,3 @@ REJECTED = Counter("imgflow_jobs_rejected_total", "Uploads refused by the API", 
 EXPIRED = Counter("imgflow_jobs_expired_total", "Finished jobs deleted after their retention")
 DELETED_OBJECTS = Counter("imgflow_storage_deleted_objects_total", "Stored files deleted", ["why"])
 DELETED_BYTES = Counter("imgflow_storage_deleted_bytes_total", "Bytes of stored files deleted", ["why"])
-
-
-async def record(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    start = time.perf_counter()
-    response = await call_next(request)
-    # The route template, not the path: one series per endpoint, whatever the ids.
-    route = getattr(request.scope.get("route"), "path", "unmatched")
-    LATENCY.labels(request.method, route).observe(time.perf_counter() - start)
-    REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-    return response
