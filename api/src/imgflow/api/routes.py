@@ -22,6 +22,8 @@ from imgflow.api.uploads import FILE_FIELD, receive_upload
 from imgflow.core import quota
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import (
+    COMPASS,
+    GRAVITY_PATTERN,
     Fit,
     Job,
     JobStatus,
@@ -30,6 +32,7 @@ from imgflow.core.jobs import (
     UploadSource,
     new_job_id,
     original_key,
+    oversize,
     utcnow,
 )
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_file
@@ -66,6 +69,14 @@ UPLOAD_FORM_DOC = {
                             "type": "string",
                             "enum": [f.value for f in OutputFormat],
                             "default": "jpeg",
+                        },
+                        "gravity": {
+                            "type": "string",
+                            "pattern": GRAVITY_PATTERN,
+                            "default": "centre",
+                            "description": "What fit=cover keeps: centre, a compass point (north, "
+                            "south-east, ...) or a focal point fp:x,y (fractions of the displayed "
+                            "width and height)",
                         },
                         "callbackUrl": {
                             "type": "string",
@@ -119,11 +130,20 @@ def _spec_from_form(fields: dict[str, str], state: AppState) -> ThumbnailSpec:
             allowed = ", ".join(e.value for e in enum)
             raise Problem(422, "Invalid request", f"{name} must be one of {allowed}, not {raw!r}.") from None
 
+    gravity = fields.get("gravity", "").strip().lower() or "centre"
+    if not re.match(GRAVITY_PATTERN, gravity):
+        raise Problem(
+            422,
+            "Invalid request",
+            f"gravity must be one of {', '.join(COMPASS)} or fp:x,y (fractions 0-1 of the width and "
+            f"height), not {gravity!r}.",
+        )
     return ThumbnailSpec(
         width=size("width", settings.default_width),
         height=size("height", settings.default_height),
         fit=choice("fit", Fit, Fit.cover),
         format=choice("format", OutputFormat, OutputFormat.jpeg),
+        gravity=gravity,
     )
 
 
@@ -232,6 +252,10 @@ async def _accept(
         except ImageTooLarge as exc:
             metrics.REJECTED.labels("422").inc()
             raise Problem(422, "Image too large", str(exc)) from exc
+        too_large = oversize(spec, info.displayed, settings.max_output_dimension)
+        if too_large:
+            metrics.REJECTED.labels("422").inc()
+            raise Problem(422, "Thumbnail too large", too_large)
 
         job_id = new_job_id()
         source = UploadSource(key=original_key(job_id), filename=upload.filename)

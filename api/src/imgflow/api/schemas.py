@@ -36,6 +36,7 @@ class Options(Camel):
     height: int
     fit: Fit
     format: OutputFormat
+    gravity: str = "centre"
 
 
 class Result(Camel):

@@ -36,6 +36,54 @@ class Fit(StrEnum):
     contain = "contain"  # fit inside the box, pad to exactly width x height
     fill = "fill"  # stretch to exactly width x height, ignoring the aspect ratio
     inside = "inside"  # fit inside the box, keep the aspect ratio, no padding
+    outside = "outside"  # cover the box, keep the aspect ratio, no crop (one side may overflow)
+
+
+# Where a crop (fit cover) keeps the picture: a compass point, or a focal point "fp:x,y" given as
+# fractions of the width and height of the image as displayed (after EXIF rotation).
+COMPASS: dict[str, tuple[float, float]] = {
+    "centre": (0.5, 0.5),
+    "north": (0.5, 0.0),
+    "south": (0.5, 1.0),
+    "east": (1.0, 0.5),
+    "west": (0.0, 0.5),
+    "north-east": (1.0, 0.0),
+    "north-west": (0.0, 0.0),
+    "south-east": (1.0, 1.0),
+    "south-west": (0.0, 1.0),
+}
+_FRACTION = r"(0(\.\d{1,4})?|1(\.0{1,4})?)"
+GRAVITY_PATTERN = rf"^({'|'.join(COMPASS)}|fp:{_FRACTION},{_FRACTION})$"
+
+
+def focal_point(gravity: str) -> tuple[float, float]:
+    """The point (fractions of the displayed width and height) a cover crop is centred on."""
+    if gravity.startswith("fp:"):
+        x, y = gravity.removeprefix("fp:").split(",")
+        return float(x), float(y)
+    return COMPASS[gravity]
+
+
+def oversize(spec: ThumbnailSpec, displayed: tuple[int, int], limit: int) -> str | None:
+    """Why this source cannot get this thumbnail (``outside`` would make a side longer than
+    ``limit``), or None."""
+    if spec.fit is not Fit.outside:
+        return None
+    width, height = outside_size(*displayed, (spec.width, spec.height))
+    if max(width, height) <= limit:
+        return None
+    return (
+        f"fit=outside would make a {width}x{height} image from this {displayed[0]}x{displayed[1]} "
+        f"source; the longest side allowed is {limit} (IMGFLOW_MAX_OUTPUT_DIMENSION)."
+    )
+
+
+def outside_size(width: int, height: int, box: tuple[int, int]) -> tuple[int, int]:
+    """What ``outside`` makes of a ``width`` x ``height`` image: the smallest size with its aspect
+    ratio that covers the box."""
+    box_w, box_h = box
+    scale = max(box_w / width, box_h / height)
+    return max(box_w, round(width * scale)), max(box_h, round(height * scale))
 
 
 class OutputFormat(StrEnum):
@@ -59,6 +107,7 @@ class ThumbnailSpec(BaseModel):
     height: int = Field(100, ge=1, le=8192)
     fit: Fit = Fit.cover
     format: OutputFormat = OutputFormat.jpeg
+    gravity: str = Field("centre", pattern=GRAVITY_PATTERN)  # what a cover crop keeps
 
 
 class UploadSource(BaseModel):

@@ -51,6 +51,11 @@ class ImageInfo:
     def pixels(self) -> int:
         return self.width * self.height
 
+    @property
+    def displayed(self) -> tuple[int, int]:
+        """Width and height as shown, after the EXIF orientation (5-8 turn it a quarter)."""
+        return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
+
 
 _restricted = False
 

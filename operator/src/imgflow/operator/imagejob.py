@@ -94,6 +94,7 @@ def thumbnail_spec(spec: Mapping[str, Any]) -> ThumbnailSpec:
         height=int(thumb.get("height", 100)),
         fit=Fit(thumb.get("fit", Fit.cover.value)),
         format=OutputFormat(thumb.get("format", OutputFormat.jpeg.value)),
+        gravity=str(thumb.get("gravity", "centre")),
     )
 
 

@@ -24,7 +24,7 @@ from imgflow.worker.work import Work
 Step = Callable[[Work], Work]
 
 STEPS: tuple[Step, ...] = (
-    crop,  # cover: centre-crop to the box's shape
+    crop,  # cover: crop to the box's shape where the gravity says (centre by default)
     resize,  # to the size the fit calls for (shrink-on-load already did the coarse part)
     to_srgb,  # ICC / CMYK / grey / 16-bit -> 8-bit sRGB
     autorotate,  # apply EXIF orientation

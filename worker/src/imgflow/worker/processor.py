@@ -21,7 +21,16 @@ from redis.asyncio import Redis
 from imgflow.core import quota
 from imgflow.core.events import announce, job_changed
 from imgflow.core.fetch import FetchFailed, FetchRefused, fetch_to_file
-from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, UrlSource, thumbnail_key, utcnow
+from imgflow.core.jobs import (
+    Job,
+    JobResult,
+    JobStatus,
+    UploadSource,
+    UrlSource,
+    oversize,
+    thumbnail_key,
+    utcnow,
+)
 from imgflow.core.probe import ImageInfo, ImageTooLarge, UnsupportedImage, probe_buffer
 from imgflow.core.queue import add_dead_letter, schedule_retry
 from imgflow.core.settings import Settings
@@ -72,6 +81,9 @@ class Processor:
         try:
             source = await self._source_bytes(job)
             info = await anyio.to_thread.run_sync(self._probe, source)
+            too_large = oversize(job.spec, info.displayed, self.settings.max_output_dimension)
+            if too_large:  # an upload was checked at the door; a URL source is first seen here
+                raise BadSource(too_large)
             # Known before decoding: jobs wait until their memory fits beside the running ones.
             async with self._memory.hold(job_memory_bytes(info, job.spec, len(source))):
                 thumbnail = await anyio.to_thread.run_sync(

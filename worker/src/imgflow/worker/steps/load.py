@@ -20,8 +20,8 @@ JPEG_SHRINKS = (8, 4, 2)
 def reduction(width: int, height: int, box: tuple[int, int], fit: Fit) -> float:
     """How many times smaller than the source the result is, on the axis that must keep detail."""
     box_w, box_h = box
-    # cover and fill keep detail on the less-reduced axis; contain and inside on the more-reduced
-    if fit in (Fit.cover, Fit.fill):
+    # cover, outside and fill keep detail on the less-reduced axis; contain and inside on the more
+    if fit in (Fit.cover, Fit.outside, Fit.fill):
         return min(width / box_w, height / box_h)
     return max(width / box_w, height / box_h)
 

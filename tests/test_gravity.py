@@ -1,0 +1,100 @@
+"""Where a cover crop lands (gravity: compass points and focal points, on images built for it, in
+every EXIF orientation), and fit=outside; through the pipeline and through the API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import pyvips
+
+from imgflow.core.jobs import ThumbnailSpec, oversize
+from imgflow.worker.pipeline import make_thumbnail
+from tests.client import submit, wait_finished
+from tests.conftest import Stack
+
+# how to store a picture so that, with this EXIF orientation, it is displayed as drawn
+STORE_FOR: dict[int, Callable[[pyvips.Image], pyvips.Image]] = {
+    1: lambda d: d,
+    2: lambda d: d.fliphor(),
+    3: lambda d: d.rot180(),
+    4: lambda d: d.flipver(),
+    5: lambda d: d.rot90().fliphor(),
+    6: lambda d: d.rot270(),
+    7: lambda d: d.rot270().fliphor(),
+    8: lambda d: d.rot90(),
+}
+
+
+def picture(width: int, height: int, spot: tuple[int, int]) -> pyvips.Image:
+    """Dark grey, with one bright 80x80 square whose top-left corner is at ``spot`` (as shown)."""
+    dark = pyvips.Image.black(width, height, bands=3) + 40
+    square = pyvips.Image.black(80, 80, bands=3) + 250
+    return dark.insert(square, *spot).cast("uchar").copy(interpretation="srgb")
+
+
+def stored(displayed: pyvips.Image, orientation: int) -> bytes:
+    image = STORE_FOR[orientation](displayed).copy()
+    image.set_type(pyvips.GValue.gint_type, "orientation", orientation)
+    return bytes(image.jpegsave_buffer(Q=95))
+
+
+def brightness(data: bytes, **spec: object) -> float:
+    t = make_thumbnail(
+        data, ThumbnailSpec.model_validate(spec), max_pixels=50_000_000, max_side=16_384, quality=90
+    )
+    out = pyvips.Image.new_from_buffer(t.data, "")
+    assert (out.width, out.height) == (spec["width"], spec["height"])
+    return float(out.avg())
+
+
+@pytest.mark.parametrize("orientation", sorted(STORE_FOR))
+def test_the_crop_keeps_what_the_gravity_names_in_every_orientation(orientation: int) -> None:
+    wide = stored(picture(600, 200, (510, 60)), orientation)  # the bright square at the east end
+    tall = stored(picture(200, 600, (60, 510)), orientation)  # ... at the south end
+    box = {"width": 100, "height": 100, "fit": "cover"}
+    kept = {g: brightness(wide, gravity=g, **box) for g in ("centre", "east", "west", "fp:0.92,0.5")}
+    assert kept["east"] > 60 and kept["fp:0.92,0.5"] > 60, kept  # the square is in it (16% of it)
+    assert kept["centre"] < 45 and kept["west"] < 45, kept  # only dark grey
+    down = {g: brightness(tall, gravity=g, **box) for g in ("north", "south", "south-east", "fp:0.5,0.95")}
+    assert down["south"] > 60 and down["south-east"] > 60 and down["fp:0.5,0.95"] > 60, down
+    assert down["north"] < 45, down
+
+
+def test_outside_covers_the_box_without_cropping() -> None:
+    for size, expected in (((400, 200), (200, 100)), ((200, 400), (100, 200)), ((300, 300), (100, 100))):
+        data = bytes(picture(*size, (0, 0)).jpegsave_buffer())
+        t = make_thumbnail(
+            data,
+            ThumbnailSpec(width=100, height=100, fit="outside"),
+            max_pixels=10**8,
+            max_side=16_384,
+            quality=85,
+        )
+        assert (t.width, t.height) == expected
+    # a sliver would become enormous: refused with the figures, before anything is decoded
+    why = oversize(ThumbnailSpec(width=100, height=100, fit="outside"), (16_000, 10), 4096)
+    assert why is not None and "160000x100" in why and "IMGFLOW_MAX_OUTPUT_DIMENSION" in why
+    assert oversize(ThumbnailSpec(width=100, height=100, fit="cover"), (16_000, 10), 4096) is None
+
+
+async def test_the_api_takes_gravity_and_outside_and_refuses_what_cannot_be(stack: Stack) -> None:
+    client = stack.client
+    wide = stored(picture(600, 200, (510, 60)), 6)
+    accepted = await submit(client, wide, width="100", height="100", gravity="East")
+    assert accepted.status_code == 202, accepted.text
+    job = await wait_finished(client, accepted.json()["jobId"])
+    assert job["status"] == "completed" and job["options"]["gravity"] == "east"
+    thumbnail = pyvips.Image.new_from_buffer((await client.get(job["result"]["thumbnailUrl"])).content, "")
+    assert thumbnail.avg() > 60
+    outside = await submit(client, bytes(picture(400, 200, (0, 0)).jpegsave_buffer()), fit="outside")
+    done = await wait_finished(client, outside.json()["jobId"])
+    assert (done["result"]["width"], done["result"]["height"]) == (200, 100)
+
+    for gravity in ("middle", "fp:2,0", "fp:0.5", "north-north-east"):
+        refused = await submit(client, wide, gravity=gravity)
+        assert refused.status_code == 422 and "gravity must be one of" in refused.json()["detail"], gravity
+    sliver = bytes((pyvips.Image.black(8000, 4, bands=3) + 90).cast("uchar").pngsave_buffer())
+    refused = await submit(client, sliver, fit="outside", width="100", height="100")
+    assert refused.status_code == 422 and refused.json()["title"] == "Thumbnail too large"
+    assert "200000x100" in refused.json()["detail"]
