@@ -74,7 +74,13 @@ async def test_size_fit_and_format_can_be_chosen_per_job(stack: Stack) -> None:
         stack.client, images.png_alpha(), width="64", height="32", fit="inside", format="png"
     )
     job = await wait_finished(stack.client, response.json()["jobId"])
-    assert job["options"] == {"width": 64, "height": 32, "fit": "inside", "format": "png", "gravity": "centre"}
+    assert job["options"] == {
+        "width": 64,
+        "height": 32,
+        "fit": "inside",
+        "format": "png",
+        "gravity": "centre",
+    }
     assert job["result"]["thumbnailUrl"].endswith(".png") and job["result"]["format"] == "png"
     assert (job["result"]["width"], job["result"]["height"]) == (43, 32)
     thumb = await stack.client.get(job["result"]["thumbnailUrl"])

@@ -4,14 +4,18 @@ every EXIF orientation), and fit=outside; through the pipeline and through the A
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import pyvips
+import yaml
 
-from imgflow.core.jobs import ThumbnailSpec, oversize
+from imgflow.core.jobs import GRAVITY_PATTERN, Fit, ThumbnailSpec, oversize
 from imgflow.worker.pipeline import make_thumbnail
 from tests.client import submit, wait_finished
 from tests.conftest import Stack
+
+ROOT = Path(__file__).parents[1]
 
 # how to store a picture so that, with this EXIF orientation, it is displayed as drawn
 STORE_FOR: dict[int, Callable[[pyvips.Image], pyvips.Image]] = {
@@ -98,3 +102,26 @@ async def test_the_api_takes_gravity_and_outside_and_refuses_what_cannot_be(stac
     refused = await submit(client, sliver, fit="outside", width="100", height="100")
     assert refused.status_code == 422 and refused.json()["title"] == "Thumbnail too large"
     assert "200000x100" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize("gravity", ["attention", "entropy"])
+def test_smart_crops_find_the_object_wherever_it_is(gravity: str) -> None:
+    # a textured, saturated object on a flat background, off-centre; once displayed turned a quarter
+    scene = pyvips.Image.black(600, 200, bands=3) + 40
+    rng = pyvips.Image.gaussnoise(80, 80, sigma=60, mean=128).cast("uchar")
+    thing = rng.bandjoin([rng.invert(), (rng / 2).cast("uchar")]).copy(interpretation="srgb")
+    displayed = scene.insert(thing, 480, 60).cast("uchar").copy(interpretation="srgb")
+    for orientation in (1, 6):
+        data = stored(displayed, orientation)
+        box = {"width": 100, "height": 100, "fit": "cover"}
+        # the background alone averages 40; the object (a sixth of a 200x200 crop) lifts it to ~50
+        assert brightness(data, gravity=gravity, **box) > 46
+        assert brightness(data, gravity="centre", **box) < 42
+
+
+def test_the_crds_gravity_pattern_is_the_apis() -> None:
+    crd = yaml.safe_load((ROOT / "deploy/helm/imgflow/crds/imagejobs.imgflow.io.yaml").read_text())
+    version = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    thumbnail = version["properties"]["spec"]["properties"]["operations"]["properties"]["thumbnail"]
+    assert thumbnail["properties"]["gravity"]["pattern"] == GRAVITY_PATTERN
+    assert thumbnail["properties"]["fit"]["enum"] == [f.value for f in Fit]

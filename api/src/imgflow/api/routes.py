@@ -24,6 +24,7 @@ from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import (
     COMPASS,
     GRAVITY_PATTERN,
+    SMART,
     Fit,
     Job,
     JobStatus,
@@ -75,8 +76,8 @@ UPLOAD_FORM_DOC = {
                             "pattern": GRAVITY_PATTERN,
                             "default": "centre",
                             "description": "What fit=cover keeps: centre, a compass point (north, "
-                            "south-east, ...) or a focal point fp:x,y (fractions of the displayed "
-                            "width and height)",
+                            "south-east, ...), a focal point fp:x,y (fractions of the displayed "
+                            "width and height), or attention / entropy (libvips smartcrop)",
                         },
                         "callbackUrl": {
                             "type": "string",
@@ -135,8 +136,8 @@ def _spec_from_form(fields: dict[str, str], state: AppState) -> ThumbnailSpec:
         raise Problem(
             422,
             "Invalid request",
-            f"gravity must be one of {', '.join(COMPASS)} or fp:x,y (fractions 0-1 of the width and "
-            f"height), not {gravity!r}.",
+            f"gravity must be one of {', '.join((*COMPASS, *SMART))} or fp:x,y (fractions 0-1 of the "
+            f"width and height), not {gravity!r}.",
         )
     return ThumbnailSpec(
         width=size("width", settings.default_width),

@@ -52,8 +52,11 @@ COMPASS: dict[str, tuple[float, float]] = {
     "south-east": (1.0, 1.0),
     "south-west": (0.0, 1.0),
 }
+# or where libvips finds the picture most interesting (smartcrop): its attention model (skin,
+# saturation, edges) or the region of most entropy
+SMART = ("attention", "entropy")
 _FRACTION = r"(0(\.\d{1,4})?|1(\.0{1,4})?)"
-GRAVITY_PATTERN = rf"^({'|'.join(COMPASS)}|fp:{_FRACTION},{_FRACTION})$"
+GRAVITY_PATTERN = rf"^({'|'.join((*COMPASS, *SMART))}|fp:{_FRACTION},{_FRACTION})$"
 
 
 def focal_point(gravity: str) -> tuple[float, float]:

@@ -53,8 +53,8 @@ def job_memory_bytes(info: ImageInfo, spec: ThumbnailSpec, source_bytes: int) ->
         whole = info.pixels * GIF_FRAME_BYTES
     elif info.format == "jpeg" and info.interlaced:
         whole = info.pixels * info.bands * COEFFICIENT_BYTES  # shrink-on-load does not shrink these
-    elif info.interlaced or info.format == "tiff":
-        whole = width * height * info.bands * info.sample_bytes
+    elif info.interlaced or info.format == "tiff" or load_options(info, spec)["access"] == "random":
+        whole = width * height * info.bands * info.sample_bytes  # smartcrop holds it all too
     rows = ROWS_BESIDE_WHOLE if whole else STREAMED_ROWS
     return int(FIXED + source_bytes + whole * WHOLE_MARGIN + row * rows)
 

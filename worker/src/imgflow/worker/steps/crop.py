@@ -1,5 +1,6 @@
 """``cover``: cut away what overflows the box's shape, keeping the part the job's gravity names
-(the centre by default, a compass point, or a focal point).
+(the centre by default, a compass point, a focal point, or what libvips' smartcrop finds most
+interesting).
 
 Runs before the resize, so only the part that is kept gets resampled, and it is resampled to the
 box exactly: resizing first and cropping after rounds the intermediate size and stretches the
@@ -9,7 +10,7 @@ rotation, so the gravity, given for the picture as displayed, is turned into the
 
 from __future__ import annotations
 
-from imgflow.core.jobs import Fit, focal_point
+from imgflow.core.jobs import SMART, Fit, focal_point
 from imgflow.worker.work import Work
 
 
@@ -44,6 +45,8 @@ def crop(work: Work) -> Work:
     height = min(image.height, max(1, round(box_h / scale)))
     if (width, height) == (image.width, image.height):
         return work
+    if work.spec.gravity in SMART:  # found in the pixels: the same in any orientation
+        return work.with_image(image.smartcrop(width, height, interesting=work.spec.gravity))
     x, y = stored_point(*focal_point(work.spec.gravity), work.orientation)
     left, top = _start(image.width, width, x), _start(image.height, height, y)
     return work.with_image(image.extract_area(left, top, width, height))

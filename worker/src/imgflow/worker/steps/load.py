@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgflow.core.jobs import Fit, ThumbnailSpec
+from imgflow.core.jobs import SMART, Fit, ThumbnailSpec
 from imgflow.core.probe import ImageInfo, open_buffer
 from imgflow.worker.work import TRANSPOSING, Work
 
@@ -36,7 +36,9 @@ def load_options(info: ImageInfo, spec: ThumbnailSpec) -> dict[str, Any]:
     factor = reduction(info.width, info.height, box, spec.fit)
     # fail_on="truncated": a cut-off file fails the job with a clear error instead of producing
     # a thumbnail with a grey band where the data stopped.
-    options: dict[str, Any] = {"access": "sequential", "fail_on": "truncated"}
+    # smartcrop reads the image more than once: it needs random access (and the whole image held)
+    smart = spec.fit is Fit.cover and spec.gravity in SMART
+    options: dict[str, Any] = {"access": "random" if smart else "sequential", "fail_on": "truncated"}
     if info.format == "jpeg" and jpeg_shrink(factor) > 1:
         options["shrink"] = jpeg_shrink(factor)
     elif info.format == "webp" and factor > 1:
