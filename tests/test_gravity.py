@@ -1,5 +1,5 @@
-"""Where a cover crop lands (gravity: compass points and focal points, on images built for it, in
-every EXIF orientation), and fit=outside; through the pipeline and through the API."""
+"""Where a cover crop lands (gravity: compass points, focal points and smart crops, on images built
+for it, in every EXIF orientation), fit=outside, and the filters; through the pipeline and the API."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import yaml
 
 from imgflow.core.jobs import GRAVITY_PATTERN, Fit, ThumbnailSpec, oversize
 from imgflow.worker.pipeline import make_thumbnail
+from tests import images
 from tests.client import submit, wait_finished
 from tests.conftest import Stack
 
@@ -125,3 +126,63 @@ def test_the_crds_gravity_pattern_is_the_apis() -> None:
     thumbnail = version["properties"]["spec"]["properties"]["operations"]["properties"]["thumbnail"]
     assert thumbnail["properties"]["gravity"]["pattern"] == GRAVITY_PATTERN
     assert thumbnail["properties"]["fit"]["enum"] == [f.value for f in Fit]
+
+
+def spread(data: bytes, **spec: object) -> tuple[float, pyvips.Image]:
+    t = make_thumbnail(
+        data, ThumbnailSpec.model_validate(spec), max_pixels=10**8, max_side=16_384, quality=95
+    )
+    out = pyvips.Image.new_from_buffer(t.data, "")
+    return float(out.deviate()), out
+
+
+def test_filters_do_what_their_names_say() -> None:
+    # a sharp checkerboard of 10-pixel squares
+    board = ((pyvips.Image.xyz(200, 200) // 10)[0] + (pyvips.Image.xyz(200, 200) // 10)[1]) % 2 * 200 + 20
+    data = bytes(
+        board.cast("uchar").bandjoin([board.cast("uchar")] * 2).copy(interpretation="srgb").pngsave_buffer()
+    )
+    box = {"width": 200, "height": 200, "format": "png"}
+    plain, _ = spread(data, **box)
+    blurred, _ = spread(data, blur=4, **box)
+    assert blurred < plain * 0.8  # edges softened
+    photo = images.jpeg(400, 300)
+    soft, _ = spread(photo, width=200, height=150, format="png")
+    crisp, _ = spread(photo, width=200, height=150, format="png", sharpen=2)
+    assert crisp > soft
+    _, blocks = spread(photo, width=200, height=150, format="png", pixelate=25)
+    for bx in range(0, 200, 25):  # every 25x25 block is one colour
+        for by in range(0, 150, 25):
+            block = blocks.crop(bx, by, 25, 25)
+            assert all(block[i].max() == block[i].min() for i in range(3)), (bx, by)
+    _, grey = spread(images.png_alpha(), width=100, height=100, format="png", grayscale=True)
+    assert grey.bands == 4  # alpha kept
+    r, g, b = grey[0], grey[1], grey[2]
+    assert (r - g).abs().max() <= 1 and (g - b).abs().max() <= 1
+    assert r.deviate() > 1  # still a picture, in grey
+
+
+async def test_filters_are_validated_at_the_door_naming_the_field(stack: Stack) -> None:
+    photo = images.jpeg()
+    for field, value in (
+        ("blur", "0"),
+        ("blur", "51"),
+        ("sharpen", "x"),
+        ("pixelate", "2.5"),
+        ("pixelate", "1"),
+        ("grayscale", "maybe"),
+    ):
+        refused = await submit(stack.client, photo, **{field: value})
+        assert refused.status_code == 422 and refused.json()["detail"].startswith(f"{field} must be"), (
+            field,
+            value,
+        )
+    accepted = await submit(stack.client, photo, blur="1.5", grayscale="true", pixelate="4")
+    job = await wait_finished(stack.client, accepted.json()["jobId"])
+    assert job["status"] == "completed"
+    assert {k: job["options"][k] for k in ("blur", "grayscale", "pixelate")} == {
+        "blur": 1.5,
+        "grayscale": True,
+        "pixelate": 4,
+    }
+    assert "sharpen" not in job["options"]

@@ -24,6 +24,9 @@ from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import (
     COMPASS,
     GRAVITY_PATTERN,
+    MAX_BLUR,
+    MAX_PIXELATE,
+    MAX_SHARPEN,
     SMART,
     Fit,
     Job,
@@ -79,6 +82,25 @@ UPLOAD_FORM_DOC = {
                             "south-east, ...), a focal point fp:x,y (fractions of the displayed "
                             "width and height), or attention / entropy (libvips smartcrop)",
                         },
+                        "blur": {
+                            "type": "number",
+                            "minimum": 0.3,
+                            "maximum": MAX_BLUR,
+                            "description": "Gaussian blur sigma (output pixels)",
+                        },
+                        "sharpen": {
+                            "type": "number",
+                            "minimum": 0.3,
+                            "maximum": MAX_SHARPEN,
+                            "description": "Unsharp-mask sigma",
+                        },
+                        "pixelate": {
+                            "type": "integer",
+                            "minimum": 2,
+                            "maximum": MAX_PIXELATE,
+                            "description": "Block size (output pixels)",
+                        },
+                        "grayscale": {"type": "boolean", "default": False},
                         "callbackUrl": {
                             "type": "string",
                             "format": "uri",
@@ -145,7 +167,37 @@ def _spec_from_form(fields: dict[str, str], state: AppState) -> ThumbnailSpec:
         fit=choice("fit", Fit, Fit.cover),
         format=choice("format", OutputFormat, OutputFormat.jpeg),
         gravity=gravity,
+        blur=_number(fields, "blur", 0.3, MAX_BLUR),
+        sharpen=_number(fields, "sharpen", 0.3, MAX_SHARPEN),
+        pixelate=None if (p := _number(fields, "pixelate", 2, MAX_PIXELATE, whole=True)) is None else int(p),
+        grayscale=_flag(fields, "grayscale"),
     )
+
+
+def _number(
+    fields: dict[str, str], name: str, low: float, high: float, *, whole: bool = False
+) -> float | None:
+    """An optional bounded number field; 422 naming the field otherwise."""
+    raw = fields.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw) if raw.isascii() else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high or (whole and not value.is_integer()):
+        kind = "a whole number" if whole else "a number"
+        raise Problem(422, "Invalid request", f"{name} must be {kind} from {low:g} to {high:g}, not {raw!r}.")
+    return value
+
+
+def _flag(fields: dict[str, str], name: str) -> bool:
+    raw = fields.get(name, "").strip().lower()
+    if raw in ("", "false", "0"):
+        return False
+    if raw in ("true", "1"):
+        return True
+    raise Problem(422, "Invalid request", f"{name} must be true or false, not {raw!r}.")
 
 
 async def _callback_url(url: str, settings: Settings) -> str | None:

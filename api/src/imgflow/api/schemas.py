@@ -37,6 +37,10 @@ class Options(Camel):
     fit: Fit
     format: OutputFormat
     gravity: str = "centre"
+    blur: float | None = None
+    sharpen: float | None = None
+    pixelate: int | None = None
+    grayscale: bool | None = Field(None, description="Present (true) when asked for")
 
 
 class Result(Camel):
@@ -88,7 +92,7 @@ class JobView(Camel):
             status=job.status,
             created_at=job.created_at,
             updated_at=job.updated_at,
-            options=Options(**job.spec.model_dump()),
+            options=Options(**{**job.spec.model_dump(), "grayscale": job.spec.grayscale or None}),
             source=job.source.url if job.source.kind == "url" else "upload",
             result=result,
             error=job.error,

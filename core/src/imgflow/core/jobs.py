@@ -103,6 +103,11 @@ class OutputFormat(StrEnum):
         return f"image/{self.value}"
 
 
+MAX_BLUR = 50.0
+MAX_SHARPEN = 10.0
+MAX_PIXELATE = 256
+
+
 class ThumbnailSpec(BaseModel):
     """The operations a job asks for; validated once, at the door."""
 
@@ -111,6 +116,11 @@ class ThumbnailSpec(BaseModel):
     fit: Fit = Fit.cover
     format: OutputFormat = OutputFormat.jpeg
     gravity: str = Field("centre", pattern=GRAVITY_PATTERN)  # what a cover crop keeps
+    # filters, on the thumbnail (bounded: their cost grows with these)
+    blur: float | None = Field(None, ge=0.3, le=MAX_BLUR)  # gaussian sigma, in output pixels
+    sharpen: float | None = Field(None, ge=0.3, le=MAX_SHARPEN)  # sigma of the unsharp mask
+    pixelate: int | None = Field(None, ge=2, le=MAX_PIXELATE)  # block size, in output pixels
+    grayscale: bool = False
 
 
 class UploadSource(BaseModel):

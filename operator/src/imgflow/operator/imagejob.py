@@ -95,6 +95,10 @@ def thumbnail_spec(spec: Mapping[str, Any]) -> ThumbnailSpec:
         fit=Fit(thumb.get("fit", Fit.cover.value)),
         format=OutputFormat(thumb.get("format", OutputFormat.jpeg.value)),
         gravity=str(thumb.get("gravity", "centre")),
+        blur=thumb.get("blur"),
+        sharpen=thumb.get("sharpen"),
+        pixelate=thumb.get("pixelate"),
+        grayscale=bool(thumb.get("grayscale", False)),
     )
 
 

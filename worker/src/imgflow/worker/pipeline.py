@@ -14,6 +14,7 @@ from imgflow.core.probe import ImageInfo, probe_buffer
 from imgflow.worker.steps.colour import to_srgb
 from imgflow.worker.steps.crop import crop
 from imgflow.worker.steps.encode import encode
+from imgflow.worker.steps.filters import blur, grayscale, pixelate, sharpen
 from imgflow.worker.steps.flatten import flatten
 from imgflow.worker.steps.load import open_source
 from imgflow.worker.steps.pad import pad
@@ -28,6 +29,10 @@ STEPS: tuple[Step, ...] = (
     resize,  # to the size the fit calls for (shrink-on-load already did the coarse part)
     to_srgb,  # ICC / CMYK / grey / 16-bit -> 8-bit sRGB
     autorotate,  # apply EXIF orientation
+    pixelate,  # filters the job asked for, on the thumbnail
+    blur,
+    sharpen,
+    grayscale,
     pad,  # contain: centre on a box-sized canvas
     flatten,  # JPEG: alpha onto white
 )
