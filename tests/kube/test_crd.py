@@ -87,7 +87,14 @@ def test_omitted_operations_take_their_defaults(kube: Kube, namespace: str) -> N
     create(kube, namespace, "defaults", VALID_SPEC)
     job = kube.kubectl_json("get", "imagejob", "defaults", "-n", namespace)
     assert job["spec"]["operations"] == {
-        "thumbnail": {"width": 100, "height": 100, "fit": "cover", "format": "jpeg"}
+        "thumbnail": {
+            "width": 100,
+            "height": 100,
+            "fit": "cover",
+            "format": "jpeg",
+            "gravity": "centre",
+            "grayscale": False,
+        }
     }
     assert "ttlSecondsAfterFinished" not in job["spec"]
     assert "status" not in job
