@@ -21,6 +21,7 @@ CONFIG = """content_type_overrides:
   image/jpeg: application/octet-stream
   image/png: application/octet-stream
   image/webp: application/octet-stream
+  image/avif: application/octet-stream
 """
 OPERATIONS = {
     "createJob",

@@ -117,7 +117,13 @@ def test_animated_gif_gives_its_first_frame() -> None:
 def test_output_formats_are_what_was_asked() -> None:
     loaders = {"jpeg": "jpegload_buffer", "png": "pngload_buffer", "webp": "webpload_buffer"}
     for fmt in OutputFormat:
-        assert decode(thumb(images.jpeg(), format=fmt.value)).get("vips-loader") == loaders[fmt.value]
+        data = thumb(images.jpeg(), format=fmt.value).data
+        if (
+            fmt is OutputFormat.avif
+        ):  # not an accepted input: its loader is blocked here (tests/test_formats.py)
+            assert data[4:12] == b"ftypavif"
+        else:
+            assert pyvips.Image.new_from_buffer(data, "").get("vips-loader") == loaders[fmt.value]
 
 
 def test_a_truncated_jpeg_fails_with_a_readable_error() -> None:

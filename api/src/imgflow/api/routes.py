@@ -49,7 +49,7 @@ from imgflow.core.submit import submit_job
 router = APIRouter(tags=["jobs"])
 JOBS = "/api/image-processing/jobs"
 USER_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
-THUMBNAIL_NAME = re.compile(r"^thumbnail-([0-9a-f-]{36})\.(jpg|png|webp)$")
+THUMBNAIL_NAME = re.compile(r"^thumbnail-([0-9a-f-]{36})\.(jpg|png|webp|avif)$")
 
 THUMBNAIL_TYPES = [f.media_type for f in OutputFormat]
 
@@ -71,7 +71,9 @@ UPLOAD_FORM_DOC = {
                         "fit": {"type": "string", "enum": [f.value for f in Fit], "default": "cover"},
                         "format": {
                             "type": "string",
-                            "enum": [f.value for f in OutputFormat],
+                            "enum": [*(f.value for f in OutputFormat), "auto"],
+                            "description": "auto: the best the request's Accept header takes "
+                            "(AVIF > WebP > JPEG), decided when the job is created",
                             "default": "jpeg",
                         },
                         "gravity": {
@@ -127,7 +129,24 @@ def _unavailable(what: str, cause: Exception | None = None) -> Problem:
     )
 
 
-def _spec_from_form(fields: dict[str, str], state: AppState) -> ThumbnailSpec:
+def accepted_format(accept: str) -> OutputFormat:
+    """``format=auto``: the best format the client's Accept header takes: AVIF > WebP > JPEG."""
+    taken = set()
+    for item in accept.split(","):
+        media, _, params = item.strip().partition(";")
+        q = params.strip().removeprefix("q=") if params.strip().startswith("q=") else "1"
+        try:
+            if float(q) > 0:
+                taken.add(media.strip().lower())
+        except ValueError:
+            continue
+    for fmt in (OutputFormat.avif, OutputFormat.webp):
+        if fmt.media_type in taken:
+            return fmt
+    return OutputFormat.jpeg
+
+
+def _spec_from_form(fields: dict[str, str], state: AppState, accept: str) -> ThumbnailSpec:
     settings = state.settings
 
     def size(name: str, default: int) -> int:
@@ -165,7 +184,9 @@ def _spec_from_form(fields: dict[str, str], state: AppState) -> ThumbnailSpec:
         width=size("width", settings.default_width),
         height=size("height", settings.default_height),
         fit=choice("fit", Fit, Fit.cover),
-        format=choice("format", OutputFormat, OutputFormat.jpeg),
+        format=accepted_format(accept)
+        if fields.get("format", "").strip().lower() == "auto"
+        else choice("format", OutputFormat, OutputFormat.jpeg),
         gravity=gravity,
         blur=_number(fields, "blur", 0.3, MAX_BLUR),
         sharpen=_number(fields, "sharpen", 0.3, MAX_SHARPEN),
@@ -289,7 +310,7 @@ async def _accept(
                 return Accepted.model_validate(idempotency.replay(claim, print_))
         if not USER_ID.match(user_id):
             raise Problem(422, "Invalid request", "userId must be 1 to 128 printable characters.")
-        spec = _spec_from_form(upload.fields, state)
+        spec = _spec_from_form(upload.fields, state, request.headers.get("accept", ""))
         callback_url = await _callback_url(upload.fields.get("callbackUrl", "").strip(), settings)
         path = upload.path
         assert path is not None

@@ -93,6 +93,7 @@ class OutputFormat(StrEnum):
     jpeg = "jpeg"
     png = "png"
     webp = "webp"
+    avif = "avif"  # AV1 in HEIF, through libheif
 
     @property
     def extension(self) -> str:

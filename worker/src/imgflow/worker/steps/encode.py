@@ -6,9 +6,16 @@ import pyvips
 
 from imgflow.core.jobs import OutputFormat
 
+# AVIF's quality scale is not JPEG's: 50 looks like JPEG's 85 at a fraction of the bytes (sharp's
+# default too); effort 4 of 0-9 keeps a 1080p encode under a second
+AVIF_QUALITY = 50
+AVIF_EFFORT = 4
+
 
 def encode(image: pyvips.Image, fmt: OutputFormat, quality: int) -> bytes:
-    if fmt is OutputFormat.jpeg:
+    if fmt is OutputFormat.avif:
+        data = image.heifsave_buffer(compression="av1", Q=AVIF_QUALITY, effort=AVIF_EFFORT, keep="none")
+    elif fmt is OutputFormat.jpeg:
         data = image.jpegsave_buffer(Q=quality, optimize_coding=True, keep="none")
     elif fmt is OutputFormat.png:
         data = image.pngsave_buffer(compression=6, keep="none")
