@@ -73,3 +73,31 @@ async def test_the_api_makes_and_serves_what_auto_chose(stack: Stack) -> None:
         chosen[expected] = served.content
     assert chosen["avif"][4:12] == b"ftypavif"
     assert (await submit(client, images.jpeg(), format="heic")).status_code == 422
+
+
+def test_a_jobs_quality_is_what_its_encoder_uses() -> None:
+    photo = images.jpeg(800, 600)
+
+    def size(**spec: object) -> int:
+        t = make_thumbnail(
+            photo,
+            ThumbnailSpec.model_validate({"width": 300, "height": 225, **spec}),
+            max_pixels=10**8,
+            max_side=16_384,
+            quality=85,
+        )
+        return len(t.data)
+
+    for fmt in ("jpeg", "webp", "avif"):
+        assert size(format=fmt, quality=20) < size(format=fmt) < size(format=fmt, quality=98), fmt
+    assert size(format="png", quality=20) == size(format="png")  # lossless: no quality
+
+
+async def test_quality_is_validated_at_the_door_and_shown(stack: Stack) -> None:
+    for value in ("0", "101", "75.5", "high"):
+        refused = await submit(stack.client, images.jpeg(), quality=value)
+        assert refused.status_code == 422 and refused.json()["detail"].startswith("quality must be"), value
+    job = await wait_finished(
+        stack.client, (await submit(stack.client, images.jpeg(), quality="60")).json()["jobId"]
+    )
+    assert job["status"] == "completed" and job["options"]["quality"] == 60

@@ -103,6 +103,12 @@ UPLOAD_FORM_DOC = {
                             "description": "Block size (output pixels)",
                         },
                         "grayscale": {"type": "boolean", "default": False},
+                        "quality": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 100,
+                            "description": "Encoder quality (JPEG, WebP, AVIF); default per format",
+                        },
                         "callbackUrl": {
                             "type": "string",
                             "format": "uri",
@@ -192,6 +198,7 @@ def _spec_from_form(fields: dict[str, str], state: AppState, accept: str) -> Thu
         sharpen=_number(fields, "sharpen", 0.3, MAX_SHARPEN),
         pixelate=None if (p := _number(fields, "pixelate", 2, MAX_PIXELATE, whole=True)) is None else int(p),
         grayscale=_flag(fields, "grayscale"),
+        quality=None if (q := _number(fields, "quality", 1, 100, whole=True)) is None else int(q),
     )
 
 

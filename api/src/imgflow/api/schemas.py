@@ -41,6 +41,7 @@ class Options(Camel):
     sharpen: float | None = None
     pixelate: int | None = None
     grayscale: bool | None = Field(None, description="Present (true) when asked for")
+    quality: int | None = None
 
 
 class Result(Camel):

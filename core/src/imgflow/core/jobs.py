@@ -122,6 +122,8 @@ class ThumbnailSpec(BaseModel):
     sharpen: float | None = Field(None, ge=0.3, le=MAX_SHARPEN)  # sigma of the unsharp mask
     pixelate: int | None = Field(None, ge=2, le=MAX_PIXELATE)  # block size, in output pixels
     grayscale: bool = False
+    # encoder quality (JPEG, WebP, AVIF; PNG is lossless); None: the format's default
+    quality: int | None = Field(None, ge=1, le=100)
 
 
 class UploadSource(BaseModel):

@@ -99,6 +99,7 @@ def thumbnail_spec(spec: Mapping[str, Any]) -> ThumbnailSpec:
         sharpen=thumb.get("sharpen"),
         pixelate=thumb.get("pixelate"),
         grayscale=bool(thumb.get("grayscale", False)),
+        quality=thumb.get("quality"),
     )
 
 

@@ -60,5 +60,5 @@ def make_thumbnail(
     work = open_source(data, info, spec)
     for step in STEPS:
         work = step(work)
-    encoded = encode(work.image, spec.format, quality)
+    encoded = encode(work.image, spec.format, quality, spec.quality)
     return Thumbnail(encoded, work.image.width, work.image.height, spec.format)

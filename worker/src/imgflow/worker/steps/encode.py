@@ -12,13 +12,17 @@ AVIF_QUALITY = 50
 AVIF_EFFORT = 4
 
 
-def encode(image: pyvips.Image, fmt: OutputFormat, quality: int) -> bytes:
-    if fmt is OutputFormat.avif:
-        data = image.heifsave_buffer(compression="av1", Q=AVIF_QUALITY, effort=AVIF_EFFORT, keep="none")
-    elif fmt is OutputFormat.jpeg:
-        data = image.jpegsave_buffer(Q=quality, optimize_coding=True, keep="none")
+def encode(image: pyvips.Image, fmt: OutputFormat, quality: int, asked: int | None = None) -> bytes:
+    """``quality`` is the service's JPEG and WebP default; ``asked``, the job's own, wins (PNG is
+    lossless and takes none)."""
+    if fmt is OutputFormat.jpeg:
+        data = image.jpegsave_buffer(Q=asked or quality, optimize_coding=True, keep="none")
     elif fmt is OutputFormat.png:
         data = image.pngsave_buffer(compression=6, keep="none")
+    elif fmt is OutputFormat.webp:
+        data = image.webpsave_buffer(Q=asked or quality, keep="none")
     else:
-        data = image.webpsave_buffer(Q=quality, keep="none")
+        data = image.heifsave_buffer(
+            compression="av1", Q=asked or AVIF_QUALITY, effort=AVIF_EFFORT, keep="none"
+        )
     return bytes(data)
