@@ -500,7 +500,9 @@ async def get_thumbnail(name: str, request: Request, state: State, principal: Re
     if state.settings.auth is not AuthMode.off:
         try:
             await visible_job(state, principal, match.group(1))
-        except Problem:
+        except Problem as exc:
+            if exc.status != 404:  # MongoDB unreachable stays a 503, not a missing file
+                raise
             raise Problem(404, "Not found", f"There is no file {name!r}.") from None
     try:
         stored = await state.storage.stat(name)
