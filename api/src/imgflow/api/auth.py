@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from imgflow.api.problems import Problem
+from imgflow.api.problems import Problem, unavailable
 from imgflow.api.ratelimit import Policy
 from imgflow.api.state import State
 from imgflow.core.jobs import Job
@@ -114,9 +114,7 @@ async def authenticate(
     try:
         principal = await _identify(credentials.credentials, state.key_cache, settings)
     except PyMongoError:
-        raise Problem(
-            503, "Service unavailable", "MongoDB is unreachable; retry shortly.", headers={"Retry-After": "5"}
-        ) from None
+        raise unavailable("MongoDB", refused_job=False) from None
     if principal is None:
         raise _unauthorized("The API key is not valid (unknown, revoked or mistyped).", "invalid_token")
     return principal
@@ -148,12 +146,7 @@ def require(scope: Scope, rate: Literal["create", "read"] | None) -> Callable[..
         try:
             decision = await state.limiter.hit(principal.key_id, policy)
         except RedisError:
-            raise Problem(
-                503,
-                "Service unavailable",
-                "Redis is unreachable; retry shortly.",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise unavailable("Redis", refused_job=False) from None
         headers = decision.headers(policy)
         if not decision.allowed:
             wait = max(1, round(decision.retry_after_s + 0.5))

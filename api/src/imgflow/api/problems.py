@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger("imgflow.api")
 
 
 class FieldError(BaseModel):
@@ -90,6 +92,16 @@ class Problem(Exception):
         self.type = type_
         self.headers = headers or {}
         self.extensions = extensions
+
+
+def unavailable(what: str, cause: Exception | None = None, *, refused_job: bool = True) -> Problem:
+    """503 with Retry-After: a backing service (MongoDB, Redis) is unreachable."""
+    if refused_job:
+        log.warning("refusing a job: %s is unreachable (%s)", what, cause)
+        detail = f"{what} is unreachable; the job was not accepted and nothing was kept. Retry shortly."
+    else:
+        detail = f"{what} is unreachable; retry shortly."
+    return Problem(503, "Service unavailable", detail, headers={"Retry-After": "5"})
 
 
 def problem_response(request: Request, problem: Problem) -> JSONResponse:

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from imgflow.api import idempotency, metrics
 from imgflow.api.auth import Principal, Reader, Writer
-from imgflow.api.problems import Problem, documented
+from imgflow.api.problems import Problem, documented, unavailable
 from imgflow.api.schemas import UPLOADS_PREFIX, Accepted, JobList, JobView
 from imgflow.api.state import AppState, State
 from imgflow.api.uploads import FILE_FIELD, receive_upload
@@ -123,16 +123,6 @@ UPLOAD_FORM_DOC = {
 }
 
 log = logging.getLogger("imgflow.api")
-
-
-def _unavailable(what: str, cause: Exception | None = None) -> Problem:
-    log.warning("refusing a job: %s is unreachable (%s)", what, cause)
-    return Problem(
-        503,
-        "Service unavailable",
-        f"{what} is unreachable; the job was not accepted and nothing was kept. Retry shortly.",
-        headers={"Retry-After": "5"},
-    )
 
 
 def accepted_format(accept: str) -> OutputFormat:
@@ -287,7 +277,7 @@ async def create_job(
         try:
             claim = await idempotency.claim(state.redis, settings, principal.tenant, idempotency_key)
         except RedisError as exc:
-            raise _unavailable("Redis", exc) from exc
+            raise unavailable("Redis", exc) from exc
     try:
         async with state.uploads:
             accepted = await _accept(request, state, principal, claim)
@@ -355,13 +345,13 @@ async def _accept(
             await state.storage.save(source.key, path, f"image/{info.format}")
         except PyMongoError as exc:
             await _release_place(state, job)
-            raise _unavailable("MongoDB") from exc
+            raise unavailable("MongoDB") from exc
     try:
         await submit_job(state.store, state.broker, state.redis, settings, job)
     except (QueueUnavailable, PyMongoError) as exc:
         await state.storage.delete(source.key)
         await _release_place(state, job)
-        raise _unavailable(
+        raise unavailable(
             "The job queue (Redis)" if isinstance(exc, QueueUnavailable) else "MongoDB", exc
         ) from exc
     metrics.SUBMITTED.inc()
@@ -387,9 +377,9 @@ async def _reserve_place(state: AppState, job: Job) -> None:
         if stale and await quota.reserve(redis, settings, tenant, job.job_id):
             return
     except RedisError as exc:
-        raise _unavailable("Redis", exc) from exc
+        raise unavailable("Redis", exc) from exc
     except PyMongoError as exc:
-        raise _unavailable("MongoDB", exc) from exc
+        raise unavailable("MongoDB", exc) from exc
     metrics.REJECTED.labels("429").inc()
     raise Problem(
         429,
@@ -424,7 +414,7 @@ async def visible_job(state: AppState, principal: Principal, job_id: str, *, exp
     try:
         job = await state.store.view(job_id)
     except PyMongoError as exc:
-        raise _unavailable("MongoDB") from exc
+        raise unavailable("MongoDB") from exc
     gone = not expired and job is not None and job.expires_at is not None and job.expires_at <= utcnow()
     if job is None or not principal.sees(job) or gone:
         raise Problem(404, "Job not found", f"There is no job with id {job_id!r} (or it has expired).")
@@ -472,7 +462,7 @@ async def list_jobs(
             user_id, tenant=principal.visible_tenant, status=status, limit=limit, after=after
         )
     except PyMongoError as exc:
-        raise _unavailable("MongoDB") from exc
+        raise unavailable("MongoDB") from exc
     return JobList(
         jobs=[JobView.of(job) for job in result.jobs],
         next_cursor=result.next_cursor.encode() if result.next_cursor else None,

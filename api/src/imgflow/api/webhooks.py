@@ -23,7 +23,7 @@ from imgflow.api.state import AppState, State
 from imgflow.core.endpoints import Endpoint
 from imgflow.core.fetch import FetchError, FetchFailed, post_checked
 from imgflow.core.jobs import Job, utcnow
-from imgflow.core.queue import take_due
+from imgflow.core.queue import create_group, take_due
 from imgflow.core.webhooks import (
     CALLBACK,
     FANOUT,
@@ -74,7 +74,7 @@ async def send_forever(state: AppState) -> None:
     while True:
         try:
             if not ready:
-                await _ensure_group(state)
+                await create_group(redis, webhooks_key(settings), SENDERS)
                 ready = True
             for member in await take_due(redis, webhook_retry_key(settings), time.time(), BATCH):
                 due = json.loads(member)
@@ -103,14 +103,6 @@ async def send_forever(state: AppState) -> None:
         except Exception:
             log.warning("webhook sender round failed; retrying", exc_info=True)
             await asyncio.sleep(1)
-
-
-async def _ensure_group(state: AppState) -> None:
-    try:
-        await state.redis.xgroup_create(webhooks_key(state.settings), SENDERS, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
 
 
 async def _handle(

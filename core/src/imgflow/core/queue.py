@@ -136,8 +136,13 @@ async def ensure_group(redis: Redis, settings: Settings) -> None:
     FastStream would create it at ``$`` (only messages published after that moment), which hides
     every job accepted before the first worker started or since Redis lost its data.
     """
+    await create_group(redis, settings.stream, settings.consumer_group)
+
+
+async def create_group(redis: Redis, stream: str, group: str) -> None:
+    """A consumer group reading ``stream`` from its start, unless it exists (stream made if need be)."""
     try:
-        await redis.xgroup_create(settings.stream, settings.consumer_group, id="0", mkstream=True)
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
