@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
 from imgflow.api import admin, endpoints_routes, keys_routes, metrics, problems, progress, webhooks
-from imgflow.api.auth import KeyCache
+from imgflow.api.auth import key_cache
 from imgflow.api.middleware import Observe
 from imgflow.api.ratelimit import RateLimiter
 from imgflow.api.routes import router
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=redis,
             keys=keys,
             endpoints=EndpointStore(db),
-            key_cache=KeyCache(keys, settings.key_cache_s),
+            key_cache=key_cache(keys, settings.key_cache_s),
             limiter=RateLimiter(redis, settings.stream),
         )
         if settings.auth is AuthMode.off:

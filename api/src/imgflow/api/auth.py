@@ -8,7 +8,6 @@ is an admin of the default tenant, unlimited: the original's open API.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
+from imgflow.api.expiring import Expiring
 from imgflow.api.problems import Problem, unavailable
 from imgflow.api.ratelimit import Policy
 from imgflow.api.state import State
@@ -57,28 +57,10 @@ class Principal:
         return self.admin or job.tenant == self.tenant
 
 
-class KeyCache:
+def key_cache(store: KeyStore, ttl: float) -> Expiring[ApiKey | None]:
     """Key records by id, each trusted for ``ttl`` seconds (absent ones too: a flood of made-up
     ids costs one lookup per id per ``ttl``)."""
-
-    def __init__(self, store: KeyStore, ttl: float) -> None:
-        self._store = store
-        self._ttl = ttl
-        self._entries: dict[str, tuple[ApiKey | None, float]] = {}
-
-    async def get(self, key_id: str) -> ApiKey | None:
-        now = asyncio.get_running_loop().time()
-        cached = self._entries.get(key_id)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        record = await self._store.get(key_id)
-        if len(self._entries) > 10_000:
-            self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
-        self._entries[key_id] = (record, now + self._ttl)
-        return record
-
-    def forget(self, key_id: str) -> None:
-        self._entries.pop(key_id, None)
+    return Expiring(store.get, ttl)
 
 
 def _unauthorized(detail: str, error: str | None = None) -> Problem:
@@ -90,7 +72,7 @@ def open_principal(settings: Settings) -> Principal:
     return Principal(None, settings.default_tenant, frozenset(Scope), Limits())
 
 
-async def _identify(key: str, state_keys: KeyCache, settings: Settings) -> Principal | None:
+async def _identify(key: str, state_keys: Expiring[ApiKey | None], settings: Settings) -> Principal | None:
     if settings.admin_key and hmac.compare_digest(digest(key), digest(settings.admin_key)):
         return Principal(BOOTSTRAP_KEY_ID, settings.default_tenant, frozenset(Scope), Limits())
     key_id = key_id_of(key)

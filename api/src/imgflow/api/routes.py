@@ -186,9 +186,9 @@ def _spec_from_form(fields: dict[str, str], state: AppState, accept: str) -> Thu
         gravity=gravity,
         blur=_number(fields, "blur", 0.3, MAX_BLUR),
         sharpen=_number(fields, "sharpen", 0.3, MAX_SHARPEN),
-        pixelate=None if (p := _number(fields, "pixelate", 2, MAX_PIXELATE, whole=True)) is None else int(p),
+        pixelate=_whole(fields, "pixelate", 2, MAX_PIXELATE),
         grayscale=_flag(fields, "grayscale"),
-        quality=None if (q := _number(fields, "quality", 1, 100, whole=True)) is None else int(q),
+        quality=_whole(fields, "quality", 1, 100),
     )
 
 
@@ -207,6 +207,11 @@ def _number(
         kind = "a whole number" if whole else "a number"
         raise Problem(422, "Invalid request", f"{name} must be {kind} from {low:g} to {high:g}, not {raw!r}.")
     return value
+
+
+def _whole(fields: dict[str, str], name: str, low: int, high: int) -> int | None:
+    value = _number(fields, name, low, high, whole=True)
+    return None if value is None else int(value)
 
 
 def _flag(fields: dict[str, str], name: str) -> bool:

@@ -12,13 +12,13 @@ from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from imgflow.core.endpoints import EndpointStore
-from imgflow.core.keys import KeyStore
+from imgflow.core.keys import ApiKey, KeyStore
 from imgflow.core.settings import Settings
 from imgflow.core.storage import Storage
 from imgflow.core.store import JobStore
 
 if TYPE_CHECKING:
-    from imgflow.api.auth import KeyCache
+    from imgflow.api.expiring import Expiring
     from imgflow.api.ratelimit import RateLimiter
 
 
@@ -32,7 +32,7 @@ class AppState:
     redis: Redis
     keys: KeyStore
     endpoints: EndpointStore
-    key_cache: KeyCache
+    key_cache: Expiring[ApiKey | None]
     limiter: RateLimiter
     # Uploads being received now: each holds a connection and up to max_upload_bytes of /tmp.
     uploads: asyncio.Semaphore = field(init=False)

@@ -16,6 +16,7 @@ from pydantic import Field
 from redis.exceptions import ResponseError
 
 from imgflow.api.auth import Reader
+from imgflow.api.expiring import Expiring
 from imgflow.api.problems import documented
 from imgflow.api.routes import visible_job
 from imgflow.api.schemas import Camel, JobView
@@ -44,31 +45,15 @@ router = APIRouter(tags=["jobs"])
 BLOCK_MS = 2000
 RECLAIM_IDLE_MS = 60_000
 BATCH = 100  # deliveries sent at once by one replica
-
-
-class EndpointCache:
-    """Each tenant's endpoints, trusted for a few seconds: one lookup per tenant, not per job."""
-
-    TTL_S = 2.0
-
-    def __init__(self, state: AppState) -> None:
-        self._state = state
-        self._entries: dict[str, tuple[list[Endpoint], float]] = {}
-
-    async def of_tenant(self, tenant: str) -> list[Endpoint]:
-        now = asyncio.get_running_loop().time()
-        cached = self._entries.get(tenant)
-        if cached is None or cached[1] <= now:
-            cached = (await self._state.endpoints.of_tenant(tenant), now + self.TTL_S)
-            self._entries[tenant] = cached
-        return cached[0]
+ENDPOINTS_TTL_S = 2.0
 
 
 async def send_forever(state: AppState) -> None:
     """Deliver filed webhooks; retry failures on the configured schedule; never give up the loop."""
     redis, settings = state.redis, state.settings
     consumer = f"api-{uuid.uuid4().hex[:8]}"
-    endpoints = EndpointCache(state)
+    # each tenant's endpoints, trusted for 2 s: one lookup per tenant, not per job
+    endpoints: Expiring[list[Endpoint]] = Expiring(state.endpoints.of_tenant, ENDPOINTS_TTL_S)
     loop = asyncio.get_running_loop()
     ready, last_reclaim = False, loop.time()
     while True:
@@ -106,7 +91,7 @@ async def send_forever(state: AppState) -> None:
 
 
 async def _handle(
-    state: AppState, endpoints: EndpointCache, entry_id: bytes, fields: dict[bytes, bytes]
+    state: AppState, endpoints: Expiring[list[Endpoint]], entry_id: bytes, fields: dict[bytes, bytes]
 ) -> None:
     """One stream entry: a finished job fanned out to its targets, or one more attempt of one."""
     redis, settings = state.redis, state.settings
@@ -119,9 +104,7 @@ async def _handle(
         if job is not None:
             if job.callback_url and settings.webhook_secret:
                 targets.append(CALLBACK)
-            targets += [
-                e.endpoint_id for e in await endpoints.of_tenant(job.tenant) if event_type in e.events
-            ]
+            targets += [e.endpoint_id for e in await endpoints.get(job.tenant) if event_type in e.events]
         # the fan-out's own count becomes one per target
         await outstanding(redis, settings, job_id, len(targets) - 1)
         for each in targets:
