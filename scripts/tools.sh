@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the Go-made tools imgflow runs against (FerretDB, etcd, Kubernetes, helm, CoreDNS) once per
-# version from the Go module proxy, keeps them in a per-machine cache and links them into .tools/bin.
-# Usage: scripts/tools.sh [ferretdb|etcd|kube-apiserver|kubectl|kubelet|...|helm|coredns ...]   (no argument: all of them)
+# Builds the Go-made tools imgflow runs against (FerretDB, etcd, Kubernetes, helm, CoreDNS, SeaweedFS)
+# once per version from the Go module proxy, keeps them in a per-machine cache and links them into
+# .tools/bin.
+# Usage: scripts/tools.sh [ferretdb|etcd|kube-apiserver|kubectl|kubelet|...|helm|coredns|weed ...]   (no argument: all of them)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=versions.env
@@ -136,8 +137,22 @@ GO
   link coredns "$out"
 }
 
+# SeaweedFS's `weed`: the S3-compatible server the tests and the bench run the s3 storage backend
+# against. SeaweedFS publishes no Go-module releases (its tags are not semver), so the version is the
+# proxy's pseudo-version of a commit.
+build_seaweedfs() {
+  local out=$cache/weed-$SEAWEEDFS_VERSION
+  if [ ! -x "$out" ]; then
+    log "building SeaweedFS $SEAWEEDFS_VERSION (10-20 minutes on 2 cores, once)"
+    (wrapper "$cache/src/seaweedfs" &&
+      go get "github.com/seaweedfs/seaweedfs/weed@$SEAWEEDFS_VERSION" &&
+      go build -ldflags "-s -w" -o "$out" github.com/seaweedfs/seaweedfs/weed)
+  fi
+  link weed "$out"
+}
+
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(ferretdb etcd $KUBERNETES_COMMANDS helm coredns)
+[ ${#want[@]} -gt 0 ] || want=(ferretdb etcd $KUBERNETES_COMMANDS helm coredns weed)
 for t in "${want[@]}"; do
   case $t in
     ferretdb) build_ferretdb ;;
@@ -145,6 +160,7 @@ for t in "${want[@]}"; do
     kube-apiserver | kubectl | kube-controller-manager | kube-scheduler | kubelet | kube-proxy) build_kube "$t" ;;
     helm) build_helm ;;
     coredns) build_coredns ;;
+    weed | seaweedfs) build_seaweedfs ;;
     *) echo "tools: unknown tool $t" >&2; exit 2 ;;
   esac
 done
