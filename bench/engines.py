@@ -76,7 +76,7 @@ def pillow(source: Source, *, lossless: bool = False) -> bytes:
 def load_options(data: bytes) -> dict[str, Any]:
     """The shrink-on-load imgflow's ``open_source`` would use for ``data``."""
     info = probe_buffer(data, max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
-    return worker_load_options(info, SPEC)
+    return worker_load_options(info, [SPEC])
 
 
 def _drain(image: pyvips.Image) -> None:

@@ -7,8 +7,8 @@ import io
 
 from PIL import Image
 
-from imgflow.api.routes import accepted_format
 from imgflow.core.jobs import OutputFormat, ThumbnailSpec
+from imgflow.core.options import accepted_format
 from imgflow.core.probe import probe_buffer
 from imgflow.worker.memory import MB, job_memory_bytes
 from imgflow.worker.pipeline import make_thumbnail
@@ -36,8 +36,8 @@ def test_avif_output_is_av1_in_heif_with_alpha_kept() -> None:
 def test_the_memory_estimate_counts_the_avif_encoder() -> None:
     info = probe_buffer(images.jpeg(2000, 1500), max_pixels=10**8, max_side=16_384)
     big = ThumbnailSpec(width=2048, height=2048, format="avif")
-    jpeg = job_memory_bytes(info, big.model_copy(update={"format": OutputFormat.jpeg}), 100_000)
-    avif = job_memory_bytes(info, big, 100_000)
+    jpeg = job_memory_bytes(info, [big.model_copy(update={"format": OutputFormat.jpeg})], 100_000)
+    avif = job_memory_bytes(info, [big], 100_000)
     # measured peak of a 2048x2048 AVIF encode: 170 MB (memory.py); the estimate must cover it
     assert avif - jpeg >= 150 * MB
 

@@ -78,9 +78,9 @@ def test_outside_covers_the_box_without_cropping() -> None:
         )
         assert (t.width, t.height) == expected
     # a sliver would become enormous: refused with the figures, before anything is decoded
-    why = oversize(ThumbnailSpec(width=100, height=100, fit="outside"), (16_000, 10), 4096)
+    why = oversize([ThumbnailSpec(width=100, height=100, fit="outside")], (16_000, 10), 4096)
     assert why is not None and "160000x100" in why and "IMGFLOW_MAX_OUTPUT_DIMENSION" in why
-    assert oversize(ThumbnailSpec(width=100, height=100, fit="cover"), (16_000, 10), 4096) is None
+    assert oversize([ThumbnailSpec(width=100, height=100, fit="cover")], (16_000, 10), 4096) is None
 
 
 async def test_the_api_takes_gravity_and_outside_and_refuses_what_cannot_be(stack: Stack) -> None:

@@ -181,7 +181,8 @@ def test_jpeg_shrink_on_load_never_goes_below_the_box(
 
 def test_cover_crops_to_the_box_shape_before_resampling() -> None:
     info = probe_buffer(images.jpeg(640, 480), max_pixels=LIMIT, max_side=SIDE)
-    work = open_source(images.jpeg(640, 480), info, ThumbnailSpec(width=100, height=100))
+    spec = ThumbnailSpec(width=100, height=100)
+    work = Work(open_source(images.jpeg(640, 480), info, [spec]), spec)
     assert (work.image.width, work.image.height) == (160, 120)  # 1/4 on load
     cropped = crop(work)
     assert (cropped.image.width, cropped.image.height) == (120, 120)
@@ -191,8 +192,8 @@ def test_cover_crops_to_the_box_shape_before_resampling() -> None:
 def test_webp_decodes_straight_to_the_box() -> None:
     data = images.webp(400, 300)
     info = probe_buffer(data, max_pixels=LIMIT, max_side=SIDE)
-    work = open_source(data, info, ThumbnailSpec(width=100, height=100))
-    assert min(work.image.width, work.image.height) == 100
+    image = open_source(data, info, [ThumbnailSpec(width=100, height=100)])
+    assert min(image.width, image.height) == 100
 
 
 def test_cover_ends_exactly_at_the_box_for_any_shape() -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
-from imgflow.core.jobs import Fit, Job, JobStatus, OutputFormat
+from imgflow.core.jobs import Fit, Job, JobStatus, OutputFormat, ThumbnailSpec
 
 UPLOADS_PREFIX = "/uploads"
 
@@ -32,6 +32,7 @@ class Accepted(Camel):
 
 
 class Options(Camel):
+    name: str | None = Field(None, description="The variant's name (variants only)")
     width: int
     height: int
     fit: Fit
@@ -44,13 +45,27 @@ class Options(Camel):
     quality: int | None = None
 
 
+class VariantView(Camel):
+    url: str = Field(description="Path of the variant's file on this service")
+    width: int
+    height: int
+    bytes: int
+    format: OutputFormat
+
+
 class Result(Camel):
-    thumbnail_url: str = Field(description="Path of the thumbnail on this service; GET it for the bytes")
+    thumbnail_url: str = Field(
+        description="Path of the thumbnail (with variants: the first) on this service; GET it for the bytes"
+    )
     processed_at: Timestamp
     width: int
     height: int
     bytes: int
     format: OutputFormat
+    variants: dict[str, VariantView] | None = Field(
+        None,
+        description="Every variant by name, in the order asked (present when the job asked for variants)",
+    )
 
 
 class JobView(Camel):
@@ -59,7 +74,9 @@ class JobView(Camel):
     status: JobStatus
     created_at: Timestamp
     updated_at: Timestamp
-    options: Options
+    options: Options = Field(description="The thumbnail's options (with variants: the first's)")
+    variants: list[Options] | None = Field(None, description="Present when the job asked for variants")
+    preset: str | None = Field(None, description="The preset the variants came from, if any")
     source: str = Field(description="'upload', or the URL the image was fetched from")
     result: Result | None = Field(None, description="Present once the job is completed")
     error: str | None = Field(
@@ -86,6 +103,17 @@ class JobView(Camel):
                 height=job.result.height,
                 bytes=job.result.bytes,
                 format=job.result.format,
+                variants={
+                    v.name: VariantView(
+                        url=f"{UPLOADS_PREFIX}/{v.key}",
+                        width=v.width,
+                        height=v.height,
+                        bytes=v.bytes,
+                        format=v.format,
+                    )
+                    for v in job.result.variants
+                }
+                or None,
             )
         return cls(
             job_id=job.job_id,
@@ -93,7 +121,9 @@ class JobView(Camel):
             status=job.status,
             created_at=job.created_at,
             updated_at=job.updated_at,
-            options=Options(**{**job.spec.model_dump(), "grayscale": job.spec.grayscale or None}),
+            options=_options(job.spec),
+            variants=[_options(spec) for spec in job.variants] or None,
+            preset=job.preset,
             source=job.source.url if job.source.kind == "url" else "upload",
             result=result,
             error=job.error,
@@ -101,6 +131,10 @@ class JobView(Camel):
             expires_at=job.expires_at,
             next_attempt_at=job.next_attempt_at if job.status is JobStatus.pending else None,
         )
+
+
+def _options(spec: ThumbnailSpec) -> Options:
+    return Options(**{**spec.model_dump(), "grayscale": spec.grayscale or None})
 
 
 class JobList(Camel):

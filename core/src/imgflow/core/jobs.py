@@ -8,6 +8,7 @@ knows nothing about HTTP.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -67,18 +68,21 @@ def focal_point(gravity: str) -> tuple[float, float]:
     return COMPASS[gravity]
 
 
-def oversize(spec: ThumbnailSpec, displayed: tuple[int, int], limit: int) -> str | None:
-    """Why this source cannot get this thumbnail (``outside`` would make a side longer than
+def oversize(specs: Sequence[ThumbnailSpec], displayed: tuple[int, int], limit: int) -> str | None:
+    """Why this source cannot get these outputs (``outside`` would make a side longer than
     ``limit``), or None."""
-    if spec.fit is not Fit.outside:
-        return None
-    width, height = outside_size(*displayed, (spec.width, spec.height))
-    if max(width, height) <= limit:
-        return None
-    return (
-        f"fit=outside would make a {width}x{height} image from this {displayed[0]}x{displayed[1]} "
-        f"source; the longest side allowed is {limit} (IMGFLOW_MAX_OUTPUT_DIMENSION)."
-    )
+    for spec in specs:
+        if spec.fit is not Fit.outside:
+            continue
+        width, height = outside_size(*displayed, (spec.width, spec.height))
+        if max(width, height) > limit:
+            which = f"variant {spec.name!r}: " if spec.name else ""
+            return (
+                f"{which}fit=outside would make a {width}x{height} image from this "
+                f"{displayed[0]}x{displayed[1]} source; the longest side allowed is {limit} "
+                "(IMGFLOW_MAX_OUTPUT_DIMENSION)."
+            )
+    return None
 
 
 def outside_size(width: int, height: int, box: tuple[int, int]) -> tuple[int, int]:
@@ -104,14 +108,20 @@ class OutputFormat(StrEnum):
         return f"image/{self.value}"
 
 
+# a variant's name: it goes into the file's name (thumbnail-<job id>-<name>.<ext>) and URLs
+VARIANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_@-]{0,31}$"
+MAX_VARIANTS = 10
+
 MAX_BLUR = 50.0
 MAX_SHARPEN = 10.0
 MAX_PIXELATE = 256
 
 
 class ThumbnailSpec(BaseModel):
-    """The operations a job asks for; validated once, at the door."""
+    """One output a job asks for (a job has one, or up to ``MAX_VARIANTS`` named variants); read
+    and validated once, at the door (``imgflow.core.options``)."""
 
+    name: str | None = Field(None, pattern=VARIANT_NAME)  # set for variants
     width: int = Field(100, ge=1, le=8192)
     height: int = Field(100, ge=1, le=8192)
     fit: Fit = Fit.cover
@@ -140,13 +150,30 @@ class UrlSource(BaseModel):
 Source = UploadSource | UrlSource
 
 
+class VariantResult(BaseModel):
+    name: str
+    key: str  # storage key of the variant's file
+    width: int
+    height: int
+    bytes: int
+    format: OutputFormat
+
+
 class JobResult(BaseModel):
+    """The first output (what the original contract calls the thumbnail), and every variant when
+    the job asked for variants."""
+
     key: str  # storage key of the thumbnail
     width: int
     height: int
     bytes: int
     format: OutputFormat
     processed_at: datetime
+    variants: list[VariantResult] = Field(default_factory=list)
+
+    @property
+    def keys(self) -> list[str]:
+        return list(dict.fromkeys([self.key, *(v.key for v in self.variants)]))
 
 
 def utcnow() -> datetime:
@@ -164,6 +191,14 @@ def thumbnail_key(job_id: str, fmt: OutputFormat) -> str:
     return f"thumbnail-{job_id}.{fmt.extension}"
 
 
+def output_key(job_id: str, index: int, spec: ThumbnailSpec) -> str:
+    """The first output keeps the thumbnail's key, so original clients find it where they did;
+    the other variants add their name."""
+    if index == 0 or spec.name is None:
+        return thumbnail_key(job_id, spec.format)
+    return f"thumbnail-{job_id}-{spec.name}.{spec.format.extension}"
+
+
 def original_key(job_id: str) -> str:
     return f"original-{job_id}"
 
@@ -177,7 +212,10 @@ class Job(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     source: UploadSource | UrlSource = Field(discriminator="kind")
-    spec: ThumbnailSpec = Field(default_factory=ThumbnailSpec)
+    spec: ThumbnailSpec = Field(default_factory=ThumbnailSpec)  # the first (or only) output
+    # every output, named, when the job asked for variants or a preset (spec is the first)
+    variants: list[ThumbnailSpec] = Field(default_factory=list, max_length=MAX_VARIANTS)
+    preset: str | None = None  # the preset its variants came from
     attempts: int = 0  # times a worker started it
     given_back: int = 0  # times a stopping worker handed it back unfinished (not attempts)
     crashes: int = 0  # times its worker died while processing it and nothing else
@@ -190,6 +228,18 @@ class Job(BaseModel):
     image_job: str | None = None  # "namespace/name" of the ImageJob that created it, if any
     callback_url: str | None = None  # where its completion webhook goes
     expires_at: datetime | None = None  # set when it finishes: retention_s later it is deleted
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spec_is_the_first_variant(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("variants") and "spec" not in data:
+            data = {**data, "spec": data["variants"][0]}
+        return data
+
+    @property
+    def outputs(self) -> list[ThumbnailSpec]:
+        """What the worker makes, in order."""
+        return self.variants or [self.spec]
 
     @model_validator(mode="after")
     def _finished_jobs_say_how(self) -> Job:

@@ -21,8 +21,11 @@ from imgflow.core.storage import NotFound, Storage
 from imgflow.core.store import JobStore
 from imgflow.core.webhooks import attempts_key, undelivered
 
-# original-<job id> and thumbnail-<job id>.<ext>: the keys imgflow stores
-_OWNER = re.compile(r"^(?:original-(?P<original>.+)|thumbnail-(?P<thumbnail>.+)\.[a-z]+)$")
+# original-<job id>, thumbnail-<job id>.<ext> and thumbnail-<job id>-<variant>.<ext>: the keys
+# imgflow stores (a job id is a UUID: 36 characters)
+_OWNER = re.compile(
+    r"^(?:original-(?P<original>.+)|thumbnail-(?P<thumbnail>[0-9a-f-]{36})(?:-[^.]+)?\.[a-z]+)$"
+)
 
 
 @dataclass
@@ -41,7 +44,7 @@ def job_keys(job: Job) -> list[str]:
     """The stored files of a job."""
     keys = [job.source.key] if isinstance(job.source, UploadSource) else []
     if job.result is not None:
-        keys.append(job.result.key)
+        keys.extend(job.result.keys)
     return keys
 
 

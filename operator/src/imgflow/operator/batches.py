@@ -18,7 +18,8 @@ from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
 from imgflow.core.fetch import FetchRefused, check_url
-from imgflow.core.jobs import Job, JobStatus, ThumbnailSpec, UploadSource, UrlSource, original_key
+from imgflow.core.jobs import Job, JobStatus, UploadSource, UrlSource, original_key
+from imgflow.core.options import InvalidOption, Outputs
 from imgflow.core.queue import make_broker
 from imgflow.core.snapshots import Snapshots
 from imgflow.core.storage import NotFound, Storage, make_storage
@@ -28,11 +29,11 @@ from imgflow.operator.imagejob import (
     SourceItem,
     SourceState,
     job_id_for,
+    job_outputs,
     parse_sources,
     refresh,
     refused,
     submitted,
-    thumbnail_spec,
 )
 from imgflow.operator.kube import Kube
 from imgflow.operator.settings import OperatorSettings
@@ -62,6 +63,7 @@ class Context:
 
     async def close(self) -> None:
         await self.broker.stop()
+        await self.storage.aclose()
         await self.redis.aclose()
         await self.mongo.close()
 
@@ -97,25 +99,16 @@ async def resolve_source(
     return UploadSource(key=original_key(upload_id), filename=filename)
 
 
-def check_thumbnail(spec: ThumbnailSpec, settings: OperatorSettings) -> str | None:
-    """Why this thumbnail is not allowed here, or None (the API applies the same limit)."""
-    limit = settings.max_output_dimension
-    if spec.width > limit or spec.height > limit:
-        return (
-            f"The thumbnail {spec.width}x{spec.height} is larger than this installation allows "
-            f"({limit} pixels a side, IMGFLOW_MAX_OUTPUT_DIMENSION)."
-        )
-    return None
-
-
 async def submit_sources(
     ctx: Context, *, ref: str, uid: str, spec: Mapping[str, Any], recorded: Mapping[int, SourceState]
 ) -> list[SourceState]:
     """Submit every source not yet submitted; returns the state of every source, in order."""
     user_id = str(spec["userId"])
     tenant = str(spec.get("tenant") or ctx.settings.default_tenant)
-    thumbnail = thumbnail_spec(spec)
-    too_large = check_thumbnail(thumbnail, ctx.settings)
+    try:
+        outputs, refusal = job_outputs(spec, ctx.settings.presets, ctx.settings.output_limits), None
+    except InvalidOption as exc:  # every source is refused with it
+        outputs, refusal = Outputs([]), str(exc)
     states: list[SourceState] = []
     for item in parse_sources(spec):
         known = recorded.get(item.index)
@@ -126,14 +119,21 @@ async def submit_sources(
         job = await ctx.store.get(job_id)
         if job is None:
             try:
-                if too_large:
-                    raise Refused(too_large)
+                if refusal:
+                    raise Refused(refusal)
                 source = await resolve_source(ctx, item, tenant, user_id)
             except Refused as exc:
                 states.append(refused(item, str(exc)))
                 continue
             job = Job(
-                job_id=job_id, user_id=user_id, tenant=tenant, source=source, spec=thumbnail, image_job=ref
+                job_id=job_id,
+                user_id=user_id,
+                tenant=tenant,
+                source=source,
+                spec=outputs.specs[0],
+                variants=outputs.specs if outputs.named else [],
+                preset=outputs.preset,
+                image_job=ref,
             )
             try:
                 job = await submit_job(ctx.store, ctx.broker, ctx.redis, ctx.settings, job)

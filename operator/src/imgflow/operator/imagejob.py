@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from imgflow.core.jobs import Fit, Job, JobStatus, OutputFormat, ThumbnailSpec
+from imgflow.core.jobs import Job, JobStatus, ThumbnailSpec
+from imgflow.core.options import (
+    InvalidOption,
+    Limits,
+    Outputs,
+    as_fields,
+    read_preset,
+    read_spec,
+    read_variants,
+)
 
 GROUP = "imgflow.io"
 VERSION = "v1alpha1"
@@ -22,6 +31,9 @@ PLURAL = "imagejobs"
 Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
 FINISHED_PHASES: tuple[Phase, ...] = ("Succeeded", "Failed")
 ERROR_MAX = 512  # characters of a source's error kept in status
+
+# what the CRD's schema allows; the installation's own limit is applied when a batch is submitted
+CRD_LIMITS = Limits(max_dimension=4096)
 
 # Job ids of ImageJob sources are uuid5(uid/index) in this namespace: stable across restarts.
 _JOB_IDS = uuid.UUID("6f1c3e0a-4b8d-5e2f-9a7c-1d3b5f7e9a0c")
@@ -86,21 +98,26 @@ def parse_sources(spec: Mapping[str, Any]) -> list[SourceItem]:
     ]
 
 
-def thumbnail_spec(spec: Mapping[str, Any]) -> ThumbnailSpec:
+def thumbnail_spec(spec: Mapping[str, Any], limits: Limits = CRD_LIMITS) -> ThumbnailSpec:
     """The thumbnail every source gets; the CRD's defaults are ThumbnailSpec's defaults."""
     thumb = (spec.get("operations") or {}).get("thumbnail") or {}
-    return ThumbnailSpec(
-        width=int(thumb.get("width", 100)),
-        height=int(thumb.get("height", 100)),
-        fit=Fit(thumb.get("fit", Fit.cover.value)),
-        format=OutputFormat(thumb.get("format", OutputFormat.jpeg.value)),
-        gravity=str(thumb.get("gravity", "centre")),
-        blur=thumb.get("blur"),
-        sharpen=thumb.get("sharpen"),
-        pixelate=thumb.get("pixelate"),
-        grayscale=bool(thumb.get("grayscale", False)),
-        quality=thumb.get("quality"),
-    )
+    return read_spec(as_fields(thumb), limits, at="operations.thumbnail.")
+
+
+def job_outputs(
+    spec: Mapping[str, Any], presets: Mapping[str, list[dict[str, Any]]], limits: Limits
+) -> Outputs:
+    """What every source gets: ``operations.thumbnail``, or the named ``operations.variants``, or
+    the service's ``operations.preset``; raises InvalidOption naming the field."""
+    operations = spec.get("operations") or {}
+    variants, preset = operations.get("variants"), operations.get("preset")
+    if variants and preset:
+        raise InvalidOption("Give operations.variants or operations.preset, not both.")
+    if preset:
+        return read_preset(str(preset), presets, limits, where="operations.preset")
+    if variants:
+        return Outputs(read_variants(variants, limits, where="operations.variants"), named=True)
+    return Outputs([thumbnail_spec(spec, limits)])
 
 
 def recorded_sources(status: Mapping[str, Any]) -> dict[int, SourceState]:

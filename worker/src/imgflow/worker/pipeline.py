@@ -1,12 +1,14 @@
 """What a thumbnail job does, in order. Read top to bottom, this list is the documentation.
 
 Security checks (format allow-list, pixel limit) run on the header, before ``open_source``
-decodes anything.
+decodes anything. The source is decoded once, shrunk on load as far as the largest output allows;
+each output (a job's thumbnail, or each of its variants) then runs through ``STEPS`` and is
+encoded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from imgflow.core.jobs import OutputFormat, ThumbnailSpec
@@ -46,6 +48,29 @@ class Thumbnail:
     format: OutputFormat
 
 
+def make_thumbnails(
+    data: bytes,
+    specs: Sequence[ThumbnailSpec],
+    *,
+    max_pixels: int,
+    max_side: int,
+    quality: int,
+    info: ImageInfo | None = None,
+) -> list[Thumbnail]:
+    """Run the whole pipeline on an encoded source, one result per spec, in order; raises for
+    anything that is not a usable image."""
+    info = info or probe_buffer(data, max_pixels=max_pixels, max_side=max_side)
+    source = open_source(data, info, specs)
+    thumbnails = []
+    for spec in specs:
+        work = Work(image=source, spec=spec, orientation=info.orientation)
+        for step in STEPS:
+            work = step(work)
+        encoded = encode(work.image, spec.format, quality, spec.quality)
+        thumbnails.append(Thumbnail(encoded, work.image.width, work.image.height, spec.format))
+    return thumbnails
+
+
 def make_thumbnail(
     data: bytes,
     spec: ThumbnailSpec,
@@ -55,10 +80,8 @@ def make_thumbnail(
     quality: int,
     info: ImageInfo | None = None,
 ) -> Thumbnail:
-    """Run the whole pipeline on an encoded source; raises for anything that is not a usable image."""
-    info = info or probe_buffer(data, max_pixels=max_pixels, max_side=max_side)
-    work = open_source(data, info, spec)
-    for step in STEPS:
-        work = step(work)
-    encoded = encode(work.image, spec.format, quality, spec.quality)
-    return Thumbnail(encoded, work.image.width, work.image.height, spec.format)
+    """One output: the job of the original contract."""
+    [thumbnail] = make_thumbnails(
+        data, [spec], max_pixels=max_pixels, max_side=max_side, quality=quality, info=info
+    )
+    return thumbnail

@@ -27,8 +27,9 @@ from imgflow.core.jobs import (
     JobStatus,
     UploadSource,
     UrlSource,
+    VariantResult,
+    output_key,
     oversize,
-    thumbnail_key,
     utcnow,
 )
 from imgflow.core.probe import ImageInfo, ImageTooLarge, UnsupportedImage, probe_buffer
@@ -39,7 +40,7 @@ from imgflow.core.store import JobStore
 from imgflow.core.webhooks import file_finished
 from imgflow.worker import metrics
 from imgflow.worker.memory import MB, MemoryBudget, OverBudget, job_memory_bytes
-from imgflow.worker.pipeline import Thumbnail, make_thumbnail
+from imgflow.worker.pipeline import Thumbnail, make_thumbnails
 
 log = logging.getLogger("imgflow.worker")
 
@@ -81,13 +82,13 @@ class Processor:
         try:
             source = await self._source_bytes(job)
             info = await anyio.to_thread.run_sync(self._probe, source)
-            too_large = oversize(job.spec, info.displayed, self.settings.max_output_dimension)
+            too_large = oversize(job.outputs, info.displayed, self.settings.max_output_dimension)
             if too_large:  # an upload was checked at the door; a URL source is first seen here
                 raise BadSource(too_large)
             # Known before decoding: jobs wait until their memory fits beside the running ones.
-            async with self._memory.hold(job_memory_bytes(info, job.spec, len(source))):
-                thumbnail = await anyio.to_thread.run_sync(
-                    self._thumbnail, source, info, job, limiter=self._limiter
+            async with self._memory.hold(job_memory_bytes(info, job.outputs, len(source))):
+                thumbnails = await anyio.to_thread.run_sync(
+                    self._thumbnails, source, info, job, limiter=self._limiter
                 )
         except OverBudget as exc:
             await self._fail(job, str(exc))
@@ -98,19 +99,30 @@ class Processor:
         except PassingFailure as exc:
             await self._retry_later(job, str(exc), "source")
             return
-        key = thumbnail_key(job.job_id, thumbnail.format)
+        made = []
         try:
-            await self.storage.save_bytes(key, thumbnail.data, thumbnail.format.media_type)
+            for index, (spec, thumbnail) in enumerate(zip(job.outputs, thumbnails, strict=True)):
+                key = output_key(job.job_id, index, spec)
+                await self.storage.save_bytes(key, thumbnail.data, thumbnail.format.media_type)
+                made.append((spec.name, key, thumbnail))
         except Exception as exc:  # the backends raise OSError, PyMongoError, ...
             await self._retry_later(job, f"Could not store the thumbnail: {exc}", "storage")
             return
+        _, first_key, first = made[0]
         result = JobResult(
-            key=key,
-            width=thumbnail.width,
-            height=thumbnail.height,
-            bytes=len(thumbnail.data),
-            format=thumbnail.format,
+            key=first_key,
+            width=first.width,
+            height=first.height,
+            bytes=len(first.data),
+            format=first.format,
             processed_at=utcnow(),
+            variants=[
+                VariantResult(
+                    name=name, key=key, width=t.width, height=t.height, bytes=len(t.data), format=t.format
+                )
+                for name, key, t in made
+                if name is not None and job.variants
+            ],
         )
         if await self.store.complete(job.job_id, result, expires_at=self._expiry()):
             await self._finished(job, JobStatus.completed)
@@ -142,12 +154,12 @@ class Processor:
         except (UnsupportedImage, ImageTooLarge) as exc:
             raise BadSource(str(exc)) from exc
 
-    def _thumbnail(self, data: bytes, info: ImageInfo, job: Job) -> Thumbnail:
+    def _thumbnails(self, data: bytes, info: ImageInfo, job: Job) -> list[Thumbnail]:
         try:
             s = self.settings
-            return make_thumbnail(
+            return make_thumbnails(
                 data,
-                job.spec,
+                job.outputs,
                 max_pixels=s.max_pixels,
                 max_side=s.max_side,
                 quality=s.jpeg_quality,

@@ -8,11 +8,14 @@ keeping a 2x margin for the final resize, for a PSNR change under 0.1 dB.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import pyvips
 
 from imgflow.core.jobs import SMART, Fit, ThumbnailSpec
 from imgflow.core.probe import ImageInfo, open_buffer
-from imgflow.worker.work import TRANSPOSING, Work
+from imgflow.worker.work import TRANSPOSING
 
 JPEG_SHRINKS = (8, 4, 2)
 
@@ -31,13 +34,15 @@ def jpeg_shrink(factor: float) -> int:
     return next((shrink for shrink in JPEG_SHRINKS if factor >= shrink), 1)
 
 
-def load_options(info: ImageInfo, spec: ThumbnailSpec) -> dict[str, Any]:
-    box = (spec.height, spec.width) if info.orientation in TRANSPOSING else (spec.width, spec.height)
-    factor = reduction(info.width, info.height, box, spec.fit)
+def load_options(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> dict[str, Any]:
+    """How to open the source for these outputs: shrunk on load no more than the largest needs."""
+    factor = min(_reduction(info, spec) for spec in specs)
     # fail_on="truncated": a cut-off file fails the job with a clear error instead of producing
     # a thumbnail with a grey band where the data stopped.
-    # smartcrop reads the image more than once: it needs random access (and the whole image held)
-    smart = spec.fit is Fit.cover and spec.gravity in SMART
+    # smartcrop reads the image more than once: it needs random access (and the whole image
+    # held). Several outputs are made from one copy in memory (``open_source``), which a
+    # sequential read fills.
+    smart = len(specs) == 1 and specs[0].fit is Fit.cover and specs[0].gravity in SMART
     options: dict[str, Any] = {"access": "random" if smart else "sequential", "fail_on": "truncated"}
     if info.format == "jpeg" and jpeg_shrink(factor) > 1:
         options["shrink"] = jpeg_shrink(factor)
@@ -46,6 +51,13 @@ def load_options(info: ImageInfo, spec: ThumbnailSpec) -> dict[str, Any]:
     return options
 
 
-def open_source(data: bytes, info: ImageInfo, spec: ThumbnailSpec) -> Work:
-    image = open_buffer(data, **load_options(info, spec))
-    return Work(image=image, spec=spec, orientation=info.orientation)
+def _reduction(info: ImageInfo, spec: ThumbnailSpec) -> float:
+    box = (spec.height, spec.width) if info.orientation in TRANSPOSING else (spec.width, spec.height)
+    return reduction(info.width, info.height, box, spec.fit)
+
+
+def open_source(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> pyvips.Image:
+    """The source, ready for the first step. For several outputs it is decoded into memory once
+    here, and every output is derived from those pixels."""
+    image = open_buffer(data, **load_options(info, specs))
+    return image.copy_memory() if len(specs) > 1 else image
