@@ -122,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await state.broker.stop()
+            await state.storage.aclose()
             await state.redis.aclose()
             await mongo.close()
 

@@ -19,6 +19,7 @@ from imgflow.core.keys import TENANT_PATTERN
 class StorageBackend(StrEnum):
     gridfs = "gridfs"
     local = "local"
+    s3 = "s3"
 
 
 class AuthMode(StrEnum):
@@ -59,8 +60,45 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(15.0, gt=0, description="How often the API looks for such jobs")
 
     # Storage
-    storage_backend: StorageBackend = Field(StorageBackend.gridfs, description="gridfs or local")
+    storage_backend: StorageBackend = Field(StorageBackend.gridfs, description="gridfs, local or s3")
     storage_dir: Path = Field(Path("data"), description="Directory of the local storage backend")
+    s3_endpoint: str = Field(
+        "",
+        pattern=r"^(https?://\S+)?$",
+        description="URL of an S3-compatible server (SeaweedFS, MinIO, Ceph...), addressed path-style; "
+        "empty: AWS S3 in s3_region",
+    )
+    s3_bucket: str = Field(
+        "imgflow",
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="Bucket of the s3 backend, created at start if missing. The orphan sweep deletes "
+        "objects under s3_prefix that no job names: share it with nothing else",
+    )
+    s3_prefix: str = Field(
+        "", pattern=r"^([A-Za-z0-9._-]+/)*$", description="Key prefix of imgflow's objects in the bucket"
+    )
+    s3_region: str = Field("us-east-1", description="Region of the bucket (signed into every request)")
+    s3_access_key_id: str | None = Field(
+        None, description="S3 access key id; unset: AWS_ACCESS_KEY_ID or botocore's other sources"
+    )
+    s3_secret_access_key: str | None = Field(
+        None, description="S3 secret access key; unset: AWS_SECRET_ACCESS_KEY or botocore's other sources"
+    )
+    s3_presign: bool = Field(
+        False,
+        description="Thumbnails answer 307 to a presigned S3 GET URL instead of passing through the API "
+        "(the client must reach the S3 server)",
+    )
+    s3_presign_expiry_s: int = Field(300, ge=1, le=604800, description="Lifetime of a presigned URL")
+    s3_public_endpoint: str = Field(
+        "",
+        pattern=r"^(https?://\S+)?$",
+        description="Endpoint written into presigned URLs when clients reach S3 at another address "
+        "than the pods do; empty: s3_endpoint",
+    )
+    s3_timeout_s: float = Field(
+        10.0, gt=0, description="Connect and read timeout of each S3 request (3 tries in all)"
+    )
 
     # Input limits: checked before anything is decoded
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest accepted upload, in bytes")

@@ -1,8 +1,9 @@
-"""Where originals and thumbnails live: one small interface, two backends.
+"""Where originals and thumbnails live: one small interface, three backends.
 
 GridFS (the default) keeps files in the same MongoDB as the jobs, so the API and the workers need
-no shared disk when they run on different machines. The local backend is a directory, for
-single-host runs.
+no shared disk when they run on different machines. S3 (``imgflow.core.s3storage``) keeps them in
+an S3-compatible bucket, off the database. The local backend is a directory, for single-host runs.
+``make_storage`` is the one place that picks a backend.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class Storage(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove the file; a missing file is not an error."""
+
+    async def aclose(self) -> None:
+        """Release connections the backend holds of its own (at shutdown)."""
 
 
 def _etag(key: str, size: int, modified: datetime) -> str:
@@ -119,6 +123,9 @@ class GridFSStorage:
     async def entries(self) -> AsyncIterator[tuple[str, datetime]]:
         async for grid_out in self._bucket.find({}):
             yield str(grid_out._id), grid_out.upload_date.replace(tzinfo=UTC)
+
+    async def aclose(self) -> None:
+        pass  # the MongoDB client is the caller's
 
 
 class LocalStorage:
@@ -185,6 +192,9 @@ class LocalStorage:
                 with contextlib.suppress(FileNotFoundError):
                     yield entry.name, datetime.fromtimestamp(entry.stat().st_mtime, UTC)
 
+    async def aclose(self) -> None:
+        pass
+
 
 def _copy(src: Path, dst: Path) -> None:
     with src.open("rb") as fin, dst.open("wb") as fout:
@@ -193,6 +203,11 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def make_storage(settings: Settings, db: AsyncDatabase[dict[str, object]]) -> Storage:
+    """The backend ``settings`` name; close it with ``aclose()`` when done."""
     if settings.storage_backend is StorageBackend.local:
         return LocalStorage(settings.storage_dir)
+    if settings.storage_backend is StorageBackend.s3:
+        from imgflow.core.s3storage import S3Storage  # it imports this module's types
+
+        return S3Storage(settings)
     return GridFSStorage(db)

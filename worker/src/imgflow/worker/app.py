@@ -271,6 +271,7 @@ class Worker:
             await self.redis.delete(worker_key(self.settings, self.consumer))
         except Exception:
             log.warning("could not return unfinished messages; they will be reclaimed", exc_info=True)
+        await self.processor.storage.aclose()
         await self.redis.aclose()
         await self.mongo.close()
 

@@ -1,0 +1,238 @@
+"""Originals and thumbnails in an S3-compatible bucket (AWS S3, SeaweedFS, MinIO, Ceph RGW).
+
+Files then cost MongoDB nothing, any number of API and worker replicas share them without a shared
+disk, and the API can send clients to a presigned URL instead of passing the bytes through itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import anyio
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+
+from imgflow.core.settings import Settings
+from imgflow.core.storage import CHUNK, NotFound, StoredFile
+
+if TYPE_CHECKING:  # the stubs are a dev dependency; the images carry only aiobotocore
+    from aiobotocore.session import ClientCreatorContext
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.literals import BucketLocationConstraintType
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef
+
+# S3's smallest part (but the last) is 5 MiB: a file up to this is one PUT, read whole; a larger
+# one goes up in parts of this size, so an upload holds at most this much in memory.
+PART = 5 * 1024 * 1024
+MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+def _missing(exc: ClientError) -> bool:
+    return str(exc.response.get("Error", {}).get("Code", "")) in MISSING
+
+
+class S3Storage:
+    """The client is made on first use, inside the event loop that will use it (aiohttp binds its
+    connection pool to one loop); the bucket is checked, and created if missing, at that moment and
+    again on the next call if it failed (S3 unreachable when the process started)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._bucket = settings.s3_bucket
+        self._prefix = settings.s3_prefix
+        self._clients = contextlib.AsyncExitStack()
+        self._client: S3Client | None = None
+        self._presigner: S3Client | None = None
+        self._bucket_ready = False
+        self._lock = asyncio.Lock()
+
+    def _create(self, endpoint: str) -> ClientCreatorContext[S3Client]:
+        s = self._settings
+        config = AioConfig(
+            connect_timeout=s.s3_timeout_s,
+            read_timeout=s.s3_timeout_s,
+            # adaptive backoff on throttling and 5xx; 3 tries keep an unreachable S3 to a few
+            # timeouts before the worker's own retry schedule takes over
+            retries={"total_max_attempts": 3, "mode": "standard"},
+            signature_version="s3v4",
+            # S3-compatible servers answer path-style at one host name; AWS prefers virtual hosts
+            s3={"addressing_style": "path" if s.s3_endpoint else "auto"},
+            # botocore's default CRC trailers (aws-chunked bodies) are not understood by every
+            # S3-compatible server; checksums only where the API requires them
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        return get_session().create_client(
+            "s3",
+            region_name=s.s3_region,
+            # empty means unset: AWS's own endpoint, botocore's credential chain (AWS_* variables,
+            # web identity, instance roles)
+            endpoint_url=endpoint or None,
+            aws_access_key_id=s.s3_access_key_id or None,
+            aws_secret_access_key=s.s3_secret_access_key or None,
+            config=config,
+        )
+
+    async def _s3(self) -> S3Client:
+        if self._client is None or not self._bucket_ready:
+            async with self._lock:
+                if self._client is None:
+                    self._client = await self._clients.enter_async_context(
+                        self._create(self._settings.s3_endpoint)
+                    )
+                if not self._bucket_ready:
+                    await self._ensure_bucket(self._client)
+                    self._bucket_ready = True
+        return self._client
+
+    async def _ensure_bucket(self, client: S3Client) -> None:
+        try:
+            await client.head_bucket(Bucket=self._bucket)
+            return
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "403":  # a key allowed objects but not the bucket: the bucket is someone's
+                return
+            if not _missing(exc):
+                raise
+        region = self._settings.s3_region
+        try:
+            if region == "us-east-1":  # the one region that refuses to be named as a constraint
+                await client.create_bucket(Bucket=self._bucket)
+            else:
+                constraint = cast("BucketLocationConstraintType", region)
+                await client.create_bucket(
+                    Bucket=self._bucket, CreateBucketConfiguration={"LocationConstraint": constraint}
+                )
+        except ClientError as exc:  # another replica made it first
+            if exc.response.get("Error", {}).get("Code") not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                raise
+
+    def _key(self, key: str) -> str:
+        return self._prefix + key
+
+    async def save(self, key: str, path: Path, content_type: str) -> StoredFile:
+        file = anyio.Path(path)
+        if (await file.stat()).st_size <= PART:
+            return await self.save_bytes(key, await file.read_bytes(), content_type)
+        client = await self._s3()
+        upload = await client.create_multipart_upload(
+            Bucket=self._bucket, Key=self._key(key), ContentType=content_type
+        )
+        upload_id = upload["UploadId"]
+        try:
+            parts: list[CompletedPartTypeDef] = []
+            async with await anyio.open_file(path, "rb") as f:
+                while chunk := await f.read(PART):
+                    number = len(parts) + 1
+                    part = await client.upload_part(
+                        Bucket=self._bucket,
+                        Key=self._key(key),
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                    )
+                    parts.append({"ETag": part["ETag"], "PartNumber": number})
+            await client.complete_multipart_upload(
+                Bucket=self._bucket, Key=self._key(key), UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            # parts of an abandoned upload are stored (and billed) until aborted; shielded so a
+            # cancelled request still tidies up
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(
+                    client.abort_multipart_upload(Bucket=self._bucket, Key=self._key(key), UploadId=upload_id)
+                )
+            raise
+        return await self.stat(key)
+
+    async def save_bytes(self, key: str, data: bytes, content_type: str) -> StoredFile:
+        client = await self._s3()
+        await client.put_object(Bucket=self._bucket, Key=self._key(key), Body=data, ContentType=content_type)
+        return await self.stat(key)
+
+    async def stat(self, key: str) -> StoredFile:
+        client = await self._s3()
+        try:
+            head = await client.head_object(Bucket=self._bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _missing(exc):
+                raise NotFound(key) from exc
+            raise
+        return StoredFile(
+            key=key,
+            size=head["ContentLength"],
+            content_type=head.get("ContentType") or "application/octet-stream",
+            etag=head["ETag"],  # quoted, as HTTP wants it; changes with the content
+            modified=head["LastModified"].astimezone(UTC),
+        )
+
+    async def stream(self, key: str) -> AsyncIterator[bytes]:
+        client = await self._s3()
+        try:
+            response = await client.get_object(Bucket=self._bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _missing(exc):
+                raise NotFound(key) from exc
+            raise
+        # the body holds a pooled connection: released when the generator ends or is closed
+        async with response["Body"] as body:
+            async for chunk in body.iter_chunks(CHUNK):
+                yield chunk
+
+    async def read(self, key: str) -> bytes:
+        client = await self._s3()
+        try:
+            response = await client.get_object(Bucket=self._bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _missing(exc):
+                raise NotFound(key) from exc
+            raise
+        async with response["Body"] as body:
+            return await body.read()
+
+    async def delete(self, key: str) -> None:
+        client = await self._s3()
+        await client.delete_object(Bucket=self._bucket, Key=self._key(key))  # S3 answers 204 if missing
+
+    async def entries(self) -> AsyncIterator[tuple[str, datetime]]:
+        client = await self._s3()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=self._prefix)
+        async for page in pages:
+            for item in page.get("Contents", []):
+                key = item.get("Key", "")
+                if "LastModified" in item and "/" not in key[len(self._prefix) :]:  # ours are flat
+                    yield key[len(self._prefix) :], item["LastModified"].astimezone(UTC)
+
+    async def presigned_url(self, key: str) -> str:
+        """A GET URL for the object, valid ``s3_presign_expiry_s``, signed for the endpoint clients
+        use (``s3_public_endpoint``, else ``s3_endpoint``). Signing asks the server nothing."""
+        s = self._settings
+        if not s.s3_public_endpoint:
+            presigner = await self._s3()
+        else:
+            async with self._lock:
+                if self._presigner is None:
+                    self._presigner = await self._clients.enter_async_context(
+                        self._create(s.s3_public_endpoint)
+                    )
+            presigner = self._presigner
+        return await presigner.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self._bucket, "Key": self._key(key)},
+            ExpiresIn=s.s3_presign_expiry_s,
+        )
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
+        self._client = self._presigner = None
+        self._bucket_ready = False
