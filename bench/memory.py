@@ -2,7 +2,8 @@
 
 For each worst shape the limits let through (IMGFLOW_MAX_PIXELS = 50 MP, IMGFLOW_MAX_SIDE = 16384:
 the widest, the tallest and the squarest 50 MP image) and each heavy input kind (16-bit RGBA PNG,
-plain and interlaced; 16-bit RGB TIFF; 8-bit JPEG, baseline and progressive; GIF), a fresh process
+plain and interlaced; 16-bit RGB TIFF; 8-bit JPEG, baseline and progressive; GIF; AVIF, 8-bit 4:2:0
+and 12-bit 4:4:4 RGBA), a fresh process
 (libvips' cache off, two malloc arenas, as the worker runs) makes the thumbnail with every fit and
 output format. Twice: one job at a time (the peak of one job, next to the worker's estimate for it,
 ``imgflow.worker.memory``), then ``--concurrency`` at once drawing on the worker's memory budget
@@ -23,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 SHAPES = {"widest": (16384, 3051), "tallest": (3051, 16384), "square": (7071, 7071)}
-KINDS = ("png16-rgba", "png16-rgba-interlaced", "tiff16-rgb", "jpeg", "jpeg-progressive", "gif")
+KINDS = (
+    "png16-rgba",
+    "png16-rgba-interlaced",
+    "tiff16-rgb",
+    "jpeg",
+    "jpeg-progressive",
+    "gif",
+    "avif",
+    "avif12-rgba-444",
+)
 
 CHILD = r"""
 import ctypes, json, sys
@@ -82,6 +92,11 @@ def make_source(kind: str, width: int, height: int, path: Path) -> None:
         (rgb.cast("ushort") * 257).cast("ushort").copy(interpretation="rgb16").tiffsave(
             str(path), compression="deflate"
         )
+    elif kind == "avif":  # 8-bit 4:2:0, as cameras and encoders make by default
+        rgb.copy(interpretation="srgb").heifsave(str(path), compression="av1", effort=0)
+    elif kind == "avif12-rgba-444":  # the most bytes per pixel libheif decodes to
+        image = (rgb.bandjoin(base).cast("ushort") * 257).copy(interpretation="rgb16")
+        image.heifsave(str(path), compression="av1", effort=0, bitdepth=12, subsample_mode="off")
     elif kind == "gif":
         rgb.copy(interpretation="srgb").gifsave(str(path), effort=1)
     else:

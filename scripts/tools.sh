@@ -23,16 +23,20 @@ wrapper() {
 }
 
 build_ferretdb() {
-  local out=$cache/ferretdb-$FERRETDB_VERSION
+  # the cached binary's name carries the patches' hash: a changed patch builds anew
+  local patches=$root/scripts/patches/ferretdb-id-index.patch
+  local out=$cache/ferretdb-$FERRETDB_VERSION-$(cat "$patches" | sha256sum | cut -c1-12)
   if [ ! -x "$out" ]; then
     log "building FerretDB $FERRETDB_VERSION (a few minutes, once)"
     # FerretDB reads its version from an embedded build/version/version.txt that its release
     # tooling generates and the published module lacks, and Go records its module as the main one,
-    # so the binary panics at start. Vendor it into a wrapper module and write that file.
+    # so the binary panics at start. Vendor it into a wrapper module and write that file. The
+    # vendored source also takes our patch (scripts/patches: _id lookups from the _id index).
     (wrapper "$cache/src/ferretdb" &&
       go get -tool "github.com/FerretDB/FerretDB/cmd/ferretdb@$FERRETDB_VERSION" &&
       go mod vendor &&
       echo "$FERRETDB_VERSION" >vendor/github.com/FerretDB/FerretDB/build/version/version.txt &&
+      patch -p1 --forward --silent -d vendor/github.com/FerretDB/FerretDB <"$patches" &&
       go build -mod=vendor -o "$out" github.com/FerretDB/FerretDB/cmd/ferretdb)
   fi
   link ferretdb "$out"

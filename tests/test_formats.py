@@ -26,8 +26,7 @@ def test_avif_output_is_av1_in_heif_with_alpha_kept() -> None:
             max_side=16_384,
             quality=85,
         )
-        # read back with Pillow's AVIF decoder (libvips' heif loader is blocked in this process,
-        # as in the worker: AVIF is not an accepted input yet)
+        # read back with Pillow's AVIF decoder (libavif), not the libheif that wrote it
         out = Image.open(io.BytesIO(t.data))
         assert out.format == "AVIF" and out.size == (120, 90) and len(out.getbands()) == bands
         assert t.data[4:12] == b"ftypavif"

@@ -39,7 +39,7 @@ from imgflow.core.jobs import (
     oversize,
     utcnow,
 )
-from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_file
+from imgflow.core.probe import ImageTooLarge, UndecodableImage, UnsupportedImage, probe_file
 from imgflow.core.queue import QueueUnavailable
 from imgflow.core.settings import AuthMode, Settings
 from imgflow.core.storage import NotFound
@@ -64,7 +64,12 @@ UPLOAD_FORM_DOC = {
                     "type": "object",
                     "required": ["file", "userId"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "The image"},
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The image: JPEG, PNG, GIF, WebP, TIFF or AVIF (AV1 in "
+                            "HEIF; HEVC-coded HEIC and BMP are refused)",
+                        },
                         "userId": {"type": "string", "maxLength": 128},
                         "width": {"type": "integer", "minimum": 1, "description": "Default 100"},
                         "height": {"type": "integer", "minimum": 1, "description": "Default 100"},
@@ -322,6 +327,9 @@ async def _accept(
             info = await anyio.to_thread.run_sync(
                 lambda: probe_file(path, max_pixels=settings.max_pixels, max_side=settings.max_side)
             )
+        except UndecodableImage as exc:  # HEIF coded with HEVC, or a damaged HEIF
+            metrics.REJECTED.labels("422").inc()
+            raise Problem(422, "Image cannot be decoded", str(exc)) from exc
         except UnsupportedImage as exc:
             metrics.REJECTED.labels("415").inc()
             raise Problem(415, "Unsupported image", str(exc)) from exc

@@ -7,11 +7,14 @@ claim to be an image never reach a large, untrusted parser. Needs the ``vips`` e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyvips
+
+from imgflow.core import heif
 
 # libvips loader class (blocking also covers its _buffer/_source variants) -> our format name
 LOADERS = {
@@ -20,15 +23,34 @@ LOADERS = {
     "VipsForeignLoadNsgif": "gif",
     "VipsForeignLoadWebp": "webp",
     "VipsForeignLoadTiff": "tiff",
+    # HEIF, of which only AV1-coded images (AVIF) are accepted: see _heif_codec
+    "VipsForeignLoadHeif": "avif",
 }
 # the loader nickname libvips reports in "vips-loader", without its _buffer/_source suffix
-_NICKNAMES = {"jpegload": "jpeg", "pngload": "png", "gifload": "gif", "webpload": "webp", "tiffload": "tiff"}
+_NICKNAMES = {
+    "jpegload": "jpeg",
+    "pngload": "png",
+    "gifload": "gif",
+    "webpload": "webp",
+    "tiffload": "tiff",
+    "heifload": "avif",
+}
 SUPPORTED_FORMATS = tuple(LOADERS.values())
+# The libheif inside the pyvips-binary wheel decodes AV1 (libaom) and nothing else: no HEVC
+# (libde265), so an iPhone's .heic cannot be read. Checked at the door, not left to the decoder.
+HEIF_DECODABLE = frozenset({"av01"})
+# a BMP's info header sizes (core, v2-v5, OS/2): with "BM", how BMP is told from text starting "BM"
+_BMP_INFO_HEADER_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
 _SAMPLE_BYTES = {"uchar": 1, "char": 1, "ushort": 2, "short": 2, "uint": 4, "int": 4, "float": 4}
 
 
 class UnsupportedImage(Exception):
     """The bytes are not an image in a format imgflow accepts."""
+
+
+class UndecodableImage(UnsupportedImage):
+    """An image in an accepted container that this service cannot decode: HEIF coded with HEVC,
+    or a HEIF whose boxes are cut off or damaged."""
 
 
 class ImageTooLarge(Exception):
@@ -88,8 +110,9 @@ def probe_file(path: Path, *, max_pixels: int, max_side: int) -> ImageInfo:
     try:
         image = pyvips.Image.new_from_file(str(path), access="sequential")
     except pyvips.Error as exc:
-        raise UnsupportedImage(_not_an_image()) from exc
-    return _check(image, max_pixels, max_side)
+        with path.open("rb") as file:
+            raise _refusal(file.read(18), exc) from exc
+    return _check(image, max_pixels, max_side, path.read_bytes)
 
 
 def probe_buffer(data: bytes, *, max_pixels: int, max_side: int) -> ImageInfo:
@@ -99,8 +122,8 @@ def probe_buffer(data: bytes, *, max_pixels: int, max_side: int) -> ImageInfo:
     try:
         image = open_buffer(data, access="sequential")
     except pyvips.Error as exc:
-        raise UnsupportedImage(_not_an_image()) from exc
-    return _check(image, max_pixels, max_side)
+        raise _refusal(data[:18], exc) from exc
+    return _check(image, max_pixels, max_side, lambda: data)
 
 
 def open_buffer(data: bytes, **options: Any) -> pyvips.Image:
@@ -112,14 +135,56 @@ def _not_an_image() -> str:
     return f"The file is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})."
 
 
-def _check(image: pyvips.Image, max_pixels: int, max_side: int) -> ImageInfo:
+def _refusal(head: bytes, exc: pyvips.Error) -> UnsupportedImage:
+    """Why libvips could not open the bytes, in words that help the sender."""
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_INFO_HEADER_SIZES:
+        return UnsupportedImage(
+            "BMP is not accepted: libvips decodes BMP only through ImageMagick, which imgflow "
+            "blocks as an untrusted parser (and which this service does not ship). "
+            "Convert the image to PNG and send it again."
+        )
+    # the heif loader claimed the bytes (their ftyp brand), then libheif refused them
+    heif_lines = [line for line in str(exc.detail).splitlines() if line.startswith("heif: ")]
+    if heif_lines:
+        return UndecodableImage(
+            "The file is HEIF/AVIF but cannot be read (truncated or damaged): "
+            f"{heif_lines[-1].removeprefix('heif: ').strip()}"
+        )
+    return UnsupportedImage(_not_an_image())
+
+
+def _heif_codec(data: bytes) -> None:
+    """Refuse a HEIF whose primary image is coded with anything but what our libheif decodes."""
+    try:
+        codecs = heif.primary_codecs(data)
+    except heif.HeifStructureError as exc:
+        raise UndecodableImage(f"The HEIF/AVIF file is malformed: {exc}.") from exc
+    if not codecs <= HEIF_DECODABLE:
+        names = ", ".join(sorted({heif.CODECS.get(c, repr(c)) for c in codecs - HEIF_DECODABLE}))
+        hevc = " (as iPhones save .heic photos)" if "HEVC" in names else ""
+        raise UndecodableImage(
+            f"The image is HEIF coded with {names}{hevc}; this service decodes HEIF only when it is "
+            "AV1-coded (AVIF): its libheif has no decoder for that codec. "
+            "Convert the image to JPEG or AVIF and send it again."
+        )
+
+
+def _check(image: pyvips.Image, max_pixels: int, max_side: int, read: Callable[[], bytes]) -> ImageInfo:
     loader = str(image.get("vips-loader"))
     fmt = _NICKNAMES.get(loader.removesuffix("_buffer").removesuffix("_source").removesuffix("_file"))
     if fmt is None:  # cannot happen while restrict_loaders holds; refuse rather than trust it
         raise UnsupportedImage(_not_an_image())
+    if fmt == "avif":
+        _heif_codec(read())
     pages = int(image.get("n-pages")) if image.get_typeof("n-pages") else 1
     # A multi-page source is loaded one page at a time, so one page's size is what we decode.
+    # (A HEIF's n-pages counts its top-level images; libvips loads only the primary one.)
     orientation = int(image.get("orientation")) if image.get_typeof("orientation") else 1
+    if fmt == "avif":
+        # HEIF turns and mirrors with irot/imir boxes, which libheif applies while decoding (the
+        # header's size is already the displayed one); an EXIF orientation in a HEIF is to be
+        # ignored, and applying it as well would turn the picture twice.
+        orientation = 1
     interlaced = bool(image.get("interlaced")) if image.get_typeof("interlaced") else False
     info = ImageInfo(
         fmt,

@@ -3,10 +3,11 @@ worker-wide budget jobs draw it from.
 
 libvips streams most sources a band of rows at a time, so a job's memory follows the width of what
 is decoded, not its area — except where the format makes the decoder hold the whole image: an
-interlaced PNG (Adam7), a progressive JPEG (its coefficients), a GIF frame (RGBA canvas) and a TIFF
-(a strip may span the whole image). The figures below are fitted to bench/memory.py's
-measurements on the worst shapes the limits let through, with margin: the estimate is meant to be
-above what a job takes, so that jobs whose estimates fit the budget together fit the pod.
+interlaced PNG (Adam7), a progressive JPEG (its coefficients), a GIF frame (RGBA canvas), a TIFF
+(a strip may span the whole image) and an AVIF (libheif decodes the whole picture at once). The
+figures below are fitted to bench/memory.py's measurements on the worst shapes the limits let
+through, with margin: the estimate is meant to be above what a job takes, so that jobs whose
+estimates fit the budget together fit the pod.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ COEFFICIENT_BYTES = 2
 # a GIF frame is rendered to 8-bit RGBA by the decoder and copied once more by libvips (measured
 # 409 MB for one 50 MP frame)
 GIF_FRAME_BYTES = 9
+# AVIF: libheif decodes the whole image before libvips reads a row (no shrink-on-load), and holds
+# the AV1 decoder's planes, its own YCbCr copy and the RGB(A) it converts to at once. Measured
+# (bench/memory.py) on 4-50 MP sources: 8-bit 4:2:0 RGB 17-28, 12-bit 4:4:4 RGBA 28-67 bytes per
+# pixel, the smaller figures on the larger images: about 120 MB of decoder state at any size, then
+# 16 bytes per pixel beside the RGB(A) output. The chroma subsampling is not in the header libvips
+# reads, so 4:4:4 (the worst) is assumed.
+HEIF_DECODER = 128 * MB
+HEIF_PLANE_BYTES = 16
 
 
 # AVIF encoding (libheif + aom, effort 4), measured on noise, its worst case: 66 / 170 / 387 MB
@@ -57,6 +66,8 @@ def job_memory_bytes(info: ImageInfo, spec: ThumbnailSpec, source_bytes: int) ->
     whole = 0
     if info.format == "gif":
         whole = info.pixels * GIF_FRAME_BYTES
+    elif info.format == "avif":
+        whole = HEIF_DECODER + info.pixels * (HEIF_PLANE_BYTES + info.bands * info.sample_bytes)
     elif info.format == "jpeg" and info.interlaced:
         whole = info.pixels * info.bands * COEFFICIENT_BYTES  # shrink-on-load does not shrink these
     elif info.interlaced or info.format == "tiff" or load_options(info, spec)["access"] == "random":

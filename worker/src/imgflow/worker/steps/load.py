@@ -4,6 +4,13 @@ JPEG can decode at 1/2, 1/4 or 1/8 scale, WebP at any scale, for a fraction of t
 decode. We take the largest shrink that leaves the image no smaller than the box, as sharp and
 Pillow do: measured on our benchmark corpus (bench/README.md) it is 18% faster on 1080p JPEG than
 keeping a 2x margin for the final resize, for a PSNR change under 0.1 dB.
+
+AVIF has no shrink-on-load: libheif decodes the whole picture in one call, whatever size libvips
+asks for, and the memory estimate counts it whole (memory.py). heifload's ``thumbnail`` option is
+not used: it returns the preview image the file embeds, if any, which may be smaller than the box
+or show something other than the picture. It is opened sequential like the rest, so that libvips
+keeps no cache of its own beside libheif's. libheif applies the file's rotation and mirroring
+(irot, imir) itself, and libvips then reports no orientation: nothing is turned twice.
 """
 
 from __future__ import annotations
