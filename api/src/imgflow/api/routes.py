@@ -9,7 +9,7 @@ from typing import Annotated, TypeVar
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
@@ -41,6 +41,7 @@ from imgflow.core.jobs import (
 )
 from imgflow.core.probe import ImageTooLarge, UndecodableImage, UnsupportedImage, probe_file
 from imgflow.core.queue import QueueUnavailable
+from imgflow.core.s3storage import S3Storage
 from imgflow.core.settings import AuthMode, Settings
 from imgflow.core.storage import NotFound
 from imgflow.core.store import InvalidCursor, PageCursor
@@ -493,6 +494,7 @@ async def list_jobs(
             "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in THUMBNAIL_TYPES},
         },
         304: {"description": "Not modified (If-None-Match)"},
+        307: {"description": "With IMGFLOW_S3_PRESIGN: the thumbnail is at the presigned S3 URL in Location"},
         **documented(401, 403, 404, 429, 503),
     },
 )
@@ -511,6 +513,11 @@ async def get_thumbnail(name: str, request: Request, state: State, principal: Re
         stored = await state.storage.stat(name)
     except NotFound:
         raise Problem(404, "Not found", f"There is no file {name!r}.") from None
+    if state.settings.s3_presign and isinstance(state.storage, S3Storage):
+        # The bytes go from S3 to the client; the API only decided who may have them. The URL
+        # expires, so the redirect must not be cached beyond it.
+        url = await state.storage.presigned_url(name)
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     headers = {
         "ETag": stored.etag,
         # with keys, a shared cache must not hand one tenant's thumbnail to another
