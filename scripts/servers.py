@@ -7,6 +7,7 @@ Used by ``scripts/stack.py`` (make demo/up/down) and by ``tests/conftest.py``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -18,6 +19,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from imgflow.core.settings import Settings
 from scripts import ferretdb_pg
@@ -193,10 +198,109 @@ def describe(kind: str) -> str:
     }[kind]
 
 
+@dataclass(frozen=True)
+class S3Server:
+    """SeaweedFS's master, volume server, filer and S3 gateway in one ``weed server`` process,
+    with one identity, so requests are signed and checked as AWS S3 would check them."""
+
+    server: Server
+    endpoint: str
+    access_key: str
+    secret_key: str
+    port: int
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 3 s: its filer's graceful stop takes ~15 s more, for data
+        that is thrown away."""
+        self.server.terminate(timeout=3)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until the gateway answers a signed request: it listens before its filer is ready."""
+        wait_for_port(self.port, timeout=timeout, process=self.server.process)
+        client = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5),
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.list_buckets()  # type: ignore[attr-defined]  # botocore-stubs types no service
+                return
+            except (BotoCoreError, ClientError):
+                if time.monotonic() > deadline or not self.server.alive:
+                    raise RuntimeError(
+                        f"SeaweedFS's S3 gateway is not ready:\n{self.server.tail()}"
+                    ) from None
+                time.sleep(0.2)
+
+
+def seaweedfs_server(workdir: Path) -> S3Server:
+    """``weed server -s3`` on loopback ports with its data under ``workdir``. Every port is named
+    (SeaweedFS otherwise derives gRPC ports as HTTP + 10000 and opens fixed Iceberg and Lance
+    ports), and telemetry is off and pointed at loopback besides: nothing leaves the machine."""
+    weed = TOOLS / "weed"
+    if not weed.exists():
+        raise RuntimeError("no SeaweedFS: run scripts/tools.sh weed (make setup does)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    access_key, secret_key = "imgflow" + secrets.token_hex(6), secrets.token_hex(20)
+    config = workdir / "s3.json"
+    identity = {
+        "name": "imgflow",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    config.write_text(json.dumps({"identities": [identity]}))
+    ports = {
+        name: free_port()
+        for name in (
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port",
+            "s3.port.grpc",
+        )
+    }
+    argv = [
+        str(weed),
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={workdir}",
+        "-filer",
+        "-s3",
+        f"-s3.config={config}",
+        *(f"-{name}={port}" for name, port in ports.items()),
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-filer.localSocket={workdir}/filer.sock",
+        f"-s3.localSocket={workdir}/s3.sock",
+        "-master.telemetry=false",
+        "-master.telemetry.url=http://127.0.0.1:9/",
+        # small volumes, as many as the disk holds: every bucket is a collection with volumes of
+        # its own, and the default 8 x 30 GB would run out after a bucket or two
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=0",
+        "-volume.preStopSeconds=0",  # it waits 10 s for peers to notice; here there are none
+    ]
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    server = Server("seaweedfs", argv, workdir / "weed.log")
+    return S3Server(server, endpoint, access_key, secret_key, ports["s3.port"])
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process build exactly these settings."""
     env: dict[str, str] = {}
     for name, value in settings.model_dump(mode="json").items():
+        if isinstance(value, dict | list):
+            env[f"IMGFLOW_{name.upper()}"] = json.dumps(value)  # what pydantic-settings parses
+            continue
         env[f"IMGFLOW_{name.upper()}"] = (
             "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
         )
