@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from typing import Annotated, TypeVar
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -22,23 +22,22 @@ from imgflow.api.uploads import FILE_FIELD, receive_upload
 from imgflow.core import quota
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import (
-    COMPASS,
     GRAVITY_PATTERN,
     MAX_BLUR,
     MAX_PIXELATE,
     MAX_SHARPEN,
-    SMART,
+    MAX_VARIANTS,
     Fit,
     Job,
     JobStatus,
     OutputFormat,
-    ThumbnailSpec,
     UploadSource,
     new_job_id,
     original_key,
     oversize,
     utcnow,
 )
+from imgflow.core.options import InvalidOption, read_outputs
 from imgflow.core.probe import ImageTooLarge, UndecodableImage, UnsupportedImage, probe_file
 from imgflow.core.queue import QueueUnavailable
 from imgflow.core.s3storage import S3Storage
@@ -50,11 +49,10 @@ from imgflow.core.submit import submit_job
 router = APIRouter(tags=["jobs"])
 JOBS = "/api/image-processing/jobs"
 USER_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
-THUMBNAIL_NAME = re.compile(r"^thumbnail-([0-9a-f-]{36})\.(jpg|png|webp|avif)$")
+# thumbnail-<job id>.<ext>, or thumbnail-<job id>-<variant name>.<ext>
+THUMBNAIL_NAME = re.compile(r"^thumbnail-([0-9a-f-]{36})(?:-[A-Za-z0-9_@-]{1,32})?\.(jpg|png|webp|avif)$")
 
 THUMBNAIL_TYPES = [f.media_type for f in OutputFormat]
-
-E = TypeVar("E", Fit, OutputFormat)
 
 UPLOAD_FORM_DOC = {
     "requestBody": {
@@ -115,6 +113,22 @@ UPLOAD_FORM_DOC = {
                             "maximum": 100,
                             "description": "Encoder quality (JPEG, WebP, AVIF); default per format",
                         },
+                        "variants": {
+                            "type": "string",
+                            "description": "Instead of the options above: a JSON list of up to "
+                            f"{MAX_VARIANTS} named outputs, each with its own options (width, "
+                            "height, fit, format, gravity, blur, sharpen, pixelate, grayscale, "
+                            "quality); all are made from one decode of the source, the first is "
+                            "the job's thumbnailUrl, result.variants lists them all",
+                            "example": '[{"name": "card", "width": 400, "height": 300, "format": '
+                            '"webp"}, {"name": "card@2x", "width": 800, "height": 600, "format": "webp"}]',
+                        },
+                        "preset": {
+                            "type": "string",
+                            "description": "Instead of the options above: a named set of variants "
+                            "defined by the service (IMGFLOW_PRESETS; GET /api/presets lists them)",
+                            "example": "card",
+                        },
                         "callbackUrl": {
                             "type": "string",
                             "format": "uri",
@@ -129,104 +143,6 @@ UPLOAD_FORM_DOC = {
 }
 
 log = logging.getLogger("imgflow.api")
-
-
-def accepted_format(accept: str) -> OutputFormat:
-    """``format=auto``: the best format the client's Accept header takes: AVIF > WebP > JPEG."""
-    taken = set()
-    for item in accept.split(","):
-        media, _, params = item.strip().partition(";")
-        q = params.strip().removeprefix("q=") if params.strip().startswith("q=") else "1"
-        try:
-            if float(q) > 0:
-                taken.add(media.strip().lower())
-        except ValueError:
-            continue
-    for fmt in (OutputFormat.avif, OutputFormat.webp):
-        if fmt.media_type in taken:
-            return fmt
-    return OutputFormat.jpeg
-
-
-def _spec_from_form(fields: dict[str, str], state: AppState, accept: str) -> ThumbnailSpec:
-    settings = state.settings
-
-    def size(name: str, default: int) -> int:
-        raw = fields.get(name, "").strip()
-        if not raw:
-            return default
-        # isascii: "²".isdigit() is true, and int() refuses it
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= settings.max_output_dimension:
-            raise Problem(
-                422,
-                "Invalid request",
-                f"{name} must be a whole number from 1 to {settings.max_output_dimension}, not {raw!r}.",
-            )
-        return int(raw)
-
-    def choice(name: str, enum: type[E], default: E) -> E:
-        raw = fields.get(name, "").strip().lower()
-        if not raw:
-            return default
-        try:
-            return enum(raw)
-        except ValueError:
-            allowed = ", ".join(e.value for e in enum)
-            raise Problem(422, "Invalid request", f"{name} must be one of {allowed}, not {raw!r}.") from None
-
-    gravity = fields.get("gravity", "").strip().lower() or "centre"
-    if not re.match(GRAVITY_PATTERN, gravity):
-        raise Problem(
-            422,
-            "Invalid request",
-            f"gravity must be one of {', '.join((*COMPASS, *SMART))} or fp:x,y (fractions 0-1 of the "
-            f"width and height), not {gravity!r}.",
-        )
-    return ThumbnailSpec(
-        width=size("width", settings.default_width),
-        height=size("height", settings.default_height),
-        fit=choice("fit", Fit, Fit.cover),
-        format=accepted_format(accept)
-        if fields.get("format", "").strip().lower() == "auto"
-        else choice("format", OutputFormat, OutputFormat.jpeg),
-        gravity=gravity,
-        blur=_number(fields, "blur", 0.3, MAX_BLUR),
-        sharpen=_number(fields, "sharpen", 0.3, MAX_SHARPEN),
-        pixelate=_whole(fields, "pixelate", 2, MAX_PIXELATE),
-        grayscale=_flag(fields, "grayscale"),
-        quality=_whole(fields, "quality", 1, 100),
-    )
-
-
-def _number(
-    fields: dict[str, str], name: str, low: float, high: float, *, whole: bool = False
-) -> float | None:
-    """An optional bounded number field; 422 naming the field otherwise."""
-    raw = fields.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw) if raw.isascii() else float("nan")
-    except ValueError:
-        value = float("nan")
-    if not low <= value <= high or (whole and not value.is_integer()):
-        kind = "a whole number" if whole else "a number"
-        raise Problem(422, "Invalid request", f"{name} must be {kind} from {low:g} to {high:g}, not {raw!r}.")
-    return value
-
-
-def _whole(fields: dict[str, str], name: str, low: int, high: int) -> int | None:
-    value = _number(fields, name, low, high, whole=True)
-    return None if value is None else int(value)
-
-
-def _flag(fields: dict[str, str], name: str) -> bool:
-    raw = fields.get(name, "").strip().lower()
-    if raw in ("", "false", "0"):
-        return False
-    if raw in ("true", "1"):
-        return True
-    raise Problem(422, "Invalid request", f"{name} must be true or false, not {raw!r}.")
 
 
 async def _callback_url(url: str, settings: Settings) -> str | None:
@@ -318,7 +234,12 @@ async def _accept(
                 return Accepted.model_validate(idempotency.replay(claim, print_))
         if not USER_ID.match(user_id):
             raise Problem(422, "Invalid request", "userId must be 1 to 128 printable characters.")
-        spec = _spec_from_form(upload.fields, state, request.headers.get("accept", ""))
+        try:
+            outputs = read_outputs(
+                upload.fields, settings.presets, settings.output_limits, request.headers.get("accept", "")
+            )
+        except InvalidOption as exc:
+            raise Problem(422, "Invalid request", str(exc)) from exc
         callback_url = await _callback_url(upload.fields.get("callbackUrl", "").strip(), settings)
         path = upload.path
         assert path is not None
@@ -337,7 +258,7 @@ async def _accept(
         except ImageTooLarge as exc:
             metrics.REJECTED.labels("422").inc()
             raise Problem(422, "Image too large", str(exc)) from exc
-        too_large = oversize(spec, info.displayed, settings.max_output_dimension)
+        too_large = oversize(outputs.specs, info.displayed, settings.max_output_dimension)
         if too_large:
             metrics.REJECTED.labels("422").inc()
             raise Problem(422, "Thumbnail too large", too_large)
@@ -349,7 +270,9 @@ async def _accept(
             user_id=user_id,
             tenant=principal.tenant,
             key_id=principal.key_id,
-            spec=spec,
+            spec=outputs.specs[0],
+            variants=outputs.specs if outputs.named else [],
+            preset=outputs.preset,
             source=source,
             callback_url=callback_url,
         )
@@ -407,6 +330,19 @@ async def _reserve_place(state: AppState, job: Job) -> None:
 async def _release_place(state: AppState, job: Job) -> None:
     with contextlib.suppress(RedisError):
         await quota.release(state.redis, state.settings, job.tenant, job.job_id)
+
+
+@router.get(
+    "/api/presets",
+    operation_id="listPresets",
+    summary="The service's presets",
+    description="Named sets of variants a job asks for with the `preset` form field "
+    "(configured by the service's operator: IMGFLOW_PRESETS). A format of `auto` is decided from "
+    "the Accept header of the request that creates the job.",
+    responses=documented(401, 403, 429),
+)
+async def list_presets(state: State, principal: Reader) -> dict[str, list[dict[str, Any]]]:
+    return state.settings.presets
 
 
 @router.get(

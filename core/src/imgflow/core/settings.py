@@ -6,14 +6,35 @@ environment. The README's configuration table documents these fields.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imgflow.core.keys import TENANT_PATTERN
+from imgflow.core.options import InvalidOption, Limits, read_variants
+
+PRESET_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+# what a service offers out of the box; IMGFLOW_PRESETS (chart: config.presets) replaces them all
+DEFAULT_PRESETS: dict[str, list[dict[str, Any]]] = {
+    "avatar": [
+        {"name": "avatar", "width": 64, "height": 64, "format": "auto"},
+        {"name": "avatar@2x", "width": 128, "height": 128, "format": "auto"},
+    ],
+    "card": [
+        {"name": "card", "width": 400, "height": 300, "format": "auto"},
+        {"name": "card@2x", "width": 800, "height": 600, "format": "auto"},
+    ],
+    "responsive": [
+        {"name": "small", "width": 480, "height": 480, "fit": "inside"},
+        {"name": "medium", "width": 1024, "height": 1024, "fit": "inside"},
+        {"name": "large", "width": 1920, "height": 1920, "fit": "inside"},
+    ],
+}
 
 
 class StorageBackend(StrEnum):
@@ -111,6 +132,11 @@ class Settings(BaseSettings):
     default_width: int = Field(100, ge=1, le=8192, description="Thumbnail width when a job gives none")
     default_height: int = Field(100, ge=1, le=8192, description="Thumbnail height when a job gives none")
     max_output_dimension: int = Field(4096, ge=1, description="Largest width or height a job may ask for")
+    presets: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=lambda: dict(DEFAULT_PRESETS),
+        description="Named sets of variants a job asks for with preset=<name>: a JSON object "
+        '{"name": [{"name": "small", "width": 200, ...}, ...]}; checked at start',
+    )
     jpeg_quality: int = Field(85, ge=1, le=100, description="Quality of JPEG and WebP output")
     worker_concurrency: int = Field(2, ge=1, description="Jobs one worker process handles at once")
     worker_memory_mb: int = Field(
@@ -216,6 +242,22 @@ class Settings(BaseSettings):
         16, ge=1, description="Uploads one API process receives at once; more get 503 + Retry-After"
     )
     worker_metrics_port: int = Field(9100, description="Port of the worker's /metrics and /healthz (0: off)")
+
+    @property
+    def output_limits(self) -> Limits:
+        return Limits(self.max_output_dimension, (self.default_width, self.default_height))
+
+    @model_validator(mode="after")
+    def _presets_are_valid(self) -> Settings:
+        """A preset a job could not use fails the start, not the jobs that name it."""
+        for name, variants in self.presets.items():
+            if not re.match(PRESET_NAME, name):
+                raise ValueError(f"preset name {name!r}: 1 to 32 of a-z, 0-9, '_', '-'")
+            try:
+                read_variants(variants, self.output_limits, where=f"presets.{name}")
+            except InvalidOption as exc:
+                raise ValueError(str(exc)) from exc
+        return self
 
     @property
     def upload_deadline_s(self) -> float:

@@ -13,8 +13,9 @@ estimates fit the budget together fit the pod.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 
@@ -52,17 +53,21 @@ HEIF_PLANE_BYTES = 16
 # peak for 1024^2 / 2048^2 / 4096^2 outputs, i.e. about 50 MB + 20 bytes per output pixel
 AVIF_FIXED = 64 * MB
 AVIF_BYTES_PER_PIXEL = 24
+# an output held whole (for the EXIF rotation): 8-bit RGBA at most
+OUTPUT_BANDS = 4
 
 
 class OverBudget(Exception):
     """The job needs more memory than the worker may give any one job."""
 
 
-def job_memory_bytes(info: ImageInfo, spec: ThumbnailSpec, source_bytes: int) -> int:
-    """Peak memory of the pipeline for this source and spec, estimated from the header."""
-    scale = _load_scale(info, spec)
+def job_memory_bytes(info: ImageInfo, specs: Sequence[ThumbnailSpec], source_bytes: int) -> int:
+    """Peak memory of the pipeline for this source and these outputs, estimated from the header."""
+    options = load_options(info, specs)
+    scale = _load_scale(options)
     width, height = math.ceil(info.width * scale), math.ceil(info.height * scale)
     row = width * info.bands * info.sample_bytes
+    decoded = width * height * info.bands * info.sample_bytes
     whole = 0
     if info.format == "gif":
         whole = info.pixels * GIF_FRAME_BYTES
@@ -70,19 +75,28 @@ def job_memory_bytes(info: ImageInfo, spec: ThumbnailSpec, source_bytes: int) ->
         whole = HEIF_DECODER + info.pixels * (HEIF_PLANE_BYTES + info.bands * info.sample_bytes)
     elif info.format == "jpeg" and info.interlaced:
         whole = info.pixels * info.bands * COEFFICIENT_BYTES  # shrink-on-load does not shrink these
-    elif info.interlaced or info.format == "tiff" or load_options(info, spec)["access"] == "random":
-        whole = width * height * info.bands * info.sample_bytes  # smartcrop holds it all too
+    elif info.interlaced or info.format == "tiff" or options["access"] == "random":
+        whole, decoded = decoded, 0  # the decoder or smartcrop holds it all (counted here)
+    if len(specs) > 1:  # several outputs are made from one decode held in memory
+        whole += decoded
     rows = ROWS_BESIDE_WHOLE if whole else STREAMED_ROWS
-    encoder = 0
+    # outputs are made one after the other: the largest counts
+    outputs = max(_output_bytes(info, spec) for spec in specs)
+    return int(FIXED + source_bytes + whole * WHOLE_MARGIN + row * rows + outputs)
+
+
+def _output_bytes(info: ImageInfo, spec: ThumbnailSpec) -> int:
+    """What one output holds beyond the rows streaming through: the output image when it is
+    rotated in memory, and the AVIF encoder's frame."""
+    box = (spec.width, spec.height)
+    out_w, out_h = outside_size(*info.displayed, box) if spec.fit is Fit.outside else box
+    held = out_w * out_h * OUTPUT_BANDS if info.orientation not in (0, 1) else 0
     if spec.format is OutputFormat.avif:  # libheif takes the whole output image, and AV1 more
-        box = (spec.width, spec.height)
-        out_w, out_h = outside_size(*info.displayed, box) if spec.fit is Fit.outside else box
-        encoder = AVIF_FIXED + out_w * out_h * AVIF_BYTES_PER_PIXEL
-    return int(FIXED + source_bytes + whole * WHOLE_MARGIN + row * rows + encoder)
+        held += AVIF_FIXED + out_w * out_h * AVIF_BYTES_PER_PIXEL
+    return held
 
 
-def _load_scale(info: ImageInfo, spec: ThumbnailSpec) -> float:
-    options = load_options(info, spec)
+def _load_scale(options: dict[str, Any]) -> float:
     if "shrink" in options:
         return 1 / int(options["shrink"])
     return float(options.get("scale", 1.0))
