@@ -16,6 +16,7 @@ import pytest
 from imgflow.core.settings import Settings, StorageBackend
 from scripts.servers import (
     MongoChoice,
+    S3Server,
     Server,
     api_server,
     describe,
@@ -23,6 +24,7 @@ from scripts.servers import (
     mongodb_kind,
     mongodb_server,
     redis_server,
+    seaweedfs_server,
     wait_for_port,
     worker_server,
 )
@@ -89,6 +91,36 @@ def make_settings(redis_url: str, mongodb_url: str, **overrides: object) -> Sett
 @pytest.fixture
 def fresh_settings(redis_url: str, mongodb_url: str) -> Settings:
     return make_settings(redis_url, mongodb_url)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) for the session, started only if a test asks for it."""
+    server = seaweedfs_server(tmp_path_factory.mktemp("seaweedfs"))
+    server.server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+S3_BUCKET = "imgflow-test"
+
+
+def on_s3(settings: Settings, s3: S3Server, **overrides: object) -> Settings:
+    """``settings`` storing in the session's S3 server, under a key prefix no other test shares
+    (one bucket for all: SeaweedFS gives every bucket volumes of its own)."""
+    values: dict[str, object] = {
+        "storage_backend": StorageBackend.s3,
+        "s3_endpoint": s3.endpoint,
+        "s3_bucket": S3_BUCKET,
+        "s3_prefix": f"t{uuid.uuid4().hex[:10]}/",
+        "s3_access_key_id": s3.access_key,
+        "s3_secret_access_key": s3.secret_key,
+    }
+    values.update(overrides)
+    return Settings.model_validate({**settings.model_dump(), **values})
 
 
 @dataclass

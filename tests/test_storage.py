@@ -1,29 +1,49 @@
-"""Both storage backends behind the one interface, and the whole job path on the local one."""
+"""The storage backends behind the one interface (GridFS, a directory, S3 on a real SeaweedFS), and
+the whole job path on the local and S3 ones, with S3's presigned redirect."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
+from botocore.exceptions import ClientError
 
+from imgflow.core.s3storage import PART, S3Storage
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.core.storage import NotFound, Storage, make_storage
 from imgflow.core.store import connect
+from scripts.servers import S3Server, free_port
 from tests import images
 from tests.client import api_client, submit, wait_finished
-from tests.conftest import Processes
+from tests.conftest import Processes, on_s3
 
 
-@pytest.fixture(params=[StorageBackend.gridfs, StorageBackend.local])
+@pytest.fixture(params=[StorageBackend.gridfs, StorageBackend.local, StorageBackend.s3])
 async def storage(
     request: pytest.FixtureRequest, fresh_settings: Settings, tmp_path: Path
 ) -> AsyncIterator[Storage]:
     settings = fresh_settings.model_copy(update={"storage_backend": request.param, "storage_dir": tmp_path})
+    if request.param is StorageBackend.s3:
+        settings = on_s3(settings, request.getfixturevalue("s3"))
     mongo = connect(settings)
-    yield make_storage(settings, mongo[settings.mongodb_database])
+    backend = make_storage(settings, mongo[settings.mongodb_database])
+    yield backend
+    await backend.aclose()
     await mongo.close()
+
+
+@pytest.fixture
+async def s3_storage(fresh_settings: Settings, s3: S3Server) -> AsyncIterator[S3Storage]:
+    backend = S3Storage(on_s3(fresh_settings, s3))
+    yield backend
+    await backend.aclose()
 
 
 async def test_save_stat_read_stream_replace_delete(storage: Storage, tmp_path: Path) -> None:
@@ -75,3 +95,103 @@ async def test_the_local_backend_serves_the_whole_job_path(
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
     assert (files / f"thumbnail-{job_id}.png").read_bytes() == thumb.content
     assert (files / f"original-{job_id}").exists()
+
+
+async def test_stream_raises_not_found_before_the_first_chunk(storage: Storage) -> None:
+    chunks = storage.stream("thumbnail-missing.jpg")
+    with pytest.raises(NotFound):
+        await anext(chunks)
+
+
+async def test_s3_sends_a_large_file_in_parts(s3_storage: S3Storage, tmp_path: Path) -> None:
+    data = os.urandom(2 * PART + 12345)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    stored = await s3_storage.save("original-big", source, "image/jpeg")
+    assert (stored.size, stored.content_type) == (len(data), "image/jpeg")
+    assert stored.etag.endswith('-3"'), stored.etag  # S3's ETag of a 3-part upload
+    assert await s3_storage.read("original-big") == data
+    assert b"".join([chunk async for chunk in s3_storage.stream("original-big")]) == data
+
+
+async def test_s3_creates_a_missing_bucket(fresh_settings: Settings, s3: S3Server) -> None:
+    bucket = f"imgflow-new-{uuid.uuid4().hex[:8]}"
+    storage = S3Storage(on_s3(fresh_settings, s3, s3_bucket=bucket))
+    try:
+        await storage.save_bytes("thumbnail-b.jpg", b"bytes", "image/jpeg")
+        assert await storage.read("thumbnail-b.jpg") == b"bytes"
+    finally:
+        await storage.aclose()
+
+
+async def test_s3_checks_credentials(fresh_settings: Settings, s3: S3Server) -> None:
+    storage = S3Storage(on_s3(fresh_settings, s3, s3_secret_access_key="not-the-secret"))
+    try:
+        with pytest.raises(ClientError) as refused:  # not NotFound: the worker retries it later
+            await storage.stat("thumbnail-a.jpg")
+        assert refused.value.response["Error"]["Code"] in {"SignatureDoesNotMatch", "AccessDenied", "403"}
+    finally:
+        await storage.aclose()
+
+
+async def test_an_unreachable_s3_fails_soon_and_not_as_missing(
+    fresh_settings: Settings, s3: S3Server
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"  # loopback, nothing listening
+    storage = S3Storage(on_s3(fresh_settings, s3, s3_endpoint=nowhere, s3_timeout_s=1.0))
+    try:
+        for call in (storage.read("original-1"), storage.save_bytes("original-1", b"x", "image/jpeg")):
+            async with asyncio.timeout(20):
+                with pytest.raises(Exception) as failed:
+                    await call
+            assert not isinstance(failed.value, NotFound)
+    finally:
+        await storage.aclose()
+
+
+async def test_the_s3_backend_serves_the_whole_job_path_and_presigned_redirects(
+    processes: Processes, fresh_settings: Settings, s3: S3Server
+) -> None:
+    settings = on_s3(fresh_settings, s3)
+    _, base = processes.start_api(settings)
+    _, presigning = processes.start_api(settings.model_copy(update={"s3_presign": True}))
+    processes.start_worker(settings)
+    storage = S3Storage(settings)
+    try:
+        original = images.png_alpha()
+        async with api_client(base, timeout=30) as client:
+            job_id = (await submit(client, original, format="png")).json()["jobId"]
+            job = await wait_finished(client, job_id)
+            assert job["status"] == "completed", job
+            path = job["result"]["thumbnailUrl"]
+            thumb = await client.get(path)
+            reply = await client.post(
+                "/api/admin/keys", json={"tenant": "elsewhere", "scopes": ["jobs:read"], "name": "other"}
+            )
+            other_key = reply.json()["key"]
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+        name = path.rsplit("/", 1)[1]
+        assert await storage.read(name) == thumb.content
+        assert await storage.read(f"original-{job_id}") == original
+
+        async with api_client(presigning, timeout=30) as client:
+            redirect = await client.get(path)
+        assert redirect.status_code == 307, redirect.text
+        assert redirect.headers["cache-control"] == "no-store"
+        location = redirect.headers["location"]
+        assert location.startswith(f"{s3.endpoint}/{settings.s3_bucket}/{settings.s3_prefix}{name}?")
+        async with httpx.AsyncClient(timeout=30) as anyone:  # no API key: the URL is the permission
+            fetched = await anyone.get(location)
+            assert fetched.status_code == 200
+            assert fetched.content == thumb.content and fetched.headers["content-type"] == "image/png"
+            forged = urlsplit(location)._replace(
+                path=f"/{settings.s3_bucket}/{settings.s3_prefix}original-{job_id}"
+            )
+            assert (await anyone.get(forged.geturl())).status_code == 403  # the signature names the key
+
+        # another tenant learns nothing, not even where the file would be
+        async with api_client(presigning, key=other_key, timeout=30) as other:
+            hidden = await other.get(path, follow_redirects=False)
+        assert hidden.status_code == 404 and "location" not in hidden.headers
+    finally:
+        await storage.aclose()
