@@ -146,7 +146,14 @@ def test_configmap_sets_every_core_setting_with_the_application_defaults(
 ) -> None:
     data = config_map(default_docs)
     fields = Settings.model_fields
-    secret_fields = {"redis_url", "mongodb_url", "admin_key", "webhook_secret"}
+    secret_fields = {
+        "redis_url",
+        "mongodb_url",
+        "admin_key",
+        "webhook_secret",
+        "s3_access_key_id",
+        "s3_secret_access_key",
+    }
     keys = {k.removeprefix("IMGFLOW_").lower() for k in data}
     assert all(k.startswith("IMGFLOW_") for k in data)
     assert keys <= set(fields), f"ConfigMap keys that are no setting: {keys - set(fields)}"
@@ -493,6 +500,61 @@ def test_local_storage_mounts_the_shared_volume_everywhere() -> None:
     assert config_map(docs)["IMGFLOW_STORAGE_DIR"] == "/srv/imgflow"
 
 
+def test_s3_storage_sets_the_bucket_and_the_credentials_from_a_secret() -> None:
+    config = {
+        "storageBackend": "s3",
+        "s3Endpoint": "http://seaweedfs-s3.storage:8333",
+        "s3Bucket": "thumbs",
+        "s3Region": "eu-west-1",
+        "s3Presign": True,
+        "s3PublicEndpoint": "https://s3.example.com",
+    }
+    docs = render({"config": config, "s3Credentials": {"accessKeyId": "AK", "secretAccessKey": "SK"}})
+    data = config_map(docs)
+    storage = {k: v for k, v in data.items() if k.startswith(("IMGFLOW_S3_", "IMGFLOW_STORAGE_"))}
+    parsed = Settings.model_validate({k.removeprefix("IMGFLOW_").lower(): v for k, v in storage.items()})
+    assert (parsed.storage_backend, parsed.s3_bucket, parsed.s3_region) == ("s3", "thumbs", "eu-west-1")
+    assert (parsed.s3_endpoint, parsed.s3_public_endpoint) == (
+        config["s3Endpoint"],
+        config["s3PublicEndpoint"],
+    )
+    assert parsed.s3_presign is True
+    assert "IMGFLOW_S3_SECRET_ACCESS_KEY" not in data  # never in the ConfigMap
+    stored = secret_data(one(docs, "Secret", f"{REL}-imgflow-connections"))
+    assert (stored["s3-access-key-id"], stored["s3-secret-access-key"]) == ("AK", "SK")
+    secret = f"{REL}-imgflow-connections"
+    for name in (API, WORKER, OPERATOR):
+        env = env_of(container(one(docs, "Deployment", name)))
+        assert env["IMGFLOW_S3_ACCESS_KEY_ID"] == {
+            "secretKeyRef": {"name": secret, "key": "s3-access-key-id", "optional": True}
+        }
+        assert env["IMGFLOW_S3_SECRET_ACCESS_KEY"] == {
+            "secretKeyRef": {"name": secret, "key": "s3-secret-access-key", "optional": True}
+        }
+    # the backends' Deployments roll when the credentials change
+    other = render({"config": config, "s3Credentials": {"accessKeyId": "AK", "secretAccessKey": "SK2"}})
+    annotations = one(docs, "Deployment", WORKER)["spec"]["template"]["metadata"]["annotations"]
+    changed = one(other, "Deployment", WORKER)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["checksum/connections"] != changed["checksum/connections"]
+
+
+def test_s3_credentials_from_a_secret_of_ones_own_or_the_pods_identity() -> None:
+    own = render(
+        {
+            "config": {"storageBackend": "s3"},
+            "s3Credentials": {"existingSecret": "aws", "accessKeyIdKey": "id", "secretAccessKeyKey": "key"},
+        }
+    )
+    env = env_of(container(one(own, "Deployment", WORKER)))
+    assert env["IMGFLOW_S3_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": "aws", "key": "id", "optional": True}
+    assert env["IMGFLOW_S3_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "aws"
+    # none given: the chart's Secret holds none, and botocore finds the pod's identity (IRSA, ...)
+    bare = render({"config": {"storageBackend": "s3"}})
+    assert "s3-access-key-id" not in secret_data(one(bare, "Secret", f"{REL}-imgflow-connections"))
+    # other backends are given no S3 credentials at all
+    assert "IMGFLOW_S3_ACCESS_KEY_ID" not in env_of(container(one(render(), "Deployment", WORKER)))
+
+
 def test_image_tags_and_digests() -> None:
     digest = "sha256:" + "a" * 64
     docs = render({"image": {"tag": "1.2.3"}, "worker": {"image": {"tag": "9.9.9", "digest": digest}}})
@@ -566,9 +628,12 @@ def test_platform_assigned_uids_are_possible() -> None:
         ({"worker": {"autoscaling": {"maxReplicas": 0}}}, "at '/worker/autoscaling/maxReplicas'"),
         ({"config": {"jpegQuality": 101}}, "at '/config/jpegQuality': maximum"),
         (
-            {"config": {"storageBackend": "s3"}},
-            "at '/config/storageBackend': value must be one of 'gridfs', 'local'",
+            {"config": {"storageBackend": "swift"}},
+            "at '/config/storageBackend': value must be one of 'gridfs', 'local', 's3'",
         ),
+        ({"config": {"s3Endpoint": "s3.example:8333"}}, "at '/config/s3Endpoint'"),
+        ({"config": {"s3Prefix": "imgflow"}}, "at '/config/s3Prefix'"),
+        ({"s3Credentials": {"accessKey": "AK"}}, "at '/s3Credentials': additional properties 'accessKey'"),
         ({"api": {"service": {"type": "Ingress"}}}, "at '/api/service/type': value must be one of"),
         ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy': value must be one of"),
         ({"api": {"replicas": "two"}}, "at '/api/replicas': got string, want integer"),
@@ -621,6 +686,18 @@ def test_schema_refuses_bad_values(values: dict[str, Any], message: str, tmp_pat
         ({"redis": {"enabled": False}}, "no Redis: set externalRedis.url, existingSecret.name"),
         ({"mongodb": {"enabled": False}}, "no MongoDB: set externalMongodb.url, existingSecret.name"),
         ({"config": {"storageBackend": "local"}}, "config.storageBackend=local needs storageVolume"),
+        (
+            {"s3Credentials": {"accessKeyId": "AK"}},
+            "s3Credentials.accessKeyId and s3Credentials.secretAccessKey go together",
+        ),
+        (
+            {
+                "existingSecret": {"name": "s"},
+                "s3Credentials": {"accessKeyId": "AK", "secretAccessKey": "SK"},
+            },
+            "put the credentials in that Secret",
+        ),
+        ({"config": {"s3Presign": True}}, "config.s3Presign needs config.storageBackend=s3"),
         (
             {"existingSecret": {"name": "s"}, "externalRedis": {"url": "redis://r:6379/0"}},
             "existingSecret.name and externalRedis.url/externalMongodb.url exclude each other",

@@ -181,6 +181,16 @@ Checks across values that the JSON schema cannot express; fails rendering with a
 {{- if and .Values.existingSecret.name (or .Values.externalRedis.url .Values.externalMongodb.url) -}}
 {{- fail "existingSecret.name and externalRedis.url/externalMongodb.url exclude each other: put the URLs in the Secret" -}}
 {{- end -}}
+{{- $s3 := .Values.s3Credentials -}}
+{{- if ne (not $s3.accessKeyId) (not $s3.secretAccessKey) -}}
+{{- fail "s3Credentials.accessKeyId and s3Credentials.secretAccessKey go together" -}}
+{{- end -}}
+{{- if and $s3.accessKeyId (or .Values.existingSecret.name $s3.existingSecret) -}}
+{{- fail "s3Credentials.accessKeyId is stored in the chart's Secret, which existingSecret.name or s3Credentials.existingSecret replaces: put the credentials in that Secret" -}}
+{{- end -}}
+{{- if and .Values.config.s3Presign (ne .Values.config.storageBackend "s3") -}}
+{{- fail "config.s3Presign needs config.storageBackend=s3" -}}
+{{- end -}}
 {{- if eq .Values.config.storageBackend "local" -}}
 {{- if not .Values.storageVolume -}}
 {{- fail "config.storageBackend=local needs storageVolume (a volume shared by the API, worker and operator pods, e.g. a ReadWriteMany PVC)" -}}
@@ -238,6 +248,22 @@ Environment shared by the imgflow containers: the ConfigMap plus the two URLs fr
       name: {{ include "imgflow.secretName" . }}
       key: {{ .Values.existingSecret.adminKeyKey }}
       optional: true
+{{- if eq .Values.config.storageBackend "s3" }}
+{{- /* optional: without them botocore uses the pod's own identity (IRSA, web identity) */}}
+{{- $s3Secret := .Values.s3Credentials.existingSecret | default (include "imgflow.secretName" .) }}
+- name: IMGFLOW_S3_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3Secret }}
+      key: {{ .Values.s3Credentials.accessKeyIdKey }}
+      optional: true
+- name: IMGFLOW_S3_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3Secret }}
+      key: {{ .Values.s3Credentials.secretAccessKeyKey }}
+      optional: true
+{{- end }}
 {{- end }}
 
 {{/*
@@ -246,8 +272,8 @@ Pod annotations that roll the pods when the configuration or the connection Secr
 {{- define "imgflow.configChecksums" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- if not .Values.existingSecret.name }}
-{{- /* the URLs only: the generated admin key is not known before the Secret exists */}}
-checksum/connections: {{ printf "%s|%s" .Values.externalRedis.url .Values.externalMongodb.url | sha256sum }}
+{{- /* the URLs and S3 credentials only: the generated admin key is not known before the Secret exists */}}
+checksum/connections: {{ printf "%s|%s|%s|%s" .Values.externalRedis.url .Values.externalMongodb.url .Values.s3Credentials.accessKeyId .Values.s3Credentials.secretAccessKey | sha256sum }}
 {{- end }}
 {{- end }}
 
