@@ -30,6 +30,16 @@ def api_client(base_url: str = "", *, key: str = ADMIN_KEY, **kwargs: Any) -> ht
     return httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, **kwargs)
 
 
+async def make_key(admin: httpx.AsyncClient, tenant: str, *scopes: str, **limits: float) -> str:
+    """A new API key of ``tenant`` with these scopes, made by an admin client."""
+    reply = await admin.post(
+        "/api/admin/keys", json={"tenant": tenant, "scopes": list(scopes), "name": "test", "limits": limits}
+    )
+    assert reply.status_code == 201, reply.text
+    key: str = reply.json()["key"]
+    return key
+
+
 async def submit(
     client: httpx.AsyncClient,
     data: bytes,

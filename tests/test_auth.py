@@ -18,19 +18,10 @@ from imgflow.core.keys import Scope, new_key
 from imgflow.core.settings import Settings
 from imgflow.core.store import connect
 from tests import images
-from tests.client import ADMIN_KEY, JOBS, api_client, submit, wait_finished
+from tests.client import ADMIN_KEY, JOBS, api_client, make_key, submit, wait_finished
 from tests.conftest import Processes
 
 READ, WRITE, ADMIN = "jobs:read", "jobs:write", "admin"
-
-
-async def make_key(admin: httpx.AsyncClient, tenant: str, *scopes: str, **limits: float) -> str:
-    reply = await admin.post(
-        "/api/admin/keys", json={"tenant": tenant, "scopes": list(scopes), "name": "test", "limits": limits}
-    )
-    assert reply.status_code == 201, reply.text
-    key: str = reply.json()["key"]
-    return key
 
 
 def routes(job_id: str, thumbnail: str, key_id: str) -> list[tuple[str, str, str]]:

@@ -13,9 +13,9 @@ from redis.asyncio import Redis
 from imgflow.core import quota
 from imgflow.core.settings import AuthMode, Settings
 from tests import images
-from tests.client import JOBS, api_client, submit, wait_finished
+from tests.client import JOBS, api_client, make_key, submit, wait_finished
 from tests.conftest import Processes
-from tests.test_auth import make_key, problem
+from tests.test_auth import problem
 
 READ, WRITE = "jobs:read", "jobs:write"
 POLICY = re.compile(r'^"(create|read)";q=(\d+);w=(\d+)$')

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tests import images
+from tests.client import make_key
 from tests.conftest import Stack
-from tests.test_auth import make_key
 
 # openapi-python-client reads only JSON and octet-stream bodies; thumbnails are binary
 CONFIG = """content_type_overrides:

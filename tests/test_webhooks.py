@@ -20,9 +20,8 @@ from standardwebhooks.webhooks import Webhook
 
 from imgflow.core.settings import Settings
 from tests import images
-from tests.client import JOBS, api_client, submit, wait_finished
+from tests.client import JOBS, api_client, make_key, submit, wait_finished
 from tests.conftest import Processes
-from tests.test_auth import make_key
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 

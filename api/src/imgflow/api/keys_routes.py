@@ -96,7 +96,7 @@ async def list_keys(
     _: AdminKey,
     tenant: Annotated[str | None, Query(pattern=TENANT_PATTERN, description="Only this tenant's")] = None,
 ) -> KeyList:
-    return KeyList(keys=[KeyView.of(k) for k in await state.keys.all(tenant)])
+    return KeyList(keys=[KeyView.of(k) for k in await state.keys.of_tenant(tenant)])
 
 
 @router.delete(

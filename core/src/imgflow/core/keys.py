@@ -16,11 +16,10 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
-from pymongo import ASCENDING
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from imgflow.core.jobs import utcnow
+from imgflow.core.records import TenantRecords
 
 PREFIX = "imgf_"
 # imgf_ + 16 hex id + _ + 43 url-safe base64 characters (256 bits)
@@ -81,34 +80,8 @@ def new_key(tenant: str, name: str, scopes: list[Scope], limits: Limits | None =
     return record, key
 
 
-class KeyStore:
+class KeyStore(TenantRecords[ApiKey]):
     """Keys in MongoDB, one document per key, ``_id`` = the key's id."""
 
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
-        self._keys: AsyncCollection[dict[str, Any]] = db["api_keys"]
-
-    async def ensure_indexes(self) -> None:
-        await self._keys.create_index([("tenant", ASCENDING), ("created_at", ASCENDING)], name="tenant")
-
-    async def insert(self, key: ApiKey) -> None:
-        doc = key.model_dump(mode="python", exclude={"key_id"})
-        doc["_id"] = key.key_id
-        await self._keys.insert_one(doc)
-
-    async def get(self, key_id: str) -> ApiKey | None:
-        doc = await self._keys.find_one({"_id": key_id})
-        return _from_document(doc) if doc else None
-
-    async def all(self, tenant: str | None = None, limit: int = 1000) -> list[ApiKey]:
-        query = {} if tenant is None else {"tenant": tenant}
-        cursor = self._keys.find(query).sort("created_at", ASCENDING).limit(limit)
-        return [_from_document(doc) async for doc in cursor]
-
-    async def delete(self, key_id: str) -> bool:
-        return (await self._keys.delete_one({"_id": key_id})).deleted_count == 1
-
-
-def _from_document(doc: dict[str, Any]) -> ApiKey:
-    data = dict(doc)
-    data["key_id"] = data.pop("_id")
-    return ApiKey.model_validate(data)
+        super().__init__(db["api_keys"], ApiKey, "key_id")
