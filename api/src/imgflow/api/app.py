@@ -12,7 +12,16 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from imgflow.api import admin, endpoints_routes, keys_routes, metrics, problems, progress, webhooks
+from imgflow.api import (
+    admin,
+    endpoints_routes,
+    keys_routes,
+    metrics,
+    problems,
+    progress,
+    watermarks_routes,
+    webhooks,
+)
 from imgflow.api.auth import key_cache
 from imgflow.api.middleware import Observe
 from imgflow.api.ratelimit import RateLimiter
@@ -28,6 +37,7 @@ from imgflow.core.snapshots import Snapshots
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.core.submit import requeue_lost
+from imgflow.core.watermarks import WatermarkStore
 
 log = logging.getLogger("imgflow.api")
 
@@ -88,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=redis,
             keys=keys,
             endpoints=EndpointStore(db),
+            watermarks=WatermarkStore(db),
             key_cache=key_cache(keys, settings.key_cache_s),
             limiter=RateLimiter(redis, settings.stream),
         )
@@ -102,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.store.ensure_indexes()
             await keys.ensure_indexes()
             await state.endpoints.ensure_indexes()
+            await state.watermarks.ensure_indexes()
         except Exception:
             log.warning("could not create indexes now (MongoDB down?); /readyz will say so", exc_info=True)
         try:
@@ -138,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(keys_routes.router)
     app.include_router(endpoints_routes.router)
+    app.include_router(watermarks_routes.router)
     app.include_router(progress.router)
     app.include_router(webhooks.router)
 

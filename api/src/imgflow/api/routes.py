@@ -22,11 +22,13 @@ from imgflow.api.uploads import FILE_FIELD, receive_upload
 from imgflow.core import quota
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import (
+    COMPASS,
     GRAVITY_PATTERN,
     MAX_BLUR,
     MAX_PIXELATE,
     MAX_SHARPEN,
     MAX_VARIANTS,
+    MAX_WATERMARK_MARGIN,
     Fit,
     Job,
     JobStatus,
@@ -45,6 +47,7 @@ from imgflow.core.settings import AuthMode, Settings
 from imgflow.core.storage import NotFound
 from imgflow.core.store import InvalidCursor, PageCursor
 from imgflow.core.submit import submit_job
+from imgflow.core.watermarks import unusable_watermark
 
 router = APIRouter(tags=["jobs"])
 JOBS = "/api/image-processing/jobs"
@@ -112,6 +115,38 @@ UPLOAD_FORM_DOC = {
                             "minimum": 1,
                             "maximum": 100,
                             "description": "Encoder quality (JPEG, WebP, AVIF); default per format",
+                        },
+                        "watermark": {
+                            "type": "string",
+                            "pattern": r"^wm_[0-9a-f]{16}$",
+                            "description": "Id of one of the tenant's watermarks (POST /api/watermarks), "
+                            "composited onto the output",
+                        },
+                        # no "default"s beside the watermark: generated clients would send them
+                        # without one, which is refused (each needs a watermark)
+                        "watermarkPosition": {
+                            "type": "string",
+                            "enum": list(COMPASS),
+                            "description": "Where the watermark goes; default south-east",
+                        },
+                        "watermarkMargin": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": MAX_WATERMARK_MARGIN,
+                            "description": "Output pixels between the watermark and the edges; default 16",
+                        },
+                        "watermarkOpacity": {
+                            "type": "number",
+                            "minimum": 0.05,
+                            "maximum": 1,
+                            "description": "Default 1",
+                        },
+                        "watermarkScale": {
+                            "type": "number",
+                            "minimum": 0.01,
+                            "maximum": 1,
+                            "description": "The watermark's width as a fraction of the output's "
+                            "(default 0.25)",
                         },
                         "variants": {
                             "type": "string",
@@ -240,6 +275,12 @@ async def _accept(
             )
         except InvalidOption as exc:
             raise Problem(422, "Invalid request", str(exc)) from exc
+        try:
+            refused = await unusable_watermark(outputs, principal.tenant, state.watermarks)
+        except PyMongoError as exc:
+            raise unavailable("MongoDB") from exc
+        if refused:
+            raise Problem(422, "Invalid request", refused)
         callback_url = await _callback_url(upload.fields.get("callbackUrl", "").strip(), settings)
         path = upload.path
         assert path is not None

@@ -43,6 +43,11 @@ class Options(Camel):
     pixelate: int | None = None
     grayscale: bool | None = Field(None, description="Present (true) when asked for")
     quality: int | None = None
+    watermark: str | None = None
+    watermark_position: str | None = Field(None, description="With a watermark: where it goes")
+    watermark_margin: int | None = None
+    watermark_opacity: float | None = None
+    watermark_scale: float | None = None
 
 
 class VariantView(Camel):
@@ -134,7 +139,12 @@ class JobView(Camel):
 
 
 def _options(spec: ThumbnailSpec) -> Options:
-    return Options(**{**spec.model_dump(), "grayscale": spec.grayscale or None})
+    shown = spec.model_dump(exclude=set() if spec.watermark else WATERMARK_PLACEMENT)
+    return Options(**{**shown, "grayscale": spec.grayscale or None})
+
+
+# shown beside a watermark only
+WATERMARK_PLACEMENT = {"watermark_position", "watermark_margin", "watermark_opacity", "watermark_scale"}
 
 
 class JobList(Camel):

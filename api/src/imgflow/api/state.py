@@ -16,6 +16,7 @@ from imgflow.core.keys import ApiKey, KeyStore
 from imgflow.core.settings import Settings
 from imgflow.core.storage import Storage
 from imgflow.core.store import JobStore
+from imgflow.core.watermarks import WatermarkStore
 
 if TYPE_CHECKING:
     from imgflow.api.expiring import Expiring
@@ -32,6 +33,7 @@ class AppState:
     redis: Redis
     keys: KeyStore
     endpoints: EndpointStore
+    watermarks: WatermarkStore
     key_cache: Expiring[ApiKey | None]
     limiter: RateLimiter
     # Uploads being received now: each holds a connection and up to max_upload_bytes of /tmp.

@@ -117,14 +117,19 @@ class _FormReader:
 
 @contextlib.asynccontextmanager
 async def receive_upload(
-    request: Request, settings: Settings, tmpdir: str | None = None, *, digest: bool = False
+    request: Request,
+    settings: Settings,
+    tmpdir: str | None = None,
+    *,
+    digest: bool = False,
+    max_bytes: int | None = None,
 ) -> AsyncIterator[Upload]:
     """Parse the request's multipart body; the temporary file is removed when the block ends.
 
     A body that pauses longer than ``upload_idle_timeout_s``, or takes longer than
     ``upload_deadline_s`` in all, is dropped with 408: a slow client cannot hold a connection and
     a temporary file for ever."""
-    max_bytes = settings.max_upload_bytes
+    max_bytes = max_bytes or settings.max_upload_bytes
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:

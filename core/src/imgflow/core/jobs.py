@@ -115,6 +115,7 @@ MAX_VARIANTS = 10
 MAX_BLUR = 50.0
 MAX_SHARPEN = 10.0
 MAX_PIXELATE = 256
+MAX_WATERMARK_MARGIN = 1000
 
 
 class ThumbnailSpec(BaseModel):
@@ -134,6 +135,14 @@ class ThumbnailSpec(BaseModel):
     grayscale: bool = False
     # encoder quality (JPEG, WebP, AVIF; PNG is lossless); None: the format's default
     quality: int | None = Field(None, ge=1, le=100)
+    # a tenant's watermark (imgflow.core.watermarks) composited onto the output, where the
+    # position says (a compass point), ``margin`` output pixels in from the edges, its width
+    # ``scale`` times the output's
+    watermark: str | None = Field(None, pattern=r"^wm_[0-9a-f]{16}$")
+    watermark_position: str = Field("south-east", pattern=rf"^({'|'.join(COMPASS)})$")
+    watermark_margin: int = Field(16, ge=0, le=MAX_WATERMARK_MARGIN)
+    watermark_opacity: float = Field(1.0, ge=0.05, le=1.0)
+    watermark_scale: float = Field(0.25, ge=0.01, le=1.0)
 
 
 class UploadSource(BaseModel):

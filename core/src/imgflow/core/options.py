@@ -19,6 +19,7 @@ from imgflow.core.jobs import (
     MAX_PIXELATE,
     MAX_SHARPEN,
     MAX_VARIANTS,
+    MAX_WATERMARK_MARGIN,
     SMART,
     VARIANT_NAME,
     Fit,
@@ -28,18 +29,12 @@ from imgflow.core.jobs import (
 
 # the options of one output, as the form and the JSON of variants name them
 OPTION_FIELDS = (
-    "width",
-    "height",
-    "fit",
-    "format",
-    "gravity",
-    "blur",
-    "sharpen",
-    "pixelate",
-    "grayscale",
-    "quality",
+    *("width", "height", "fit", "format", "gravity"),
+    *("blur", "sharpen", "pixelate", "grayscale", "quality"),
+    *("watermark", "watermarkPosition", "watermarkMargin", "watermarkOpacity", "watermarkScale"),
 )
 VARIANT_FIELDS = ("name", *OPTION_FIELDS)
+WATERMARK_PLACEMENT = ("watermarkPosition", "watermarkMargin", "watermarkOpacity", "watermarkScale")
 
 E = TypeVar("E", Fit, OutputFormat)
 
@@ -59,6 +54,10 @@ class Outputs:
     specs: list[ThumbnailSpec]  # the first is the job's thumbnail
     preset: str | None = None
     named: bool = False  # variants (named, listed in the result) rather than one thumbnail
+
+    def fields(self, option: str) -> list[str]:
+        """How each output's ``option`` is named in messages, in order."""
+        return [f"variants[{i}].{option}" for i in range(len(self.specs))] if self.named else [option]
 
 
 def accepted_format(accept: str) -> OutputFormat:
@@ -206,7 +205,30 @@ def read_spec(fields: Mapping[str, str], limits: Limits, accept: str = "", at: s
         pixelate=_whole(fields, "pixelate", 2, MAX_PIXELATE, at),
         grayscale=_flag(fields, "grayscale", at),
         quality=_whole(fields, "quality", 1, 100, at),
+        **_watermark(fields, at),
     )
+
+
+def _watermark(fields: Mapping[str, str], at: str) -> dict[str, Any]:
+    """The watermark options; its placement options only beside a watermark."""
+    mark = fields.get("watermark", "").strip()
+    if not mark:
+        given = [name for name in WATERMARK_PLACEMENT if fields.get(name, "").strip()]
+        if given:
+            raise InvalidOption(f"{at}{given[0]} needs {at}watermark (the id of an uploaded watermark).")
+        return {}
+    if not re.match(r"^wm_[0-9a-f]{16}$", mark):
+        raise InvalidOption(f"{at}watermark must be a watermark id (wm_ and 16 hex digits), not {mark!r}.")
+    position = fields.get("watermarkPosition", "").strip().lower() or "south-east"
+    if position not in COMPASS:
+        raise InvalidOption(f"{at}watermarkPosition must be one of {', '.join(COMPASS)}, not {position!r}.")
+    placement = {
+        "watermark_margin": _whole(fields, "watermarkMargin", 0, MAX_WATERMARK_MARGIN, at),
+        "watermark_opacity": _number(fields, "watermarkOpacity", 0.05, 1.0, at),
+        "watermark_scale": _number(fields, "watermarkScale", 0.01, 1.0, at),
+    }
+    given_placement = {name: value for name, value in placement.items() if value is not None}
+    return {"watermark": mark, "watermark_position": position, **given_placement}
 
 
 def _number(

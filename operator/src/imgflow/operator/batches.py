@@ -25,6 +25,7 @@ from imgflow.core.snapshots import Snapshots
 from imgflow.core.storage import NotFound, Storage, make_storage
 from imgflow.core.store import Document, JobStore, connect
 from imgflow.core.submit import submit_job
+from imgflow.core.watermarks import WatermarkStore, unusable_watermark
 from imgflow.operator.imagejob import (
     SourceItem,
     SourceState,
@@ -50,6 +51,7 @@ class Context:
     broker: RedisBroker
     redis: Redis
     kube: Kube
+    watermarks: WatermarkStore
 
     @classmethod
     async def open(cls, settings: OperatorSettings) -> Context:
@@ -59,7 +61,8 @@ class Context:
         await broker.connect()
         redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0)
         store = JobStore(db, Snapshots(redis, settings))
-        return cls(settings, mongo, store, make_storage(settings, db), broker, redis, Kube())
+        storage = make_storage(settings, db)
+        return cls(settings, mongo, store, storage, broker, redis, Kube(), WatermarkStore(db))
 
     async def close(self) -> None:
         await self.broker.stop()
@@ -106,7 +109,8 @@ async def submit_sources(
     user_id = str(spec["userId"])
     tenant = str(spec.get("tenant") or ctx.settings.default_tenant)
     try:
-        outputs, refusal = job_outputs(spec, ctx.settings.presets, ctx.settings.output_limits), None
+        outputs = job_outputs(spec, ctx.settings.presets, ctx.settings.output_limits)
+        refusal = await unusable_watermark(outputs, tenant, ctx.watermarks)
     except InvalidOption as exc:  # every source is refused with it
         outputs, refusal = Outputs([]), str(exc)
     states: list[SourceState] = []

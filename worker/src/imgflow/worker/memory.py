@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 
+from imgflow.core import watermarks
 from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec, outside_size
 from imgflow.core.probe import ImageInfo
 from imgflow.worker.steps.load import load_options
@@ -82,7 +83,9 @@ def job_memory_bytes(info: ImageInfo, specs: Sequence[ThumbnailSpec], source_byt
     rows = ROWS_BESIDE_WHOLE if whole else STREAMED_ROWS
     # outputs are made one after the other: the largest counts
     outputs = max(_output_bytes(info, spec) for spec in specs)
-    return int(FIXED + source_bytes + whole * WHOLE_MARGIN + row * rows + outputs)
+    # each watermark decoded (RGBA) and a scaled copy
+    marks = len({spec.watermark for spec in specs if spec.watermark}) * 2 * watermarks.MAX_SIDE**2 * 4
+    return int(FIXED + source_bytes + whole * WHOLE_MARGIN + row * rows + outputs + marks)
 
 
 def _output_bytes(info: ImageInfo, spec: ThumbnailSpec) -> int:

@@ -8,11 +8,11 @@ encoded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from imgflow.core.jobs import OutputFormat, ThumbnailSpec
-from imgflow.core.probe import ImageInfo, probe_buffer
+from imgflow.core.probe import ImageInfo, open_buffer, probe_buffer
 from imgflow.worker.steps.colour import to_srgb
 from imgflow.worker.steps.crop import crop
 from imgflow.worker.steps.encode import encode
@@ -22,6 +22,7 @@ from imgflow.worker.steps.load import open_source
 from imgflow.worker.steps.pad import pad
 from imgflow.worker.steps.resize import resize
 from imgflow.worker.steps.rotate import autorotate
+from imgflow.worker.steps.watermark import prepare, watermark
 from imgflow.worker.work import Work
 
 Step = Callable[[Work], Work]
@@ -36,6 +37,7 @@ STEPS: tuple[Step, ...] = (
     sharpen,
     grayscale,
     pad,  # contain: centre on a box-sized canvas
+    watermark,  # the tenant's mark, on the picture as the client sees it
     flatten,  # JPEG: alpha onto white
 )
 
@@ -56,14 +58,19 @@ def make_thumbnails(
     max_side: int,
     quality: int,
     info: ImageInfo | None = None,
+    watermarks: Mapping[str, bytes] | None = None,
 ) -> list[Thumbnail]:
     """Run the whole pipeline on an encoded source, one result per spec, in order; raises for
-    anything that is not a usable image."""
+    anything that is not a usable image. ``watermarks``: the PNG of each watermark the specs name,
+    by id."""
     info = info or probe_buffer(data, max_pixels=max_pixels, max_side=max_side)
     source = open_source(data, info, specs)
+    marks = {
+        mark_id: prepare(open_buffer(png, access="random")) for mark_id, png in (watermarks or {}).items()
+    }
     thumbnails = []
     for spec in specs:
-        work = Work(image=source, spec=spec, orientation=info.orientation)
+        work = Work(image=source, spec=spec, orientation=info.orientation, watermarks=marks)
         for step in STEPS:
             work = step(work)
         encoded = encode(work.image, spec.format, quality, spec.quality)

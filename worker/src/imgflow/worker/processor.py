@@ -37,6 +37,7 @@ from imgflow.core.queue import add_dead_letter, schedule_retry
 from imgflow.core.settings import Settings
 from imgflow.core.storage import NotFound, Storage
 from imgflow.core.store import JobStore
+from imgflow.core.watermarks import watermark_key
 from imgflow.core.webhooks import file_finished
 from imgflow.worker import metrics
 from imgflow.worker.memory import MB, MemoryBudget, OverBudget, job_memory_bytes
@@ -86,9 +87,10 @@ class Processor:
             if too_large:  # an upload was checked at the door; a URL source is first seen here
                 raise BadSource(too_large)
             # Known before decoding: jobs wait until their memory fits beside the running ones.
+            marks = await self._watermarks(job)
             async with self._memory.hold(job_memory_bytes(info, job.outputs, len(source))):
                 thumbnails = await anyio.to_thread.run_sync(
-                    self._thumbnails, source, info, job, limiter=self._limiter
+                    self._thumbnails, source, info, job, marks, limiter=self._limiter
                 )
         except OverBudget as exc:
             await self._fail(job, str(exc))
@@ -148,13 +150,26 @@ class Processor:
         except Exception as exc:  # the backends raise OSError, PyMongoError, ...
             raise PassingFailure(f"Could not read the original from storage: {exc}") from exc
 
+    async def _watermarks(self, job: Job) -> dict[str, bytes]:
+        """The PNG of each watermark the job's outputs name (checked at the door; deleted since:
+        the job fails)."""
+        marks: dict[str, bytes] = {}
+        for mark in {spec.watermark for spec in job.outputs if spec.watermark}:
+            try:
+                marks[mark] = await self.storage.read(watermark_key(mark))
+            except NotFound:
+                raise BadSource(f"The watermark {mark} was deleted after the job was accepted.") from None
+            except Exception as exc:  # the backends raise OSError, PyMongoError, ...
+                raise PassingFailure(f"Could not read the watermark from storage: {exc}") from exc
+        return marks
+
     def _probe(self, data: bytes) -> ImageInfo:
         try:
             return probe_buffer(data, max_pixels=self.settings.max_pixels, max_side=self.settings.max_side)
         except (UnsupportedImage, ImageTooLarge) as exc:
             raise BadSource(str(exc)) from exc
 
-    def _thumbnails(self, data: bytes, info: ImageInfo, job: Job) -> list[Thumbnail]:
+    def _thumbnails(self, data: bytes, info: ImageInfo, job: Job, marks: dict[str, bytes]) -> list[Thumbnail]:
         try:
             s = self.settings
             return make_thumbnails(
@@ -164,6 +179,7 @@ class Processor:
                 max_side=s.max_side,
                 quality=s.jpeg_quality,
                 info=info,  # probed already (_probe): decoding is all that can fail here
+                watermarks=marks,
             )
         except pyvips.Error as exc:
             raise BadSource(_vips_message(exc)) from exc

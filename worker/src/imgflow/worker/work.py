@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 import pyvips
 
@@ -17,6 +18,8 @@ class Work:
     image: pyvips.Image
     spec: ThumbnailSpec
     orientation: int = 1  # EXIF orientation not yet applied to ``image``
+    # the job's watermarks by id, decoded (sRGB with alpha), for the watermark step
+    watermarks: Mapping[str, pyvips.Image] = field(default_factory=dict)
 
     @property
     def box(self) -> tuple[int, int]:
