@@ -3,16 +3,18 @@
 Starts Redis, the MongoDB-wire server (FerretDB unless ``mongod`` or ``MONGODB_URL`` is there), the
 API and one worker process (``IMGFLOW_WORKER_CONCURRENCY=2``, libvips' default threads) on loopback,
 all sharing this machine's cores. Originals and thumbnails go to the local storage backend (a
-directory) unless ``BENCH_E2E_STORAGE=gridfs``: FerretDB's SQLite backend scans every stored
-chunk for each GridFS operation, so with GridFS each job costs more than the one before (about
-+60 ms per GridFS operation for every 3 MB original already stored, measured here) and the figures
-would describe FerretDB, not imgflow. With mongod or ``MONGODB_URL``, GridFS is a fair choice. Then
-``BENCH_E2E_PASSES`` passes over the corpus (default 3) are submitted with
+directory) unless ``BENCH_E2E_STORAGE=gridfs`` or ``=s3`` (SeaweedFS's ``weed server -s3`` from
+.tools, started on loopback beside the others and counted with them). FerretDB's SQLite backend
+scans every stored chunk for each GridFS operation, so with GridFS each job costs more than the
+one before (about +60 ms per GridFS operation for every 3 MB original already stored, measured
+here) and the figures would describe FerretDB, not imgflow. With mongod or ``MONGODB_URL``,
+GridFS is a fair choice. Then ``BENCH_E2E_PASSES`` passes over the corpus (default 3) are submitted with
 ``POST /api/image-processing/jobs`` by ``BENCH_E2E_INFLIGHT`` clients (default 4: twice what the
 worker takes at once, so it never waits for work), each following
 its job on ``GET /api/image-processing/jobs/{jobId}/events`` (Server-Sent Events) until it is
 completed (``BENCH_E2E_WAIT=poll``: polling ``GET .../jobs/{jobId}`` every ``BENCH_E2E_POLL_MS``,
 50, instead), then submitting the next. A short warm-up (one image per subset) comes first and is not counted.
+``BENCH_E2E_SUBSETS`` (e.g. ``jpeg1080``; default all) keeps to some subsets of the corpus.
 
 Latency is submit-to-completed: from the moment the client starts the POST to the job's
 ``result.processedAt``, which the worker stamps just before it records the job completed (same
@@ -43,7 +45,7 @@ import httpx
 from bench import corpus, ops
 from bench.system import Usage, status_kb, tree_cpu_seconds
 from imgflow.core.settings import Settings, StorageBackend
-from scripts.servers import free_port, start_stack
+from scripts.servers import S3Server, free_port, seaweedfs_server, start_stack
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / ".results"
@@ -153,10 +155,34 @@ def _raise_exit(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
+def start_s3(workdir: Path, logs: Path) -> tuple[S3Server, dict[str, Any]]:
+    """SeaweedFS on loopback, and the settings that store in it."""
+    s3 = seaweedfs_server(workdir / "seaweedfs")
+    s3.server.log = logs / "e2e-seaweedfs.log"
+    s3.server.start()
+    try:
+        s3.wait_ready()
+    except BaseException:
+        s3.stop()
+        raise
+    return s3, {
+        "s3_endpoint": s3.endpoint,
+        "s3_bucket": "imgflow-bench",
+        "s3_access_key_id": s3.access_key,
+        "s3_secret_access_key": s3.secret_key,
+    }
+
+
 async def bench(
-    logs: Path, workdir: Path, passes: int, inflight: int, storage: StorageBackend
+    logs: Path,
+    workdir: Path,
+    passes: int,
+    inflight: int,
+    storage: StorageBackend,
+    subsets: set[str] | None = None,
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
+    s3, s3_settings = start_s3(workdir, logs) if storage is StorageBackend.s3 else (None, {})
     settings = Settings.model_validate(
         {
             "mongodb_database": f"imgflow_bench_{tag}",
@@ -167,16 +193,24 @@ async def bench(
             "api_port": free_port(),
             "worker_metrics_port": free_port(),
             "worker_concurrency": 2,
+            **s3_settings,
         }
     )
-    stack = start_stack(settings, workdir, logs=logs)
+    try:
+        stack = start_stack(settings, workdir, logs=logs)
+    except BaseException:
+        if s3 is not None:
+            s3.stop()
+        raise
     api, worker, redis, mongo = stack.api, stack.worker, stack.redis, stack.mongo
     try:
-        images = corpus.images()
-        warmup = [next(i for i in images if i.subset == s.key) for s in corpus.SUBSETS]
+        images = [i for i in corpus.images() if subsets is None or i.subset in subsets]
+        warmup = [next(i for i in images if i.subset == key) for key in {i.subset for i in images}]
         work = images * passes
         random.Random(7).shuffle(work)  # the subsets evenly mixed over the run
         procs = {"worker": worker, "API": api, mongo.kind: mongo.server, "Redis": redis}
+        if s3 is not None:
+            procs["SeaweedFS"] = s3.server
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{stack.settings.api_port}",
             timeout=60,
@@ -237,13 +271,16 @@ async def bench(
         }
     finally:
         stack.stop()
+        if s3 is not None:
+            s3.stop()
 
 
 def print_table(result: dict[str, Any]) -> None:
     lat, up, lag = result["latency_ms"], result["upload_ms"], result["poll_lag_ms"]
     print(
-        f"\nEnd-to-end: {result['jobs']} jobs ({result['passes']} passes over the "
-        f"{len(corpus.images())}-image corpus), {result['inflight']} in flight. API, one worker "
+        f"\nEnd-to-end: {result['jobs']} jobs ({result['passes']} passes over "
+        f"{result['jobs'] // result['passes']} images of the corpus), {result['inflight']} in flight. "
+        "API, one worker "
         f"(IMGFLOW_WORKER_CONCURRENCY=2, VIPS_CONCURRENCY {result['worker_vips_concurrency']}), "
         f"Redis and {result['mongo']} ({result['storage']} storage) all share this machine's cores."
     )
@@ -326,6 +363,10 @@ def main() -> None:
     passes = int(os.environ.get("BENCH_E2E_PASSES", "3"))
     inflight = int(os.environ.get("BENCH_E2E_INFLIGHT", "4"))
     storage = StorageBackend(os.environ.get("BENCH_E2E_STORAGE", "local"))
+    chosen = os.environ.get("BENCH_E2E_SUBSETS", "")
+    subsets = {key.strip() for key in chosen.split(",") if key.strip()} or None
+    if subsets is not None and not subsets <= {s.key for s in corpus.SUBSETS}:
+        parser.error(f"BENCH_E2E_SUBSETS: not subsets of the corpus: {sorted(subsets)}")
     corpus.ensure()
     logs = args.out.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -334,7 +375,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _raise_exit)  # so the servers are stopped on `kill` too
     workdir = Path(tempfile.mkdtemp(prefix="imgflow-bench-e2e-"))
     try:
-        result = asyncio.run(bench(logs, workdir, passes, inflight, storage))
+        result = asyncio.run(bench(logs, workdir, passes, inflight, storage, subsets))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.engine.exists():

@@ -7,7 +7,8 @@
 #   --investigate   also time candidate changes to the worker's thumbnail step (about 4 min more)
 #   --node          also autoscaling with real pods on the local node (make cluster-up; ~3 min)
 # Knobs: BENCH_ROUNDS (5), BENCH_SECONDS (0.5) per engine measurement; BENCH_E2E_PASSES (3),
-#        BENCH_E2E_INFLIGHT (4), BENCH_E2E_STORAGE (local|gridfs) for the end-to-end part.
+#        BENCH_E2E_INFLIGHT (4), BENCH_E2E_STORAGE (local|gridfs|s3), BENCH_E2E_SUBSETS (all; e.g.
+#        jpeg1080) for the end-to-end part.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
