@@ -115,7 +115,12 @@ def test_animated_gif_gives_its_first_frame() -> None:
 
 
 def test_output_formats_are_what_was_asked() -> None:
-    loaders = {"jpeg": "jpegload_buffer", "png": "pngload_buffer", "webp": "webpload_buffer"}
+    loaders = {
+        "jpeg": "jpegload_buffer",
+        "png": "pngload_buffer",
+        "webp": "webpload_buffer",
+        "gif": "gifload_buffer",
+    }
     for fmt in OutputFormat:
         data = thumb(images.jpeg(), format=fmt.value).data
         if (

@@ -36,10 +36,9 @@ from imgflow.core.jobs import (
     UploadSource,
     new_job_id,
     original_key,
-    oversize,
     utcnow,
 )
-from imgflow.core.options import InvalidOption, read_outputs
+from imgflow.core.options import InvalidOption, read_outputs, refusal
 from imgflow.core.probe import ImageTooLarge, UndecodableImage, UnsupportedImage, probe_file
 from imgflow.core.queue import QueueUnavailable
 from imgflow.core.s3storage import S3Storage
@@ -53,7 +52,7 @@ router = APIRouter(tags=["jobs"])
 JOBS = "/api/image-processing/jobs"
 USER_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 # thumbnail-<job id>.<ext>, or thumbnail-<job id>-<variant name>.<ext>
-THUMBNAIL_NAME = re.compile(r"^thumbnail-([0-9a-f-]{36})(?:-[A-Za-z0-9_@-]{1,32})?\.(jpg|png|webp|avif)$")
+THUMBNAIL_NAME = re.compile(r"^thumbnail-([0-9a-f-]{36})(?:-[A-Za-z0-9_@-]{1,32})?\.(jpg|png|webp|avif|gif)$")
 
 THUMBNAIL_TYPES = [f.media_type for f in OutputFormat]
 
@@ -115,6 +114,11 @@ UPLOAD_FORM_DOC = {
                             "minimum": 1,
                             "maximum": 100,
                             "description": "Encoder quality (JPEG, WebP, AVIF); default per format",
+                        },
+                        "animated": {
+                            "type": "boolean",
+                            "description": "An animated GIF or WebP stays animated when the output "
+                            "format can carry it (gif, webp); false: the first frame. Default true",
                         },
                         "watermark": {
                             "type": "string",
@@ -276,11 +280,11 @@ async def _accept(
         except InvalidOption as exc:
             raise Problem(422, "Invalid request", str(exc)) from exc
         try:
-            refused = await unusable_watermark(outputs, principal.tenant, state.watermarks)
+            no_mark = await unusable_watermark(outputs, principal.tenant, state.watermarks)
         except PyMongoError as exc:
             raise unavailable("MongoDB") from exc
-        if refused:
-            raise Problem(422, "Invalid request", refused)
+        if no_mark:
+            raise Problem(422, "Invalid request", no_mark)
         callback_url = await _callback_url(upload.fields.get("callbackUrl", "").strip(), settings)
         path = upload.path
         assert path is not None
@@ -299,10 +303,10 @@ async def _accept(
         except ImageTooLarge as exc:
             metrics.REJECTED.labels("422").inc()
             raise Problem(422, "Image too large", str(exc)) from exc
-        too_large = oversize(outputs.specs, info.displayed, settings.max_output_dimension)
-        if too_large:
+        refused = refusal(outputs.specs, info.format, info.displayed, info.pages, settings.output_limits)
+        if refused:
             metrics.REJECTED.labels("422").inc()
-            raise Problem(422, "Thumbnail too large", too_large)
+            raise Problem(422, *refused)
 
         job_id = new_job_id()
         source = UploadSource(key=original_key(job_id), filename=upload.filename)

@@ -43,6 +43,7 @@ class Options(Camel):
     pixelate: int | None = None
     grayscale: bool | None = Field(None, description="Present (true) when asked for")
     quality: int | None = None
+    animated: bool | None = Field(None, description="Present (false) when the job asked for the first frame")
     watermark: str | None = None
     watermark_position: str | None = Field(None, description="With a watermark: where it goes")
     watermark_margin: int | None = None
@@ -140,7 +141,9 @@ class JobView(Camel):
 
 def _options(spec: ThumbnailSpec) -> Options:
     shown = spec.model_dump(exclude=set() if spec.watermark else WATERMARK_PLACEMENT)
-    return Options(**{**shown, "grayscale": spec.grayscale or None})
+    return Options(
+        **{**shown, "grayscale": spec.grayscale or None, "animated": None if spec.animated else False}
+    )
 
 
 # shown beside a watermark only

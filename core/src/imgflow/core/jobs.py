@@ -85,6 +85,32 @@ def oversize(specs: Sequence[ThumbnailSpec], displayed: tuple[int, int], limit: 
     return None
 
 
+ANIMATED_SOURCES = ("gif", "webp")
+
+
+def too_animated(
+    specs: Sequence[ThumbnailSpec],
+    source: tuple[str, int, int],
+    max_frames: int,
+    max_pixels: int,
+) -> str | None:
+    """Why an animated output of this source (format, frames, pixels of a frame) is refused, or
+    None: every frame is decoded at once, so the frames and their pixels are bounded."""
+    source_format, pages, frame_pixels = source
+    if not any(spec.animates(source_format, pages) for spec in specs):
+        return None
+    if pages > max_frames:
+        why = f"this animation has {pages} frames, more than the {max_frames} allowed (IMGFLOW_MAX_FRAMES)"
+    elif pages * frame_pixels > max_pixels:
+        why = (
+            f"its {pages} frames hold {pages * frame_pixels:,} pixels, more than the {max_pixels:,} allowed "
+            "(IMGFLOW_MAX_ANIMATION_PIXELS)"
+        )
+    else:
+        return None
+    return f"An animated output is refused: {why}. Ask for animated=false to get the first frame."
+
+
 def outside_size(width: int, height: int, box: tuple[int, int]) -> tuple[int, int]:
     """What ``outside`` makes of a ``width`` x ``height`` image: the smallest size with its aspect
     ratio that covers the box."""
@@ -98,6 +124,13 @@ class OutputFormat(StrEnum):
     png = "png"
     webp = "webp"
     avif = "avif"  # AV1 in HEIF, through libheif
+    gif = "gif"
+
+    @property
+    def animates(self) -> bool:
+        """Whether imgflow writes animations in this format: GIF and WebP. (libvips writes the
+        frames of an AVIF as a collection of still images, not as an AVIF sequence.)"""
+        return self in (OutputFormat.gif, OutputFormat.webp)
 
     @property
     def extension(self) -> str:
@@ -143,6 +176,13 @@ class ThumbnailSpec(BaseModel):
     watermark_margin: int = Field(16, ge=0, le=MAX_WATERMARK_MARGIN)
     watermark_opacity: float = Field(1.0, ge=0.05, le=1.0)
     watermark_scale: float = Field(0.25, ge=0.01, le=1.0)
+    # an animated GIF or WebP source stays animated when the format can carry it; False: the first
+    # frame only
+    animated: bool = True
+
+    def animates(self, source_format: str, pages: int) -> bool:
+        """Whether this output of a source of ``pages`` frames is an animation."""
+        return self.animated and pages > 1 and source_format in ANIMATED_SOURCES and self.format.animates
 
 
 class UploadSource(BaseModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -25,6 +25,8 @@ from imgflow.core.jobs import (
     Fit,
     OutputFormat,
     ThumbnailSpec,
+    oversize,
+    too_animated,
 )
 
 # the options of one output, as the form and the JSON of variants name them
@@ -32,6 +34,7 @@ OPTION_FIELDS = (
     *("width", "height", "fit", "format", "gravity"),
     *("blur", "sharpen", "pixelate", "grayscale", "quality"),
     *("watermark", "watermarkPosition", "watermarkMargin", "watermarkOpacity", "watermarkScale"),
+    "animated",
 )
 VARIANT_FIELDS = ("name", *OPTION_FIELDS)
 WATERMARK_PLACEMENT = ("watermarkPosition", "watermarkMargin", "watermarkOpacity", "watermarkScale")
@@ -47,6 +50,25 @@ class InvalidOption(ValueError):
 class Limits:
     max_dimension: int  # the largest width or height an output may have
     default_size: tuple[int, int] = (100, 100)  # width and height when a job gives none
+    max_frames: int = 100  # of an animated output
+    max_animation_pixels: int = 50_000_000  # width x height x frames of an animated output
+
+
+def refusal(
+    specs: Sequence[ThumbnailSpec], source_format: str, displayed: tuple[int, int], pages: int, limits: Limits
+) -> tuple[str, str] | None:
+    """Why these outputs cannot be made of this source, known from its header (a title and a
+    sentence), or None: an ``outside`` output too large, an animation with too many frames."""
+    too_large = oversize(specs, displayed, limits.max_dimension)
+    if too_large:
+        return "Thumbnail too large", too_large
+    frame_pixels = displayed[0] * displayed[1]
+    animation = too_animated(
+        specs, (source_format, pages, frame_pixels), limits.max_frames, limits.max_animation_pixels
+    )
+    if animation:
+        return "Animation too large", animation
+    return None
 
 
 @dataclass(frozen=True)
@@ -205,6 +227,7 @@ def read_spec(fields: Mapping[str, str], limits: Limits, accept: str = "", at: s
         pixelate=_whole(fields, "pixelate", 2, MAX_PIXELATE, at),
         grayscale=_flag(fields, "grayscale", at),
         quality=_whole(fields, "quality", 1, 100, at),
+        animated=_flag(fields, "animated", at, default=True),
         **_watermark(fields, at),
     )
 
@@ -253,9 +276,11 @@ def _whole(fields: Mapping[str, str], name: str, low: int, high: int, at: str) -
     return None if value is None else int(value)
 
 
-def _flag(fields: Mapping[str, str], name: str, at: str) -> bool:
+def _flag(fields: Mapping[str, str], name: str, at: str, *, default: bool = False) -> bool:
     raw = fields.get(name, "").strip().lower()
-    if raw in ("", "false", "0"):
+    if not raw:
+        return default
+    if raw in ("false", "0"):
         return False
     if raw in ("true", "1"):
         return True

@@ -127,6 +127,15 @@ class Settings(BaseSettings):
     max_side: int = Field(
         16384, ge=1, description="Largest accepted width or height of a source (bounds extreme aspect ratios)"
     )
+    max_frames: int = Field(
+        100, ge=1, description="Most frames of an animated GIF or WebP a job may keep animated"
+    )
+    max_animation_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        description="Largest width x height x frames of an animation a job may keep animated (all "
+        "frames are decoded at once)",
+    )
 
     # Processing
     default_width: int = Field(100, ge=1, le=8192, description="Thumbnail width when a job gives none")
@@ -245,7 +254,12 @@ class Settings(BaseSettings):
 
     @property
     def output_limits(self) -> Limits:
-        return Limits(self.max_output_dimension, (self.default_width, self.default_height))
+        return Limits(
+            self.max_output_dimension,
+            (self.default_width, self.default_height),
+            self.max_frames,
+            self.max_animation_pixels,
+        )
 
     @model_validator(mode="after")
     def _presets_are_valid(self) -> Settings:
@@ -254,9 +268,11 @@ class Settings(BaseSettings):
             if not re.match(PRESET_NAME, name):
                 raise ValueError(f"preset name {name!r}: 1 to 32 of a-z, 0-9, '_', '-'")
             try:
-                read_variants(variants, self.output_limits, where=f"presets.{name}")
+                specs = read_variants(variants, self.output_limits, where=f"presets.{name}")
             except InvalidOption as exc:
                 raise ValueError(str(exc)) from exc
+            if any(spec.watermark for spec in specs):
+                raise ValueError(f"preset {name!r}: a watermark belongs to a tenant, not to a preset")
         return self
 
     @property

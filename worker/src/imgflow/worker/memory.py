@@ -22,7 +22,7 @@ import anyio
 from imgflow.core import watermarks
 from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec, outside_size
 from imgflow.core.probe import ImageInfo
-from imgflow.worker.steps.load import load_options
+from imgflow.worker.steps.load import animates, load_options
 
 MB = 1 << 20
 # the pipeline's own buffers, whatever the source: libvips' thread buffers, the encoder
@@ -56,6 +56,8 @@ AVIF_FIXED = 64 * MB
 AVIF_BYTES_PER_PIXEL = 24
 # an output held whole (for the EXIF rotation): 8-bit RGBA at most
 OUTPUT_BANDS = 4
+# an animation's frames decoded at once: RGBA, and the decoder's own canvas beside them
+ANIMATION_BYTES = 2 * 4
 
 
 class OverBudget(Exception):
@@ -80,6 +82,8 @@ def job_memory_bytes(info: ImageInfo, specs: Sequence[ThumbnailSpec], source_byt
         whole, decoded = decoded, 0  # the decoder or smartcrop holds it all (counted here)
     if len(specs) > 1:  # several outputs are made from one decode held in memory
         whole += decoded
+    if animates(info, specs):  # every frame decoded at once (RGBA), and the output's frames
+        whole = max(whole, info.pixels * info.pages * ANIMATION_BYTES)
     rows = ROWS_BESIDE_WHOLE if whole else STREAMED_ROWS
     # outputs are made one after the other: the largest counts
     outputs = max(_output_bytes(info, spec) for spec in specs)
@@ -94,6 +98,8 @@ def _output_bytes(info: ImageInfo, spec: ThumbnailSpec) -> int:
     box = (spec.width, spec.height)
     out_w, out_h = outside_size(*info.displayed, box) if spec.fit is Fit.outside else box
     held = out_w * out_h * OUTPUT_BANDS if info.orientation not in (0, 1) else 0
+    if spec.animates(info.format, info.pages):  # the output's frames, joined for the encoder
+        held += out_w * out_h * OUTPUT_BANDS * info.pages * 2
     if spec.format is OutputFormat.avif:  # libheif takes the whole output image, and AV1 more
         held += AVIF_FIXED + out_w * out_h * AVIF_BYTES_PER_PIXEL
     return held

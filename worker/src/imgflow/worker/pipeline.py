@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import pyvips
+
 from imgflow.core.jobs import OutputFormat, ThumbnailSpec
 from imgflow.core.probe import ImageInfo, open_buffer, probe_buffer
 from imgflow.worker.steps.colour import to_srgb
@@ -18,7 +20,7 @@ from imgflow.worker.steps.crop import crop
 from imgflow.worker.steps.encode import encode
 from imgflow.worker.steps.filters import blur, grayscale, pixelate, sharpen
 from imgflow.worker.steps.flatten import flatten
-from imgflow.worker.steps.load import open_source
+from imgflow.worker.steps.load import animates, open_source
 from imgflow.worker.steps.pad import pad
 from imgflow.worker.steps.resize import resize
 from imgflow.worker.steps.rotate import autorotate
@@ -68,14 +70,55 @@ def make_thumbnails(
     marks = {
         mark_id: prepare(open_buffer(png, access="random")) for mark_id, png in (watermarks or {}).items()
     }
+    animation = animates(info, specs)
+    frame_height = int(source.get("page-height")) if animation else source.height
     thumbnails = []
     for spec in specs:
-        work = Work(image=source, spec=spec, orientation=info.orientation, watermarks=marks)
-        for step in STEPS:
-            work = step(work)
-        encoded = encode(work.image, spec.format, quality, spec.quality)
-        thumbnails.append(Thumbnail(encoded, work.image.width, work.image.height, spec.format))
+        if spec.animates(info.format, info.pages):
+            frames = [
+                source.crop(0, top, source.width, frame_height)
+                for top in range(0, source.height, frame_height)
+            ]
+            image = _animation(
+                source, [_steps(Work(frame, spec, info.orientation, marks)) for frame in frames]
+            )
+        else:  # a still, or the first frame of an animation
+            first = _split(source, frame_height)[0] if animation else source
+            image = _steps(Work(first, spec, info.orientation, marks))
+        encoded = encode(image, spec.format, quality, spec.quality)
+        thumbnails.append(Thumbnail(encoded, image.width, image.height // _frames(image), spec.format))
     return thumbnails
+
+
+def _steps(work: Work) -> pyvips.Image:
+    for step in STEPS:
+        work = step(work)
+    return work.image
+
+
+def _split(source: pyvips.Image, frame_height: int) -> list[pyvips.Image]:
+    """The frames, each a still: without the source's page-height, which no step updates."""
+    frames = []
+    for top in range(0, source.height, frame_height):
+        frame = source.crop(0, top, source.width, frame_height).copy()
+        frame.remove("page-height")
+        frames.append(frame)
+    return frames
+
+
+def _animation(source: pyvips.Image, frames: list[pyvips.Image]) -> pyvips.Image:
+    """The frames one under the other, as libvips' savers take an animation, with the source's
+    frame delays and loop count."""
+    strip = pyvips.Image.arrayjoin(frames, across=1).copy()
+    strip.set_type(pyvips.GValue.gint_type, "page-height", frames[0].height)
+    for field in ("delay", "loop"):
+        if source.get_typeof(field):
+            strip.set_type(source.get_typeof(field), field, source.get(field))
+    return strip
+
+
+def _frames(image: pyvips.Image) -> int:
+    return image.height // int(image.get("page-height")) if image.get_typeof("page-height") else 1
 
 
 def make_thumbnail(

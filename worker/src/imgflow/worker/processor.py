@@ -29,9 +29,9 @@ from imgflow.core.jobs import (
     UrlSource,
     VariantResult,
     output_key,
-    oversize,
     utcnow,
 )
+from imgflow.core.options import refusal
 from imgflow.core.probe import ImageInfo, ImageTooLarge, UnsupportedImage, probe_buffer
 from imgflow.core.queue import add_dead_letter, schedule_retry
 from imgflow.core.settings import Settings
@@ -83,9 +83,11 @@ class Processor:
         try:
             source = await self._source_bytes(job)
             info = await anyio.to_thread.run_sync(self._probe, source)
-            too_large = oversize(job.outputs, info.displayed, self.settings.max_output_dimension)
-            if too_large:  # an upload was checked at the door; a URL source is first seen here
-                raise BadSource(too_large)
+            # an upload was checked at the door; a URL source is first seen here
+            limits = self.settings.output_limits
+            refused = refusal(job.outputs, info.format, info.displayed, info.pages, limits)
+            if refused:
+                raise BadSource(refused[1])
             # Known before decoding: jobs wait until their memory fits beside the running ones.
             marks = await self._watermarks(job)
             async with self._memory.hold(job_memory_bytes(info, job.outputs, len(source))):

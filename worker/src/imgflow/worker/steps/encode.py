@@ -21,6 +21,8 @@ def encode(image: pyvips.Image, fmt: OutputFormat, quality: int, asked: int | No
         data = image.pngsave_buffer(compression=6, keep="none")
     elif fmt is OutputFormat.webp:
         data = image.webpsave_buffer(Q=asked or quality, keep="none")
+    elif fmt is OutputFormat.gif:  # 256 colours per frame; an animation keeps its frames and delays
+        data = image.gifsave_buffer(keep="none")
     else:
         data = image.heifsave_buffer(
             compression="av1", Q=asked or AVIF_QUALITY, effort=AVIF_EFFORT, keep="none"

@@ -51,6 +51,8 @@ def load_options(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> dict[str, A
     # sequential read fills.
     smart = len(specs) == 1 and specs[0].fit is Fit.cover and specs[0].gravity in SMART
     options: dict[str, Any] = {"access": "random" if smart else "sequential", "fail_on": "truncated"}
+    if animates(info, specs):  # every frame, one under the other ("page-height" high each)
+        options.update(n=-1, access="random")
     if info.format == "jpeg" and jpeg_shrink(factor) > 1:
         options["shrink"] = jpeg_shrink(factor)
     elif info.format == "webp" and factor > 1:
@@ -63,8 +65,13 @@ def _reduction(info: ImageInfo, spec: ThumbnailSpec) -> float:
     return reduction(info.width, info.height, box, spec.fit)
 
 
+def animates(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> bool:
+    """Whether any of the outputs is an animation of this source."""
+    return any(spec.animates(info.format, info.pages) for spec in specs)
+
+
 def open_source(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> pyvips.Image:
-    """The source, ready for the first step. For several outputs it is decoded into memory once
-    here, and every output is derived from those pixels."""
+    """The source, ready for the first step. For several outputs, or the frames of an animation,
+    it is decoded into memory once here, and every output (or frame) is derived from those pixels."""
     image = open_buffer(data, **load_options(info, specs))
-    return image.copy_memory() if len(specs) > 1 else image
+    return image.copy_memory() if len(specs) > 1 or animates(info, specs) else image
