@@ -25,6 +25,7 @@ from imgflow.core.jobs import JobStatus, OutputFormat, thumbnail_key
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
+from imgflow.core.watermarks import Watermark, WatermarkStore
 from imgflow.operator.settings import OperatorSettings
 from tests import images
 from tests.client import api_client, submit
@@ -240,6 +241,69 @@ async def test_image_job_of_urls_succeeds(
     header, row = table.strip().splitlines()
     assert header.split() == ["NAME", "PHASE", "SUCCEEDED", "FAILED", "AGE"]
     assert row.split()[:4] == ["holiday", "Succeeded", f"{n}/{n}", "0"]
+
+
+async def test_image_job_variants_with_a_watermark_and_a_preset(
+    kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings, workers: Workers
+) -> None:
+    """operations.variants (one with the tenant's watermark) and operations.preset reach the
+    jobs; an unknown preset or another tenant's watermark refuses every source, saying why."""
+    settings = operator_settings(fresh_settings, namespace, allow_private_urls=True)
+    workers.start(settings)
+    operator.start(settings)
+    mark = Watermark(tenant=settings.default_tenant, width=40, height=20, bytes=0)
+    foreign = Watermark(tenant="someone-else", width=40, height=20, bytes=0)
+    async with job_store(settings) as (store, storage):
+        client = connect(settings)
+        try:
+            marks = WatermarkStore(client[settings.mongodb_database])
+            for record in (mark, foreign):
+                await marks.insert(record)
+                await storage.save_bytes(record.key, images.png_alpha(40, 20), "image/png")
+        finally:
+            await client.close()
+    variants = [
+        {"name": "small", "width": 64, "height": 48, "format": "webp"},
+        {"name": "marked", "width": 200, "height": 150, "format": "png", "watermark": mark.watermark_id},
+    ]
+    with serve_images(images.jpeg(400, 300)) as source:
+        sources = [{"url": source.url(f"photo-{i}.jpg")} for i in range(2)]
+        for name, operations in (
+            ("sizes", {"variants": variants}),
+            ("cards", {"preset": "card"}),
+            ("posters", {"preset": "poster"}),
+            ("stolen", {"variants": [{"name": "x", "watermark": foreign.watermark_id}]}),
+        ):
+            kube.kubectl(
+                "create",
+                "-n",
+                namespace,
+                "-f",
+                "-",
+                input=image_job(name, "alice", sources, operations=operations),
+            )
+        sizes = await wait_phase(kube, namespace, "sizes", "Succeeded")
+        cards = await wait_phase(kube, namespace, "cards", "Succeeded")
+        posters = await wait_phase(kube, namespace, "posters", "Failed")
+        stolen = await wait_phase(kube, namespace, "stolen", "Failed")
+    async with job_store(settings) as (store, _):
+        for job_id in (s["jobId"] for s in sizes["status"]["sources"]):
+            job = await store.get(job_id)
+            assert job is not None and job.result is not None
+            made = {v.name: (v.width, v.height, v.format.value) for v in job.result.variants}
+            assert made == {"small": (64, 48, "webp"), "marked": (200, 150, "png")}
+            assert job.variants[1].watermark == mark.watermark_id
+        for job_id in (s["jobId"] for s in cards["status"]["sources"]):
+            job = await store.get(job_id)
+            assert job is not None and job.preset == "card" and job.result is not None
+            assert [(v.name, v.width, v.height) for v in job.result.variants] == [
+                ("card", 400, 300),
+                ("card@2x", 800, 600),
+            ]
+    assert (
+        "operations.preset must be one of the service's presets" in posters["status"]["sources"][0]["error"]
+    )
+    assert "there is no watermark" in stolen["status"]["sources"][0]["error"]
 
 
 # --- (b) refused sources: private addresses and other users' uploads ------------------------------
