@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imgflow.core.jobs import OutputFormat
+from imgflow.core.options import OPTION_FIELDS
 from tests import images
 from tests.client import make_key
 from tests.conftest import Stack
@@ -99,6 +101,20 @@ def generate_client(spec: bytes, where: Path) -> Any:
         return importlib.import_module("imgflow_client")
     finally:
         sys.path.remove(str(where))
+
+
+async def test_every_job_option_is_in_the_schema_with_an_example(stack: Stack) -> None:
+    spec = (await stack.client.get("/openapi.json")).json()
+    form = spec["paths"]["/api/image-processing/jobs"]["post"]["requestBody"]["content"][
+        "multipart/form-data"
+    ]
+    properties = form["schema"]["properties"]
+    options = set(OPTION_FIELDS) | {"variants", "preset", "userId", "callbackUrl"}
+    assert options <= set(properties), options - set(properties)
+    for name in options:
+        assert "example" in properties[name], name
+    assert set(properties["format"]["enum"]) == {*(f.value for f in OutputFormat), "auto"}
+    assert "listPresets" in {op["operationId"] for ops in spec["paths"].values() for op in ops.values()}
 
 
 async def test_a_generated_client_drives_one_job(stack: Stack, tmp_path: Path) -> None:

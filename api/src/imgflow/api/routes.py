@@ -181,6 +181,31 @@ UPLOAD_FORM_DOC = {
     }
 }
 
+# one example per option of the form, shown by OpenAPI tools
+FORM_EXAMPLES: dict[str, object] = {
+    "userId": "user-42",
+    "width": 300,
+    "height": 200,
+    "fit": "cover",
+    "format": "webp",
+    "gravity": "attention",
+    "blur": 2.5,
+    "sharpen": 1.0,
+    "pixelate": 8,
+    "grayscale": False,
+    "quality": 80,
+    "animated": False,
+    "watermark": "wm_0123456789abcdef",
+    "watermarkPosition": "south-east",
+    "watermarkMargin": 16,
+    "watermarkOpacity": 0.6,
+    "watermarkScale": 0.2,
+    "callbackUrl": "https://example.com/hooks/imgflow",
+}
+_FORM_PROPERTIES = UPLOAD_FORM_DOC["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]  # type: ignore[index]
+for _name, _example in FORM_EXAMPLES.items():
+    _FORM_PROPERTIES[_name]["example"] = _example
+
 log = logging.getLogger("imgflow.api")
 
 
