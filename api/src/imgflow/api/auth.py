@@ -22,9 +22,11 @@ from imgflow.api.expiring import Expiring
 from imgflow.api.problems import Problem, unavailable
 from imgflow.api.ratelimit import Policy
 from imgflow.api.state import State
+from imgflow.core.endpoints import Endpoint
 from imgflow.core.jobs import Job
 from imgflow.core.keys import ApiKey, KeyStore, Limits, Scope, digest, key_id_of
 from imgflow.core.settings import AuthMode, Settings
+from imgflow.core.watermarks import Watermark
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -53,8 +55,9 @@ class Principal:
         """The tenant whose jobs this caller sees; None: all (admin)."""
         return None if self.admin else self.tenant
 
-    def sees(self, job: Job) -> bool:
-        return self.admin or job.tenant == self.tenant
+    def sees(self, owned: Job | Endpoint | Watermark) -> bool:
+        """Whether this key may see (and change) a job or a tenant's record."""
+        return self.admin or owned.tenant == self.tenant
 
 
 def key_cache(store: KeyStore, ttl: float) -> Expiring[ApiKey | None]:

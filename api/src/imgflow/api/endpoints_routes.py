@@ -119,7 +119,7 @@ async def delete_endpoint(
     endpoint_id: Annotated[str, Path(pattern=r"^we_[0-9a-f]{16}$")], state: State, principal: Writer
 ) -> Response:
     endpoint = await state.endpoints.get(endpoint_id)
-    if endpoint is None or not (principal.admin or endpoint.tenant == principal.tenant):
+    if endpoint is None or not principal.sees(endpoint):
         raise Problem(404, "Not found", f"There is no webhook endpoint {endpoint_id!r}.")
     await state.endpoints.delete(endpoint_id)
     if not await state.endpoints.of_tenant(endpoint.tenant):

@@ -143,7 +143,7 @@ async def delete_watermark(
     watermark_id: Annotated[str, Path(pattern=ID_PATTERN)], state: State, principal: Writer
 ) -> Response:
     mark = await state.watermarks.get(watermark_id)
-    if mark is None or not (principal.admin or mark.tenant == principal.tenant):
+    if mark is None or not principal.sees(mark):
         raise Problem(404, "Not found", f"There is no watermark {watermark_id!r}.")
     await state.watermarks.delete(watermark_id)
     await state.storage.delete(mark.key)
