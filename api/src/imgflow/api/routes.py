@@ -43,7 +43,7 @@ from imgflow.core.probe import ImageTooLarge, UndecodableImage, UnsupportedImage
 from imgflow.core.queue import QueueUnavailable
 from imgflow.core.s3storage import S3Storage
 from imgflow.core.settings import AuthMode, Settings
-from imgflow.core.storage import NotFound
+from imgflow.core.storage import NotFound, StorageUnavailable
 from imgflow.core.store import InvalidCursor, PageCursor
 from imgflow.core.submit import submit_job
 from imgflow.core.watermarks import unusable_watermark
@@ -517,13 +517,15 @@ async def get_thumbnail(name: str, request: Request, state: State, principal: Re
             raise Problem(404, "Not found", f"There is no file {name!r}.") from None
     try:
         stored = await state.storage.stat(name)
+        if state.settings.s3_presign and isinstance(state.storage, S3Storage):
+            # The bytes go from S3 to the client; the API only decided who may have them. The
+            # URL expires, so the redirect must not be cached beyond it.
+            url = await state.storage.presigned_url(name)
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     except NotFound:
         raise Problem(404, "Not found", f"There is no file {name!r}.") from None
-    if state.settings.s3_presign and isinstance(state.storage, S3Storage):
-        # The bytes go from S3 to the client; the API only decided who may have them. The URL
-        # expires, so the redirect must not be cached beyond it.
-        url = await state.storage.presigned_url(name)
-        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    except StorageUnavailable as exc:
+        raise unavailable("Storage", exc, refused_job=False) from exc
     headers = {
         "ETag": stored.etag,
         # with keys, a shared cache must not hand one tenant's thumbnail to another

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, cast
 import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from imgflow.core.settings import Settings
-from imgflow.core.storage import CHUNK, NotFound, StoredFile
+from imgflow.core.storage import CHUNK, NotFound, StorageUnavailable, StoredFile
 
 if TYPE_CHECKING:  # the stubs are a dev dependency; the images carry only aiobotocore
     from aiobotocore.session import ClientCreatorContext
@@ -35,6 +35,21 @@ MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
 def _missing(exc: ClientError) -> bool:
     return str(exc.response.get("Error", {}).get("Code", "")) in MISSING
+
+
+@contextlib.contextmanager
+def _failures(key: str, *, may_be_missing: bool = False) -> Iterator[None]:
+    """S3's errors as the Storage contract names them: a missing object is NotFound where a
+    caller may ask for one that is gone; anything else (refused, unreachable, timed out after its
+    tries) is StorageUnavailable."""
+    try:
+        yield
+    except ClientError as exc:
+        if may_be_missing and _missing(exc):
+            raise NotFound(key) from exc
+        raise StorageUnavailable(f"S3 refused the request for {key!r}: {exc}") from exc
+    except BotoCoreError as exc:  # connection refused, timeouts, a body cut short
+        raise StorageUnavailable(f"S3 is unreachable: {exc}") from exc
 
 
 def _stored(key: str, size: int, content_type: str, etag: str) -> StoredFile:
@@ -132,6 +147,10 @@ class S3Storage:
         size = (await file.stat()).st_size
         if size <= PART:
             return await self.save_bytes(key, await file.read_bytes(), content_type)
+        with _failures(key):
+            return await self._save_parts(key, path, size, content_type)
+
+    async def _save_parts(self, key: str, path: Path, size: int, content_type: str) -> StoredFile:
         client = await self._s3()
         upload = await client.create_multipart_upload(
             Bucket=self._bucket, Key=self._key(key), ContentType=content_type
@@ -164,20 +183,17 @@ class S3Storage:
         return _stored(key, size, content_type, done.get("ETag", ""))
 
     async def save_bytes(self, key: str, data: bytes, content_type: str) -> StoredFile:
-        client = await self._s3()
-        put = await client.put_object(
-            Bucket=self._bucket, Key=self._key(key), Body=data, ContentType=content_type
-        )
+        with _failures(key):
+            client = await self._s3()
+            put = await client.put_object(
+                Bucket=self._bucket, Key=self._key(key), Body=data, ContentType=content_type
+            )
         return _stored(key, len(data), content_type, put["ETag"])
 
     async def stat(self, key: str) -> StoredFile:
-        client = await self._s3()
-        try:
+        with _failures(key, may_be_missing=True):
+            client = await self._s3()
             head = await client.head_object(Bucket=self._bucket, Key=self._key(key))
-        except ClientError as exc:
-            if _missing(exc):
-                raise NotFound(key) from exc
-            raise
         return StoredFile(
             key=key,
             size=head["ContentLength"],
@@ -187,48 +203,44 @@ class S3Storage:
         )
 
     async def stream(self, key: str) -> AsyncIterator[bytes]:
-        client = await self._s3()
-        try:
+        with _failures(key, may_be_missing=True):
+            client = await self._s3()
             response = await client.get_object(Bucket=self._bucket, Key=self._key(key))
-        except ClientError as exc:
-            if _missing(exc):
-                raise NotFound(key) from exc
-            raise
         # the body holds a pooled connection: released when the generator ends or is closed
-        async with response["Body"] as body:
-            async for chunk in body.iter_chunks(CHUNK):
-                yield chunk
+        with _failures(key):
+            async with response["Body"] as body:
+                async for chunk in body.iter_chunks(CHUNK):
+                    yield chunk
 
     async def read(self, key: str) -> bytes:
-        client = await self._s3()
-        try:
+        with _failures(key, may_be_missing=True):
+            client = await self._s3()
             response = await client.get_object(Bucket=self._bucket, Key=self._key(key))
-        except ClientError as exc:
-            if _missing(exc):
-                raise NotFound(key) from exc
-            raise
-        async with response["Body"] as body:
-            return await body.read()
+            async with response["Body"] as body:
+                return await body.read()
 
     async def delete(self, key: str) -> None:
-        client = await self._s3()
-        await client.delete_object(Bucket=self._bucket, Key=self._key(key))  # S3 answers 204 if missing
+        with _failures(key):
+            client = await self._s3()
+            await client.delete_object(Bucket=self._bucket, Key=self._key(key))  # 204 if missing
 
     async def entries(self) -> AsyncIterator[tuple[str, datetime]]:
-        client = await self._s3()
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=self._prefix)
-        async for page in pages:
-            for item in page.get("Contents", []):
-                key = item.get("Key", "")
-                if "LastModified" in item and "/" not in key[len(self._prefix) :]:  # ours are flat
-                    yield key[len(self._prefix) :], item["LastModified"].astimezone(UTC)
+        with _failures(self._prefix or "/"):
+            client = await self._s3()
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=self._bucket, Prefix=self._prefix)
+            async for page in pages:
+                for item in page.get("Contents", []):
+                    key = item.get("Key", "")
+                    if "LastModified" in item and "/" not in key[len(self._prefix) :]:  # ours are flat
+                        yield key[len(self._prefix) :], item["LastModified"].astimezone(UTC)
 
     async def presigned_url(self, key: str) -> str:
         """A GET URL for the object, valid ``s3_presign_expiry_s``, signed for the endpoint clients
         use (``s3_public_endpoint``, else ``s3_endpoint``). Signing asks the server nothing."""
         s = self._settings
         if not s.s3_public_endpoint:
-            presigner = await self._s3()
+            with _failures(key):
+                presigner = await self._s3()
         else:
             async with self._lock:
                 if self._presigner is None:

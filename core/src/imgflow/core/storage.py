@@ -31,6 +31,10 @@ class NotFound(Exception):
     """No file under that key."""
 
 
+class StorageUnavailable(Exception):
+    """The backend could not be reached, or refused the request: a passing failure, to retry."""
+
+
 @dataclass(frozen=True)
 class StoredFile:
     key: str
