@@ -20,7 +20,7 @@ from imgflow.core.storage import NotFound, Storage, StorageUnavailable, make_sto
 from imgflow.core.store import connect
 from scripts.servers import S3Server, free_port
 from tests import images
-from tests.client import api_client, submit, wait_finished
+from tests.client import api_client, make_key, submit, wait_finished
 from tests.conftest import Processes, on_s3
 
 
@@ -156,6 +156,23 @@ async def test_a_thumbnail_while_s3_is_unreachable_is_503(
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         reply = await client.get(f"/uploads/thumbnail-{uuid.uuid4()}.jpg")
     assert reply.status_code == 503 and reply.headers["retry-after"], reply.text
+
+
+async def test_an_upload_while_s3_is_unreachable_is_503_and_frees_its_place(
+    processes: Processes, fresh_settings: Settings, s3: S3Server
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"  # loopback, nothing listening
+    # a tenant may have one unfinished job: a refused upload must not keep that place
+    settings = on_s3(fresh_settings, s3, s3_endpoint=nowhere, s3_timeout_s=1.0, tenant_max_unfinished=1)
+    _, base = processes.start_api(settings)
+    async with api_client(base, timeout=30) as admin:
+        async with api_client(base, key=await make_key(admin, "acme", "jobs:write"), timeout=30) as client:
+            for _ in range(2):  # the second would be 429 had the first kept its place
+                reply = await submit(client, images.jpeg())
+                assert reply.status_code == 503, reply.text
+                assert (
+                    reply.headers["retry-after"] and "Storage (s3) is unreachable" in reply.json()["detail"]
+                )
 
 
 async def test_the_s3_backend_serves_the_whole_job_path_and_presigned_redirects(

@@ -350,13 +350,14 @@ async def _accept(
             await _reserve_place(state, job)
         try:
             await state.storage.save(source.key, path, f"image/{info.format}")
-        except PyMongoError as exc:
+        except (PyMongoError, StorageUnavailable, OSError) as exc:  # GridFS, S3, a directory
             await _release_place(state, job)
-            raise unavailable("MongoDB") from exc
+            raise unavailable(f"Storage ({settings.storage_backend.value})", exc) from exc
     try:
         await submit_job(state.store, state.broker, state.redis, settings, job)
     except (QueueUnavailable, PyMongoError) as exc:
-        await state.storage.delete(source.key)
+        with contextlib.suppress(PyMongoError, StorageUnavailable, OSError):  # the orphan sweep's then
+            await state.storage.delete(source.key)
         await _release_place(state, job)
         raise unavailable(
             "The job queue (Redis)" if isinstance(exc, QueueUnavailable) else "MongoDB", exc
