@@ -137,3 +137,20 @@ async def test_an_animation_through_the_api(stack: Stack) -> None:
     assert frames(Image.open(io.BytesIO(served.content))) == 1
     bad = await submit(stack.client, images.jpeg(), animated="sometimes")
     assert bad.status_code == 422 and bad.json()["detail"].startswith("animated must be true or false")
+
+
+def test_a_smart_crop_holds_still_across_frames() -> None:
+    """attention finds its point on the first frame, and every frame is cut there: a crop that
+    followed whatever moves would make the picture jump."""
+    frames = []
+    for x in (20, 140, 260):  # a bright square moving right over a dark field
+        frames.append((pyvips.Image.black(300, 100) + 30).draw_rect(255, x, 30, 30, 30, fill=True))
+    strip = pyvips.Image.arrayjoin([f.bandjoin([f, f]) for f in frames], across=1).cast("uchar")
+    strip = strip.copy(interpretation="srgb")
+    strip.set_type(pyvips.GValue.gint_type, "page-height", 100)
+    [image] = make(
+        bytes(strip.gifsave_buffer()), ThumbnailSpec(width=100, height=100, format="gif", gravity="attention")
+    )
+    brightest = [ImageStat.Stat(frame.convert("L")).extrema[0][1] for frame in ImageSequence.Iterator(image)]
+    assert brightest[0] > 200  # the first frame's square is what the crop kept
+    assert max(brightest[1:]) < 100  # and the crop stayed there as the square moved on

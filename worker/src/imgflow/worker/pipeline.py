@@ -16,7 +16,7 @@ import pyvips
 from imgflow.core.jobs import OutputFormat, ThumbnailSpec
 from imgflow.core.probe import ImageInfo, open_buffer, probe_buffer
 from imgflow.worker.steps.colour import to_srgb
-from imgflow.worker.steps.crop import crop
+from imgflow.worker.steps.crop import crop, steady
 from imgflow.worker.steps.encode import encode
 from imgflow.worker.steps.filters import blur, grayscale, pixelate, sharpen
 from imgflow.worker.steps.flatten import flatten
@@ -75,12 +75,10 @@ def make_thumbnails(
     thumbnails = []
     for spec in specs:
         if spec.animates(info.format, info.pages):
-            frames = [
-                source.crop(0, top, source.width, frame_height)
-                for top in range(0, source.height, frame_height)
-            ]
+            frames = _split(source, frame_height)
+            steady_spec = steady(Work(frames[0], spec, info.orientation))
             image = _animation(
-                source, [_steps(Work(frame, spec, info.orientation, marks)) for frame in frames]
+                source, [_steps(Work(frame, steady_spec, info.orientation, marks)) for frame in frames]
             )
         else:  # a still, or the first frame of an animation
             first = _split(source, frame_height)[0] if animation else source

@@ -10,7 +10,7 @@ rotation, so the gravity, given for the picture as displayed, is turned into the
 
 from __future__ import annotations
 
-from imgflow.core.jobs import SMART, Fit, focal_point
+from imgflow.core.jobs import SMART, Fit, ThumbnailSpec, focal_point
 from imgflow.worker.work import Work
 
 
@@ -34,15 +34,32 @@ def _start(size: int, keep: int, at: float) -> int:
     return min(max(0, round(at * size - keep / 2)), size - keep)
 
 
+def region(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """The size of the region of an image of ``size`` that, scaled, covers the box exactly."""
+    (image_w, image_h), (box_w, box_h) = size, box
+    scale = max(box_w / image_w, box_h / image_h)
+    return min(image_w, max(1, round(box_w / scale))), min(image_h, max(1, round(box_h / scale)))
+
+
+def steady(work: Work) -> ThumbnailSpec:
+    """The spec for every frame of an animation: smartcrop would choose its region frame by frame
+    and the picture would jump about, so the point it finds on this (the first) frame becomes a
+    focal point for all of them."""
+    spec = work.spec
+    if spec.fit is not Fit.cover or spec.gravity not in SMART or work.orientation not in (0, 1):
+        return spec
+    image = work.image
+    width, height = region((image.width, image.height), work.box)
+    _, found = image.smartcrop(width, height, interesting=spec.gravity, attention_x=True, attention_y=True)
+    x, y = found["attention_x"] / image.width, found["attention_y"] / image.height
+    return spec.model_copy(update={"gravity": f"fp:{min(x, 1):.4f},{min(y, 1):.4f}"})
+
+
 def crop(work: Work) -> Work:
     if work.spec.fit is not Fit.cover:
         return work
-    box_w, box_h = work.box
     image = work.image
-    scale = max(box_w / image.width, box_h / image.height)
-    # the region that, scaled by ``scale``, covers the box exactly
-    width = min(image.width, max(1, round(box_w / scale)))
-    height = min(image.height, max(1, round(box_h / scale)))
+    width, height = region((image.width, image.height), work.box)
     if (width, height) == (image.width, image.height):
         return work
     if work.spec.gravity in SMART:  # found in the pixels: the same in any orientation
