@@ -11,20 +11,41 @@ not used: it returns the preview image the file embeds, if any, which may be sma
 or show something other than the picture. It is opened sequential like the rest, so that libvips
 keeps no cache of its own beside libheif's. libheif applies the file's rotation and mirroring
 (irot, imir) itself, and libvips then reports no orientation: nothing is turned twice.
+
+JPEG is decoded by Pillow (libjpeg-turbo 3.2, with the same DCT scaling through ``draft``) when
+the shrunk picture is small, and libvips takes the pixels from there: libvips' own JPEG decode
+(mozjpeg 5.0 in pyvips-binary) cost 5.9 ms per 1080p JPEG at 1/8 and 29.4 ms per 12 MP against
+Pillow's 5.0 and 27.0 ms (bench/README.md, 2026-12-01), the larger part of what kept imgflow below
+Pillow on JPEG. Pillow only ever sees bytes libvips' probe already identified as JPEG and bounded
+by its header, and only its JPEG plugin is allowed to open them; whatever Pillow cannot do (CMYK,
+a size other than the probe's, a damaged or cut-off file) goes to libvips as before, so the errors
+a client reads are libvips' and a truncated file still fails.
 """
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import pyvips
+from PIL import Image
 
 from imgflow.core.jobs import SMART, Fit, ThumbnailSpec
 from imgflow.core.probe import ImageInfo, open_buffer
 from imgflow.worker.work import TRANSPOSING
 
 JPEG_SHRINKS = (8, 4, 2)
+# Pillow decodes a JPEG whole (no sequential streaming like libvips'), so only when the shrunk
+# picture is at most this many pixels: the default 100x100 job decodes any source up to 50 MP to
+# under 1 MP, while a large output from a large source keeps libvips' streaming decode.
+PILLOW_MAX_DECODED = 4_000_000
+# what a Pillow decode holds at its peak: its RGBX image (4 bytes a pixel) and the packed RGB
+# copy handed to libvips (3); memory.py counts it
+PILLOW_BYTES_PER_PIXEL = 7
+# Pillow's modes that are libvips' images as they are; others (CMYK, YCCK) go to libvips
+_PILLOW_MODES = {"RGB": (3, "srgb"), "L": (1, "b-w")}
 
 
 def reduction(width: int, height: int, box: tuple[int, int], fit: Fit) -> float:
@@ -65,6 +86,21 @@ def _reduction(info: ImageInfo, spec: ThumbnailSpec) -> float:
     return reduction(info.width, info.height, box, spec.fit)
 
 
+def decoded_size(info: ImageInfo, options: dict[str, Any]) -> tuple[int, int]:
+    """Width and height of the source as the load options decode it."""
+    if "shrink" in options:
+        shrink = int(options["shrink"])
+        return math.ceil(info.width / shrink), math.ceil(info.height / shrink)
+    scale = float(options.get("scale", 1.0))
+    return math.ceil(info.width * scale), math.ceil(info.height * scale)
+
+
+def pillow_decodes(info: ImageInfo, options: dict[str, Any]) -> bool:
+    """Whether ``open_source`` hands this source to Pillow's JPEG decoder (if its mode allows)."""
+    width, height = decoded_size(info, options)
+    return info.format == "jpeg" and info.pages == 1 and width * height <= PILLOW_MAX_DECODED
+
+
 def animates(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> bool:
     """Whether any of the outputs is an animation of this source."""
     return any(spec.animates(info.format, info.pages) for spec in specs)
@@ -73,5 +109,37 @@ def animates(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> bool:
 def open_source(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> pyvips.Image:
     """The source, ready for the first step. For several outputs, or the frames of an animation,
     it is decoded into memory once here, and every output (or frame) is derived from those pixels."""
-    image = open_buffer(data, **load_options(info, specs))
+    options = load_options(info, specs)
+    if pillow_decodes(info, options) and (image := _pillow_jpeg(data, info, options)) is not None:
+        return image  # already in memory: every access pattern and any number of outputs
+    image = open_buffer(data, **options)
     return image.copy_memory() if len(specs) > 1 or animates(info, specs) else image
+
+
+def _pillow_jpeg(data: bytes, info: ImageInfo, options: dict[str, Any]) -> pyvips.Image | None:
+    """The JPEG decoded by Pillow at the load's shrink, as a libvips image with what the steps
+    read from a libvips load (orientation, ICC profile); None leaves the decode to libvips."""
+    shrink = int(options.get("shrink", 1))
+    try:
+        # formats=: Pillow must not guess another parser for these bytes
+        with Image.open(io.BytesIO(data), formats=("JPEG",)) as opened:
+            if opened.mode not in _PILLOW_MODES or opened.size != (info.width, info.height):
+                return None
+            # draft picks the largest DCT scale leaving at least this size: exactly ``shrink``
+            opened.draft(opened.mode, (max(1, info.width // shrink), max(1, info.height // shrink)))
+            if opened.size != decoded_size(info, options):
+                return None
+            opened.load()
+            pixels, (width, height) = opened.tobytes(), opened.size
+            icc = opened.info.get("icc_profile")
+            bands, interpretation = _PILLOW_MODES[opened.mode]
+    except Exception:  # damaged, cut off, or beyond Pillow: libvips decodes it or says why not
+        return None
+    image = pyvips.Image.new_from_memory(pixels, width, height, bands, "uchar").copy(
+        interpretation=interpretation
+    )
+    if icc:
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", icc)
+    if info.orientation not in (0, 1):  # steps/rotate.py's autorot reads it from the image
+        image.set_type(pyvips.GValue.gint_type, "orientation", info.orientation)
+    return image
