@@ -53,11 +53,14 @@ class Config:
     processes: tuple[str, ...]  # runner names, one per process taking part
     threads: int  # per process (for sharp: images in flight)
     cores: int  # which comparison the row belongs to
-    kind: str  # imgflow | libvips | peer | floor
+    kind: str  # imgflow | before (imgflow before the last engine change) | libvips | peer | floor
 
 
 CONFIGS = (
     Config("imgflow_1t", "imgflow make_thumbnail, 1 thread", "imgflow", ("v1",), 1, 1, "imgflow"),
+    Config(
+        "before_1t", "imgflow before (libvips decodes JPEG), 1 thr", "imgflow_before", ("v1",), 1, 1, "before"
+    ),
     Config("vips_1t", "libvips thumbnail_buffer", "vips_thumbnail", ("v1",), 1, 1, "libvips"),
     Config("pillow_1", "Pillow", "pillow", ("v1",), 1, 1, "peer"),
     Config("sharp_1", "sharp, 1 in flight", "sharp", ("sharp",), 1, 1, "peer"),
@@ -70,6 +73,7 @@ CONFIGS = (
     Config("imgflow_2p", "imgflow, 2 processes x 1 thread", "imgflow", ("v1", "v1b"), 1, 2, "imgflow"),
     Config("imgflow_dc1", "imgflow, 1 thread, libvips default threads", "imgflow", ("vd",), 1, 2, "imgflow"),
     Config("imgflow_dc2", "imgflow, 2 threads, default threads =worker", "imgflow", ("vd",), 2, 2, "imgflow"),
+    Config("before_dc2", "imgflow before, worker's setup", "imgflow_before", ("vd",), 2, 2, "before"),
     Config(
         "vips_2p", "libvips thumbnail_buffer, 2 processes", "vips_thumbnail", ("v1", "v1b"), 1, 2, "libvips"
     ),
@@ -82,9 +86,10 @@ WORKER_CONFIG = "imgflow_dc2"
 IMGFLOW_2CORE = ("imgflow_2t", "imgflow_2p", "imgflow_dc2")
 PEERS_1CORE = ("pillow_1", "sharp_1")
 PEERS_2CORE = ("pillow_2p", "sharp_2")
-QUALITY_ENGINES = ("imgflow", "vips_thumbnail", "pillow", "sharp")
+QUALITY_ENGINES = ("imgflow", "imgflow_before", "vips_thumbnail", "pillow", "sharp")
 ENGINE_NAMES = {
     "imgflow": "imgflow",
+    "imgflow_before": "imgflow before",
     "vips_thumbnail": "libvips thumbnail_buffer",
     "pillow": "Pillow",
     "sharp": "sharp",

@@ -16,9 +16,11 @@ import pyvips
 from PIL import Image, ImageOps
 
 from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
-from imgflow.core.probe import probe_buffer
-from imgflow.worker.pipeline import make_thumbnail
+from imgflow.core.probe import open_buffer, probe_buffer
+from imgflow.worker.pipeline import STEPS, make_thumbnail
+from imgflow.worker.steps.encode import encode
 from imgflow.worker.steps.load import load_options as worker_load_options
+from imgflow.worker.work import Work
 
 BOX = 100
 QUALITY = 85
@@ -47,6 +49,18 @@ def imgflow(source: Source, *, lossless: bool = False) -> bytes:
     """The worker's own thumbnail step, exactly as a job runs it (probe, shrink-on-load, steps)."""
     spec = SPEC.model_copy(update={"format": OutputFormat.png}) if lossless else SPEC
     return make_thumbnail(source.data, spec, max_pixels=MAX_PIXELS, max_side=MAX_SIDE, quality=QUALITY).data
+
+
+def imgflow_before(source: Source, *, lossless: bool = False) -> bytes:
+    """imgflow's pipeline as it was before JPEG went to Pillow's decoder (2026-12-01): the same
+    probe, shrink-on-load, steps and encode, with libvips (mozjpeg) decoding every source. Kept so
+    that each run measures the change against the same peers."""
+    spec = SPEC.model_copy(update={"format": OutputFormat.png}) if lossless else SPEC
+    info = probe_buffer(source.data, max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
+    work = Work(open_buffer(source.data, **worker_load_options(info, [spec])), spec, info.orientation)
+    for step in STEPS:
+        work = step(work)
+    return encode(work.image, spec.format, QUALITY)
 
 
 def vips_thumbnail(source: Source, *, lossless: bool = False) -> bytes:
@@ -107,6 +121,7 @@ def pillow_decode(source: Source) -> bytes:
 
 ENGINES: dict[str, Engine] = {
     "imgflow": imgflow,
+    "imgflow_before": imgflow_before,
     "vips_thumbnail": vips_thumbnail,
     "pillow": pillow,
     "decode_shrunk": decode_shrunk,
@@ -114,4 +129,9 @@ ENGINES: dict[str, Engine] = {
     "pillow_decode": pillow_decode,
 }
 # the engines that make thumbnails, with ``lossless=True`` giving the same pixels as PNG (for quality)
-THUMBNAILERS = {"imgflow": imgflow, "vips_thumbnail": vips_thumbnail, "pillow": pillow}
+THUMBNAILERS = {
+    "imgflow": imgflow,
+    "imgflow_before": imgflow_before,
+    "vips_thumbnail": vips_thumbnail,
+    "pillow": pillow,
+}

@@ -61,6 +61,9 @@ def rows(engine: dict[str, Any]) -> list[tuple[str, list[str]]]:
         peer = _best(c, PEERS_1CORE)
         return f"{q['imgflow']['psnr_jpeg'] - q[ENGINE_OF[peer]]['psnr_jpeg']:+.2f} {PEER_NAME[peer]}"
 
+    def psnr_vs_before(c: dict[str, Any], q: dict[str, Any]) -> str:
+        return f"{q['imgflow']['psnr_jpeg'] - q['imgflow_before']['psnr_jpeg']:+.2f}"
+
     def vs_floor(c: dict[str, Any], q: dict[str, Any]) -> str:
         return f"{c['imgflow_1t']['best'] / c['floor_shrunk']['best']:.2f}"
 
@@ -68,6 +71,10 @@ def rows(engine: dict[str, Any]) -> list[tuple[str, list[str]]]:
     row("  the same from CPU time per image", cpu_ratio)
     row("imgflow / best peer, 2 cores, worker's setup", ratio(WORKER_CONFIG, PEERS_2CORE))
     row("  best imgflow 2-core setup / best peer", best_2core)
+    if "before_1t" in engine["subsets"][next(iter(engine["subsets"]))]["configs"]:
+        row("  before: libvips decoded JPEG, 1 core", ratio("before_1t", PEERS_1CORE))
+        row("  before, 2 cores, worker's setup", ratio("before_dc2", PEERS_2CORE))
+        row("  PSNR imgflow - imgflow before (JPEG, dB)", psnr_vs_before)
     row("imgflow / libvips thumbnail_buffer, 1 core", ratio("imgflow_1t", ("vips_1t",)))
     row("imgflow / libvips decode-only floor, 1 core", vs_floor)
     row("PSNR imgflow - fastest peer (JPEG, dB)", psnr)

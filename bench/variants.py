@@ -62,7 +62,7 @@ class Variant:
         if self.one_header or self.no_copy:  # probe_buffer's own steps, on our choice of opening
             restrict_loaders()
             header = _open(data, self.no_copy, access="sequential")
-            info = _check(header, MAX_PIXELS, MAX_SIDE)
+            info = _check(header, MAX_PIXELS, MAX_SIDE, lambda: data)
             if not self.one_header:
                 header = _open(data, self.no_copy, access="sequential")
         else:
