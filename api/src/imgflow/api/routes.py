@@ -378,7 +378,7 @@ async def _reserve_place(state: AppState, job: Job) -> None:
             return
         stale = []
         for job_id in await quota.oldest(redis, settings, tenant, 20):
-            held = await state.store.get(job_id)
+            held = await state.store.view(job_id)  # a finished job's snapshot says so
             if held is None or held.status.finished:
                 stale.append(job_id)
         await quota.release(redis, settings, tenant, *stale)
@@ -435,7 +435,7 @@ async def visible_job(state: AppState, principal: Principal, job_id: str, *, exp
     try:
         job = await state.store.view(job_id)
     except PyMongoError as exc:
-        raise unavailable("MongoDB") from exc
+        raise unavailable("MongoDB", exc, refused_job=False) from exc
     gone = not expired and job is not None and job.expires_at is not None and job.expires_at <= utcnow()
     if job is None or not principal.sees(job) or gone:
         raise Problem(404, "Job not found", f"There is no job with id {job_id!r} (or it has expired).")
@@ -483,7 +483,7 @@ async def list_jobs(
             user_id, tenant=principal.visible_tenant, status=status, limit=limit, after=after
         )
     except PyMongoError as exc:
-        raise unavailable("MongoDB") from exc
+        raise unavailable("MongoDB", exc, refused_job=False) from exc
     return JobList(
         jobs=[JobView.of(job) for job in result.jobs],
         next_cursor=result.next_cursor.encode() if result.next_cursor else None,

@@ -98,7 +98,8 @@ async def _handle(
     job_id, event_type = fields[b"job_id"].decode(), fields[b"type"].decode()
     attempt = int(fields.get(b"attempt", b"0"))
     target = fields.get(b"target", CALLBACK.encode()).decode()
-    job = await state.store.get(job_id)
+    # a finished job does not change: its snapshot (set after the write that finished it) will do
+    job = await state.store.view(job_id)
     if target == FANOUT:
         targets = []
         if job is not None:
