@@ -9,8 +9,9 @@
 #
 # Images: base (Debian bookworm + python3), uv (the uv binary), api, worker, operator (Dockerfile,
 # MEMBER=...), and what a node without a registry needs: redis (Debian's redis-server), ferretdb,
-# coredns, pause. References are imgflow.local/NAME:<content tag>, so a changed image gets a new
-# tag and `helm upgrade` rolls exactly the pods whose image changed.
+# seaweedfs (the chart's dev S3 server: SeaweedFS's `weed` on the base), coredns, pause. References
+# are imgflow.local/NAME:<content tag>, so a changed image gets a new tag and `helm upgrade` rolls
+# exactly the pods whose image changed.
 #
 # Environment: IMGFLOW_IMAGES_CACHE (default ~/.cache/imgflow/images): buildah's storage, the base
 # rootfs and the archives; DEBIAN_MIRROR (default http://deb.debian.org/debian).
@@ -123,7 +124,7 @@ archive() {
 
 cmd_build() {
   need
-  "$root/scripts/tools.sh" ferretdb coredns >/dev/null
+  "$root/scripts/tools.sh" ferretdb coredns weed >/dev/null
   local base_ref uv_ref member ctx refs=() ref name sources bin
   base_ref=$(base)
   uv_ref=$(uv_image)
@@ -141,6 +142,11 @@ cmd_build() {
   done
   refs+=("$(build redis "$(digest "$root/deploy/images/redis/Dockerfile" "$base_ref")" \
     "$root/deploy/images/redis/Dockerfile" "$root/deploy/images/redis" --build-arg "BASE_IMAGE=$base_ref")")
+  bin=$(readlink -f "$root/.tools/bin/weed")
+  ctx=$(context_with weed "$bin")
+  refs+=("$(build seaweedfs "$(digest "$root/deploy/images/seaweedfs/Dockerfile" "$base_ref" "$bin")" \
+    "$root/deploy/images/seaweedfs/Dockerfile" "$ctx" --build-arg "BASE_IMAGE=$base_ref")")
+  rm -rf "$ctx"
   for name in ferretdb coredns; do
     bin=$(readlink -f "$root/.tools/bin/$name")
     ctx=$(context_with "$name" "$bin")
