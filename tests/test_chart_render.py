@@ -44,6 +44,7 @@ REL = "rel"
 NS = "imgflow"
 API, WORKER, OPERATOR = f"{REL}-imgflow-api", f"{REL}-imgflow-worker", f"{REL}-imgflow-operator"
 REDIS, MONGODB = f"{REL}-imgflow-redis", f"{REL}-imgflow-mongodb"
+SEAWEEDFS = f"{REL}-imgflow-seaweedfs"
 DEFAULT_VALUES: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
 MEMBERS = ("api", "worker", "operator")
 # What a chart might create outside its namespace (the CRD is in crds/, which helm template omits).
@@ -121,6 +122,8 @@ def test_default_render_has_the_expected_objects(default_docs: list[dict[str, An
             ("Service", REDIS),
             ("Deployment", MONGODB),
             ("Service", MONGODB),
+            ("Deployment", SEAWEEDFS),
+            ("Service", SEAWEEDFS),
             ("Pod", f"{REL}-imgflow-test"),
         ]
     )
@@ -137,6 +140,7 @@ def test_default_render_has_the_expected_objects(default_docs: list[dict[str, An
 def test_dev_databases_are_wired_by_default(default_docs: list[dict[str, Any]]) -> None:
     urls = secret_data(one(default_docs, "Secret", f"{REL}-imgflow-connections"))
     admin_key = urls.pop("admin-key")
+    urls.pop("s3-access-key-id"), urls.pop("s3-secret-access-key")  # the dev SeaweedFS's
     assert urls == {"redis-url": f"redis://{REDIS}:6379/0", "mongodb-url": f"mongodb://{MONGODB}:27017"}
     # a generated bootstrap admin key that the API accepts (IMGFLOW_ADMIN_KEY)
     assert re.fullmatch(r"imgf_admin_[A-Za-z0-9]{43}", admin_key)
@@ -145,8 +149,101 @@ def test_dev_databases_are_wired_by_default(default_docs: list[dict[str, Any]]) 
     assert redis["image"] == "redis:7.4"
     mongo = container(one(default_docs, "Deployment", MONGODB))
     assert mongo["image"] == "mongo:8.0" and mongo["command"] == ["mongod"]
-    for name in (REDIS, MONGODB):
+    for name in (REDIS, MONGODB, SEAWEEDFS):
         assert one(default_docs, "Deployment", name)["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_dev_seaweedfs_is_the_default_storage_with_credentials_from_the_chart_secret(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    secret = f"{REL}-imgflow-connections"
+    stored = secret_data(one(default_docs, "Secret", secret))
+    # a pair generated on install (kept on upgrade by lookup, as the admin key is)
+    assert re.fullmatch(r"IMGFLOW[A-Z0-9]{13}", stored["s3-access-key-id"])
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", stored["s3-secret-access-key"])
+    again = secret_data(one(render(release=REL, namespace=NS), "Secret", secret))
+    assert again["s3-access-key-id"] != stored["s3-access-key-id"]  # helm template: no lookup
+
+    parsed = pod_settings(config_map(default_docs))
+    assert (parsed.storage_backend, parsed.s3_endpoint) == ("s3", f"http://{SEAWEEDFS}:8333")
+    assert parsed.s3_presign is False  # clients outside the cluster cannot reach the dev server
+    refs = {
+        "IMGFLOW_S3_ACCESS_KEY_ID": {"name": secret, "key": "s3-access-key-id", "optional": False},
+        "IMGFLOW_S3_SECRET_ACCESS_KEY": {"name": secret, "key": "s3-secret-access-key", "optional": False},
+    }
+    for name in (API, WORKER, OPERATOR):
+        env = env_of(container(one(default_docs, "Deployment", name)))
+        assert {k: env[k]["secretKeyRef"] for k in refs} == refs, name
+
+    deployment = one(default_docs, "Deployment", SEAWEEDFS)
+    assert deployment["spec"]["replicas"] == 1
+    weed = container(deployment)
+    assert weed["image"] == "chrislusf/seaweedfs:4.53" and weed["command"] == ["weed"]
+    args = weed["args"]
+    assert args[args.index("server") + 1 :][:1] == ["-dir=/data"]
+    # only the S3 gateway listens beyond the pod; nothing reports home
+    assert {"-ip.bind=127.0.0.1", "-s3", "-s3.ip.bind=0.0.0.0", "-s3.port=8333"} <= set(args)
+    assert "-master.telemetry=false" in args
+    assert "-master.telemetry.url=http://127.0.0.1:9/" in args
+    assert {"-s3.port.iceberg=0", "-s3.port.lance=0"} <= set(args)
+    env = env_of(weed)
+    assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": secret, "key": "s3-access-key-id"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"] == {"name": secret, "key": "s3-secret-access-key"}
+    assert env["GOMEMLIMIT"] == {"resourceFieldRef": {"resource": "limits.memory"}}
+    assert weed["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "s3"}
+    assert weed["resources"] == DEFAULT_VALUES["seaweedfs"]["resources"]
+    mounts = {m["mountPath"]: m["name"] for m in weed["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts["/data"]]["emptyDir"] == {} and "emptyDir" in volumes[mounts["/tmp"]]
+    service = one(default_docs, "Service", SEAWEEDFS)
+    assert service["spec"]["ports"] == [{"name": "s3", "port": 8333, "targetPort": "s3", "protocol": "TCP"}]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"config": {"storageBackend": "gridfs"}},
+        {
+            "config": {"s3Endpoint": "http://minio.storage:9000"},
+            "s3Credentials": {"accessKeyId": "AK", "secretAccessKey": "SK"},
+        },
+        {"seaweedfs": {"enabled": False}},  # AWS S3
+        {"config": {"storageBackend": "local"}, "storageVolume": {"emptyDir": {}}},
+    ],
+    ids=["gridfs", "external-s3", "aws-s3", "local"],
+)
+def test_other_storage_deploys_no_seaweedfs(values: dict[str, Any]) -> None:
+    docs = render(values)
+    assert not find(docs, "Deployment", SEAWEEDFS) and not find(docs, "Service", SEAWEEDFS)
+    stored = secret_data(one(docs, "Secret", f"{REL}-imgflow-connections"))
+    given = values.get("s3Credentials", {})
+    assert stored.get("s3-access-key-id") == given.get("accessKeyId")  # nothing generated
+    data = config_map(docs)
+    assert data["IMGFLOW_S3_ENDPOINT"] == values.get("config", {}).get("s3Endpoint", "")
+    env = env_of(container(one(docs, "Deployment", WORKER)))
+    if pod_settings(data).storage_backend == "s3":
+        assert env["IMGFLOW_S3_ACCESS_KEY_ID"]["secretKeyRef"]["optional"] is True
+    else:
+        assert "IMGFLOW_S3_ACCESS_KEY_ID" not in env
+
+
+def test_dev_seaweedfs_reads_its_credentials_from_the_users_secret() -> None:
+    """With a Secret of one's own the dev SeaweedFS takes its identity from there, as the pods do."""
+    docs = render({"existingSecret": {"name": "imgflow-prod"}})
+    assert not find(docs, "Secret")
+    weed = env_of(container(one(docs, "Deployment", SEAWEEDFS)))
+    api = env_of(container(one(docs, "Deployment", API)))
+    for server, client in (
+        ("AWS_ACCESS_KEY_ID", "IMGFLOW_S3_ACCESS_KEY_ID"),
+        ("AWS_SECRET_ACCESS_KEY", "IMGFLOW_S3_SECRET_ACCESS_KEY"),
+    ):
+        assert weed[server]["secretKeyRef"]["name"] == "imgflow-prod"
+        assert api[client]["secretKeyRef"] == {**weed[server]["secretKeyRef"], "optional": False}
+    docs = render({"s3Credentials": {"existingSecret": "s3", "accessKeyIdKey": "id"}})
+    assert "s3-access-key-id" not in secret_data(one(docs, "Secret", f"{REL}-imgflow-connections"))
+    weed = env_of(container(one(docs, "Deployment", SEAWEEDFS)))
+    assert weed["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": "s3", "key": "id"}
 
 
 def test_configmap_sets_every_core_setting_with_the_application_defaults(
@@ -167,7 +264,13 @@ def test_configmap_sets_every_core_setting_with_the_application_defaults(
     assert keys <= set(fields), f"ConfigMap keys that are no setting: {keys - set(fields)}"
     assert set(fields) - secret_fields <= keys, f"settings the chart cannot set: {set(fields) - keys}"
     # Each value parses, and equals the application's default unless the chart decides it.
-    chart_decided = {"api_host": "0.0.0.0", "storage_dir": "/data"}
+    chart_decided = {
+        "api_host": "0.0.0.0",
+        "storage_dir": "/data",
+        # the chart's own SeaweedFS: storage shared by every pod, at speed (README: storage backend)
+        "storage_backend": "s3",
+        "s3_endpoint": f"http://{SEAWEEDFS}:8333",
+    }
     parsed = pod_settings(data)
     for name in keys:
         expected = chart_decided.get(name, fields[name].get_default(call_default_factory=True))
@@ -399,6 +502,11 @@ def test_production_values_render_what_they_ask_for(production_docs: list[dict[s
     # external databases: no in-cluster ones
     assert ("Deployment", REDIS) not in names and ("Deployment", MONGODB) not in names
     assert ("Service", REDIS) not in names and ("Service", MONGODB) not in names
+    assert ("Deployment", SEAWEEDFS) not in names  # its own S3, credentials in a Secret of its own
+    storage = pod_settings(config_map(production_docs))
+    assert (storage.storage_backend, storage.s3_endpoint) == ("s3", prod["config"]["s3Endpoint"])
+    s3_env = env_of(container(one(production_docs, "Deployment", WORKER)))["IMGFLOW_S3_ACCESS_KEY_ID"]
+    assert s3_env["secretKeyRef"]["name"] == prod["s3Credentials"]["existingSecret"]
     urls = secret_data(one(production_docs, "Secret", f"{REL}-imgflow-connections"))
     assert urls.pop("admin-key").startswith("imgf_admin_")
     assert urls == {"redis-url": prod["externalRedis"]["url"], "mongodb-url": prod["externalMongodb"]["url"]}
@@ -550,7 +658,7 @@ def test_s3_storage_sets_the_bucket_and_the_credentials_from_a_secret() -> None:
 def test_s3_credentials_from_a_secret_of_ones_own_or_the_pods_identity() -> None:
     own = render(
         {
-            "config": {"storageBackend": "s3"},
+            "seaweedfs": {"enabled": False},
             "s3Credentials": {"existingSecret": "aws", "accessKeyIdKey": "id", "secretAccessKeyKey": "key"},
         }
     )
@@ -558,10 +666,11 @@ def test_s3_credentials_from_a_secret_of_ones_own_or_the_pods_identity() -> None
     assert env["IMGFLOW_S3_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": "aws", "key": "id", "optional": True}
     assert env["IMGFLOW_S3_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "aws"
     # none given: the chart's Secret holds none, and botocore finds the pod's identity (IRSA, ...)
-    bare = render({"config": {"storageBackend": "s3"}})
+    bare = render({"seaweedfs": {"enabled": False}})
     assert "s3-access-key-id" not in secret_data(one(bare, "Secret", f"{REL}-imgflow-connections"))
     # other backends are given no S3 credentials at all
-    assert "IMGFLOW_S3_ACCESS_KEY_ID" not in env_of(container(one(render(), "Deployment", WORKER)))
+    gridfs = render({"config": {"storageBackend": "gridfs"}})
+    assert "IMGFLOW_S3_ACCESS_KEY_ID" not in env_of(container(one(gridfs, "Deployment", WORKER)))
 
 
 def test_image_tags_and_digests() -> None:
@@ -593,7 +702,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard(values: Path | Non
     specs = dict(pod_specs(docs))
     expected = {f"Deployment/{n}" for n in (API, WORKER, OPERATOR)} | {f"Pod/{REL}-imgflow-test"}
     if values is None:
-        expected |= {f"Deployment/{REDIS}", f"Deployment/{MONGODB}"}
+        expected |= {f"Deployment/{REDIS}", f"Deployment/{MONGODB}", f"Deployment/{SEAWEEDFS}"}
     assert set(specs) == expected
     for where, spec in specs.items():
         assert restricted_violations(spec) == [], where
@@ -706,7 +815,10 @@ def test_schema_refuses_bad_values(values: dict[str, Any], message: str, tmp_pat
             },
             "put the credentials in that Secret",
         ),
-        ({"config": {"s3Presign": True}}, "config.s3Presign needs config.storageBackend=s3"),
+        (
+            {"config": {"storageBackend": "gridfs", "s3Presign": True}},
+            "config.s3Presign needs config.storageBackend=s3",
+        ),
         (
             {"existingSecret": {"name": "s"}, "externalRedis": {"url": "redis://r:6379/0"}},
             "existingSecret.name and externalRedis.url/externalMongodb.url exclude each other",

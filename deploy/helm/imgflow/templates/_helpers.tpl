@@ -113,6 +113,27 @@ Whether the in-cluster dev Redis / MongoDB is deployed: "true" or "".
 {{- define "imgflow.mongodb.inCluster" -}}
 {{- if and .Values.mongodb.enabled (not .Values.externalMongodb.url) (not .Values.existingSecret.name) }}true{{ end }}
 {{- end }}
+{{- define "imgflow.seaweedfs.inCluster" -}}
+{{- if and .Values.seaweedfs.enabled (eq .Values.config.storageBackend "s3") (not .Values.config.s3Endpoint) }}true{{ end }}
+{{- end }}
+
+{{/*
+The endpoint the pods reach S3 at: `config.s3Endpoint`, or the dev SeaweedFS's Service.
+*/}}
+{{- define "imgflow.s3Endpoint" -}}
+{{- if include "imgflow.seaweedfs.inCluster" . -}}
+http://{{ include "imgflow.componentName" (dict "ctx" . "component" "seaweedfs") }}:8333
+{{- else -}}
+{{- .Values.config.s3Endpoint -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Name of the Secret holding the S3 credentials: `s3Credentials.existingSecret`, else the connection Secret.
+*/}}
+{{- define "imgflow.s3SecretName" -}}
+{{- .Values.s3Credentials.existingSecret | default (include "imgflow.secretName" .) }}
+{{- end }}
 
 {{/*
 Name of the Secret holding IMGFLOW_REDIS_URL, IMGFLOW_MONGODB_URL and, optionally, IMGFLOW_ADMIN_KEY.
@@ -249,20 +270,21 @@ Environment shared by the imgflow containers: the ConfigMap plus the two URLs fr
       key: {{ .Values.existingSecret.adminKeyKey }}
       optional: true
 {{- if eq .Values.config.storageBackend "s3" }}
-{{- /* optional: without them botocore uses the pod's own identity (IRSA, web identity) */}}
-{{- $s3Secret := .Values.s3Credentials.existingSecret | default (include "imgflow.secretName" .) }}
+{{- /* optional: without them botocore uses the pod's own identity (IRSA, web identity); not for the
+dev SeaweedFS, which knows only its own pair, so a Secret lacking it stops the pod with its name */}}
+{{- $optional := not (include "imgflow.seaweedfs.inCluster" .) }}
 - name: IMGFLOW_S3_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
-      name: {{ $s3Secret }}
+      name: {{ include "imgflow.s3SecretName" . }}
       key: {{ .Values.s3Credentials.accessKeyIdKey }}
-      optional: true
+      optional: {{ $optional }}
 - name: IMGFLOW_S3_SECRET_ACCESS_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ $s3Secret }}
+      name: {{ include "imgflow.s3SecretName" . }}
       key: {{ .Values.s3Credentials.secretAccessKeyKey }}
-      optional: true
+      optional: {{ $optional }}
 {{- end }}
 {{- end }}
 
