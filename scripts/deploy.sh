@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make deploy`: install (or upgrade) the chart as release RELEASE in namespace NAMESPACE on the
-# node of `make cluster-up`, with the images of `make images` loaded into it and the dev Redis and
-# MongoDB-wire server (FerretDB) as pods; wait until every pod is Ready; say how to reach the API.
+# node of `make cluster-up`, with the images of `make images` loaded into it and the dev Redis,
+# MongoDB-wire server (FerretDB) and S3 server (SeaweedFS) as pods; wait until every pod is Ready;
+# say how to reach the API.
 #
 # Environment: CLUSTER_DIR (default .cluster), RELEASE (imgflow), NAMESPACE (imgflow),
 # DEPLOY_TIMEOUT (default 300s); extra arguments go to `helm upgrade --install` (e.g. --set ...).
@@ -41,6 +42,7 @@ done
   -f "$root/deploy/local/values.yaml" "${set_images[@]}" \
   --set "redis.image.repository=$(repo REDIS)" --set "redis.image.tag=$(tag REDIS)" \
   --set "mongodb.image.repository=$(repo FERRETDB)" --set "mongodb.image.tag=$(tag FERRETDB)" \
+  --set "seaweedfs.image.repository=$(repo SEAWEEDFS)" --set "seaweedfs.image.tag=$(tag SEAWEEDFS)" \
   --set "tests.image.repository=$(repo BASE)" --set "tests.image.tag=$(tag BASE)" \
   --wait --timeout "$wait" "$@" >/dev/null
 "$kubectl" -n "$namespace" get pods -o wide

@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import botocore.session
 import httpx
 import pytest
 import pyvips
+from botocore.exceptions import ClientError
 
 from bench import node_autoscale
 from tests import images
@@ -31,7 +33,7 @@ from tests.node.conftest import Node, port_forward, wait_until
 
 NS = "imgflow"
 RELEASE = "imgflow"
-COMPONENTS = ("api", "worker", "operator", "redis", "mongodb")
+COMPONENTS = ("api", "worker", "operator", "redis", "mongodb", "seaweedfs")
 
 
 def deploy(node: Node, *extra: str) -> str:
@@ -94,6 +96,11 @@ def admin_key(node: Node) -> str:
     return base64.b64decode(secret["data"]["admin-key"]).decode()
 
 
+def s3_pair(node: Node) -> tuple[str, str]:
+    data = node.kube.kubectl_json("get", "secret", "imgflow-connections", "-n", NS)["data"]
+    return data["s3-access-key-id"], data["s3-secret-access-key"]
+
+
 def test_an_upload_through_the_api_service_completes(node: Node, installed: str) -> None:
     assert "export ADMIN_KEY=$(" in installed  # make deploy tells how to read the key
     with (
@@ -131,6 +138,39 @@ def test_an_upload_through_the_api_service_completes(node: Node, installed: str)
             assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
             image = pyvips.Image.new_from_buffer(thumbnail.content, "")
             assert (image.width, image.height) == (100, 100)
+    assert_stored_in_the_dev_seaweedfs(node, thumbnail.content)
+
+
+def assert_stored_in_the_dev_seaweedfs(node: Node, thumbnail: bytes) -> None:
+    """The chart's default storage: the API pod stored the upload and the worker pod its thumbnail
+    in the dev SeaweedFS, which answers only requests signed with the pair in the chart's Secret."""
+    config = node.kube.kubectl_json("get", "configmap", "imgflow-config", "-n", NS)["data"]
+    assert (config["IMGFLOW_STORAGE_BACKEND"], config["IMGFLOW_S3_ENDPOINT"]) == (
+        "s3",
+        "http://imgflow-seaweedfs:8333",
+    )
+    key_id, secret = (base64.b64decode(v).decode() for v in s3_pair(node))
+    with port_forward(node.kube, NS, "svc/imgflow-seaweedfs", 8333) as s3:
+        client = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=s3.url,
+            region_name="us-east-1",
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+        )
+        listed = client.list_objects_v2(Bucket="imgflow")["Contents"]  # type: ignore[attr-defined]
+        sizes = [o["Size"] for o in listed]
+        assert len(thumbnail) in sizes and max(sizes) > len(thumbnail), sizes  # thumbnail and original
+        assert httpx.get(f"{s3.url}/imgflow/{listed[0]['Key']}").status_code == 403  # unsigned
+        forged = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=s3.url,
+            region_name="us-east-1",
+            aws_access_key_id=key_id,
+            aws_secret_access_key="x" * 40,
+        )
+        with pytest.raises(ClientError, match="SignatureDoesNotMatch"):
+            forged.list_objects_v2(Bucket="imgflow")  # type: ignore[attr-defined]
 
 
 def test_an_image_job_of_in_cluster_urls_succeeds_with_progress_and_events(
@@ -218,6 +258,7 @@ def test_workers_scale_up_from_zero_and_back_with_real_pods_interrupting_no_job(
 def test_an_upgrade_rolls_the_pods_and_keeps_the_operators_replica_count(node: Node, installed: str) -> None:
     before = deployments(node)
     key_before = admin_key(node)
+    s3_before = s3_pair(node)
     assert before["worker"]["spec"]["replicas"] == 0  # idle: the operator scaled the workers to zero
     api_pods = {p["metadata"]["name"] for p in node_autoscale.pods(node.kube.kubeconfig, NS, "api")}
 
@@ -241,6 +282,7 @@ def test_an_upgrade_rolls_the_pods_and_keeps_the_operators_replica_count(node: N
     config = node.kube.kubectl_json("get", "configmap", "imgflow-config", "-n", NS)
     assert config["data"]["IMGFLOW_WORKER_CONCURRENCY"] == "3"
     assert admin_key(node) == key_before  # the generated admin key survives the upgrade
+    assert s3_pair(node) == s3_before  # and the dev SeaweedFS's pair: its data stays readable
     # The changed configuration rolled the API: every pod serving is new (old ones are terminating).
     new_pods = {
         p["metadata"]["name"]
