@@ -135,6 +135,8 @@ def test_server_side_dry_run_then_install_upgrade_uninstall(
         ("Deployment", OPERATOR),
         ("Deployment", "imgflow-redis"),
         ("Deployment", "imgflow-mongodb"),
+        ("Deployment", "imgflow-seaweedfs"),  # the default storage: s3 on the dev SeaweedFS
+        ("Service", "imgflow-seaweedfs"),
         ("Role", OPERATOR),
         ("RoleBinding", OPERATOR),
     }
@@ -151,6 +153,9 @@ def test_server_side_dry_run_then_install_upgrade_uninstall(
     worker = _get(kube, ns, "deployment", WORKER)
     assert worker["metadata"]["labels"]["imgflow.io/autoscale"] == "true"
     assert worker["spec"]["replicas"] == 1  # the API server's default: the chart leaves it to the operator
+
+    generated = _get(kube, ns, "secret", "imgflow-connections")["data"]
+    assert {"admin-key", "s3-access-key-id", "s3-secret-access-key"} <= set(generated)
 
     # 3. The operator scales the workers (here: kubectl, as the operator would)...
     kube.kubectl("scale", "deployment", WORKER, "--replicas=3", "-n", ns)
@@ -176,6 +181,9 @@ def test_server_side_dry_run_then_install_upgrade_uninstall(
     assert worker["spec"]["replicas"] == 3, "helm upgrade reset the replica count the operator chose"
     config = _get(kube, ns, "configmap", "imgflow-config")
     assert config["data"]["IMGFLOW_WORKER_CONCURRENCY"] == "4"
+    # the generated admin key and S3 pair were read back (lookup), not made anew: the dev
+    # SeaweedFS and the pods still agree, and its objects stay readable
+    assert _get(kube, ns, "secret", "imgflow-connections")["data"] == generated
     history = _helm(kube, "history", RELEASE, "--namespace", ns, "-o", "yaml")
     assert [h["status"] for h in yaml.safe_load(history)] == ["superseded", "deployed"]
 
