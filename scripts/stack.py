@@ -34,8 +34,14 @@ def samples() -> dict[str, tuple[bytes, dict[str, str]]]:
     rgb = photo.bandjoin([(255 - photo).cast("uchar"), (photo / 2).cast("uchar")]).copy(interpretation="srgb")
     alpha = pyvips.Image.xyz(640, 480)[0].linear(255 / 640, 0).cast("uchar")
     with_alpha = rgb.crop(0, 0, 640, 480).bandjoin(alpha)
+    # four frames of the photo, each shifted: an animation
+    frames = [rgb.crop(i * 40, 0, 320, 240) for i in range(4)]
+    animation = pyvips.Image.arrayjoin(frames, across=1).copy()
+    animation.set_type(pyvips.GValue.gint_type, "page-height", 240)
     return {
         "photo.jpg (1600x1200 JPEG)": (bytes(rgb.jpegsave_buffer(Q=90)), {}),
+        "photo.jpg (preset card: 2 variants)": (bytes(rgb.jpegsave_buffer(Q=90)), {"preset": "card"}),
+        "moving.gif (4 frames, animated webp)": (bytes(animation.gifsave_buffer()), {"format": "webp"}),
         "logo.png (PNG with alpha, 200x100 webp)": (
             bytes(with_alpha.pngsave_buffer()),
             {"width": "200", "height": "100", "fit": "inside", "format": "webp"},
@@ -100,6 +106,11 @@ def demo() -> int:
                         f"  {name:42} {job['status']:9} {result['width']}x{result['height']} "
                         f"{result['format']} {size} bytes at {base}{result['thumbnailUrl']}"
                     )
+                    for variant, made in list((result.get("variants") or {}).items())[1:]:
+                        print(
+                            f"  {'  + variant ' + variant:42} {'':9} {made['width']}x{made['height']} "
+                            f"{made['format']} {made['bytes']} bytes at {base}{made['url']}"
+                        )
                 else:
                     print(f"  {name:42} {job['status']:9} {job.get('error', '')}")
             listing = client.get("/api/image-processing/users/demo/jobs").json()
