@@ -29,6 +29,8 @@ from imgflow.core.jobs import (
     MAX_SHARPEN,
     MAX_VARIANTS,
     MAX_WATERMARK_MARGIN,
+    OUTPUT_NAME,
+    WATERMARK_ID,
     Fit,
     Job,
     JobStatus,
@@ -38,7 +40,7 @@ from imgflow.core.jobs import (
     original_key,
     utcnow,
 )
-from imgflow.core.options import InvalidOption, read_outputs, refusal
+from imgflow.core.options import OPTION_FIELDS, InvalidOption, read_outputs, refusal
 from imgflow.core.probe import ImageTooLarge, UndecodableImage, UnsupportedImage, probe_file
 from imgflow.core.queue import QueueUnavailable
 from imgflow.core.s3storage import S3Storage
@@ -51,8 +53,6 @@ from imgflow.core.watermarks import unusable_watermark
 router = APIRouter(tags=["jobs"])
 JOBS = "/api/image-processing/jobs"
 USER_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
-# thumbnail-<job id>.<ext>, or thumbnail-<job id>-<variant name>.<ext>
-THUMBNAIL_NAME = re.compile(r"^thumbnail-([0-9a-f-]{36})(?:-[A-Za-z0-9_@-]{1,32})?\.(jpg|png|webp|avif|gif)$")
 
 THUMBNAIL_TYPES = [f.media_type for f in OutputFormat]
 
@@ -122,7 +122,7 @@ UPLOAD_FORM_DOC = {
                         },
                         "watermark": {
                             "type": "string",
-                            "pattern": r"^wm_[0-9a-f]{16}$",
+                            "pattern": WATERMARK_ID,
                             "description": "Id of one of the tenant's watermarks (POST /api/watermarks), "
                             "composited onto the output",
                         },
@@ -155,10 +155,10 @@ UPLOAD_FORM_DOC = {
                         "variants": {
                             "type": "string",
                             "description": "Instead of the options above: a JSON list of up to "
-                            f"{MAX_VARIANTS} named outputs, each with its own options (width, "
-                            "height, fit, format, gravity, blur, sharpen, pixelate, grayscale, "
-                            "quality); all are made from one decode of the source, the first is "
-                            "the job's thumbnailUrl, result.variants lists them all",
+                            f"{MAX_VARIANTS} named outputs, each with its own options "
+                            f"({', '.join(OPTION_FIELDS)}); all are made from one decode of the "
+                            "source, the first is the job's thumbnailUrl, result.variants lists "
+                            "them all",
                             "example": '[{"name": "card", "width": 400, "height": 300, "format": '
                             '"webp"}, {"name": "card@2x", "width": 800, "height": 600, "format": "webp"}]',
                         },
@@ -506,7 +506,7 @@ async def list_jobs(
     },
 )
 async def get_thumbnail(name: str, request: Request, state: State, principal: Reader) -> Response:
-    match = THUMBNAIL_NAME.match(name)
+    match = OUTPUT_NAME.match(name)
     if not match:
         raise Problem(404, "Not found", f"There is no file {name!r}.")
     if state.settings.auth is not AuthMode.off:

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
+from imgflow.core import options
 from imgflow.core.jobs import Fit, Job, JobStatus, OutputFormat, ThumbnailSpec
 
 UPLOADS_PREFIX = "/uploads"
@@ -147,7 +148,7 @@ def _options(spec: ThumbnailSpec) -> Options:
 
 
 # shown beside a watermark only
-WATERMARK_PLACEMENT = {"watermark_position", "watermark_margin", "watermark_opacity", "watermark_scale"}
+WATERMARK_PLACEMENT = {to_snake(name) for name in options.WATERMARK_PLACEMENT}
 
 
 class JobList(Camel):

@@ -15,8 +15,9 @@ from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
 from imgflow.api.state import State
 from imgflow.api.uploads import FILE_FIELD, receive_upload
+from imgflow.core.jobs import WATERMARK_ID
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_file
-from imgflow.core.watermarks import ID_PATTERN, MAX_BYTES, MAX_PER_TENANT, MAX_SIDE, Watermark
+from imgflow.core.watermarks import MAX_BYTES, MAX_PER_TENANT, MAX_SIDE, Watermark
 
 router = APIRouter(prefix="/api/watermarks", tags=["watermarks"])
 log = logging.getLogger("imgflow.api")
@@ -140,7 +141,7 @@ async def list_watermarks(state: State, principal: Reader) -> WatermarkList:
     responses=documented(401, 403, 404, 429, 503),
 )
 async def delete_watermark(
-    watermark_id: Annotated[str, Path(pattern=ID_PATTERN)], state: State, principal: Writer
+    watermark_id: Annotated[str, Path(pattern=WATERMARK_ID)], state: State, principal: Writer
 ) -> Response:
     mark = await state.watermarks.get(watermark_id)
     if mark is None or not principal.sees(mark):

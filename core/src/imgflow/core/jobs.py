@@ -7,6 +7,7 @@ knows nothing about HTTP.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -149,6 +150,7 @@ MAX_BLUR = 50.0
 MAX_SHARPEN = 10.0
 MAX_PIXELATE = 256
 MAX_WATERMARK_MARGIN = 1000
+WATERMARK_ID = r"^wm_[0-9a-f]{16}$"  # imgflow.core.watermarks makes them
 
 
 class ThumbnailSpec(BaseModel):
@@ -171,7 +173,7 @@ class ThumbnailSpec(BaseModel):
     # a tenant's watermark (imgflow.core.watermarks) composited onto the output, where the
     # position says (a compass point), ``margin`` output pixels in from the edges, its width
     # ``scale`` times the output's
-    watermark: str | None = Field(None, pattern=r"^wm_[0-9a-f]{16}$")
+    watermark: str | None = Field(None, pattern=WATERMARK_ID)
     watermark_position: str = Field("south-east", pattern=rf"^({'|'.join(COMPASS)})$")
     watermark_margin: int = Field(16, ge=0, le=MAX_WATERMARK_MARGIN)
     watermark_opacity: float = Field(1.0, ge=0.05, le=1.0)
@@ -240,6 +242,13 @@ def thumbnail_key(job_id: str, fmt: OutputFormat) -> str:
     return f"thumbnail-{job_id}.{fmt.extension}"
 
 
+# what output_key makes: thumbnail-<job id>.<ext> or thumbnail-<job id>-<variant name>.<ext>
+OUTPUT_NAME = re.compile(
+    rf"^thumbnail-([0-9a-f-]{{36}})(?:-{VARIANT_NAME.strip('^$')})?"
+    rf"\.({'|'.join(f.extension for f in OutputFormat)})$"
+)
+
+
 def output_key(job_id: str, index: int, spec: ThumbnailSpec) -> str:
     """The first output keeps the thumbnail's key, so original clients find it where they did;
     the other variants add their name."""
@@ -277,13 +286,6 @@ class Job(BaseModel):
     image_job: str | None = None  # "namespace/name" of the ImageJob that created it, if any
     callback_url: str | None = None  # where its completion webhook goes
     expires_at: datetime | None = None  # set when it finishes: retention_s later it is deleted
-
-    @model_validator(mode="before")
-    @classmethod
-    def _spec_is_the_first_variant(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("variants") and "spec" not in data:
-            data = {**data, "spec": data["variants"][0]}
-        return data
 
     @property
     def outputs(self) -> list[ThumbnailSpec]:

@@ -22,6 +22,7 @@ from imgflow.core.jobs import (
     MAX_WATERMARK_MARGIN,
     SMART,
     VARIANT_NAME,
+    WATERMARK_ID,
     Fit,
     OutputFormat,
     ThumbnailSpec,
@@ -240,7 +241,7 @@ def _watermark(fields: Mapping[str, str], at: str) -> dict[str, Any]:
         if given:
             raise InvalidOption(f"{at}{given[0]} needs {at}watermark (the id of an uploaded watermark).")
         return {}
-    if not re.match(r"^wm_[0-9a-f]{16}$", mark):
+    if not re.match(WATERMARK_ID, mark):
         raise InvalidOption(f"{at}watermark must be a watermark id (wm_ and 16 hex digits), not {mark!r}.")
     position = fields.get("watermarkPosition", "").strip().lower() or "south-east"
     if position not in COMPASS:

@@ -2,8 +2,8 @@
 job's options; the worker composites them onto the outputs that ask (worker/steps/watermark.py).
 
 The record is in MongoDB (one document per watermark), the image in storage under
-``watermark-<id>.png``, which the orphan sweep leaves alone. Ids are never reused, so a worker may
-keep a decoded watermark as long as it likes.
+``watermark-<id>.png``, which the orphan sweep leaves alone. The worker reads it for each job, so
+a deleted watermark fails the jobs accepted with it that are not made yet, as its API says.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from imgflow.core.records import TenantRecords
 MAX_BYTES = 1024 * 1024
 MAX_SIDE = 2048  # a watermark is scaled to a fraction of the output: more detail is wasted
 MAX_PER_TENANT = 100
-ID_PATTERN = r"^wm_[0-9a-f]{16}$"
 
 
 def watermark_key(watermark_id: str) -> str:
