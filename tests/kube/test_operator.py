@@ -145,6 +145,10 @@ def image_job(name: str, user: str, sources: list[dict[str, str]], **spec: Any) 
     )
 
 
+def create(kube: Kube, namespace: str, manifest: str) -> None:
+    kube.kubectl("create", "-n", namespace, "-f", "-", input=manifest)
+
+
 def get_image_job(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
     found: dict[str, Any] = kube.kubectl_json("get", "imagejob", name, "-n", namespace)
     return found
@@ -192,7 +196,7 @@ async def test_image_job_of_urls_succeeds(
         sources = [{"url": source.url(f"photo-{i}.jpg")} for i in range(n)]
         thumbnail = {"width": 64, "height": 48, "fit": "inside", "format": "webp"}
         manifest = image_job("holiday", "alice", sources, operations={"thumbnail": thumbnail})
-        kube.kubectl("create", "-n", namespace, "-f", "-", input=manifest)
+        create(kube, namespace, manifest)
         done = await wait_phase(kube, namespace, "holiday", "Succeeded")
 
     status = done["status"]
@@ -274,14 +278,7 @@ async def test_image_job_variants_with_a_watermark_and_a_preset(
             ("posters", {"preset": "poster"}),
             ("stolen", {"variants": [{"name": "x", "watermark": foreign.watermark_id}]}),
         ):
-            kube.kubectl(
-                "create",
-                "-n",
-                namespace,
-                "-f",
-                "-",
-                input=image_job(name, "alice", sources, operations=operations),
-            )
+            create(kube, namespace, image_job(name, "alice", sources, operations=operations))
         sizes = await wait_phase(kube, namespace, "sizes", "Succeeded")
         cards = await wait_phase(kube, namespace, "cards", "Succeeded")
         posters = await wait_phase(kube, namespace, "posters", "Failed")
@@ -329,7 +326,7 @@ async def test_private_addresses_and_foreign_uploads_are_refused(
             {"url": "http://[::1]:8080/x.jpg"},
             {"uploadId": theirs},
         ]
-        kube.kubectl("create", "-n", namespace, "-f", "-", input=image_job("mixed", "bob", sources))
+        create(kube, namespace, image_job("mixed", "bob", sources))
         done = await wait_phase(kube, namespace, "mixed", "Failed")
         assert source.requests == []  # nothing was fetched from the private address
 
@@ -358,14 +355,7 @@ async def test_private_addresses_and_foreign_uploads_are_refused(
         assert jobs[0].tenant == settings.default_tenant  # the spec names no tenant
 
     # another tenant's ImageJob cannot use this tenant's upload, even for the same userId
-    kube.kubectl(
-        "create",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=image_job("elsewhere", "bob", [{"uploadId": mine}], tenant="acme"),
-    )
+    create(kube, namespace, image_job("elsewhere", "bob", [{"uploadId": mine}], tenant="acme"))
     elsewhere = (await wait_phase(kube, namespace, "elsewhere", "Failed"))["status"]["sources"][0]
     assert f"Upload {mine} was not found for user 'bob' of tenant 'acme'" in elsewhere["error"]
 
@@ -380,7 +370,7 @@ async def test_an_operator_restart_submits_nothing_twice(
     first = operator.start(settings)
     with serve_images(images.jpeg()) as source:
         sources = [{"url": source.url(f"p{i}.jpg")} for i in range(4)]
-        kube.kubectl("create", "-n", namespace, "-f", "-", input=image_job("again", "carol", sources))
+        create(kube, namespace, image_job("again", "carol", sources))
         running = await wait_phase(kube, namespace, "again", "Running")  # no worker yet: it stays so
         job_ids = [s["jobId"] for s in running["status"]["sources"]]
         first.server.kill()
@@ -422,7 +412,7 @@ async def test_ttl_deletes_a_finished_image_job_with_its_jobs(
     operator.start(settings)
     with serve_images(images.jpeg()) as source:
         manifest = image_job("brief", "dave", [{"url": source.url("a.jpg")}], ttlSecondsAfterFinished=1)
-        kube.kubectl("create", "-n", namespace, "-f", "-", input=manifest)
+        create(kube, namespace, manifest)
         await asyncio.to_thread(
             kube.kubectl,
             "wait",
@@ -449,7 +439,7 @@ async def test_a_deployment_it_may_not_scale_gets_a_warning_not_a_crash(
     other = worker_deployment(
         {"imgflow.io/min-replicas": "2", "imgflow.io/max-replicas": "nine"}, 1, name="other"
     )
-    kube.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(other))
+    create(kube, namespace, json.dumps(other))
     operator.start(settings)
     deadline = time.monotonic() + 60
     while not {"ScaleFailed", "InvalidAutoscaling"} <= set(
