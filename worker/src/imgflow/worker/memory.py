@@ -15,14 +15,19 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 
 from imgflow.core import watermarks
 from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec, outside_size
 from imgflow.core.probe import ImageInfo
-from imgflow.worker.steps.load import PILLOW_BYTES_PER_PIXEL, animates, load_options, pillow_decodes
+from imgflow.worker.steps.load import (
+    PILLOW_BYTES_PER_PIXEL,
+    animates,
+    decoded_size,
+    load_options,
+    pillow_decodes,
+)
 
 MB = 1 << 20
 # the pipeline's own buffers, whatever the source: libvips' thread buffers, the encoder
@@ -67,8 +72,7 @@ class OverBudget(Exception):
 def job_memory_bytes(info: ImageInfo, specs: Sequence[ThumbnailSpec], source_bytes: int) -> int:
     """Peak memory of the pipeline for this source and these outputs, estimated from the header."""
     options = load_options(info, specs)
-    scale = _load_scale(options)
-    width, height = math.ceil(info.width * scale), math.ceil(info.height * scale)
+    width, height = decoded_size(info, options)
     row = width * info.bands * info.sample_bytes
     decoded = width * height * info.bands * info.sample_bytes
     whole = 0
@@ -105,12 +109,6 @@ def _output_bytes(info: ImageInfo, spec: ThumbnailSpec) -> int:
     if spec.format is OutputFormat.avif:  # libheif takes the whole output image, and AV1 more
         held += AVIF_FIXED + out_w * out_h * AVIF_BYTES_PER_PIXEL
     return held
-
-
-def _load_scale(options: dict[str, Any]) -> float:
-    if "shrink" in options:
-        return 1 / int(options["shrink"])
-    return float(options.get("scale", 1.0))
 
 
 class MemoryBudget:
