@@ -526,7 +526,9 @@ async def get_thumbnail(name: str, request: Request, state: State, principal: Re
     except NotFound:
         raise Problem(404, "Not found", f"There is no file {name!r}.") from None
     except StorageUnavailable as exc:
-        raise unavailable("Storage", exc, refused_job=False) from exc
+        raise unavailable(
+            f"Storage ({state.settings.storage_backend.value})", exc, refused_job=False
+        ) from exc
     headers = {
         "ETag": stored.etag,
         # with keys, a shared cache must not hand one tenant's thumbnail to another
