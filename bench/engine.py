@@ -53,13 +53,15 @@ class Config:
     processes: tuple[str, ...]  # runner names, one per process taking part
     threads: int  # per process (for sharp: images in flight)
     cores: int  # which comparison the row belongs to
-    kind: str  # imgflow | before (imgflow before the last engine change) | libvips | peer | floor
+    # imgflow | before (imgflow before the last engine change: libvips steps for every job) |
+    # libvips | peer | floor
+    kind: str
 
 
 CONFIGS = (
     Config("imgflow_1t", "imgflow make_thumbnail, 1 thread", "imgflow", ("v1",), 1, 1, "imgflow"),
     Config(
-        "before_1t", "imgflow before (libvips decodes JPEG), 1 thr", "imgflow_before", ("v1",), 1, 1, "before"
+        "before_1t", "imgflow before (libvips steps), 1 thread", "imgflow_before", ("v1",), 1, 1, "before"
     ),
     Config("vips_1t", "libvips thumbnail_buffer", "vips_thumbnail", ("v1",), 1, 1, "libvips"),
     Config("pillow_1", "Pillow", "pillow", ("v1",), 1, 1, "peer"),

@@ -16,11 +16,10 @@ import pyvips
 from PIL import Image, ImageOps
 
 from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
-from imgflow.core.probe import open_buffer, probe_buffer
-from imgflow.worker.pipeline import STEPS, make_thumbnail
-from imgflow.worker.steps.encode import encode
+from imgflow.core.probe import probe_buffer
+from imgflow.worker import plain_jpeg
+from imgflow.worker.pipeline import libvips_thumbnails, make_thumbnail
 from imgflow.worker.steps.load import load_options as worker_load_options
-from imgflow.worker.work import Work
 
 BOX = 100
 QUALITY = 85
@@ -46,21 +45,26 @@ Engine = Callable[[Source], bytes]
 
 
 def imgflow(source: Source, *, lossless: bool = False) -> bytes:
-    """The worker's own thumbnail step, exactly as a job runs it (probe, shrink-on-load, steps)."""
-    spec = SPEC.model_copy(update={"format": OutputFormat.png}) if lossless else SPEC
-    return make_thumbnail(source.data, spec, max_pixels=MAX_PIXELS, max_side=MAX_SIDE, quality=QUALITY).data
+    """The worker's own thumbnail step, exactly as a job runs it (probe, shrink-on-load, lane, steps).
+    ``lossless``: the same pixels as PNG, from the lane the JPEG took."""
+    if not lossless:
+        return make_thumbnail(
+            source.data, SPEC, max_pixels=MAX_PIXELS, max_side=MAX_SIDE, quality=QUALITY
+        ).data
+    info = probe_buffer(source.data, max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
+    if plain_jpeg.takes(info, [SPEC]) and (plain := plain_jpeg.pictures(source.data, info, [SPEC])):
+        out = io.BytesIO()
+        plain[0].save(out, "PNG")
+        return out.getvalue()
+    return imgflow_before(source, lossless=True)
 
 
 def imgflow_before(source: Source, *, lossless: bool = False) -> bytes:
-    """imgflow's pipeline as it was before JPEG went to Pillow's decoder (2026-12-01): the same
-    probe, shrink-on-load, steps and encode, with libvips (mozjpeg) decoding every source. Kept so
-    that each run measures the change against the same peers."""
+    """imgflow as it was before the plain JPEG lane (2026-12-02): every job through libvips'
+    steps, JPEG decoded by Pillow. Kept so that each run measures the change against the same peers."""
     spec = SPEC.model_copy(update={"format": OutputFormat.png}) if lossless else SPEC
     info = probe_buffer(source.data, max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
-    work = Work(open_buffer(source.data, **worker_load_options(info, [spec])), spec, info.orientation)
-    for step in STEPS:
-        work = step(work)
-    return encode(work.image, spec.format, QUALITY)
+    return libvips_thumbnails(source.data, info, [spec], quality=QUALITY)[0].data
 
 
 def vips_thumbnail(source: Source, *, lossless: bool = False) -> bytes:

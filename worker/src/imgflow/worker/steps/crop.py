@@ -29,7 +29,7 @@ def stored_point(x: float, y: float, orientation: int) -> tuple[float, float]:
     }.get(orientation, (x, y))
 
 
-def _start(size: int, keep: int, at: float) -> int:
+def start(size: int, keep: int, at: float) -> int:
     """Where a span of ``keep`` of ``size`` starts to be centred on ``at`` (a fraction), inside."""
     return min(max(0, round(at * size - keep / 2)), size - keep)
 
@@ -65,5 +65,5 @@ def crop(work: Work) -> Work:
     if work.spec.gravity in SMART:  # found in the pixels: the same in any orientation
         return work.with_image(image.smartcrop(width, height, interesting=work.spec.gravity))
     x, y = stored_point(*focal_point(work.spec.gravity), work.orientation)
-    left, top = _start(image.width, width, x), _start(image.height, height, y)
+    left, top = start(image.width, width, x), start(image.height, height, y)
     return work.with_image(image.extract_area(left, top, width, height))

@@ -64,7 +64,7 @@ def jpeg_shrink(factor: float) -> int:
 
 def load_options(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> dict[str, Any]:
     """How to open the source for these outputs: shrunk on load no more than the largest needs."""
-    factor = min(_reduction(info, spec) for spec in specs)
+    factor = min(source_reduction(info, spec) for spec in specs)
     # fail_on="truncated": a cut-off file fails the job with a clear error instead of producing
     # a thumbnail with a grey band where the data stopped.
     # smartcrop reads the image more than once: it needs random access (and the whole image
@@ -81,7 +81,8 @@ def load_options(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> dict[str, A
     return options
 
 
-def _reduction(info: ImageInfo, spec: ThumbnailSpec) -> float:
+def source_reduction(info: ImageInfo, spec: ThumbnailSpec) -> float:
+    """How many times smaller than the source this output is (below 1: it enlarges)."""
     box = (spec.height, spec.width) if info.orientation in TRANSPOSING else (spec.width, spec.height)
     return reduction(info.width, info.height, box, spec.fit)
 
@@ -116,9 +117,9 @@ def open_source(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) ->
     return image.copy_memory() if len(specs) > 1 or animates(info, specs) else image
 
 
-def _pillow_jpeg(data: bytes, info: ImageInfo, options: dict[str, Any]) -> pyvips.Image | None:
-    """The JPEG decoded by Pillow at the load's shrink, as a libvips image with what the steps
-    read from a libvips load (orientation, ICC profile); None leaves the decode to libvips."""
+def pillow_decode(data: bytes, info: ImageInfo, options: dict[str, Any]) -> Image.Image | None:
+    """The JPEG decoded by Pillow at the load's shrink, RGB or grey; None when Pillow does not see
+    the picture the probe saw, or fails: libvips decodes it then, or says why not."""
     shrink = int(options.get("shrink", 1))
     try:
         # formats=: Pillow must not guess another parser for these bytes
@@ -130,15 +131,22 @@ def _pillow_jpeg(data: bytes, info: ImageInfo, options: dict[str, Any]) -> pyvip
             if opened.size != decoded_size(info, options):
                 return None
             opened.load()
-            pixels, (width, height) = opened.tobytes(), opened.size
-            icc = opened.info.get("icc_profile")
-            bands, interpretation = _PILLOW_MODES[opened.mode]
-    except Exception:  # damaged, cut off, or beyond Pillow: libvips decodes it or says why not
+            return opened  # the pixels are loaded: usable after the file closes
+    except Exception:  # damaged, cut off, or beyond Pillow
         return None
-    image = pyvips.Image.new_from_memory(pixels, width, height, bands, "uchar").copy(
-        interpretation=interpretation
-    )
-    if icc:
+
+
+def _pillow_jpeg(data: bytes, info: ImageInfo, options: dict[str, Any]) -> pyvips.Image | None:
+    """The JPEG decoded by Pillow, as a libvips image with what the steps read from a libvips load
+    (orientation, ICC profile); None leaves the decode to libvips."""
+    decoded = pillow_decode(data, info, options)
+    if decoded is None:
+        return None
+    bands, interpretation = _PILLOW_MODES[decoded.mode]
+    image = pyvips.Image.new_from_memory(
+        decoded.tobytes(), decoded.width, decoded.height, bands, "uchar"
+    ).copy(interpretation=interpretation)
+    if icc := decoded.info.get("icc_profile"):
         image.set_type(pyvips.GValue.blob_type, "icc-profile-data", icc)
     if info.orientation not in (0, 1):  # steps/rotate.py's autorot reads it from the image
         image.set_type(pyvips.GValue.gint_type, "orientation", info.orientation)

@@ -1,0 +1,118 @@
+"""The plain JPEG lane: a JPEG made into JPEGs with nothing but a crop and a resize, done by Pillow
+from decode to encode.
+
+Most jobs are this (the original contract's 100x100 ``cover`` JPEG). For them libvips' fixed cost
+per image was the larger part of what kept imgflow below Pillow: on a 1080p JPEG decoded at 1/8
+(240x135), building and running libvips' crop, lanczos3 resize and JPEG save took ~1.9 ms of CPU
+where Pillow's resize and save take ~0.3 ms, beside a 5 ms decode (bench/README.md, 2026-12-02).
+Pillow's decode, resize and encode also release the GIL, so two jobs in one worker process run
+side by side, which pyvips' many small calls did not.
+
+Same geometry as the libvips steps, from the same functions (``steps/crop.py``,
+``steps/resize.py``), the same lanczos3 kernel with the same block-average gap, the same JPEG
+encoder settings as ``steps/encode.py`` (libvips writes mozjpeg with its libjpeg-turbo-compatible
+defaults: Annex K tables, 4:2:0 below quality 90, optimised Huffman tables), so a job's result
+does not depend on its lane beyond the resampler's rounding (tests/test_plain_jpeg.py measures it).
+Anything else goes to the libvips steps: another output format, a smart crop, a filter, a
+watermark, an enlargement, an ICC profile (colour management is libvips'), CMYK, or anything Pillow cannot
+decode as the probe described it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from PIL import Image
+
+from imgflow.core.jobs import SMART, Fit, OutputFormat, ThumbnailSpec, focal_point
+from imgflow.core.probe import ImageInfo
+from imgflow.worker.steps.crop import region, start, stored_point
+from imgflow.worker.steps.load import load_options, pillow_decode, pillow_decodes, source_reduction
+from imgflow.worker.steps.resize import LANCZOS_GAP, target_size
+from imgflow.worker.work import TRANSPOSING
+
+# EXIF orientation -> the transpose that makes the picture upright (as ImageOps.exif_transpose)
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+WHITE = (255, 255, 255)  # contain's padding on JPEG, as steps/pad.py
+
+
+def takes(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> bool:
+    """Whether the job is plain enough for this lane, from the probe and the specs alone."""
+    # enlarging is left to libvips, whose upsampling is not a lanczos3 like Pillow's (23 dB apart)
+    return (
+        pillow_decodes(info, load_options(info, specs))
+        and all(_plain(spec) for spec in specs)
+        and all(source_reduction(info, spec) >= 1 for spec in specs)
+    )
+
+
+def _plain(spec: ThumbnailSpec) -> bool:
+    return (
+        spec.format is OutputFormat.jpeg
+        and not (spec.fit is Fit.cover and spec.gravity in SMART)
+        and spec.blur is None
+        and spec.sharpen is None
+        and spec.pixelate is None
+        and not spec.grayscale
+        and spec.watermark is None
+    )
+
+
+def make(
+    data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec], quality: int
+) -> list[tuple[bytes, int, int]] | None:
+    """Each spec's JPEG and its size, in order; None when the libvips steps must take the job."""
+    made = pictures(data, info, specs)
+    return (
+        None
+        if made is None
+        else [encode(image, spec.quality or quality) for image, spec in zip(made, specs, strict=True)]
+    )
+
+
+def pictures(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> list[Image.Image] | None:
+    """Each spec's picture before encoding; None when Pillow's decode is not the probe's picture
+    in plain RGB or grey without a colour profile."""
+    source = pillow_decode(data, info, load_options(info, specs))
+    if source is None or "icc_profile" in source.info:
+        return None
+    if source.mode == "L":  # the libvips steps make every output sRGB: so do we
+        source = source.convert("RGB")
+    return [_fitted(source, spec, info.orientation) for spec in specs]
+
+
+def _fitted(source: Image.Image, spec: ThumbnailSpec, orientation: int) -> Image.Image:
+    """Crop (cover), resize, turn upright, pad (contain): steps/crop, resize, rotate and pad."""
+    box = (spec.height, spec.width) if orientation in TRANSPOSING else (spec.width, spec.height)
+    width, height = source.size
+    area = (0, 0, width, height)
+    if spec.fit is Fit.cover:
+        keep_w, keep_h = region(source.size, box)
+        x, y = stored_point(*focal_point(spec.gravity), orientation)
+        left, top = start(width, keep_w, x), start(height, keep_h, y)
+        area, width, height = (left, top, left + keep_w, top + keep_h), keep_w, keep_h
+    size = target_size(width, height, box, spec.fit)
+    image = source.resize(size, Image.Resampling.LANCZOS, box=area, reducing_gap=LANCZOS_GAP)
+    if orientation in _UPRIGHT:
+        image = image.transpose(_UPRIGHT[orientation])
+    if spec.fit is Fit.contain and image.size != (spec.width, spec.height):
+        canvas = Image.new("RGB", (spec.width, spec.height), WHITE)
+        canvas.paste(image, ((spec.width - image.width) // 2, (spec.height - image.height) // 2))
+        image = canvas
+    return image
+
+
+def encode(image: Image.Image, quality: int) -> tuple[bytes, int, int]:
+    out = io.BytesIO()
+    # libvips' jpegsave: chroma subsampled below quality 90, not from 90 up
+    image.save(out, "JPEG", quality=quality, optimize=True, subsampling="4:2:0" if quality < 90 else "4:4:4")
+    return out.getvalue(), image.width, image.height
