@@ -16,6 +16,7 @@ from typing import Any, Literal
 from faststream.redis import RedisBroker
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
@@ -106,10 +107,11 @@ return 0
 """
 
 
-async def forget_entry(redis: Redis, settings: Settings, job_id: str, entry_id: bytes | str) -> None:
-    """The entry was acknowledged: the job no longer has a message in the stream through it."""
+def forget_entry(pipe: Pipeline, settings: Settings, job_id: str, entry_id: bytes | str) -> None:
+    """Queue on ``pipe``: the entry was acknowledged, the job no longer has a message in the
+    stream through it."""
     entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    await redis.eval(_FORGET, 1, entries_key(settings), job_id, entry)
+    pipe.eval(_FORGET, 1, entries_key(settings), job_id, entry)
 
 
 async def lost_jobs(redis: Redis, settings: Settings, job_ids: Sequence[str]) -> list[str]:

@@ -139,20 +139,27 @@ class Worker:
         self.inflight.update(ids)
         self.running.add(job_id)
         metrics.INFLIGHT.set(len(self.inflight))
+        acked = False
         try:
             job = await self._admit(job_id, reclaimed)  # read under the lease: current
             if job is not None:
                 async with self.gate.alone() if job.isolate else self.gate.shared():
                     await self._run(job)
             await msg.ack()  # only now: the outcome is in MongoDB
-            for message_id in ids:
-                await forget_entry(self.redis, self.settings, job_id, message_id)
+            acked = True
         finally:
             self.running.discard(job_id)
             self.inflight.difference_update(ids)
             metrics.INFLIGHT.set(len(self.inflight))
-            with contextlib.suppress(Exception):  # Redis down: the lease expires by itself
-                await lease.release(self.redis, self.settings, job_id, self.consumer)
+            # Redis down: the lease expires by itself, and a finished job's stale entry record
+            # is never looked at (lost_jobs asks about unfinished jobs only)
+            with contextlib.suppress(Exception):
+                async with self.redis.pipeline(transaction=False) as pipe:  # one round trip
+                    pipe.srem(inflight_key(self.settings, self.consumer), job_id)
+                    for message_id in ids if acked else ():
+                        forget_entry(pipe, self.settings, job_id, message_id)
+                    lease.release(pipe, self.settings, job_id, self.consumer)
+                    await pipe.execute()
 
     async def _admit(self, job_id: str, reclaimed: bool) -> Job | None:
         """The job to run for this message, with what its last worker's end says about it; None
@@ -189,13 +196,13 @@ class Worker:
         return job
 
     async def _run(self, job: Job) -> None:
+        """Process the job, listed among this worker's in flight (``handle`` takes it off)."""
         key = inflight_key(self.settings, self.consumer)
-        await self.redis.sadd(key, job.job_id)
-        await self.redis.expire(key, inflight_ttl_s(self.settings))
-        try:
-            await self.processor.process(job, self.consumer)
-        finally:
-            await self.redis.srem(key, job.job_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(key, job.job_id)
+            pipe.expire(key, inflight_ttl_s(self.settings))
+            await pipe.execute()
+        await self.processor.process(job, self.consumer)
 
     async def prepare(self) -> None:
         """Before the subscribers start: the consumer group must see jobs already waiting. A worker

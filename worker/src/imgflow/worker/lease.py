@@ -11,6 +11,7 @@ dead worker's (no heartbeat) can, at once, by whoever reclaims its message.
 from __future__ import annotations
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from imgflow.core.queue import worker_key
 from imgflow.core.settings import Settings
@@ -56,8 +57,9 @@ async def take(redis: Redis, settings: Settings, job_id: str, consumer: str, *, 
     return bool(taken)
 
 
-async def release(redis: Redis, settings: Settings, job_id: str, consumer: str) -> None:
-    await redis.eval(_RELEASE, 1, lease_key(settings, job_id), consumer)
+def release(pipe: Pipeline, settings: Settings, job_id: str, consumer: str) -> None:
+    """Queue on ``pipe``: give the lease up, if this worker still holds it."""
+    pipe.eval(_RELEASE, 1, lease_key(settings, job_id), consumer)
 
 
 async def keep(redis: Redis, settings: Settings, job_ids: set[str], consumer: str) -> None:
