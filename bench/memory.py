@@ -59,7 +59,7 @@ refused = 0
 async def one(spec):
     global refused
     try:
-        async with budget.hold(job_memory_bytes(info, [spec], len(data))):
+        async with budget.hold(job_memory_bytes(info, [spec], len(data), quality=85)):
             await anyio.to_thread.run_sync(
                 lambda: make_thumbnail(data, spec, max_pixels=50_000_000, max_side=16_384,
                                        quality=85, info=info),
@@ -72,7 +72,7 @@ async def main():
             tg.start_soon(one, spec)
 anyio.run(main)
 peak = hwm_kb()
-estimate = max(job_memory_bytes(info, [spec], len(data)) for spec in specs)
+estimate = max(job_memory_bytes(info, [spec], len(data), quality=85) for spec in specs)
 print(json.dumps({"before_mb": before / 1024, "peak_mb": peak / 1024, "estimate_mb": estimate / MB,
                   "refused": refused}))
 """

@@ -188,7 +188,7 @@ def hwm():
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
 before = hwm()
 make_thumbnail(data, spec, max_pixels=50_000_000, max_side=16_384, quality=85, info=info)
-print(json.dumps({"peak": hwm() - before, "estimate": job_memory_bytes(info, [spec], len(data))}))
+print(json.dumps({"peak": hwm() - before, "estimate": job_memory_bytes(info, [spec], len(data), quality=85)}))
 """
 
 

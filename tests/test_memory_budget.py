@@ -19,25 +19,31 @@ def png(width: int, height: int, *, interlaced: bool = False) -> ImageInfo:
 
 def test_a_streamed_source_costs_its_width_not_its_area() -> None:
     wide, tall = png(16384, 3051), png(3051, 16384)
-    assert job_memory_bytes(wide, [SPEC], 0) > 3 * job_memory_bytes(tall, [SPEC], 0)
+    assert job_memory_bytes(wide, [SPEC], 0, quality=85) > 3 * job_memory_bytes(tall, [SPEC], 0, quality=85)
 
 
 def test_an_interlaced_source_costs_its_area() -> None:
     plain, interlaced = png(7071, 7071), png(7071, 7071, interlaced=True)
-    assert job_memory_bytes(interlaced, [SPEC], 0) > 7071 * 7071 * 8
-    assert job_memory_bytes(plain, [SPEC], 0) < job_memory_bytes(interlaced, [SPEC], 0) / 2
+    assert job_memory_bytes(interlaced, [SPEC], 0, quality=85) > 7071 * 7071 * 8
+    assert (
+        job_memory_bytes(plain, [SPEC], 0, quality=85)
+        < job_memory_bytes(interlaced, [SPEC], 0, quality=85) / 2
+    )
 
 
 def test_jpeg_shrink_on_load_is_counted_but_not_for_progressive() -> None:
     baseline = ImageInfo("jpeg", 8000, 6000, 1)
     progressive = ImageInfo("jpeg", 8000, 6000, 1, interlaced=True)
-    assert job_memory_bytes(baseline, [SPEC], 0) < 64 * MB
-    assert job_memory_bytes(progressive, [SPEC], 0) > 8000 * 6000 * 3 * 2
+    assert job_memory_bytes(baseline, [SPEC], 0, quality=85) < 64 * MB
+    assert job_memory_bytes(progressive, [SPEC], 0, quality=85) > 8000 * 6000 * 3 * 2
 
 
 def test_the_source_bytes_count() -> None:
     info = png(1000, 1000)
-    assert job_memory_bytes(info, [SPEC], 10 * MB) - job_memory_bytes(info, [SPEC], 0) == 10 * MB
+    assert (
+        job_memory_bytes(info, [SPEC], 10 * MB, quality=85) - job_memory_bytes(info, [SPEC], 0, quality=85)
+        == 10 * MB
+    )
 
 
 async def test_more_than_the_whole_budget_is_refused_with_the_figures() -> None:

@@ -21,6 +21,7 @@ import anyio
 from imgflow.core import watermarks
 from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec, outside_size
 from imgflow.core.probe import ImageInfo
+from imgflow.worker import plain_jpeg
 from imgflow.worker.steps.load import (
     PILLOW_BYTES_PER_PIXEL,
     animates,
@@ -61,6 +62,14 @@ AVIF_FIXED = 64 * MB
 AVIF_BYTES_PER_PIXEL = 24
 # an output held whole (for the EXIF rotation): 8-bit RGBA at most
 OUTPUT_BANDS = 4
+# What the other encoders hold for the whole output, measured on noise (their worst case) at
+# 4096x4096, bytes per output pixel (2026-12-02): JPEG with optimised Huffman tables buffers every
+# DCT coefficient, 3.0 at 4:2:0 (quality below 90) and 8.9 at 4:4:4 with the compressed result;
+# WebP 10.3 (quality 85) to 13.9 (95); GIF 10.5; PNG streams (0).
+JPEG_BYTES_PER_PIXEL = 4
+JPEG_444_BYTES_PER_PIXEL = 11
+WEBP_BYTES_PER_PIXEL = 17
+GIF_BYTES_PER_PIXEL = 13
 # an animation's frames decoded at once: RGBA, and the decoder's own canvas beside them
 ANIMATION_BYTES = 2 * 4
 
@@ -69,8 +78,11 @@ class OverBudget(Exception):
     """The job needs more memory than the worker may give any one job."""
 
 
-def job_memory_bytes(info: ImageInfo, specs: Sequence[ThumbnailSpec], source_bytes: int) -> int:
-    """Peak memory of the pipeline for this source and these outputs, estimated from the header."""
+def job_memory_bytes(
+    info: ImageInfo, specs: Sequence[ThumbnailSpec], source_bytes: int, *, quality: int
+) -> int:
+    """Peak memory of the pipeline for this source and these outputs, estimated from the header;
+    ``quality``: the service's default JPEG and WebP quality (a spec's own wins)."""
     options = load_options(info, specs)
     width, height = decoded_size(info, options)
     row = width * info.bands * info.sample_bytes
@@ -92,22 +104,35 @@ def job_memory_bytes(info: ImageInfo, specs: Sequence[ThumbnailSpec], source_byt
         whole = max(whole, info.pixels * info.pages * ANIMATION_BYTES)
     rows = ROWS_BESIDE_WHOLE if whole else STREAMED_ROWS
     # outputs are made one after the other: the largest counts
-    outputs = max(_output_bytes(info, spec) for spec in specs)
+    lane = plain_jpeg.takes(info, specs)
+    outputs = max(
+        _output_bytes(info, spec, spec.quality or quality, height if lane else None) for spec in specs
+    )
     # each watermark decoded (RGBA) and a scaled copy
     marks = len({spec.watermark for spec in specs if spec.watermark}) * 2 * watermarks.MAX_SIDE**2 * 4
     return int(FIXED + source_bytes + whole * WHOLE_MARGIN + row * rows + outputs + marks)
 
 
-def _output_bytes(info: ImageInfo, spec: ThumbnailSpec) -> int:
+def _output_bytes(info: ImageInfo, spec: ThumbnailSpec, quality: int, lane_source_height: int | None) -> int:
     """What one output holds beyond the rows streaming through: the output image when it is
-    rotated in memory, and the AVIF encoder's frame."""
+    rotated in memory, the encoder's buffers, and in the plain JPEG lane Pillow's pictures
+    (``lane_source_height``: the decoded height there)."""
     box = (spec.width, spec.height)
     out_w, out_h = outside_size(*info.displayed, box) if spec.fit is Fit.outside else box
-    held = out_w * out_h * OUTPUT_BANDS if info.orientation not in (0, 1) else 0
+    pixels = out_w * out_h
+    held = pixels * OUTPUT_BANDS if info.orientation not in (0, 1) else 0
     if spec.animates(info.format, info.pages):  # the output's frames, joined for the encoder
-        held += out_w * out_h * OUTPUT_BANDS * info.pages * 2
+        held += pixels * OUTPUT_BANDS * info.pages * 2
     if spec.format is OutputFormat.avif:  # libheif takes the whole output image, and AV1 more
-        held += AVIF_FIXED + out_w * out_h * AVIF_BYTES_PER_PIXEL
+        held += AVIF_FIXED + pixels * AVIF_BYTES_PER_PIXEL
+    elif spec.format is OutputFormat.jpeg:
+        held += pixels * (JPEG_BYTES_PER_PIXEL if quality < 90 else JPEG_444_BYTES_PER_PIXEL)
+    elif spec.format is OutputFormat.webp:
+        held += pixels * WEBP_BYTES_PER_PIXEL
+    elif spec.format is OutputFormat.gif:
+        held += pixels * GIF_BYTES_PER_PIXEL * (info.pages if spec.animates(info.format, info.pages) else 1)
+    if lane_source_height is not None:
+        held += plain_jpeg.held_bytes(out_w, out_h, lane_source_height)
     return held
 
 

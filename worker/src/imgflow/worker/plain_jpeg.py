@@ -55,6 +55,13 @@ def takes(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> bool:
     )
 
 
+def held_bytes(width: int, height: int, source_height: int) -> int:
+    """What the lane holds for one ``width`` x ``height`` output beyond its decode (counted by
+    memory.py with the decode): the resize's horizontal pass, the picture and its turned or padded
+    copy, Pillow keeping RGB in 4 bytes a pixel."""
+    return (max(width, height) * source_height + 2 * width * height) * 4
+
+
 def _plain(spec: ThumbnailSpec) -> bool:
     return (
         spec.format is OutputFormat.jpeg

@@ -90,7 +90,9 @@ class Processor:
                 raise BadSource(refused[1])
             # Known before decoding: jobs wait until their memory fits beside the running ones.
             marks = await self._watermarks(job)
-            async with self._memory.hold(job_memory_bytes(info, job.outputs, len(source))):
+            async with self._memory.hold(
+                job_memory_bytes(info, job.outputs, len(source), quality=self.settings.jpeg_quality)
+            ):
                 thumbnails = await anyio.to_thread.run_sync(
                     self._thumbnails, source, info, job, marks, limiter=self._limiter
                 )
