@@ -77,24 +77,29 @@ def _plain(spec: ThumbnailSpec) -> bool:
 def make(
     data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec], quality: int
 ) -> list[tuple[bytes, int, int]] | None:
-    """Each spec's JPEG and its size, in order; None when the libvips steps must take the job."""
-    made = pictures(data, info, specs)
-    return (
-        None
-        if made is None
-        else [encode(image, spec.quality or quality) for image, spec in zip(made, specs, strict=True)]
-    )
+    """Each spec's JPEG and its size, in order; None when the libvips steps must take the job.
+    One output's picture at a time, as memory.py counts them."""
+    source = _source(data, info, specs)
+    if source is None:
+        return None
+    return [encode(_fitted(source, spec, info.orientation), spec.quality or quality) for spec in specs]
 
 
 def pictures(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> list[Image.Image] | None:
-    """Each spec's picture before encoding; None when Pillow's decode is not the probe's picture
-    in plain RGB or grey without a colour profile."""
+    """Each spec's picture before encoding (bench/engines.py scores them), or None."""
+    source = _source(data, info, specs)
+    return None if source is None else [_fitted(source, spec, info.orientation) for spec in specs]
+
+
+def _source(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> Image.Image | None:
+    """The decoded source, RGB; None when Pillow's decode is not the probe's picture in plain RGB
+    or grey without a colour profile."""
     source = pillow_decode(data, info, load_options(info, specs))
     if source is None or "icc_profile" in source.info:
         return None
     if source.mode == "L":  # the libvips steps make every output sRGB: so do we
         source = source.convert("RGB")
-    return [_fitted(source, spec, info.orientation) for spec in specs]
+    return source
 
 
 def _fitted(source: Image.Image, spec: ThumbnailSpec, orientation: int) -> Image.Image:
