@@ -159,7 +159,7 @@ class LocalStorage:
     async def _publish(self, tmp: Path, target: Path, content_type: str) -> StoredFile:
         await anyio.Path(target.with_name(f".{target.name}.type")).write_text(content_type)
         os.replace(tmp, target)  # readers see the old file or the new one, never half of one
-        return await self.stat(target.name)
+        return _stored(target.name, os.stat(target), content_type)  # what was written: no read back
 
     async def stat(self, key: str) -> StoredFile:
         path = self._path(key)
@@ -168,8 +168,7 @@ class LocalStorage:
             content_type = await anyio.Path(path.with_name(f".{key}.type")).read_text()
         except FileNotFoundError as exc:
             raise NotFound(key) from exc
-        modified = datetime.fromtimestamp(st.st_mtime, UTC)
-        return StoredFile(key, st.st_size, content_type, _etag(key, st.st_size, modified), modified)
+        return _stored(key, st, content_type)
 
     async def stream(self, key: str) -> AsyncIterator[bytes]:
         try:
@@ -198,6 +197,11 @@ class LocalStorage:
 
     async def aclose(self) -> None:
         pass
+
+
+def _stored(key: str, st: os.stat_result, content_type: str) -> StoredFile:
+    modified = datetime.fromtimestamp(st.st_mtime, UTC)
+    return StoredFile(key, st.st_size, content_type, _etag(key, st.st_size, modified), modified)
 
 
 def _copy(src: Path, dst: Path) -> None:
