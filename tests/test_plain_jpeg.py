@@ -71,6 +71,7 @@ def test_anything_more_than_a_crop_and_resize_goes_to_libvips(fields: dict[str, 
 def test_sources_pillow_would_not_render_as_libvips_does_go_to_libvips() -> None:
     assert not plain_jpeg.takes(info_of(images.png_alpha()), [spec()])
     cmyk = images.cmyk_jpeg()
+    assert not plain_jpeg.takes(info_of(cmyk), [spec()])  # from the header: never decoded here
     assert plain_jpeg.make(cmyk, info_of(cmyk), [spec()], 85) is None
     tagged = images.photo(600, 400).copy()
     tagged.set_type(
@@ -80,6 +81,7 @@ def test_sources_pillow_would_not_render_as_libvips_does_go_to_libvips() -> None
     )
     with_profile = bytes(tagged.jpegsave_buffer(Q=90))
     assert pyvips.Image.new_from_buffer(with_profile, "").get_typeof("icc-profile-data")
+    assert not plain_jpeg.takes(info_of(with_profile), [spec()])
     assert plain_jpeg.make(with_profile, info_of(with_profile), [spec()], 85) is None
 
 

@@ -68,6 +68,7 @@ class ImageInfo:
     sample_bytes: int = 1  # 2 for 16-bit
     # Adam7 PNG or progressive JPEG: the decoder must hold the whole image (or its coefficients)
     interlaced: bool = False
+    profile: bool = False  # an embedded ICC profile
 
     @property
     def pixels(self) -> int:
@@ -195,6 +196,7 @@ def _check(image: pyvips.Image, max_pixels: int, max_side: int, read: Callable[[
         bands=image.bands,
         sample_bytes=_SAMPLE_BYTES.get(str(image.format), 8),
         interlaced=interlaced,
+        profile=bool(image.get_typeof("icc-profile-data")),
     )
     if info.pixels > max_pixels:
         raise ImageTooLarge(

@@ -46,10 +46,14 @@ WHITE = (255, 255, 255)  # contain's padding on JPEG, as steps/pad.py
 
 
 def takes(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> bool:
-    """Whether the job is plain enough for this lane, from the probe and the specs alone."""
-    # enlarging is left to libvips, whose upsampling is not a lanczos3 like Pillow's (23 dB apart)
+    """Whether the job is plain enough for this lane, from the probe and the specs alone: decided
+    before decoding, so that a job the lane turns away is not decoded twice."""
+    # enlarging is left to libvips, whose upsampling is not a lanczos3 like Pillow's (23 dB apart);
+    # colour management (an ICC profile) and CMYK (4 bands) are libvips' too
     return (
         pillow_decodes(info, load_options(info, specs))
+        and not info.profile
+        and info.bands in (1, 3)
         and all(_plain(spec) for spec in specs)
         and all(source_reduction(info, spec) >= 1 for spec in specs)
     )
@@ -93,7 +97,8 @@ def pictures(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> li
 
 def _source(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> Image.Image | None:
     """The decoded source, RGB; None when Pillow's decode is not the probe's picture in plain RGB
-    or grey without a colour profile."""
+    or grey without a colour profile (``takes`` has ruled those out from libvips' reading of the
+    header; this is for a file the two read differently)."""
     source = pillow_decode(data, info, load_options(info, specs))
     if source is None or "icc_profile" in source.info:
         return None
