@@ -120,9 +120,10 @@ def _output_bytes(info: ImageInfo, spec: ThumbnailSpec, quality: int, lane_sourc
     box = (spec.width, spec.height)
     out_w, out_h = outside_size(*info.displayed, box) if spec.fit is Fit.outside else box
     pixels = out_w * out_h
+    frames = info.pages if spec.animates(info.format, info.pages) else 1
     held = pixels * OUTPUT_BANDS if info.orientation not in (0, 1) else 0
-    if spec.animates(info.format, info.pages):  # the output's frames, joined for the encoder
-        held += pixels * OUTPUT_BANDS * info.pages * 2
+    if frames > 1:  # the output's frames, joined for the encoder
+        held += pixels * OUTPUT_BANDS * frames * 2
     if spec.format is OutputFormat.avif:  # libheif takes the whole output image, and AV1 more
         held += AVIF_FIXED + pixels * AVIF_BYTES_PER_PIXEL
     elif spec.format is OutputFormat.jpeg:
@@ -130,7 +131,7 @@ def _output_bytes(info: ImageInfo, spec: ThumbnailSpec, quality: int, lane_sourc
     elif spec.format is OutputFormat.webp:
         held += pixels * WEBP_BYTES_PER_PIXEL
     elif spec.format is OutputFormat.gif:
-        held += pixels * GIF_BYTES_PER_PIXEL * (info.pages if spec.animates(info.format, info.pages) else 1)
+        held += pixels * GIF_BYTES_PER_PIXEL * frames
     if lane_source_height is not None:
         held += plain_jpeg.held_bytes(out_w, out_h, lane_source_height)
     return held
