@@ -1,5 +1,5 @@
 """The plain JPEG lane (worker/plain_jpeg.py): which jobs take it, and that a job's result does not
-depend on its lane (real JPEGs, Pillow against the libvips steps, no servers)."""
+depend on its lane (real JPEGs, TurboJPEG and Pillow against the libvips steps, no servers)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_anything_more_than_a_crop_and_resize_goes_to_libvips(fields: dict[str, 
     assert not plain_jpeg.takes(info, [spec(), spec(**fields)])  # one such output is enough
 
 
-def test_sources_pillow_would_not_render_as_libvips_does_go_to_libvips() -> None:
+def test_sources_the_lane_would_not_render_as_libvips_does_go_to_libvips() -> None:
     assert not plain_jpeg.takes(info_of(images.png_alpha()), [spec()])
     cmyk = images.cmyk_jpeg()
     assert not plain_jpeg.takes(info_of(cmyk), [spec()])  # from the header: never decoded here
@@ -81,8 +81,7 @@ def test_sources_pillow_would_not_render_as_libvips_does_go_to_libvips() -> None
     )
     with_profile = bytes(tagged.jpegsave_buffer(Q=90))
     assert pyvips.Image.new_from_buffer(with_profile, "").get_typeof("icc-profile-data")
-    assert not plain_jpeg.takes(info_of(with_profile), [spec()])
-    assert plain_jpeg.make(with_profile, info_of(with_profile), [spec()], 85) is None
+    assert not plain_jpeg.takes(info_of(with_profile), [spec()])  # from the header too
 
 
 CASES = [

@@ -23,11 +23,11 @@ from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec, outside_size
 from imgflow.core.probe import ImageInfo
 from imgflow.worker import plain_jpeg
 from imgflow.worker.steps.load import (
-    PILLOW_BYTES_PER_PIXEL,
+    TURBO_BYTES_PER_PIXEL,
     animates,
     decoded_size,
     load_options,
-    pillow_decodes,
+    turbo_decodes,
 )
 
 MB = 1 << 20
@@ -96,8 +96,8 @@ def job_memory_bytes(
         whole = info.pixels * info.bands * COEFFICIENT_BYTES  # shrink-on-load does not shrink these
     elif info.interlaced or info.format == "tiff" or options["access"] == "random":
         whole, decoded = decoded, 0  # the decoder or smartcrop holds it all (counted here)
-    if pillow_decodes(info, options):  # held whole at the shrunk size (steps/load.py)
-        whole += width * height * PILLOW_BYTES_PER_PIXEL
+    if turbo_decodes(info, options):  # held whole at the shrunk size (steps/load.py)
+        whole += width * height * TURBO_BYTES_PER_PIXEL
     if len(specs) > 1:  # several outputs are made from one decode held in memory
         whole += decoded
     if animates(info, specs):  # every frame decoded at once (RGBA), and the output's frames

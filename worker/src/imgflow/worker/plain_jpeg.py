@@ -1,12 +1,12 @@
-"""The plain JPEG lane: a JPEG made into JPEGs with nothing but a crop and a resize, done by Pillow
-from decode to encode.
+"""The plain JPEG lane: a JPEG made into JPEGs with nothing but a crop and a resize, decoded by
+TurboJPEG (as every small JPEG decode, steps/load.py) and done by Pillow from there to the encode.
 
 Most jobs are this (the original contract's 100x100 ``cover`` JPEG). For them libvips' fixed cost
 per image was the larger part of what kept imgflow below Pillow: on a 1080p JPEG decoded at 1/8
 (240x135), building and running libvips' crop, lanczos3 resize and JPEG save took ~1.9 ms of CPU
 where Pillow's resize and save take ~0.3 ms, beside a 5 ms decode (bench/README.md, 2026-12-02).
-Pillow's decode, resize and encode also release the GIL, so two jobs in one worker process run
-side by side, which pyvips' many small calls did not.
+TurboJPEG's decode and Pillow's resize and encode also release the GIL, so two jobs in one worker
+process run side by side, which pyvips' many small calls did not.
 
 Same geometry as the libvips steps, from the same functions (``steps/crop.py``,
 ``steps/resize.py``), the same lanczos3 kernel with the same block-average gap, the same JPEG
@@ -14,8 +14,8 @@ encoder settings as ``steps/encode.py`` (libvips writes mozjpeg with its libjpeg
 defaults: Annex K tables, 4:2:0 below quality 90, optimised Huffman tables), so a job's result
 does not depend on its lane beyond the resampler's rounding (tests/test_plain_jpeg.py measures it).
 Anything else goes to the libvips steps: another output format, a smart crop, a filter, a
-watermark, an enlargement, an ICC profile (colour management is libvips'), CMYK, or anything Pillow cannot
-decode as the probe described it.
+watermark, an enlargement, an ICC profile (colour management is libvips'), CMYK, or anything
+TurboJPEG cannot decode as the probe described it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from PIL import Image
 from imgflow.core.jobs import SMART, Fit, OutputFormat, ThumbnailSpec, focal_point
 from imgflow.core.probe import ImageInfo
 from imgflow.worker.steps.crop import region, start, stored_point
-from imgflow.worker.steps.load import load_options, pillow_decode, pillow_decodes, source_reduction
+from imgflow.worker.steps.load import load_options, source_reduction, turbo_decode, turbo_decodes
 from imgflow.worker.steps.resize import LANCZOS_GAP, target_size
 from imgflow.worker.work import TRANSPOSING
 
@@ -51,7 +51,7 @@ def takes(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> bool:
     # enlarging is left to libvips, whose upsampling is not a lanczos3 like Pillow's (23 dB apart);
     # colour management (an ICC profile) and CMYK (4 bands) are libvips' too
     return (
-        pillow_decodes(info, load_options(info, specs))
+        turbo_decodes(info, load_options(info, specs))
         and not info.profile
         and info.bands in (1, 3)
         and all(_plain(spec) for spec in specs)
@@ -96,15 +96,13 @@ def pictures(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> li
 
 
 def _source(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> Image.Image | None:
-    """The decoded source, RGB; None when Pillow's decode is not the probe's picture in plain RGB
-    or grey without a colour profile (``takes`` has ruled those out from libvips' reading of the
-    header; this is for a file the two read differently)."""
-    source = pillow_decode(data, info, load_options(info, specs))
-    if source is None or "icc_profile" in source.info:
+    """The decoded source, RGB (grey decoded to RGB: the libvips steps make every output sRGB);
+    None when TurboJPEG does not decode the picture the probe saw."""
+    pixels = turbo_decode(data, info, load_options(info, specs), rgb=True)
+    if pixels is None:
         return None
-    if source.mode == "L":  # the libvips steps make every output sRGB: so do we
-        source = source.convert("RGB")
-    return source
+    height, width, _ = pixels.shape
+    return Image.frombuffer("RGB", (width, height), pixels, "raw", "RGB", 0, 1)
 
 
 def _fitted(source: Image.Image, spec: ThumbnailSpec, orientation: int) -> Image.Image:

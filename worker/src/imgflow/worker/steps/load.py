@@ -12,40 +12,46 @@ or show something other than the picture. It is opened sequential like the rest,
 keeps no cache of its own beside libheif's. libheif applies the file's rotation and mirroring
 (irot, imir) itself, and libvips then reports no orientation: nothing is turned twice.
 
-JPEG is decoded by Pillow (libjpeg-turbo 3.2, with the same DCT scaling through ``draft``) when
-the shrunk picture is small, and libvips takes the pixels from there: libvips' own JPEG decode
-(mozjpeg 5.0 in pyvips-binary) cost 5.9 ms per 1080p JPEG at 1/8 and 29.4 ms per 12 MP against
-Pillow's 5.0 and 27.0 ms (bench/README.md, 2026-12-01), the larger part of what kept imgflow below
-Pillow on JPEG. Pillow only ever sees bytes libvips' probe already identified as JPEG and bounded
-by its header, and only its JPEG plugin is allowed to open them; whatever Pillow cannot do (CMYK,
-a size other than the probe's, a damaged or cut-off file) goes to libvips as before, so the errors
-a client reads are libvips' and a truncated file still fails.
+JPEG is decoded by libjpeg-turbo through its TurboJPEG API (the ``simplejpeg`` wheel, with the
+same DCT scaling) when the shrunk picture is small, and libvips takes the pixels from there:
+libvips' own JPEG decode (mozjpeg 5.0 in pyvips-binary) cost 5.9 ms per 1080p JPEG at 1/8 and
+29.4 ms per 12 MP against libjpeg-turbo's 5.0 and 27.0 ms through Pillow (bench/README.md,
+2026-12-01), the larger part of what kept imgflow below Pillow on JPEG; TurboJPEG decodes the same
+pixels as Pillow's ``draft`` another 3-7% faster (bench/README.md, 2026-12-02). TurboJPEG only
+ever sees bytes libvips' probe already identified as JPEG and bounded by its header, and decodes
+only when its own header read agrees with the probe's; whatever it cannot do (CMYK, a size other
+than the probe's, a damaged or cut-off file) goes to libvips as before, so the errors a client
+reads are libvips' and a truncated file still fails.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pyvips
-from PIL import Image
+import simplejpeg
 
 from imgflow.core.jobs import SMART, Fit, ThumbnailSpec
 from imgflow.core.probe import ImageInfo, open_buffer
 from imgflow.worker.work import TRANSPOSING
 
 JPEG_SHRINKS = (8, 4, 2)
-# Pillow decodes a JPEG whole (no sequential streaming like libvips'), so only when the shrunk
+# TurboJPEG decodes a JPEG whole (no sequential streaming like libvips'), so only when the shrunk
 # picture is at most this many pixels: the default 100x100 job decodes any source up to 50 MP to
 # under 1 MP, while a large output from a large source keeps libvips' streaming decode.
-PILLOW_MAX_DECODED = 4_000_000
-# what a Pillow decode holds at its peak: its RGBX image (4 bytes a pixel) and the packed RGB
-# copy handed to libvips (3); memory.py counts it
-PILLOW_BYTES_PER_PIXEL = 7
-# Pillow's modes that are libvips' images as they are; others (CMYK, YCCK) go to libvips
-_PILLOW_MODES = {"RGB": (3, "srgb"), "L": (1, "b-w")}
+TURBO_MAX_DECODED = 4_000_000
+# what a TurboJPEG decode holds at its peak: its packed RGB pixels (3 bytes a pixel, handed to
+# libvips without a copy) and, in the plain JPEG lane, Pillow's RGBX copy of them (4); memory.py
+# counts it
+TURBO_BYTES_PER_PIXEL = 7
+# TurboJPEG's JPEG colour spaces that decode to libvips' images as they are, and the pixel format
+# to ask for; CMYK and YCCK go to libvips
+_TURBO_SPACES = {"YCbCr": "RGB", "RGB": "RGB", "Gray": "GRAY"}
+_INTERPRETATIONS = {3: "srgb", 1: "b-w"}
 
 
 def reduction(width: int, height: int, box: tuple[int, int], fit: Fit) -> float:
@@ -96,10 +102,10 @@ def decoded_size(info: ImageInfo, options: dict[str, Any]) -> tuple[int, int]:
     return math.ceil(info.width * scale), math.ceil(info.height * scale)
 
 
-def pillow_decodes(info: ImageInfo, options: dict[str, Any]) -> bool:
-    """Whether ``open_source`` hands this source to Pillow's JPEG decoder (if its mode allows)."""
+def turbo_decodes(info: ImageInfo, options: dict[str, Any]) -> bool:
+    """Whether ``open_source`` hands this source to TurboJPEG (if its colour space allows)."""
     width, height = decoded_size(info, options)
-    return info.format == "jpeg" and info.pages == 1 and width * height <= PILLOW_MAX_DECODED
+    return info.format == "jpeg" and info.pages == 1 and width * height <= TURBO_MAX_DECODED
 
 
 def animates(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> bool:
@@ -111,42 +117,50 @@ def open_source(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) ->
     """The source, ready for the first step. For several outputs, or the frames of an animation,
     it is decoded into memory once here, and every output (or frame) is derived from those pixels."""
     options = load_options(info, specs)
-    if pillow_decodes(info, options) and (image := _pillow_jpeg(data, info, options)) is not None:
+    if turbo_decodes(info, options) and (image := _turbo_jpeg(data, info, options)) is not None:
         return image  # already in memory: every access pattern and any number of outputs
     image = open_buffer(data, **options)
     return image.copy_memory() if len(specs) > 1 or animates(info, specs) else image
 
 
-def pillow_decode(data: bytes, info: ImageInfo, options: dict[str, Any]) -> Image.Image | None:
-    """The JPEG decoded by Pillow at the load's shrink, RGB or grey; None when Pillow does not see
-    the picture the probe saw, or fails: libvips decodes it then, or says why not."""
-    shrink = int(options.get("shrink", 1))
+def turbo_decode(
+    data: bytes, info: ImageInfo, options: dict[str, Any], *, rgb: bool = False
+) -> npt.NDArray[np.uint8] | None:
+    """The JPEG decoded by TurboJPEG at the load's shrink: rows x columns x bands, 3 bands or 1 for
+    grey (3 for grey too with ``rgb``); None when TurboJPEG does not see the picture the probe
+    saw, or fails: libvips decodes it then, or says why not."""
+    width, height = decoded_size(info, options)
     try:
-        # formats=: Pillow must not guess another parser for these bytes
-        with Image.open(io.BytesIO(data), formats=("JPEG",)) as opened:
-            if opened.mode not in _PILLOW_MODES or opened.size != (info.width, info.height):
-                return None
-            # draft picks the largest DCT scale leaving at least this size: exactly ``shrink``
-            opened.draft(opened.mode, (max(1, info.width // shrink), max(1, info.height // shrink)))
-            if opened.size != decoded_size(info, options):
-                return None
-            opened.load()
-            return opened  # the pixels are loaded: usable after the file closes
-    except Exception:  # damaged, cut off, or beyond Pillow
+        rows, columns, space, _ = simplejpeg.decode_jpeg_header(data)
+        if (columns, rows) != (info.width, info.height) or space not in _TURBO_SPACES:
+            return None
+        pixels: npt.NDArray[np.uint8] = simplejpeg.decode_jpeg(
+            data,
+            "RGB" if rgb else _TURBO_SPACES[space],
+            # the largest DCT scale that leaves at least this size, and no larger than the shrink:
+            # exactly 1/shrink (TurboJPEG also has scales like 3/8 that libvips' shrink has not)
+            min_width=width,
+            min_height=height,
+            min_factor=int(options.get("shrink", 1)),
+        )
+    except Exception:  # damaged, cut off (strict: a warning is an error), or beyond TurboJPEG
         return None
+    return pixels if pixels.shape[:2] == (height, width) else None
 
 
-def _pillow_jpeg(data: bytes, info: ImageInfo, options: dict[str, Any]) -> pyvips.Image | None:
-    """The JPEG decoded by Pillow, as a libvips image with what the steps read from a libvips load
-    (orientation, ICC profile); None leaves the decode to libvips."""
-    decoded = pillow_decode(data, info, options)
-    if decoded is None:
+def _turbo_jpeg(data: bytes, info: ImageInfo, options: dict[str, Any]) -> pyvips.Image | None:
+    """The JPEG decoded by TurboJPEG, as a libvips image with what the steps read from a libvips
+    load (orientation, ICC profile); None leaves the decode to libvips."""
+    pixels = turbo_decode(data, info, options)
+    if pixels is None:
         return None
-    bands, interpretation = _PILLOW_MODES[decoded.mode]
-    image = pyvips.Image.new_from_memory(
-        decoded.tobytes(), decoded.width, decoded.height, bands, "uchar"
-    ).copy(interpretation=interpretation)
-    if icc := decoded.info.get("icc_profile"):
+    height, width, bands = pixels.shape
+    # libvips reads the array in place and keeps a reference to it
+    image = pyvips.Image.new_from_memory(pixels, width, height, bands, "uchar").copy(
+        interpretation=_INTERPRETATIONS[bands]
+    )
+    if info.profile:  # from libvips' own header read: no pixels are decoded for it
+        icc = open_buffer(data).get("icc-profile-data")
         image.set_type(pyvips.GValue.blob_type, "icc-profile-data", icc)
     if info.orientation not in (0, 1):  # steps/rotate.py's autorot reads it from the image
         image.set_type(pyvips.GValue.gint_type, "orientation", info.orientation)
