@@ -71,6 +71,7 @@ CONFIGS = (
     ),
     Config("floor_full", "floor: libvips decode, full size", "decode_full", ("v1",), 1, 1, "floor"),
     Config("floor_pillow", "floor: Pillow decode (draft)", "pillow_decode", ("v1",), 1, 1, "floor"),
+    Config("floor_worker", "floor: imgflow's decoder (TurboJPEG)", "worker_decode", ("v1",), 1, 1, "floor"),
     Config("imgflow_2t", "imgflow, 2 threads in 1 process", "imgflow", ("v1",), 2, 2, "imgflow"),
     Config("imgflow_2p", "imgflow, 2 processes x 1 thread", "imgflow", ("v1", "v1b"), 1, 2, "imgflow"),
     Config("imgflow_dc1", "imgflow, 1 thread, libvips default threads", "imgflow", ("vd",), 1, 2, "imgflow"),

@@ -20,6 +20,7 @@ from imgflow.core.probe import probe_buffer
 from imgflow.worker import plain_jpeg
 from imgflow.worker.pipeline import libvips_thumbnails, make_thumbnail
 from imgflow.worker.steps.load import load_options as worker_load_options
+from imgflow.worker.steps.load import turbo_decode, turbo_decodes
 
 BOX = 100
 QUALITY = 85
@@ -115,6 +116,15 @@ def decode_full(source: Source) -> bytes:
     return b""
 
 
+def worker_decode(source: Source) -> bytes:
+    """Floor for imgflow: decode as the worker does, nothing else (TurboJPEG for JPEG, libvips
+    for the rest), at imgflow's shrink-on-load."""
+    info = probe_buffer(source.data, max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
+    if turbo_decodes(info, source.load) and turbo_decode(source.data, info, source.load) is not None:
+        return b""
+    return decode_shrunk(source)
+
+
 def pillow_decode(source: Source) -> bytes:
     """Floor for Pillow: open and decode with the same ``draft`` as ``pillow``, nothing else."""
     with Image.open(io.BytesIO(source.data)) as opened:
@@ -131,6 +141,7 @@ ENGINES: dict[str, Engine] = {
     "decode_shrunk": decode_shrunk,
     "decode_full": decode_full,
     "pillow_decode": pillow_decode,
+    "worker_decode": worker_decode,
 }
 # the engines that make thumbnails, with ``lossless=True`` giving the same pixels as PNG (for quality)
 THUMBNAILERS = {
