@@ -62,7 +62,8 @@ def imgflow(source: Source, *, lossless: bool = False) -> bytes:
 
 def imgflow_before(source: Source, *, lossless: bool = False) -> bytes:
     """imgflow as it was before the plain JPEG lane (2026-12-02): every job through libvips'
-    steps, JPEG decoded by Pillow. Kept so that each run measures the change against the same peers."""
+    steps (JPEG decoded as the worker decodes it). Kept so that each run measures the change
+    against the same peers."""
     spec = SPEC.model_copy(update={"format": OutputFormat.png}) if lossless else SPEC
     info = probe_buffer(source.data, max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
     return libvips_thumbnails(source.data, info, [spec], quality=QUALITY)[0].data

@@ -17,7 +17,7 @@ same DCT scaling) when the shrunk picture is small, and libvips takes the pixels
 libvips' own JPEG decode (mozjpeg 5.0 in pyvips-binary) cost 5.9 ms per 1080p JPEG at 1/8 and
 29.4 ms per 12 MP against libjpeg-turbo's 5.0 and 27.0 ms through Pillow (bench/README.md,
 2026-12-01), the larger part of what kept imgflow below Pillow on JPEG; TurboJPEG decodes the same
-pixels as Pillow's ``draft`` another 3-7% faster (bench/README.md, 2026-12-02). TurboJPEG only
+pixels as Pillow's ``draft`` with 3-20% less CPU (bench/README.md, 2026-12-02). TurboJPEG only
 ever sees bytes libvips' probe already identified as JPEG and bounded by its header, and decodes
 only when its own header read agrees with the probe's; whatever it cannot do (CMYK, a size other
 than the probe's, a damaged or cut-off file) goes to libvips as before, so the errors a client
