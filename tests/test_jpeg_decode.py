@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 import pyvips
+import simplejpeg
 
 from imgflow.core.jobs import ThumbnailSpec
 from imgflow.core.probe import ImageInfo, probe_buffer
+from imgflow.worker.pipeline import make_thumbnails
 from imgflow.worker.steps.load import decoded_size, load_options, open_source, turbo_decode
 from tests import images
 
@@ -86,3 +89,27 @@ def test_a_cut_off_jpeg_is_not_decoded_by_turbojpeg_and_libvips_says_why() -> No
     assert turbo_decode(data, info, load_options(info, spec)) is None
     with pytest.raises(pyvips.Error, match=r"(?i)premature|truncat"):
         open_source(data, info, spec).avg()
+
+
+def test_a_file_turbojpeg_refuses_is_tried_once_then_decoded_by_libvips(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plain job (the lane) whose bytes TurboJPEG refuses goes to the libvips steps, which must
+    not hand the same bytes to TurboJPEG again."""
+    tries = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        tries.append(1)
+        return decode_jpeg(*args, **kwargs)
+
+    decode_jpeg = simplejpeg.decode_jpeg
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", counted)
+    with pytest.raises(pyvips.Error, match=r"(?i)premature|truncat"):
+        make_thumbnails(
+            images.truncated_jpeg(),
+            [ThumbnailSpec(width=100, height=100)],
+            max_pixels=LIMIT,
+            max_side=SIDE,
+            quality=85,
+        )
+    assert len(tries) == 1

@@ -68,9 +68,13 @@ def make_thumbnails(
     anything that is not a usable image. ``watermarks``: the PNG of each watermark the specs name,
     by id."""
     info = info or probe_buffer(data, max_pixels=max_pixels, max_side=max_side)
-    if plain_jpeg.takes(info, specs) and (plain := plain_jpeg.make(data, info, specs, quality)):
+    if not plain_jpeg.takes(info, specs):
+        return libvips_thumbnails(data, info, specs, quality=quality, watermarks=watermarks)
+    if plain := plain_jpeg.make(data, info, specs, quality):
         return [Thumbnail(encoded, width, height, OutputFormat.jpeg) for encoded, width, height in plain]
-    return libvips_thumbnails(data, info, specs, quality=quality, watermarks=watermarks)
+    # TurboJPEG refused the file (damaged, or read otherwise than the probe): libvips decodes it,
+    # without TurboJPEG trying the same bytes again
+    return libvips_thumbnails(data, info, specs, quality=quality, turbo=False)
 
 
 def libvips_thumbnails(
@@ -80,9 +84,11 @@ def libvips_thumbnails(
     *,
     quality: int,
     watermarks: Mapping[str, bytes] | None = None,
+    turbo: bool = True,
 ) -> list[Thumbnail]:
-    """Every output through libvips' ``STEPS``: any job, whichever lane it would take."""
-    source = open_source(data, info, specs)
+    """Every output through libvips' ``STEPS``: any job, whichever lane it would take.
+    ``turbo``: whether TurboJPEG may decode the source (``open_source``)."""
+    source = open_source(data, info, specs, turbo=turbo)
     marks = {
         mark_id: prepare(open_buffer(png, access="random")) for mark_id, png in (watermarks or {}).items()
     }

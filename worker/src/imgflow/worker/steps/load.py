@@ -113,11 +113,14 @@ def animates(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> bool:
     return any(spec.animates(info.format, info.pages) for spec in specs)
 
 
-def open_source(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> pyvips.Image:
+def open_source(
+    data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec], *, turbo: bool = True
+) -> pyvips.Image:
     """The source, ready for the first step. For several outputs, or the frames of an animation,
-    it is decoded into memory once here, and every output (or frame) is derived from those pixels."""
+    it is decoded into memory once here, and every output (or frame) is derived from those pixels.
+    ``turbo=False``: TurboJPEG has already refused these bytes; libvips decodes them."""
     options = load_options(info, specs)
-    if turbo_decodes(info, options) and (image := _turbo_jpeg(data, info, options)) is not None:
+    if turbo and turbo_decodes(info, options) and (image := _turbo_jpeg(data, info, options)) is not None:
         return image  # already in memory: every access pattern and any number of outputs
     image = open_buffer(data, **options)
     return image.copy_memory() if len(specs) > 1 or animates(info, specs) else image
