@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     mongodb_url: str = Field("mongodb://127.0.0.1:27017", description="MongoDB (or wire-compatible) URL")
     mongodb_database: str = Field("imgflow", description="Database holding jobs and GridFS files")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL of the job stream")
+    mongodb_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Time limit of each MongoDB operation, sent to the server as maxTimeMS so an "
+        "abandoned query stops there too; past it the request answers 503",
+    )
 
     # Queue contract
     stream: str = Field("imgflow:jobs", description="Redis stream the jobs are published to")
@@ -119,6 +125,15 @@ class Settings(BaseSettings):
     )
     s3_timeout_s: float = Field(
         10.0, gt=0, description="Connect and read timeout of each S3 request (3 tries in all)"
+    )
+    download_memory_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=65536,
+        description="A thumbnail up to this size is read whole from storage and sent from memory; a "
+        "larger one is read in pieces of 1 MiB, so no storage connection waits on a slow client",
+    )
+    download_deadline_s: float = Field(
+        120.0, gt=0, description="Time a client has to receive a thumbnail; then the connection is cut"
     )
 
     # Input limits: checked before anything is decoded
@@ -234,6 +249,18 @@ class Settings(BaseSettings):
     allow_private_urls: bool = Field(
         False, description="Allow fetching loopback/private/link-local addresses (tests and dev only)"
     )
+    dns_timeout_s: float = Field(
+        5.0, gt=0, description="Time one host name lookup (URL sources, webhook URLs) may take"
+    )
+    dns_max_concurrent: int = Field(
+        8, ge=1, description="Host name lookups one process makes at once; more wait (within dns_timeout_s)"
+    )
+    dns_servers: str = Field(
+        "",
+        pattern=r"^(\S+(\s*,\s*\S+)*)?$",
+        description="Name servers of those lookups, comma-separated (ip or ip:port); empty: the "
+        "system's (/etc/resolv.conf)",
+    )
 
     # HTTP
     api_host: str = Field("127.0.0.1", description="Address the API listens on")
@@ -249,6 +276,18 @@ class Settings(BaseSettings):
     )
     max_concurrent_uploads: int = Field(
         16, ge=1, description="Uploads one API process receives at once; more get 503 + Retry-After"
+    )
+    max_uploads_per_key: int = Field(
+        4,
+        ge=1,
+        description="Uploads one API process receives at once from one key (admin keys aside); more "
+        "get 429 + Retry-After",
+    )
+    list_max_offset: int = Field(
+        1000,
+        ge=0,
+        description="Most jobs a numbered listing page may skip ((page - 1) x limit); deeper pages "
+        "answer 400 and point to cursor paging",
     )
     worker_metrics_port: int = Field(9100, description="Port of the worker's /metrics and /healthz (0: off)")
 
