@@ -5,7 +5,11 @@ image in a file branded "avif" (or an AV1 one branded "mif1") is misnamed. The i
 primary item (and, for a grid or other derived image, of the items it is made from) is what
 libheif picks its decoder by, so that is what is read here. This walks only the ``meta`` box's
 ``pitm``, ``iinf`` and ``iref`` children, with every count and size checked against the bytes
-there are: nothing here allocates more than the file's size.
+there are, and is bounded in entries and depth whatever the file says: at most ``MAX_BOXES``
+boxes read in any one box, ``MAX_REFERENCES`` references, ``MAX_DEPTH`` levels of derived images,
+and each item visited once. A grid may name the same tile many times, and a file may chain grids
+that each name the next hundreds of times: a walk that kept the repeats visited 256**4 items for a
+2.7 KB file (issue 19).
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ CODECS = {
 # images made from other items (tiles, an identity transform, an overlay): their codec is theirs
 DERIVED = frozenset({"grid", "iden", "iovl"})
 MAX_DEPTH = 4  # derived images of derived images: libheif refuses deeper nesting too
+# The shipped libheif refuses more than 100 boxes in a box, and more than 256 reference boxes or
+# 256 references in one (its security limits): these are looser, so that they never refuse what
+# libheif reads, and still keep the walk to a few milliseconds
+MAX_BOXES = 1024
+MAX_REFERENCES = 256 * 256
 
 
 class HeifStructureError(ValueError):
@@ -37,8 +46,10 @@ class HeifStructureError(ValueError):
 
 
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[str, int, int]]:
-    """(type, payload start, box end) of each box in data[start:end]."""
-    while start + 8 <= end:
+    """(type, payload start, box end) of each box in data[start:end], at most ``MAX_BOXES``."""
+    for _ in range(MAX_BOXES):
+        if start + 8 > end:
+            return
         size, kind = struct.unpack_from(">I4s", data, start)
         header = 8
         if size == 1:
@@ -52,6 +63,8 @@ def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[str, int, int]]:
             raise HeifStructureError(f"the {kind.decode('latin-1')!r} box overruns its container")
         yield kind.decode("latin-1"), start + header, start + size
         start += size
+    if start + 8 <= end:
+        raise HeifStructureError(f"a box holds more than {MAX_BOXES} boxes")
 
 
 def _find(data: bytes, start: int, end: int, kind: str) -> tuple[int, int] | None:
@@ -78,18 +91,20 @@ def primary_codecs(data: bytes) -> set[str]:
     types = _item_types(data, *iinf)
     references = _derived_from(data, *iref) if (iref := _find(data, start, end, "iref")) else {}
     codecs: set[str] = set()
-    items, seen = [primary], set()
+    items, seen = [primary], {primary}
     for _ in range(MAX_DEPTH + 1):
         following = []
         for item in items:
             kind = types.get(item)
             if kind is None:
                 raise HeifStructureError(f"item {item} is not in the item list")
-            if kind in DERIVED:
-                following += [i for i in references.get(item, ()) if i not in seen]
-                seen.add(item)
-            else:
+            if kind not in DERIVED:
                 codecs.add(kind)
+                continue
+            for source in references.get(item, ()):
+                if source not in seen:  # a tile named twice (or a loop) is looked at once
+                    seen.add(source)
+                    following.append(source)
         if not following:
             if not codecs:
                 raise HeifStructureError("the primary image is made from no coded image")
@@ -113,9 +128,11 @@ def _item_types(data: bytes, start: int, end: int) -> dict[int, str]:
     return types
 
 
-def _derived_from(data: bytes, start: int, end: int) -> dict[int, list[int]]:
+def _derived_from(data: bytes, start: int, end: int) -> dict[int, set[int]]:
+    """The items each derived item is made from (each named once, however often it is listed)."""
     id_size = 2 if _uint(data, start, 1, end) == 0 else 4
-    refs: dict[int, list[int]] = {}
+    refs: dict[int, set[int]] = {}
+    total = 0
     for kind, s, e in _boxes(data, start + 4, end):
         if kind != "dimg":
             continue
@@ -124,5 +141,10 @@ def _derived_from(data: bytes, start: int, end: int) -> dict[int, list[int]]:
         at = s + id_size + 2
         if at + count * id_size > e:
             raise HeifStructureError("a 'dimg' reference lists more items than it holds")
-        refs.setdefault(source, []).extend(_uint(data, at + i * id_size, id_size, e) for i in range(count))
+        total += count
+        if total > MAX_REFERENCES:
+            raise HeifStructureError(f"the file has more than {MAX_REFERENCES} 'dimg' references")
+        refs.setdefault(source, set()).update(
+            struct.unpack_from(f">{count}{'H' if id_size == 2 else 'I'}", data, at)
+        )
     return refs

@@ -175,8 +175,6 @@ def _check(image: pyvips.Image, max_pixels: int, max_side: int, read: Callable[[
     fmt = _NICKNAMES.get(loader.removesuffix("_buffer").removesuffix("_source").removesuffix("_file"))
     if fmt is None:  # cannot happen while restrict_loaders holds; refuse rather than trust it
         raise UnsupportedImage(_not_an_image())
-    if fmt == "avif":
-        _heif_codec(read())
     pages = int(image.get("n-pages")) if image.get_typeof("n-pages") else 1
     # A multi-page source is loaded one page at a time, so one page's size is what we decode.
     # (A HEIF's n-pages counts its top-level images; libvips loads only the primary one.)
@@ -209,4 +207,6 @@ def _check(image: pyvips.Image, max_pixels: int, max_side: int, read: Callable[[
         raise ImageTooLarge(
             f"The image is {info.width}x{info.height}: a side over the limit of {max_side:,} pixels."
         )
+    if fmt == "avif":  # after the header's limits: they cost nothing, the walk a little
+        _heif_codec(read())
     return info
