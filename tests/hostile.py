@@ -441,11 +441,14 @@ def anmf(frame: bytes) -> bytes:
     return riff_chunk(b"ANMF", bytes(6) + b"\0\0\0\0\0\0" + b"\x01\0\0\0" + frame)
 
 
+def webp_frames(count: int) -> bytes:
+    """An animated WebP of ``count`` 1x1 frames."""
+    return webp(vp8x(animation=True), riff_chunk(b"ANIM", bytes(6)), anmf(vp8l_1x1()) * count)
+
+
 WEBP: dict[str, Callable[[], bytes]] = {
     "webp-many-chunks": lambda: webp(vp8x(), riff_chunk(b"prVt", b"") * 200_000, vp8l_1x1()),
-    "webp-many-frames": lambda: webp(
-        vp8x(animation=True), riff_chunk(b"ANIM", bytes(6)), anmf(vp8l_1x1()) * 50_000
-    ),
+    "webp-many-frames": lambda: webp_frames(50_000),
     "webp-huge-chunk-length": lambda: webp(
         vp8x(), riff_chunk(b"prVt", b"x" * 16, length=0xFFFFFFF0), vp8l_1x1()
     ),

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyvips
 
-from imgflow.core import heif
+from imgflow.core import heif, pages
 
 # libvips loader class (blocking also covers its _buffer/_source variants) -> our format name
 LOADERS = {
@@ -41,6 +41,9 @@ SUPPORTED_FORMATS = tuple(LOADERS.values())
 HEIF_DECODABLE = frozenset({"av01"})
 # a BMP's info header sizes (core, v2-v5, OS/2): with "BM", how BMP is told from text starting "BM"
 _BMP_INFO_HEADER_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
+# pages of a TIFF, frames of a WebP: libvips counts them all when it reads the header, at a cost
+# that grows with their number (pages.py); a thousand costs it a few milliseconds
+MAX_PAGES = 1000
 _SAMPLE_BYTES = {"uchar": 1, "char": 1, "ushort": 2, "short": 2, "uint": 4, "int": 4, "float": 4}
 
 
@@ -108,6 +111,9 @@ def probe_file(path: Path, *, max_pixels: int, max_side: int) -> ImageInfo:
     restrict_loaders()
     if path.stat().st_size == 0:
         raise UnsupportedImage("The file is empty.")
+    with path.open("rb") as file:
+        if pages.paged(file.read(12)):
+            _check_pages(path.read_bytes())
     try:
         image = pyvips.Image.new_from_file(str(path), access="sequential")
     except pyvips.Error as exc:
@@ -120,11 +126,19 @@ def probe_buffer(data: bytes, *, max_pixels: int, max_side: int) -> ImageInfo:
     restrict_loaders()
     if not data:
         raise UnsupportedImage("The file is empty.")
+    _check_pages(data)
     try:
         image = open_buffer(data, access="sequential")
     except pyvips.Error as exc:
         raise _refusal(data[:18], exc) from exc
     return _check(image, max_pixels, max_side, lambda: data)
+
+
+def _check_pages(data: bytes) -> None:
+    try:
+        pages.check_pages(data, MAX_PAGES)
+    except pages.TooManyPages as exc:
+        raise ImageTooLarge(str(exc)) from exc
 
 
 def open_buffer(data: bytes, **options: Any) -> pyvips.Image:
