@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MEDIA_TYPE = "application/problem+json"
@@ -95,12 +96,16 @@ class Problem(Exception):
 
 
 def unavailable(what: str, cause: Exception | None = None, *, refused_job: bool = True) -> Problem:
-    """503 with Retry-After: a backing service (MongoDB, Redis) is unreachable."""
+    """503 with Retry-After: a backing service (MongoDB, Redis) is unreachable, or MongoDB did
+    not answer within IMGFLOW_MONGODB_TIMEOUT_S."""
+    state = "is unreachable"
+    if isinstance(cause, PyMongoError) and cause.timeout:
+        state = "did not answer within its time limit (IMGFLOW_MONGODB_TIMEOUT_S)"
     if refused_job:
-        log.warning("refusing a job: %s is unreachable (%s)", what, cause)
-        detail = f"{what} is unreachable; the job was not accepted and nothing was kept. Retry shortly."
+        log.warning("refusing a job: %s %s (%s)", what, state, cause)
+        detail = f"{what} {state}; the job was not accepted and nothing was kept. Retry shortly."
     else:
-        detail = f"{what} is unreachable; retry shortly."
+        detail = f"{what} {state}; retry shortly."
     return Problem(503, "Service unavailable", detail, headers={"Retry-After": "5"})
 
 

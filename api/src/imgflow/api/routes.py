@@ -450,7 +450,8 @@ async def visible_job(state: AppState, principal: Principal, job_id: str, *, exp
     summary="List a user's jobs, newest first",
     responses=documented(400, 401, 403, 422, 429, 503),
     description="Paged by cursor: follow `nextCursor` until it is absent. "
-    "A cursor stays correct while new jobs arrive; the original's `page` is still accepted.",
+    "A cursor stays correct while new jobs arrive; the original's `page` is still accepted down to "
+    "IMGFLOW_LIST_MAX_OFFSET jobs ((page - 1) x limit; deeper: 400, page by cursor instead).",
 )
 async def list_jobs(
     user_id: str,
@@ -469,18 +470,20 @@ async def list_jobs(
             after = PageCursor.decode(cursor)
         except InvalidCursor:
             raise Problem(400, "Invalid cursor", "The cursor is not one this service handed out.") from None
+    # The original's numbered pages: one query that skips the pages before, as deep as the bound
+    # (the database reads every skipped job; a cursor costs the same at any depth).
+    skip = (page - 1) * limit if page is not None and after is None else 0
+    if skip > state.settings.list_max_offset:
+        raise Problem(
+            400,
+            "Page too deep",
+            f"page={page} with limit={limit} starts {skip:,} jobs deep; numbered pages reach "
+            f"{state.settings.list_max_offset:,} jobs deep at most. Page with the cursor instead: "
+            "ask without page and pass each answer's nextCursor as cursor.",
+        )
     try:
-        if page is not None and after is None:
-            # The original's numbered pages: walk the cursor forward; bounded by page <= 1000.
-            for _ in range(page - 1):
-                skipped = await state.store.list_for_user(
-                    user_id, tenant=principal.visible_tenant, status=status, limit=limit, after=after
-                )
-                if skipped.next_cursor is None:
-                    return JobList(jobs=[], next_cursor=None)
-                after = skipped.next_cursor
         result = await state.store.list_for_user(
-            user_id, tenant=principal.visible_tenant, status=status, limit=limit, after=after
+            user_id, tenant=principal.visible_tenant, status=status, limit=limit, after=after, skip=skip
         )
     except PyMongoError as exc:
         raise unavailable("MongoDB", exc, refused_job=False) from exc

@@ -32,7 +32,13 @@ Document = dict[str, Any]
 def connect(settings: Settings) -> AsyncMongoClient[Document]:
     # Short server selection keeps /readyz and submits honest when MongoDB is down.
     return AsyncMongoClient(
-        settings.mongodb_url, tz_aware=True, serverSelectionTimeoutMS=5000, event_listeners=[CommandCounter()]
+        settings.mongodb_url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=5000,
+        event_listeners=[CommandCounter()],
+        # Each operation's limit goes to the server as maxTimeMS: a query whose client gave up
+        # stops there too, instead of costing the database for minutes.
+        timeoutMS=round(settings.mongodb_timeout_s * 1000),
     )
 
 
@@ -154,8 +160,10 @@ class JobStore:
         status: JobStatus | None,
         limit: int,
         after: PageCursor | None,
+        skip: int = 0,
     ) -> Page:
-        """A user's jobs, newest first; of one tenant, or of all (``tenant=None``, admin)."""
+        """A user's jobs, newest first; of one tenant, or of all (``tenant=None``, admin). One
+        query, after ``after`` or past the first ``skip`` (the caller bounds it)."""
         query: Document = {"user_id": user_id} if tenant is None else {"tenant": tenant, "user_id": user_id}
         if status is not None:
             query["status"] = status.value
@@ -165,7 +173,10 @@ class JobStore:
                 {"created_at": after.created_at, "_id": {"$lt": after.job_id}},
             ]
         cursor = (
-            self._jobs.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit + 1)
+            self._jobs.find(query)
+            .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+            .skip(skip)
+            .limit(limit + 1)
         )
         jobs = [Job.from_document(doc) async for doc in cursor]
         more = len(jobs) > limit
