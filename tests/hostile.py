@@ -161,6 +161,14 @@ def grid_chain(levels: int = 4, references: int = 256) -> bytes:
     return heif_file([*grids, Item(levels + 1, "av01")], primary=1, tile=tile)
 
 
+def grid_graph(references: Sequence[Sequence[int]]) -> bytes:
+    """Grids 1..n, grid i made of the items ``references[i - 1]`` (any of the grids, loops
+    included, or the one AV1 tile, n + 1), each declaring one row of tiles of the tile's size."""
+    side = av1_tile().width
+    grids = [grid_item(i, refs, 1, len(refs), side) for i, refs in enumerate(references, 1)]
+    return heif_file([*grids, Item(len(references) + 1, "av01")], primary=1)
+
+
 def plain_avif() -> bytes:
     """One AV1 tile and nothing else: the normal case of this builder."""
     return heif_file([Item(1, "av01")], primary=1)

@@ -4,6 +4,7 @@ worker they are answered (accepted or refused) without taking a process down."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -14,19 +15,24 @@ from pathlib import Path
 
 import pytest
 import pyvips
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from imgflow.core import heif
 from imgflow.core.pages import TooManyPages, check_pages
 from imgflow.core.probe import MAX_PAGES, ImageTooLarge, probe_buffer
 from tests import hostile, images
 
 ROOT = Path(__file__).parent.parent
 # Probe one file (argv[1]) in a fresh process, from its path as the API does and from its bytes as
-# the worker does, and print what that cost. The process first probes a normal image (loading
-# libvips' modules), then caps its address space at what it holds plus argv[2] MB, so a probe that
-# tries to hold more fails instead of taking the machine with it.
+# the worker does (or, with argv[3] "walk", only walk its HEIF boxes), and print what that cost.
+# The process first probes a normal image (loading libvips' modules), then caps its address space
+# at what it holds plus argv[2] MB, so a probe that tries to hold more fails instead of taking the
+# machine with it.
 PROBE = r"""
 import json, resource, sys
 from pathlib import Path
+from imgflow.core import heif
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_buffer, probe_file
 from tests import images
 
@@ -36,38 +42,50 @@ data = path.read_bytes()
 size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 headroom = int(sys.argv[2]) * 1024 * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + headroom, size + headroom))
+probes = [lambda: probe_file(path, max_pixels=50_000_000, max_side=16_384),
+          lambda: probe_buffer(data, max_pixels=50_000_000, max_side=16_384)]
+if sys.argv[3] == "walk":
+    probes = [lambda: heif.primary_codecs(data)]
 answers = []
 before = resource.getrusage(resource.RUSAGE_SELF)
-for probe in (lambda: probe_file(path, max_pixels=50_000_000, max_side=16_384),
-              lambda: probe_buffer(data, max_pixels=50_000_000, max_side=16_384)):
+for probe in probes:
     try:
         answers.append(repr(probe()))
-    except (UnsupportedImage, ImageTooLarge) as exc:
+    except (UnsupportedImage, ImageTooLarge, heif.HeifStructureError) as exc:
         answers.append(f"{type(exc).__name__}: {exc}")
 after = resource.getrusage(resource.RUSAGE_SELF)
-cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000 / 2
+cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000 / len(probes)
 rss_mb = (after.ru_maxrss - before.ru_maxrss) / 1024
 print(json.dumps({"cpu_ms": cpu_ms, "rss_mb": rss_mb, "answers": answers}))
 """
-ANSWERS = ("ImageInfo(", "UnsupportedImage: ", "UndecodableImage: ", "ImageTooLarge: ")
+ANSWERS = (
+    "ImageInfo(",
+    "UnsupportedImage: ",
+    "UndecodableImage: ",
+    "ImageTooLarge: ",
+    "{'",
+    "HeifStructureError: ",
+)
 # a refusal by libheif, libtiff, ... quoted in the answer would do too: nothing here is Python's own
 PYTHON_WORDS = ("Traceback", "Error:", "object has no attribute")
 
 
 @dataclass(frozen=True)
 class Cost:
-    cpu_ms: float  # per probe, the mean of the two
+    cpu_ms: float  # per probe (the mean of the two)
     rss_mb: float  # growth of the peak resident memory over both
     answers: list[str]
 
 
-def probe_cost(data: bytes, tmp: Path, *, headroom_mb: int = 512, timeout: float = 20.0) -> Cost:
-    """What probing ``data`` cost a fresh child process."""
+def probe_cost(
+    data: bytes, tmp: Path, *, headroom_mb: int = 512, timeout: float = 20.0, walk: bool = False
+) -> Cost:
+    """What probing ``data`` (or with ``walk``, reading its HEIF boxes) cost a fresh child process."""
     path = tmp / f"probe-{uuid.uuid4().hex}"
     path.write_bytes(data)
     try:
         done = subprocess.run(
-            [sys.executable, "-c", PROBE, str(path), str(headroom_mb)],
+            [sys.executable, "-c", PROBE, str(path), str(headroom_mb), "walk" if walk else "probe"],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -89,7 +107,8 @@ def normal(tmp_path_factory: pytest.TempPathFactory) -> Cost:
 def check_bounded(cost: Cost, normal: Cost, what: str) -> None:
     for answer in cost.answers:
         assert answer.startswith(ANSWERS), (what, answer)
-        assert not any(word in answer for word in PYTHON_WORDS), (what, answer)
+        detail = answer.partition(": ")[2]
+        assert not any(word in detail for word in PYTHON_WORDS), (what, answer)
     assert cost.cpu_ms <= max(50.0, 20 * normal.cpu_ms), (what, cost, normal)
     assert cost.rss_mb <= normal.rss_mb + 32, (what, cost, normal)
 
@@ -106,6 +125,72 @@ def test_issue_19_a_2_7_kb_avif_grid_chain_is_answered_within_512_mb(tmp_path: P
 @pytest.mark.parametrize("name", list(hostile.BUILDERS))
 def test_a_hostile_file_costs_the_probe_little(name: str, tmp_path: Path, normal: Cost) -> None:
     check_bounded(probe_cost(hostile.BUILDERS[name](), tmp_path), normal, name)
+
+
+@pytest.mark.parametrize("name", list(hostile.HEIF))
+def test_imgflows_own_heif_walk_is_bounded_where_libheif_would_refuse_first(
+    name: str, tmp_path: Path, normal: Cost
+) -> None:
+    """libheif's own limits refuse most of these before imgflow's walk runs; the walk must not
+    depend on that (another libheif may be looser)."""
+    check_bounded(probe_cost(hostile.HEIF[name](), tmp_path, walk=True), normal, name)
+
+
+def heif_files() -> st.SearchStrategy[bytes]:
+    """Grid chains and graphs of grids (loops, repeats), with bytes overwritten."""
+    grid_graphs = st.integers(1, 12).flatmap(
+        lambda n: st.lists(st.lists(st.integers(1, n + 1), min_size=1, max_size=256), min_size=n, max_size=n)
+    )
+    files = st.builds(hostile.grid_chain, st.integers(1, 6), st.integers(1, 256)) | grid_graphs.map(
+        hostile.grid_graph
+    )
+    return st.builds(overwritten, files, overwrites())
+
+
+def hostile_files() -> st.SearchStrategy[bytes]:
+    """HEIF files as above, page chains (loops), many frames, chunks and segments, any of them with
+    bytes overwritten."""
+    tiff_loops = st.integers(1, 3 * MAX_PAGES).flatmap(
+        lambda n: st.tuples(st.just(n), st.none() | st.integers(0, n - 1))
+    )
+    files = st.one_of(
+        tiff_loops.map(
+            lambda t: hostile.tiff_chain(
+                t[0], loop_to=None if t[1] is None else 8 + t[1] * hostile.TIFF_PAGE_SIZE
+            )
+        ),
+        st.integers(1, 3 * MAX_PAGES).map(hostile.webp_frames),
+        st.integers(1, 100_000).map(lambda n: hostile.gif(hostile.gif_frame() * n)),
+        st.integers(1, 100_000).map(lambda n: hostile.png(hostile.png_chunk(b"prVt", b"") * n)),
+        st.integers(1, 100_000).map(lambda n: hostile.jpeg(hostile.jpeg_segment(0xE1, b"Exif\0\0") * n)),
+    )
+    return heif_files() | st.builds(overwritten, files, overwrites())
+
+
+def overwrites() -> st.SearchStrategy[list[tuple[int, bytes]]]:
+    """A few short runs of bytes to write over a file, mostly in its first 4 KB (the headers)."""
+    return st.lists(st.tuples(st.integers(0, 4000), st.binary(min_size=1, max_size=8)), max_size=6)
+
+
+def overwritten(data: bytes, overwrites: list[tuple[int, bytes]]) -> bytes:
+    out = bytearray(data)
+    for at, new in overwrites:
+        out[at % len(out) : at % len(out) + len(new)] = new
+    return bytes(out[: len(data)])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=hostile_files())
+def test_any_hostile_file_is_answered_at_a_bounded_cost(data: bytes, tmp_path: Path, normal: Cost) -> None:
+    check_bounded(probe_cost(data, tmp_path), normal, f"{len(data)} bytes starting {data[:16]!r}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=heif_files())
+def test_the_heif_walk_answers_any_grid_graph_with_codecs_or_a_structure_error(data: bytes) -> None:
+    with contextlib.suppress(heif.HeifStructureError):
+        codecs = heif.primary_codecs(data)
+        assert codecs and not codecs & heif.DERIVED
 
 
 def multi_page(pages: int) -> pyvips.Image:
