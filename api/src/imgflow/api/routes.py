@@ -17,6 +17,7 @@ from imgflow.api import idempotency, metrics
 from imgflow.api.auth import Principal, Reader, Writer
 from imgflow.api.problems import Problem, documented, unavailable
 from imgflow.api.schemas import UPLOADS_PREFIX, Accepted, JobList, JobView
+from imgflow.api.slots import upload_slot
 from imgflow.api.state import AppState, State
 from imgflow.api.uploads import FILE_FIELD, receive_upload
 from imgflow.core import quota
@@ -255,28 +256,22 @@ async def create_job(
         ),
     ] = None,
 ) -> Accepted:
-    settings = state.settings
-    if state.uploads.locked():
-        raise Problem(
-            503,
-            "Too many uploads",
-            f"This server is receiving {settings.max_concurrent_uploads} uploads already. Retry shortly.",
-            headers={"Retry-After": "2"},
-        )
-    claim = None
-    if idempotency_key is not None:
+    async with upload_slot(state, principal):
+        claim = None
+        if idempotency_key is not None:
+            try:
+                claim = await idempotency.claim(
+                    state.redis, state.settings, principal.tenant, idempotency_key
+                )
+            except RedisError as exc:
+                raise unavailable("Redis", exc) from exc
         try:
-            claim = await idempotency.claim(state.redis, settings, principal.tenant, idempotency_key)
-        except RedisError as exc:
-            raise unavailable("Redis", exc) from exc
-    try:
-        async with state.uploads:
             accepted = await _accept(request, state, principal, claim)
-    except BaseException:
-        if claim is not None and claim.done is None:
-            with contextlib.suppress(RedisError):
-                await idempotency.abandon(state.redis, claim)
-        raise
+        except BaseException:
+            if claim is not None and claim.done is None:
+                with contextlib.suppress(RedisError):
+                    await idempotency.abandon(state.redis, claim)
+            raise
     response.headers["Location"] = f"{JOBS}/{accepted.job_id}"
     return accepted
 

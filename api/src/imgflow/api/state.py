@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -38,6 +39,8 @@ class AppState:
     limiter: RateLimiter
     # Uploads being received now: each holds a connection and up to max_upload_bytes of /tmp.
     uploads: asyncio.Semaphore = field(init=False)
+    # ... and of them, how many each API key sends (imgflow.api.slots)
+    uploads_by_key: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.uploads = asyncio.Semaphore(self.settings.max_concurrent_uploads)

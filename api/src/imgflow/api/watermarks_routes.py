@@ -13,6 +13,7 @@ from pydantic import Field
 from imgflow.api.auth import Reader, Writer
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
+from imgflow.api.slots import upload_slot
 from imgflow.api.state import State
 from imgflow.api.uploads import FILE_FIELD, receive_upload
 from imgflow.core.jobs import WATERMARK_ID
@@ -87,7 +88,10 @@ class WatermarkList(Camel):
 async def create_watermark(
     request: Request, state: State, principal: Writer, response: Response
 ) -> WatermarkView:
-    async with receive_upload(request, state.settings, max_bytes=MAX_BYTES) as upload:
+    async with (
+        upload_slot(state, principal),
+        receive_upload(request, state.settings, max_bytes=MAX_BYTES) as upload,
+    ):
         if upload.path is None or upload.size == 0:
             raise Problem(422, "Invalid request", f"Send the PNG in a {FILE_FIELD!r} part.")
         path = upload.path
