@@ -12,8 +12,11 @@ plus ``EXTRA_CHUNKS`` WebP chunks, so it costs well under a millisecond whatever
 
 from __future__ import annotations
 
+import mmap
 import struct
 
+# the file's bytes, or the file mapped (so that a large file is not read into memory to be counted)
+Data = bytes | mmap.mmap
 # chunks a WebP may hold besides its frames: VP8X, ICCP, ANIM, EXIF, XMP and unknown ones
 EXTRA_CHUNKS = 64
 
@@ -22,11 +25,11 @@ class TooManyPages(ValueError):
     """The file holds more pages (or WebP chunks) than the limit."""
 
 
-def _is_tiff(head: bytes) -> bool:
+def _is_tiff(head: Data) -> bool:
     return head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
-def _is_webp(head: bytes) -> bool:
+def _is_webp(head: Data) -> bool:
     return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
 
 
@@ -35,7 +38,7 @@ def paged(head: bytes) -> bool:
     return _is_tiff(head) or _is_webp(head)
 
 
-def check_pages(data: bytes, limit: int) -> None:
+def check_pages(data: Data, limit: int) -> None:
     """Raise ``TooManyPages`` if ``data`` is a TIFF or WebP with more than ``limit`` pages."""
     most = f"the most this service reads in one file is {limit:,}"
     if _is_tiff(data) and _tiff_pages(data, limit) > limit:
@@ -48,7 +51,7 @@ def check_pages(data: bytes, limit: int) -> None:
             raise TooManyPages(f"The WebP is made of more than {limit + EXTRA_CHUNKS:,} chunks.")
 
 
-def _tiff_pages(data: bytes, limit: int) -> int:
+def _tiff_pages(data: Data, limit: int) -> int:
     """Directories in the main chain, up to ``limit`` + 1; a loop or a cut-off ends the count."""
     order = "<" if data[:2] == b"II" else ">"
     big = data[2:4] in (b"+\0", b"\0+")  # BigTIFF: 8-byte offsets and counts, 20-byte entries
@@ -70,7 +73,7 @@ def _tiff_pages(data: bytes, limit: int) -> int:
     return len(seen)
 
 
-def _webp_frames(data: bytes, max_chunks: int) -> tuple[int, int]:
+def _webp_frames(data: Data, max_chunks: int) -> tuple[int, int]:
     """(ANMF chunks, all chunks) at the top level, reading at most ``max_chunks`` + 1 chunks."""
     frames = chunks = 0
     at = 12

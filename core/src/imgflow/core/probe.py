@@ -7,6 +7,7 @@ claim to be an image never reach a large, untrusted parser. Needs the ``vips`` e
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +114,8 @@ def probe_file(path: Path, *, max_pixels: int, max_side: int) -> ImageInfo:
         raise UnsupportedImage("The file is empty.")
     with path.open("rb") as file:
         if pages.paged(file.read(12)):
-            _check_pages(path.read_bytes())
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                _check_pages(mapped)
     try:
         image = pyvips.Image.new_from_file(str(path), access="sequential")
     except pyvips.Error as exc:
@@ -134,7 +136,7 @@ def probe_buffer(data: bytes, *, max_pixels: int, max_side: int) -> ImageInfo:
     return _check(image, max_pixels, max_side, lambda: data)
 
 
-def _check_pages(data: bytes) -> None:
+def _check_pages(data: pages.Data) -> None:
     try:
         pages.check_pages(data, MAX_PAGES)
     except pages.TooManyPages as exc:
