@@ -1,19 +1,115 @@
-"""What one client's reads may cost a replica, against real servers: a listing costs one database
-query whatever page it names, and a query past the time limit answers 503."""
+"""What one client's reads may cost a replica, against real servers: clients that ask for a large
+thumbnail and never read it hold no storage connection (another tenant's uploads and reads go on),
+and a listing costs one database query whatever page it names."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 from collections import Counter
 from datetime import timedelta
 
 import httpx
 
 from bench.ops import mongo_commands
-from imgflow.core.jobs import Job, JobStatus, UploadSource, utcnow
+from imgflow.core.jobs import Job, JobResult, JobStatus, OutputFormat, UploadSource, thumbnail_key, utcnow
 from imgflow.core.settings import Settings
+from imgflow.core.storage import make_storage
 from imgflow.core.store import connect
-from tests.client import JOBS, api_client
-from tests.conftest import Processes
+from scripts.servers import S3Server
+from tests import images
+from tests.client import JOBS, api_client, make_key, submit
+from tests.conftest import Processes, on_s3
+
+LARGE = 24 * 1024 * 1024  # far more than the socket buffers between a client and the API hold
+SLOW_READERS = 16  # more than an S3 client's connection pool (aiobotocore: 10)
+
+
+async def completed_job(settings: Settings, tenant: str, data: bytes) -> str:
+    """A completed job of ``tenant`` whose thumbnail (a PNG) is ``data``, put straight into the
+    database and the storage the API reads."""
+    mongo = connect(settings)
+    db = mongo[settings.mongodb_database]
+    storage = make_storage(settings, db)
+    try:
+        job = Job(user_id="reader", tenant=tenant, source=UploadSource(key="original-none"))
+        key = thumbnail_key(job.job_id, OutputFormat.png)
+        await storage.save_bytes(key, data, "image/png")
+        job.status = JobStatus.completed
+        job.result = JobResult(
+            key=key, width=64, height=64, bytes=len(data), format=OutputFormat.png, processed_at=utcnow()
+        )
+        await db["jobs"].insert_one(job.to_document())
+        return key
+    finally:
+        await storage.aclose()
+        await mongo.close()
+
+
+def never_reading(port: int, key: str, name: str) -> socket.socket:
+    """A connection that asks for ``name`` and then reads nothing (a small receive window)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        f"GET /uploads/{name} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def drain(sock: socket.socket) -> int:
+    """Every byte the server still sends, until it closes the connection."""
+    sock.settimeout(30)
+    received = 0
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    return received
+
+
+async def test_clients_that_never_read_a_large_thumbnail_hold_no_storage_connection(
+    processes: Processes, fresh_settings: Settings, s3: S3Server
+) -> None:
+    deadline_s = 8.0
+    settings = on_s3(fresh_settings, s3, reconcile_interval_s=3600, download_deadline_s=deadline_s)
+    _, base = processes.start_api(settings)
+    port = int(base.rsplit(":", 1)[1])
+    large = await completed_job(settings, "hoarder", os.urandom(LARGE))
+    small_bytes = images.png_alpha(64, 64)
+    small = await completed_job(settings, "victim", small_bytes)
+    async with api_client(base, timeout=30) as admin:
+        hoarder_key = await make_key(admin, "hoarder", "jobs:read")
+        victim_key = await make_key(admin, "victim", "jobs:read", "jobs:write")
+
+    slow = [never_reading(port, hoarder_key, large) for _ in range(SLOW_READERS)]
+    try:
+        await asyncio.sleep(1.0)  # each has its answer under way
+        # another tenant's uploads and reads answer (no timeout, no 5xx) while they hang on
+        async with api_client(base, key=victim_key, timeout=httpx.Timeout(20.0)) as victim:
+            for _ in range(3):
+                accepted = await submit(victim, images.jpeg(64, 64))
+                assert accepted.status_code == 202, accepted.text
+                thumb = await victim.get(f"/uploads/{small}")
+                assert thumb.status_code == 200, thumb.text
+                assert thumb.content == small_bytes
+
+        # a client that does not take the thumbnail within the deadline is cut off
+        await asyncio.sleep(deadline_s)
+        received = await asyncio.gather(*(asyncio.to_thread(drain, sock) for sock in slow))
+        assert all(n < LARGE for n in received), received
+    finally:
+        for sock in slow:
+            sock.close()
+
+    # one that reads gets every byte, through the pieces it is read in
+    async with api_client(base, key=hoarder_key, timeout=30) as reader:
+        whole = await reader.get(f"/uploads/{large}")
+        assert whole.status_code == 200
+        assert len(whole.content) == LARGE
+
 
 USER = "deep-lister"
 JOB_COUNT = 3000

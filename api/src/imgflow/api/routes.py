@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from imgflow.api import idempotency, metrics
 from imgflow.api.auth import Principal, Reader, Writer
+from imgflow.api.downloads import send_stored
 from imgflow.api.problems import Problem, documented, unavailable
 from imgflow.api.schemas import UPLOADS_PREFIX, Accepted, JobList, JobView
 from imgflow.api.slots import upload_slot
@@ -521,23 +522,22 @@ async def get_thumbnail(name: str, request: Request, state: State, principal: Re
             # URL expires, so the redirect must not be cached beyond it.
             url = await state.storage.presigned_url(name)
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+        headers = {
+            "ETag": stored.etag,
+            # with keys, a shared cache must not hand one tenant's thumbnail to another
+            "Cache-Control": "public, max-age=86400"
+            if state.settings.auth is AuthMode.off
+            else "private, max-age=86400",
+            # The bytes are what the worker encoded; a browser must not guess another type.
+            "X-Content-Type-Options": "nosniff",
+            "Last-Modified": stored.modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        }
+        if stored.etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return await send_stored(state.storage, stored, headers, state.settings)
     except NotFound:
         raise Problem(404, "Not found", f"There is no file {name!r}.") from None
     except StorageUnavailable as exc:
         raise unavailable(
             f"Storage ({state.settings.storage_backend.value})", exc, refused_job=False
         ) from exc
-    headers = {
-        "ETag": stored.etag,
-        # with keys, a shared cache must not hand one tenant's thumbnail to another
-        "Cache-Control": "public, max-age=86400"
-        if state.settings.auth is AuthMode.off
-        else "private, max-age=86400",
-        # The bytes are what the worker encoded; a browser must not guess another type.
-        "X-Content-Type-Options": "nosniff",
-        "Last-Modified": stored.modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
-    }
-    if stored.etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    headers["Content-Length"] = str(stored.size)
-    return StreamingResponse(state.storage.stream(name), media_type=stored.content_type, headers=headers)

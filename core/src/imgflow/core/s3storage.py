@@ -19,7 +19,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imgflow.core.settings import Settings
-from imgflow.core.storage import CHUNK, NotFound, StorageUnavailable, StoredFile
+from imgflow.core.storage import NotFound, StorageUnavailable, StoredFile
 
 if TYPE_CHECKING:  # the stubs are a dev dependency; the images carry only aiobotocore
     from aiobotocore.session import ClientCreatorContext
@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # the stubs are a dev dependency; the images carry only aiobo
 # S3's smallest part (but the last) is 5 MiB: a file up to this is one PUT, read whole; a larger
 # one goes up in parts of this size, so an upload holds at most this much in memory.
 PART = 5 * 1024 * 1024
+# A download is read in pieces of this size, each one whole before it is handed on (see stream).
+PIECE = 1024 * 1024
 MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
 
@@ -203,14 +205,31 @@ class S3Storage:
         )
 
     async def stream(self, key: str) -> AsyncIterator[bytes]:
-        with _failures(key, may_be_missing=True):
-            client = await self._s3()
-            response = await client.get_object(Bucket=self._bucket, Key=self._key(key))
-        # the body holds a pooled connection: released when the generator ends or is closed
-        with _failures(key):
-            async with response["Body"] as body:
-                async for chunk in body.iter_chunks(CHUNK):
-                    yield chunk
+        """The object in pieces of PIECE, one ranged GET each, read whole before it is yielded: the
+        pooled connection goes back between pieces, so a consumer that takes its time (a slow
+        client) holds none. A streamed body would hold one until it was read to the end, and ten
+        such clients would leave every other request waiting for the pool."""
+        start, size = 0, 1
+        while start < size:
+            with _failures(key, may_be_missing=start == 0):
+                client = await self._s3()
+                try:
+                    response = await client.get_object(
+                        Bucket=self._bucket,
+                        Key=self._key(key),
+                        Range=f"bytes={start}-{start + PIECE - 1}",
+                    )
+                except ClientError as exc:
+                    if start == 0 and exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                        return  # an empty object has no byte to ask for
+                    raise
+                async with response["Body"] as body:
+                    piece = await body.read()
+            size = int(response["ContentRange"].rsplit("/", 1)[1])
+            if not piece:
+                return
+            yield piece
+            start += len(piece)
 
     async def read(self, key: str) -> bytes:
         with _failures(key, may_be_missing=True):

@@ -1,0 +1,57 @@
+"""Sending a stored file (a thumbnail) so that a client that reads slowly holds nothing the
+server needs.
+
+A file up to ``download_memory_bytes`` is read whole from storage and sent from memory: its
+storage connection (an S3 client has a pool of 10) is free again before the first byte goes out.
+A larger one is streamed in pieces that storage hands over whole (S3: a ranged GET each), and the
+answer has ``download_deadline_s`` in all: a client that has not taken it by then is cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import Response
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from imgflow.core.settings import Settings
+from imgflow.core.storage import Storage, StoredFile
+
+log = logging.getLogger("imgflow.api")
+
+
+class DeadlineStreamingResponse(StreamingResponse):
+    """A streamed answer that stops, its source closed, once ``deadline_s`` have passed."""
+
+    def __init__(
+        self, content: AsyncIterator[bytes], deadline_s: float, *, media_type: str, headers: dict[str, str]
+    ) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self.deadline_s = deadline_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                await super().__call__(scope, receive, send)
+        except TimeoutError:
+            # the answer is incomplete: the server closes the connection
+            log.info(
+                "cut off %s after %g s (IMGFLOW_DOWNLOAD_DEADLINE_S)", scope.get("path"), self.deadline_s
+            )
+
+
+async def send_stored(
+    storage: Storage, stored: StoredFile, headers: dict[str, str], settings: Settings
+) -> Response:
+    """The file's bytes as the answer; raises NotFound or StorageUnavailable before any is sent."""
+    if stored.size <= settings.download_memory_bytes:
+        return Response(await storage.read(stored.key), media_type=stored.content_type, headers=headers)
+    return DeadlineStreamingResponse(
+        storage.stream(stored.key),
+        settings.download_deadline_s,
+        media_type=stored.content_type,
+        headers={**headers, "Content-Length": str(stored.size)},
+    )
