@@ -17,11 +17,11 @@ from imgflow.core.fetch import (
     AddressPolicy,
     FetchFailed,
     FetchRefused,
-    IPAddress,
     address_refusal,
     check_url,
     fetch_to_file,
 )
+from imgflow.core.resolver import IPAddress
 from imgflow.core.settings import Settings
 
 BODY = b"\xff\xd8\xff" + b"imgflow" * 1000  # only bytes are fetched here; nothing decodes them
@@ -165,7 +165,7 @@ async def test_follows_redirects_within_the_limit(origin: str, tmp_path: Path) -
 )
 async def test_private_targets_are_refused_by_default(url: str, what: str, tmp_path: Path) -> None:
     with pytest.raises(FetchRefused) as early:
-        check_url(url, Settings())
+        await check_url(url, Settings())
     assert what in str(early.value)
     assert "IMGFLOW_ALLOW_PRIVATE_URLS" in str(early.value)  # says how it could be allowed
 
@@ -181,9 +181,9 @@ async def test_the_local_server_itself_is_refused_by_default(origin: str, tmp_pa
         await fetch_to_file(f"{origin}/image", tmp_path / "source", Settings())
 
 
-def test_public_addresses_pass_the_early_check() -> None:
-    check_url("http://8.8.8.8/a.jpg", Settings())
-    check_url("https://[2606:4700:4700::1111]/a.jpg", Settings())
+async def test_public_addresses_pass_the_early_check() -> None:
+    await check_url("http://8.8.8.8/a.jpg", Settings())
+    await check_url("https://[2606:4700:4700::1111]/a.jpg", Settings())
 
 
 @pytest.mark.parametrize(
@@ -193,14 +193,14 @@ def test_public_addresses_pass_the_early_check() -> None:
 async def test_only_http_and_https(url: str, tmp_path: Path) -> None:
     for settings in (Settings(), open_settings()):  # allowing private addresses allows no other scheme
         with pytest.raises(FetchRefused, match="only http and https URLs are fetched"):
-            check_url(url, settings)
+            await check_url(url, settings)
         with pytest.raises(FetchRefused, match="only http and https URLs are fetched"):
             await fetch_to_file(url, tmp_path / "source", settings)
 
 
-def test_a_url_without_host_is_refused() -> None:
+async def test_a_url_without_host_is_refused() -> None:
     with pytest.raises(FetchRefused, match="has no host"):
-        check_url("http:///a.jpg", Settings())
+        await check_url("http:///a.jpg", Settings())
 
 
 async def test_a_redirect_to_a_private_address_is_refused(origin: str, tmp_path: Path) -> None:

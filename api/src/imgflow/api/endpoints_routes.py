@@ -7,14 +7,13 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-import anyio
 from fastapi import APIRouter, Path, Response
 from pydantic import ConfigDict, Field
 
 from imgflow.api.auth import Reader, Writer
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
-from imgflow.api.state import State
+from imgflow.api.state import AppState, State
 from imgflow.core.endpoints import Endpoint
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.webhooks import endpoint_tenants_key
@@ -80,20 +79,25 @@ class EndpointList(Camel):
 async def create_endpoint(
     body: NewEndpoint, state: State, principal: Writer, response: Response
 ) -> CreatedEndpoint:
+    await _refuse_at_cap(state, principal.tenant)  # first: a tenant at its cap costs no lookup
     try:
-        await anyio.to_thread.run_sync(check_url, body.url, state.settings)
+        await check_url(body.url, state.settings)
     except FetchRefused as exc:
         raise Problem(422, "Invalid request", f"url: {exc}") from exc
-    if len(await state.endpoints.of_tenant(principal.tenant)) >= MAX_PER_TENANT:
-        raise Problem(
-            409, "Too many endpoints", f"A tenant may register {MAX_PER_TENANT} endpoints; delete one first."
-        )
+    await _refuse_at_cap(state, principal.tenant)  # and again: others may have registered meanwhile
     endpoint = Endpoint(tenant=principal.tenant, url=body.url, events=sorted(set(body.events)))
     await state.endpoints.insert(endpoint)
     await state.redis.sadd(endpoint_tenants_key(state.settings), principal.tenant)
     log.info("registered webhook endpoint %s for tenant %s", endpoint.endpoint_id, endpoint.tenant)
     response.headers["Location"] = f"/api/webhooks/{endpoint.endpoint_id}"
     return CreatedEndpoint(**EndpointView.of(endpoint).model_dump(), secret=endpoint.secret)
+
+
+async def _refuse_at_cap(state: AppState, tenant: str) -> None:
+    if len(await state.endpoints.of_tenant(tenant)) >= MAX_PER_TENANT:
+        raise Problem(
+            409, "Too many endpoints", f"A tenant may register {MAX_PER_TENANT} endpoints; delete one first."
+        )
 
 
 @router.get(

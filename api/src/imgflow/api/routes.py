@@ -225,7 +225,7 @@ async def _callback_url(url: str, settings: Settings) -> str | None:
     if len(url) > 2048:
         raise Problem(422, "Invalid request", "callbackUrl is longer than 2048 characters.")
     try:
-        await anyio.to_thread.run_sync(check_url, url, settings)
+        await check_url(url, settings)
     except FetchRefused as exc:
         raise Problem(422, "Invalid request", f"callbackUrl: {exc}") from exc
     return url

@@ -9,6 +9,7 @@ inside the cluster, next to MongoDB, Redis, the Kubernetes API and the cloud's m
   embed one (IPv4-mapped, 6to4, Teredo, NAT64), unless ``allow_private_urls`` is set;
 * the host is resolved once per hop and the connection goes to the address that was checked, with
   the original name in ``Host`` and TLS SNI, so a second DNS answer cannot swap in another address;
+  lookups go through imgflow.core.resolver (no thread held, ``dns_timeout_s`` each);
 * redirects are followed by hand, at most ``fetch_max_redirects``, each target checked afresh;
 * at most ``max_upload_bytes`` are read, and the whole fetch (every hop) gets ``fetch_timeout_s``.
 
@@ -20,16 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import httpx
 
+from imgflow.core.resolver import IPAddress, LookupFailed, LookupTimedOut, lookup
 from imgflow.core.settings import Settings
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 AddressPolicy = Callable[[IPAddress], "str | None"]  # why an address is refused, or None
 
 SCHEMES = ("http", "https")
@@ -98,10 +98,11 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
-def check_url(url: str, settings: Settings) -> None:
-    """Raise ``FetchRefused`` if policy forbids fetching ``url``; resolves its host (blocking).
+async def check_url(url: str, settings: Settings) -> None:
+    """Raise ``FetchRefused`` if policy forbids fetching ``url``, after looking its host up.
 
-    A name that does not resolve is not refused here: that may pass, and the fetch will say so.
+    A name that does not resolve, or not within ``dns_timeout_s``, is not refused here: that may
+    pass, and the fetch (or the webhook's delivery) checks again when it connects and says so.
     """
     parsed = _parse(url)
     if settings.allow_private_urls:
@@ -112,10 +113,10 @@ def check_url(url: str, settings: Settings) -> None:
         _refuse_unless_public(url, host, [literal])
         return
     try:
-        infos = socket.getaddrinfo(host, _port(parsed), type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
+        addresses = await lookup(host, _port(parsed), settings)
+    except LookupFailed:
         return
-    _refuse_unless_public(url, host, [_sockaddr_ip(info[4]) for info in infos])
+    _refuse_unless_public(url, host, addresses)
 
 
 async def fetch_to_file(
@@ -238,12 +239,13 @@ async def _resolve_checked(url: httpx.URL, settings: Settings, policy: AddressPo
         addresses = [literal]
     else:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, _port(url), type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
+            addresses = await lookup(host, _port(url), settings)
+        except LookupTimedOut as exc:
+            raise FetchFailed(f"Could not fetch {shown}: {exc}.", transient=True) from exc
+        except LookupFailed as exc:
             raise FetchFailed(
                 f"Could not fetch {shown}: the host name {host!r} does not resolve.", transient=True
             ) from exc
-        addresses = [_sockaddr_ip(info[4]) for info in infos]
         if not addresses:
             raise FetchFailed(f"Could not fetch {shown}: the host name {host!r} has no address.")
     if not settings.allow_private_urls:
@@ -286,10 +288,6 @@ def _ip_literal(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host)
     except ValueError:
         return None
-
-
-def _sockaddr_ip(sockaddr: tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]) -> IPAddress:
-    return ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
 
 
 def _describe(exc: httpx.HTTPError) -> str:

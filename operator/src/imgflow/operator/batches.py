@@ -7,7 +7,6 @@ and records it instead of submitting it again.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,8 +79,8 @@ async def resolve_source(
 ) -> UrlSource | UploadSource:
     if item.url is not None:
         try:
-            # Resolving the host blocks; the worker checks again when it fetches, per hop.
-            await asyncio.to_thread(check_url, item.url, ctx.settings)
+            # the worker checks again when it fetches, per hop
+            await check_url(item.url, ctx.settings)
         except FetchRefused as exc:
             raise Refused(str(exc)) from exc
         return UrlSource(url=item.url)
