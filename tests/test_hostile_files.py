@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import pyvips
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +22,14 @@ from hypothesis import strategies as st
 from imgflow.core import heif
 from imgflow.core.pages import TooManyPages, check_pages
 from imgflow.core.probe import MAX_PAGES, ImageTooLarge, probe_buffer
+from imgflow.core.settings import Settings
+from imgflow.core.watermarks import MAX_BYTES as WATERMARK_MAX_BYTES
+from scripts.servers import Server
 from tests import hostile, images
+from tests.client import api_client, submit, wait_finished
+from tests.conftest import Processes
+from tests.sources import image_source
+from tests.test_failures import submit_url_job
 
 ROOT = Path(__file__).parent.parent
 # Probe one file (argv[1]) in a fresh process, from its path as the API does and from its bytes as
@@ -46,7 +54,13 @@ probes = [lambda: probe_file(path, max_pixels=50_000_000, max_side=16_384),
           lambda: probe_buffer(data, max_pixels=50_000_000, max_side=16_384)]
 if sys.argv[3] == "walk":
     probes = [lambda: heif.primary_codecs(data)]
+
+def status(field):  # kB
+    return int(open("/proc/self/status").read().split(field + ":")[1].split()[0])
+
 answers = []
+open("/proc/self/clear_refs", "w").write("5")  # the peak resident memory starts again from now
+resident = status("VmRSS")
 before = resource.getrusage(resource.RUSAGE_SELF)
 for probe in probes:
     try:
@@ -55,9 +69,10 @@ for probe in probes:
         answers.append(f"{type(exc).__name__}: {exc}")
 after = resource.getrusage(resource.RUSAGE_SELF)
 cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000 / len(probes)
-rss_mb = (after.ru_maxrss - before.ru_maxrss) / 1024
+rss_mb = (status("VmHWM") - resident) / 1024
 print(json.dumps({"cpu_ms": cpu_ms, "rss_mb": rss_mb, "answers": answers}))
 """
+WATERMARKS = "/api/watermarks"
 ANSWERS = (
     "ImageInfo(",
     "UnsupportedImage: ",
@@ -73,7 +88,7 @@ PYTHON_WORDS = ("Traceback", "Error:", "object has no attribute")
 @dataclass(frozen=True)
 class Cost:
     cpu_ms: float  # per probe (the mean of the two)
-    rss_mb: float  # growth of the peak resident memory over both
+    rss_mb: float  # the peak resident memory while probing, over what the process held before
     answers: list[str]
 
 
@@ -225,3 +240,70 @@ def test_a_file_of_more_than_max_pages_is_refused_before_libvips_counts_them(
     assert probe_buffer(make(MAX_PAGES), max_pixels=10**6, max_side=1000).pages == MAX_PAGES
     with pytest.raises(ImageTooLarge, match=f"more than {MAX_PAGES:,}"):
         probe_buffer(make(MAX_PAGES + 1), max_pixels=10**6, max_side=1000)
+
+
+def peak_rss_mb(server: Server) -> float:
+    """The process's peak resident memory so far (VmHWM), in MB."""
+    status = Path(f"/proc/{server.pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def check_refusal(reply: httpx.Response, what: str) -> None:
+    assert reply.headers["content-type"] == "application/problem+json", (what, reply.text)
+    detail = str(reply.json()["detail"])
+    assert detail and not any(word in detail for word in PYTHON_WORDS), (what, detail)
+
+
+async def test_hostile_uploads_are_answered_and_the_api_stays_alive_and_small(
+    processes: Processes, fresh_settings: Settings
+) -> None:
+    api, base = processes.start_api(fresh_settings)
+    worker = processes.start_worker(fresh_settings)
+    async with api_client(base, timeout=60) as client:
+        # a normal upload and watermark first, so that what libvips loads once is in the baseline
+        assert (await submit(client, images.jpeg())).status_code == 202
+        mark = await client.post(WATERMARKS, files={"file": ("w.png", images.png_alpha(64, 64), "image/png")})
+        assert mark.status_code == 201, mark.text
+        before = peak_rss_mb(api)
+        accepted = []
+        for file in hostile.all_files():
+            reply = await submit(
+                client, file.data, filename=file.name, content_type="application/octet-stream"
+            )
+            assert reply.status_code in (202, 415, 422), (file.name, reply.text)
+            if reply.status_code == 202:
+                accepted.append((file.name, reply.json()["jobId"]))
+            else:
+                check_refusal(reply, file.name)
+            if len(file.data) <= WATERMARK_MAX_BYTES:
+                reply = await client.post(WATERMARKS, files={"file": (file.name, file.data, "image/png")})
+                assert reply.status_code in (201, 415, 422), (file.name, reply.text)
+                if reply.status_code != 201:
+                    check_refusal(reply, file.name)
+            assert api.alive, f"the API died on {file.name}:\n{api.tail()}"
+        # the upload's own buffers (a multipart part is spooled to disk past 1 MB) and no more
+        assert peak_rss_mb(api) - before < 64, (before, peak_rss_mb(api))
+        for name, job_id in accepted:  # the worker makes them or fails them, and lives on
+            job = await wait_finished(client, job_id)
+            assert job["status"] == "completed" or job["error"], (name, job)
+        assert worker.alive, worker.tail()
+
+
+async def test_hostile_url_sources_fail_their_jobs_and_the_worker_stays_alive(
+    processes: Processes, fresh_settings: Settings
+) -> None:
+    settings = fresh_settings.model_copy(update={"allow_private_urls": True})
+    _, base = processes.start_api(settings)
+    worker = processes.start_worker(settings)
+    async with api_client(base, timeout=60) as client:
+        for file in [hostile.Hostile("normal", images.jpeg()), *hostile.all_files()]:
+            with image_source(file.data) as source:
+                job = await wait_finished(client, await submit_url_job(settings, source.url))
+            assert job["status"] == "completed" or job["error"], (file.name, job)
+            if job["status"] == "failed":
+                assert not any(word in job["error"] for word in PYTHON_WORDS[:1]), (file.name, job)
+            assert worker.alive, f"the worker died on {file.name}:\n{worker.tail()}"
+            if file.name == "normal":  # a job made: what libvips loads once is in the baseline
+                assert job["status"] == "completed", job
+                before = peak_rss_mb(worker)
+        assert peak_rss_mb(worker) - before < 64, (before, peak_rss_mb(worker))
