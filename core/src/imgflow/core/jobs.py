@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 
 class JobStatus(StrEnum):
@@ -286,11 +286,36 @@ class Job(BaseModel):
     image_job: str | None = None  # "namespace/name" of the ImageJob that created it, if any
     callback_url: str | None = None  # where its completion webhook goes
     expires_at: datetime | None = None  # set when it finishes: retention_s later it is deleted
+    # why its outputs break ThumbnailSpec's rules, when they do (see _keep_invalid_outputs); found
+    # again at every read, never stored
+    invalid: str | None = Field(None, exclude=True)
 
     @property
     def outputs(self) -> list[ThumbnailSpec]:
         """What the worker makes, in order."""
         return self.variants or [self.spec]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_invalid_outputs(cls, data: Any) -> Any:
+        """A stored job whose outputs break today's rules (a variant name an earlier API let
+        through) still loads, with ``invalid`` saying why: clients can read it and the worker
+        fails it once, where a job nobody can load would answer 500 and come back for ever."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        why: list[str] = []
+        named = isinstance(data.get("variants"), list) and bool(data["variants"])
+        if isinstance(data.get("spec"), dict):  # with variants, the first of them: said there
+            data["spec"] = _lenient_spec(data["spec"], "spec", [] if named else why)
+        if named:
+            data["variants"] = [
+                _lenient_spec(item, f"variants[{i}]", why) if isinstance(item, dict) else item
+                for i, item in enumerate(data["variants"])
+            ]
+        if why:
+            data["invalid"] = "; ".join(why)
+        return data
 
     @model_validator(mode="after")
     def _finished_jobs_say_how(self) -> Job:
@@ -317,6 +342,19 @@ class Job(BaseModel):
         if data.get("result"):
             data["result"] = {**data["result"], "processed_at": _as_utc(data["result"]["processed_at"])}
         return cls.model_validate(data)
+
+
+def _lenient_spec(raw: dict[str, Any], where: str, why: list[str]) -> ThumbnailSpec:
+    """``raw`` as a spec; if it breaks a rule, its valid fields validated and the others kept as
+    they were (to show), the objections added to ``why``."""
+    try:
+        return ThumbnailSpec.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+    bad = {str(error["loc"][0]) for error in errors if error["loc"]}
+    why.extend(f"{where}.{error['loc'][0]}: {error['msg']}, not {error['input']!r}" for error in errors)
+    valid = ThumbnailSpec.model_validate({k: v for k, v in raw.items() if k not in bad})
+    return ThumbnailSpec.model_construct(**{**dict(valid), **{k: raw[k] for k in bad if k in raw}})
 
 
 def _as_utc(value: datetime) -> datetime:

@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
+
 from imgflow.core.jobs import (
     COMPASS,
     GRAVITY_PATTERN,
@@ -21,7 +24,6 @@ from imgflow.core.jobs import (
     MAX_VARIANTS,
     MAX_WATERMARK_MARGIN,
     SMART,
-    VARIANT_NAME,
     WATERMARK_ID,
     Fit,
     OutputFormat,
@@ -41,6 +43,11 @@ VARIANT_FIELDS = ("name", *OPTION_FIELDS)
 WATERMARK_PLACEMENT = ("watermarkPosition", "watermarkMargin", "watermarkOpacity", "watermarkScale")
 
 E = TypeVar("E", Fit, OutputFormat)
+# what a variant name may be, in words (ThumbnailSpec.name's pattern decides)
+_NAME_RULE = (
+    "{at}name must be 1 to 32 letters, digits, '_', '@' or '-' (starting with a letter or digit), "
+    "not {name!r}."
+)
 
 
 class InvalidOption(ValueError):
@@ -161,15 +168,13 @@ def read_variants(
                 f"{at}{unknown[0]} is not an option; the options are {', '.join(VARIANT_FIELDS)}."
             )
         name = item.get("name")
-        if not isinstance(name, str) or not re.match(VARIANT_NAME, name):
-            raise InvalidOption(
-                f"{at}name must be 1 to 32 letters, digits, '_', '@' or '-' (starting with a letter or "
-                f"digit), not {name!r}."
-            )
-        if any(spec.name == name for spec in specs):
-            raise InvalidOption(f"{at}name {name!r} is used twice; each variant needs its own.")
+        if not isinstance(name, str):
+            raise InvalidOption(_NAME_RULE.format(at=at, name=name))
         options = {key: value for key, value in item.items() if key != "name"}
-        specs.append(read_spec(as_fields(options), limits, accept, at).model_copy(update={"name": name}))
+        spec = read_spec(as_fields(options), limits, accept, at, variant_name=name)
+        if any(other.name == name for other in specs):
+            raise InvalidOption(f"{at}name {name!r} is used twice; each variant needs its own.")
+        specs.append(spec)
     return specs
 
 
@@ -186,8 +191,17 @@ def as_fields(values: Mapping[str, object]) -> dict[str, str]:
     }
 
 
-def read_spec(fields: Mapping[str, str], limits: Limits, accept: str = "", at: str = "") -> ThumbnailSpec:
-    """One output from option fields given as text; ``at`` prefixes field names in messages."""
+def read_spec(
+    fields: Mapping[str, str],
+    limits: Limits,
+    accept: str = "",
+    at: str = "",
+    *,
+    variant_name: str | None = None,
+) -> ThumbnailSpec:
+    """One output from option fields given as text (a variant's name beside them); ``at``
+    prefixes field names in messages. The spec is built through ``ThumbnailSpec``'s validation, the
+    same the worker reads a stored job with, so nothing accepted here is refused there."""
 
     def size(name: str, default: int) -> int:
         raw = fields.get(name, "").strip()
@@ -217,20 +231,34 @@ def read_spec(fields: Mapping[str, str], limits: Limits, accept: str = "", at: s
             f"width and height), not {gravity!r}."
         )
     auto = fields.get("format", "").strip().lower() == "auto"
-    return ThumbnailSpec(
-        width=size("width", limits.default_size[0]),
-        height=size("height", limits.default_size[1]),
-        fit=choice("fit", Fit, Fit.cover),
-        format=accepted_format(accept) if auto else choice("format", OutputFormat, OutputFormat.jpeg),
-        gravity=gravity,
-        blur=_number(fields, "blur", 0.3, MAX_BLUR, at),
-        sharpen=_number(fields, "sharpen", 0.3, MAX_SHARPEN, at),
-        pixelate=_whole(fields, "pixelate", 2, MAX_PIXELATE, at),
-        grayscale=_flag(fields, "grayscale", at),
-        quality=_whole(fields, "quality", 1, 100, at),
-        animated=_flag(fields, "animated", at, default=True),
+    values = {
+        "name": variant_name,
+        "width": size("width", limits.default_size[0]),
+        "height": size("height", limits.default_size[1]),
+        "fit": choice("fit", Fit, Fit.cover),
+        "format": accepted_format(accept) if auto else choice("format", OutputFormat, OutputFormat.jpeg),
+        "gravity": gravity,
+        "blur": _number(fields, "blur", 0.3, MAX_BLUR, at),
+        "sharpen": _number(fields, "sharpen", 0.3, MAX_SHARPEN, at),
+        "pixelate": _whole(fields, "pixelate", 2, MAX_PIXELATE, at),
+        "grayscale": _flag(fields, "grayscale", at),
+        "quality": _whole(fields, "quality", 1, 100, at),
+        "animated": _flag(fields, "animated", at, default=True),
         **_watermark(fields, at),
-    )
+    }
+    try:
+        return ThumbnailSpec.model_validate(values)
+    except ValidationError as exc:
+        raise InvalidOption(_explain(exc, at)) from None
+
+
+def _explain(exc: ValidationError, at: str) -> str:
+    """The model's first objection as a sentence naming the field."""
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else "options"
+    if field == "name":
+        return _NAME_RULE.format(at=at, name=error["input"])
+    return f"{at}{to_camel(field)}: {error['msg']}, not {error['input']!r}."
 
 
 def _watermark(fields: Mapping[str, str], at: str) -> dict[str, Any]:

@@ -173,6 +173,9 @@ class Worker:
         if job is None or job.status in (JobStatus.completed, JobStatus.failed):
             log.info("job %s is finished or unknown; dropping the message", job_id)
             return None
+        if job.invalid:  # stored by an API that let an invalid option through: cannot be made
+            await self.processor.refuse(job)
+            return None
         previous = job.worker if job.status is JobStatus.processing else None
         if previous is not None and previous != self.consumer:
             # A reclaimed message's holder was silent for claim_idle_ms (a live one keeps its

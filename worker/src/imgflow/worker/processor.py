@@ -73,6 +73,11 @@ class Processor:
             "before finishing it.",
         )
 
+    async def refuse(self, job: Job) -> None:
+        """The job's options break the rules every path checks now (an earlier API let one
+        through): fail it once, with why, as no retry could make it."""
+        await self._fail(job, f"Invalid options, resubmit the job with valid ones: {job.invalid}")
+
     async def process(self, admitted: Job, worker: str) -> None:
         job = await self.store.start(admitted, worker)
         if job is None:
