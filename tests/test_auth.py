@@ -62,9 +62,11 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 @pytest.fixture
 async def api(processes: Processes, fresh_settings: Settings) -> tuple[Settings, str]:
-    _, base = processes.start_api(fresh_settings)
-    processes.start_worker(fresh_settings)
-    return fresh_settings, base
+    # these tests send a hundred bad keys on purpose: no throttle (tests/test_auth_cost.py has it)
+    settings = fresh_settings.model_copy(update={"auth_failure_burst": 100_000})
+    _, base = processes.start_api(settings)
+    processes.start_worker(settings)
+    return settings, base
 
 
 async def test_every_route_refuses_missing_bad_and_revoked_keys_and_missing_scopes(

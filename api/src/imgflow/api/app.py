@@ -23,6 +23,7 @@ from imgflow.api import (
     webhooks,
 )
 from imgflow.api.auth import key_cache
+from imgflow.api.bodylimit import BoundedBodies
 from imgflow.api.middleware import Observe
 from imgflow.api.ratelimit import RateLimiter
 from imgflow.api.routes import router
@@ -145,7 +146,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
-    app.add_middleware(Observe)
+    app.add_middleware(BoundedBodies, settings=settings)
+    app.add_middleware(Observe)  # added last, runs first: it sees BoundedBodies' answers too
     app.include_router(router)
     app.include_router(admin.router)
     app.include_router(keys_routes.router)

@@ -4,16 +4,22 @@ Routes declare what they need (``Reader``, ``Writer``, ``AdminKey``) and get the
 ``Principal``. A replica trusts a key record it looked up for ``key_cache_s`` (at most 2 s), so a
 revoked key stops working on every replica within that. With ``IMGFLOW_AUTH=off`` every caller
 is an admin of the default tenant, unlimited: the original's open API.
+
+What a caller without a valid key costs is bounded: a malformed key is refused without a lookup,
+an unknown id is looked up once per ``key_cache_s`` (absent records are cached too), and an
+address past ``auth_failure_burst`` failed authentications gets 429 without any lookup until its
+allowance refills at ``auth_failures_per_s``. Routes with a body authenticate before it is read.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request, Response, Security
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
@@ -21,7 +27,7 @@ from redis.exceptions import RedisError
 from imgflow.api.expiring import Expiring
 from imgflow.api.problems import Problem, unavailable
 from imgflow.api.ratelimit import Policy
-from imgflow.api.state import State
+from imgflow.api.state import AppState, State, get_state
 from imgflow.core.endpoints import Endpoint
 from imgflow.core.jobs import Job
 from imgflow.core.keys import ApiKey, KeyStore, Limits, Scope, digest, key_id_of
@@ -75,34 +81,76 @@ def open_principal(settings: Settings) -> Principal:
     return Principal(None, settings.default_tenant, frozenset(Scope), Limits())
 
 
-async def _identify(key: str, state_keys: Expiring[ApiKey | None], settings: Settings) -> Principal | None:
+async def _identify(key: str, state: AppState, address: str) -> Principal | None:
+    settings = state.settings
     if settings.admin_key and hmac.compare_digest(digest(key), digest(settings.admin_key)):
         return Principal(BOOTSTRAP_KEY_ID, settings.default_tenant, frozenset(Scope), Limits())
     key_id = key_id_of(key)
-    record = await state_keys.get(key_id) if key_id else None
+    if key_id is not None and not state.auth_throttle.may_look_up(address, key_id):
+        raise _throttled(state.auth_throttle.retry_after(address), settings)
+    record = await state.key_cache.get(key_id) if key_id else None
     if record is None:
         hmac.compare_digest(digest(key), _NOBODY)
         return None
     if not record.matches(key):
         return None
+    state.auth_throttle.succeeded(record.key_id)
     return Principal(record.key_id, record.tenant, frozenset(record.scopes), record.limits)
 
 
+def _throttled(wait: float, settings: Settings) -> Problem:
+    seconds = max(1, round(wait + 0.5))
+    return Problem(
+        429,
+        "Too many failed authentications",
+        f"This address sent more than {settings.auth_failure_burst} missing or invalid API keys; "
+        f"retry in {seconds} s.",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
 async def authenticate(
-    state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+    request: Request,
+    state: State,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> Principal:
+    known: Principal | None = getattr(request.state, "principal", None)
+    if known is not None:  # authenticated already, before its body was read (AuthFirst)
+        return known
     settings = state.settings
     if settings.auth is AuthMode.off:
         return open_principal(settings)
-    if credentials is None:
-        raise _unauthorized("Send an API key: 'Authorization: Bearer imgf_...'.")
+    address = request.client.host if request.client else ""
     try:
-        principal = await _identify(credentials.credentials, state.key_cache, settings)
+        principal = await _identify(credentials.credentials, state, address) if credentials else None
     except PyMongoError:
         raise unavailable("MongoDB", refused_job=False) from None
     if principal is None:
+        wait = state.auth_throttle.failed(address)
+        if wait:
+            raise _throttled(wait, settings)
+        if credentials is None:
+            raise _unauthorized("Send an API key: 'Authorization: Bearer imgf_...'.")
         raise _unauthorized("The API key is not valid (unknown, revoked or mistyped).", "invalid_token")
+    request.state.principal = principal
     return principal
+
+
+class AuthFirst(APIRoute):
+    """A route whose caller is authenticated before its body is read. FastAPI reads and parses a
+    declared body before it solves a route's dependencies: without this, a caller with no key
+    would have its JSON parsed, and answered 422 before 401."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def authenticated_first(request: Request) -> Response:
+            await authenticate(request, get_state(request), await bearer(request))
+            return await handler(request)
+
+        return authenticated_first
 
 
 def _policy(principal: Principal, settings: Settings, kind: Literal["create", "read"]) -> Policy:

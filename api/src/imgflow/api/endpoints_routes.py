@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Response
 from pydantic import ConfigDict, Field
 
-from imgflow.api.auth import Reader, Writer
+from imgflow.api.auth import AuthFirst, Reader, Writer
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
 from imgflow.api.state import AppState, State
@@ -18,7 +18,7 @@ from imgflow.core.endpoints import Endpoint
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.webhooks import endpoint_tenants_key
 
-router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/api/webhooks", tags=["webhooks"], route_class=AuthFirst)
 log = logging.getLogger("imgflow.api")
 MAX_PER_TENANT = 20
 Event = Literal["job.completed", "job.failed"]

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
-MAX_ENTRIES = 10_000  # beyond this, lapsed entries are dropped: made-up keys cannot grow it forever
+MAX_ENTRIES = 10_000  # beyond this, lapsed entries go, then the oldest: made-up keys cannot grow it
 
 
 class Expiring(Generic[V]):
@@ -23,8 +23,11 @@ class Expiring(Generic[V]):
         if cached is not None and cached[1] > now:
             return cached[0]
         value = await self._load(key)
-        if len(self._entries) > MAX_ENTRIES:
+        self._entries.pop(key, None)  # re-inserted last: the dict's order is the entries' age
+        if len(self._entries) >= MAX_ENTRIES:
             self._entries = {k: v for k, v in self._entries.items() if v[1] > now}
+            while len(self._entries) >= MAX_ENTRIES:
+                del self._entries[next(iter(self._entries))]
         self._entries[key] = (value, now + self._ttl)
         return value
 

@@ -73,8 +73,9 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-class Problem(Exception):
-    """An error with a status, a short title and a detail a person can act on."""
+class Problem(StarletteHTTPException):
+    """An error with a status, a short title and a detail a person can act on. An HTTPException so
+    that one raised while FastAPI reads a body (imgflow.api.bodylimit) reaches its handler as is."""
 
     def __init__(
         self,
@@ -86,13 +87,16 @@ class Problem(Exception):
         headers: dict[str, str] | None = None,
         **extensions: Any,
     ) -> None:
-        super().__init__(detail)
+        super().__init__(status, detail)
         self.status = status
         self.title = title
         self.detail = detail
         self.type = type_
-        self.headers = headers or {}
+        self.headers: dict[str, str] = headers or {}
         self.extensions = extensions
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 def unavailable(what: str, cause: Exception | None = None, *, refused_job: bool = True) -> Problem:

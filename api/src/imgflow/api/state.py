@@ -12,6 +12,7 @@ from faststream.redis import RedisBroker
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from imgflow.api.throttle import AuthThrottle
 from imgflow.core.endpoints import EndpointStore
 from imgflow.core.keys import ApiKey, KeyStore
 from imgflow.core.settings import Settings
@@ -41,9 +42,11 @@ class AppState:
     uploads: asyncio.Semaphore = field(init=False)
     # ... and of them, how many each API key sends (imgflow.api.slots)
     uploads_by_key: Counter[str] = field(default_factory=Counter)
+    auth_throttle: AuthThrottle = field(init=False)
 
     def __post_init__(self) -> None:
         self.uploads = asyncio.Semaphore(self.settings.max_concurrent_uploads)
+        self.auth_throttle = AuthThrottle(self.settings.auth_failures_per_s, self.settings.auth_failure_burst)
 
 
 def get_state(request: Request) -> AppState:

@@ -7,7 +7,6 @@ after ``max_bytes`` and not after the whole body has been read.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
@@ -126,9 +125,9 @@ async def receive_upload(
 ) -> AsyncIterator[Upload]:
     """Parse the request's multipart body; the temporary file is removed when the block ends.
 
-    A body that pauses longer than ``upload_idle_timeout_s``, or takes longer than
-    ``upload_deadline_s`` in all, is dropped with 408: a slow client cannot hold a connection and
-    a temporary file for ever."""
+    A body that pauses longer than ``upload_idle_timeout_s``, or comes slower than
+    ``upload_min_bytes_per_s``, is dropped with 408 (imgflow.api.bodylimit, for every body): a
+    slow client cannot hold a connection and a temporary file for ever."""
     max_bytes = max_bytes or settings.max_upload_bytes
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
@@ -159,7 +158,7 @@ async def receive_upload(
     )
     received = 0
     try:
-        async for chunk in _paced(request, settings):
+        async for chunk in request.stream():  # bounded in size and time by imgflow.api.bodylimit
             received += len(chunk)
             if received > max_bytes + MAX_FORM_OVERHEAD:
                 raise too_large(max_bytes)
@@ -180,26 +179,3 @@ async def receive_upload(
         reader.close()
         if upload.path is not None:
             upload.path.unlink(missing_ok=True)
-
-
-async def _paced(request: Request, settings: Settings) -> AsyncIterator[bytes]:
-    """The body's chunks, as long as they keep coming: 408 after a pause or past the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.upload_deadline_s
-    chunks = request.stream().__aiter__()
-    while True:
-        wait = min(settings.upload_idle_timeout_s, deadline - loop.time())
-        try:
-            async with asyncio.timeout(max(wait, 0)):
-                chunk = await anext(chunks)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise Problem(
-                408,
-                "Request timeout",
-                f"The upload stalled for {settings.upload_idle_timeout_s:g} s or took longer than "
-                f"{settings.upload_deadline_s:g} s; nothing was kept.",
-                headers={"Connection": "close"},
-            ) from None
-        yield chunk

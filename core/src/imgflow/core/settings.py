@@ -229,6 +229,15 @@ class Settings(BaseSettings):
         description="Seconds an API replica trusts a key it looked up: a revoked key stops "
         "working within this",
     )
+    auth_failures_per_s: float = Field(
+        1.0,
+        gt=0,
+        description="Failed authentications (missing, malformed or unknown keys) one client address "
+        "may make per second, per API process, beyond auth_failure_burst; past them it gets 429",
+    )
+    auth_failure_burst: int = Field(
+        20, ge=1, description="Failed authentications one client address may make at once"
+    )
     create_per_s: float = Field(
         10.0, gt=0, description="Job creates per second per key (default for new keys)"
     )
@@ -268,11 +277,23 @@ class Settings(BaseSettings):
     request_header_timeout_s: float = Field(
         10.0, gt=0, description="Time a client has to send a request's line and headers"
     )
+    max_json_bytes: int = Field(
+        65536,
+        ge=1024,
+        description="Largest request body other than a multipart upload (JSON), in bytes; larger "
+        "ones get 413 before authentication",
+    )
     upload_idle_timeout_s: float = Field(
-        10.0, gt=0, description="Longest pause in an upload's body before the request is dropped (408)"
+        10.0,
+        gt=0,
+        description="Longest pause in a request's body (an upload or JSON) before the request is "
+        "dropped (408)",
     )
     upload_min_bytes_per_s: int = Field(
-        65536, ge=1, description="Slowest accepted upload rate: the deadline is 30 s + max size / this"
+        65536,
+        ge=1,
+        description="Slowest accepted average rate of a request's body: it may take "
+        "upload_idle_timeout_s + its size / this, then 408",
     )
     max_concurrent_uploads: int = Field(
         16, ge=1, description="Uploads one API process receives at once; more get 503 + Retry-After"
