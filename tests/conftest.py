@@ -29,6 +29,7 @@ from scripts.servers import (
     worker_server,
 )
 from tests.client import ADMIN_KEY, api_client
+from tests.memory_groups import joining
 
 
 @dataclass
@@ -138,13 +139,17 @@ class Processes:
         all its memory is charged there (as a container's would be)."""
         port = free_port()
         env = {"IMGFLOW_WORKER_METRICS_PORT": str(port), **extra_env}
-        join = [] if cgroup is None else ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh"]
-        return self._start(worker_server, settings, env, port, argv_prefix=join)
+        return self._start(worker_server, settings, env, port, argv_prefix=joining(cgroup))
 
     def start_api(self, settings: Settings, **extra_env: str) -> tuple[Server, str]:
+        return self.start_api_in(settings, None, **extra_env)
+
+    def start_api_in(self, settings: Settings, cgroup: Path | None, **extra_env: str) -> tuple[Server, str]:
+        """An API process; with ``cgroup``, in that cgroup v1 group (as for ``start_worker_in``)."""
         port = free_port()
         settings = settings.model_copy(update={"api_port": port})
-        return self._start(api_server, settings, extra_env, port), f"http://127.0.0.1:{port}"
+        server = self._start(api_server, settings, extra_env, port, argv_prefix=joining(cgroup))
+        return server, f"http://127.0.0.1:{port}"
 
     def _start(
         self,

@@ -10,21 +10,16 @@ at once needed more than the limit: the kernel OOM-killed the worker.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bench.memory import make_source
 from imgflow.core.settings import Settings, StorageBackend
 from tests.client import api_client, submit, wait_finished
 from tests.conftest import Processes, make_settings
-
-CHART_VALUES = yaml.safe_load((Path(__file__).parents[1] / "deploy/helm/imgflow/values.yaml").read_text())
-UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
-MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
+from tests.memory_groups import CHART_VALUES, chart_limit, memory_group, oom_kills
 
 SOURCES = [  # (kind, width, height)
     ("png16-rgba", 16384, 3051),
@@ -41,32 +36,11 @@ SPECS = [
 ]
 
 
-def quantity_bytes(quantity: str) -> int:
-    for suffix, factor in UNITS.items():
-        if quantity.endswith(suffix):
-            return int(quantity.removesuffix(suffix)) * factor
-    return int(quantity)
-
-
 @pytest.fixture
 def memory_cgroup() -> Iterator[Path]:
-    """A cgroup v1 memory group limited to the chart's worker limit (no swap to hide in)."""
-    assert MEMORY_CGROUPS.is_dir(), "this test needs the cgroup v1 memory controller (this machine has it)"
-    group = MEMORY_CGROUPS / f"imgflow-test-{os.getpid()}"
-    group.mkdir()
-    try:
-        limit = quantity_bytes(CHART_VALUES["worker"]["resources"]["limits"]["memory"])
-        (group / "memory.limit_in_bytes").write_text(str(limit))
+    """A cgroup v1 memory group limited to the chart's worker limit."""
+    with memory_group(chart_limit("worker")) as group:
         yield group
-    finally:
-        for pid in (group / "cgroup.procs").read_text().split():
-            (MEMORY_CGROUPS / "cgroup.procs").write_text(pid)
-        group.rmdir()
-
-
-def oom_kills(group: Path) -> int:
-    fields = dict(line.split() for line in (group / "memory.oom_control").read_text().splitlines())
-    return int(fields.get("oom_kill", 0))
 
 
 async def test_the_worst_accepted_sources_stay_within_the_chart_limit(
