@@ -4,12 +4,16 @@ healthy image is failed.
 
 Starts Redis, the MongoDB-wire server, the API and ``--workers`` worker processes on loopback
 (local storage), submits ``--jobs`` small photos over HTTP from 4 clients, and meanwhile every
-``--kill-every`` seconds SIGKILLs a random worker and starts a new one; one third into the
-submissions it restarts Redis (its append-only file keeps the queue), two thirds in the MongoDB-wire
-server. Then it waits up to ``--drain`` seconds for every accepted job to finish and prints:
-accepted (202), refused (503 while a server was down: the client was told, nothing was kept),
-completed, failed by reason, lost (accepted but unknown), stuck (unfinished at the end), the drain
-time, and histograms of attempts and of crashes blamed on a job.
+``--kill-every`` seconds SIGKILLs a random worker and starts a new one; early on it restarts Redis
+(its append-only file keeps the queue). It crashes the MongoDB-wire server twice (SIGKILL of every
+process of it, FerretDB's PostgreSQL included) and starts it again on its data: once within a
+millisecond of a random 202, once at a random moment. Then it waits up to ``--drain`` seconds for
+every accepted job to finish and prints: accepted (202), refused (503 while a server was down: the
+client was told, nothing was kept), completed, failed by reason, lost (accepted but without a record
+in the database at the end: read there, since the API's snapshots in Redis would answer for a lost
+one), stuck (unfinished at the end), the drain time, the database crashes, how many jobs workers
+restored from their message (a record the database lost), and histograms of attempts and of
+crashes blamed on a job.
 
     uv run --frozen python -m bench.faults [--jobs 1500] [--workers 3] [--kill-every 5] [--drain 300]
 """
@@ -19,11 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import random
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +37,16 @@ import httpx
 import pymongo
 
 from imgflow.core.settings import Settings, StorageBackend
-from scripts.servers import Server, free_port, start_stack, wait_for_port, worker_server
+from scripts.servers import Server, crash_mongodb, free_port, start_stack, wait_for_port, worker_server
 from tests import images
 
 
-async def submit_all(base: str, key: str, jobs: int, clients: int = 4) -> tuple[list[str], int]:
-    """Submit ``jobs`` photos; the ids accepted, and how many were refused with 503."""
+async def submit_all(
+    base: str, key: str, jobs: int, clients: int = 4, on_accepted: Callable[[int], bool] | None = None
+) -> tuple[list[str], int]:
+    """Submit ``jobs`` photos; the ids accepted, and how many were refused with 503.
+    ``on_accepted(n)`` is called right after the n-th 202, before anything else runs (it may crash
+    a server there); when it returns False, no further photo is sent."""
     photos = [images.jpeg(w, h) for w, h in ((320, 240), (640, 480), (1024, 768))]
     accepted: list[str] = []
     refused = 0
@@ -57,6 +67,8 @@ async def submit_all(base: str, key: str, jobs: int, clients: int = 4) -> tuple[
                 continue
             if response.status_code == 202:
                 accepted.append(response.json()["jobId"])
+                if on_accepted is not None and not on_accepted(len(accepted)):
+                    todo.clear()
             elif response.status_code == 503:
                 refused += 1
             else:
@@ -67,6 +79,30 @@ async def submit_all(base: str, key: str, jobs: int, clients: int = 4) -> tuple[
     ) as client:
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
     return accepted, refused
+
+
+async def accept_then_crash(base: str, key: str, burst: int, crash: Callable[[], None]) -> list[str]:
+    """Submit photos from 4 clients until ``burst`` are accepted, then call ``crash`` at once
+    (within a millisecond of that 202); the ids accepted, those answered after the crash included."""
+
+    def crash_at_burst(n: int) -> bool:
+        if n == burst:
+            crash()
+        return n < burst
+
+    accepted, _ = await submit_all(base, key, burst * 4, on_accepted=crash_at_burst)
+    return accepted
+
+
+def missing(mongodb_url: str, database: str, job_ids: list[str]) -> set[str]:
+    """Which of these jobs have no record in the database (read there, not through the API, whose
+    snapshots in Redis would still answer for a lost record)."""
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongodb_url)
+    try:
+        found = {d["_id"] for d in client[database]["jobs"].find({"_id": {"$in": job_ids}}, {"_id": 1})}
+    finally:
+        client.close()
+    return set(job_ids) - found
 
 
 def restart(server: Server, port: int) -> None:
@@ -100,14 +136,44 @@ async def run(jobs: int, workers: int, kill_every: float, drain: float, workdir:
 
     fleet += [new_worker() for _ in range(workers - 1)]
     kills = 0
+    mongo_port = int(stack.mongo.url.rsplit(":", 1)[1].strip("/"))
+    crashes: list[str] = []
+    crashed = asyncio.Event()
+
+    def crash_database(when: str) -> None:
+        if stack.mongo.server is not None:
+            crash_mongodb(stack.mongo, workdir / "mongo")
+            crashes.append(when)
+            crashed.set()
+
+    # once within a millisecond of a 202 (what a write the database acknowledged but had not made
+    # durable would lose), once at a random moment
+    after_202 = random.randrange(jobs // 2, jobs * 3 // 4)
+
+    def on_accepted(n: int) -> bool:
+        if n == after_202:
+            crash_database(f"right after 202 #{n}")
+        return True
+
     try:
         submitting = asyncio.create_task(
-            submit_all(f"http://127.0.0.1:{settings.api_port}", settings.admin_key or "", jobs)
+            submit_all(
+                f"http://127.0.0.1:{settings.api_port}",
+                settings.admin_key or "",
+                jobs,
+                on_accepted=on_accepted,
+            )
         )
         started = time.monotonic()
         restarted: set[str] = set()
         while not submitting.done():
-            await asyncio.sleep(kill_every)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(crashed.wait(), kill_every)
+            if crashed.is_set():
+                crashed.clear()
+                assert stack.mongo.server is not None
+                await asyncio.to_thread(restart, stack.mongo.server, mongo_port)
+                continue
             victim = random.choice(fleet)
             victim.kill()
             fleet.remove(victim)
@@ -119,12 +185,14 @@ async def run(jobs: int, workers: int, kill_every: float, drain: float, workdir:
                 await asyncio.to_thread(
                     restart, stack.redis, int(settings.redis_url.rsplit(":", 1)[1].split("/")[0])
                 )
-            elif "mongo" not in restarted and elapsed > kill_every * 4 and stack.mongo.server is not None:
+            elif "mongo" not in restarted and elapsed > kill_every * 4:
                 restarted.add("mongo")
-                await asyncio.to_thread(
-                    restart, stack.mongo.server, int(stack.mongo.url.rsplit(":", 1)[1].strip("/"))
-                )
+                await asyncio.sleep(random.uniform(0, kill_every))
+                crash_database(f"at {time.monotonic() - started:.1f} s")
         accepted, refused = await submitting
+        if crashed.is_set():  # crashed after the loop's last look
+            assert stack.mongo.server is not None
+            await asyncio.to_thread(restart, stack.mongo.server, mongo_port)
         submitted_at = time.monotonic()
         mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(stack.mongo.url)
         collection = mongo[settings.mongodb_database]["jobs"]
@@ -152,6 +220,11 @@ async def run(jobs: int, workers: int, kill_every: float, drain: float, workdir:
         "stuck": statuses["pending"] + statuses["processing"],
         "drain s": round(drain_s, 1),
         "workers killed": kills,
+        "database crashes": crashes,
+        "restored by workers": sum(
+            log.read_text(errors="replace").count("restored from its message")
+            for log in (workdir / "logs").glob("worker*.log")
+        ),
         "attempts": dict(sorted(collections.Counter(d.get("attempts", 0) for d in docs.values()).items())),
         "crashes blamed": dict(
             sorted(collections.Counter(d.get("crashes", 0) for d in docs.values()).items())

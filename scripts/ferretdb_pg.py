@@ -1,11 +1,14 @@
 """FerretDB 1.24 on a private PostgreSQL (Debian's), supervised as one server.
 
-    python -m scripts.ferretdb_pg --port PORT --workdir DIR
+    python -m scripts.ferretdb_pg --port PORT --workdir DIR [--crash-unsafe]
 
 Starts PostgreSQL on a UNIX socket only (no TCP port), initialising its data directory on first
 use, then FerretDB on 127.0.0.1:PORT on top of it; stops both on SIGTERM/SIGINT, and stops the
 other if either exits. The data survives a restart for the same ``--workdir`` (the failure tests
-restart the MongoDB-wire server and expect the jobs to be there).
+restart the MongoDB-wire server and expect the jobs to be there), and a crash: PostgreSQL runs
+with fsync, synchronous_commit and full_page_writes on, so a write FerretDB acknowledged is on
+disk. ``--crash-unsafe`` turns the three off, as this script once did; only the durability test
+and bench use it, to show what that loses and what it saves.
 
 Why: FerretDB on SQLite answers every filter by scanning the collection, ~35-75x slower than on
 PostgreSQL at 5,000 jobs (bench/store_cost.py, bench/README.md).
@@ -81,6 +84,27 @@ def _stop_stale(data: Path) -> None:
             time.sleep(0.05)
 
 
+def kill(workdir: Path) -> None:
+    """SIGKILL the PostgreSQL of ``workdir``: its postmaster and every process it started, as a
+    crash of the database would. Each of its children is in a session of its own, so a kill of the
+    supervisor's process group reaches only the postmaster, whose death the children notice late,
+    writing WAL meanwhile. The children go first, the postmaster last, so none is restarted."""
+    pidfile = data_dir(workdir) / "db" / "postmaster.pid"
+    try:
+        postmaster = int(pidfile.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # the command may hold spaces and parentheses; the fields after its last ")" do not
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                children.append(int(stat.parent.name))
+    for pid in [*children, postmaster]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def data_dir(workdir: Path) -> Path:
     if os.geteuid() != 0:
         return workdir / "postgres"
@@ -137,14 +161,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument(
+        "--crash-unsafe",
+        action="store_true",
+        help="fsync, synchronous_commit and full_page_writes off: a kill loses the last commits "
+        "(for the durability test and bench only)",
+    )
     args = parser.parse_args()
     bin_dir = postgres_bin()
     if bin_dir is None:
         sys.exit("ferretdb_pg: Debian's postgresql is not installed (make setup installs it)")
     data = prepare(args.workdir, bin_dir)
 
-    # A test database: durability against an OS crash is not needed, a process crash loses nothing.
-    settings = ["fsync=off", "synchronous_commit=off", "full_page_writes=off", "listen_addresses="]
+    # synchronous_commit=off answers a commit before its WAL leaves PostgreSQL's shared buffers,
+    # which a SIGKILL of its processes takes with them (the walwriter flushes every 200 ms): a job
+    # the API accepted would be gone after the restart.
+    durability = "off" if args.crash_unsafe else "on"
+    settings = [
+        f"fsync={durability}",
+        f"synchronous_commit={durability}",
+        f"full_page_writes={durability}",
+        "listen_addresses=",
+    ]
     _stop_stale(data)
     postgres = subprocess.Popen(
         [str(bin_dir / "postgres"), "-D", str(data / "db"), "-k", str(data)]

@@ -152,7 +152,10 @@ def mongodb_kind() -> str:
     return "ferretdb"
 
 
-def mongodb_server(workdir: Path, port: int) -> MongoChoice:
+def mongodb_server(workdir: Path, port: int, *, crash_unsafe: bool = False) -> MongoChoice:
+    """The MongoDB-wire server ``mongodb_kind`` names, data under ``workdir``. ``crash_unsafe``:
+    FerretDB's PostgreSQL without fsync or synchronous commits (scripts/ferretdb_pg.py), for the
+    durability test and bench to show what that loses and saves."""
     kind = mongodb_kind()
     if kind == "external":
         return MongoChoice(os.environ["MONGODB_URL"], kind, None)
@@ -174,6 +177,7 @@ def mongodb_server(workdir: Path, port: int) -> MongoChoice:
         raise RuntimeError("no MongoDB-wire server: run scripts/tools.sh ferretdb (make setup does)")
     if kind == "ferretdb-pg":
         argv = [sys.executable, "-m", "scripts.ferretdb_pg", "--port", str(port), "--workdir", str(workdir)]
+        argv += ["--crash-unsafe"] if crash_unsafe else []
         return MongoChoice(url, kind, Server("ferretdb", argv, workdir / "ferretdb.log"))
     argv = [
         str(ferretdb),
@@ -186,6 +190,16 @@ def mongodb_server(workdir: Path, port: int) -> MongoChoice:
         "--log-level=warn",
     ]
     return MongoChoice(url, kind, Server("ferretdb", argv, workdir / "ferretdb.log"))
+
+
+def crash_mongodb(mongo: MongoChoice, workdir: Path) -> None:
+    """SIGKILL the MongoDB-wire server that ``mongodb_server(workdir, ...)`` started, with all its
+    processes (FerretDB's PostgreSQL too), as a crash would. Its ``server.start()`` starts it
+    again on the same data."""
+    if mongo.kind == "ferretdb-pg":
+        ferretdb_pg.kill(workdir)
+    if mongo.server is not None:
+        mongo.server.kill()
 
 
 def describe(kind: str) -> str:

@@ -23,6 +23,7 @@ from gridfs.errors import NoFile
 from pymongo.asynchronous.database import AsyncDatabase
 
 from imgflow.core.settings import Settings, StorageBackend
+from imgflow.core.store import DURABLE
 
 CHUNK = 256 * 1024
 
@@ -74,7 +75,8 @@ def _etag(key: str, size: int, modified: datetime) -> str:
 
 class GridFSStorage:
     def __init__(self, db: AsyncDatabase[dict[str, object]]) -> None:
-        self._bucket = AsyncGridFSBucket(db, bucket_name="files")
+        # an original is what a 202 promises to process: stored as durably as the job (store.py)
+        self._bucket = AsyncGridFSBucket(db, bucket_name="files", write_concern=DURABLE)
 
     async def save(self, key: str, path: Path, content_type: str) -> StoredFile:
         await self.delete(key)

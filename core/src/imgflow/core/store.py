@@ -5,6 +5,9 @@ key (FerretDB on SQLite scans for anything more); the worker's lease on the job 
 keeps a repeated or late queue message from moving a finished job backwards (worker/lease.py).
 Only features FerretDB 1.x also has are used: plain indexes, find/sort/limit, findAndModify; no
 transactions, TTL indexes or change streams.
+
+Every write to a job waits until it is durable (``DURABLE``): the API answers 202, and a worker
+acknowledges a message, only after a write that no single crash takes back.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -27,6 +30,11 @@ from imgflow.core.settings import Settings
 from imgflow.core.snapshots import Snapshots
 
 Document = dict[str, Any]
+
+# Acknowledged once a majority of the replica set has it in its journal (on a standalone mongod:
+# in its journal). FerretDB accepts and ignores it: its PostgreSQL commits synchronously
+# (scripts/ferretdb_pg.py), which is what a deployment on FerretDB must configure too.
+DURABLE = WriteConcern(w="majority", j=True)
 
 
 def connect(settings: Settings) -> AsyncMongoClient[Document]:
@@ -82,7 +90,7 @@ class JobStore:
     (imgflow.core.snapshots) for ``view``, the reads clients make."""
 
     def __init__(self, db: AsyncDatabase[Document], snapshots: Snapshots | None = None) -> None:
-        self._jobs: AsyncCollection[Document] = db["jobs"]
+        self._jobs: AsyncCollection[Document] = db.get_collection("jobs", write_concern=DURABLE)
         self._snapshots = snapshots
 
     async def ensure_indexes(self) -> None:
