@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
 
 from imgflow.api import (
     admin,
@@ -25,10 +24,14 @@ from imgflow.api import (
 from imgflow.api.auth import key_cache
 from imgflow.api.bodylimit import BoundedBodies
 from imgflow.api.middleware import Observe
+from imgflow.api.pools import feed_redis, request_redis, webhook_redis
+from imgflow.api.progress import StreamSlots
 from imgflow.api.ratelimit import RateLimiter
+from imgflow.api.readiness import Readiness
 from imgflow.api.routes import router
 from imgflow.api.state import AppState
 from imgflow.core.endpoints import EndpointStore
+from imgflow.core.events import ChangeFeed
 from imgflow.core.keys import KeyStore
 from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import ensure_group, make_broker, tidy_queue
@@ -88,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         mongo = connect(settings)
         db = mongo[settings.mongodb_database]
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+        redis = request_redis(settings)
         keys = KeyStore(db)
         state = AppState(
             settings=settings,
@@ -97,6 +100,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             storage=make_storage(settings, db),
             broker=make_broker(settings),
             redis=redis,
+            webhook_redis=webhook_redis(settings),
+            feed=ChangeFeed(feed_redis(settings), settings),
+            streams=StreamSlots(settings.max_streams, settings.max_streams_per_key),
+            readiness=Readiness(settings),
             keys=keys,
             endpoints=EndpointStore(db),
             watermarks=WatermarkStore(db),
@@ -126,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks = [
             asyncio.create_task(_reconcile_forever(state)),
             asyncio.create_task(webhooks.send_forever(state)),
+            asyncio.create_task(state.feed.run()),
         ]
         try:
             yield
@@ -137,6 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.broker.stop()
             await state.storage.aclose()
             await state.redis.aclose()
+            await state.webhook_redis.aclose()
+            await state.feed.aclose()
+            await state.readiness.aclose()
             await mongo.close()
 
     app = FastAPI(
@@ -163,17 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/readyz", tags=["operations"], operation_id="readyz", summary="MongoDB and Redis reachable")
     async def readyz() -> JSONResponse:
         state: AppState = app.state.imgflow
-        checks: dict[str, str] = {}
-        try:
-            await asyncio.wait_for(state.mongo.admin.command("ping"), timeout=3)
-            checks["mongodb"] = "ok"
-        except Exception as exc:
-            checks["mongodb"] = f"unreachable: {type(exc).__name__}"
-        try:
-            await asyncio.wait_for(state.redis.ping(), timeout=3)
-            checks["redis"] = "ok"
-        except Exception as exc:
-            checks["redis"] = f"unreachable: {type(exc).__name__}"
+        checks = await state.readiness.checks()
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,8 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from pymongo.errors import PyMongoError
+from pymongo.errors import PyMongoError, WaitQueueTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imgflow.api.pools import PoolExhausted
 
 MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("imgflow.api")
@@ -58,7 +61,7 @@ _MEANING = {
     415: "Not a supported image",
     422: "Invalid field or image",
     429: "Rate limit or quota exceeded; see Retry-After",
-    503: "A backing service is unreachable; retry after Retry-After",
+    503: "A backing service is unreachable, or this server is too busy; retry after Retry-After",
 }
 
 
@@ -99,9 +102,23 @@ class Problem(StarletteHTTPException):
         return self.detail
 
 
+def busy(what: str) -> Problem:
+    """503 with Retry-After: no connection of this process's pool to ``what`` became free within
+    IMGFLOW_REDIS_POOL_WAIT_S; the service is up, this server has too many requests at once."""
+    return Problem(
+        503,
+        "Service busy",
+        f"This server had no free {what} connection in time: too many requests at once. Retry shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
 def unavailable(what: str, cause: Exception | None = None, *, refused_job: bool = True) -> Problem:
     """503 with Retry-After: a backing service (MongoDB, Redis) is unreachable, or MongoDB did
     not answer within IMGFLOW_MONGODB_TIMEOUT_S."""
+    # some callers translate inside their except block without passing the exception on
+    if isinstance(cause or sys.exc_info()[1], PoolExhausted | WaitQueueTimeoutError):
+        return busy(what)
     state = "is unreachable"
     if isinstance(cause, PyMongoError) and cause.timeout:
         state = "did not answer within its time limit (IMGFLOW_MONGODB_TIMEOUT_S)"
@@ -140,6 +157,9 @@ def install(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
         return problem_response(request, exc)
+
+    async def on_busy(request: Request, exc: Exception) -> JSONResponse:
+        return problem_response(request, busy("Redis" if isinstance(exc, PoolExhausted) else "MongoDB"))
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -183,5 +203,7 @@ def install(app: FastAPI) -> None:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(PoolExhausted, on_busy)
+    app.add_exception_handler(WaitQueueTimeoutError, on_busy)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -4,31 +4,75 @@
 it is now, then one ``status`` event (the job view, id = the change's id) per change, and the
 stream ends once the job is finished. A comment line every few seconds keeps proxies from closing
 an idle stream. ``Last-Event-ID`` resumes after a dropped connection, on any API replica (the
-changes come from Redis: imgflow.core.events).
+changes come from Redis: imgflow.core.events); one Redis cannot read is a 400.
+
+A stream holds no Redis connection (the process's ChangeFeed reads for all of them), but it holds
+an HTTP connection and a place in memory: an API process serves ``max_streams`` at once, and
+``max_streams_per_key`` per key; more get 429. A stream ends within HEARTBEAT_S + key_cache_s of
+its key being revoked.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
+from pymongo.errors import PyMongoError
 
-from imgflow.api.auth import Reader
-from imgflow.api.problems import documented
+from imgflow.api.auth import BOOTSTRAP_KEY_ID, Principal, Reader
+from imgflow.api.problems import Problem, documented
 from imgflow.api.routes import visible_job
 from imgflow.api.schemas import JobView
-from imgflow.api.state import State
-from imgflow.core.events import last_change, next_changes
+from imgflow.api.state import AppState, State
+from imgflow.core.events import entry_order, last_change
 from imgflow.core.jobs import Job, JobStatus
 
 router = APIRouter(tags=["jobs"])
-# under the API's Redis socket timeout (5 s), so a blocking read never trips it
-HEARTBEAT_MS = 4000
-ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+HEARTBEAT_S = 4.0  # also how often a stream makes sure its key still exists
+RETRY_AFTER_S = 5
 FINISHED = (JobStatus.completed, JobStatus.failed)
+
+
+class StreamSlots:
+    """Streams open on this process, in all and per key."""
+
+    def __init__(self, total: int, per_key: int) -> None:
+        self._total, self._per_key = total, per_key
+        self._open: Counter[str | None] = Counter()
+
+    def refusal(self, key_id: str | None) -> Problem | None:
+        """The 429 a new stream of ``key_id`` gets now, or None if it has room."""
+        if self._open.total() >= self._total:
+            detail = f"This server serves {self._total} live-progress streams already"
+        elif key_id is not None and self._open[key_id] >= self._per_key:
+            detail = f"This API key has {self._per_key} live-progress streams open on this server already"
+        else:
+            return None
+        return Problem(
+            429,
+            "Too many streams",
+            f"{detail}; close one, or poll the job, and retry after Retry-After.",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    @contextlib.contextmanager
+    def hold(self, key_id: str | None) -> Iterator[bool]:
+        """A place for the block; yields False (and takes none) if there is none left."""
+        if self.refusal(key_id) is not None:
+            yield False
+            return
+        self._open[key_id] += 1
+        try:
+            yield True
+        finally:
+            self._open[key_id] -= 1
+            if not self._open[key_id]:
+                del self._open[key_id]  # keys that come and go leave nothing behind
 
 
 def _event(job: Job, event_id: str) -> str:
@@ -36,14 +80,23 @@ def _event(job: Job, event_id: str) -> str:
     return f"id: {event_id}\nevent: status\ndata: {data}\n\n"
 
 
+async def _key_revoked(state: AppState, principal: Principal) -> bool:
+    if principal.key_id in (None, BOOTSTRAP_KEY_ID):  # auth off, or the settings' own key
+        return False
+    try:
+        return await state.key_cache.get(principal.key_id) is None
+    except PyMongoError:  # MongoDB down is not a revocation: the stream goes on
+        return False
+
+
 @router.get(
     "/api/image-processing/jobs/{job_id}/events",
     summary="Follow a job's status (Server-Sent Events)",
     description="One `status` event (the job view) now and on every change; the stream ends when "
-    "the job is finished. Send `Last-Event-ID` to resume.",
+    "the job is finished or the key is revoked. Send `Last-Event-ID` to resume.",
     operation_id="followJob",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **documented(401, 403, 404, 429, 503)},
+    responses={200: {"content": {"text/event-stream": {}}}, **documented(400, 401, 403, 404, 429, 503)},
 )
 async def job_events(
     job_id: str,
@@ -52,30 +105,50 @@ async def job_events(
     principal: Reader,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    redis, settings = state.redis, state.settings
-    resume = last_event_id if last_event_id and ENTRY_ID.match(last_event_id) else None
+    resume = last_event_id or None
+    if resume is not None and entry_order(resume) is None:
+        raise Problem(
+            400,
+            "Malformed request",
+            f"Last-Event-ID {resume[:60]!r} is not an event id this API sent (<ms>-<seq>, each below 2^64).",
+        )
+    refused = state.streams.refusal(principal.key_id)
+    if refused is not None:
+        raise refused
     # the latest change before reading the job: nothing that happens after the read is missed
-    latest = await last_change(redis, settings, job_id)
-    after = resume or latest
+    latest = await last_change(state.redis, state.settings, job_id)
     job = await visible_job(state, principal, job_id)
+    loop = asyncio.get_running_loop()
 
     async def stream() -> AsyncIterator[str]:
-        nonlocal after
-        current: Job | None = job
-        if resume is None or (current is not None and current.status in FINISHED):
-            assert current is not None
-            yield _event(current, latest)
-        while current is not None and current.status not in FINISHED:
-            if await request.is_disconnected():
+        # Counted from here, where leaving is certain to uncount it: requests racing past the check
+        # above end here at once when no place is left (a reconnecting client then gets the 429).
+        with state.streams.hold(principal.key_id) as held:
+            if not held:
                 return
-            changes = await next_changes(redis, settings, job_id, after, HEARTBEAT_MS)
-            if not changes:
-                yield ": keep-alive\n\n"
-                continue
-            after = changes[-1]
-            current = await state.store.view(job_id)
-            if current is not None:
-                yield _event(current, after)
+            current: Job | None = job
+            if resume is None or (current is not None and current.status in FINISHED):
+                assert current is not None
+                yield _event(current, latest)
+            key_checked = loop.time()
+            with state.feed.follow(job_id, resume or latest) as follower:
+                while current is not None and current.status not in FINISHED:
+                    if await request.is_disconnected():
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(HEARTBEAT_S):
+                            await follower.changed.wait()
+                    if loop.time() - key_checked >= HEARTBEAT_S:
+                        key_checked = loop.time()
+                        if await _key_revoked(state, principal):
+                            return
+                    if not follower.changed.is_set():
+                        yield ": keep-alive\n\n"
+                        continue
+                    follower.changed.clear()
+                    current = await state.store.view(job_id)
+                    if current is not None:
+                        yield _event(current, follower.after)
 
     return StreamingResponse(
         stream(),

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from imgflow.api.throttle import AuthThrottle
 from imgflow.core.endpoints import EndpointStore
+from imgflow.core.events import ChangeFeed
 from imgflow.core.keys import ApiKey, KeyStore
 from imgflow.core.settings import Settings
 from imgflow.core.storage import Storage
@@ -22,7 +23,9 @@ from imgflow.core.watermarks import WatermarkStore
 
 if TYPE_CHECKING:
     from imgflow.api.expiring import Expiring
+    from imgflow.api.progress import StreamSlots
     from imgflow.api.ratelimit import RateLimiter
+    from imgflow.api.readiness import Readiness
 
 
 @dataclass
@@ -32,7 +35,12 @@ class AppState:
     store: JobStore
     storage: Storage
     broker: RedisBroker
+    # requests' pool (imgflow.api.pools); the feed, the webhook sender and readiness have their own
     redis: Redis
+    webhook_redis: Redis
+    feed: ChangeFeed
+    streams: StreamSlots
+    readiness: Readiness
     keys: KeyStore
     endpoints: EndpointStore
     watermarks: WatermarkStore

@@ -50,7 +50,7 @@ ENDPOINTS_TTL_S = 2.0
 
 async def send_forever(state: AppState) -> None:
     """Deliver filed webhooks; retry failures on the configured schedule; never give up the loop."""
-    redis, settings = state.redis, state.settings
+    redis, settings = state.webhook_redis, state.settings
     consumer = f"api-{uuid.uuid4().hex[:8]}"
     # each tenant's endpoints, trusted for 2 s: one lookup per tenant, not per job
     endpoints: Expiring[list[Endpoint]] = Expiring(state.endpoints.of_tenant, ENDPOINTS_TTL_S)
@@ -94,7 +94,7 @@ async def _handle(
     state: AppState, endpoints: Expiring[list[Endpoint]], entry_id: bytes, fields: dict[bytes, bytes]
 ) -> None:
     """One stream entry: a finished job fanned out to its targets, or one more attempt of one."""
-    redis, settings = state.redis, state.settings
+    redis, settings = state.webhook_redis, state.settings
     job_id, event_type = fields[b"job_id"].decode(), fields[b"type"].decode()
     attempt = int(fields.get(b"attempt", b"0"))
     target = fields.get(b"target", CALLBACK.encode()).decode()
@@ -131,7 +131,7 @@ async def _deliver(
     state: AppState, job: Job | None, job_id: str, event_type: str, attempt: int, target: str
 ) -> None:
     """One attempt to one target; then the next is scheduled, or the delivery is over."""
-    redis, settings = state.redis, state.settings
+    redis, settings = state.webhook_redis, state.settings
     destination = await _destination(state, job, target) if job is not None else None
     if job is None or destination is None:  # the job expired, the endpoint was deleted
         await outstanding(redis, settings, job_id, -1)

@@ -1,19 +1,28 @@
 """A job's status changes as a short Redis stream per job, for live progress (Server-Sent Events).
 
 Whoever changes a job's status (the API accepting it, the worker starting, retrying, finishing it)
-appends an entry; an API replica serving ``GET .../jobs/{id}/events`` reads them with a blocking
-XREAD, so a client may follow a job from any replica, and resume after a dropped connection from
-the last entry id it saw (``Last-Event-ID``). The stream holds only the latest few entries and
-expires an hour after the last change: it is a notification, the job in MongoDB is the truth.
+appends an entry; an API replica serving ``GET .../jobs/{id}/events`` reads them, so a client may
+follow a job from any replica, and resume after a dropped connection from the last entry id it saw
+(``Last-Event-ID``). The stream holds only the latest few entries and expires an hour after the
+last change: it is a notification, the job in MongoDB is the truth.
+
+An API process reads the streams of every job it has followers of with one blocking XREAD on one
+connection (``ChangeFeed``): a follower costs a queue entry, not a Redis connection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.typing import KeyT, StreamIdT
 
 from imgflow.core.jobs import JobStatus
 from imgflow.core.settings import Settings
@@ -21,6 +30,12 @@ from imgflow.core.settings import Settings
 log = logging.getLogger(__name__)
 KEEP_ENTRIES = 20
 KEEP_SECONDS = 3600
+# A follower who joins is in the next read: each read blocks this long at most, so the newcomer
+# waits for its first change no longer than this. Under the API's Redis socket timeout (5 s).
+FEED_BLOCK_MS = 500
+# ms-seq, as Redis writes them, or ms alone; each part a 64-bit unsigned integer
+_ENTRY_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+_MAX_PART = 2**64 - 1
 
 
 def events_key(settings: Settings, job_id: str) -> str:
@@ -44,16 +59,96 @@ async def job_changed(redis: Redis, settings: Settings, job_id: str, status: Job
         log.warning("could not announce job %s %s", job_id, status.value, exc_info=True)
 
 
-async def next_changes(redis: Redis, settings: Settings, job_id: str, after: str, block_ms: int) -> list[str]:
-    """Entry ids of the changes after ``after`` ("0": all kept), waiting up to ``block_ms``."""
-    found: Any = await redis.xread({events_key(settings, job_id): after}, block=block_ms, count=KEEP_ENTRIES)
-    # [[stream, entries]] in RESP2, {stream: [entries]} in RESP3
-    streams = found.items() if isinstance(found, dict) else (found or [])
-    ids: list[str] = []
-    for _stream, entries in streams:
-        for entry_id, _fields in entries:
-            ids.append(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
-    return ids
+def entry_order(entry_id: str) -> tuple[int, int] | None:
+    """An entry id as (ms, seq) to compare, or None if Redis would refuse it as a stream id."""
+    found = _ENTRY_ID.match(entry_id)
+    if found is None:
+        return None
+    ms, seq = int(found[1]), int(found[2] or 0)
+    return (ms, seq) if ms <= _MAX_PART and seq <= _MAX_PART else None
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    order = entry_order(entry_id)
+    assert order is not None, entry_id  # ids come from Redis or were checked on the way in
+    return order
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(eq=False)
+class Follower:
+    """One client following one job: ``changed`` is set when a change after ``after`` was read, and
+    ``after`` is then the latest change's id."""
+
+    job_id: str
+    after: str
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class ChangeFeed:
+    """The changes of every job followed on this process, read by one XREAD on one connection.
+
+    ``run`` is the process's only reader. The set of followed jobs changes as followers come and
+    go; each read blocks at most FEED_BLOCK_MS, and the next one names the jobs followed then.
+    """
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._followers: dict[str, set[Follower]] = {}
+        self._joined = asyncio.Event()
+
+    @contextlib.contextmanager
+    def follow(self, job_id: str, after: str) -> Iterator[Follower]:
+        """Follow ``job_id``'s changes after ``after`` ("0": all kept) for the block."""
+        follower = Follower(job_id, after)
+        self._followers.setdefault(job_id, set()).add(follower)
+        self._joined.set()
+        try:
+            yield follower
+        finally:
+            followers = self._followers[job_id]
+            followers.discard(follower)
+            if not followers:
+                del self._followers[job_id]
+
+    async def run(self) -> None:
+        """Read until cancelled; a failed read is logged and tried again a second later (followers
+        see heartbeats meanwhile)."""
+        while True:
+            if not self._followers:
+                self._joined.clear()
+                await self._joined.wait()
+                continue
+            try:
+                await self._read()
+            except Exception:
+                log.warning("reading the followed jobs' changes failed; retrying", exc_info=True)
+                await asyncio.sleep(1)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+    async def _read(self) -> None:
+        jobs = {events_key(self._settings, job_id): job_id for job_id in self._followers}
+        # from the earliest change a follower of the job has not had
+        after: dict[KeyT, StreamIdT] = {
+            key: min((f.after for f in self._followers[job_id]), key=_order) for key, job_id in jobs.items()
+        }
+        found: Any = await self._redis.xread(after, block=FEED_BLOCK_MS, count=KEEP_ENTRIES)
+        # [[stream, entries]] in RESP2, {stream: [entries]} in RESP3
+        streams = found.items() if isinstance(found, dict) else (found or [])
+        for key, entries in streams:
+            if not entries:
+                continue
+            latest = _text(entries[-1][0])
+            for follower in self._followers.get(jobs[_text(key)], ()):
+                if _order(latest) > _order(follower.after):
+                    follower.after = latest
+                    follower.changed.set()
 
 
 async def last_change(redis: Redis, settings: Settings, job_id: str) -> str:

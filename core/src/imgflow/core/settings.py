@@ -298,6 +298,32 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(
         16, ge=1, description="Uploads one API process receives at once; more get 503 + Retry-After"
     )
+    max_streams: int = Field(
+        1000, ge=1, description="Live-progress streams one API process serves at once; more get 429"
+    )
+    max_streams_per_key: int = Field(
+        20,
+        ge=1,
+        description="Live-progress streams one API key may hold open on one API process; more get 429",
+    )
+    redis_pool_size: int = Field(
+        64,
+        ge=1,
+        description="Connections of an API process's Redis pool for requests (live-progress streams "
+        "share one more, /readyz and the webhook sender have their own)",
+    )
+    mongodb_pool_size: int = Field(
+        50,
+        ge=1,
+        description="Connections of a process's MongoDB pool (pymongo maxPoolSize); waiting for one "
+        "counts in the operation's mongodb_timeout_s",
+    )
+    redis_pool_wait_s: float = Field(
+        2.0,
+        gt=0,
+        description="Longest a request waits for a free connection of its API process's Redis pool; "
+        "then it answers 503 + Retry-After",
+    )
     max_uploads_per_key: int = Field(
         4,
         ge=1,

@@ -43,6 +43,9 @@ def connect(settings: Settings) -> AsyncMongoClient[Document]:
         settings.mongodb_url,
         tz_aware=True,
         serverSelectionTimeoutMS=5000,
+        # a size on purpose: what a process may ask of the database at once (the API's requests,
+        # a worker's jobs); waiting for a free one counts in the operation's time limit below
+        maxPoolSize=settings.mongodb_pool_size,
         event_listeners=[CommandCounter()],
         # Each operation's limit goes to the server as maxTimeMS: a query whose client gave up
         # stops there too, instead of costing the database for minutes.
