@@ -11,6 +11,7 @@ from collections import Counter
 from datetime import timedelta
 
 import httpx
+import pytest
 
 from bench.ops import mongo_commands
 from imgflow.core.jobs import Job, JobResult, JobStatus, OutputFormat, UploadSource, thumbnail_key, utcnow
@@ -70,11 +71,19 @@ def drain(sock: socket.socket) -> int:
     return received
 
 
+# the thumbnail read in pieces (over the memory bound), or read whole and sent from memory
+@pytest.mark.parametrize("memory_bytes", [8 * 1024 * 1024, 2 * LARGE], ids=["pieces", "memory"])
 async def test_clients_that_never_read_a_large_thumbnail_hold_no_storage_connection(
-    processes: Processes, fresh_settings: Settings, s3: S3Server
+    processes: Processes, fresh_settings: Settings, s3: S3Server, memory_bytes: int
 ) -> None:
     deadline_s = 8.0
-    settings = on_s3(fresh_settings, s3, reconcile_interval_s=3600, download_deadline_s=deadline_s)
+    settings = on_s3(
+        fresh_settings,
+        s3,
+        reconcile_interval_s=3600,
+        download_deadline_s=deadline_s,
+        download_memory_bytes=memory_bytes,
+    )
     _, base = processes.start_api(settings)
     port = int(base.rsplit(":", 1)[1])
     large = await completed_job(settings, "hoarder", os.urandom(LARGE))
@@ -96,7 +105,8 @@ async def test_clients_that_never_read_a_large_thumbnail_hold_no_storage_connect
                 assert thumb.status_code == 200, thumb.text
                 assert thumb.content == small_bytes
 
-        # a client that does not take the thumbnail within the deadline is cut off
+        # a client that does not take the thumbnail within the deadline is cut off (and what the
+        # server held for it is let go)
         await asyncio.sleep(deadline_s)
         received = await asyncio.gather(*(asyncio.to_thread(drain, sock) for sock in slow))
         assert all(n < LARGE for n in received), received

@@ -3,8 +3,9 @@ server needs.
 
 A file up to ``download_memory_bytes`` is read whole from storage and sent from memory: its
 storage connection (an S3 client has a pool of 10) is free again before the first byte goes out.
-A larger one is streamed in pieces that storage hands over whole (S3: a ranged GET each), and the
-answer has ``download_deadline_s`` in all: a client that has not taken it by then is cut off.
+A larger one is streamed in pieces that storage hands over whole (S3: a ranged GET each). Either
+is sent as the client takes it and has ``download_deadline_s`` in all: a client that has not
+taken it by then is cut off, and the bytes held for it are let go.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import Response
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from imgflow.core.settings import Settings
-from imgflow.core.storage import Storage, StoredFile
+from imgflow.core.storage import CHUNK, Storage, StoredFile
 
 log = logging.getLogger("imgflow.api")
 
@@ -45,13 +45,23 @@ class DeadlineStreamingResponse(StreamingResponse):
 
 async def send_stored(
     storage: Storage, stored: StoredFile, headers: dict[str, str], settings: Settings
-) -> Response:
+) -> StreamingResponse:
     """The file's bytes as the answer; raises NotFound or StorageUnavailable before any is sent."""
     if stored.size <= settings.download_memory_bytes:
-        return Response(await storage.read(stored.key), media_type=stored.content_type, headers=headers)
+        data = await storage.read(stored.key)
+        content, size = _slices(data), len(data)
+    else:
+        content, size = storage.stream(stored.key), stored.size
     return DeadlineStreamingResponse(
-        storage.stream(stored.key),
+        content,
         settings.download_deadline_s,
         media_type=stored.content_type,
-        headers={**headers, "Content-Length": str(stored.size)},
+        headers={**headers, "Content-Length": str(size)},
     )
+
+
+async def _slices(data: bytes) -> AsyncIterator[bytes]:
+    # handed to the server a slice at a time, it waits for the client between slices (a whole
+    # body would be queued at once, and stay queued for as long as the client does not read)
+    for start in range(0, len(data), CHUNK):
+        yield data[start : start + CHUNK]
