@@ -56,6 +56,8 @@ log "several outputs of one upload against one (about 1 min)"
 py -m bench.outputs
 log "what API keys, rate limits and Idempotency-Key add per request (about 40 s)"
 py -m bench.auth_cost
+log "another tenant's latency while one key attacks the API, against quiet (about 3 min)"
+py -m bench.isolation --out "$results/isolation.json"
 if [ "$investigate" = 1 ]; then
   log "investigation (about 4 min)"
   py -m bench.investigate --out "$results/investigate.json"
