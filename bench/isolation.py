@@ -29,7 +29,7 @@ import httpx
 from imgflow.core.settings import Settings, StorageBackend
 from scripts.servers import Server, free_port, seaweedfs_server, start_stack, wait_for_port
 from tests import images
-from tests.attacks import ATTACKS, HOLD_S, Target, Victim, measure, percentiles, prepare, quiet
+from tests.attacks import ATTACKS, HOLD_S, Target, Victim, measure, percentiles, prepare
 from tests.memory_groups import MEMORY_CGROUPS, chart_limit, joining, memory_group, peak_rss, reset_peak_rss
 
 KINDS = ("get", "round trip")
@@ -123,7 +123,7 @@ async def measure_all(
     for name in names:
         if not api.alive:  # an earlier attack took it down: said in its row; start it again
             start_in(api, group, settings.api_port)
-        calm = await measure(base_url, victim, job_id, quiet(HOLD_S))
+        calm = await measure(base_url, victim, job_id, asyncio.sleep(HOLD_S))
         reset_peak_rss(api.pid)  # the peak of this attack only
         attacked = await measure(base_url, victim, job_id, ATTACKS[name](target))
         results[name] = {

@@ -1,11 +1,12 @@
 """One API key attacks an API replica while another tenant goes about its business (issue 19).
 
-Each attack is one client's abuse from the findings, bounded: a fixed count of requests or a fixed
-hold, after which it stops by itself whatever the API answered (the attacker's answers are not
-judged). Meanwhile the victim, a key of another tenant, creates a small job, polls it until
-completed and fetches its thumbnail, again and again, reads one of its jobs and asks /readyz;
-each of those answers is timed and judged. Shared by tests/test_isolation.py (the victim is
-answered) and bench/isolation.py (how much slower it is answered).
+Each attack is one client's abuse from the findings. It goes on for HOLD_S, coming back whenever
+the API turns it away, and then stops by itself, whatever the API answered (the attacker's answers
+are counted and printed, not judged). Meanwhile the victim, a key of another tenant, creates a
+small job, polls it until completed and fetches its thumbnail, again and again, reads one of its
+jobs and asks /readyz; each of those answers is timed and judged. Shared by
+tests/test_isolation.py (the victim is answered) and bench/isolation.py (how much slower it is
+answered).
 """
 
 from __future__ import annotations
@@ -481,7 +482,3 @@ async def measure(base_url: str, key: str, job_id: str, activity: Awaitable[None
                 task.cancel()
     await task  # an attack that raised is the harness's error, not the API's
     return victim
-
-
-async def quiet(seconds: float) -> None:
-    await asyncio.sleep(seconds)

@@ -1,6 +1,7 @@
 """Nothing one client sends takes a replica down (issue 19): while one key attacks the API, another
-tenant's jobs still go create → completed → thumbnail, its reads are answered (no 5xx, nothing
-left unanswered for 30 s), /readyz stays 200, and the API lives on under its memory limit.
+tenant's jobs still go create → completed → thumbnail, and not only once the attacker stops (a
+round trip ends while the attack goes on), its reads are answered (no 5xx, nothing left unanswered
+for 30 s), /readyz stays 200, and the API lives on under its memory limit.
 
 One stack serves every attack: an API process in a cgroup v1 memory group of the chart's API limit
 (as its container would be: past it, the kernel kills it), a worker, Redis, the MongoDB-wire server
