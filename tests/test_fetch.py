@@ -23,6 +23,7 @@ from imgflow.core.fetch import (
 )
 from imgflow.core.resolver import IPAddress
 from imgflow.core.settings import Settings
+from tests.nameserver import name_server
 
 BODY = b"\xff\xd8\xff" + b"imgflow" * 1000  # only bytes are fetched here; nothing decodes them
 _stop = threading.Event()
@@ -271,5 +272,7 @@ async def test_http_errors_and_unreachable_hosts_fail_readably(origin: str, tmp_
     closed.close()
     with pytest.raises(FetchFailed, match=f"Could not fetch http://127.0.0.1:{port}/x"):
         await fetch_to_file(f"http://127.0.0.1:{port}/x", tmp_path / "s", open_settings())
-    with pytest.raises(FetchFailed, match="does not resolve"):
-        await fetch_to_file("http://no-such-host.invalid/x", tmp_path / "s", open_settings())
+    with name_server(missing=True) as dns, pytest.raises(FetchFailed, match="does not resolve"):
+        await fetch_to_file(
+            "http://no-such-host.invalid/x", tmp_path / "s", open_settings(dns_servers=dns.spec)
+        )

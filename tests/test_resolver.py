@@ -6,12 +6,7 @@ probed meanwhile; the address checks stay what they were."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import struct
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -21,56 +16,7 @@ from imgflow.core.settings import Settings
 from tests import images
 from tests.client import api_client, make_key, submit
 from tests.conftest import Processes
-
-A, IN = 1, 1
-
-
-@dataclass
-class NameServer:
-    """A DNS server on a loopback UDP port: it answers A queries with ``address``, or, without
-    one, never answers at all. ``queries`` counts what it was asked."""
-
-    address: str | None = None
-    queries: int = 0
-    sock: socket.socket = field(default_factory=lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-
-    @property
-    def spec(self) -> str:
-        host, port = self.sock.getsockname()
-        return f"{host}:{port}"
-
-    def serve(self) -> None:
-        while True:
-            try:
-                query, client = self.sock.recvfrom(512)
-            except OSError:  # closed
-                return
-            self.queries += 1
-            if self.address is not None:
-                self.sock.sendto(self._answer(query), client)
-
-    def _answer(self, query: bytes) -> bytes:
-        end = query.index(b"\0", 12) + 5  # the question: its name, then type and class
-        qtype = struct.unpack("!H", query[end - 4 : end - 2])[0]
-        answers = b""
-        if qtype == A:  # AAAA and the rest: no such record
-            assert self.address is not None
-            answers = struct.pack("!HHHIH", 0xC00C, A, IN, 60, 4) + socket.inet_aton(self.address)
-        header = query[:2] + struct.pack("!HHHHH", 0x8180, 1, 1 if answers else 0, 0, 0)
-        return header + query[12:end] + answers
-
-
-@contextlib.contextmanager
-def name_server(address: str | None = None) -> Iterator[NameServer]:
-    server = NameServer(address)
-    server.sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.serve, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.sock.close()
-        thread.join(timeout=5)
+from tests.nameserver import NameServer, name_server
 
 
 @pytest.fixture
