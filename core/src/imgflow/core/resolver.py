@@ -1,15 +1,15 @@
 """Host name lookups for the URLs imgflow fetches from or posts to (URL sources, webhook endpoints,
 callback URLs), on a resolver of their own.
 
-c-ares (pycares, through aiodns) asks the name servers itself, with its own timeout, driven from
-the event loop: a lookup holds no thread. ``socket.getaddrinfo`` would block a thread of the
-process's default pool for as long as the system resolver waits (seconds per name server, and it
-cannot be cancelled), and that pool is the one that probes every upload: a few URLs whose name
-server never answers would have stalled uploads. Here at most ``dns_max_concurrent`` lookups run
-at once per process (more wait their turn) and each gets ``dns_timeout_s`` in all, its wait
-included. ``dns_servers`` names the servers; empty, c-ares reads /etc/resolv.conf as the system
-resolver does (search domains and ndots too), and it answers ``localhost`` and /etc/hosts names
-without asking.
+c-ares (pycares, through aiodns) asks the name servers itself, with its own timeout, all lookups
+on one event thread of its own: a lookup holds no thread of the process's pool. There,
+``socket.getaddrinfo`` would block a thread for as long as the system resolver waits (seconds per
+name server, and it cannot be cancelled), and that pool is the one that probes every upload: a few
+URLs whose name server never answers would have stalled uploads. Here at most
+``dns_max_concurrent`` lookups run at once per process (more wait their turn) and each gets
+``dns_timeout_s`` in all, its wait included. ``dns_servers`` names the servers; empty, c-ares
+reads /etc/resolv.conf as the system resolver does (search domains and ndots too), and it answers
+``localhost`` and /etc/hosts names without asking.
 """
 
 from __future__ import annotations
