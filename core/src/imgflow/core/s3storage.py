@@ -79,6 +79,9 @@ class S3Storage:
     def _create(self, endpoint: str) -> ClientCreatorContext[S3Client]:
         s = self._settings
         config = AioConfig(
+            # S3 requests one process makes at once (botocore's default, kept on purpose): more
+            # wait for one, as long as their caller lets them (the timeouts cover connect and read)
+            max_pool_connections=10,
             connect_timeout=s.s3_timeout_s,
             read_timeout=s.s3_timeout_s,
             # adaptive backoff on throttling and 5xx; 3 tries keep an unreachable S3 to a few
