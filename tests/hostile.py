@@ -297,12 +297,14 @@ def png_chunk(kind: bytes, data: bytes, *, length: int | None = None) -> bytes:
 
 
 def png(*middle: bytes, width: int = 1, height: int = 1) -> bytes:
-    """A grey 8-bit PNG of ``width`` x ``height`` with ``middle`` chunks between IHDR and IDAT."""
+    """A grey 8-bit PNG declaring ``width`` x ``height``, with ``middle`` chunks between IHDR and
+    IDAT; its data is one row (1x1 is whole)."""
     ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-    idat = png_chunk(b"IDAT", zlib.compress(b"\0" + bytes(width) * height))
+    idat = png_chunk(b"IDAT", zlib.compress(b"\0" + bytes(width)))  # one row, whatever the height
     return b"\x89PNG\r\n\x1a\n" + ihdr + b"".join(middle) + idat + png_chunk(b"IEND", b"")
 
 
+@cache
 def zlib_bomb(size: int) -> bytes:
     """``size`` zero bytes, deflated (about a thousandth of that)."""
     return zlib.compress(bytes(size), 9)
@@ -316,7 +318,7 @@ PNG: dict[str, Callable[[], bytes]] = {
     "png-ztxt-bomb": lambda: png(png_chunk(b"zTXt", b"Comment\0\0" + zlib_bomb(200_000_000))),
     "png-itxt-bomb": lambda: png(png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + zlib_bomb(200_000_000))),
     "png-exif-loop": lambda: png(png_chunk(b"eXIf", exif_loop())),
-    "png-huge-declared-size": lambda: png(width=1, height=0x7FFFFFFF),
+    "png-huge-declared-size": lambda: png(width=1, height=999_999),  # libpng takes up to 1,000,000
 }
 
 
