@@ -1,4 +1,5 @@
-"""Accepted means durable: a job answered 202 survives a crash of the database.
+"""Accepted means durable: a job answered 202 survives a crash of the database, and a worker that
+holds a message whose job has no record restores the job (or fails it visibly), never drops it.
 
 The database test runs no worker, so nothing can restore a lost record behind its back: it reads
 the records themselves right after the restart.
@@ -15,9 +16,13 @@ import httpx
 import pytest
 
 from bench import faults
-from imgflow.core.settings import StorageBackend
+from imgflow.core.jobs import original_key
+from imgflow.core.settings import Settings, StorageBackend
+from imgflow.core.storage import make_storage
+from imgflow.core.store import connect
 from scripts.servers import MongoChoice, crash_mongodb, free_port, mongodb_server, wait_for_port
-from tests.client import ADMIN_KEY, api_client
+from tests import images
+from tests.client import ADMIN_KEY, api_client, submit, wait_finished
 from tests.conftest import Processes, make_settings
 
 BURST = 40  # the issue's trial: 4 of 40 accepted jobs were gone after the database's crash
@@ -98,3 +103,55 @@ async def test_jobs_accepted_right_before_the_database_is_killed_are_there_after
     accepted, lost, unlisted = await accepted_and_lost(database, processes, redis_url)
     assert len(accepted) >= BURST
     assert (lost, unlisted) == (set(), set())
+
+
+async def lose(settings: Settings, job_id: str, *, original_too: bool = False) -> None:
+    """What the database's crash did to the issue's jobs: the record is gone from the database
+    (its snapshot in Redis and its message stay), and with ``original_too`` the stored original."""
+    mongo = connect(settings)
+    try:
+        db = mongo[settings.mongodb_database]
+        assert (await db["jobs"].delete_one({"_id": job_id})).deleted_count == 1
+        if original_too:
+            await make_storage(settings, db).delete(original_key(job_id))
+    finally:
+        await mongo.close()
+
+
+async def recorded_status(settings: Settings, job_id: str) -> str | None:
+    mongo = connect(settings)
+    try:
+        doc = await mongo[settings.mongodb_database]["jobs"].find_one({"_id": job_id})
+    finally:
+        await mongo.close()
+    return None if doc is None else str(doc["status"])
+
+
+async def test_a_job_whose_record_the_database_lost_is_restored_from_its_message_and_completed(
+    processes: Processes, fresh_settings: Settings
+) -> None:
+    _, base = processes.start_api(fresh_settings)
+    async with api_client(base, timeout=30) as client:
+        job_id = (await submit(client, images.jpeg())).json()["jobId"]
+        await lose(fresh_settings, job_id)
+        processes.start_worker(fresh_settings)
+        job = await wait_finished(client, job_id)
+        assert job["status"] == "completed", job
+        assert (await client.get(job["result"]["thumbnailUrl"])).status_code == 200
+        assert await recorded_status(fresh_settings, job_id) == "completed"
+        assert job_id in await listed(client, "user-1")
+
+
+async def test_a_job_lost_with_its_original_is_failed_visibly_not_dropped(
+    processes: Processes, fresh_settings: Settings
+) -> None:
+    _, base = processes.start_api(fresh_settings)
+    async with api_client(base, timeout=30) as client:
+        job_id = (await submit(client, images.jpeg())).json()["jobId"]
+        await lose(fresh_settings, job_id, original_too=True)
+        processes.start_worker(fresh_settings)
+        job = await wait_finished(client, job_id)
+        assert job["status"] == "failed", job
+        assert "lost" in job["error"] and "submit the image again" in job["error"]
+        assert await recorded_status(fresh_settings, job_id) == "failed"
+        assert job_id in await listed(client, "user-1")

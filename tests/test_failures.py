@@ -241,11 +241,15 @@ async def test_a_duplicate_message_never_moves_a_finished_job_back(
     job_id = (await submit(client, images.jpeg())).json()["jobId"]
     before = await wait_finished(client, job_id)
 
+    mongo = connect(fresh_settings)
+    job = await JobStore(mongo[fresh_settings.mongodb_database]).get(job_id)
+    await mongo.close()
+    assert job is not None
     broker = RedisBroker(fresh_settings.redis_url)
     await broker.connect()
     r = Redis.from_url(fresh_settings.redis_url)
     for _ in range(3):
-        await publish_job(broker, r, fresh_settings, job_id)
+        await publish_job(broker, r, fresh_settings, job)
     await broker.stop()
     # the backlog drains to zero once the duplicates are consumed and dropped
     for _ in range(300):

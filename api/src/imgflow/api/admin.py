@@ -64,7 +64,7 @@ async def retry_dead_letter(job_id: str, state: State, _: AdminKey, response: Re
         raise Problem(404, "Not found", f"Job {job_id!r} is not among the dead letters.")
     revived = await state.store.revive(job_id)
     assert revived is not None
-    await publish_job(state.broker, state.redis, state.settings, job_id)
+    await publish_job(state.broker, state.redis, state.settings, revived)
     await job_changed(state.redis, state.settings, job_id, JobStatus.pending)
     response.headers["Location"] = f"/api/image-processing/jobs/{job_id}"
     return JobView.of(revived)

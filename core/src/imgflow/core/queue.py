@@ -1,7 +1,9 @@
 """The queue contract: the message on the Redis stream, how it is published, and how deep the queue is.
 
-The message carries only the job id and a version; MongoDB holds the job itself, so a message can
-be repeated or replayed without harm. Each unfinished job's latest stream entry id is recorded in
+The message carries the job id, a version and the job as it was when published; MongoDB holds the
+job itself, so a message can be repeated or replayed without harm. The copy is there for a
+worker that finds no record for a message (the database lost it): the message and the stored
+original are enough to restore the job. Each unfinished job's latest stream entry id is recorded in
 a hash beside the stream (``entries_key``), so the reconciler can tell a job whose message is
 still in the stream (waiting, or held by a worker) from one whose message is really gone.
 """
@@ -21,16 +23,25 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
+from imgflow.core.jobs import Job
 from imgflow.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class JobMessage(BaseModel):
-    """Version 1 of the stream message. A new field means a new version; workers read both."""
+    """Version 1 of the stream message. ``job`` came later: optional, and ignored by a worker that
+    does not know it (pydantic drops unknown fields), so old and new workers read each other's
+    messages through a rolling update. A change that an old worker would misread needs a new
+    version, which workers then read both of."""
 
     v: Literal[1] = 1
     job_id: str
+    job: Job | None = None  # the job when published (None in messages of older publishers)
+
+
+def message(job: Job) -> JobMessage:
+    return JobMessage(job_id=job.job_id, job=job)
 
 
 class QueueUnavailable(Exception):
@@ -42,40 +53,35 @@ def make_broker(settings: Settings, **kwargs: Any) -> RedisBroker:
     return RedisBroker(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0, **kwargs)
 
 
-async def publish_job(broker: RedisBroker, redis: Redis, settings: Settings, job_id: str) -> None:
+async def publish_job(broker: RedisBroker, redis: Redis, settings: Settings, job: Job) -> None:
     """Publish one job's message and record its entry id.
 
     A process dying between the two steps leaves a job with no recorded entry: the reconciler then
     publishes it again, and the worker drops whichever duplicate comes second.
     """
     try:
-        entry = await broker.publish(
-            JobMessage(job_id=job_id), stream=settings.stream, maxlen=settings.stream_maxlen
-        )
+        entry = await broker.publish(message(job), stream=settings.stream, maxlen=settings.stream_maxlen)
     except Exception as exc:  # redis-py raises several unrelated types for "no Redis"
         raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
     try:
-        await record_entries(redis, settings, {job_id: entry})
+        await record_entries(redis, settings, {job.job_id: entry})
     except Exception:
         # The job is queued; unrecorded, it only risks one harmless duplicate from the reconciler.
-        log.warning("could not record the stream entry of job %s", job_id, exc_info=True)
+        log.warning("could not record the stream entry of job %s", job.job_id, exc_info=True)
 
 
-async def publish_jobs(broker: RedisBroker, redis: Redis, settings: Settings, job_ids: Sequence[str]) -> None:
+async def publish_jobs(broker: RedisBroker, redis: Redis, settings: Settings, jobs: Sequence[Job]) -> None:
     """``publish_job`` for many jobs, in one pipeline (one round trip) plus one to record them."""
-    if not job_ids:
+    if not jobs:
         return
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
+            for job in jobs:
                 await broker.publish(
-                    JobMessage(job_id=job_id),
-                    stream=settings.stream,
-                    maxlen=settings.stream_maxlen,
-                    pipeline=pipe,
+                    message(job), stream=settings.stream, maxlen=settings.stream_maxlen, pipeline=pipe
                 )
             entries: list[bytes] = await pipe.execute()
-        await record_entries(redis, settings, dict(zip(job_ids, entries, strict=True)))
+        await record_entries(redis, settings, {job.job_id: e for job, e in zip(jobs, entries, strict=True)})
     except Exception as exc:
         raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
 

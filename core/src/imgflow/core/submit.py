@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 async def submit_job(store: JobStore, broker: RedisBroker, redis: Redis, settings: Settings, job: Job) -> Job:
     await store.insert(job)
     try:
-        await publish_job(broker, redis, settings, job.job_id)
+        await publish_job(broker, redis, settings, job)
     except QueueUnavailable:
         await store.delete(job.job_id)
         raise
@@ -58,15 +58,15 @@ async def requeue_lost(store: JobStore, broker: RedisBroker, redis: Redis, setti
         again = await asyncio.gather(*(store.get(job_id) for job_id in lost))
         # A job waiting for a retry has no message until it is due; one due for longer than
         # requeue_after_s lost it (Redis lost the retry schedule, or its publisher died).
-        lost = [
-            job.job_id
+        unfinished = [
+            job
             for job in again
             if job is not None
             and job.status in UNFINISHED
             and (job.next_attempt_at is None or job.next_attempt_at < cutoff)
         ]
-        if lost:
-            await publish_jobs(broker, redis, settings, lost)
-            log.info("published %d job(s) whose message was lost", len(lost))
-            requeued += len(lost)
+        if unfinished:
+            await publish_jobs(broker, redis, settings, unfinished)
+            log.info("published %d job(s) whose message was lost", len(unfinished))
+            requeued += len(unfinished)
     return requeued

@@ -122,11 +122,12 @@ class Worker:
 
     async def handle(self, body: Any, msg: RedisStreamMessage, *, reclaimed: bool) -> None:
         try:
-            job_id = JobMessage.model_validate(body).job_id
+            message = JobMessage.model_validate(body)
         except ValidationError:
             log.error("dropping a message that is not a job (v1): %r", body)
             await msg.ack()
             return
+        job_id = message.job_id
         ids: list[bytes] = msg.raw_message["message_ids"]
         if job_id in self.running:
             log.info("job %s is being processed here; dropping a duplicate message", job_id)
@@ -141,7 +142,7 @@ class Worker:
         metrics.INFLIGHT.set(len(self.inflight))
         acked = False
         try:
-            job = await self._admit(job_id, reclaimed)  # read under the lease: current
+            job = await self._admit(message, reclaimed)  # read under the lease: current
             if job is not None:
                 async with self.gate.alone() if job.isolate else self.gate.shared():
                     await self._run(job)
@@ -161,17 +162,19 @@ class Worker:
                     lease.release(pipe, self.settings, job_id, self.consumer)
                     await pipe.execute()
 
-    async def _admit(self, job_id: str, reclaimed: bool) -> Job | None:
+    async def _admit(self, message: JobMessage, reclaimed: bool) -> Job | None:
         """The job to run for this message, with what its last worker's end says about it; None
-        when there is nothing to run (finished, unknown, a duplicate, or failed here).
+        when there is nothing to run (finished, a duplicate, or failed here). A job with no record
+        is restored from the message (``Processor.restore``).
 
         The attempt rule: a job is blamed for a worker's death only when that worker died while
         processing it and nothing else. Died holding other jobs too: nobody can tell which one
         killed it, so the job is not blamed but runs alone from now on, where blame is certain.
         """
-        job = await self.store.get(job_id)
+        job_id = message.job_id
+        job = await self.store.get(job_id) or await self.processor.restore(job_id, message.job)
         if job is None or job.status in (JobStatus.completed, JobStatus.failed):
-            log.info("job %s is finished or unknown; dropping the message", job_id)
+            log.info("job %s is finished; dropping the message", job_id)
             return None
         if job.invalid:  # stored by an API that let an invalid option through: cannot be made
             await self.processor.refuse(job)
@@ -263,7 +266,8 @@ class Worker:
             await asyncio.sleep(RETRY_PUMP_S)
             try:
                 due = await take_due_retries(self.redis, self.settings, time.time())
-                await publish_jobs(self.broker, self.redis, self.settings, due)
+                jobs = await asyncio.gather(*(self.store.get(job_id) for job_id in due))
+                await publish_jobs(self.broker, self.redis, self.settings, [j for j in jobs if j is not None])
             except Exception:
                 log.warning("could not publish due retries (Redis down?)", exc_info=True)
 

@@ -23,3 +23,9 @@ RETRIES = Counter(
     "imgflow_job_retries_total", "Jobs scheduled again after failing for a passing reason", ["reason"]
 )
 DEAD_LETTERS = Counter("imgflow_dead_letters_total", "Jobs failed after their last retry (dead letters)")
+RESTORED = Counter(
+    "imgflow_jobs_restored_total",
+    "Messages whose job had no record: restored from the message, recorded failed (original gone "
+    "too), or dropped (no copy in the message, or older than retention)",
+    ["outcome"],
+)

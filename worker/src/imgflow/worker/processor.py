@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 import pyvips
+from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
 from imgflow.core import quota
@@ -72,6 +73,49 @@ class Processor:
             f"Gave up: the worker processing this image (and nothing else) stopped {job.crashes} times "
             "before finishing it.",
         )
+
+    async def restore(self, job_id: str, carried: Job | None) -> Job | None:
+        """A message whose job has no record: the database lost it (a crash took back the write
+        behind a 202), unless the job was deleted on purpose. Retention deletes a job
+        ``retention_s`` after it finished, so a job created less recently was lost: its record is
+        inserted again from the message's copy, ``pending``, and returned to be run; with its
+        original gone too it is recorded failed, saying why. Never dropped without a trace: each
+        case is logged as a warning and counted."""
+        recent = carried is not None and carried.created_at > utcnow() - timedelta(
+            seconds=self.settings.retention_s
+        )
+        if carried is None or not recent:
+            log.warning(
+                "job %s has no record and its message %s; dropping the message",
+                job_id,
+                "no copy of it (an older publisher's)" if carried is None else "is older than retention",
+            )
+            metrics.RESTORED.labels("dropped").inc()
+            return None
+        # storage unreachable raises here, before anything is written: the message comes again
+        original = not isinstance(carried.source, UploadSource) or await self._stored(carried.source.key)
+        job = carried.model_copy(update={"status": JobStatus.pending, "worker": None, "updated_at": utcnow()})
+        try:
+            await self.store.insert(job)
+        except DuplicateKeyError:  # restored meanwhile by a worker holding a duplicate message
+            return await self.store.get(job_id)
+        if not original:
+            log.warning("job %s had no record and its original is gone: recorded failed", job_id)
+            metrics.RESTORED.labels("failed").inc()
+            await self._fail(
+                job, "The database lost this job's record and its original is gone: submit the image again."
+            )
+            return None
+        log.warning("job %s had no record (the database lost it): restored from its message", job_id)
+        metrics.RESTORED.labels("restored").inc()
+        return job
+
+    async def _stored(self, key: str) -> bool:
+        try:
+            await self.storage.stat(key)
+        except NotFound:
+            return False
+        return True
 
     async def refuse(self, job: Job) -> None:
         """The job's options break the rules every path checks now (an earlier API let one
