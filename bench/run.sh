@@ -52,11 +52,13 @@ log "the same over 528 jobs: does the rate stay flat over blocks of 50 as jobs a
 BENCH_E2E_PASSES=11 py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e-blocks.json"
 log "republishing after Redis lost its data (about 20 s)"
 py -m bench.republish --jobs 5000
+log "what durable job writes cost against the database's old crash-unsafe settings (about 30 s)"
+py -m bench.durability
 log "several outputs of one upload against one (about 1 min)"
 py -m bench.outputs
 log "what API keys, rate limits and Idempotency-Key add per request (about 40 s)"
 py -m bench.auth_cost
-log "another tenant's latency while one key attacks the API, against quiet (about 3 min)"
+log "another tenant's latency while one key attacks the API, against quiet (about 4 min)"
 py -m bench.isolation --out "$results/isolation.json"
 if [ "$investigate" = 1 ]; then
   log "investigation (about 4 min)"
