@@ -1,12 +1,13 @@
-"""Hostile but small image files, built byte by byte: structures a parser must walk with bounds.
+"""Hostile image files, built byte by byte: structures a parser must walk with bounds.
 
 Each file is well-formed enough that libvips' loader claims it (the signature and header are right)
 and then asks whoever walks its structure to follow too much: HEIF/AVIF grids that reference the
 next grid hundreds of times, reference loops, declared counts and box sizes far beyond the bytes
 there are, deep nesting; PNG, GIF, TIFF, WebP and JPEG files made of many small chunks, frames,
-directories or segments, or declaring lengths they do not have. None is over a few hundred KB.
+directories or segments, compressed bombs, or lengths they do not have. Most are a few KB, the
+largest under the 10 MiB upload limit.
 
-``grid_chain(levels=4, references=256)`` is issue 19's finding: a 2.6 KB AVIF whose primary grid
+``grid_chain(levels=4, references=256)`` is issue 19's finding: a 2.7 KB AVIF whose primary grid
 is made of 256 references to a second grid, made of 256 references to a third, and so on; a walk
 that does not drop repeated items visits 256**levels tiles.
 """
@@ -340,9 +341,8 @@ def gif_frame(delay: int = 1) -> bytes:
 GIF: dict[str, Callable[[], bytes]] = {
     "gif-many-frames": lambda: gif(gif_frame() * 100_000),
     "gif-many-extensions": lambda: gif(b"!\xfe\x01x\x00" * 200_000, gif_frame()),
-    "gif-long-extension": lambda: gif(
-        b"!\xff\x0bNETSCAPE2.0" + b"\xff" + bytes(255) * 1 + (b"\xff" + bytes(255)) * 8_000 + b"\x00",
-        gif_frame(),
+    "gif-long-extension": lambda: gif(  # one application extension of 8,000 full sub-blocks
+        b"!\xff\x0bNETSCAPE2.0" + (b"\xff" + bytes(255)) * 8_000 + b"\x00", gif_frame()
     ),
     "gif-huge-screen": lambda: gif(gif_frame(), width=65535, height=65535),
 }
@@ -396,26 +396,19 @@ def tiff_huge_count() -> bytes:
     return bytes(data)
 
 
+def tiff_huge_strip_count() -> bytes:
+    """A 1x1 page declaring a billion strips, their offsets and byte counts where the IFD is."""
+    strips = [(273, 4, 0x3FFFFFFF, 8), (279, 4, 0x3FFFFFFF, 8)]
+    tags = [(256, 3, 1, 1), (257, 3, 1, 1), (258, 3, 1, 8), (262, 3, 1, 1), (278, 3, 1, 1)]
+    return b"II*\0" + struct.pack("<I", 8) + tiff_ifd(tags + strips, 0)
+
+
 TIFF: dict[str, Callable[[], bytes]] = {
     "tiff-ifd-self-loop": lambda: tiff_chain(1, loop_to=8),
     "tiff-ifd-long-loop": lambda: tiff_chain(5_000, loop_to=8),
     "tiff-many-ifds": lambda: tiff_chain(50_000),
     "tiff-huge-ifd-count": tiff_huge_count,
-    "tiff-huge-strip-count": lambda: (
-        tiff_chain(1)[:8]
-        + tiff_ifd(
-            [
-                (256, 3, 1, 1),
-                (257, 3, 1, 1),
-                (258, 3, 1, 8),
-                (262, 3, 1, 1),
-                (273, 4, 0x3FFFFFFF, 8),
-                (278, 3, 1, 1),
-                (279, 4, 0x3FFFFFFF, 8),
-            ],
-            0,
-        )
-    ),
+    "tiff-huge-strip-count": tiff_huge_strip_count,
 }
 
 
@@ -509,10 +502,7 @@ JPEG: dict[str, Callable[[], bytes]] = {
     "jpeg-many-comments": lambda: jpeg(jpeg_segment(0xFE, bytes(65_000)) * 150),
 }
 
-FORMATS = {"avif": HEIF, "png": PNG, "gif": GIF, "tiff": TIFF, "webp": WEBP, "jpeg": JPEG}
-BUILDERS: dict[str, Callable[[], bytes]] = {
-    name: make for family in FORMATS.values() for name, make in family.items()
-}
+BUILDERS: dict[str, Callable[[], bytes]] = {**HEIF, **PNG, **GIF, **TIFF, **WEBP, **JPEG}
 
 
 def all_files() -> Iterator[Hostile]:
