@@ -151,7 +151,8 @@ def print_row(name: str, row: dict[str, Any]) -> None:
     print(
         f"{name:24} "
         + " ".join(f"{c:>20}" for c in cells)
-        + f"  API {rss if rss else 'DIED'} MiB; {trouble}",
+        + (f"  API peak {rss} MiB; " if rss else "  API DIED; ")
+        + trouble,
         flush=True,
     )
 
