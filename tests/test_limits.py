@@ -85,8 +85,10 @@ async def test_a_tenant_may_hold_only_so_many_unfinished_jobs(
 async def test_idempotency_key_replays_the_first_answer(
     processes: Processes, fresh_settings: Settings
 ) -> None:
-    _, base = processes.start_api(fresh_settings)
-    processes.start_worker(fresh_settings)
+    # 20 identical requests at once below: each needs an upload slot of the key to be fingerprinted
+    settings = fresh_settings.model_copy(update={"max_uploads_per_key": 20})
+    _, base = processes.start_api(settings)
+    processes.start_worker(settings)
     async with api_client(base, timeout=30) as admin:
         acme = await make_key(admin, "acme", READ, WRITE, create_burst=100)
         globex = await make_key(admin, "globex", READ, WRITE)
