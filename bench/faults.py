@@ -11,9 +11,9 @@ millisecond of a random 202, once at a random moment. Then it waits up to ``--dr
 every accepted job to finish and prints: accepted (202), refused (503 while a server was down: the
 client was told, nothing was kept), completed, failed by reason, lost (accepted but without a record
 in the database at the end: read there, since the API's snapshots in Redis would answer for a lost
-one), stuck (unfinished at the end), the drain time, the database crashes, how many jobs workers
-restored from their message (a record the database lost), and histograms of attempts and of
-crashes blamed on a job.
+one), not listed (accepted but absent from the user's listing), stuck (unfinished at the end),
+the drain time, the database crashes, how many jobs workers restored from their message (a record
+the database lost), and histograms of attempts and of crashes blamed on a job.
 
     uv run --frozen python -m bench.faults [--jobs 1500] [--workers 3] [--kill-every 5] [--drain 300]
 """
@@ -92,6 +92,25 @@ async def accept_then_crash(base: str, key: str, burst: int, crash: Callable[[],
 
     accepted, _ = await submit_all(base, key, burst * 4, on_accepted=crash_at_burst)
     return accepted
+
+
+async def listed(client: httpx.AsyncClient, user_id: str) -> set[str]:
+    """Every job id the API lists for the user (read from the database, not from snapshots),
+    retrying while it answers 503 (the database just restarted) as a client would."""
+    ids: set[str] = set()
+    params = {"limit": "100"}
+    while True:
+        for _ in range(120):
+            reply = await client.get(f"/api/image-processing/users/{user_id}/jobs", params=params)
+            if reply.status_code != 503:
+                break
+            await asyncio.sleep(0.5)
+        assert reply.status_code == 200, reply.text
+        page = reply.json()
+        ids.update(job["jobId"] for job in page["jobs"])
+        if not page.get("nextCursor"):
+            return ids
+        params["cursor"] = page["nextCursor"]
 
 
 def missing(mongodb_url: str, database: str, job_ids: list[str]) -> set[str]:
@@ -173,7 +192,6 @@ async def run(jobs: int, workers: int, kill_every: float, drain: float, workdir:
                 crashed.clear()
                 assert stack.mongo.server is not None
                 await asyncio.to_thread(restart, stack.mongo.server, mongo_port)
-                continue
             victim = random.choice(fleet)
             victim.kill()
             fleet.remove(victim)
@@ -203,6 +221,12 @@ async def run(jobs: int, workers: int, kill_every: float, drain: float, workdir:
             await asyncio.sleep(1)
         drain_s = time.monotonic() - submitted_at
         docs = {d["_id"]: d for d in collection.find({"_id": {"$in": accepted}})}
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{settings.api_port}",
+            timeout=60,
+            headers={"Authorization": f"Bearer {settings.admin_key}"},
+        ) as client:
+            unlisted = set(accepted) - await listed(client, "faults")
     finally:
         for worker in fleet:
             worker.terminate()
@@ -217,6 +241,7 @@ async def run(jobs: int, workers: int, kill_every: float, drain: float, workdir:
             collections.Counter(d["error"][:80] for d in docs.values() if d["status"] == "failed")
         ),
         "lost": len(set(accepted) - set(docs)),
+        "not listed": len(unlisted),
         "stuck": statuses["pending"] + statuses["processing"],
         "drain s": round(drain_s, 1),
         "workers killed": kills,

@@ -191,9 +191,12 @@ def main() -> None:
         preexec_fn=_die_with_us,
         **_as_postgres_user(),
     )
-    socket = data / ".s.PGSQL.5432"
+    # Until it accepts connections, not merely until its socket exists: after a crash it replays
+    # its WAL first, and FerretDB listening meanwhile would answer "the database system is
+    # starting up" to whoever connects.
+    ready = [str(bin_dir / "pg_isready"), "--quiet", "--host", str(data)]
     deadline = time.monotonic() + 60
-    while not socket.exists():
+    while subprocess.run(ready, check=False).returncode != 0:
         if postgres.poll() is not None or time.monotonic() > deadline:
             sys.exit(f"ferretdb_pg: PostgreSQL did not start (exit {postgres.poll()})")
         time.sleep(0.05)

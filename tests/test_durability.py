@@ -7,12 +7,10 @@ the records themselves right after the restart.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bench import faults
@@ -61,25 +59,6 @@ def database(tmp_path: Path) -> Iterator[Database]:
     db.stop()
 
 
-async def listed(client: httpx.AsyncClient, user_id: str) -> set[str]:
-    """Every job id the API lists for the user (read from the database, not from snapshots),
-    retrying while it answers 503 (the database just restarted) as a client would."""
-    ids: set[str] = set()
-    params = {"limit": "100"}
-    while True:
-        for _ in range(120):
-            reply = await client.get(f"/api/image-processing/users/{user_id}/jobs", params=params)
-            if reply.status_code != 503:
-                break
-            await asyncio.sleep(0.5)
-        assert reply.status_code == 200, reply.text
-        page = reply.json()
-        ids.update(job["jobId"] for job in page["jobs"])
-        if not page.get("nextCursor"):
-            return ids
-        params["cursor"] = page["nextCursor"]
-
-
 async def accepted_and_lost(
     database: Database, processes: Processes, redis_url: str
 ) -> tuple[list[str], set[str], set[str]]:
@@ -93,7 +72,7 @@ async def accepted_and_lost(
     accepted = await faults.accept_then_crash(base, ADMIN_KEY, BURST, database.crash)
     database.start()
     async with api_client(base, timeout=30) as client:
-        unlisted = set(accepted) - await listed(client, "faults")
+        unlisted = set(accepted) - await faults.listed(client, "faults")
     return accepted, faults.missing(database.url, settings.mongodb_database, accepted), unlisted
 
 
@@ -139,7 +118,7 @@ async def test_a_job_whose_record_the_database_lost_is_restored_from_its_message
         assert job["status"] == "completed", job
         assert (await client.get(job["result"]["thumbnailUrl"])).status_code == 200
         assert await recorded_status(fresh_settings, job_id) == "completed"
-        assert job_id in await listed(client, "user-1")
+        assert job_id in await faults.listed(client, "user-1")
 
 
 async def test_a_job_lost_with_its_original_is_failed_visibly_not_dropped(
@@ -154,4 +133,4 @@ async def test_a_job_lost_with_its_original_is_failed_visibly_not_dropped(
         assert job["status"] == "failed", job
         assert "lost" in job["error"] and "submit the image again" in job["error"]
         assert await recorded_status(fresh_settings, job_id) == "failed"
-        assert job_id in await listed(client, "user-1")
+        assert job_id in await faults.listed(client, "user-1")
