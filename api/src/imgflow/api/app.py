@@ -25,7 +25,6 @@ from imgflow.api.auth import key_cache
 from imgflow.api.bodylimit import BoundedBodies
 from imgflow.api.middleware import Observe
 from imgflow.api.pools import feed_redis, request_redis, webhook_redis
-from imgflow.api.progress import StreamSlots
 from imgflow.api.ratelimit import RateLimiter
 from imgflow.api.readiness import Readiness
 from imgflow.api.routes import router
@@ -102,7 +101,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=redis,
             webhook_redis=webhook_redis(settings),
             feed=ChangeFeed(feed_redis(settings), settings),
-            streams=StreamSlots(settings.max_streams, settings.max_streams_per_key),
             readiness=Readiness(settings),
             keys=keys,
             endpoints=EndpointStore(db),

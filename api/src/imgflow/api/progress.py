@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
@@ -34,45 +33,7 @@ from imgflow.core.jobs import Job, JobStatus
 
 router = APIRouter(tags=["jobs"])
 HEARTBEAT_S = 4.0  # also how often a stream makes sure its key still exists
-RETRY_AFTER_S = 5
 FINISHED = (JobStatus.completed, JobStatus.failed)
-
-
-class StreamSlots:
-    """Streams open on this process, in all and per key."""
-
-    def __init__(self, total: int, per_key: int) -> None:
-        self._total, self._per_key = total, per_key
-        self._open: Counter[str | None] = Counter()
-
-    def refusal(self, key_id: str | None) -> Problem | None:
-        """The 429 a new stream of ``key_id`` gets now, or None if it has room."""
-        if self._open.total() >= self._total:
-            detail = f"This server serves {self._total} live-progress streams already"
-        elif key_id is not None and self._open[key_id] >= self._per_key:
-            detail = f"This API key has {self._per_key} live-progress streams open on this server already"
-        else:
-            return None
-        return Problem(
-            429,
-            "Too many streams",
-            f"{detail}; close one, or poll the job, and retry after Retry-After.",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
-
-    @contextlib.contextmanager
-    def hold(self, key_id: str | None) -> Iterator[bool]:
-        """A place for the block; yields False (and takes none) if there is none left."""
-        if self.refusal(key_id) is not None:
-            yield False
-            return
-        self._open[key_id] += 1
-        try:
-            yield True
-        finally:
-            self._open[key_id] -= 1
-            if not self._open[key_id]:
-                del self._open[key_id]  # keys that come and go leave nothing behind
 
 
 def _event(job: Job, event_id: str) -> str:

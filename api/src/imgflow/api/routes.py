@@ -18,7 +18,7 @@ from imgflow.api.auth import Principal, Reader, Writer
 from imgflow.api.downloads import send_stored
 from imgflow.api.problems import Problem, documented, unavailable
 from imgflow.api.schemas import UPLOADS_PREFIX, Accepted, JobList, JobView
-from imgflow.api.slots import upload_slot
+from imgflow.api.slots import counted, upload_slot
 from imgflow.api.state import AppState, State
 from imgflow.api.uploads import FILE_FIELD, receive_upload
 from imgflow.core import quota
@@ -534,7 +534,9 @@ async def get_thumbnail(name: str, request: Request, state: State, principal: Re
         }
         if stored.etag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
-        return await send_stored(state.storage, stored, headers, state.settings)
+        return await send_stored(
+            state.storage, stored, headers, state.settings, state.downloads, counted(principal)
+        )
     except NotFound:
         raise Problem(404, "Not found", f"There is no file {name!r}.") from None
     except StorageUnavailable as exc:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,6 +10,7 @@ from faststream.redis import RedisBroker
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
+from imgflow.api.slots import Slots
 from imgflow.api.throttle import AuthThrottle
 from imgflow.core.endpoints import EndpointStore
 from imgflow.core.events import ChangeFeed
@@ -23,7 +22,6 @@ from imgflow.core.watermarks import WatermarkStore
 
 if TYPE_CHECKING:
     from imgflow.api.expiring import Expiring
-    from imgflow.api.progress import StreamSlots
     from imgflow.api.ratelimit import RateLimiter
     from imgflow.api.readiness import Readiness
 
@@ -39,21 +37,43 @@ class AppState:
     redis: Redis
     webhook_redis: Redis
     feed: ChangeFeed
-    streams: StreamSlots
     readiness: Readiness
     keys: KeyStore
     endpoints: EndpointStore
     watermarks: WatermarkStore
     key_cache: Expiring[ApiKey | None]
     limiter: RateLimiter
-    # Uploads being received now: each holds a connection and up to max_upload_bytes of /tmp.
-    uploads: asyncio.Semaphore = field(init=False)
-    # ... and of them, how many each API key sends (imgflow.api.slots)
-    uploads_by_key: Counter[str] = field(default_factory=Counter)
+    # Uploads being received: each holds a connection and up to max_upload_bytes of /tmp.
+    uploads: Slots = field(init=False)
+    # Live-progress streams: each holds a connection and a follower of the feed.
+    streams: Slots = field(init=False)
+    # Thumbnails being sent: each holds a connection and up to download_memory_bytes.
+    downloads: Slots = field(init=False)
     auth_throttle: AuthThrottle = field(init=False)
 
     def __post_init__(self) -> None:
-        self.uploads = asyncio.Semaphore(self.settings.max_concurrent_uploads)
+        settings = self.settings
+        self.uploads = Slots(
+            "uploads",
+            settings.max_concurrent_uploads,
+            settings.max_uploads_per_key,
+            full_status=503,
+            advice="send the next when one has been answered.",
+        )
+        self.streams = Slots(
+            "live-progress streams",
+            settings.max_streams,
+            settings.max_streams_per_key,
+            full_status=429,
+            advice="close one, or poll the job, and retry after Retry-After.",
+        )
+        self.downloads = Slots(
+            "downloads",
+            settings.max_concurrent_downloads,
+            settings.max_downloads_per_key,
+            full_status=503,
+            advice="fetch the next when one has been received.",
+        )
         self.auth_throttle = AuthThrottle(self.settings.auth_failures_per_s, self.settings.auth_failure_burst)
 
 

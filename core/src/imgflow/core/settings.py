@@ -135,6 +135,18 @@ class Settings(BaseSettings):
     download_deadline_s: float = Field(
         120.0, gt=0, description="Time a client has to receive a thumbnail; then the connection is cut"
     )
+    max_concurrent_downloads: int = Field(
+        32,
+        ge=1,
+        description="Thumbnails one API process sends at once (each may hold up to download_memory_bytes "
+        "until its client has read it); more get 503 + Retry-After",
+    )
+    max_downloads_per_key: int = Field(
+        8,
+        ge=1,
+        description="Thumbnails one API process sends at once to one key (admin keys aside); more get "
+        "429 + Retry-After",
+    )
 
     # Input limits: checked before anything is decoded
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Largest accepted upload, in bytes")
