@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from imgflow.core.s3storage import PART, S3Storage
 from imgflow.core.settings import AuthMode, Settings, StorageBackend
 from imgflow.core.storage import NotFound, Storage, StorageUnavailable, make_storage
+from imgflow.core.storage.s3 import PART, S3Storage
 from imgflow.core.store import connect
 from scripts.servers import S3Server, free_port
 from tests import images

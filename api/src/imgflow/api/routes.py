@@ -45,9 +45,9 @@ from imgflow.core.jobs import (
 from imgflow.core.options import OPTION_FIELDS, InvalidOption, read_outputs, refusal
 from imgflow.core.probe import ImageTooLarge, UndecodableImage, UnsupportedImage, probe_file
 from imgflow.core.queue import QueueUnavailable
-from imgflow.core.s3storage import S3Storage
 from imgflow.core.settings import AuthMode, Settings
 from imgflow.core.storage import NotFound, StorageUnavailable
+from imgflow.core.storage.s3 import S3Storage
 from imgflow.core.store import InvalidCursor, PageCursor
 from imgflow.core.submit import submit_job
 from imgflow.core.watermarks import unusable_watermark

@@ -1,7 +1,7 @@
 """Where originals and thumbnails live: one small interface, three backends.
 
 GridFS (the default) keeps files in the same MongoDB as the jobs, so the API and the workers need
-no shared disk when they run on different machines. S3 (``imgflow.core.s3storage``) keeps them in
+no shared disk when they run on different machines. S3 (``imgflow.core.storage.s3``) keeps them in
 an S3-compatible bucket, off the database. The local backend is a directory, for single-host runs.
 ``make_storage`` is the one place that picks a backend.
 """
@@ -217,7 +217,7 @@ def make_storage(settings: Settings, db: AsyncDatabase[dict[str, object]]) -> St
     if settings.storage_backend is StorageBackend.local:
         return LocalStorage(settings.storage_dir)
     if settings.storage_backend is StorageBackend.s3:
-        from imgflow.core.s3storage import S3Storage  # it imports this module's types
+        from imgflow.core.storage.s3 import S3Storage  # it imports this module's types
 
         return S3Storage(settings)
     return GridFSStorage(db)
