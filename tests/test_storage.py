@@ -102,6 +102,26 @@ async def test_stream_raises_not_found_before_the_first_chunk(storage: Storage) 
         await anext(chunks)
 
 
+async def test_no_backend_presigns_unless_told_to(storage: Storage) -> None:
+    await storage.save_bytes("thumbnail-p.jpg", b"bytes", "image/jpeg")
+    assert await storage.presigned_url("thumbnail-p.jpg") is None  # IMGFLOW_S3_PRESIGN is off
+
+
+async def test_s3_told_to_presign_gives_a_url_that_serves_the_file(
+    fresh_settings: Settings, s3: S3Server
+) -> None:
+    storage: Storage = S3Storage(on_s3(fresh_settings, s3, s3_presign=True))
+    try:
+        await storage.save_bytes("thumbnail-p.jpg", b"bytes", "image/jpeg")
+        url = await storage.presigned_url("thumbnail-p.jpg")
+        assert url is not None
+        async with httpx.AsyncClient(timeout=30) as client:  # no key: the signature is the permission
+            reply = await client.get(url)
+        assert (reply.status_code, reply.content) == (200, b"bytes")
+    finally:
+        await storage.aclose()
+
+
 async def test_s3_sends_a_large_file_in_parts(s3_storage: S3Storage, tmp_path: Path) -> None:
     data = os.urandom(2 * PART + 12345)
     source = tmp_path / "big.bin"

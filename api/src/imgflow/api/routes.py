@@ -47,7 +47,6 @@ from imgflow.core.probe import ImageTooLarge, UndecodableImage, UnsupportedImage
 from imgflow.core.queue import QueueUnavailable
 from imgflow.core.settings import AuthMode, Settings
 from imgflow.core.storage import NotFound, StorageUnavailable
-from imgflow.core.storage.s3 import S3Storage
 from imgflow.core.store import InvalidCursor, PageCursor
 from imgflow.core.submit import submit_job
 from imgflow.core.watermarks import unusable_watermark
@@ -517,10 +516,9 @@ async def get_thumbnail(name: str, request: Request, state: State, principal: Re
             raise Problem(404, "Not found", f"There is no file {name!r}.") from None
     try:
         stored = await state.storage.stat(name)
-        if state.settings.s3_presign and isinstance(state.storage, S3Storage):
-            # The bytes go from S3 to the client; the API only decided who may have them. The
-            # URL expires, so the redirect must not be cached beyond it.
-            url = await state.storage.presigned_url(name)
+        if (url := await state.storage.presigned_url(name)) is not None:
+            # The bytes go from storage to the client; the API only decided who may have them.
+            # The URL expires, so the redirect must not be cached beyond it.
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
         headers = {
             "ETag": stored.etag,

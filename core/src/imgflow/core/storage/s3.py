@@ -19,7 +19,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imgflow.core.settings import Settings
-from imgflow.core.storage import NotFound, StorageUnavailable, StoredFile
+from imgflow.core.storage.base import NotFound, StorageUnavailable, StoredFile
 
 if TYPE_CHECKING:  # the stubs are a dev dependency; the images carry only aiobotocore
     from aiobotocore.session import ClientCreatorContext
@@ -256,10 +256,13 @@ class S3Storage:
                     if "LastModified" in item and "/" not in key[len(self._prefix) :]:  # ours are flat
                         yield key[len(self._prefix) :], item["LastModified"].astimezone(UTC)
 
-    async def presigned_url(self, key: str) -> str:
+    async def presigned_url(self, key: str) -> str | None:
         """A GET URL for the object, valid ``s3_presign_expiry_s``, signed for the endpoint clients
-        use (``s3_public_endpoint``, else ``s3_endpoint``). Signing asks the server nothing."""
+        use (``s3_public_endpoint``, else ``s3_endpoint``); None unless ``s3_presign`` is on. Signing
+        asks the server nothing."""
         s = self._settings
+        if not s.s3_presign:
+            return None
         if not s.s3_public_endpoint:
             with _failures(key):
                 presigner = await self._s3()

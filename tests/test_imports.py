@@ -1,0 +1,78 @@
+"""imgflow's modules import one another without a circle, so each one can be read, imported and
+tested starting from the modules it names, and none works only because another was loaded first."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from scripts.servers import ROOT
+
+SOURCES = [ROOT / member / "src" for member in ("core", "api", "worker", "operator")]
+
+
+def module_name(path: Path, src: Path) -> str:
+    parts = list(path.relative_to(src).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def executed(tree: ast.AST) -> list[ast.AST]:
+    nodes: list[ast.AST] = []
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            pending.extend(node.orelse)
+        else:
+            pending.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
+def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
+    """The imgflow modules ``path`` imports when it runs (a function's deferred import included,
+    an annotation's ``if TYPE_CHECKING:`` import not: that one never executes);
+    ``from package import submodule`` names the submodule."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in executed(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {module for module in found if module in known} - {name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(path, src): path for src in SOURCES for path in src.rglob("*.py")}
+    return {name: imports_of(path, name, set(files)) for name, path in files.items()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One import path back to its start for each module that lies on a circle."""
+    found: list[list[str]] = []
+    for start in sorted(graph):
+        paths = [[start]]
+        seen = {start}
+        while paths:
+            path = paths.pop()
+            for follower in sorted(graph[path[-1]]):
+                if follower == start:
+                    found.append([*path, start])
+                    paths.clear()
+                    break
+                if follower not in seen:
+                    seen.add(follower)
+                    paths.append([*path, follower])
+    return found
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    graph = import_graph()
+    assert "imgflow.core.storage" in graph and "imgflow.api.routes" in graph  # the walk found the code
+    assert circles(graph) == []
