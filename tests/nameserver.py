@@ -34,6 +34,8 @@ class NameServer:
                 query, client = self.sock.recvfrom(512)
             except OSError:  # closed
                 return
+            if client is None:  # shut down by name_server
+                return
             self.queries += 1
             if self.address is not None or self.missing:
                 self.sock.sendto(self._answer(query), client)
@@ -58,5 +60,9 @@ def name_server(address: str | None = None, *, missing: bool = False) -> Iterato
     try:
         yield server
     finally:
+        # close() alone leaves the thread blocked in recvfrom until join gives up; shutdown() wakes
+        # it (and says that a UDP socket is not connected)
+        with contextlib.suppress(OSError):
+            server.sock.shutdown(socket.SHUT_RDWR)
         server.sock.close()
         thread.join(timeout=5)
