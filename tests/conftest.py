@@ -62,6 +62,24 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"MongoDB-wire server: {describe(mongodb_kind())}"
 
 
+# The fixtures that start a server; the others that need one (redis_url, stack, workers, ...) are
+# built on these, and a test's fixturenames holds every fixture it pulls in, however indirectly.
+SERVER_FIXTURES = frozenset({"backends", "s3", "processes"})
+CLUSTER_TESTS = (Path(__file__).parent / "kube", Path(__file__).parent / "node")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test is ``unit`` (``pytest -m unit``) when it needs no server: none of SERVER_FIXTURES,
+    not a cluster test (tests/kube, tests/node) and not marked ``slow`` (e.g. starts its own)."""
+    for item in items:
+        if (
+            SERVER_FIXTURES.isdisjoint(getattr(item, "fixturenames", ()))
+            and not any(item.path.is_relative_to(tests) for tests in CLUSTER_TESTS)
+            and not item.get_closest_marker("slow")
+        ):
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session")
 def redis_url(backends: Backends) -> str:
     return backends.redis_url

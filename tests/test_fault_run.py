@@ -7,7 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from bench import faults
+
+pytestmark = pytest.mark.slow  # starts servers of its own (bench/faults.py), which no fixture shows
 
 
 async def test_no_healthy_job_fails_while_workers_are_killed(tmp_path: Path) -> None:

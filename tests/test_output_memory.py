@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import pyvips
 
+pytestmark = pytest.mark.slow  # 16-megapixel outputs, each encoded in a process of its own
+
 MEASURE = r"""
 import ctypes, json, sys
 from imgflow.core.jobs import ThumbnailSpec
