@@ -48,6 +48,11 @@ def body_deadline_s(settings: Settings, size: int) -> float:
     return settings.upload_idle_timeout_s + size / settings.upload_min_bytes_per_s
 
 
+def upload_deadline_s(settings: Settings) -> float:
+    """The longest an accepted upload may take: a largest-size form at the slowest accepted rate."""
+    return body_deadline_s(settings, settings.max_upload_bytes + MAX_FORM_OVERHEAD)
+
+
 class BoundedBodies:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app

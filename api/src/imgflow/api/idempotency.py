@@ -18,6 +18,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from imgflow.api.bodylimit import upload_deadline_s
 from imgflow.api.problems import Problem
 from imgflow.core.settings import Settings
 
@@ -57,7 +58,7 @@ async def claim(redis: Redis, settings: Settings, tenant: str, key: str) -> Clai
     redis_key = f"{settings.stream}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
     mark = json.dumps({"state": "pending", "id": secrets.token_hex(8)})
     # a pending mark outlives the slowest accepted upload, then lapses if its replica died
-    if await redis.set(redis_key, mark, nx=True, ex=int(settings.upload_deadline_s) + 60):
+    if await redis.set(redis_key, mark, nx=True, ex=int(upload_deadline_s(settings)) + 60):
         return Claim(redis_key, mark, None)
     raw = await redis.get(redis_key)
     record: dict[str, Any] = json.loads(raw) if raw else {"state": "pending"}

@@ -374,11 +374,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def upload_deadline_s(self) -> float:
-        """Total time an upload may take: a largest-size upload at the slowest accepted rate."""
-        return 30.0 + self.max_upload_bytes / self.upload_min_bytes_per_s
-
-    @property
     def retry_delays(self) -> tuple[float, ...]:
         return _seconds(self.retry_delays_s)
 
