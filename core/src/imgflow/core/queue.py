@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
 
+from imgflow.core.errors import QueueUnavailable as QueueUnavailable  # where callers import it
 from imgflow.core.jobs import Job
 from imgflow.core.settings import Settings
 
@@ -42,10 +43,6 @@ class JobMessage(BaseModel):
 
 def message(job: Job) -> JobMessage:
     return JobMessage(job_id=job.job_id, job=job)
-
-
-class QueueUnavailable(Exception):
-    """The job could not be handed to Redis."""
 
 
 def make_broker(settings: Settings, **kwargs: Any) -> RedisBroker:

@@ -10,15 +10,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from imgflow.core.errors import StorageUnavailable as StorageUnavailable  # where callers import it
+
 CHUNK = 256 * 1024
 
 
 class NotFound(Exception):
     """No file under that key."""
-
-
-class StorageUnavailable(Exception):
-    """The backend could not be reached, or refused the request: a passing failure, to retry."""
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,9 @@ def _failures(key: str, *, may_be_missing: bool = False) -> Iterator[None]:
     except ClientError as exc:
         if may_be_missing and _missing(exc):
             raise NotFound(key) from exc
-        raise StorageUnavailable(f"S3 refused the request for {key!r}: {exc}") from exc
+        raise StorageUnavailable(f"S3 refused the request for {key!r}: {exc}", what="Storage (s3)") from exc
     except BotoCoreError as exc:  # connection refused, timeouts, a body cut short
-        raise StorageUnavailable(f"S3 is unreachable: {exc}") from exc
+        raise StorageUnavailable(f"S3 is unreachable: {exc}", what="Storage (s3)") from exc
 
 
 def _stored(key: str, size: int, content_type: str, etag: str) -> StoredFile:
