@@ -23,7 +23,7 @@ import httpx
 
 from bench.system import tree_cpu_seconds
 from imgflow.core.settings import AuthMode, Settings
-from scripts.servers import Server, api_server, free_port, start_stack, wait_for_port
+from imgflow.harness.servers import Server, api_server, free_port, start_stack, wait_for_port
 from tests import images
 
 JOBS = "/api/image-processing/jobs"

@@ -1,5 +1,5 @@
 """What durable job writes cost: the job path's writes on FerretDB's PostgreSQL with fsync and
-synchronous commits (what scripts/ferretdb_pg.py runs) against the settings it ran with before
+synchronous commits (what imgflow.harness.ferretdb_pg runs) against the settings it ran with before
 (both off, ``--crash-unsafe``: a SIGKILL of the database took back the last ~0.2-0.6 s of writes it
 had acknowledged, tests/test_durability.py), on two servers started in this one run.
 
@@ -26,7 +26,7 @@ from pymongo import AsyncMongoClient
 
 from imgflow.core.jobs import Job, JobResult, OutputFormat, UploadSource, utcnow
 from imgflow.core.store import Document, JobStore
-from scripts.servers import MongoChoice, free_port, mongodb_kind, mongodb_server, wait_for_port
+from imgflow.harness.servers import MongoChoice, free_port, mongodb_kind, mongodb_server, wait_for_port
 
 RESULT = JobResult(key="k", width=1, height=1, bytes=1, format=OutputFormat.jpeg, processed_at=utcnow())
 SETTINGS = {"durable": False, "crash-unsafe (before)": True}

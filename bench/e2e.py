@@ -45,7 +45,7 @@ import httpx
 from bench import corpus, ops
 from bench.system import Usage, status_kb, tree_cpu_seconds
 from imgflow.core.settings import Settings, StorageBackend
-from scripts.servers import S3Server, free_port, seaweedfs_server, start_stack
+from imgflow.harness.servers import S3Server, free_port, seaweedfs_server, start_stack
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / ".results"

@@ -37,7 +37,14 @@ import httpx
 import pymongo
 
 from imgflow.core.settings import Settings, StorageBackend
-from scripts.servers import Server, crash_mongodb, free_port, start_stack, wait_for_port, worker_server
+from imgflow.harness.servers import (
+    Server,
+    crash_mongodb,
+    free_port,
+    start_stack,
+    wait_for_port,
+    worker_server,
+)
 from tests import images
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from imgflow.core.settings import Settings, StorageBackend
-from scripts.servers import Server, free_port, seaweedfs_server, start_stack, wait_for_port
+from imgflow.harness.servers import Server, free_port, seaweedfs_server, start_stack, wait_for_port
 from tests import images
 from tests.attacks import ATTACKS, HOLD_S, Target, Victim, measure, percentiles, prepare
 from tests.memory_groups import MEMORY_CGROUPS, chart_limit, joining, memory_group, peak_rss, reset_peak_rss

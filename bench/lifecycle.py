@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 
 from bench.e2e import follow, percentile
 from imgflow.core.settings import Settings, StorageBackend
-from scripts.servers import free_port, start_stack
+from imgflow.harness.servers import free_port, start_stack
 from tests import images
 
 JOBS = "/api/image-processing/jobs"

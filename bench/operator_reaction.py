@@ -38,8 +38,8 @@ from typing import Any
 import kubernetes
 import redis
 
+from imgflow.harness.servers import free_port, redis_server, wait_for_port
 from imgflow.operator.settings import OperatorSettings
-from scripts.servers import free_port, redis_server, wait_for_port
 from tests.kube.conftest import Kube, _server_of, cluster_sh
 from tests.kube.operator_harness import (
     WORKER_DEPLOYMENT,

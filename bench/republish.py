@@ -21,7 +21,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from imgflow.core.settings import Settings, StorageBackend
-from scripts.servers import free_port, start_stack
+from imgflow.harness.servers import free_port, start_stack
 from tests.client import submit_many
 
 

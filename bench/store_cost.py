@@ -23,7 +23,7 @@ from pymongo import AsyncMongoClient
 
 from imgflow.core.jobs import Job, JobResult, JobStatus, OutputFormat, UploadSource, utcnow
 from imgflow.core.store import Document, JobStore
-from scripts.servers import free_port, mongodb_server, wait_for_port
+from imgflow.harness.servers import free_port, mongodb_server, wait_for_port
 
 SMALL, LARGE = 100, 5000
 SAMPLES = 15

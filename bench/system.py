@@ -17,7 +17,7 @@ def cpu_seconds(pid: int) -> float:
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process and every process under it, counting children it has already
-    reaped (a supervisor such as scripts/ferretdb_pg.py does no work itself; PostgreSQL forks a
+    reaped (a supervisor such as imgflow.harness.ferretdb_pg does no work itself; PostgreSQL forks a
     backend per connection)."""
     parents: dict[int, int] = {}
     stats: dict[int, list[str]] = {}

@@ -10,7 +10,7 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v openssl >/dev/null || need_apt+=(openssl)
 # applies scripts/patches to the FerretDB source before it is built
 command -v patch >/dev/null || need_apt+=(patch)
-# PostgreSQL under FerretDB: the embedded MongoDB-wire server (scripts/ferretdb_pg.py)
+# PostgreSQL under FerretDB: the embedded MongoDB-wire server (harness/src/imgflow/harness/ferretdb_pg.py)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2

@@ -21,7 +21,8 @@ import httpx
 import pyvips
 
 from imgflow.core.settings import AuthMode, Settings
-from scripts.servers import ROOT, describe, free_port, start_stack
+from imgflow.harness.paths import ROOT
+from imgflow.harness.servers import describe, free_port, start_stack
 
 RUN_DIR = ROOT / ".run"
 STATE = RUN_DIR / "stack.json"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from imgflow.core.settings import Settings, StorageBackend
-from scripts.servers import (
+from imgflow.harness.servers import (
     MongoChoice,
     S3Server,
     Server,

@@ -18,7 +18,7 @@ from imgflow.core.jobs import original_key
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.core.storage import make_storage
 from imgflow.core.store import connect
-from scripts.servers import MongoChoice, crash_mongodb, free_port, mongodb_server, wait_for_port
+from imgflow.harness.servers import MongoChoice, crash_mongodb, free_port, mongodb_server, wait_for_port
 from tests import images
 from tests.client import ADMIN_KEY, api_client, submit, wait_finished
 from tests.conftest import Processes, make_settings

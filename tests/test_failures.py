@@ -25,7 +25,14 @@ from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.core.submit import submit_job
-from scripts.servers import Server, free_port, mongodb_server, redis_server, wait_for_port, worker_server
+from imgflow.harness.servers import (
+    Server,
+    free_port,
+    mongodb_server,
+    redis_server,
+    wait_for_port,
+    worker_server,
+)
 from tests import images
 from tests.client import JOBS, api_client, submit, wait_finished, wait_status
 from tests.conftest import Processes, make_settings

@@ -25,7 +25,7 @@ from imgflow.core.pages import TooManyPages, check_pages
 from imgflow.core.probe import MAX_PAGES, ImageTooLarge, probe_buffer
 from imgflow.core.settings import Settings
 from imgflow.core.watermarks import MAX_BYTES as WATERMARK_MAX_BYTES
-from scripts.servers import Server
+from imgflow.harness.servers import Server
 from tests import hostile, images
 from tests.client import api_client, submit, wait_finished
 from tests.conftest import Processes

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from scripts.servers import ROOT
+from imgflow.harness.paths import ROOT
 
 SOURCES = [ROOT / member / "src" for member in ("core", "api", "worker", "operator")]
 

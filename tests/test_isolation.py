@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.servers import S3Server, Server, wait_for_port
+from imgflow.harness.servers import S3Server, Server, wait_for_port
 from tests import images
 from tests.attacks import ATTACKS, Target, measure, prepare
 from tests.client import api_client, make_key, submit, wait_finished

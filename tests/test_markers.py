@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from scripts.servers import ROOT
+from imgflow.harness.paths import ROOT
 
 FILES = (
     "tests/test_pipeline.py",  # pyvips steps on images in memory

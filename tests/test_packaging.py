@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from imgflow.core.settings import Settings
-from scripts.servers import ROOT, Server, free_port, settings_env, wait_for_port
+from imgflow.harness.paths import ROOT
+from imgflow.harness.servers import Server, free_port, settings_env, wait_for_port
 from tests.conftest import make_settings
 
 MEMBERS = ("api", "worker", "operator")

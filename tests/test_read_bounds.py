@@ -18,7 +18,7 @@ from imgflow.core.jobs import Job, JobResult, JobStatus, OutputFormat, UploadSou
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import connect
-from scripts.servers import S3Server
+from imgflow.harness.servers import S3Server
 from tests import images
 from tests.client import api_client, make_key, submit
 from tests.conftest import Processes, on_s3

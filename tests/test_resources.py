@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from imgflow.core.settings import Settings, StorageBackend
-from scripts.servers import Server
+from imgflow.harness.servers import Server
 from tests import images
 from tests.client import api_client, submit, wait_finished
 from tests.conftest import Processes, make_settings

@@ -24,7 +24,7 @@ from typing import Any
 import kubernetes
 import yaml
 
-from scripts.servers import Server, free_port, settings_env, wait_for_port
+from imgflow.harness.servers import Server, free_port, settings_env, wait_for_port
 from tests.helm_chart import CHART, KUBE_VERSION, helm
 
 # Release "imgflow" contains the chart's name, so the chart names its objects imgflow-<component>.

@@ -1,7 +1,7 @@
 """Real servers on loopback for imgflow's local runs and tests: Redis, a MongoDB-wire server, the
 API and workers, each a child process with its own log file.
 
-Used by ``scripts/stack.py`` (make demo/up/down) and by ``tests/conftest.py``.
+Used by ``scripts/stack.py`` (make demo/up/down), by ``tests/conftest.py`` and by bench/.
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imgflow.core.settings import Settings
-from scripts import ferretdb_pg
-
-ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / ".tools" / "bin"
+from imgflow.harness import ferretdb_pg
+from imgflow.harness.paths import ROOT, TOOLS
 
 
 def free_port() -> int:
@@ -154,7 +152,7 @@ def mongodb_kind() -> str:
 
 def mongodb_server(workdir: Path, port: int, *, crash_unsafe: bool = False) -> MongoChoice:
     """The MongoDB-wire server ``mongodb_kind`` names, data under ``workdir``. ``crash_unsafe``:
-    FerretDB's PostgreSQL without fsync or synchronous commits (scripts/ferretdb_pg.py), for the
+    FerretDB's PostgreSQL without fsync or synchronous commits (``imgflow.harness.ferretdb_pg``), for the
     durability test and bench to show what that loses and saves."""
     kind = mongodb_kind()
     if kind == "external":
@@ -176,7 +174,15 @@ def mongodb_server(workdir: Path, port: int, *, crash_unsafe: bool = False) -> M
     if not ferretdb.exists():
         raise RuntimeError("no MongoDB-wire server: run scripts/tools.sh ferretdb (make setup does)")
     if kind == "ferretdb-pg":
-        argv = [sys.executable, "-m", "scripts.ferretdb_pg", "--port", str(port), "--workdir", str(workdir)]
+        argv = [
+            sys.executable,
+            "-m",
+            "imgflow.harness.ferretdb_pg",
+            "--port",
+            str(port),
+            "--workdir",
+            str(workdir),
+        ]
         argv += ["--crash-unsafe"] if crash_unsafe else []
         return MongoChoice(url, kind, Server("ferretdb", argv, workdir / "ferretdb.log"))
     argv = [

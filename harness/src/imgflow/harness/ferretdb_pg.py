@@ -1,6 +1,6 @@
 """FerretDB 1.24 on a private PostgreSQL (Debian's), supervised as one server.
 
-    python -m scripts.ferretdb_pg --port PORT --workdir DIR [--crash-unsafe]
+    python -m imgflow.harness.ferretdb_pg --port PORT --workdir DIR [--crash-unsafe]
 
 Starts PostgreSQL on a UNIX socket only (no TCP port), initialising its data directory on first
 use, then FerretDB on 127.0.0.1:PORT on top of it; stops both on SIGTERM/SIGINT, and stops the
@@ -35,8 +35,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-FERRETDB = ROOT / ".tools" / "bin" / "ferretdb"
+from imgflow.harness.paths import TOOLS
+
+FERRETDB = TOOLS / "ferretdb"
 SHARED = Path("/var/tmp/imgflow-pg")
 
 
