@@ -17,8 +17,12 @@ down:                  ## stop what `make up` started
 test: setup images        ## the whole suite: real Redis, MongoDB-wire server, and a real Kubernetes node
 	@uv run --frozen pytest
 
-lint: setup
+lint: setup            ## ruff, mypy; the chart README is helm-docs' output; the CI workflows pass actionlint
+	@scripts/tools.sh helm-docs actionlint
 	@uv run --frozen ruff format --check . && uv run --frozen ruff check . && uv run --frozen mypy
+	@.tools/bin/helm-docs --dry-run -c deploy/helm/imgflow -s file -l warning | diff -u deploy/helm/imgflow/README.md - \
+	  || { echo "deploy/helm/imgflow/README.md is stale: run .tools/bin/helm-docs -c deploy/helm/imgflow -s file -l warning" >&2; exit 1; }
+	@.tools/bin/actionlint -no-color -shellcheck= -pyflakes=
 
 bench: setup           ## benchmarks: figures as ratios against a baseline measured in the same run
 	@bench/run.sh

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Go-made tools imgflow runs against (FerretDB, etcd, Kubernetes, helm, CoreDNS, SeaweedFS)
-# once per version from the Go module proxy, keeps them in a per-machine cache and links them into
+# and checks itself with (promtool, helm-docs, actionlint) once per version from the Go module proxy, keeps them in a per-machine cache and links them into
 # .tools/bin.
-# Usage: scripts/tools.sh [ferretdb|etcd|kube-apiserver|kubectl|kubelet|...|helm|coredns|weed ...]   (no argument: all of them)
+# Usage: scripts/tools.sh [ferretdb|etcd|kube-apiserver|kubectl|kubelet|...|helm|coredns|weed|promtool|helm-docs|actionlint ...]   (no argument: all of them)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=versions.env
@@ -155,8 +155,20 @@ build_seaweedfs() {
   link weed "$out"
 }
 
+# build_command NAME PACKAGE VERSION [LDFLAGS]: a command whose module builds as published.
+build_command() {
+  local name=$1 pkg=$2 version=$3 ld=${4:-} out=$cache/$1-$3
+  if [ ! -x "$out" ]; then
+    log "building $name $version (once)"
+    (wrapper "$cache/src/$name" &&
+      go get "$pkg@$version" &&
+      go build -ldflags "-s -w $ld" -o "$out" "$pkg")
+  fi
+  link "$name" "$out"
+}
+
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(ferretdb etcd $KUBERNETES_COMMANDS helm coredns weed)
+[ ${#want[@]} -gt 0 ] || want=(ferretdb etcd $KUBERNETES_COMMANDS helm coredns weed promtool helm-docs actionlint)
 for t in "${want[@]}"; do
   case $t in
     ferretdb) build_ferretdb ;;
@@ -165,6 +177,14 @@ for t in "${want[@]}"; do
     helm) build_helm ;;
     coredns) build_coredns ;;
     weed | seaweedfs) build_seaweedfs ;;
+    # promtool checks and unit-tests deploy/prometheus/alerts.yaml and parses the dashboard's queries
+    promtool) build_command promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_VERSION" \
+      "-X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}" ;;
+    # helm-docs writes the chart README's values table from values.yaml's comments
+    helm-docs) build_command helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs "$HELM_DOCS_VERSION" \
+      "-X main.version=${HELM_DOCS_VERSION#v}" ;;
+    actionlint) build_command actionlint github.com/rhysd/actionlint/cmd/actionlint "$ACTIONLINT_VERSION" \
+      "-X github.com/rhysd/actionlint.version=$ACTIONLINT_VERSION" ;;
     *) echo "tools: unknown tool $t" >&2; exit 2 ;;
   esac
 done
