@@ -9,7 +9,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.helm_chart import CHART, ROOT
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "deploy" / "helm" / "imgflow"
 
 # As in the Makefile's lint target.
 HELM_DOCS_ARGS = ["-c", str(CHART), "-s", "file", "-l", "warning"]
