@@ -1,0 +1,98 @@
+"""Following a job until it is finished: its Server-Sent Events stream (one ``status`` event per
+change), or, when the stream cannot be had or ends early, polling ``GET .../jobs/{id}``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from imgflow.cli.client import JOBS, Api, ApiError, Unreachable
+
+# "cancelled" is what servers with cancellation answer; older ones never do
+FINISHED = frozenset({"completed", "failed", "cancelled"})
+POLL_FIRST_S = 0.25
+POLL_MOST_S = 2.0
+
+Job = dict[str, Any]
+OnChange = Callable[[Job], None]
+
+
+@dataclass
+class Event:
+    event: str
+    data: str
+    id: str | None
+
+
+async def events(response: httpx.Response) -> AsyncIterator[Event]:
+    """The events of a ``text/event-stream`` body (the WHATWG format: ``field: value`` lines, an
+    empty line ends an event, ``:`` starts a comment)."""
+    name, event_id = "message", None
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield Event(name, "\n".join(data), event_id)
+            name, data = "message", []
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+        elif field == "id":
+            event_id = value
+
+
+async def follow(api: Api, job_id: str, on_change: OnChange | None = None) -> Job:
+    """The job once finished; ``on_change`` hears each state it is seen in. A job that does not
+    exist (or has expired) raises ApiError (404)."""
+    try:
+        job = await _stream(api, job_id, on_change)
+    except ApiError as exc:
+        if exc.status == 404:
+            raise
+        job = None  # streams refused (429: this key's streams are all open) or not offered
+    except Unreachable:
+        job = None
+    if job is not None and job.get("status") in FINISHED:
+        return job
+    return await poll(api, job_id, on_change)
+
+
+async def _stream(api: Api, job_id: str, on_change: OnChange | None) -> Job | None:
+    job: Job | None = None
+    headers = {"Accept": "text/event-stream"}
+    async with api.stream("GET", f"{JOBS}/{job_id}/events", headers=headers) as response:
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            return None
+        async for event in events(response):
+            if event.event != "status":
+                continue
+            job = json.loads(event.data)
+            assert job is not None
+            if on_change is not None:
+                on_change(job)
+            if job.get("status") in FINISHED:
+                break
+    return job
+
+
+async def poll(api: Api, job_id: str, on_change: OnChange | None = None) -> Job:
+    pause = POLL_FIRST_S
+    last = None
+    while True:
+        job: Job = await api.json("GET", f"{JOBS}/{job_id}")
+        if on_change is not None and job.get("status") != last:
+            on_change(job)
+        last = job.get("status")
+        if last in FINISHED:
+            return job
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, POLL_MOST_S)

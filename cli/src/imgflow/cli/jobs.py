@@ -1,0 +1,105 @@
+"""``imgflow jobs list|get|watch|cancel``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from imgflow.cli import output
+from imgflow.cli.client import JOBS, Api, ApiError
+from imgflow.cli.common import OutputOption, call, config_of, show
+from imgflow.cli.config import Output
+from imgflow.cli.follow import follow
+
+app = typer.Typer(help="Jobs: list a user's, show one, follow one live, cancel one.", no_args_is_help=True)
+
+LIST_COLUMNS = [("Job", "jobId"), ("Status", "status"), ("Created", "createdAt"), ("Output", "output")]
+
+
+def _listing_row(job: dict[str, Any]) -> dict[str, Any]:
+    """A listed job's line: its thumbnail's path when completed, its error when failed."""
+    return {**job, "output": (job.get("result") or {}).get("thumbnailUrl") or job.get("error", "")}
+
+
+@app.command("list")
+def list_jobs(
+    ctx: typer.Context,
+    user: Annotated[
+        str | None, typer.Option(help="Whose jobs (the userId); default: the configured user")
+    ] = None,
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="Jobs per page")] = 20,
+    cursor: Annotated[str | None, typer.Option(help="nextCursor of the previous page")] = None,
+    output_: OutputOption = None,
+) -> None:
+    """A user's jobs, newest first."""
+    config = config_of(ctx, output_)
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    if cursor:
+        params["cursor"] = cursor
+    who = user or config.user
+    listing = call(
+        config, lambda api: api.json("GET", f"/api/image-processing/users/{who}/jobs", params=params)
+    )
+
+    def render(body: dict[str, Any]) -> None:
+        output.table([_listing_row(j) for j in body["jobs"]], LIST_COLUMNS, title=f"Jobs of {who}")
+        if body.get("nextCursor"):
+            output.note(f"more: --cursor {body['nextCursor']}")
+
+    show(config, listing, render)
+
+
+@app.command()
+def get(ctx: typer.Context, job_id: str, output_: OutputOption = None) -> None:
+    """One job, as the API shows it."""
+    config = config_of(ctx, output_)
+    job = call(config, lambda api: api.json("GET", f"{JOBS}/{job_id}"))
+    show(config, job, lambda body: output.record(body, title=f"Job {job_id}"))
+
+
+@app.command()
+def watch(ctx: typer.Context, job_id: str, output_: OutputOption = None) -> None:
+    """Follow a job until it is finished (live over Server-Sent Events, else by polling); one line
+    (or one JSON object) per change. Exits 1 unless it completed."""
+    config = config_of(ctx, output_)
+
+    def changed(job: dict[str, Any]) -> None:
+        if config.output is Output.json:
+            output.out.print(json.dumps(job), markup=False, soft_wrap=True)
+        else:
+            detail = job.get("error") or (job.get("result") or {}).get("thumbnailUrl", "")
+            output.out.print(f"{job.get('updatedAt', '')}  {job['status']:10} {detail}", markup=False)
+
+    async def work(api: Api) -> dict[str, Any]:
+        return await follow(api, job_id, changed)
+
+    if call(config, work)["status"] != "completed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def cancel(ctx: typer.Context, job_id: str, output_: OutputOption = None) -> None:
+    """Cancel a job (DELETE .../jobs/{id}), on servers that offer cancellation."""
+    config = config_of(ctx, output_)
+
+    async def work(api: Api) -> dict[str, Any]:
+        try:
+            response = await api.request("DELETE", f"{JOBS}/{job_id}")
+        except ApiError as exc:
+            if exc.status == 405:
+                raise ApiError(
+                    405, "Not supported", f"this server ({api.base_url}) does not support cancellation"
+                ) from None
+            raise
+        body: dict[str, Any] = (
+            response.json() if response.content else {"jobId": job_id, "status": "cancelled"}
+        )
+        return body
+
+    job = call(config, work)
+    show(config, job, lambda body: output.out.print(f"job {job_id}: {body.get('status', 'cancelled')}"))
