@@ -23,8 +23,8 @@ import httpx
 
 from bench.system import tree_cpu_seconds
 from imgflow.core.settings import AuthMode, Settings
+from imgflow.harness import images
 from imgflow.harness.servers import Server, api_server, free_port, start_stack, wait_for_port
-from tests import images
 
 JOBS = "/api/image-processing/jobs"
 VARIANTS = ("off", "keys", "keys+idempotency")

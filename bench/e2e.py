@@ -42,9 +42,10 @@ from typing import Any, NoReturn
 
 import httpx
 
-from bench import corpus, ops
+from bench import corpus
 from bench.system import Usage, status_kb, tree_cpu_seconds
 from imgflow.core.settings import Settings, StorageBackend
+from imgflow.harness import ops
 from imgflow.harness.servers import S3Server, free_port, seaweedfs_server, start_stack
 
 BENCH = Path(__file__).resolve().parent

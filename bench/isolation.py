@@ -3,7 +3,7 @@
 One stack on loopback: Redis, the MongoDB-wire server, SeaweedFS (the s3 backend: one attack reads a
 ~50 MB thumbnail slowly), a worker, and the API in a cgroup v1 memory group of the chart's API
 limit where the machine has one (as its container would be; an API an attack took down is started
-again for the next). For each attack of tests/attacks.py, the victim tenant's traffic (create →
+again for the next). For each attack of imgflow.harness.attacks, the victim tenant's traffic (create →
 poll until completed → thumbnail, a read of one job every 0.2 s, /readyz) runs first quiet for as
 long as an attack lasts, then again while the attack runs.
 Reported per attack: the victim's p50/p95 latency of a job read and of a whole round trip, quiet and
@@ -27,10 +27,17 @@ from typing import Any
 import httpx
 
 from imgflow.core.settings import Settings, StorageBackend
+from imgflow.harness import images
+from imgflow.harness.attacks import ATTACKS, HOLD_S, Target, Victim, measure, percentiles, prepare
+from imgflow.harness.memory_groups import (
+    MEMORY_CGROUPS,
+    chart_limit,
+    joining,
+    memory_group,
+    peak_rss,
+    reset_peak_rss,
+)
 from imgflow.harness.servers import Server, free_port, seaweedfs_server, start_stack, wait_for_port
-from tests import images
-from tests.attacks import ATTACKS, HOLD_S, Target, Victim, measure, percentiles, prepare
-from tests.memory_groups import MEMORY_CGROUPS, chart_limit, joining, memory_group, peak_rss, reset_peak_rss
 
 KINDS = ("get", "round trip")
 

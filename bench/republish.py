@@ -21,8 +21,8 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from imgflow.core.settings import Settings, StorageBackend
+from imgflow.harness.client import submit_many
 from imgflow.harness.servers import free_port, start_stack
-from tests.client import submit_many
 
 
 async def raw_xadd_rate(redis: Redis, count: int) -> float:

@@ -62,7 +62,7 @@ log "another tenant's latency while one key attacks the API, against quiet (abou
 py -m bench.isolation --out "$results/isolation.json"
 if [ "$investigate" = 1 ]; then
   log "investigation (about 4 min)"
-  py -m bench.investigate --out "$results/investigate.json"
+  py -m bench.studies.investigate --out "$results/investigate.json"
 fi
 if [ "$node" = 1 ]; then
   log "autoscaling with real pods (make cluster-up, then the release of make deploy with scale-to-zero)"

@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 from imgflow.core.settings import Settings, StorageBackend
+from imgflow.harness.client import ADMIN_KEY, api_client
+from imgflow.harness.memory_groups import joining
 from imgflow.harness.servers import (
     MongoChoice,
     S3Server,
@@ -28,8 +30,6 @@ from imgflow.harness.servers import (
     wait_for_port,
     worker_server,
 )
-from tests.client import ADMIN_KEY, api_client
-from tests.memory_groups import joining
 
 
 @dataclass

@@ -13,10 +13,10 @@ from PIL import Image, ImageSequence, ImageStat
 from imgflow.core.jobs import OutputFormat, ThumbnailSpec
 from imgflow.core.options import Limits, refusal
 from imgflow.core.probe import probe_buffer
+from imgflow.harness import images
+from imgflow.harness.client import submit, wait_finished
 from imgflow.worker.memory import job_memory_bytes
 from imgflow.worker.pipeline import make_thumbnails
-from tests import images
-from tests.client import submit, wait_finished
 from tests.conftest import Stack
 
 COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 230, 30)]

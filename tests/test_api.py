@@ -11,8 +11,8 @@ from datetime import datetime
 import pytest
 import pyvips
 
-from tests import images
-from tests.client import JOBS, submit, wait_finished
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, submit, wait_finished
 from tests.conftest import Stack
 
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

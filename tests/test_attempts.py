@@ -14,8 +14,8 @@ import pytest
 from imgflow.core.jobs import Job
 from imgflow.core.settings import Settings
 from imgflow.core.store import JobStore, connect
-from tests import images
-from tests.client import api_client, wait_finished, wait_status
+from imgflow.harness import images
+from imgflow.harness.client import api_client, wait_finished, wait_status
 from tests.conftest import Processes
 from tests.sources import ImageSource, image_source
 from tests.test_failures import submit_url_job

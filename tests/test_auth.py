@@ -17,8 +17,8 @@ import pytest
 from imgflow.core.keys import Scope, new_key
 from imgflow.core.settings import Settings
 from imgflow.core.store import connect
-from tests import images
-from tests.client import ADMIN_KEY, JOBS, api_client, make_key, submit, wait_finished
+from imgflow.harness import images
+from imgflow.harness.client import ADMIN_KEY, JOBS, api_client, make_key, submit, wait_finished
 from tests.conftest import Processes
 
 READ, WRITE, ADMIN = "jobs:read", "jobs:write", "admin"

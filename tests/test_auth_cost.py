@@ -11,9 +11,9 @@ import secrets
 
 import httpx
 
-from bench.ops import mongo_commands
 from imgflow.core.settings import Settings
-from tests.client import api_client, make_key
+from imgflow.harness.client import api_client, make_key
+from imgflow.harness.ops import mongo_commands
 from tests.conftest import Processes
 
 # the defaults of IMGFLOW_AUTH_FAILURE_BURST and IMGFLOW_AUTH_FAILURES_PER_S

@@ -8,8 +8,8 @@ import uuid
 import httpx
 import pytest
 
-from tests import images
-from tests.client import JOBS, submit
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, submit
 from tests.conftest import Stack
 
 

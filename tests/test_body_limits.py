@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.client import ADMIN_KEY
+from imgflow.harness.client import ADMIN_KEY
 from tests.conftest import Processes, make_settings
 from tests.test_slow_clients import closed_by_server, connect
 

@@ -21,12 +21,10 @@ import pytest
 import yaml
 
 from imgflow.core.settings import Settings
-from tests.conftest import Processes, make_settings
-from tests.helm_chart import (
+from imgflow.harness.helm_chart import (
     CHART,
     KUBE_VERSION,
     PRODUCTION_VALUES,
-    ROOT,
     find,
     helm,
     one,
@@ -35,6 +33,8 @@ from tests.helm_chart import (
     restricted_violations,
     template_args,
 )
+from imgflow.harness.paths import ROOT
+from tests.conftest import Processes, make_settings
 
 pytestmark = pytest.mark.skipif(
     not (ROOT / ".tools" / "bin" / "helm").exists(), reason="needs .tools/bin/helm (scripts/tools.sh helm)"

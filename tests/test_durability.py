@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from bench import faults
 from imgflow.core.jobs import original_key
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.core.storage import make_storage
 from imgflow.core.store import connect
+from imgflow.harness import faults, images
+from imgflow.harness.client import ADMIN_KEY, api_client, submit, wait_finished
 from imgflow.harness.servers import MongoChoice, crash_mongodb, free_port, mongodb_server, wait_for_port
-from tests import images
-from tests.client import ADMIN_KEY, api_client, submit, wait_finished
 from tests.conftest import Processes, make_settings
 
 BURST = 40  # the trial: 4 of 40 accepted jobs were gone after the database's crash

@@ -25,6 +25,8 @@ from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.core.submit import submit_job
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, api_client, submit, wait_finished, wait_status
 from imgflow.harness.servers import (
     Server,
     free_port,
@@ -33,8 +35,6 @@ from imgflow.harness.servers import (
     wait_for_port,
     worker_server,
 )
-from tests import images
-from tests.client import JOBS, api_client, submit, wait_finished, wait_status
 from tests.conftest import Processes, make_settings
 from tests.sources import image_source
 

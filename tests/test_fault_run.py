@@ -1,6 +1,6 @@
-"""A shortened fault run (bench/faults.py) in the suite: workers SIGKILLed every 2 s, Redis
-restarted, the MongoDB-wire server SIGKILLed right after a 202 and at a random moment, while jobs
-are submitted; no accepted job is lost, stuck or failed."""
+"""A shortened fault run (imgflow.harness.faults; bench/studies/faults.py runs the long one) in the
+suite: workers SIGKILLed every 2 s, Redis restarted, the MongoDB-wire server SIGKILLed right after
+a 202 and at a random moment, while jobs are submitted; no accepted job is lost, stuck or failed."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import faults
+from imgflow.harness import faults
 
-pytestmark = pytest.mark.slow  # starts servers of its own (bench/faults.py), which no fixture shows
+pytestmark = pytest.mark.slow  # starts servers of its own (imgflow.harness.faults), which no fixture shows
 
 
 async def test_no_healthy_job_fails_while_workers_are_killed(tmp_path: Path) -> None:

@@ -10,10 +10,10 @@ from PIL import Image
 from imgflow.core.jobs import OutputFormat, ThumbnailSpec
 from imgflow.core.options import accepted_format
 from imgflow.core.probe import probe_buffer
+from imgflow.harness import images
+from imgflow.harness.client import submit, wait_finished
 from imgflow.worker.memory import MB, job_memory_bytes
 from imgflow.worker.pipeline import make_thumbnail
-from tests import images
-from tests.client import submit, wait_finished
 from tests.conftest import Stack
 
 

@@ -11,9 +11,9 @@ import pyvips
 import yaml
 
 from imgflow.core.jobs import GRAVITY_PATTERN, Fit, ThumbnailSpec, oversize
+from imgflow.harness import images
+from imgflow.harness.client import submit, wait_finished
 from imgflow.worker.pipeline import make_thumbnail
-from tests import images
-from tests.client import submit, wait_finished
 from tests.conftest import Stack
 
 ROOT = Path(__file__).parents[1]

@@ -22,7 +22,7 @@ import pyvips
 from PIL import Image
 
 from imgflow.core.probe import UndecodableImage, probe_buffer, restrict_loaders
-from tests.client import submit, wait_finished
+from imgflow.harness.client import submit, wait_finished
 from tests.conftest import Stack
 from tests.test_bad_input import check
 

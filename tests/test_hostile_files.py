@@ -1,4 +1,4 @@
-"""Hostile files (tests/hostile.py) cost the probe a bounded amount of CPU and memory, measured in a
+"""Hostile files (imgflow.harness.hostile) cost the probe a bounded amount of CPU and memory, measured in a
 child process against the probe of a normal image in the same run, and through the real API and
 worker they are answered (accepted or refused) without taking a process down."""
 
@@ -25,9 +25,9 @@ from imgflow.core.pages import TooManyPages, check_pages
 from imgflow.core.probe import MAX_PAGES, ImageTooLarge, probe_buffer
 from imgflow.core.settings import Settings
 from imgflow.core.watermarks import MAX_BYTES as WATERMARK_MAX_BYTES
+from imgflow.harness import hostile, images
+from imgflow.harness.client import api_client, submit, wait_finished
 from imgflow.harness.servers import Server
-from tests import hostile, images
-from tests.client import api_client, submit, wait_finished
 from tests.conftest import Processes
 from tests.sources import image_source
 from tests.test_failures import submit_url_job
@@ -43,7 +43,7 @@ import json, resource, sys
 from pathlib import Path
 from imgflow.core import heif
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_buffer, probe_file
-from tests import images
+from imgflow.harness import images
 
 probe_buffer(images.jpeg(64, 64), max_pixels=50_000_000, max_side=16_384)
 path = Path(sys.argv[1])

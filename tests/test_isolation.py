@@ -6,7 +6,7 @@ for 30 s), /readyz stays 200, and the API lives on under its memory limit.
 One stack serves every attack: an API process in a cgroup v1 memory group of the chart's API limit
 (as its container would be: past it, the kernel kills it), a worker, Redis, the MongoDB-wire server
 and SeaweedFS (the s3 backend, which the unread-thumbnail attack needs). Each attack
-(tests/attacks.py) is bounded and stops by itself; an API the kernel killed is started again
+(imgflow.harness.attacks) is bounded and stops by itself; an API the kernel killed is started again
 before the next one, so each attack is judged alone. The victim's latencies are printed per attack
 (``pytest -rP`` shows them); how much slower it is answered under attack is bench/isolation.py's.
 """
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from imgflow.harness import images
+from imgflow.harness.attacks import ATTACKS, Target, measure, prepare
+from imgflow.harness.client import api_client, make_key, submit, wait_finished
+from imgflow.harness.memory_groups import chart_limit, memory_group, oom_kills, peak_rss, reset_peak_rss
 from imgflow.harness.servers import S3Server, Server, wait_for_port
-from tests import images
-from tests.attacks import ATTACKS, Target, measure, prepare
-from tests.client import api_client, make_key, submit, wait_finished
 from tests.conftest import Processes, make_settings, on_s3
-from tests.memory_groups import chart_limit, memory_group, oom_kills, peak_rss, reset_peak_rss
 
 API_LIMIT = chart_limit("api")
 

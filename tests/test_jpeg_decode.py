@@ -14,9 +14,9 @@ import simplejpeg
 
 from imgflow.core.jobs import ThumbnailSpec
 from imgflow.core.probe import ImageInfo, probe_buffer
+from imgflow.harness import images
 from imgflow.worker.pipeline import make_thumbnails
 from imgflow.worker.steps.load import decoded_size, load_options, open_source, turbo_decode
-from tests import images
 
 LIMIT = 50_000_000
 SIDE = 16_384

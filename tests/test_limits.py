@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from imgflow.core import quota
 from imgflow.core.settings import AuthMode, Settings
-from tests import images
-from tests.client import JOBS, api_client, make_key, submit, wait_finished
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, api_client, make_key, submit, wait_finished
 from tests.conftest import Processes
 from tests.test_auth import problem
 

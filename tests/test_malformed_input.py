@@ -10,8 +10,8 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import images
-from tests.client import AUTH, JOBS
+from imgflow.harness import images
+from imgflow.harness.client import AUTH, JOBS
 from tests.conftest import Stack
 
 # what leaks when an exception reaches the client unhandled or is quoted verbatim

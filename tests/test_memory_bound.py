@@ -1,7 +1,7 @@
 """Every source the limits accept completes or fails cleanly within the chart's worker memory limit.
 
 A real worker runs in a memory cgroup of exactly the chart's ``worker.resources.limits.memory``
-with the chart's concurrency and memory budget, and gets the worst sources bench/memory.py
+with the chart's concurrency and memory budget, and gets the worst sources bench/studies/memory.py
 constructs (16384-pixel wide 16-bit RGBA PNGs, plain and interlaced, a 50 MP GIF, a progressive
 50 MP JPEG, a tall 16-bit TIFF) with several fits at once. Before the budget, two interlaced PNGs
 at once needed more than the limit: the kernel OOM-killed the worker.
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.memory import make_source
 from imgflow.core.settings import Settings, StorageBackend
-from tests.client import api_client, submit, wait_finished
+from imgflow.harness.client import api_client, submit, wait_finished
+from imgflow.harness.images import make_source
+from imgflow.harness.memory_groups import CHART_VALUES, chart_limit, memory_group, oom_kills
 from tests.conftest import Processes, make_settings
-from tests.memory_groups import CHART_VALUES, chart_limit, memory_group, oom_kills
 
 SOURCES = [  # (kind, width, height)
     ("png16-rgba", 16384, 3051),

@@ -14,8 +14,8 @@ from typing import Any
 
 from imgflow.core.jobs import OutputFormat
 from imgflow.core.options import OPTION_FIELDS
-from tests import images
-from tests.client import make_key
+from imgflow.harness import images
+from imgflow.harness.client import make_key
 from tests.conftest import Stack
 
 # openapi-python-client reads only JSON and octet-stream bodies; thumbnails are binary

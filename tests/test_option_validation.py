@@ -18,9 +18,9 @@ from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.core.submit import submit_job
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, api_client, submit, wait_finished
 from imgflow.operator.imagejob import job_outputs
-from tests import images
-from tests.client import JOBS, api_client, submit, wait_finished
 from tests.conftest import Processes, Stack
 
 BAD_NAMES = ["a\n", "a\r\n", "\na", "a b", "-a", "a" * 33, ""]

@@ -7,12 +7,12 @@ import pyvips
 
 from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_buffer, restrict_loaders
+from imgflow.harness import images
 from imgflow.worker.pipeline import Thumbnail, make_thumbnail
 from imgflow.worker.steps.crop import crop
 from imgflow.worker.steps.load import jpeg_shrink, open_source, reduction
 from imgflow.worker.steps.resize import resize
 from imgflow.worker.work import Work
-from tests import images
 
 LIMIT = 50_000_000
 SIDE = 16_384

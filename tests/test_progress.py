@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from imgflow.core.settings import Settings
-from tests import images
-from tests.client import JOBS, api_client, submit, wait_finished
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, api_client, submit, wait_finished
 from tests.conftest import Processes
 from tests.sources import ImageSource, image_source
 from tests.test_failures import submit_url_job

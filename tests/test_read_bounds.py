@@ -13,14 +13,14 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from bench.ops import mongo_commands
 from imgflow.core.jobs import Job, JobResult, JobStatus, OutputFormat, UploadSource, thumbnail_key, utcnow
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import connect
+from imgflow.harness import images
+from imgflow.harness.client import api_client, make_key, submit
+from imgflow.harness.ops import mongo_commands
 from imgflow.harness.servers import S3Server
-from tests import images
-from tests.client import api_client, make_key, submit
 from tests.conftest import Processes, on_s3
 
 LARGE = 24 * 1024 * 1024  # far more than the socket buffers between a client and the API hold

@@ -8,12 +8,12 @@ from __future__ import annotations
 import httpx
 from redis.asyncio import Redis
 
-from bench.ops import mongo_commands
 from imgflow.core.settings import Settings
 from imgflow.core.snapshots import Snapshots
 from imgflow.core.store import JobStore, connect
-from tests import images
-from tests.client import JOBS, api_client, submit, wait_finished
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, api_client, submit, wait_finished
+from imgflow.harness.ops import mongo_commands
 from tests.conftest import Processes
 
 

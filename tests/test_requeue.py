@@ -14,7 +14,7 @@ from imgflow.core.jobs import Job, JobStatus
 from imgflow.core.queue import entries_key
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.core.store import connect
-from tests.client import submit_many
+from imgflow.harness.client import submit_many
 from tests.conftest import Processes
 
 JOBS = 1000

@@ -13,8 +13,8 @@ import pytest
 
 from imgflow.core.fetch import FetchFailed, FetchRefused, check_url, fetch_to_file
 from imgflow.core.settings import Settings
-from tests import images
-from tests.client import api_client, make_key, submit
+from imgflow.harness import images
+from imgflow.harness.client import api_client, make_key, submit
 from tests.conftest import Processes
 from tests.nameserver import NameServer, name_server
 

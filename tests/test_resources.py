@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from imgflow.core.settings import Settings, StorageBackend
+from imgflow.harness import images
+from imgflow.harness.client import api_client, submit, wait_finished
 from imgflow.harness.servers import Server
-from tests import images
-from tests.client import api_client, submit, wait_finished
 from tests.conftest import Processes, make_settings
 
 FORMATS = {

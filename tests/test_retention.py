@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from imgflow.core.settings import Settings, StorageBackend
-from tests import images
-from tests.client import JOBS, api_client, submit, wait_finished
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, api_client, submit, wait_finished
 from tests.conftest import Processes
 
 

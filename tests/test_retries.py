@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from imgflow.core.settings import Settings
-from tests import images
-from tests.client import JOBS, api_client, wait_finished
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, api_client, wait_finished
 from tests.conftest import Processes
 from tests.sources import image_source
 from tests.test_failures import submit_url_job

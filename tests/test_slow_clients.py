@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from imgflow.core.settings import Settings
-from tests import images
-from tests.client import ADMIN_KEY, JOBS, api_client, submit
+from imgflow.harness import images
+from imgflow.harness.client import ADMIN_KEY, JOBS, api_client, submit
 from tests.conftest import Processes, make_settings
 
 UPLOAD_SLOTS = 2

@@ -18,9 +18,9 @@ from imgflow.core.settings import AuthMode, Settings, StorageBackend
 from imgflow.core.storage import NotFound, Storage, StorageUnavailable, make_storage
 from imgflow.core.storage.s3 import PART, S3Storage
 from imgflow.core.store import connect
+from imgflow.harness import images
+from imgflow.harness.client import api_client, make_key, submit, wait_finished
 from imgflow.harness.servers import S3Server, free_port
-from tests import images
-from tests.client import api_client, make_key, submit, wait_finished
 from tests.conftest import Processes, on_s3
 
 

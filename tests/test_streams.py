@@ -12,8 +12,8 @@ import httpx
 from redis.asyncio import Redis
 
 from imgflow.core.settings import Settings
-from tests import images
-from tests.client import JOBS, api_client, make_key, submit
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, api_client, make_key, submit
 from tests.conftest import Processes
 from tests.test_progress import Event, events
 

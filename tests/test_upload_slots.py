@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from imgflow.core.settings import Settings
-from tests import images
-from tests.client import api_client, make_key, submit
+from imgflow.harness import images
+from imgflow.harness.client import api_client, make_key, submit
 from tests.conftest import Processes, make_settings
 
 PER_KEY = 4

@@ -17,12 +17,12 @@ from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.options import InvalidOption, Limits, read_outputs
 from imgflow.core.probe import probe_buffer
 from imgflow.core.settings import DEFAULT_PRESETS, Settings, StorageBackend
+from imgflow.harness import images
+from imgflow.harness.client import api_client, submit, wait_finished
 from imgflow.operator.imagejob import job_outputs
 from imgflow.worker.memory import job_memory_bytes
 from imgflow.worker.pipeline import make_thumbnail, make_thumbnails
 from imgflow.worker.steps.load import load_options
-from tests import images
-from tests.client import api_client, submit, wait_finished
 from tests.conftest import Processes, Stack
 
 LIMITS = Limits(max_dimension=4096)

@@ -13,9 +13,9 @@ from PIL import Image
 from imgflow.core.jobs import ThumbnailSpec
 from imgflow.core.options import InvalidOption, Limits, read_outputs
 from imgflow.core.settings import DEFAULT_PRESETS
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, api_client, make_key, submit, wait_finished
 from imgflow.worker.pipeline import make_thumbnails
-from tests import images
-from tests.client import JOBS, api_client, make_key, submit, wait_finished
 from tests.conftest import Stack
 
 MARK_ID = "wm_0123456789abcdef"

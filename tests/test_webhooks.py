@@ -19,8 +19,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from imgflow.core.settings import Settings
-from tests import images
-from tests.client import JOBS, api_client, make_key, submit, wait_finished
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, api_client, make_key, submit, wait_finished
 from tests.conftest import Processes
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()

@@ -28,7 +28,7 @@ RBAC is real, and the authorizer learns about new (Cluster)RoleBindings from a w
 ``kubectl auth can-i`` for a moment after creating one. ``kubectl wait --for=jsonpath=...`` is a
 good way to wait for an operator's status updates.
 
-Typical use (``from tests.kube.conftest import Kube`` for the type)::
+Typical use (``from imgflow.harness.kube import Kube`` for the type)::
 
     def test_something(kube: Kube, namespace: str) -> None:
         kube.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
@@ -42,93 +42,15 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
-CLUSTER_SH = ROOT / "scripts" / "cluster.sh"
-CRDS = ROOT / "deploy" / "helm" / "imgflow" / "crds"
+from imgflow.harness.kube import CRDS, Kube, cluster_sh, server_of
+
 HERE = Path(__file__).resolve().parent
-
-
-class KubectlError(subprocess.CalledProcessError):
-    """A kubectl command failed; ``str()`` includes its stderr, so a failing test says why."""
-
-    def __str__(self) -> str:
-        return f"{super().__str__()}\nstderr: {(self.stderr or '').strip()}"
-
-
-@dataclass(frozen=True)
-class Kube:
-    """A Kubernetes API server and an admin (``system:masters``) kubeconfig for it."""
-
-    kubeconfig: Path
-    """Admin kubeconfig; give it to a process as ``KUBECONFIG`` (see ``env()``)."""
-    server: str
-    """The API server's URL, e.g. ``https://127.0.0.1:41234``."""
-    cluster_dir: Path | None = None
-    """The private control plane's ``scripts/cluster.sh`` directory (logs/ has the server logs);
-    ``None`` for a cluster given by ``IMGFLOW_KUBECONFIG``."""
-
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        """Run ``.tools/bin/kubectl --kubeconfig KUBECONFIG ARGS...``; text in, text out.
-
-        ``input`` is fed to stdin (``kubectl apply -f - ...``). With ``check`` (the default) a
-        non-zero exit raises ``KubectlError`` carrying stderr; with ``check=False`` look at
-        ``returncode`` and ``stderr`` yourself, e.g. to assert that the API server refused
-        something.
-        """
-        cmd = [str(KUBECTL), f"--kubeconfig={self.kubeconfig}"]
-        if self.cluster_dir is not None:
-            # Discovery cached per private cluster: a port reused by a later session must not
-            # see an earlier session's resource list.
-            cmd.append(f"--cache-dir={self.cluster_dir / 'kube-cache'}")
-        cmd += args
-        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise KubectlError(proc.returncode, cmd, proc.stdout, proc.stderr)
-        return proc
-
-    def kubectl_json(self, *args: str, input: str | None = None) -> Any:
-        """``kubectl ARGS... -o json``, parsed; e.g. ``kube.kubectl_json("get", "ij", "a", "-n", ns)``."""
-        return json.loads(self.kubectl(*args, "-o", "json", input=input).stdout)
-
-    def env(self) -> dict[str, str]:
-        """This process's environment plus ``KUBECONFIG``: for starting an operator or helm."""
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-
-
-def _server_of(kubeconfig: Path) -> str:
-    jsonpath = "jsonpath={.clusters[0].cluster.server}"
-    cmd = [str(KUBECTL), f"--kubeconfig={kubeconfig}", "config", "view", "--minify", "-o", jsonpath]
-    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def cluster_sh(cluster_dir: Path, *args: str, node: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run ``scripts/cluster.sh ARGS...`` for the private cluster in ``cluster_dir``: the API
-    server alone, or with ``node`` the whole one-node cluster (tests/node)."""
-    env = {
-        **os.environ,
-        "CLUSTER_NODE": "1" if node else "0",
-        "CLUSTER_DIR": str(cluster_dir),
-        "CLUSTER_APISERVER_PORT": "auto",
-        "CLUSTER_ETCD_PORT": "auto",
-        "CLUSTER_ETCD_PEER_PORT": "auto",
-        # If pytest dies without its teardown, a watchdog stops the control plane.
-        "CLUSTER_OWNER_PID": str(os.getpid()),
-    }
-    return subprocess.run(
-        [str(CLUSTER_SH), *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
 
 
 @pytest.fixture(scope="session")
@@ -137,7 +59,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     external = os.environ.get("IMGFLOW_KUBECONFIG")
     if external:
         kubeconfig = Path(external).resolve()
-        cluster = Kube(kubeconfig=kubeconfig, server=_server_of(kubeconfig))
+        cluster = Kube(kubeconfig=kubeconfig, server=server_of(kubeconfig))
         # The working tree's CRDs, in case they changed since that cluster got them.
         cluster.kubectl(
             "apply", "--server-side", "--force-conflicts", "--field-manager=imgflow-cluster", "-f", str(CRDS)
@@ -159,7 +81,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
         )
     kubeconfig = cluster_dir / "kubeconfig"
     try:
-        yield Kube(kubeconfig=kubeconfig, server=_server_of(kubeconfig), cluster_dir=cluster_dir)
+        yield Kube(kubeconfig=kubeconfig, server=server_of(kubeconfig), cluster_dir=cluster_dir)
     finally:
         down = cluster_sh(cluster_dir, "down")
         # Keep the logs and certificates for a look after the run; the etcd data is large.

@@ -26,8 +26,8 @@ import pytest
 import yaml
 from redis import Redis
 
-from tests.helm_chart import CHART, PRODUCTION_VALUES, helm, template_args
-from tests.kube.conftest import Kube
+from imgflow.harness.helm_chart import CHART, PRODUCTION_VALUES, helm, template_args
+from imgflow.harness.kube import Kube
 
 RELEASE = "imgflow"  # contains the chart name, so objects are named imgflow-<component>
 API, WORKER, OPERATOR = "imgflow-api", "imgflow-worker", "imgflow-operator"

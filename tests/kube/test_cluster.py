@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube.conftest import KUBECTL, Kube, cluster_sh
+from imgflow.harness.kube import KUBECTL, Kube, cluster_sh
 
 
 def test_the_kubeconfig_is_an_admin(kube: Kube) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.kube.conftest import CRDS, Kube
+from imgflow.harness.kube import CRDS, Kube
 
 CRD_NAME = "imagejobs.imgflow.io"
 UPLOAD_ID = "3f2c1a9e-8b7d-4c6e-9f10-2a3b4c5d6e7f"

@@ -26,18 +26,18 @@ from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.core.watermarks import Watermark, WatermarkStore
-from imgflow.operator.settings import OperatorSettings
-from tests import images
-from tests.client import api_client, submit
-from tests.conftest import Processes, Workers
-from tests.kube.conftest import Kube
-from tests.kube.operator_harness import (
+from imgflow.harness import images
+from imgflow.harness.client import api_client, submit
+from imgflow.harness.kube import Kube
+from imgflow.harness.operator import (
     OperatorProcess,
     events_for,
     operator_kubeconfig,
     start_operator,
     worker_deployment,
 )
+from imgflow.operator.settings import OperatorSettings
+from tests.conftest import Processes, Workers
 
 WAIT = "120s"  # only stops a hung test
 

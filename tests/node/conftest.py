@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube.conftest import KUBECTL, ROOT, Kube, _server_of, cluster_sh
+from imgflow.harness.kube import KUBECTL, Kube, cluster_sh, server_of
+from imgflow.harness.paths import ROOT
 
 IMAGES_ENV = ROOT / ".tools" / "images.env"
 HERE = Path(__file__).resolve().parent
@@ -90,7 +91,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         raise RuntimeError(f"cluster.sh up failed; logs in {cluster_dir}/logs\n{up.stderr[-4000:]}")
     kubeconfig = cluster_dir / "kubeconfig"
     try:
-        yield Node(Kube(kubeconfig, _server_of(kubeconfig), cluster_dir), cluster_dir)
+        yield Node(Kube(kubeconfig, server_of(kubeconfig), cluster_dir), cluster_dir)
     finally:
         logs = tmp_path_factory.getbasetemp() / "node-logs"
         shutil.copytree(cluster_dir / "logs", logs, dirs_exist_ok=True)

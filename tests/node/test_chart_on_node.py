@@ -24,11 +24,10 @@ import pytest
 import pyvips
 from botocore.exceptions import ClientError
 
-from bench import node_autoscale
-from tests import images
-from tests.helm_chart import helm
-from tests.kube.conftest import ROOT
-from tests.kube.operator_harness import events_for, metric
+from imgflow.harness import autoscale, images
+from imgflow.harness.helm_chart import helm
+from imgflow.harness.operator import events_for, metric
+from imgflow.harness.paths import ROOT
 from tests.node.conftest import Node, port_forward, wait_until
 
 NS = "imgflow"
@@ -39,7 +38,7 @@ COMPONENTS = ("api", "worker", "operator", "redis", "mongodb", "seaweedfs")
 def deploy(node: Node, *extra: str) -> str:
     env = {**os.environ, "CLUSTER_DIR": str(node.dir), "NAMESPACE": NS, "RELEASE": RELEASE}
     done = subprocess.run(
-        [str(ROOT / "scripts" / "deploy.sh"), *node_autoscale.AUTOSCALE_VALUES, *extra],
+        [str(ROOT / "scripts" / "deploy.sh"), *autoscale.AUTOSCALE_VALUES, *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -177,7 +176,7 @@ def test_an_image_job_of_in_cluster_urls_succeeds_with_progress_and_events(
     node: Node, installed: str
 ) -> None:
     kube = node.kube
-    base = node_autoscale.base_image()
+    base = autoscale.base_image()
     kube.kubectl(
         "apply",
         "--server-side",
@@ -185,10 +184,10 @@ def test_an_image_job_of_in_cluster_urls_succeeds_with_progress_and_events(
         NS,
         "-f",
         "-",
-        input=node_autoscale.source_server_manifest(base, images.jpeg()),
+        input=autoscale.source_server_manifest(base, images.jpeg()),
     )
     kube.kubectl("rollout", "status", "deployment/sources", "-n", NS, "--timeout=120s")
-    node_autoscale.wait_until_routed(kube.kubeconfig, NS, RELEASE)
+    autoscale.wait_until_routed(kube.kubeconfig, NS, RELEASE)
     sources = [{"url": f"http://sources/photo-{i}.jpg?delay=0.5"} for i in range(4)]
     job = {
         "apiVersion": "imgflow.io/v1alpha1",
@@ -230,9 +229,9 @@ def test_an_image_job_of_in_cluster_urls_succeeds_with_progress_and_events(
 def test_workers_scale_up_from_zero_and_back_with_real_pods_interrupting_no_job(
     node: Node, installed: str, tmp_path: Path
 ) -> None:
-    figures = node_autoscale.run(node.kube.kubeconfig, NS, RELEASE, cycles=5, jobs=12, delay=2.0)
+    figures = autoscale.run(node.kube.kubeconfig, NS, RELEASE, cycles=5, jobs=12, delay=2.0)
     (tmp_path / "autoscale.json").write_text(json.dumps(figures, indent=2))
-    print(node_autoscale.summary(figures))
+    print(autoscale.summary(figures))
     assert figures["interrupted"] == {"given_back": 0, "redelivered": 0}, figures
     assert figures["jobs"] == 60
     assert [c["max_replicas"] for c in figures["cycles"]] == [3] * 5  # 12 queued, 2 per worker, 3 at most
@@ -243,7 +242,7 @@ def test_workers_scale_up_from_zero_and_back_with_real_pods_interrupting_no_job(
     messages = [e["message"] for e in events]
     assert {"ScaledUp", "ScaledDown"} <= {e["reason"] for e in events}, messages
     assert any(m.startswith("Scaled from 0 to ") and "backlog" in m for m in messages), messages
-    operator_ip = node_autoscale.pod_ip(node.kube.kubeconfig, NS, "operator")
+    operator_ip = autoscale.pod_ip(node.kube.kubeconfig, NS, "operator")
     exposition = httpx.get(f"http://{operator_ip}:9090/metrics", timeout=10).text
     for direction in ("up", "down"):
         decisions = metric(
@@ -260,7 +259,7 @@ def test_an_upgrade_rolls_the_pods_and_keeps_the_operators_replica_count(node: N
     key_before = admin_key(node)
     s3_before = s3_pair(node)
     assert before["worker"]["spec"]["replicas"] == 0  # idle: the operator scaled the workers to zero
-    api_pods = {p["metadata"]["name"] for p in node_autoscale.pods(node.kube.kubeconfig, NS, "api")}
+    api_pods = {p["metadata"]["name"] for p in autoscale.pods(node.kube.kubeconfig, NS, "api")}
 
     replicas_seen: list[int] = []
     stop = threading.Event()
@@ -286,7 +285,7 @@ def test_an_upgrade_rolls_the_pods_and_keeps_the_operators_replica_count(node: N
     # The changed configuration rolled the API: every pod serving is new (old ones are terminating).
     new_pods = {
         p["metadata"]["name"]
-        for p in node_autoscale.pods(node.kube.kubeconfig, NS, "api")
+        for p in autoscale.pods(node.kube.kubeconfig, NS, "api")
         if "deletionTimestamp" not in p["metadata"]
     }
     assert api_pods.isdisjoint(new_pods), (api_pods, new_pods)

@@ -11,7 +11,7 @@ disk. ``--crash-unsafe`` turns the three off, as this script once did; only the 
 and bench use it, to show what that loses and what it saves.
 
 Why: FerretDB on SQLite answers every filter by scanning the collection, ~35-75x slower than on
-PostgreSQL at 5,000 jobs (bench/store_cost.py, bench/README.md).
+PostgreSQL at 5,000 jobs (bench/studies/store_cost.py, bench/studies/README.md).
 
 PostgreSQL refuses to run as root. As root it runs as the ``postgres`` user (Debian's package
 creates it) with its data under /var/tmp/imgflow-pg/, because pytest's temporary directories are

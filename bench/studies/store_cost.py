@@ -6,7 +6,7 @@ a client's poll and listing, a give-back) at 100 and at 5,000 stored jobs in one
 answers by scanning the collection. The server is the suite's (FerretDB on SQLite from .tools,
 or ``mongod`` on PATH) unless ``MONGODB_URL`` names another, e.g. FerretDB on PostgreSQL.
 
-    uv run --frozen python -m bench.store_cost
+    uv run --frozen python -m bench.studies.store_cost
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 (Autoscaling with real pods, a ReplicaSet controller and a kubelet is tested on the node:
 tests/node/test_chart_on_node.py.)
 
-Also used by ``bench/operator_reaction.py``.
+Also used by ``bench/studies/operator_reaction.py``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 import kubernetes
 import yaml
 
+from imgflow.harness.helm_chart import CHART, KUBE_VERSION, helm
 from imgflow.harness.servers import Server, free_port, settings_env, wait_for_port
-from tests.helm_chart import CHART, KUBE_VERSION, helm
 
 # Release "imgflow" contains the chart's name, so the chart names its objects imgflow-<component>.
 RELEASE = "imgflow"
@@ -34,7 +34,7 @@ SERVICE_ACCOUNT = "imgflow-operator"
 WORKER_DEPLOYMENT = "imgflow-worker"  # the one Deployment the chart's Role lets it scale
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
-Kubectl = Callable[..., Any]  # tests.kube.conftest.Kube.kubectl
+Kubectl = Callable[..., Any]  # imgflow.harness.kube.Kube.kubectl
 
 
 def rbac_for(namespace: str) -> str:

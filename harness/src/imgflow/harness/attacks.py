@@ -29,9 +29,9 @@ import pyvips
 from imgflow.core.jobs import Job, JobStatus, UploadSource, utcnow
 from imgflow.core.settings import Settings
 from imgflow.core.store import JobStore, connect
-from tests import images
-from tests.client import JOBS, api_client, submit, wait_finished
-from tests.hostile import grid_chain
+from imgflow.harness import images
+from imgflow.harness.client import JOBS, api_client, submit, wait_finished
+from imgflow.harness.hostile import grid_chain
 
 HOLD_S = 10.0  # how long every attack goes on
 CLIENT_TIMEOUT_S = 30.0  # a victim's request unanswered this long is a failure

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import yaml
 
-CHART_VALUES = yaml.safe_load((Path(__file__).parents[1] / "deploy/helm/imgflow/values.yaml").read_text())
+from imgflow.harness.paths import ROOT
+
+CHART_VALUES = yaml.safe_load((ROOT / "deploy/helm/imgflow/values.yaml").read_text())
 UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
 MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
 

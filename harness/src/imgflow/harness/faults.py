@@ -15,18 +15,17 @@ one), not listed (accepted but absent from the user's listing), stuck (unfinishe
 the drain time, the database crashes, how many jobs workers restored from their message (a record
 the database lost), and histograms of attempts and of crashes blamed on a job.
 
-    uv run --frozen python -m bench.faults [--jobs 1500] [--workers 3] [--kill-every 5] [--drain 300]
+    uv run --frozen python -m bench.studies.faults [--jobs 1500] [--workers 3] [--kill-every 5] [--drain 300]
+
+tests/test_fault_run.py runs a short one; tests/test_durability.py uses its crash helpers.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
-import json
 import random
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +36,7 @@ import httpx
 import pymongo
 
 from imgflow.core.settings import Settings, StorageBackend
+from imgflow.harness import images
 from imgflow.harness.servers import (
     Server,
     crash_mongodb,
@@ -45,7 +45,6 @@ from imgflow.harness.servers import (
     wait_for_port,
     worker_server,
 )
-from tests import images
 
 
 async def submit_all(
@@ -263,23 +262,3 @@ async def run(jobs: int, workers: int, kill_every: float, drain: float, workdir:
         ),
         "given back": sum(d.get("given_back", 0) for d in docs.values()),
     }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=1500)
-    parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--kill-every", type=float, default=5.0)
-    parser.add_argument("--drain", type=float, default=300.0)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="imgflow-faults-") as tmp:
-        result = asyncio.run(run(args.jobs, args.workers, args.kill_every, args.drain, Path(tmp)))
-    for key, value in result.items():
-        print(f"{key:>18}: {value}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,5 @@
-"""Helpers for the Helm chart tests (tests/test_chart_render.py, tests/kube/test_chart.py).
+"""Helm for the chart tests (tests/test_chart_render.py, tests/kube/test_chart.py) and the operator
+under its chart RBAC (``imgflow.harness.operator``).
 
 ``helm()`` runs .tools/bin/helm with a private HOME (its config, cache and the kube discovery cache
 stay out of the user's), ``render()`` runs ``helm template`` and parses the documents, and
@@ -18,10 +19,11 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from imgflow.harness.paths import ROOT, TOOLS
+
 CHART = ROOT / "deploy" / "helm" / "imgflow"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
-HELM = ROOT / ".tools" / "bin" / "helm"
+HELM = TOOLS / "helm"
 _HOME = Path(tempfile.mkdtemp(prefix="imgflow-helm-home-"))
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 

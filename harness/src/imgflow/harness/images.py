@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import pyvips
 
@@ -121,3 +122,28 @@ VALID: dict[str, tuple[Callable[[], bytes], str]] = {
     "very_wide": (very_wide, "jpeg"),
     "very_tall": (very_tall, "jpeg"),
 }
+
+
+def make_source(kind: str, width: int, height: int, path: Path) -> None:
+    """A large source of ``kind`` (bench/studies/memory.py's KINDS) written to ``path``: gradients, so
+    every kind stays small on disk however many pixels it declares."""
+    base = pyvips.Image.xyz(width, height)[0].linear(200 / width, 20).cast("uchar")
+    rgb = base.bandjoin([base.linear(0.5, 30).cast("uchar"), base.linear(-0.5, 230).cast("uchar")])
+    if kind.startswith("png16-rgba"):
+        image = (rgb.bandjoin(base).cast("ushort") * 257).copy(interpretation="rgb16")
+        image.pngsave(str(path), bitdepth=16, compression=1, interlace=kind.endswith("interlaced"))
+    elif kind == "tiff32-rgb":  # 32-bit integer samples: accepted, but four times the memory of 8-bit
+        (rgb.cast("uint") * 16843009).copy(interpretation="srgb").tiffsave(str(path), compression="deflate")
+    elif kind == "tiff16-rgb":
+        (rgb.cast("ushort") * 257).cast("ushort").copy(interpretation="rgb16").tiffsave(
+            str(path), compression="deflate"
+        )
+    elif kind == "avif":  # 8-bit 4:2:0, as cameras and encoders make by default
+        rgb.copy(interpretation="srgb").heifsave(str(path), compression="av1", effort=0)
+    elif kind == "avif12-rgba-444":  # the most bytes per pixel libheif decodes to
+        image = (rgb.bandjoin(base).cast("ushort") * 257).copy(interpretation="rgb16")
+        image.heifsave(str(path), compression="av1", effort=0, bitdepth=12, subsample_mode="off")
+    elif kind == "gif":
+        rgb.copy(interpretation="srgb").gifsave(str(path), effort=1)
+    else:
+        rgb.copy(interpretation="srgb").jpegsave(str(path), Q=85, interlace=kind == "jpeg-progressive")

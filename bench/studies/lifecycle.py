@@ -8,7 +8,7 @@ Prints: throughput; webhook delivery latency after the job finished (receiver cl
 duplicates); stored bytes at the end of the run and after the retention has passed, with the
 jobs left in MongoDB.
 
-    uv run --frozen python -m bench.lifecycle [--jobs 10000] [--retention 20]
+    uv run --frozen python -m bench.studies.lifecycle [--jobs 10000] [--retention 20]
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from redis.asyncio import Redis
 
 from bench.e2e import follow, percentile
 from imgflow.core.settings import Settings, StorageBackend
+from imgflow.harness import images
 from imgflow.harness.servers import free_port, start_stack
-from tests import images
 
 JOBS = "/api/image-processing/jobs"
 

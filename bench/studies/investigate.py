@@ -11,7 +11,7 @@ thumbnail step faster or leaner, measured on the same corpus in the same way as 
    from disk job by job, three passes) with libvips' operation cache on and off, and with glibc's
    malloc arenas capped (``MALLOC_ARENA_MAX=2``).
 
-    python -m bench.investigate [--out bench/.results/investigate.json]
+    python -m bench.studies.investigate [--out bench/.results/investigate.json]
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def memory() -> dict[str, dict[str, int]]:
     out = {}
     for name, extra in MEMORY_SETUPS.items():
         _, env = python_runner(**extra)  # VIPS_CONCURRENCY unset unless given: as in the worker
-        argv = [sys.executable, "-m", "bench.investigate", "--memory-child"]
+        argv = [sys.executable, "-m", "bench.studies.investigate", "--memory-child"]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
         out[name] = json.loads(done.stdout.strip().splitlines()[-1])
     return out

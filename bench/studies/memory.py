@@ -10,7 +10,7 @@ output format. Twice: one job at a time (the peak of one job, next to the worker
 (``--budget-mb``) exactly as the worker does. Peak RSS is ``VmHWM`` minus the RSS before the
 first job; the chart's worker memory limit must stay above the budget plus the process's own size.
 
-    uv run --frozen python -m bench.memory [--concurrency 2] [--budget-mb 640] [--json PATH]
+    uv run --frozen python -m bench.studies.memory [--concurrency 2] [--budget-mb 640] [--json PATH]
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from imgflow.harness.images import make_source
 
 SHAPES = {"widest": (16384, 3051), "tallest": (3051, 16384), "square": (7071, 7071)}
 KINDS = (
@@ -76,31 +78,6 @@ estimate = max(job_memory_bytes(info, [spec], len(data), quality=85) for spec in
 print(json.dumps({"before_mb": before / 1024, "peak_mb": peak / 1024, "estimate_mb": estimate / MB,
                   "refused": refused}))
 """
-
-
-def make_source(kind: str, width: int, height: int, path: Path) -> None:
-    import pyvips
-
-    base = pyvips.Image.xyz(width, height)[0].linear(200 / width, 20).cast("uchar")
-    rgb = base.bandjoin([base.linear(0.5, 30).cast("uchar"), base.linear(-0.5, 230).cast("uchar")])
-    if kind.startswith("png16-rgba"):
-        image = (rgb.bandjoin(base).cast("ushort") * 257).copy(interpretation="rgb16")
-        image.pngsave(str(path), bitdepth=16, compression=1, interlace=kind.endswith("interlaced"))
-    elif kind == "tiff32-rgb":  # 32-bit integer samples: accepted, but four times the memory of 8-bit
-        (rgb.cast("uint") * 16843009).copy(interpretation="srgb").tiffsave(str(path), compression="deflate")
-    elif kind == "tiff16-rgb":
-        (rgb.cast("ushort") * 257).cast("ushort").copy(interpretation="rgb16").tiffsave(
-            str(path), compression="deflate"
-        )
-    elif kind == "avif":  # 8-bit 4:2:0, as cameras and encoders make by default
-        rgb.copy(interpretation="srgb").heifsave(str(path), compression="av1", effort=0)
-    elif kind == "avif12-rgba-444":  # the most bytes per pixel libheif decodes to
-        image = (rgb.bandjoin(base).cast("ushort") * 257).copy(interpretation="rgb16")
-        image.heifsave(str(path), compression="av1", effort=0, bitdepth=12, subsample_mode="off")
-    elif kind == "gif":
-        rgb.copy(interpretation="srgb").gifsave(str(path), effort=1)
-    else:
-        rgb.copy(interpretation="srgb").jpegsave(str(path), Q=85, interlace=kind == "jpeg-progressive")
 
 
 def measure(source: Path, concurrency: int, budget_mb: int) -> dict[str, float]:

@@ -16,7 +16,7 @@ scale-down window plus the halving steps). The operator ticks every ``autoscale_
 For scale: HPA + KEDA typically need ~30 s to scale a Deployment up from zero (KEDA's default
 pollingInterval is 30 s).
 
-    uv run --frozen python -m bench.operator_reaction [--trials 15] [--messages 5] [--json PATH]
+    uv run --frozen python -m bench.studies.operator_reaction [--trials 15] [--messages 5] [--json PATH]
 """
 
 from __future__ import annotations
@@ -38,16 +38,16 @@ from typing import Any
 import kubernetes
 import redis
 
-from imgflow.harness.servers import free_port, redis_server, wait_for_port
-from imgflow.operator.settings import OperatorSettings
-from tests.kube.conftest import Kube, _server_of, cluster_sh
-from tests.kube.operator_harness import (
+from imgflow.harness.kube import Kube, cluster_sh, server_of
+from imgflow.harness.operator import (
     WORKER_DEPLOYMENT,
     api_client,
     operator_kubeconfig,
     start_operator,
     worker_deployment,
 )
+from imgflow.harness.servers import free_port, redis_server, wait_for_port
+from imgflow.operator.settings import OperatorSettings
 
 
 @contextmanager
@@ -55,7 +55,7 @@ def control_plane(work: Path) -> Iterator[Kube]:
     external = os.environ.get("IMGFLOW_KUBECONFIG")
     if external:
         path = Path(external).resolve()
-        yield Kube(kubeconfig=path, server=_server_of(path))
+        yield Kube(kubeconfig=path, server=server_of(path))
         return
     cluster = work / "cluster"
     up = cluster_sh(cluster, "up")
@@ -64,7 +64,7 @@ def control_plane(work: Path) -> Iterator[Kube]:
         raise SystemExit(f"scripts/cluster.sh up failed:\n{up.stderr}")
     try:
         yield Kube(
-            kubeconfig=cluster / "kubeconfig", server=_server_of(cluster / "kubeconfig"), cluster_dir=cluster
+            kubeconfig=cluster / "kubeconfig", server=server_of(cluster / "kubeconfig"), cluster_dir=cluster
         )
     finally:
         cluster_sh(cluster, "down")

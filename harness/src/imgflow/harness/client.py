@@ -16,7 +16,7 @@ from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.core.submit import submit_job
-from tests import images
+from imgflow.harness import images
 
 JOBS = "/api/image-processing/jobs"
 FINISHED = ("completed", "failed")

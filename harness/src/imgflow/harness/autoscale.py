@@ -1,0 +1,362 @@
+"""Autoscaling with real pods: a release on the local node, bursts of slow jobs, the worker
+Deployment from 0 up and back to 0, timed and counted.
+
+Needs a release installed by ``scripts/deploy.sh`` (``make deploy``) whose workers scale to zero
+(see ``AUTOSCALE_VALUES``; ``--install`` installs one) and reaches its pods directly: the host has
+a route to the node's pod network. In the release's namespace it runs a source server (a pod of
+the base image answering ``/<name>.jpg?delay=S`` after S seconds), then for each cycle:
+
+1. waits until the worker Deployment is at 0 replicas with no worker pod left;
+2. creates an ImageJob of ``--jobs`` URL sources, each taking ``--delay`` s to fetch;
+3. records, from watches of the Deployment and the worker pods: the first replica patch, the
+   first worker pod Ready, the first and last job completed (the jobs' own times in MongoDB);
+4. waits for the ImageJob to succeed and the workers to go back to 0.
+
+Interrupted jobs, the figure that must be 0: a job a worker gave back while stopping (its
+``given_back`` count in MongoDB) or that a second worker took over after the first one died (its
+``attempts`` exceeds 1).
+
+    uv run --frozen python -m bench.node_autoscale [--cycles 5] [--jobs 12] [--delay 2] [--json PATH]
+        [--kubeconfig .cluster/kubeconfig] [--namespace imgflow] [--release imgflow] [--install]
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import statistics
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pymongo
+
+from imgflow.harness import images
+from imgflow.harness.paths import ROOT, TOOLS
+
+KUBECTL = TOOLS / "kubectl"
+
+# Values for a release this benchmark can run on: workers from 0 to 3, 2 queued jobs per worker,
+# back to 0 three seconds after the queue empties; in-cluster URL sources allowed.
+AUTOSCALE_VALUES = [
+    "--set", "worker.autoscaling.minReplicas=0",
+    "--set", "worker.autoscaling.maxReplicas=3",
+    "--set", "worker.autoscaling.backlogPerReplica=2",
+    "--set", "worker.autoscaling.scaleToZero=true",
+    "--set", "worker.autoscaling.scaleDownWindowSeconds=3",
+    "--set", "config.allowPrivateUrls=true",
+]  # fmt: skip
+
+SOURCE_SERVER = """
+import http.server, time, urllib.parse
+IMAGE = open("/data/image.jpg", "rb").read()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        time.sleep(min(float(query.get("delay", ["0"])[0]), 30))
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(IMAGE)))
+        self.end_headers()
+        self.wfile.write(IMAGE)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("", 8080), Handler).serve_forever()
+"""
+
+
+def kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:
+    done = subprocess.run(
+        [str(KUBECTL), f"--kubeconfig={kubeconfig}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr}")
+    return done.stdout
+
+
+def source_server_manifest(image: str, jpeg: bytes) -> str:
+    """A ConfigMap (the script and one JPEG), a Deployment running it and a Service ``sources``."""
+    labels = {"app": "sources"}
+    security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    items: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "sources"},
+            "data": {"serve.py": SOURCE_SERVER},
+            "binaryData": {"image.jpg": base64.b64encode(jpeg).decode()},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "sources", "labels": labels},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "automountServiceAccountToken": False,
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [
+                            {
+                                "name": "serve",
+                                "image": image,
+                                "imagePullPolicy": "Never",
+                                "command": ["python3", "/data/serve.py"],
+                                "ports": [{"containerPort": 8080}],
+                                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                                "securityContext": security,
+                                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                            }
+                        ],
+                        "volumes": [{"name": "data", "configMap": {"name": "sources"}}],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "sources"},
+            "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+    ]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+@dataclass
+class Watched:
+    """What the watches saw, with this machine's wall-clock times."""
+
+    replicas: list[tuple[float, int]] = field(default_factory=list)
+    ready_pods: dict[str, float] = field(default_factory=dict)  # pod uid -> first seen Ready
+
+
+def watch(
+    api: kubernetes.client.ApiClient, namespace: str, worker: str, seen: Watched, stop: threading.Event
+) -> None:
+    """Record the worker Deployment's replicas and its pods' first Ready, from watches in threads."""
+
+    def follow(list_objects: Any, on_object: Callable[[Any], None], **selector: str) -> Callable[[], None]:
+        def loop() -> None:
+            while not stop.is_set():  # a watch ends every 5 s, so that `stop` is seen
+                w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+                for event in w.stream(list_objects, namespace, timeout_seconds=5, **selector):  # type: ignore[no-untyped-call]
+                    on_object(event["object"])
+
+        return loop
+
+    def deployment(d: Any) -> None:
+        replicas = d.spec.replicas or 0
+        if not seen.replicas or seen.replicas[-1][1] != replicas:
+            seen.replicas.append((time.time(), replicas))
+
+    def pod(p: Any) -> None:
+        ready = any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
+        if ready and p.metadata.uid not in seen.ready_pods:
+            seen.ready_pods[p.metadata.uid] = time.time()
+
+    follow_deployment = follow(
+        kubernetes.client.AppsV1Api(api).list_namespaced_deployment,
+        deployment,
+        field_selector=f"metadata.name={worker}",
+    )
+    follow_pods = follow(
+        kubernetes.client.CoreV1Api(api).list_namespaced_pod,
+        pod,
+        label_selector="app.kubernetes.io/component=worker",
+    )
+    for target in (follow_deployment, follow_pods):
+        threading.Thread(target=target, daemon=True).start()
+
+
+@dataclass
+class Cycle:
+    jobs: int
+    patch_s: float  # first job published -> first replica patch seen
+    pod_ready_s: float  # first job published -> first new worker pod Ready
+    first_done_s: float  # first job published -> first job completed (wake from zero)
+    all_done_s: float  # first job published -> last job completed
+    zero_s: float  # last job completed -> Deployment back at 0 replicas
+    max_replicas: int
+
+
+def wait_until_routed(kubeconfig: Path, namespace: str, release: str) -> None:
+    """Until the ``sources`` Service answers from inside the cluster. Ready is not yet routed:
+    until kube-proxy has written the Service's rules a fetch is refused, and a refused fetch fails
+    a job for good (retrying transient failures is not built yet)."""
+    fetch = "import urllib.request as u; u.urlopen('http://sources/probe.jpg', timeout=5).read()"
+    cmd = [str(KUBECTL), f"--kubeconfig={kubeconfig}", "exec", "-n", namespace, f"deploy/{release}-api"]
+
+    def answers() -> bool:
+        done = subprocess.run([*cmd, "--", "python", "-c", fetch], capture_output=True, timeout=60)
+        return done.returncode == 0
+
+    wait("the sources Service answers inside the cluster", answers, 60)
+
+
+def base_image() -> str:
+    """The Debian base image of scripts/images.sh (python3, nothing else): the source server's."""
+    for line in (ROOT / ".tools" / "images.env").read_text().splitlines():
+        if line.startswith("BASE_IMAGE="):
+            return line.split("=", 1)[1]
+    raise RuntimeError("no BASE_IMAGE in .tools/images.env: run make images")
+
+
+def pods(kubeconfig: Path, namespace: str, component: str) -> list[dict[str, Any]]:
+    """The release's pods of one component (api, worker, redis, ...)."""
+    selector = f"app.kubernetes.io/component={component}"
+    found: list[dict[str, Any]] = json.loads(
+        kubectl(kubeconfig, "get", "pods", "-n", namespace, "-l", selector, "-o", "json")
+    )["items"]
+    return found
+
+
+def pod_ip(kubeconfig: Path, namespace: str, component: str) -> str:
+    running = [p for p in pods(kubeconfig, namespace, component) if p["status"].get("phase") == "Running"]
+    assert len(running) == 1, f"{component}: {len(running)} running pods"
+    ip: str = running[0]["status"]["podIP"]
+    return ip
+
+
+def epoch(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def wait(what: str, check: Any, within: float) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {within:.0f}s: {what}")
+        time.sleep(0.2)
+
+
+def run(
+    kubeconfig: Path, namespace: str, release: str, cycles: int, jobs: int, delay: float
+) -> dict[str, Any]:
+    """Run the cycles; the figures and the interrupted-job count."""
+
+    worker = f"{release}-worker"
+    manifest = source_server_manifest(base_image(), images.jpeg(800, 600))
+    kubectl(kubeconfig, "apply", "--server-side", "-n", namespace, "-f", "-", input=manifest)
+    kubectl(kubeconfig, "rollout", "status", "deployment/sources", "-n", namespace, "--timeout=120s")
+    wait_until_routed(kubeconfig, namespace, release)
+    config = json.loads(
+        kubectl(kubeconfig, "get", "configmap", f"{release}-config", "-n", namespace, "-o", "json")
+    )
+    database = config["data"].get("IMGFLOW_MONGODB_DATABASE", "imgflow")
+    mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        f"mongodb://{pod_ip(kubeconfig, namespace, 'mongodb')}:27017/", serverSelectionTimeoutMS=10_000
+    )
+    collection = mongo[database]["jobs"]
+
+    api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    seen = Watched()
+    stop = threading.Event()
+    watch(api, namespace, worker, seen, stop)
+    results: list[Cycle] = []
+    submitted: list[str] = []
+    try:
+        for i in range(cycles):
+
+            def at_zero() -> bool:
+                idle = bool(seen.replicas) and seen.replicas[-1][1] == 0
+                return idle and not pods(kubeconfig, namespace, "worker")
+
+            wait("workers at 0 before the burst", at_zero, 180)
+            name = f"burst-{uuid.uuid4().hex[:6]}"
+            sources = [{"url": f"http://sources/{name}-{k}.jpg?delay={delay}"} for k in range(jobs)]
+            ij = {
+                "apiVersion": "imgflow.io/v1alpha1",
+                "kind": "ImageJob",
+                "metadata": {"name": name},
+                "spec": {"userId": "autoscale", "sources": sources},
+            }
+            started = time.time()
+            kubectl(kubeconfig, "create", "-n", namespace, "-f", "-", input=json.dumps(ij))
+            kubectl(
+                kubeconfig, "wait", f"imagejob/{name}", "-n", namespace,
+                "--for=jsonpath={.status.phase}=Succeeded", "--timeout=300s",
+            )  # fmt: skip
+            submitted.append(f"{namespace}/{name}")
+            docs = list(collection.find({"image_job": f"{namespace}/{name}"}))
+            assert len(docs) == jobs and all(d["status"] == "completed" for d in docs)
+            published = min(epoch(d["created_at"]) for d in docs)
+            done = sorted(epoch(d["updated_at"]) for d in docs)
+            wait("workers back to 0", at_zero, 180)
+            patch = next(t for t, r in seen.replicas if t >= started and r > 0)
+            ready = min(t for t in seen.ready_pods.values() if t >= started)
+            zero = next(t for t, r in seen.replicas if t >= done[-1] and r == 0)
+            peak = max(r for t, r in seen.replicas if t >= started)
+            results.append(
+                Cycle(
+                    jobs,
+                    patch - published,
+                    ready - published,
+                    done[0] - published,
+                    done[-1] - published,
+                    zero - done[-1],
+                    peak,
+                )
+            )
+            print(f"cycle {i + 1}/{cycles}: {asdict(results[-1])}", flush=True)
+    finally:
+        stop.set()
+
+    all_docs = [d for n in submitted for d in collection.find({"image_job": n})]
+    redelivered = sum(1 for d in all_docs if d.get("attempts", 1) > 1)
+    given_back = sum(d.get("given_back", 0) for d in all_docs)
+    return {
+        "cycles": [asdict(c) for c in results],
+        "jobs": len(all_docs),
+        "interrupted": {"given_back": given_back, "redelivered": redelivered},
+        "ups": sum(1 for (_, a), (_, b) in zip(seen.replicas, seen.replicas[1:], strict=False) if b > a),
+        "downs": sum(1 for (_, a), (_, b) in zip(seen.replicas, seen.replicas[1:], strict=False) if b < a),
+    }
+
+
+def summary(figures: dict[str, Any]) -> str:
+    def stat(key: str) -> str:
+        values = sorted(c[key] for c in figures["cycles"])
+        p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+        return f"median {statistics.median(values):6.2f} s   p95 {p95:6.2f} s"
+
+    keda = {
+        "patch_s": "up to 30 s (pollingInterval 30 s), then the HPA's next sync (15 s)",
+        "pod_ready_s": "the same plus the pod start",
+        "first_done_s": "the same plus the first job",
+        "zero_s": "300 s (HPA scale-down stabilization) + cooldownPeriod 300 s before 1 -> 0",
+    }
+    lines = [
+        f"{len(figures['cycles'])} cycles, {figures['jobs']} jobs; interrupted: {figures['interrupted']}",
+        f"{'from the first job published to':<38} imgflow (measured)              KEDA + HPA defaults",
+    ]
+    names = {
+        "patch_s": "the replica patch",
+        "pod_ready_s": "the first new worker pod Ready",
+        "first_done_s": "the first job completed (wake from 0)",
+        "all_done_s": "the last job completed",
+        "zero_s": "(last job done) back to 0 replicas",
+    }
+    for key, label in names.items():
+        lines.append(f"  {label:<36} {stat(key):<32} {keda.get(key, '')}")
+    return "\n".join(lines)
