@@ -13,9 +13,9 @@ from PIL import Image
 
 from imgflow.core.jobs import ThumbnailSpec
 from imgflow.core.probe import ImageInfo, probe_buffer
+from imgflow.harness import images
 from imgflow.worker import plain_jpeg
 from imgflow.worker.pipeline import libvips_thumbnails, make_thumbnails
-from tests import images
 
 LIMIT = 50_000_000
 SIDE = 16_384
