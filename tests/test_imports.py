@@ -1,5 +1,6 @@
 """imgflow's modules import one another without a circle, so each one can be read, imported and
-tested starting from the modules it names, and none works only because another was loaded first."""
+tested starting from the modules it names, and none works only because another was loaded first;
+tests and bench share the harness (imgflow.harness) and import nothing of each other."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from imgflow.harness.paths import ROOT
 
-SOURCES = [ROOT / member / "src" for member in ("core", "api", "worker", "operator")]
+SOURCES = [ROOT / member / "src" for member in ("core", "api", "worker", "operator", "harness")]
 
 
 def module_name(path: Path, src: Path) -> str:
@@ -76,3 +77,40 @@ def test_no_module_imports_itself_through_others() -> None:
     graph = import_graph()
     assert "imgflow.core.storage" in graph and "imgflow.api.routes" in graph  # the walk found the code
     assert circles(graph) == []
+
+
+def named_modules(path: Path) -> set[str]:
+    """Every module an import statement of ``path`` names, wherever it stands (a function's, an
+    ``if TYPE_CHECKING:`` one too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def crossings(root: Path, folder: str, forbidden: set[str]) -> list[str]:
+    """``<file> imports <module>`` for each module of a ``forbidden`` package imported under ``folder``."""
+    return sorted(
+        f"{path.relative_to(root)} imports {name}"
+        for path in (root / folder).rglob("*.py")
+        for name in named_modules(path)
+        if name.split(".")[0] in forbidden
+    )
+
+
+def shared_not_crossed(root: Path) -> list[str]:
+    """What breaks the rule under ``root``: tests importing bench, bench importing tests, the
+    harness importing either (or scripts/)."""
+    return [
+        *crossings(root, "tests", {"bench"}),
+        *crossings(root, "bench", {"tests"}),
+        *crossings(root, "harness", {"tests", "bench", "scripts"}),
+    ]
+
+
+def test_tests_and_bench_share_the_harness_not_each_other() -> None:
+    assert any("imgflow.harness.servers" in named_modules(p) for p in (ROOT / "bench").rglob("*.py"))
+    assert shared_not_crossed(ROOT) == []
