@@ -74,10 +74,11 @@ def test_every_module_of_the_member_imports(alone: tuple[str, Path]) -> None:
 
 
 def test_no_other_member_is_installed(alone: tuple[str, Path]) -> None:
-    """The image of one member carries none of the others' code (the operator has no pyvips)."""
+    """The image of one member carries none of the others' code (the operator has no pyvips), nor
+    the command-line client or the test harness (members for people's machines, not images)."""
     member, bin_dir = alone
     probe = "import importlib.util as u, sys; print(' '.join(n for n in sys.argv[1:] if u.find_spec(n)))"
-    others = [f"imgflow.{m}" for m in MEMBERS if m != member]
+    others = [f"imgflow.{m}" for m in MEMBERS if m != member] + ["imgflow.cli", "imgflow.harness"]
     if member == "operator":
         others.append("pyvips")
     done = subprocess.run(
