@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from typing import TypedDict
 
 import pyvips
 
@@ -27,7 +28,14 @@ from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.probe import configure_libvips
 from imgflow.worker.pipeline import make_thumbnail, make_thumbnails
 
-LIMITS = {"max_pixels": 50_000_000, "max_side": 16_384, "quality": 85}
+
+class Limits(TypedDict):
+    max_pixels: int
+    max_side: int
+    quality: int
+
+
+LIMITS = Limits(max_pixels=50_000_000, max_side=16_384, quality=85)
 THUMB = ThumbnailSpec(width=100, height=100, fit=Fit.cover, format=OutputFormat.jpeg)
 VARIANTS = [
     THUMB.model_copy(update={"name": "thumb"}),
