@@ -5,7 +5,7 @@
 setup:
 	@scripts/setup.sh
 
-demo: setup            ## the main job: whole stack on loopback, sample images through the HTTP API
+demo: setup            ## the main job: whole stack on loopback, sample images sent with the imgflow CLI
 	@uv run --frozen python -m scripts.stack demo
 
 up: setup              ## the same stack in the background (API on http://127.0.0.1:8000)

@@ -1,7 +1,8 @@
 """imgflow on loopback: ``python -m scripts.stack demo|up|down`` (what `make demo/up/down` run).
 
 demo  starts Redis, the MongoDB-wire server, the API and a worker in a temporary directory,
-      submits sample images through the HTTP API, prints each job's outcome, and stops it all.
+      sends sample images with the command-line client (imgflow-cli), which follows each job and
+      downloads its outputs, and stops it all.
 up    starts the same stack in the background under .run/ (API on http://127.0.0.1:8000 unless
       IMGFLOW_API_PORT says otherwise); `down` stops exactly what `up` started.
 """
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,8 +30,8 @@ RUN_DIR = ROOT / ".run"
 STATE = RUN_DIR / "stack.json"
 
 
-def samples() -> dict[str, tuple[bytes, dict[str, str]]]:
-    """Sample uploads made on the spot: name -> (bytes, extra form fields)."""
+def write_samples(folder: Path) -> None:
+    """Sample images made on the spot: a photo, an animation, a PNG with alpha, a TIFF."""
     photo = pyvips.Image.xyz(1600, 1200)
     photo = (photo[0] * 0.15 + photo[1] * 0.1).cast("uchar")
     rgb = photo.bandjoin([(255 - photo).cast("uchar"), (photo / 2).cast("uchar")]).copy(interpretation="srgb")
@@ -39,17 +41,34 @@ def samples() -> dict[str, tuple[bytes, dict[str, str]]]:
     frames = [rgb.crop(i * 40, 0, 320, 240) for i in range(4)]
     animation = pyvips.Image.arrayjoin(frames, across=1).copy()
     animation.set_type(pyvips.GValue.gint_type, "page-height", 240)
-    return {
-        "photo.jpg (1600x1200 JPEG)": (bytes(rgb.jpegsave_buffer(Q=90)), {}),
-        "photo.jpg (preset card: 2 variants)": (bytes(rgb.jpegsave_buffer(Q=90)), {"preset": "card"}),
-        "moving.gif (4 frames, animated webp)": (bytes(animation.gifsave_buffer()), {"format": "webp"}),
-        "logo.png (PNG with alpha, 200x100 webp)": (
-            bytes(with_alpha.pngsave_buffer()),
-            {"width": "200", "height": "100", "fit": "inside", "format": "webp"},
-        ),
-        "scan.tif (TIFF, contain)": (bytes(rgb.tiffsave_buffer()), {"fit": "contain", "width": "160"}),
-        "notes.jpg (text, refused)": (b"not an image at all, whatever the name says\n", {}),
-    }
+    folder.mkdir(parents=True)
+    (folder / "photo.jpg").write_bytes(rgb.jpegsave_buffer(Q=90))
+    (folder / "moving.gif").write_bytes(animation.gifsave_buffer())
+    (folder / "logo.png").write_bytes(with_alpha.pngsave_buffer())
+    (folder / "scan.tif").write_bytes(rgb.tiffsave_buffer())
+
+
+# What the demo runs with the command-line client (imgflow-cli), in a folder holding samples/:
+# (what it shows, the command's arguments, the exit code it should end with).
+DEMO_RUNS = [
+    (
+        "every sample as a 200x150 thumbnail",
+        ["submit", "samples", "--width", "200", "--height", "150", "--out", "thumbs"],
+        0,
+    ),
+    (
+        "the photo as the preset 'card' (two variants)",
+        ["submit", "samples/photo.jpg", "--preset", "card", "--out", "card"],
+        0,
+    ),
+    (
+        "the GIF, kept animated in WebP",
+        ["submit", "samples/moving.gif", "--format", "webp", "--out", "animated"],
+        0,
+    ),
+    ("text named like a JPEG: refused", ["submit", "notes.jpg", "--wait"], 1),
+    ("the demo user's jobs", ["jobs", "list", "--limit", "6"], 0),
+]
 
 
 def create_key(base: str, settings: Settings, tenant: str) -> str:
@@ -75,51 +94,23 @@ def demo() -> int:
         base = f"http://127.0.0.1:{settings.api_port}"
         print(f"  MongoDB-wire server: {describe(stack.mongo.kind)}; API: {base}")
         key = create_key(base, settings, "demo")
-        print(f"  API key for tenant 'demo' (jobs:write, jobs:read): {key}\n")
-        with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
-            accepted: dict[str, str] = {}
-            completed = 0
-            for name, (data, fields) in samples().items():
-                reply = client.post(
-                    "/api/image-processing/jobs",
-                    files={"file": (name.split()[0], data, "application/octet-stream")},
-                    data={"userId": "demo", **fields},
-                )
-                body = reply.json()
-                if reply.status_code == 202:
-                    accepted[name] = body["jobId"]
-                    print(f"  submitted {name:42} -> {reply.status_code} job {body['jobId']}")
-                else:
-                    print(f"  submitted {name:42} -> {reply.status_code} {body['title']}: {body['detail']}")
-            print()
-            deadline = time.monotonic() + 120
-            for name, job_id in accepted.items():
-                while True:
-                    job = client.get(f"/api/image-processing/jobs/{job_id}").json()
-                    if job["status"] in ("completed", "failed") or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.1)
-                if job["status"] == "completed":
-                    completed += 1
-                    result = job["result"]
-                    size = len(client.get(result["thumbnailUrl"]).content)
-                    print(
-                        f"  {name:42} {job['status']:9} {result['width']}x{result['height']} "
-                        f"{result['format']} {size} bytes at {base}{result['thumbnailUrl']}"
-                    )
-                    for variant, made in list((result.get("variants") or {}).items())[1:]:
-                        print(
-                            f"  {'  + variant ' + variant:42} {'':9} {made['width']}x{made['height']} "
-                            f"{made['format']} {made['bytes']} bytes at {base}{made['url']}"
-                        )
-                else:
-                    print(f"  {name:42} {job['status']:9} {job.get('error', '')}")
-            listing = client.get("/api/image-processing/users/demo/jobs").json()
-            print(f"\n  GET /api/image-processing/users/demo/jobs: {len(listing['jobs'])} jobs, newest first")
-        return 0 if accepted and completed == len(accepted) else 1
+        print(f"  API key for tenant 'demo' (jobs:write, jobs:read): {key}")
+        write_samples(workdir / "samples")
+        (workdir / "notes.jpg").write_bytes(b"not an image at all, whatever the name says\n")
+        env = {**os.environ, "IMGFLOW_API_URL": base, "IMGFLOW_API_KEY": key, "IMGFLOW_USER": "demo"}
+        env["IMGFLOW_CONFIG"] = str(workdir / "no-config.toml")  # not the user's own settings
+        as_expected = True
+        for what, args, expected in DEMO_RUNS:
+            print(f"\n# {what}\n$ imgflow {' '.join(args)}", flush=True)
+            code = subprocess.run(
+                [sys.executable, "-m", "imgflow.cli", *args], cwd=workdir, env=env
+            ).returncode
+            as_expected = as_expected and code == expected
+        print(f"\noutputs in {workdir}")
+        return 0 if as_expected else 1
     finally:
         stack.stop()
-        print("\nstopped everything")
+        print("stopped everything")
 
 
 def up() -> int:
