@@ -1021,3 +1021,19 @@ def test_readme_values_table_matches_values_yaml() -> None:
         stack.append((indent, m.group(2), doc or inherited))
     # helm-docs writes each default as compact JSON with sorted keys (and 30.0 as 30)
     assert {k: json.loads(v) for k, v in rows.items()} == documented
+
+
+@pytest.mark.parametrize("component", MEMBERS)
+def test_extra_volumes_and_env_reach_each_component(component: str) -> None:
+    ca = {"name": "ca", "configMap": {"name": "corporate-ca"}}
+    mount = {"name": "ca", "mountPath": "/etc/ssl/custom", "readOnly": True}
+    env = {"name": "SSL_CERT_FILE", "value": "/etc/ssl/custom/ca.pem"}
+    docs = render({component: {"extraVolumes": [ca], "extraVolumeMounts": [mount], "extraEnv": [env]}})
+    for name in MEMBERS:
+        spec = one(docs, "Deployment", f"{REL}-imgflow-{name}")["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        mine = name == component
+        assert (ca in spec["volumes"]) is mine and (mount in c["volumeMounts"]) is mine, name
+        assert (env in c["env"]) is mine, name
+        # the chart's own /tmp stays
+        assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]

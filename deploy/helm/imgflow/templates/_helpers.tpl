@@ -300,8 +300,9 @@ checksum/connections: {{ printf "%s|%s|%s|%s" .Values.externalRedis.url .Values.
 {{- end }}
 
 {{/*
-Volumes and mounts every imgflow pod has: a writable /tmp, and the local storage volume if used.
-Call with (dict "ctx" $ "sizeLimit" "1Gi").
+Volumes and mounts every imgflow pod has: a writable /tmp, the local storage volume if used, and
+the component's extraVolumes / extraVolumeMounts.
+Call with (dict "ctx" $ "component" .Values.api "sizeLimit" "1Gi").
 */}}
 {{- define "imgflow.volumes" -}}
 - name: tmp
@@ -313,12 +314,28 @@ Call with (dict "ctx" $ "sizeLimit" "1Gi").
 - name: storage
   {{- toYaml .ctx.Values.storageVolume | nindent 2 }}
 {{- end }}
+{{- with .component.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 {{- define "imgflow.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
-{{- if eq .Values.config.storageBackend "local" }}
+{{- if eq .ctx.Values.config.storageBackend "local" }}
 - name: storage
-  mountPath: {{ .Values.config.storageDir }}
+  mountPath: {{ .ctx.Values.config.storageDir }}
+{{- end }}
+{{- with .component.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of one alert: its severity and prometheusRule.alertLabels. Call with (dict "ctx" $ "severity" "warning").
+*/}}
+{{- define "imgflow.alertLabels" -}}
+severity: {{ .severity }}
+{{- with .ctx.Values.prometheusRule.alertLabels }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
