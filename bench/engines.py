@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.probe import probe_buffer
 from imgflow.worker import plain_jpeg
-from imgflow.worker.pipeline import libvips_thumbnails, make_thumbnail
+from imgflow.worker.pipeline import libvips_thumbnails, make_thumbnail, plain_jpeg_pictures
 from imgflow.worker.steps.load import load_options as worker_load_options
 from imgflow.worker.steps.load import turbo_decode, turbo_decodes
 
@@ -53,9 +53,10 @@ def imgflow(source: Source, *, lossless: bool = False) -> bytes:
             source.data, SPEC, max_pixels=MAX_PIXELS, max_side=MAX_SIDE, quality=QUALITY
         ).data
     info = probe_buffer(source.data, max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
-    if plain_jpeg.takes(info, [SPEC]) and (plain := plain_jpeg.pictures(source.data, info, [SPEC])):
+    if plain_jpeg.takes(info, [SPEC]) and (plain := plain_jpeg_pictures(source.data, info, [SPEC])):
         out = io.BytesIO()
-        plain[0].save(out, "PNG")
+        [picture] = plain
+        picture.save(out, "PNG")
         return out.getvalue()
     return imgflow_before(source, lossless=True)
 

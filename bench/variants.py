@@ -29,7 +29,8 @@ from imgflow.core.jobs import Fit, OutputFormat
 from imgflow.core.probe import _check, probe_buffer, restrict_loaders
 from imgflow.worker.pipeline import STEPS
 from imgflow.worker.steps.encode import encode
-from imgflow.worker.work import TRANSPOSING, Work
+from imgflow.worker.steps.geometry import stored_box
+from imgflow.worker.work import Work
 
 # The shrink rule the worker used before these variants were measured (kept to reproduce them):
 # the largest JPEG shrink that still leaves a 2x final resize.
@@ -69,7 +70,7 @@ class Variant:
             info = probe_buffer(data, max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
             header = pyvips.Image.new_from_buffer(data, "", access="sequential")
         orientation = int(header.get("orientation")) if header.get_typeof("orientation") else 1
-        box = (SPEC.height, SPEC.width) if orientation in TRANSPOSING else (SPEC.width, SPEC.height)
+        box = stored_box(SPEC, orientation)
         reduction = min(info.width / box[0], info.height / box[1])  # cover
         options: dict[str, Any] = {"access": self.access, "fail_on": "truncated"}
         if info.format == "webp" and self.webp_scale != "pow2":

@@ -15,7 +15,7 @@ from imgflow.core.jobs import ThumbnailSpec
 from imgflow.core.probe import ImageInfo, probe_buffer
 from imgflow.harness import images
 from imgflow.worker import plain_jpeg
-from imgflow.worker.pipeline import libvips_thumbnails, make_thumbnails
+from imgflow.worker.pipeline import libvips_thumbnails, make_thumbnails, plain_jpeg_thumbnails
 
 LIMIT = 50_000_000
 SIDE = 16_384
@@ -72,7 +72,7 @@ def test_sources_the_lane_would_not_render_as_libvips_does_go_to_libvips() -> No
     assert not plain_jpeg.takes(info_of(images.png_alpha()), [spec()])
     cmyk = images.cmyk_jpeg()
     assert not plain_jpeg.takes(info_of(cmyk), [spec()])  # from the header: never decoded here
-    assert plain_jpeg.make(cmyk, info_of(cmyk), [spec()], 85) is None
+    assert plain_jpeg_thumbnails(cmyk, info_of(cmyk), [spec()], 85) is None
     tagged = images.photo(600, 400).copy()
     tagged.set_type(
         pyvips.GValue.blob_type,
@@ -107,9 +107,10 @@ def test_both_lanes_make_the_same_picture(fields: dict[str, Any], orientation: i
     if not plain_jpeg.takes(info, [wanted]):
         assert orientation >= 5 and fields.get("width") == 1000  # turned, it enlarges
         return
-    made = plain_jpeg.make(data, info, [wanted], 85)
+    made = plain_jpeg_thumbnails(data, info, [wanted], 85)
     assert made is not None
-    [(lane, width, height)] = made
+    [thumbnail] = made
+    lane, width, height = thumbnail.data, thumbnail.width, thumbnail.height
     [steps] = libvips_thumbnails(data, info, [wanted], quality=85)
     assert (width, height) == (steps.width, steps.height)
     shown = Image.open(io.BytesIO(lane))

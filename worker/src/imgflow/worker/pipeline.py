@@ -1,18 +1,22 @@
-"""What a thumbnail job does, in order. Read top to bottom, this list is the documentation.
+"""What a thumbnail job does, in order. Read top to bottom, these lists are the documentation.
 
-Security checks (format allow-list, pixel limit) run on the header, before ``open_source``
-decodes anything. The source is decoded once, shrunk on load as far as the largest output allows;
-each output (a job's thumbnail, or each of its variants) then runs through ``STEPS`` and is
-encoded. A plain JPEG-to-JPEG job (a crop and a resize, nothing else) takes Pillow's lane instead
-(``plain_jpeg.py``): the same geometry, at a fraction of libvips' fixed cost per image.
+Security checks (format allow-list, pixel limit) run on the header, before anything is decoded.
+The source is decoded once, shrunk on load as far as the largest output allows; each output (a
+job's thumbnail, or each of its variants) then runs through one lane's steps and is encoded:
+
+- ``PLAIN_JPEG_STEPS`` when the job is a JPEG made into JPEGs by a crop and a resize alone
+  (``plain_jpeg.takes``): TurboJPEG decodes it and Pillow does the rest, the same geometry
+  (``steps/geometry.py``) at a fraction of libvips' fixed cost per image;
+- ``STEPS``, libvips', for everything else, and for the JPEGs TurboJPEG turns away.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import pyvips
+from PIL import Image
 
 from imgflow.core.jobs import OutputFormat, ThumbnailSpec
 from imgflow.core.probe import ImageInfo, open_buffer, probe_buffer
@@ -45,6 +49,13 @@ STEPS: tuple[Step, ...] = (
     flatten,  # JPEG: alpha onto white
 )
 
+PLAIN_JPEG_STEPS: tuple[Callable[[plain_jpeg.Picture], plain_jpeg.Picture], ...] = (
+    plain_jpeg.crop,  # cover: the rectangle to keep, where the gravity says (no pixels moved yet)
+    plain_jpeg.resize,  # lanczos3 from that rectangle to the size the fit calls for
+    plain_jpeg.autorotate,  # apply EXIF orientation
+    plain_jpeg.pad,  # contain: centre on a white box-sized canvas
+)
+
 
 @dataclass(frozen=True)
 class Thumbnail:
@@ -70,11 +81,37 @@ def make_thumbnails(
     info = info or probe_buffer(data, max_pixels=max_pixels, max_side=max_side)
     if not plain_jpeg.takes(info, specs):
         return libvips_thumbnails(data, info, specs, quality=quality, watermarks=watermarks)
-    if plain := plain_jpeg.make(data, info, specs, quality):
-        return [Thumbnail(encoded, width, height, OutputFormat.jpeg) for encoded, width, height in plain]
+    if (plain := plain_jpeg_thumbnails(data, info, specs, quality)) is not None:
+        return plain
     # TurboJPEG refused the file (damaged, or read otherwise than the probe): libvips decodes it,
     # without TurboJPEG trying the same bytes again
     return libvips_thumbnails(data, info, specs, quality=quality, turbo=False)
+
+
+def plain_jpeg_thumbnails(
+    data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec], quality: int
+) -> list[Thumbnail] | None:
+    """Every output through ``PLAIN_JPEG_STEPS``, for a job ``plain_jpeg.takes``; None when the
+    libvips steps must take it."""
+    pictures = plain_jpeg_pictures(data, info, specs)
+    if pictures is None:
+        return None
+    thumbnails = []
+    for spec, picture in zip(specs, pictures, strict=True):
+        encoded, width, height = plain_jpeg.encode(picture, spec.quality or quality)
+        thumbnails.append(Thumbnail(encoded, width, height, OutputFormat.jpeg))
+    return thumbnails
+
+
+def plain_jpeg_pictures(
+    data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]
+) -> Iterator[Image.Image] | None:
+    """Each spec's picture before encoding, made as it is asked for (one output's picture at a
+    time, as memory.py counts them); None when TurboJPEG does not decode the picture the probe saw."""
+    source = plain_jpeg.decode(data, info, specs)
+    if source is None:
+        return None
+    return (_plain_steps(plain_jpeg.Picture(source, spec, info.orientation)) for spec in specs)
 
 
 def libvips_thumbnails(
@@ -114,6 +151,12 @@ def _steps(work: Work) -> pyvips.Image:
     for step in STEPS:
         work = step(work)
     return work.image
+
+
+def _plain_steps(picture: plain_jpeg.Picture) -> Image.Image:
+    for step in PLAIN_JPEG_STEPS:
+        picture = step(picture)
+    return picture.image
 
 
 def _split(source: pyvips.Image, frame_height: int) -> list[pyvips.Image]:

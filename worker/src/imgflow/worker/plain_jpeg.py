@@ -8,11 +8,13 @@ where Pillow's resize and save take ~0.3 ms, beside a 5 ms decode (bench/README.
 TurboJPEG's decode and Pillow's resize and encode also release the GIL, so two jobs in one worker
 process run side by side, which pyvips' many small calls did not.
 
-Same geometry as the libvips steps, from the same functions (``steps/crop.py``,
-``steps/resize.py``), the same lanczos3 kernel with the same block-average gap, the same JPEG
-encoder settings as ``steps/encode.py`` (libvips writes mozjpeg with its libjpeg-turbo-compatible
-defaults: Annex K tables, 4:2:0 below quality 90, optimised Huffman tables), so a job's result
-does not depend on its lane beyond the resampler's rounding (tests/test_plain_jpeg.py measures it).
+Its steps, run in the order ``pipeline.PLAIN_JPEG_STEPS`` lists them, take the same geometry as
+the libvips steps from the same functions (``steps/geometry.py``), the same lanczos3 kernel with
+the same block-average gap, the same JPEG encoder settings as ``steps/encode.py`` (libvips writes
+mozjpeg with its libjpeg-turbo-compatible defaults: Annex K tables, 4:2:0 below quality 90,
+optimised Huffman tables), so a job's result does not depend on its lane beyond the resampler's
+rounding (tests/test_plain_jpeg.py measures it).
+
 Anything else goes to the libvips steps: another output format, a smart crop, a filter, a
 watermark, an enlargement, an ICC profile (colour management is libvips'), CMYK, or anything
 TurboJPEG cannot decode as the probe described it.
@@ -22,15 +24,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
-from imgflow.core.jobs import SMART, Fit, OutputFormat, ThumbnailSpec, focal_point
+from imgflow.core.jobs import SMART, Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.probe import ImageInfo
-from imgflow.worker.steps.crop import region, start, stored_point
+from imgflow.worker.steps.geometry import cover_area, stored_box, target_size
 from imgflow.worker.steps.load import load_options, source_reduction, turbo_decode, turbo_decodes
-from imgflow.worker.steps.resize import LANCZOS_GAP, target_size
-from imgflow.worker.work import TRANSPOSING
+from imgflow.worker.steps.resize import LANCZOS_GAP
 
 # EXIF orientation -> the transpose that makes the picture upright (as ImageOps.exif_transpose)
 _UPRIGHT = {
@@ -78,24 +80,23 @@ def _plain(spec: ThumbnailSpec) -> bool:
     )
 
 
-def make(
-    data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec], quality: int
-) -> list[tuple[bytes, int, int]] | None:
-    """Each spec's JPEG and its size, in order; None when the libvips steps must take the job.
-    One output's picture at a time, as memory.py counts them."""
-    source = _source(data, info, specs)
-    if source is None:
-        return None
-    return [encode(_fitted(source, spec, info.orientation), spec.quality or quality) for spec in specs]
+@dataclass(frozen=True)
+class Picture:
+    """What flows through the lane's steps: ``Work`` for a Pillow picture."""
+
+    image: Image.Image
+    spec: ThumbnailSpec
+    orientation: int = 1  # EXIF orientation not yet applied to ``image``
+    # left, top, right, bottom of the part of ``image`` the resize reads: Pillow resamples straight
+    # from it, so cover's crop costs no copy
+    area: tuple[int, int, int, int] | None = None
+
+    @property
+    def box(self) -> tuple[int, int]:
+        return stored_box(self.spec, self.orientation)
 
 
-def pictures(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> list[Image.Image] | None:
-    """Each spec's picture before encoding (bench/engines.py scores them), or None."""
-    source = _source(data, info, specs)
-    return None if source is None else [_fitted(source, spec, info.orientation) for spec in specs]
-
-
-def _source(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> Image.Image | None:
+def decode(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> Image.Image | None:
     """The decoded source, RGB (grey decoded to RGB: the libvips steps make every output sRGB);
     None when TurboJPEG does not decode the picture the probe saw."""
     pixels = turbo_decode(data, info, load_options(info, specs), rgb=True)
@@ -105,25 +106,41 @@ def _source(data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> Ima
     return Image.frombuffer("RGB", (width, height), pixels, "raw", "RGB", 0, 1)
 
 
-def _fitted(source: Image.Image, spec: ThumbnailSpec, orientation: int) -> Image.Image:
-    """Crop (cover), resize, turn upright, pad (contain): steps/crop, resize, rotate and pad."""
-    box = (spec.height, spec.width) if orientation in TRANSPOSING else (spec.width, spec.height)
-    width, height = source.size
-    area = (0, 0, width, height)
-    if spec.fit is Fit.cover:
-        keep_w, keep_h = region(source.size, box)
-        x, y = stored_point(*focal_point(spec.gravity), orientation)
-        left, top = start(width, keep_w, x), start(height, keep_h, y)
-        area, width, height = (left, top, left + keep_w, top + keep_h), keep_w, keep_h
-    size = target_size(width, height, box, spec.fit)
-    image = source.resize(size, Image.Resampling.LANCZOS, box=area, reducing_gap=LANCZOS_GAP)
-    if orientation in _UPRIGHT:
-        image = image.transpose(_UPRIGHT[orientation])
-    if spec.fit is Fit.contain and image.size != (spec.width, spec.height):
-        canvas = Image.new("RGB", (spec.width, spec.height), WHITE)
-        canvas.paste(image, ((spec.width - image.width) // 2, (spec.height - image.height) // 2))
-        image = canvas
-    return image
+def crop(picture: Picture) -> Picture:
+    """``cover``: the part to keep, where the gravity says (as steps/crop.py, without smartcrop)."""
+    if picture.spec.fit is not Fit.cover:
+        return picture
+    left, top, width, height = cover_area(
+        picture.image.size, picture.box, picture.spec.gravity, picture.orientation
+    )
+    return replace(picture, area=(left, top, left + width, top + height))
+
+
+def resize(picture: Picture) -> Picture:
+    """lanczos3 from the area to the size the fit calls for, as steps/resize.py."""
+    width, height = picture.image.size
+    area = picture.area or (0, 0, width, height)
+    left, top, right, bottom = area
+    size = target_size(right - left, bottom - top, picture.box, picture.spec.fit)
+    image = picture.image.resize(size, Image.Resampling.LANCZOS, box=area, reducing_gap=LANCZOS_GAP)
+    return replace(picture, image=image, area=None)
+
+
+def autorotate(picture: Picture) -> Picture:
+    """Apply the EXIF orientation, as steps/rotate.py."""
+    if picture.orientation not in _UPRIGHT:
+        return picture
+    return replace(picture, image=picture.image.transpose(_UPRIGHT[picture.orientation]), orientation=1)
+
+
+def pad(picture: Picture) -> Picture:
+    """``contain``: centre on a white canvas of the box's size, as steps/pad.py does for JPEG."""
+    spec, image = picture.spec, picture.image
+    if spec.fit is not Fit.contain or image.size == (spec.width, spec.height):
+        return picture
+    canvas = Image.new("RGB", (spec.width, spec.height), WHITE)
+    canvas.paste(image, ((spec.width - image.width) // 2, (spec.height - image.height) // 2))
+    return replace(picture, image=canvas)
 
 
 def encode(image: Image.Image, quality: int) -> tuple[bytes, int, int]:

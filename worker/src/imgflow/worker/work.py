@@ -8,9 +8,7 @@ from dataclasses import dataclass, field, replace
 import pyvips
 
 from imgflow.core.jobs import ThumbnailSpec
-
-# EXIF orientations that swap width and height when applied
-TRANSPOSING = frozenset({5, 6, 7, 8})
+from imgflow.worker.steps.geometry import stored_box
 
 
 @dataclass(frozen=True)
@@ -24,9 +22,7 @@ class Work:
     @property
     def box(self) -> tuple[int, int]:
         """The target size in the frame of ``image`` as it is now (before any pending rotation)."""
-        if self.orientation in TRANSPOSING:
-            return self.spec.height, self.spec.width
-        return self.spec.width, self.spec.height
+        return stored_box(self.spec, self.orientation)
 
     def with_image(self, image: pyvips.Image, orientation: int | None = None) -> Work:
         return replace(

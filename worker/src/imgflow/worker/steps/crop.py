@@ -10,35 +10,9 @@ rotation, so the gravity, given for the picture as displayed, is turned into the
 
 from __future__ import annotations
 
-from imgflow.core.jobs import SMART, Fit, ThumbnailSpec, focal_point
+from imgflow.core.jobs import SMART, Fit, ThumbnailSpec
+from imgflow.worker.steps.geometry import cover_area, region
 from imgflow.worker.work import Work
-
-
-def stored_point(x: float, y: float, orientation: int) -> tuple[float, float]:
-    """The point of the stored image that shows at (x, y) of the displayed one (fractions), for
-    each EXIF orientation (2: mirrored, 3: turned 180, 6: to be turned 90 clockwise, ...)."""
-    return {
-        1: (x, y),
-        2: (1 - x, y),
-        3: (1 - x, 1 - y),
-        4: (x, 1 - y),
-        5: (y, x),
-        6: (y, 1 - x),
-        7: (1 - y, 1 - x),
-        8: (1 - y, x),
-    }.get(orientation, (x, y))
-
-
-def start(size: int, keep: int, at: float) -> int:
-    """Where a span of ``keep`` of ``size`` starts to be centred on ``at`` (a fraction), inside."""
-    return min(max(0, round(at * size - keep / 2)), size - keep)
-
-
-def region(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
-    """The size of the region of an image of ``size`` that, scaled, covers the box exactly."""
-    (image_w, image_h), (box_w, box_h) = size, box
-    scale = max(box_w / image_w, box_h / image_h)
-    return min(image_w, max(1, round(box_w / scale))), min(image_h, max(1, round(box_h / scale)))
 
 
 def steady(work: Work) -> ThumbnailSpec:
@@ -64,6 +38,5 @@ def crop(work: Work) -> Work:
         return work
     if work.spec.gravity in SMART:  # found in the pixels: the same in any orientation
         return work.with_image(image.smartcrop(width, height, interesting=work.spec.gravity))
-    x, y = stored_point(*focal_point(work.spec.gravity), work.orientation)
-    left, top = start(image.width, width, x), start(image.height, height, y)
-    return work.with_image(image.extract_area(left, top, width, height))
+    area = cover_area((image.width, image.height), work.box, work.spec.gravity, work.orientation)
+    return work.with_image(image.extract_area(*area))

@@ -37,7 +37,7 @@ import simplejpeg
 
 from imgflow.core.jobs import SMART, Fit, ThumbnailSpec
 from imgflow.core.probe import ImageInfo, open_buffer
-from imgflow.worker.work import TRANSPOSING
+from imgflow.worker.steps.geometry import stored_box
 
 JPEG_SHRINKS = (8, 4, 2)
 # TurboJPEG decodes a JPEG whole (no sequential streaming like libvips'), so only when the shrunk
@@ -89,8 +89,7 @@ def load_options(info: ImageInfo, specs: Sequence[ThumbnailSpec]) -> dict[str, A
 
 def source_reduction(info: ImageInfo, spec: ThumbnailSpec) -> float:
     """How many times smaller than the source this output is (below 1: it enlarges)."""
-    box = (spec.height, spec.width) if info.orientation in TRANSPOSING else (spec.width, spec.height)
-    return reduction(info.width, info.height, box, spec.fit)
+    return reduction(info.width, info.height, stored_box(spec, info.orientation), spec.fit)
 
 
 def decoded_size(info: ImageInfo, options: dict[str, Any]) -> tuple[int, int]:

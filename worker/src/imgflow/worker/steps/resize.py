@@ -11,21 +11,11 @@ from __future__ import annotations
 
 import pyvips
 
-from imgflow.core.jobs import Fit, outside_size
+from imgflow.worker.steps.geometry import target_size
 from imgflow.worker.work import Work
 
 # keep at least this much reduction for lanczos3, as libvips' resize does (its ``gap``)
 LANCZOS_GAP = 2.0
-
-
-def target_size(width: int, height: int, box: tuple[int, int], fit: Fit) -> tuple[int, int]:
-    box_w, box_h = box
-    if fit in (Fit.fill, Fit.cover):  # cover: the crop before has given the image the box's shape
-        return box_w, box_h
-    if fit is Fit.outside:
-        return outside_size(width, height, box)
-    scale = min(box_w / width, box_h / height)
-    return max(1, min(box_w, round(width * scale))), max(1, min(box_h, round(height * scale)))
 
 
 def block_shrink(size: int, target: int) -> int:
