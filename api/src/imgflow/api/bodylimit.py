@@ -17,8 +17,8 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imgflow.api.multipart import MAX_FORM_OVERHEAD, too_large
 from imgflow.api.problems import Problem, problem_response
-from imgflow.api.uploads import MAX_FORM_OVERHEAD, too_large
 from imgflow.core.settings import Settings
 
 

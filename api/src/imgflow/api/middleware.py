@@ -1,5 +1,5 @@
 """What every request goes through on its way out: its metrics are recorded, and the RateLimit
-headers its route's dependency decided (imgflow.api.auth) are added to the answer.
+headers its route's dependency decided (imgflow.api.deps) are added to the answer.
 
 A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` runs each request in an extra task
 with stream wrappers, which cost about 7% of the API's CPU per job in a profile of the

@@ -8,7 +8,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import PyMongoError, WaitQueueTimeoutError
@@ -176,32 +175,6 @@ def install(app: FastAPI) -> None:
             request, Problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
         )
 
-    def openapi() -> dict[str, Any]:
-        # the routes refer to ProblemDetails by $ref; put it (and what it uses) in the components
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                summary=app.summary,
-                description=app.description,
-                routes=app.routes,
-                tags=app.openapi_tags,
-            )
-            found = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(found.pop("$defs", {}))
-            components["ProblemDetails"] = found
-            # FastAPI documents its own 422 shape; ours is problem details like every other error
-            for operations in schema.get("paths", {}).values():
-                for operation in operations.values():
-                    if "422" in operation.get("responses", {}):
-                        operation["responses"]["422"] = documented(422)[422]
-            for name in ("HTTPValidationError", "ValidationError"):
-                components.pop(name, None)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(PoolExhausted, on_busy)
     app.add_exception_handler(WaitQueueTimeoutError, on_busy)

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 
 from imgflow.api.problems import Problem
 
-if TYPE_CHECKING:  # both import this module
-    from imgflow.api.auth import Principal
-    from imgflow.api.state import AppState
+if TYPE_CHECKING:  # deps imports this module
+    from imgflow.api.deps import AppState, Principal
 
 
 class Slots:

@@ -1,4 +1,4 @@
-"""Failed authentications per client address, counted in this process (imgflow.api.auth).
+"""Failed authentications per client address, counted in this process (imgflow.api.deps).
 
 Each address that failed has a token bucket of ``burst`` tries refilled at ``per_s``. Past it,
 its failures answer 429, and a key id this process has not seen authenticate is refused without

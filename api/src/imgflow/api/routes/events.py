@@ -23,11 +23,10 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from pymongo.errors import PyMongoError
 
-from imgflow.api.auth import BOOTSTRAP_KEY_ID, Principal, Reader
+from imgflow.api.deps import BOOTSTRAP_KEY_ID, AppState, Principal, Reader, State
 from imgflow.api.problems import Problem, documented
-from imgflow.api.routes import visible_job
+from imgflow.api.routes.jobs import visible_job
 from imgflow.api.schemas import JobView
-from imgflow.api.state import AppState, State
 from imgflow.core.events import entry_order, last_change
 from imgflow.core.jobs import Job, JobStatus
 

@@ -8,10 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import ConfigDict, Field
 
-from imgflow.api.auth import AdminKey, AuthFirst
+from imgflow.api.deps import AdminKey, AuthFirst, State
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
-from imgflow.api.state import State
 from imgflow.core.keys import TENANT_PATTERN, ApiKey, Limits, Scope, new_key
 
 router = APIRouter(prefix="/api/admin/keys", tags=["keys"], route_class=AuthFirst)

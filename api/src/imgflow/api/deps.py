@@ -1,9 +1,11 @@
-"""Who is calling: the API key in ``Authorization: Bearer``, its tenant, scopes and rate limits.
+"""What a route declares to get what it needs: the shared state (the connections opened once at
+start-up) and the caller (``Reader``, ``Writer``, ``AdminKey``).
 
-Routes declare what they need (``Reader``, ``Writer``, ``AdminKey``) and get the caller's
-``Principal``. A replica trusts a key record it looked up for ``key_cache_s`` (at most 2 s), so a
-revoked key stops working on every replica within that. With ``IMGFLOW_AUTH=off`` every caller
-is an admin of the default tenant, unlimited: the original's open API.
+Who is calling: the API key in ``Authorization: Bearer``, its tenant, scopes and rate limits.
+Routes declare what they need and get the caller's ``Principal``. A replica trusts a key record it
+looked up for ``key_cache_s`` (at most 2 s), so a revoked key stops working on every replica
+within that. With ``IMGFLOW_AUTH=off`` every caller is an admin of the default tenant, unlimited:
+the original's open API.
 
 What a caller without a valid key costs is bounded: a malformed key is refused without a lookup,
 an unknown id is looked up once per ``key_cache_s`` (absent records are cached too), and an
@@ -15,24 +17,93 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request, Response, Security
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from faststream.redis import RedisBroker
+from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from imgflow.api.expiring import Expiring
 from imgflow.api.problems import Problem, unavailable
-from imgflow.api.ratelimit import Policy
-from imgflow.api.state import AppState, State, get_state
-from imgflow.core.endpoints import Endpoint
+from imgflow.api.ratelimit import Policy, RateLimiter
+from imgflow.api.readiness import Readiness
+from imgflow.api.slots import Slots
+from imgflow.api.throttle import AuthThrottle
+from imgflow.core.endpoints import Endpoint, EndpointStore
+from imgflow.core.events import ChangeFeed
 from imgflow.core.jobs import Job
 from imgflow.core.keys import ApiKey, KeyStore, Limits, Scope, digest, key_id_of
 from imgflow.core.settings import AuthMode, Settings
-from imgflow.core.watermarks import Watermark
+from imgflow.core.storage import Storage
+from imgflow.core.store import JobStore
+from imgflow.core.watermarks import Watermark, WatermarkStore
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    mongo: AsyncMongoClient[dict[str, Any]]
+    store: JobStore
+    storage: Storage
+    broker: RedisBroker
+    # requests' pool (imgflow.api.pools); the feed, the webhook sender and readiness have their own
+    redis: Redis
+    webhook_redis: Redis
+    feed: ChangeFeed
+    readiness: Readiness
+    keys: KeyStore
+    endpoints: EndpointStore
+    watermarks: WatermarkStore
+    key_cache: Expiring[ApiKey | None]
+    limiter: RateLimiter
+    # Uploads being received: each holds a connection and up to max_upload_bytes of /tmp.
+    uploads: Slots = field(init=False)
+    # Live-progress streams: each holds a connection and a follower of the feed.
+    streams: Slots = field(init=False)
+    # Thumbnails being sent: each holds a connection and up to download_memory_bytes.
+    downloads: Slots = field(init=False)
+    auth_throttle: AuthThrottle = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.uploads = Slots(
+            "uploads",
+            settings.max_concurrent_uploads,
+            settings.max_uploads_per_key,
+            full_status=503,
+            advice="send the next when one has been answered.",
+        )
+        self.streams = Slots(
+            "live-progress streams",
+            settings.max_streams,
+            settings.max_streams_per_key,
+            full_status=429,
+            advice="close one, or poll the job, and retry after Retry-After.",
+        )
+        self.downloads = Slots(
+            "downloads",
+            settings.max_concurrent_downloads,
+            settings.max_downloads_per_key,
+            full_status=503,
+            advice="fetch the next when one has been received.",
+        )
+        self.auth_throttle = AuthThrottle(self.settings.auth_failures_per_s, self.settings.auth_failure_burst)
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.imgflow
+    return state
+
+
+# what a route declares to get the shared state
+State = Annotated[AppState, Depends(get_state)]
+
 
 bearer = HTTPBearer(
     auto_error=False,

@@ -10,41 +10,18 @@ import anyio
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import Field
 
-from imgflow.api.auth import Reader, Writer
+from imgflow.api.deps import Reader, State, Writer
+from imgflow.api.multipart import FILE_FIELD, receive_upload
+from imgflow.api.openapi import WATERMARK_FORM
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
 from imgflow.api.slots import upload_slot
-from imgflow.api.state import State
-from imgflow.api.uploads import FILE_FIELD, receive_upload
 from imgflow.core.jobs import WATERMARK_ID
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_file
 from imgflow.core.watermarks import MAX_BYTES, MAX_PER_TENANT, MAX_SIDE, Watermark
 
 router = APIRouter(prefix="/api/watermarks", tags=["watermarks"])
 log = logging.getLogger("imgflow.api")
-
-UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": f"A PNG (its alpha is kept), at most {MAX_SIDE} pixels a side "
-                            f"and {MAX_BYTES // 1024} KiB",
-                        },
-                        "name": {"type": "string", "maxLength": 128, "description": "A label for people"},
-                    },
-                }
-            }
-        },
-    }
-}
 
 
 class WatermarkView(Camel):
@@ -82,7 +59,7 @@ class WatermarkList(Camel):
     "`watermarkPosition` (a compass point, default south-east), `watermarkMargin` (output pixels, "
     "default 16), `watermarkOpacity` (0.05-1, default 1) and `watermarkScale` (its width as a "
     "fraction of the output's, default 0.25).",
-    openapi_extra=UPLOAD_DOC,
+    openapi_extra=WATERMARK_FORM,
     responses=documented(400, 401, 403, 408, 409, 413, 415, 422, 429, 503),
 )
 async def create_watermark(

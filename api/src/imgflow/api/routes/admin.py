@@ -6,10 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from imgflow.api.auth import AdminKey
+from imgflow.api.deps import AdminKey, State
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, JobView
-from imgflow.api.state import State
 from imgflow.core.events import job_changed
 from imgflow.core.jobs import JobStatus
 from imgflow.core.queue import dead_letters, publish_job, remove_dead_letters

@@ -1,5 +1,6 @@
-"""The webhook sender, run by every API replica (one consumer group shares the deliveries), and
-``GET .../jobs/{jobId}/deliveries``. See imgflow.core.webhooks for the contract."""
+"""The webhook sender, run by every API replica (one consumer group shares the deliveries); each
+attempt is recorded for ``GET .../jobs/{jobId}/deliveries``. See imgflow.core.webhooks for the
+contract."""
 
 from __future__ import annotations
 
@@ -11,16 +12,11 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter
-from pydantic import Field
 from redis.exceptions import ResponseError
 
-from imgflow.api.auth import Reader
+from imgflow.api.deps import AppState
 from imgflow.api.expiring import Expiring
-from imgflow.api.problems import documented
-from imgflow.api.routes import visible_job
-from imgflow.api.schemas import Camel, JobView
-from imgflow.api.state import AppState, State
+from imgflow.api.schemas import JobView
 from imgflow.core.endpoints import Endpoint
 from imgflow.core.fetch import FetchError, FetchFailed, post_checked
 from imgflow.core.jobs import Job, utcnow
@@ -30,7 +26,6 @@ from imgflow.core.webhooks import (
     FANOUT,
     SENDERS,
     Attempt,
-    attempts,
     file_delivery,
     message_id,
     outstanding,
@@ -41,7 +36,6 @@ from imgflow.core.webhooks import (
 )
 
 log = logging.getLogger("imgflow.api.webhooks")
-router = APIRouter(tags=["jobs"])
 BLOCK_MS = 2000
 RECLAIM_IDLE_MS = 60_000
 BATCH = 100  # deliveries sent at once by one replica
@@ -180,29 +174,3 @@ async def _deliver(
             attempt + 1,
         )
     await outstanding(redis, settings, job_id, -1)
-
-
-class DeliveryView(Camel):
-    at: str
-    attempt: int
-    status: int | None
-    error: str | None
-    delivered: bool
-    target: str = Field(description="'callbackUrl', or the id of the tenant's endpoint (POST /api/webhooks)")
-
-
-class DeliveryList(Camel):
-    deliveries: list[DeliveryView]
-
-
-@router.get(
-    "/api/image-processing/jobs/{job_id}/deliveries",
-    response_model=DeliveryList,
-    operation_id="listJobDeliveries",
-    summary="Attempts to deliver the job's webhook",
-    responses=documented(401, 403, 404, 429, 503),
-)
-async def job_deliveries(job_id: str, state: State, principal: Reader) -> DeliveryList:
-    await visible_job(state, principal, job_id, expired=True)
-    found: list[Any] = await attempts(state.redis, state.settings, job_id)
-    return DeliveryList(deliveries=[DeliveryView(**vars(a)) for a in found])

@@ -1,4 +1,5 @@
-"""The HTTP endpoints: thin, each one reads the request, calls the core, and shapes the answer."""
+"""Jobs: create one (an upload, checked, stored, recorded and queued), read one, list a user's,
+and the presets a job may name."""
 
 from __future__ import annotations
 
@@ -9,44 +10,24 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import RedirectResponse, StreamingResponse
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from imgflow.api import idempotency, metrics
-from imgflow.api.auth import Principal, Reader, Writer
-from imgflow.api.downloads import send_stored
+from imgflow.api.deps import AppState, Principal, Reader, State, Writer
+from imgflow.api.multipart import FILE_FIELD, receive_upload
+from imgflow.api.openapi import JOB_FORM
 from imgflow.api.problems import Problem, documented, unavailable
-from imgflow.api.schemas import UPLOADS_PREFIX, Accepted, JobList, JobView
-from imgflow.api.slots import counted, upload_slot
-from imgflow.api.state import AppState, State
-from imgflow.api.uploads import FILE_FIELD, receive_upload
+from imgflow.api.schemas import Accepted, JobList, JobView
+from imgflow.api.slots import upload_slot
 from imgflow.core import quota
 from imgflow.core.fetch import FetchRefused, check_url
-from imgflow.core.jobs import (
-    COMPASS,
-    GRAVITY_PATTERN,
-    MAX_BLUR,
-    MAX_PIXELATE,
-    MAX_SHARPEN,
-    MAX_VARIANTS,
-    MAX_WATERMARK_MARGIN,
-    OUTPUT_NAME,
-    WATERMARK_ID,
-    Fit,
-    Job,
-    JobStatus,
-    OutputFormat,
-    UploadSource,
-    new_job_id,
-    original_key,
-    utcnow,
-)
-from imgflow.core.options import OPTION_FIELDS, InvalidOption, read_outputs, refusal
+from imgflow.core.jobs import Job, JobStatus, UploadSource, new_job_id, original_key, utcnow
+from imgflow.core.options import InvalidOption, read_outputs, refusal
 from imgflow.core.probe import ImageTooLarge, UndecodableImage, UnsupportedImage, probe_file
 from imgflow.core.queue import QueueUnavailable
-from imgflow.core.settings import AuthMode, Settings
-from imgflow.core.storage import NotFound, StorageUnavailable
+from imgflow.core.settings import Settings
+from imgflow.core.storage import StorageUnavailable
 from imgflow.core.store import InvalidCursor, PageCursor
 from imgflow.core.submit import submit_job
 from imgflow.core.watermarks import unusable_watermark
@@ -54,158 +35,6 @@ from imgflow.core.watermarks import unusable_watermark
 router = APIRouter(tags=["jobs"])
 JOBS = "/api/image-processing/jobs"
 USER_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
-
-THUMBNAIL_TYPES = [f.media_type for f in OutputFormat]
-
-UPLOAD_FORM_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "userId"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "The image: JPEG, PNG, GIF, WebP, TIFF or AVIF (AV1 in "
-                            "HEIF; HEVC-coded HEIC and BMP are refused)",
-                        },
-                        "userId": {"type": "string", "maxLength": 128},
-                        "width": {"type": "integer", "minimum": 1, "description": "Default 100"},
-                        "height": {"type": "integer", "minimum": 1, "description": "Default 100"},
-                        "fit": {"type": "string", "enum": [f.value for f in Fit], "default": "cover"},
-                        "format": {
-                            "type": "string",
-                            "enum": [*(f.value for f in OutputFormat), "auto"],
-                            "description": "auto: the best the request's Accept header takes "
-                            "(AVIF > WebP > JPEG), decided when the job is created",
-                            "default": "jpeg",
-                        },
-                        "gravity": {
-                            "type": "string",
-                            "pattern": GRAVITY_PATTERN,
-                            "default": "centre",
-                            "description": "What fit=cover keeps: centre, a compass point (north, "
-                            "south-east, ...), a focal point fp:x,y (fractions of the displayed "
-                            "width and height), or attention / entropy (libvips smartcrop)",
-                        },
-                        "blur": {
-                            "type": "number",
-                            "minimum": 0.3,
-                            "maximum": MAX_BLUR,
-                            "description": "Gaussian blur sigma (output pixels)",
-                        },
-                        "sharpen": {
-                            "type": "number",
-                            "minimum": 0.3,
-                            "maximum": MAX_SHARPEN,
-                            "description": "Unsharp-mask sigma",
-                        },
-                        "pixelate": {
-                            "type": "integer",
-                            "minimum": 2,
-                            "maximum": MAX_PIXELATE,
-                            "description": "Block size (output pixels)",
-                        },
-                        "grayscale": {"type": "boolean", "default": False},
-                        "quality": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": 100,
-                            "description": "Encoder quality (JPEG, WebP, AVIF); default per format",
-                        },
-                        "animated": {
-                            "type": "boolean",
-                            "description": "An animated GIF or WebP stays animated when the output "
-                            "format can carry it (gif, webp); false: the first frame. Default true",
-                        },
-                        "watermark": {
-                            "type": "string",
-                            "pattern": WATERMARK_ID,
-                            "description": "Id of one of the tenant's watermarks (POST /api/watermarks), "
-                            "composited onto the output",
-                        },
-                        # no "default"s beside the watermark: generated clients would send them
-                        # without one, which is refused (each needs a watermark)
-                        "watermarkPosition": {
-                            "type": "string",
-                            "enum": list(COMPASS),
-                            "description": "Where the watermark goes; default south-east",
-                        },
-                        "watermarkMargin": {
-                            "type": "integer",
-                            "minimum": 0,
-                            "maximum": MAX_WATERMARK_MARGIN,
-                            "description": "Output pixels between the watermark and the edges; default 16",
-                        },
-                        "watermarkOpacity": {
-                            "type": "number",
-                            "minimum": 0.05,
-                            "maximum": 1,
-                            "description": "Default 1",
-                        },
-                        "watermarkScale": {
-                            "type": "number",
-                            "minimum": 0.01,
-                            "maximum": 1,
-                            "description": "The watermark's width as a fraction of the output's "
-                            "(default 0.25)",
-                        },
-                        "variants": {
-                            "type": "string",
-                            "description": "Instead of the options above: a JSON list of up to "
-                            f"{MAX_VARIANTS} named outputs, each with its own options "
-                            f"({', '.join(OPTION_FIELDS)}); all are made from one decode of the "
-                            "source, the first is the job's thumbnailUrl, result.variants lists "
-                            "them all",
-                            "example": '[{"name": "card", "width": 400, "height": 300, "format": '
-                            '"webp"}, {"name": "card@2x", "width": 800, "height": 600, "format": "webp"}]',
-                        },
-                        "preset": {
-                            "type": "string",
-                            "description": "Instead of the options above: a named set of variants "
-                            "defined by the service (IMGFLOW_PRESETS; GET /api/presets lists them)",
-                            "example": "card",
-                        },
-                        "callbackUrl": {
-                            "type": "string",
-                            "format": "uri",
-                            "description": "Where to POST the job.completed / job.failed webhook "
-                            "(Standard Webhooks signature; needs IMGFLOW_WEBHOOK_SECRET)",
-                        },
-                    },
-                }
-            }
-        },
-    }
-}
-
-# one example per option of the form, shown by OpenAPI tools
-FORM_EXAMPLES: dict[str, object] = {
-    "userId": "user-42",
-    "width": 300,
-    "height": 200,
-    "fit": "cover",
-    "format": "webp",
-    "gravity": "attention",
-    "blur": 2.5,
-    "sharpen": 1.0,
-    "pixelate": 8,
-    "grayscale": False,
-    "quality": 80,
-    "animated": False,
-    "watermark": "wm_0123456789abcdef",
-    "watermarkPosition": "south-east",
-    "watermarkMargin": 16,
-    "watermarkOpacity": 0.6,
-    "watermarkScale": 0.2,
-    "callbackUrl": "https://example.com/hooks/imgflow",
-}
-_FORM_PROPERTIES = UPLOAD_FORM_DOC["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]  # type: ignore[index]
-for _name, _example in FORM_EXAMPLES.items():
-    _FORM_PROPERTIES[_name]["example"] = _example
 
 log = logging.getLogger("imgflow.api")
 
@@ -240,7 +69,7 @@ async def _callback_url(url: str, settings: Settings) -> str | None:
     "The format is read from the bytes, never from the file name or Content-Type. "
     "With an `Idempotency-Key` header, a retry of the same request (same bytes and fields) "
     "within 24 h answers the first job instead of creating another.",
-    openapi_extra=UPLOAD_FORM_DOC,
+    openapi_extra=JOB_FORM,
     responses=documented(400, 401, 403, 408, 409, 413, 415, 422, 429, 503),
 )
 async def create_job(
@@ -486,58 +315,3 @@ async def list_jobs(
         jobs=[JobView.of(job) for job in result.jobs],
         next_cursor=result.next_cursor.encode() if result.next_cursor else None,
     )
-
-
-@router.get(
-    UPLOADS_PREFIX + "/{name}",
-    operation_id="getThumbnail",
-    summary="A thumbnail's bytes",
-    response_class=StreamingResponse,
-    responses={
-        200: {
-            "description": "The thumbnail",
-            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in THUMBNAIL_TYPES},
-        },
-        304: {"description": "Not modified (If-None-Match)"},
-        307: {"description": "With IMGFLOW_S3_PRESIGN: the thumbnail is at the presigned S3 URL in Location"},
-        **documented(401, 403, 404, 429, 503),
-    },
-)
-async def get_thumbnail(name: str, request: Request, state: State, principal: Reader) -> Response:
-    match = OUTPUT_NAME.match(name)
-    if not match:
-        raise Problem(404, "Not found", f"There is no file {name!r}.")
-    if state.settings.auth is not AuthMode.off:
-        try:
-            await visible_job(state, principal, match.group(1))
-        except Problem as exc:
-            if exc.status != 404:  # MongoDB unreachable stays a 503, not a missing file
-                raise
-            raise Problem(404, "Not found", f"There is no file {name!r}.") from None
-    try:
-        stored = await state.storage.stat(name)
-        if (url := await state.storage.presigned_url(name)) is not None:
-            # The bytes go from storage to the client; the API only decided who may have them.
-            # The URL expires, so the redirect must not be cached beyond it.
-            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
-        headers = {
-            "ETag": stored.etag,
-            # with keys, a shared cache must not hand one tenant's thumbnail to another
-            "Cache-Control": "public, max-age=86400"
-            if state.settings.auth is AuthMode.off
-            else "private, max-age=86400",
-            # The bytes are what the worker encoded; a browser must not guess another type.
-            "X-Content-Type-Options": "nosniff",
-            "Last-Modified": stored.modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
-        }
-        if stored.etag in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers=headers)
-        return await send_stored(
-            state.storage, stored, headers, state.settings, state.downloads, counted(principal)
-        )
-    except NotFound:
-        raise Problem(404, "Not found", f"There is no file {name!r}.") from None
-    except StorageUnavailable as exc:
-        raise unavailable(
-            f"Storage ({state.settings.storage_backend.value})", exc, refused_job=False
-        ) from exc

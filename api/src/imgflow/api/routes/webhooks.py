@@ -10,10 +10,9 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Response
 from pydantic import ConfigDict, Field
 
-from imgflow.api.auth import AuthFirst, Reader, Writer
+from imgflow.api.deps import AppState, AuthFirst, Reader, State, Writer
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
-from imgflow.api.state import AppState, State
 from imgflow.core.endpoints import Endpoint
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.webhooks import endpoint_tenants_key

@@ -1,0 +1,75 @@
+"""A thumbnail's bytes, to a caller whose tenant may see its job: streamed from storage, or a
+redirect to a presigned URL when the storage can make one (IMGFLOW_S3_PRESIGN)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+
+from imgflow.api.deps import Reader, State
+from imgflow.api.downloads import send_stored
+from imgflow.api.problems import Problem, documented, unavailable
+from imgflow.api.routes.jobs import visible_job
+from imgflow.api.schemas import UPLOADS_PREFIX
+from imgflow.api.slots import counted
+from imgflow.core.jobs import OUTPUT_NAME, OutputFormat
+from imgflow.core.settings import AuthMode
+from imgflow.core.storage import NotFound, StorageUnavailable
+
+router = APIRouter(tags=["jobs"])
+THUMBNAIL_TYPES = [f.media_type for f in OutputFormat]
+
+
+@router.get(
+    UPLOADS_PREFIX + "/{name}",
+    operation_id="getThumbnail",
+    summary="A thumbnail's bytes",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The thumbnail",
+            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in THUMBNAIL_TYPES},
+        },
+        304: {"description": "Not modified (If-None-Match)"},
+        307: {"description": "With IMGFLOW_S3_PRESIGN: the thumbnail is at the presigned S3 URL in Location"},
+        **documented(401, 403, 404, 429, 503),
+    },
+)
+async def get_thumbnail(name: str, request: Request, state: State, principal: Reader) -> Response:
+    match = OUTPUT_NAME.match(name)
+    if not match:
+        raise Problem(404, "Not found", f"There is no file {name!r}.")
+    if state.settings.auth is not AuthMode.off:
+        try:
+            await visible_job(state, principal, match.group(1))
+        except Problem as exc:
+            if exc.status != 404:  # MongoDB unreachable stays a 503, not a missing file
+                raise
+            raise Problem(404, "Not found", f"There is no file {name!r}.") from None
+    try:
+        stored = await state.storage.stat(name)
+        if (url := await state.storage.presigned_url(name)) is not None:
+            # The bytes go from storage to the client; the API only decided who may have them.
+            # The URL expires, so the redirect must not be cached beyond it.
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+        headers = {
+            "ETag": stored.etag,
+            # with keys, a shared cache must not hand one tenant's thumbnail to another
+            "Cache-Control": "public, max-age=86400"
+            if state.settings.auth is AuthMode.off
+            else "private, max-age=86400",
+            # The bytes are what the worker encoded; a browser must not guess another type.
+            "X-Content-Type-Options": "nosniff",
+            "Last-Modified": stored.modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        }
+        if stored.etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return await send_stored(
+            state.storage, stored, headers, state.settings, state.downloads, counted(principal)
+        )
+    except NotFound:
+        raise Problem(404, "Not found", f"There is no file {name!r}.") from None
+    except StorageUnavailable as exc:
+        raise unavailable(
+            f"Storage ({state.settings.storage_backend.value})", exc, refused_job=False
+        ) from exc
