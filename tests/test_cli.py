@@ -104,9 +104,11 @@ async def test_a_refused_file_fails_the_run_with_the_problem_detail(
     (folder / "notes.jpg").write_bytes(NOT_AN_IMAGE)
     done = await imgflow(env, "submit", folder, "--wait")
     assert done.returncode == 1, done.stdout + done.stderr
-    # the API's problem details, as it answered them (415, its title and detail)
-    assert "415 Unsupported image" in done.stderr
-    assert "not an image in a supported format" in done.stdout
+    # the API's problem details, as it answered them (415, its title and detail), and the input
+    # marked refused in the summary
+    assert "415 Unsupported image: The file is not an image in a supported format" in done.stderr
+    [row] = [line for line in done.stdout.splitlines() if "notes.jpg" in line]
+    assert "refused" in row and "415 Unsupported image" in row
     assert "1 completed, 1 refused" in done.stdout
 
 

@@ -19,8 +19,11 @@ LIST_COLUMNS = [("Job", "jobId"), ("Status", "status"), ("Created", "createdAt")
 
 
 def _listing_row(job: dict[str, Any]) -> dict[str, Any]:
-    """A listed job's line: its thumbnail's path when completed, its error when failed."""
-    return {**job, "output": (job.get("result") or {}).get("thumbnailUrl") or job.get("error", "")}
+    """A listed job's line: what it made when completed, its error when failed."""
+    made = job.get("result")
+    if made:
+        return {**job, "output": f"{made['width']}x{made['height']} {made['format']}, {made['bytes']} bytes"}
+    return {**job, "output": job.get("error", "")}
 
 
 @app.command("list")
@@ -49,7 +52,7 @@ def list_jobs(
     def render(body: dict[str, Any]) -> None:
         output.table([_listing_row(j) for j in body["jobs"]], LIST_COLUMNS, title=f"Jobs of {who}")
         if body.get("nextCursor"):
-            output.note(f"more: --cursor {body['nextCursor']}")
+            output.err.print(f"more: --cursor {body['nextCursor']}", markup=False, soft_wrap=True)
 
     show(config, listing, render)
 

@@ -31,11 +31,11 @@ def emit_json(value: Any) -> None:
 
 
 def note(message: str) -> None:
-    err.print(message, markup=False)
+    err.print(message, markup=False, soft_wrap=True)
 
 
 def error(message: str) -> None:
-    err.print(f"error: {message}", markup=False, style="red")
+    err.print(f"error: {message}", markup=False, style="red", soft_wrap=True)
 
 
 def field(row: dict[str, Any], path: str) -> str:
@@ -53,10 +53,12 @@ def field(row: dict[str, Any], path: str) -> str:
 def table(
     rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], title: str | None = None
 ) -> None:
-    """One line per row; ``columns`` are (heading, dotted path) pairs."""
+    """One line per row; ``columns`` are (heading, dotted path) pairs. Only the last column
+    wraps (ids and names stay whole, to copy): give it the free text."""
     grid = Table(title=title, title_justify="left")
-    for heading, _ in columns:
-        grid.add_column(heading, overflow="fold")
+    for i, (heading, _) in enumerate(columns):
+        last = i == len(columns) - 1
+        grid.add_column(heading, overflow="fold" if last else "ellipsis", no_wrap=not last)
     for row in rows:
         grid.add_row(*(field(row, path) for _, path in columns))
     out.print(grid)

@@ -138,7 +138,7 @@ class Reporter:
 
     def line(self, message: str, *, always: bool = False) -> None:
         if always or not self.live:
-            self.progress.console.print(message, markup=False, highlight=False)
+            self.progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     def was_sent(self, item: Item, earlier: bool) -> None:
         self.progress.advance(self.sent)
