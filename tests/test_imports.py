@@ -9,7 +9,7 @@ from pathlib import Path
 
 from imgflow.harness.paths import ROOT
 
-SOURCES = [ROOT / member / "src" for member in ("core", "api", "worker", "operator", "harness")]
+SOURCES = [ROOT / member / "src" for member in ("core", "api", "worker", "operator", "harness", "cli")]
 
 
 def module_name(path: Path, src: Path) -> str:
