@@ -159,8 +159,17 @@ async def test_json_output_parses_for_every_kind_of_command(
     assert json.loads(watched.stdout.splitlines()[-1])["status"] == "completed"
     presets = await imgflow(env, "presets", "-o", "json")
     assert isinstance(json.loads(presets.stdout), dict)
+    (tmp_path / "logo.png").write_bytes(images.png_alpha(64, 32))
+    uploaded = await imgflow(
+        env, "watermarks", "upload", tmp_path / "logo.png", "--name", "logo", "-o", "json"
+    )
+    assert uploaded.returncode == 0, uploaded.stderr
+    mark = json.loads(uploaded.stdout)
+    assert (mark["name"], mark["width"], mark["height"]) == ("logo", 64, 32)
     marks = await imgflow(env, "watermarks", "list", "-o", "json")
-    assert json.loads(marks.stdout) == {"watermarks": []}
+    assert [m["id"] for m in json.loads(marks.stdout)["watermarks"]] == [mark["id"]]
+    deleted = await imgflow(env, "watermarks", "delete", mark["id"], "-o", "json")
+    assert json.loads(deleted.stdout) == {"deleted": mark["id"]}
 
 
 async def test_retry_after_is_honoured(stack: Stack, tmp_path: Path) -> None:

@@ -13,7 +13,11 @@ from imgflow.cli.common import OutputOption, call, config_of, show
 from imgflow.cli.config import Output
 from imgflow.cli.follow import follow
 
-app = typer.Typer(help="Jobs: list a user's, show one, follow one live, cancel one.", no_args_is_help=True)
+app = typer.Typer(
+    help="Jobs: list a user's, show one, follow one live, cancel one.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 
 LIST_COLUMNS = [("Job", "jobId"), ("Status", "status"), ("Created", "createdAt"), ("Output", "output")]
 
@@ -67,8 +71,10 @@ def get(ctx: typer.Context, job_id: str, output_: OutputOption = None) -> None:
 
 @app.command()
 def watch(ctx: typer.Context, job_id: str, output_: OutputOption = None) -> None:
-    """Follow a job until it is finished (live over Server-Sent Events, else by polling); one line
-    (or one JSON object) per change. Exits 1 unless it completed."""
+    """Follow a job until it is finished; one line (or JSON object) per change.
+
+    Live over Server-Sent Events, else by polling. Exits 1 unless the job completed.
+    """
     config = config_of(ctx, output_)
 
     def changed(job: dict[str, Any]) -> None:

@@ -10,7 +10,9 @@ from imgflow.cli import output
 from imgflow.cli.common import OutputOption, call, config_of, show
 
 app = typer.Typer(
-    help="API keys: create (shown once), list, revoke. Needs an admin key.", no_args_is_help=True
+    help="API keys: create (shown once), list, revoke. Needs an admin key.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 PATH = "/api/admin/keys"
 COLUMNS = [

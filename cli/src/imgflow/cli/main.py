@@ -19,6 +19,7 @@ from imgflow.cli.submit import InputError, Plan, Reporter, Run, collect, succeed
 app = typer.Typer(
     help="imgflow's command-line client: send images, follow their jobs, fetch the outputs.",
     no_args_is_help=True,
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 app.add_typer(jobs.app, name="jobs")
@@ -111,8 +112,11 @@ def submit(
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Uploads (and downloads) at once")] = 4,
     output_: OutputOption = None,
 ) -> None:
-    """Send images; with --wait follow their jobs, with --out download the outputs. Exits 1 if any
-    input was refused or its job did not complete. A rerun with the same --out sends nothing twice."""
+    """Send images; with --wait follow their jobs, with --out download the outputs.
+
+    Exits 1 if any input was refused or its job did not complete. A rerun with the same --out
+    sends nothing twice: it follows what was accepted and downloads what is missing.
+    """
     config = config_of(ctx, output_)
     fields = {"userId": config.user}
     asked: dict[str, Any] = {

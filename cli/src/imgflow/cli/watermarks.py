@@ -13,7 +13,9 @@ from imgflow.cli.client import Api
 from imgflow.cli.common import OutputOption, call, config_of, show
 
 app = typer.Typer(
-    help="Watermarks: PNGs a job composites onto its output (--watermark ID).", no_args_is_help=True
+    help="Watermarks: PNGs a job composites onto its output (--watermark ID).",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 PATH = "/api/watermarks"
 COLUMNS = [("Id", "id"), ("Name", "name"), ("Width", "width"), ("Height", "height"), ("Bytes", "bytes")]

@@ -10,7 +10,9 @@ from imgflow.cli import output
 from imgflow.cli.common import OutputOption, call, config_of, show
 
 app = typer.Typer(
-    help="Webhook endpoints: every job of the tenant that finishes is POSTed to each.", no_args_is_help=True
+    help="Webhook endpoints: every job of the tenant that finishes is POSTed to each.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 PATH = "/api/webhooks"
 COLUMNS = [("Id", "id"), ("URL", "url"), ("Events", "events"), ("Created", "createdAt")]
