@@ -11,7 +11,7 @@ import pyvips
 from PIL import Image, ImageSequence, ImageStat
 
 from imgflow.core.jobs import OutputFormat, ThumbnailSpec
-from imgflow.core.options import Limits, refusal
+from imgflow.core.outputs import OutputLimits, refusal
 from imgflow.core.probe import probe_buffer
 from imgflow.harness import images
 from imgflow.harness.client import submit, wait_finished
@@ -105,11 +105,11 @@ def test_limits_are_read_from_the_header() -> None:
     info = probe_buffer(data, max_pixels=10**8, max_side=16_384)
     assert (info.format, info.pages) == ("gif", 4)
     spec = [ThumbnailSpec(format="gif")]
-    limits = Limits(4096, max_frames=3)
+    limits = OutputLimits(4096, max_frames=3)
     refused = refusal(spec, info.format, info.displayed, info.pages, limits)
     assert refused is not None and refused[0] == "Animation too large"
     assert "4 frames, more than the 3 allowed" in refused[1] and "animated=false" in refused[1]
-    few_pixels = Limits(4096, max_animation_pixels=120 * 90 * 3)
+    few_pixels = OutputLimits(4096, max_animation_pixels=120 * 90 * 3)
     refused = refusal(spec, info.format, info.displayed, info.pages, few_pixels)
     assert refused is not None and "43,200 pixels" in refused[1]
     # the first frame alone, or a format that cannot animate, is not an animation

@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 
 from imgflow.core import quota
 from imgflow.core.jobs import Job, ThumbnailSpec, UploadSource
-from imgflow.core.options import InvalidOption, Limits, read_variants
+from imgflow.core.options import InvalidOption, read_variants
+from imgflow.core.outputs import OutputLimits
 from imgflow.core.queue import make_broker
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
@@ -39,9 +40,9 @@ def test_presets_and_image_jobs_refuse_it_too(name: str) -> None:
     with pytest.raises(ValueError, match=r"presets\.p\[0\]\.name"):  # InvalidOption within
         Settings(presets={"p": [{"name": name, "width": 50}]})
     with pytest.raises(InvalidOption, match=r"operations\.variants\[0\]\.name"):
-        job_outputs({"operations": {"variants": [{"name": name}]}}, {}, Limits(max_dimension=4096))
+        job_outputs({"operations": {"variants": [{"name": name}]}}, {}, OutputLimits(max_dimension=4096))
     with pytest.raises(InvalidOption):
-        read_variants([{"name": name}], Limits(max_dimension=4096))
+        read_variants([{"name": name}], OutputLimits(max_dimension=4096))
 
 
 async def test_a_job_stored_with_a_bad_name_is_readable_and_fails_once(

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 
 from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
-from imgflow.core.options import InvalidOption, Limits, read_outputs
+from imgflow.core.options import InvalidOption, read_outputs
+from imgflow.core.outputs import OutputLimits
 from imgflow.core.probe import probe_buffer
 from imgflow.core.settings import DEFAULT_PRESETS, Settings, StorageBackend
 from imgflow.harness import images
@@ -25,7 +26,7 @@ from imgflow.worker.pipeline import make_thumbnail, make_thumbnails
 from imgflow.worker.steps.load import load_options
 from tests.conftest import Processes, Stack
 
-LIMITS = Limits(max_dimension=4096)
+LIMITS = OutputLimits(max_dimension=4096)
 CARD = [
     {"name": "card", "width": 400, "height": 300, "format": "webp"},
     {"name": "small", "width": 160, "height": 160, "fit": "inside", "format": "png"},

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from imgflow.core.jobs import ThumbnailSpec
-from imgflow.core.options import InvalidOption, Limits, read_outputs
+from imgflow.core.options import InvalidOption, read_outputs
+from imgflow.core.outputs import OutputLimits
 from imgflow.core.settings import DEFAULT_PRESETS
 from imgflow.harness import images
 from imgflow.harness.client import JOBS, api_client, make_key, submit, wait_finished
@@ -140,7 +141,7 @@ def test_a_transparent_source_keeps_its_alpha_under_the_mark() -> None:
 )
 def test_bad_watermark_options_name_the_field(fields: dict[str, str], message: str) -> None:
     with pytest.raises(InvalidOption) as refused:
-        read_outputs(fields, DEFAULT_PRESETS, Limits(4096))
+        read_outputs(fields, DEFAULT_PRESETS, OutputLimits(4096))
     assert str(refused.value).startswith(message), str(refused.value)
 
 

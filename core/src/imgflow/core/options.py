@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
-from imgflow.core.jobs import (
+from imgflow.core.outputs import (
     COMPASS,
     GRAVITY_PATTERN,
     MAX_BLUR,
@@ -27,10 +27,10 @@ from imgflow.core.jobs import (
     WATERMARK_ID,
     Fit,
     OutputFormat,
+    OutputLimits,
     ThumbnailSpec,
-    oversize,
-    too_animated,
 )
+from imgflow.core.outputs import refusal as refusal  # until the API imports it from outputs
 
 # the options of one output, as the form and the JSON of variants name them
 OPTION_FIELDS = (
@@ -52,31 +52,6 @@ _NAME_RULE = (
 
 class InvalidOption(ValueError):
     """A value a job may not have; the message names the field."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_dimension: int  # the largest width or height an output may have
-    default_size: tuple[int, int] = (100, 100)  # width and height when a job gives none
-    max_frames: int = 100  # of an animated output
-    max_animation_pixels: int = 50_000_000  # width x height x frames of an animated output
-
-
-def refusal(
-    specs: Sequence[ThumbnailSpec], source_format: str, displayed: tuple[int, int], pages: int, limits: Limits
-) -> tuple[str, str] | None:
-    """Why these outputs cannot be made of this source, known from its header (a title and a
-    sentence), or None: an ``outside`` output too large, an animation with too many frames."""
-    too_large = oversize(specs, displayed, limits.max_dimension)
-    if too_large:
-        return "Thumbnail too large", too_large
-    frame_pixels = displayed[0] * displayed[1]
-    animation = too_animated(
-        specs, (source_format, pages, frame_pixels), limits.max_frames, limits.max_animation_pixels
-    )
-    if animation:
-        return "Animation too large", animation
-    return None
 
 
 @dataclass(frozen=True)
@@ -110,7 +85,7 @@ def accepted_format(accept: str) -> OutputFormat:
 def read_outputs(
     fields: Mapping[str, str],
     presets: Mapping[str, list[dict[str, object]]],
-    limits: Limits,
+    limits: OutputLimits,
     accept: str = "",
 ) -> Outputs:
     """The outputs a job's form asks for: one thumbnail from the option fields, or the variants of
@@ -140,7 +115,7 @@ def read_outputs(
 def read_preset(
     name: str,
     presets: Mapping[str, list[dict[str, Any]]],
-    limits: Limits,
+    limits: OutputLimits,
     accept: str = "",
     where: str = "preset",
 ) -> Outputs:
@@ -151,7 +126,7 @@ def read_preset(
 
 
 def read_variants(
-    items: object, limits: Limits, accept: str = "", where: str = "variants"
+    items: object, limits: OutputLimits, accept: str = "", where: str = "variants"
 ) -> list[ThumbnailSpec]:
     """Named outputs from a JSON-like list of objects (the form's variants, a preset, an
     ImageJob's spec): 1 to ``MAX_VARIANTS``, names unique."""
@@ -193,7 +168,7 @@ def as_fields(values: Mapping[str, object]) -> dict[str, str]:
 
 def read_spec(
     fields: Mapping[str, str],
-    limits: Limits,
+    limits: OutputLimits,
     accept: str = "",
     at: str = "",
     *,

@@ -16,7 +16,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imgflow.core.keys import TENANT_PATTERN
-from imgflow.core.options import InvalidOption, Limits, read_variants
+from imgflow.core.options import InvalidOption, read_variants
+from imgflow.core.outputs import OutputLimits
 
 PRESET_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 # what a service offers out of the box; IMGFLOW_PRESETS (chart: config.presets) replaces them all
@@ -351,8 +352,8 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9100, description="Port of the worker's /metrics and /healthz (0: off)")
 
     @property
-    def output_limits(self) -> Limits:
-        return Limits(
+    def output_limits(self) -> OutputLimits:
+        return OutputLimits(
             self.max_output_dimension,
             (self.default_width, self.default_height),
             self.max_frames,

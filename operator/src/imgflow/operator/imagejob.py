@@ -16,13 +16,13 @@ from typing import Any, Literal
 from imgflow.core.jobs import Job, JobStatus, ThumbnailSpec
 from imgflow.core.options import (
     InvalidOption,
-    Limits,
     Outputs,
     as_fields,
     read_preset,
     read_spec,
     read_variants,
 )
+from imgflow.core.outputs import OutputLimits
 
 GROUP = "imgflow.io"
 VERSION = "v1alpha1"
@@ -33,7 +33,7 @@ FINISHED_PHASES: tuple[Phase, ...] = ("Succeeded", "Failed")
 ERROR_MAX = 512  # characters of a source's error kept in status
 
 # what the CRD's schema allows; the installation's own limit is applied when a batch is submitted
-CRD_LIMITS = Limits(max_dimension=4096)
+CRD_LIMITS = OutputLimits(max_dimension=4096)
 
 # Job ids of ImageJob sources are uuid5(uid/index) in this namespace: stable across restarts.
 _JOB_IDS = uuid.UUID("6f1c3e0a-4b8d-5e2f-9a7c-1d3b5f7e9a0c")
@@ -98,14 +98,14 @@ def parse_sources(spec: Mapping[str, Any]) -> list[SourceItem]:
     ]
 
 
-def thumbnail_spec(spec: Mapping[str, Any], limits: Limits = CRD_LIMITS) -> ThumbnailSpec:
+def thumbnail_spec(spec: Mapping[str, Any], limits: OutputLimits = CRD_LIMITS) -> ThumbnailSpec:
     """The thumbnail every source gets; the CRD's defaults are ThumbnailSpec's defaults."""
     thumb = (spec.get("operations") or {}).get("thumbnail") or {}
     return read_spec(as_fields(thumb), limits, at="operations.thumbnail.")
 
 
 def job_outputs(
-    spec: Mapping[str, Any], presets: Mapping[str, list[dict[str, Any]]], limits: Limits
+    spec: Mapping[str, Any], presets: Mapping[str, list[dict[str, Any]]], limits: OutputLimits
 ) -> Outputs:
     """What every source gets: ``operations.thumbnail``, or the named ``operations.variants``, or
     the service's ``operations.preset``; raises InvalidOption naming the field."""
