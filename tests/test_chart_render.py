@@ -1037,3 +1037,105 @@ def test_extra_volumes_and_env_reach_each_component(component: str) -> None:
         assert (env in c["env"]) is mine, name
         # the chart's own /tmp stays
         assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+# --- network policies and aggregated roles ----------------------------------------------------
+
+
+def policy(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = one(docs, "NetworkPolicy", name)["spec"]
+    return spec
+
+
+def selects(spec: dict[str, Any], docs: list[dict[str, Any]], deployment: str) -> bool:
+    labels = one(docs, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"]
+    return all(labels.get(k) == v for k, v in spec["podSelector"]["matchLabels"].items())
+
+
+def port_names(docs: list[dict[str, Any]], deployment: str) -> set[str]:
+    return {p["name"] for p in container(one(docs, "Deployment", deployment))["ports"]}
+
+
+def test_network_policies_are_off_by_default(default_docs: list[dict[str, Any]]) -> None:
+    assert not find(default_docs, "NetworkPolicy")
+
+
+def test_only_the_ingress_controller_prometheus_and_helm_test_reach_the_api() -> None:
+    values = DEFAULT_VALUES["networkPolicy"]
+    docs = render({"networkPolicy": {"enabled": True}})
+    assert {d["metadata"]["name"] for d in find(docs, "NetworkPolicy")} == {API, WORKER, OPERATOR}
+    api = policy(docs, API)
+    assert selects(api, docs, API) and not selects(api, docs, WORKER)
+    assert api["policyTypes"] == ["Ingress"]  # its egress (webhook receivers anywhere) stays open
+    [rule] = api["ingress"]
+    test_pod = one(docs, "Pod", f"{REL}-imgflow-test")["metadata"]["labels"]
+    *peers, helm_test = rule["from"]
+    assert peers == values["apiFrom"] + values["metricsFrom"]
+    assert all(test_pod[k] == v for k, v in helm_test["podSelector"]["matchLabels"].items())
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}] and "http" in port_names(docs, API)
+    for name in (WORKER, OPERATOR):
+        spec = policy(docs, name)
+        assert selects(spec, docs, name) and spec["policyTypes"] == ["Ingress", "Egress"]
+        assert spec["ingress"] == [
+            {"from": values["metricsFrom"], "ports": [{"port": "metrics", "protocol": "TCP"}]}
+        ]
+        assert "metrics" in port_names(docs, name)
+
+
+def egress_peers(spec: dict[str, Any]) -> dict[str, list[Any]]:
+    """Each egress rule's destinations, keyed by what it allows: "dns", a backend's port, "any"."""
+    found: dict[str, list[Any]] = {}
+    for rule in spec["egress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        key = "dns" if ports == {53} else ",".join(map(str, sorted(ports))) or "any"
+        found[key] = rule.get("to", [])
+    return found
+
+
+def test_workers_reach_dns_the_backends_and_public_addresses_only() -> None:
+    docs = render({"networkPolicy": {"enabled": True}})
+    rules = egress_peers(policy(docs, WORKER))
+    assert rules["dns"] == DEFAULT_VALUES["networkPolicy"]["dnsTo"]
+    for deployment, port in ((REDIS, 6379), (MONGODB, 27017), (SEAWEEDFS, 8333)):
+        [peer] = rules[str(port)]
+        assert selects(peer, docs, deployment), deployment
+        assert container(one(docs, "Deployment", deployment))["ports"][0]["containerPort"] == port
+    internet = {b["ipBlock"]["cidr"]: set(b["ipBlock"]["except"]) for b in rules["any"]}
+    # the cluster's private ranges and the cloud metadata service are out of reach
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= internet["0.0.0.0/0"]
+    assert {"fc00::/7", "fe80::/10"} <= internet["::/0"]
+    assert set(rules) == {"dns", "6379", "27017", "8333", "any"}
+
+    closed = render({"networkPolicy": {"enabled": True, "urlSources": False}})
+    assert "any" not in egress_peers(policy(closed, WORKER))
+
+
+def test_external_backends_come_from_extra_egress() -> None:
+    extra = [{"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}], "ports": [{"port": 6379}]}]
+    docs = render(
+        {
+            "networkPolicy": {"enabled": True, "extraEgress": extra, "kubernetesApiCidrs": ["10.96.0.1/32"]},
+            "externalRedis": {"url": "redis://redis.example:6379/0"},
+            "externalMongodb": {"url": "mongodb://mongo.example:27017"},
+            "seaweedfs": {"enabled": False},
+        }
+    )
+    for name in (WORKER, OPERATOR):
+        spec = policy(docs, name)
+        assert extra[0] in spec["egress"], name
+        peers = [p for r in spec["egress"] for p in r.get("to", [])]
+        assert not any("app.kubernetes.io/instance" in str(p) for p in peers), name  # no dev database
+    kube_api = egress_peers(policy(docs, OPERATOR))["443,6443"]
+    assert kube_api == [{"ipBlock": {"cidr": "10.96.0.1/32"}}]
+
+
+def test_aggregated_imagejob_roles() -> None:
+    docs = render({"aggregatedRoles": {"enabled": True}})
+    roles = {d["metadata"]["name"]: d for d in find(docs, "ClusterRole")}
+    view, edit = roles[f"{NS}-{REL}-imgflow-imagejobs-view"], roles[f"{NS}-{REL}-imgflow-imagejobs-edit"]
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit["metadata"]["labels"]
+    assert {v for r in view["rules"] for v in r["verbs"]} == {"get", "list", "watch"}
+    assert all(r["apiGroups"] == ["imgflow.io"] for role in roles.values() for r in role["rules"])
+    assert not find(render(), "ClusterRole")  # off by default

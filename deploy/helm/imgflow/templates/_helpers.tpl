@@ -339,3 +339,43 @@ severity: {{ .severity }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/*
+NetworkPolicy rules shared by the worker and the operator: Prometheus may scrape their metrics
+port; they may ask the cluster DNS and reach the chart's own Redis, MongoDB and SeaweedFS (when it
+runs them) and networkPolicy.extraEgress (external ones).
+*/}}
+{{- define "imgflow.networkPolicy.metricsIngress" -}}
+{{- with .Values.networkPolicy.metricsFrom -}}
+- from:
+    {{- toYaml . | nindent 4 }}
+  ports:
+    - port: metrics
+      protocol: TCP
+{{- end }}
+{{- end }}
+{{- define "imgflow.networkPolicy.backendEgress" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+  {{- with .Values.networkPolicy.dnsTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- range $component, $port := dict "redis" 6379 "mongodb" 27017 "seaweedfs" 8333 }}
+{{- if include (printf "imgflow.%s.inCluster" $component) $ }}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "imgflow.selectorLabels" (dict "ctx" $ "component" $component) | nindent 10 }}
+  ports:
+    - port: {{ $port }}
+      protocol: TCP
+{{- end }}
+{{- end }}
+{{- with .Values.networkPolicy.extraEgress }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
