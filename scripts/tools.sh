@@ -178,8 +178,9 @@ for t in "${want[@]}"; do
     coredns) build_coredns ;;
     weed | seaweedfs) build_seaweedfs ;;
     # promtool checks and unit-tests deploy/prometheus/alerts.yaml and parses the dashboard's queries
-    promtool) build_command promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_VERSION" \
-      "-X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v}" ;;
+    # (module v0.316.0 is Prometheus 3.16.0, which `promtool --version` should say)
+    promtool) v=${PROMETHEUS_VERSION#v0.} && build_command promtool github.com/prometheus/prometheus/cmd/promtool \
+      "$PROMETHEUS_VERSION" "-X github.com/prometheus/common/version.Version=${v:0:1}.${v:1}" ;;
     # helm-docs writes the chart README's values table from values.yaml's comments
     helm-docs) build_command helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs "$HELM_DOCS_VERSION" \
       "-X main.version=${HELM_DOCS_VERSION#v}" ;;
