@@ -19,9 +19,9 @@ import pytest
 import pyvips
 
 from imgflow.harness import images
-from imgflow.harness.client import ADMIN_KEY, make_key
+from imgflow.harness.client import ADMIN_KEY, JOBS, api_client, make_key
 from imgflow.harness.paths import ROOT
-from tests.conftest import Stack
+from tests.conftest import Processes, Stack, make_settings
 
 IMGFLOW = [sys.executable, "-m", "imgflow.cli"]
 ESCAPE = "\x1b["
@@ -185,6 +185,66 @@ async def test_retry_after_is_honoured(stack: Stack, tmp_path: Path) -> None:
     assert "429 Too many requests; retrying in" in done.stderr
     assert "3 completed" in done.stdout
     assert len(await jobs_of(stack, env)) == 3
+
+
+async def test_configuration_from_a_file_the_environment_and_flags(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The file's settings serve when nothing else is set; the environment wins over the file and
+    a flag over the environment."""
+    config = tmp_path / "imgflow.toml"
+    config.write_text(f'api_url = "{env["IMGFLOW_API_URL"]}"\napi_key = "{env["IMGFLOW_API_KEY"]}"\n')
+    bare = {k: v for k, v in env.items() if k not in ("IMGFLOW_API_URL", "IMGFLOW_API_KEY")}
+    bare["IMGFLOW_CONFIG"] = str(config)
+    from_file = await imgflow(bare, "jobs", "list", "-o", "json")
+    assert from_file.returncode == 0, from_file.stderr
+    assert json.loads(from_file.stdout) == {"jobs": []}
+
+    revoked_looking = "imgf_0123456789abcdef_" + "A" * 43
+    from_env = await imgflow({**bare, "IMGFLOW_API_KEY": revoked_looking}, "jobs", "list")
+    assert from_env.returncode == 1
+    assert "401 Unauthorized" in from_env.stderr
+    flagged = await imgflow(
+        {**bare, "IMGFLOW_API_KEY": revoked_looking}, "--api-key", env["IMGFLOW_API_KEY"], "jobs", "list"
+    )
+    assert flagged.returncode == 0, flagged.stderr
+
+
+async def test_a_job_is_polled_when_its_event_stream_is_refused(
+    processes: Processes, redis_url: str, mongodb_url: str, tmp_path: Path
+) -> None:
+    """An API that allows a key one event stream, which the test holds open on a pending job:
+    `jobs watch` is refused its own stream (429), says so, polls, and sees the job complete once
+    a worker runs."""
+    settings = make_settings(redis_url, mongodb_url, max_streams_per_key=1)
+    _, base_url = processes.start_api(settings)
+    async with api_client(base_url, timeout=30) as admin:
+        key = await make_key(admin, "cli-poll", "jobs:write", "jobs:read")
+    env = environment(base_url, key, tmp_path)
+    submitted = await imgflow(env, "-o", "json", "submit", photos(tmp_path / "photos", count=1))
+    [job] = json.loads(submitted.stdout)["jobs"]
+    assert job["status"] == "pending"  # no worker yet
+    async with (
+        api_client(base_url, key=key, timeout=30) as client,
+        client.stream("GET", f"{JOBS}/{job['jobId']}/events") as held,
+    ):
+        assert held.status_code == 200
+        watch = await asyncio.create_subprocess_exec(
+            *IMGFLOW,
+            "jobs",
+            "watch",
+            job["jobId"],
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert watch.stderr is not None
+        said = (await asyncio.wait_for(watch.stderr.readline(), 60)).decode()
+        assert f"polling job {job['jobId']}: no event stream (429" in said
+        await asyncio.to_thread(processes.start_worker, settings)
+        out, _ = await asyncio.wait_for(watch.communicate(), 120)
+    assert watch.returncode == 0
+    assert "completed" in out.decode().splitlines()[-1]
 
 
 async def test_cancel_says_when_the_server_cannot_cancel(env: dict[str, str], tmp_path: Path) -> None:

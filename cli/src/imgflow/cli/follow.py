@@ -50,19 +50,24 @@ async def events(response: httpx.Response) -> AsyncIterator[Event]:
             event_id = value
 
 
-async def follow(api: Api, job_id: str, on_change: OnChange | None = None) -> Job:
-    """The job once finished; ``on_change`` hears each state it is seen in. A job that does not
-    exist (or has expired) raises ApiError (404)."""
+async def follow(
+    api: Api, job_id: str, on_change: OnChange | None = None, note: Callable[[str], None] | None = None
+) -> Job:
+    """The job once finished; ``on_change`` hears each state it is seen in, ``note`` why the job
+    is polled rather than streamed. A job that does not exist (or has expired) raises ApiError."""
+    why = "its event stream ended early"
     try:
         job = await _stream(api, job_id, on_change)
     except ApiError as exc:
         if exc.status == 404:
             raise
-        job = None  # streams refused (429: this key's streams are all open) or not offered
-    except Unreachable:
-        job = None
+        job, why = None, f"no event stream ({exc})"  # 429: this key's streams are all open
+    except Unreachable as exc:
+        job, why = None, f"event stream cut ({exc})"
     if job is not None and job.get("status") in FINISHED:
         return job
+    if note is not None:
+        note(f"polling job {job_id}: {why}")
     return await poll(api, job_id, on_change)
 
 

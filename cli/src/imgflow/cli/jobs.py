@@ -85,7 +85,7 @@ def watch(ctx: typer.Context, job_id: str, output_: OutputOption = None) -> None
             output.out.print(f"{job.get('updatedAt', '')}  {job['status']:10} {detail}", markup=False)
 
     async def work(api: Api) -> dict[str, Any]:
-        return await follow(api, job_id, changed)
+        return await follow(api, job_id, changed, note=output.note)
 
     if call(config, work)["status"] != "completed":
         raise typer.Exit(1)

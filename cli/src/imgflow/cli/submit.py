@@ -193,15 +193,15 @@ class Run:
                 self.state.save()
             reporter.was_sent(item, earlier)
             if item.entry.job_id is not None and self.plan.wait and not self._done(item):
-                await self._finish(item, item.entry.job_id)
+                await self._finish(item, item.entry.job_id, reporter)
         except (ApiError, Unreachable) as exc:
             item.error = str(exc)
             item.entry.status = "failed" if isinstance(exc, ApiError) else "unknown"
         reporter.finished(item)
 
-    async def _finish(self, item: Item, job_id: str) -> None:
+    async def _finish(self, item: Item, job_id: str, reporter: Reporter) -> None:
         async with self.following:
-            job = await follow(self.api, job_id)
+            job = await follow(self.api, job_id, note=reporter.line)
         item.entry.status, item.entry.error = job["status"], job.get("error")
         if job["status"] == "completed" and self.plan.out is not None:
             async with self.sending:
