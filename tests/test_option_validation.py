@@ -10,17 +10,15 @@ import json
 import pytest
 from redis.asyncio import Redis
 
-from imgflow.core import quota
+from imgflow.core import lifecycle, quota
 from imgflow.core.jobs import Job, ThumbnailSpec, UploadSource
 from imgflow.core.options import InvalidOption, read_variants
 from imgflow.core.outputs import OutputLimits
-from imgflow.core.queue import make_broker
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
-from imgflow.core.submit import submit_job
 from imgflow.harness import images
-from imgflow.harness.client import JOBS, api_client, submit, wait_finished
+from imgflow.harness.client import JOBS, Parts, api_client, submit, wait_finished
 from imgflow.operator.imagejob import job_outputs
 from tests.conftest import Processes, Stack
 
@@ -53,17 +51,15 @@ async def test_a_job_stored_with_a_bad_name_is_readable_and_fails_once(
     _, base = processes.start_api(settings)
     redis = Redis.from_url(settings.redis_url)
     mongo = connect(settings)
-    broker = make_broker(settings)
-    await broker.connect()
     try:
         db = mongo[settings.mongodb_database]
         store = JobStore(db)
-        await make_storage(settings, db).save_bytes("original-bad", images.jpeg(64, 64), "image/jpeg")
+        storage = make_storage(settings, db)
+        await storage.save_bytes("original-bad", images.jpeg(64, 64), "image/jpeg")
         # what an API that took "a\n" stored: the name was never checked against the model
         bad = ThumbnailSpec(width=40, height=40).model_copy(update={"name": "a\n"})
         job = Job(user_id="u1", source=UploadSource(key="original-bad"), spec=bad, variants=[bad])
-        assert await quota.reserve(redis, settings, job.tenant, job.job_id)
-        await submit_job(store, broker, redis, settings, job)
+        await lifecycle.accept(Parts(settings, store, redis, storage), job, take_place=True)
 
         async with api_client(base, timeout=30) as client:
             seen = await client.get(f"{JOBS}/{job.job_id}")
@@ -88,6 +84,5 @@ async def test_a_job_stored_with_a_bad_name_is_readable_and_fails_once(
         pending = await redis.xpending(settings.stream, settings.consumer_group)
         assert pending["pending"] == 0  # acknowledged: nothing will deliver it again
     finally:
-        await broker.stop()
         await mongo.close()
         await redis.aclose()

@@ -1,10 +1,10 @@
 """A job's status changes as a short Redis stream per job, for live progress (Server-Sent Events).
 
-Whoever changes a job's status (the API accepting it, the worker starting, retrying, finishing it)
-appends an entry; an API replica serving ``GET .../jobs/{id}/events`` reads them, so a client may
-follow a job from any replica, and resume after a dropped connection from the last entry id it saw
-(``Last-Event-ID``). The stream holds only the latest few entries and expires an hour after the
-last change: it is a notification, the job in MongoDB is the truth.
+Whoever changes a job's status (imgflow.core.lifecycle: the API accepting it, the worker starting,
+retrying, finishing it) appends an entry; an API replica serving ``GET .../jobs/{id}/events``
+reads them, so a client may follow a job from any replica, and resume after a dropped connection
+from the last entry id it saw (``Last-Event-ID``). The stream holds only the latest few entries
+and expires an hour after the last change: it is a notification, the job in MongoDB is the truth.
 
 An API process reads the streams of every job it has followers of with one blocking XREAD on one
 connection (``ChangeFeed``): a follower costs a queue entry, not a Redis connection.
@@ -47,16 +47,6 @@ def announce(pipe: Pipeline, settings: Settings, job_id: str, status: JobStatus)
     key = events_key(settings, job_id)
     pipe.xadd(key, {"status": status.value}, maxlen=KEEP_ENTRIES, approximate=True)
     pipe.expire(key, KEEP_SECONDS)
-
-
-async def job_changed(redis: Redis, settings: Settings, job_id: str, status: JobStatus) -> None:
-    """Tell followers the job changed; a failure only delays them until their next heartbeat."""
-    try:
-        async with redis.pipeline(transaction=False) as pipe:
-            announce(pipe, settings, job_id, status)
-            await pipe.execute()
-    except Exception:
-        log.warning("could not announce job %s %s", job_id, status.value, exc_info=True)
 
 
 def entry_order(entry_id: str) -> tuple[int, int] | None:

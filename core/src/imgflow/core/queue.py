@@ -1,4 +1,5 @@
-"""The queue contract: the message on the Redis stream, how it is published, and how deep the queue is.
+"""The queue contract: the message on the Redis stream, how it is published, and how deep the queue
+is. Published by imgflow.core.lifecycle; retries and dead letters are imgflow.core.retries'.
 
 The message carries the job id, a version and the job as it was when published; MongoDB holds the
 job itself, so a message can be repeated or replayed without harm. The copy is there for a
@@ -11,17 +12,17 @@ still in the stream (waiting, or held by a worker) from one whose message is rea
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from faststream.redis import RedisBroker
-from pydantic import BaseModel
+from faststream.redis.parser.binary import BinaryMessageFormatV1
+from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.typing import EncodableT, FieldT
 
 from imgflow.core.errors import QueueUnavailable as QueueUnavailable  # where callers import it
 from imgflow.core.jobs import Job
@@ -50,54 +51,61 @@ def make_broker(settings: Settings, **kwargs: Any) -> RedisBroker:
     return RedisBroker(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0, **kwargs)
 
 
+# FastStream keeps a message's body, framed with its headers, in the entry's "__data__" field
+DATA = b"__data__"
+# KEYS: the stream, the entries hash; ARGV: the stream's cap, then job id and message per job.
+# Adds each message and records its entry id in one step: no job is queued unrecorded.
+_PUBLISH = """
+local ids = {}
+for i = 2, #ARGV, 2 do
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', '__data__', ARGV[i + 1])
+  redis.call('HSET', KEYS[2], ARGV[i], id)
+  ids[#ids + 1] = id
+end
+return ids
+"""
+
+
+async def publish(pipe: Pipeline, settings: Settings, jobs: Sequence[Job]) -> None:
+    """Queue on ``pipe`` each job's message, in the format FastStream's subscribers read, with its
+    entry id recorded."""
+    args: list[str | bytes | int] = []
+    for job in jobs:
+        data = await BinaryMessageFormatV1.encode(
+            message=message(job).model_dump(mode="json"),
+            reply_to=None,
+            headers=None,
+            correlation_id=str(uuid.uuid4()),
+        )
+        args += [job.job_id, data]
+    pipe.eval(_PUBLISH, 2, settings.stream, entries_key(settings), settings.stream_maxlen, *args)
+
+
 async def publish_job(broker: RedisBroker, redis: Redis, settings: Settings, job: Job) -> None:
-    """Publish one job's message and record its entry id.
-
-    A process dying between the two steps leaves a job with no recorded entry: the reconciler then
-    publishes it again, and the worker drops whichever duplicate comes second.
-    """
-    try:
-        entry = await broker.publish(message(job), stream=settings.stream, maxlen=settings.stream_maxlen)
-    except Exception as exc:  # redis-py raises several unrelated types for "no Redis"
-        raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
-    try:
-        await record_entries(redis, settings, {job.job_id: entry})
-    except Exception:
-        # The job is queued; unrecorded, it only risks one harmless duplicate from the reconciler.
-        log.warning("could not record the stream entry of job %s", job.job_id, exc_info=True)
+    """Kept for a test until it queues through imgflow.core.lifecycle.republish."""
+    async with redis.pipeline(transaction=False) as pipe:
+        await publish(pipe, settings, [job])
+        await pipe.execute()
 
 
-async def publish_jobs(broker: RedisBroker, redis: Redis, settings: Settings, jobs: Sequence[Job]) -> None:
-    """``publish_job`` for many jobs, in one pipeline (one round trip) plus one to record them."""
-    if not jobs:
-        return
+def requeue(pipe: Pipeline, settings: Settings, job_id: str, data: bytes) -> None:
+    """Queue on ``pipe`` a message taken from the stream (``data``) again at its end, its new entry
+    id recorded."""
+    pipe.eval(_PUBLISH, 2, settings.stream, entries_key(settings), settings.stream_maxlen, job_id, data)
+
+
+def job_id_of(data: bytes) -> str | None:
+    """The job id in a stream entry's ``data``; None if it carries no job message."""
     try:
-        async with redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                await broker.publish(
-                    message(job), stream=settings.stream, maxlen=settings.stream_maxlen, pipeline=pipe
-                )
-            entries: list[bytes] = await pipe.execute()
-        await record_entries(redis, settings, {job.job_id: e for job, e in zip(jobs, entries, strict=True)})
-    except Exception as exc:
-        raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
+        body, _ = BinaryMessageFormatV1.parse(data)
+        return JobMessage.model_validate_json(body).job_id
+    except (ValidationError, ValueError):
+        return None
 
 
 def entries_key(settings: Settings) -> str:
     """The Redis hash: job id -> id of the stream entry that last carried it (unfinished jobs only)."""
     return f"{settings.stream}:entries"
-
-
-async def record_entries(redis: Redis, settings: Settings, entries: Mapping[str, bytes | str]) -> None:
-    if not entries:
-        return
-    fields: dict[FieldT, EncodableT] = {job_id: entry for job_id, entry in entries.items()}
-    try:
-        await redis.hset(entries_key(settings), mapping=fields)
-    except RedisConnectionError:
-        # The first command on a connection Redis closed (it restarted) fails; the pool then
-        # opens a fresh one. HSET is idempotent.
-        await redis.hset(entries_key(settings), mapping=fields)
 
 
 # Delete the job's record only if it still names this entry: a newer publish (a give-back, a
@@ -250,76 +258,3 @@ async def _consumers(redis: Redis, settings: Settings) -> list[dict[str, Any]]:
             return []
         raise
     return found
-
-
-def retry_key(settings: Settings) -> str:
-    """The Redis sorted set of jobs waiting for a retry, scored by when it is due (epoch s)."""
-    return f"{settings.stream}:retry"
-
-
-def dead_letter_key(settings: Settings) -> str:
-    """The Redis stream of jobs that failed after their last retry (fields: job_id, error)."""
-    return f"{settings.stream}:dead"
-
-
-async def schedule_retry(redis: Redis, settings: Settings, job_id: str, due: float) -> None:
-    await redis.zadd(retry_key(settings), {job_id: due})
-
-
-# Take the due members atomically, so that each is handled by one process only.
-_TAKE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
-return due
-"""
-
-
-async def take_due(redis: Redis, schedule: str, now: float, limit: int) -> list[str]:
-    """Remove and return the members of the sorted set ``schedule`` scored at or before ``now``
-    (job retries here, webhook retries in the API): each is taken by one process only."""
-    due: list[bytes] = await redis.eval(_TAKE_DUE, 1, schedule, now, limit)
-    return [member.decode() for member in due]
-
-
-async def take_due_retries(redis: Redis, settings: Settings, now: float, limit: int = 500) -> list[str]:
-    """Remove and return the jobs whose retry is due. A process dying before it publishes them
-    leaves them to the reconciler (unfinished, no message, due)."""
-    return await take_due(redis, retry_key(settings), now, limit)
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    entry_id: str
-    job_id: str
-    error: str
-
-
-async def add_dead_letter(redis: Redis, settings: Settings, job_id: str, error: str) -> None:
-    await redis.xadd(dead_letter_key(settings), {"job_id": job_id, "error": error})
-
-
-async def dead_letters(
-    redis: Redis, settings: Settings, *, after: str | None, limit: int
-) -> list[DeadLetter]:
-    """Oldest first, from after the entry id ``after``."""
-    found = await redis.xrange(dead_letter_key(settings), min=f"({after}" if after else "-", count=limit)
-    letters = []
-    for entry_id, fields in found or []:
-        values = {_as_str(k): _as_str(v) for k, v in (fields or {}).items()}
-        letters.append(
-            DeadLetter(_as_str(entry_id or b""), values.get("job_id", ""), values.get("error", ""))
-        )
-    return letters
-
-
-async def remove_dead_letters(redis: Redis, settings: Settings, job_id: str) -> int:
-    """Remove every dead letter of ``job_id`` (a scan of the dead-letter stream, which stays small:
-    operators drain it); returns how many."""
-    removed = 0
-    after = None
-    while page := await dead_letters(redis, settings, after=after, limit=500):
-        ids = [letter.entry_id for letter in page if letter.job_id == job_id]
-        if ids:
-            removed += int(await redis.xdel(dead_letter_key(settings), *ids))
-        after = page[-1].entry_id
-    return removed

@@ -1,10 +1,10 @@
 """The per-tenant cap on unfinished jobs, in Redis, shared by every API replica.
 
-A tenant's unfinished jobs are a sorted set (job id -> accept time). The API reserves a place
-atomically before it accepts a job and gives it back if the accept fails; the worker removes the
-job once it is finished. A removal lost to a crash or an outage would hold a place for ever, so
-when a tenant is at its cap the API first checks its oldest places against the job store and
-frees those whose jobs are finished or gone.
+A tenant's unfinished jobs are a sorted set (job id -> accept time). Accepting a job reserves a
+place atomically and gives it back if the accept fails; finishing the job removes it (both in
+imgflow.core.lifecycle, the only writer). A removal lost to a crash or an outage would hold a place
+for ever, so when a tenant is at its cap its oldest places are first checked against the job store
+and those whose jobs are finished or gone freed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,15 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
+
+
+class TenantFull(Exception):
+    """The tenant has as many unfinished jobs as it may."""
+
+    def __init__(self, tenant: str, cap: int) -> None:
+        super().__init__(f"tenant {tenant!r} has {cap} unfinished jobs")
+        self.tenant = tenant
+        self.cap = cap
 
 
 def unfinished_key(settings: Settings, tenant: str) -> str:

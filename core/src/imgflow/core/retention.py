@@ -14,12 +14,12 @@ from datetime import datetime, timedelta
 
 from redis.asyncio import Redis
 
-from imgflow.core.events import events_key
+from imgflow.core import lifecycle
 from imgflow.core.jobs import Job, UploadSource, utcnow
 from imgflow.core.settings import Settings
 from imgflow.core.storage import NotFound, Storage
 from imgflow.core.store import JobStore
-from imgflow.core.webhooks import attempts_key, undelivered
+from imgflow.core.webhooks import undelivered
 
 # original-<job id>, thumbnail-<job id>.<ext> and thumbnail-<job id>-<variant>.<ext>: the keys
 # imgflow stores (a job id is a UUID: 36 characters)
@@ -64,8 +64,7 @@ async def delete_job(job: Job, store: JobStore, storage: Storage, redis: Redis, 
     """A job and everything it left: files, progress events, webhook attempts, the record."""
     swept = Swept(jobs=1)
     await delete_files(storage, job_keys(job), swept)
-    await redis.delete(events_key(settings, job.job_id), attempts_key(settings, job.job_id))
-    await store.delete(job.job_id)
+    await lifecycle.remove(store, redis, settings, job.job_id)
     return swept
 
 

@@ -2,25 +2,25 @@
 costs one Redis GET instead of a MongoDB query, so it stays the same however many jobs are stored
 (FerretDB 1.24 answers no filter from an index; bench/README.md).
 
-MongoDB stays the truth; a snapshot is never ahead of it. Whoever changes a job (JobStore) deletes
-its snapshot before the write and sets the new one after it: a writer that dies in between leaves
-no snapshot, and readers fall back to MongoDB. A reader that misses fills the snapshot only if
-none is there (SET NX) and only for ``FILL_S`` seconds, so a fill that raced a writer's crash is
-stale for at most that long. Decisions about a job (the worker's, the reconciler's) read MongoDB.
+MongoDB stays the truth; a snapshot is never ahead of it. Whoever changes a job
+(imgflow.core.lifecycle) deletes its snapshot before the write and sets the new one after it: a
+writer that dies in between leaves no snapshot, and readers fall back to MongoDB. A reader that
+misses fills the snapshot only if none is there (SET NX) and only for ``FILL_S`` seconds, so a
+fill that raced a writer's crash is stale for at most that long. Decisions about a job (the
+worker's, the reconciler's) read MongoDB.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from imgflow.core.jobs import Job
 from imgflow.core.settings import Settings
 
-log = logging.getLogger(__name__)
 KEEP_S = 24 * 3600  # a finished job's snapshot; read after a day, a job falls back to MongoDB
 # an unfinished one's: a Redis restarted from its append-only file may have lost the last second's
 # writes, and with them a change's snapshot; then the one before is wrong for at most this long
@@ -44,14 +44,10 @@ class Snapshots:
             return None
         return Job.model_validate_json(raw) if raw else None
 
-    async def put(self, job: Job) -> None:
-        """The job as just written to MongoDB. Best effort: without it, readers use MongoDB (and
-        the caller's next step finds Redis down on its own)."""
-        try:
-            keep = KEEP_S if job.status.finished else KEEP_UNFINISHED_S
-            await self._redis.set(self.key(job.job_id), job.model_dump_json(), ex=keep)
-        except RedisError as exc:
-            log.warning("no snapshot of job %s (%s); readers use MongoDB", job.job_id, exc)
+    def put(self, pipe: Pipeline, job: Job) -> None:
+        """Queue on ``pipe``: the job as just written to MongoDB."""
+        keep = KEEP_S if job.status.finished else KEEP_UNFINISHED_S
+        pipe.set(self.key(job.job_id), job.model_dump_json(), ex=keep)
 
     async def fill(self, job: Job) -> None:
         """The job as a reader found it in MongoDB: only if no writer's snapshot is there."""
@@ -63,10 +59,3 @@ class Snapshots:
         is not made under a snapshot that would outlive it)."""
         if job_ids:
             await self._redis.delete(*(self.key(j) for j in job_ids))
-
-    async def forget_deleted(self, job_id: str) -> None:
-        """After the job was deleted: best effort (a snapshot left behind lapses after KEEP_S)."""
-        try:
-            await self.forget(job_id)
-        except RedisError as exc:
-            log.warning("snapshot of deleted job %s kept (%s)", job_id, exc)

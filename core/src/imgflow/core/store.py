@@ -89,8 +89,9 @@ class Page:
 
 
 class JobStore:
-    """Jobs in MongoDB; with ``snapshots``, every change also keeps the job's snapshot in Redis
-    (imgflow.core.snapshots) for ``view``, the reads clients make."""
+    """Jobs in MongoDB. Each write is one command; what goes with it in Redis (the job's snapshot,
+    its announcement, ...) is imgflow.core.lifecycle's, the only caller of the writes. With
+    ``snapshots``, ``view`` answers clients' reads from the job's snapshot."""
 
     def __init__(self, db: AsyncDatabase[Document], snapshots: Snapshots | None = None) -> None:
         self._jobs: AsyncCollection[Document] = db.get_collection("jobs", write_concern=DURABLE)
@@ -124,13 +125,9 @@ class JobStore:
 
     async def insert(self, job: Job) -> None:
         await self._jobs.insert_one(job.to_document())
-        if self._snapshots is not None:
-            await self._snapshots.put(job)
 
     async def delete(self, job_id: str) -> None:
         await self._jobs.delete_one({"_id": job_id})
-        if self._snapshots is not None:
-            await self._snapshots.forget_deleted(job_id)
 
     async def get(self, job_id: str) -> Job | None:
         """The job as MongoDB has it: for decisions about it."""
@@ -150,18 +147,13 @@ class JobStore:
 
     async def _change(self, job_id: str, fields: Document) -> Job | None:
         """Set ``fields`` (and ``updated_at``) on the job by ``_id``; the job after, or None if it is
-        gone. Its snapshot is dropped first and set after, so none outlives a failed write."""
-        if self._snapshots is not None:
-            await self._snapshots.forget(job_id)
+        gone."""
         doc = await self._jobs.find_one_and_update(
             {"_id": job_id},
             {"$set": {**fields, "updated_at": utcnow()}},
             return_document=ReturnDocument.AFTER,
         )
-        job = Job.from_document(doc) if doc else None
-        if job is not None and self._snapshots is not None:
-            await self._snapshots.put(job)
-        return job
+        return Job.from_document(doc) if doc else None
 
     async def list_for_user(
         self,
@@ -211,8 +203,8 @@ class JobStore:
             },
         )
 
-    async def complete(self, job_id: str, result: JobResult, *, expires_at: datetime) -> bool:
-        return await self._finish(
+    async def complete(self, job_id: str, result: JobResult, *, expires_at: datetime) -> Job | None:
+        return await self._change(
             job_id,
             {
                 "status": JobStatus.completed.value,
@@ -221,8 +213,8 @@ class JobStore:
             },
         )
 
-    async def fail(self, job_id: str, error: str, *, expires_at: datetime, crashes: int = 0) -> bool:
-        return await self._finish(
+    async def fail(self, job_id: str, error: str, *, expires_at: datetime, crashes: int = 0) -> Job | None:
+        return await self._change(
             job_id,
             {"status": JobStatus.failed.value, "error": error, "crashes": crashes, "expires_at": expires_at},
         )
@@ -232,11 +224,7 @@ class JobStore:
         cursor = self._jobs.find({"expires_at": {"$lt": now}}).sort("expires_at", ASCENDING).limit(limit)
         return [Job.from_document(doc) async for doc in cursor]
 
-    async def _finish(self, job_id: str, fields: Document) -> bool:
-        """Record the outcome (the caller holds the job's lease and read it unfinished)."""
-        return await self._change(job_id, fields) is not None
-
-    async def wait_for_retry(self, job: Job, error: str, next_attempt_at: datetime) -> bool:
+    async def wait_for_retry(self, job: Job, error: str, next_attempt_at: datetime) -> Job | None:
         """The job failed for a passing reason: ``pending`` until ``next_attempt_at``, with why."""
         fields = {
             "status": JobStatus.pending.value,
@@ -244,7 +232,7 @@ class JobStore:
             "retries": job.retries + 1,
             "next_attempt_at": next_attempt_at,
         }
-        return await self._change(job.job_id, fields) is not None
+        return await self._change(job.job_id, fields)
 
     async def revive(self, job_id: str) -> Job | None:
         """A failed job an operator sends back (from the dead letters): ``pending``, retries reset.
@@ -252,7 +240,7 @@ class JobStore:
         fields = {"status": JobStatus.pending.value, "error": None, "retries": 0, "next_attempt_at": None}
         return await self._change(job_id, fields)
 
-    async def release(self, job: Job) -> bool:
+    async def release(self, job: Job) -> Job | None:
         """A worker hands an unfinished job back: ``pending`` again, and the attempt not counted.
         ``job`` is as the worker last read it (processing, by itself)."""
         fields = {
@@ -260,7 +248,7 @@ class JobStore:
             "attempts": max(0, job.attempts - 1),
             "given_back": job.given_back + 1,
         }
-        return await self._change(job.job_id, fields) is not None
+        return await self._change(job.job_id, fields)
 
     async def stale_ids(self, untouched_since: datetime, *, batch: int) -> AsyncIterator[list[str]]:
         """Ids of the unfinished jobs nobody has touched since ``untouched_since``, in batches: the

@@ -1,38 +1,40 @@
-"""Accepting a job: record it, then queue it. The one path the API and the operator share.
-
-If the queue refuses the message, the job record is removed again and ``QueueUnavailable`` is
-raised, so a caller can answer 503 and nothing is left half-accepted. A process that dies between
-the two steps leaves a ``pending`` job with no message, which the reconciler (``requeue_lost``)
-publishes.
+"""The reconciler's republishing of jobs whose message is lost (``requeue_lost``); and
+``submit_job``, kept for a test until it accepts its job through imgflow.core.lifecycle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
-from imgflow.core.events import job_changed
+from imgflow.core import lifecycle
 from imgflow.core.jobs import UNFINISHED, Job, utcnow
-from imgflow.core.queue import QueueUnavailable, lost_jobs, publish_job, publish_jobs
+from imgflow.core.queue import lost_jobs
 from imgflow.core.settings import Settings
+from imgflow.core.storage import Storage
 from imgflow.core.store import JobStore
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _NoStorage:
+    settings: Settings
+    store: JobStore
+    redis: Redis
+
+    @property
+    def storage(self) -> Storage:
+        raise AssertionError("accepting a job with no original to store uses no storage")
+
+
 async def submit_job(store: JobStore, broker: RedisBroker, redis: Redis, settings: Settings, job: Job) -> Job:
-    await store.insert(job)
-    try:
-        await publish_job(broker, redis, settings, job)
-    except QueueUnavailable:
-        await store.delete(job.job_id)
-        raise
-    await job_changed(redis, settings, job.job_id, job.status)
-    return job
+    return await lifecycle.accept(_NoStorage(settings, store, redis), job)
 
 
 BATCH = 500
@@ -66,7 +68,7 @@ async def requeue_lost(store: JobStore, broker: RedisBroker, redis: Redis, setti
             and (job.next_attempt_at is None or job.next_attempt_at < cutoff)
         ]
         if unfinished:
-            await publish_jobs(broker, redis, settings, unfinished)
+            await lifecycle.republish(redis, settings, unfinished)
             log.info("published %d job(s) whose message was lost", len(unfinished))
             requeued += len(unfinished)
     return requeued

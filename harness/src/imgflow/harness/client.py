@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from redis.asyncio import Redis
 
+from imgflow.core import lifecycle
 from imgflow.core.jobs import Job, ThumbnailSpec, UploadSource
-from imgflow.core.queue import make_broker
 from imgflow.core.settings import Settings
-from imgflow.core.storage import make_storage
+from imgflow.core.storage import Storage, make_storage
 from imgflow.core.store import JobStore, connect
-from imgflow.core.submit import submit_job
 from imgflow.harness import images
 
 JOBS = "/api/image-processing/jobs"
@@ -75,22 +75,29 @@ async def wait_status(client: httpx.AsyncClient, job_id: str, status: str, *, wi
         await asyncio.sleep(0.02)
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What imgflow.core.lifecycle's transitions use, for a test that holds them apart."""
+
+    settings: Settings
+    store: JobStore
+    redis: Redis
+    storage: Storage
+
+
 async def submit_many(settings: Settings, redis: Redis, count: int, user_id: str = "requeue") -> list[str]:
     """``count`` jobs through the path the API and the operator share, on one stored original."""
     mongo = connect(settings)
-    broker = make_broker(settings)
-    await broker.connect()
     try:
         db = mongo[settings.mongodb_database]
-        store = JobStore(db)
-        await store.ensure_indexes()
-        await make_storage(settings, db).save_bytes("original-shared", images.jpeg(320, 240), "image/jpeg")
+        parts = Parts(settings, JobStore(db), redis, make_storage(settings, db))
+        await parts.store.ensure_indexes()
+        await parts.storage.save_bytes("original-shared", images.jpeg(320, 240), "image/jpeg")
         source = UploadSource(key="original-shared")
         spec = ThumbnailSpec(width=32, height=32)
         jobs = [Job(user_id=user_id, source=source, spec=spec) for _ in range(count)]
         for job in jobs:
-            await submit_job(store, broker, redis, settings, job)
+            await lifecycle.accept(parts, job)
         return [job.job_id for job in jobs]
     finally:
-        await broker.stop()
         await mongo.close()

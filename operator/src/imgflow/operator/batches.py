@@ -1,4 +1,4 @@
-"""ImageJob sources in, imgflow jobs out: through the same ``submit_job`` the HTTP API uses.
+"""ImageJob sources in, imgflow jobs out: through the same ``lifecycle.accept`` the HTTP API uses.
 
 Idempotent by construction: a source's job id is derived from the ImageJob's uid and the source's
 index, so a second pass (an operator restart, a retried handler) finds the job it submitted before
@@ -12,18 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from faststream.redis import RedisBroker
-from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
+from imgflow.core import lifecycle
+from imgflow.core.backends import Backends
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import Job, JobStatus, UploadSource, UrlSource, original_key
 from imgflow.core.options import InvalidOption, Outputs
-from imgflow.core.queue import make_broker
-from imgflow.core.snapshots import Snapshots
-from imgflow.core.storage import NotFound, Storage, make_storage
-from imgflow.core.store import Document, JobStore, connect
-from imgflow.core.submit import submit_job
+from imgflow.core.storage import NotFound, Storage
+from imgflow.core.store import JobStore
 from imgflow.core.watermarks import WatermarkStore, unusable_watermark
 from imgflow.operator.imagejob import (
     SourceItem,
@@ -44,7 +42,7 @@ class Context:
     """What the handlers share, kept in kopf's memo for the operator's lifetime."""
 
     settings: OperatorSettings
-    mongo: AsyncMongoClient[Document]
+    backends: Backends
     store: JobStore
     storage: Storage
     broker: RedisBroker
@@ -54,20 +52,12 @@ class Context:
 
     @classmethod
     async def open(cls, settings: OperatorSettings) -> Context:
-        mongo = connect(settings)
-        db = mongo[settings.mongodb_database]
-        broker = make_broker(settings)
-        await broker.connect()
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0)
-        store = JobStore(db, Snapshots(redis, settings))
-        storage = make_storage(settings, db)
-        return cls(settings, mongo, store, storage, broker, redis, Kube(), WatermarkStore(db))
+        b = Backends.open(settings)
+        await b.broker.connect()
+        return cls(settings, b, b.store, b.storage, b.broker, b.redis, Kube(), WatermarkStore(b.db))
 
     async def close(self) -> None:
-        await self.broker.stop()
-        await self.storage.aclose()
-        await self.redis.aclose()
-        await self.mongo.close()
+        await self.backends.aclose()
 
 
 class Refused(Exception):
@@ -139,7 +129,8 @@ async def submit_sources(
                 image_job=ref,
             )
             try:
-                job = await submit_job(ctx.store, ctx.broker, ctx.redis, ctx.settings, job)
+                # takes no place among the tenant's unfinished jobs: that cap bounds API clients
+                job = await lifecycle.accept(ctx, job)
             except DuplicateKeyError:  # another pass got there first: theirs is ours
                 job = await ctx.store.get(job_id) or job
         states.append(submitted(item, job))

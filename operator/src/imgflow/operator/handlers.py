@@ -15,8 +15,8 @@ from typing import Any
 import kopf
 from pymongo.errors import PyMongoError
 
+from imgflow.core.errors import BackendUnavailable
 from imgflow.core.jobs import JobStatus
-from imgflow.core.queue import QueueUnavailable
 from imgflow.core.retention import delete_job
 from imgflow.operator.autoscale import AUTOSCALE_LABEL
 from imgflow.operator.batches import Context, submit_sources, track_sources
@@ -185,7 +185,7 @@ async def submit(
         states = await submit_sources(
             ctx, ref=image_job_ref(namespace or "", name), uid=uid, spec=spec, recorded=before
         )
-    except (QueueUnavailable, PyMongoError) as exc:
+    except (BackendUnavailable, PyMongoError) as exc:
         # Nothing is lost: what was submitted is found again by its job id on the next try.
         raise kopf.TemporaryError(
             f"Could not submit yet ({type(exc).__name__}: {exc}); retrying.", delay=5

@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -27,31 +26,22 @@ from typing import Any
 from faststream import AckPolicy
 from faststream.redis import StreamSub
 from faststream.redis.annotations import RedisStreamMessage
-from faststream.redis.parser.binary import BinaryMessageFormatV1
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from imgflow.core.events import job_changed
+from imgflow.core import lifecycle
+from imgflow.core.backends import Backends
 from imgflow.core.jobs import Job, JobStatus
 from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import (
     JobMessage,
     ensure_group,
-    forget_entry,
     inflight_key,
     inflight_ttl_s,
-    make_broker,
-    publish_jobs,
-    record_entries,
-    take_due_retries,
     worker_key,
 )
 from imgflow.core.settings import Settings
-from imgflow.core.snapshots import Snapshots
-from imgflow.core.storage import make_storage
-from imgflow.core.store import JobStore, connect
 from imgflow.worker import lease, metrics
 from imgflow.worker.gate import Gate
 from imgflow.worker.processor import Processor
@@ -74,12 +64,9 @@ class Worker:
         configure_libvips()
         self.settings = settings
         self.consumer = consumer_name()
-        self.mongo = connect(settings)
-        db = self.mongo[settings.mongodb_database]
-        self.redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
-        self.store = JobStore(db, Snapshots(self.redis, settings))
-        self.processor = Processor(settings, self.store, make_storage(settings, db), self.redis)
-        self.broker = make_broker(settings, graceful_timeout=settings.graceful_timeout_s)
+        self.backends = Backends.open(settings, graceful_timeout=settings.graceful_timeout_s)
+        self.redis, self.store, self.broker = self.backends.redis, self.backends.store, self.backends.broker
+        self.processor = Processor(settings, self.store, self.backends.storage, self.redis)
         self.inflight: set[bytes] = set()  # message ids being handled (for XCLAIM and give-back)
         self.running: set[str] = set()  # ids of the jobs being processed
         self.gate = Gate()
@@ -157,8 +144,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 async with self.redis.pipeline(transaction=False) as pipe:  # one round trip
                     pipe.srem(inflight_key(self.settings, self.consumer), job_id)
-                    for message_id in ids if acked else ():
-                        forget_entry(pipe, self.settings, job_id, message_id)
+                    lifecycle.acknowledged(pipe, self.settings, job_id, ids if acked else [])
                     lease.release(pipe, self.settings, job_id, self.consumer)
                     await pipe.execute()
 
@@ -265,9 +251,7 @@ class Worker:
         while True:
             await asyncio.sleep(RETRY_PUMP_S)
             try:
-                due = await take_due_retries(self.redis, self.settings, time.time())
-                jobs = await asyncio.gather(*(self.store.get(job_id) for job_id in due))
-                await publish_jobs(self.broker, self.redis, self.settings, [j for j in jobs if j is not None])
+                await lifecycle.publish_due_retries(self.store, self.redis, self.settings)
             except Exception:
                 log.warning("could not publish due retries (Redis down?)", exc_info=True)
 
@@ -285,9 +269,7 @@ class Worker:
             await self.redis.delete(worker_key(self.settings, self.consumer))
         except Exception:
             log.warning("could not return unfinished messages; they will be reclaimed", exc_info=True)
-        await self.processor.storage.aclose()
-        await self.redis.aclose()
-        await self.mongo.close()
+        await self.backends.aclose()
 
     async def _give_back(self) -> int:
         s = self.settings
@@ -295,26 +277,5 @@ class Worker:
             s.stream, s.consumer_group, min="-", max="+", count=1000, consumername=self.consumer
         )
         for entry in pending:
-            message_id = entry["message_id"]
-            found = await self.redis.xrange(s.stream, min=message_id, max=message_id)
-            fields: dict[bytes, bytes] = dict(found[0][1] or {}) if found else {}  # type: ignore[arg-type]
-            async with self.redis.pipeline(transaction=True) as pipe:
-                if fields:
-                    pipe.xadd(s.stream, fields, maxlen=s.stream_maxlen, approximate=True)  # type: ignore[arg-type]
-                pipe.xack(s.stream, s.consumer_group, message_id)
-                done = await pipe.execute()
-            if fields:
-                with contextlib.suppress(ValidationError, KeyError, ValueError):
-                    job_id = _job_id(fields)
-                    await record_entries(self.redis, s, {job_id: done[0]})
-                    job = await self.store.get(job_id)
-                    if job and job.status is JobStatus.processing and job.worker == self.consumer:
-                        await self.store.release(job)
-                        await job_changed(self.redis, s, job_id, JobStatus.pending)
+            await lifecycle.give_back(self.processor, self.consumer, entry["message_id"])
         return len(pending)
-
-
-def _job_id(fields: dict[bytes, bytes]) -> str:
-    # FastStream keeps the body, framed with its headers, in the entry's "__data__" field
-    body, _ = BinaryMessageFormatV1.parse(fields[b"__data__"])
-    return JobMessage.model_validate_json(body).job_id

@@ -8,10 +8,9 @@ image: the message then stays pending and is delivered again.
 from __future__ import annotations
 
 import logging
-import random
 import tempfile
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import anyio
@@ -19,8 +18,7 @@ import pyvips
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
-from imgflow.core import quota
-from imgflow.core.events import announce, job_changed
+from imgflow.core import lifecycle, logs
 from imgflow.core.fetch import FetchFailed, FetchRefused, fetch_to_file
 from imgflow.core.jobs import (
     Job,
@@ -32,14 +30,12 @@ from imgflow.core.jobs import (
     output_key,
     utcnow,
 )
-from imgflow.core.options import refusal
+from imgflow.core.outputs import refusal
 from imgflow.core.probe import ImageInfo, ImageTooLarge, UnsupportedImage, probe_buffer
-from imgflow.core.queue import add_dead_letter, schedule_retry
 from imgflow.core.settings import Settings
 from imgflow.core.storage import NotFound, Storage
 from imgflow.core.store import JobStore
 from imgflow.core.watermarks import watermark_key
-from imgflow.core.webhooks import file_finished
 from imgflow.worker import metrics
 from imgflow.worker.memory import MB, MemoryBudget, OverBudget, job_memory_bytes
 from imgflow.worker.pipeline import Thumbnail, make_thumbnails
@@ -57,6 +53,9 @@ class PassingFailure(Exception):
 
 
 class Processor:
+    """Runs jobs; has what imgflow.core.lifecycle's transitions use (settings, store, redis,
+    storage)."""
+
     def __init__(self, settings: Settings, store: JobStore, storage: Storage, redis: Redis) -> None:
         self.settings = settings
         self.store = store
@@ -94,9 +93,8 @@ class Processor:
             return None
         # storage unreachable raises here, before anything is written: the message comes again
         original = not isinstance(carried.source, UploadSource) or await self._stored(carried.source.key)
-        job = carried.model_copy(update={"status": JobStatus.pending, "worker": None, "updated_at": utcnow()})
         try:
-            await self.store.insert(job)
+            job = await lifecycle.restore(self, carried)
         except DuplicateKeyError:  # restored meanwhile by a worker holding a duplicate message
             return await self.store.get(job_id)
         if not original:
@@ -123,11 +121,11 @@ class Processor:
         await self._fail(job, f"Invalid options, resubmit the job with valid ones: {job.invalid}")
 
     async def process(self, admitted: Job, worker: str) -> None:
-        job = await self.store.start(admitted, worker)
+        logs.bind(jobId=admitted.job_id, tenant=admitted.tenant)
+        job = await lifecycle.start(self, admitted, worker)
         if job is None:
             log.info("job %s is finished or unknown; dropping the message", admitted.job_id)
             return
-        await job_changed(self.redis, self.settings, job.job_id, JobStatus.processing)
         started = time.perf_counter()
         try:
             source = await self._source_bytes(job)
@@ -179,8 +177,8 @@ class Processor:
                 if name is not None and job.variants
             ],
         )
-        if await self.store.complete(job.job_id, result, expires_at=self._expiry()):
-            await self._finished(job, JobStatus.completed)
+        if await lifecycle.complete(self, job, result):
+            log.info("job completed")
             metrics.FINISHED.labels("completed").inc()
             metrics.DURATION.observe((result.processed_at - job.created_at).total_seconds())
         metrics.PROCESSING.observe(time.perf_counter() - started)
@@ -237,45 +235,17 @@ class Processor:
         except pyvips.Error as exc:
             raise BadSource(_vips_message(exc)) from exc
 
-    def _expiry(self) -> datetime:
-        return utcnow() + timedelta(seconds=self.settings.retention_s)
-
-    async def _finished(self, job: Job, status: JobStatus) -> None:
-        """What follows a job's end, completed or failed: followers are told, its place in its
-        tenant's cap is freed, its webhooks are filed (if it has a callbackUrl or its tenant
-        endpoints), its original goes unless originals are kept."""
-        s = self.settings
-        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip for the three
-            announce(pipe, s, job.job_id, status)
-            pipe.zrem(quota.unfinished_key(s, job.tenant), job.job_id)
-            file_finished(
-                pipe, s, job.job_id, job.tenant, f"job.{status.value}", has_callback=bool(job.callback_url)
-            )
-            await pipe.execute()
-        if not self.settings.keep_originals and isinstance(job.source, UploadSource):
-            await self.storage.delete(job.source.key)
-
     async def _retry_later(self, job: Job, error: str, reason: str) -> None:
-        """Schedule the next try after the next delay (+-20% jitter, so that jobs failed together
-        do not come back together); after the last, fail the job and file it as a dead letter."""
-        delays = self.settings.retry_delays
-        if job.retries >= len(delays):
-            tries = job.retries + 1
-            await self._fail(job, f"Gave up after {tries} {'try' if tries == 1 else 'tries'}: {error}")
-            await add_dead_letter(self.redis, self.settings, job.job_id, error)
+        if await lifecycle.retry_later(self, job, error) is JobStatus.failed:
             metrics.DEAD_LETTERS.inc()
-            return
-        delay = delays[job.retries] * random.uniform(0.8, 1.2)
-        log.info("job %s: %s; trying again in %.1f s", job.job_id, error, delay)
-        await self.store.wait_for_retry(job, error, utcnow() + timedelta(seconds=delay))
-        await job_changed(self.redis, self.settings, job.job_id, JobStatus.pending)
-        await schedule_retry(self.redis, self.settings, job.job_id, time.time() + delay)
-        metrics.RETRIES.labels(reason).inc()
+            metrics.FINISHED.labels("failed").inc()
+            metrics.DURATION.observe((utcnow() - job.created_at).total_seconds())
+        else:
+            metrics.RETRIES.labels(reason).inc()
 
     async def _fail(self, job: Job, error: str) -> None:
-        log.info("job %s failed: %s", job.job_id, error)
-        if await self.store.fail(job.job_id, error, crashes=job.crashes, expires_at=self._expiry()):
-            await self._finished(job, JobStatus.failed)
+        if await lifecycle.fail(self, job, error):
+            log.info("job failed: %s", error)
             metrics.FINISHED.labels("failed").inc()
             metrics.DURATION.observe((utcnow() - job.created_at).total_seconds())
 

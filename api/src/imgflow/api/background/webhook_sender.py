@@ -20,7 +20,8 @@ from imgflow.api.schemas import JobView
 from imgflow.core.endpoints import Endpoint
 from imgflow.core.fetch import FetchError, FetchFailed, post_checked
 from imgflow.core.jobs import Job, utcnow
-from imgflow.core.queue import create_group, take_due
+from imgflow.core.queue import create_group
+from imgflow.core.retries import take_due
 from imgflow.core.webhooks import (
     CALLBACK,
     FANOUT,

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query, Response
 from imgflow.api.deps import AdminKey, State
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, JobView
-from imgflow.core.events import job_changed
+from imgflow.core import lifecycle
 from imgflow.core.jobs import JobStatus
-from imgflow.core.queue import dead_letters, publish_job, remove_dead_letters
+from imgflow.core.retries import dead_letters
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 
@@ -59,11 +59,8 @@ async def retry_dead_letter(job_id: str, state: State, _: AdminKey, response: Re
     job = await state.store.get(job_id)
     if job is None or job.status is not JobStatus.failed:
         raise Problem(404, "Not found", f"No failed job {job_id!r}.")
-    if not await remove_dead_letters(state.redis, state.settings, job_id):
+    revived = await lifecycle.revive(state, job)
+    if revived is None:
         raise Problem(404, "Not found", f"Job {job_id!r} is not among the dead letters.")
-    revived = await state.store.revive(job_id)
-    assert revived is not None
-    await publish_job(state.broker, state.redis, state.settings, revived)
-    await job_changed(state.redis, state.settings, job_id, JobStatus.pending)
     response.headers["Location"] = f"/api/image-processing/jobs/{job_id}"
     return JobView.of(revived)

@@ -20,16 +20,15 @@ from imgflow.api.openapi import JOB_FORM
 from imgflow.api.problems import Problem, documented, unavailable
 from imgflow.api.schemas import Accepted, JobList, JobView
 from imgflow.api.slots import upload_slot
-from imgflow.core import quota
+from imgflow.core import lifecycle, quota
+from imgflow.core.errors import BackendUnavailable
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import Job, JobStatus, UploadSource, new_job_id, original_key, utcnow
-from imgflow.core.options import InvalidOption, read_outputs, refusal
+from imgflow.core.options import InvalidOption, read_outputs
+from imgflow.core.outputs import refusal
 from imgflow.core.probe import ImageTooLarge, UndecodableImage, UnsupportedImage, probe_file
-from imgflow.core.queue import QueueUnavailable
 from imgflow.core.settings import Settings
-from imgflow.core.storage import StorageUnavailable
 from imgflow.core.store import InvalidCursor, PageCursor
-from imgflow.core.submit import submit_job
 from imgflow.core.watermarks import unusable_watermark
 
 router = APIRouter(tags=["jobs"])
@@ -170,61 +169,27 @@ async def _accept(
             source=source,
             callback_url=callback_url,
         )
-        if not principal.admin:
-            await _reserve_place(state, job)
         try:
-            await state.storage.save(source.key, path, f"image/{info.format}")
-        except (PyMongoError, StorageUnavailable, OSError) as exc:  # GridFS, S3, a directory
-            await _release_place(state, job)
-            raise unavailable(f"Storage ({settings.storage_backend.value})", exc) from exc
-    try:
-        await submit_job(state.store, state.broker, state.redis, settings, job)
-    except (QueueUnavailable, PyMongoError) as exc:
-        with contextlib.suppress(PyMongoError, StorageUnavailable, OSError):  # the orphan sweep's then
-            await state.storage.delete(source.key)
-        await _release_place(state, job)
-        raise unavailable(
-            "The job queue (Redis)" if isinstance(exc, QueueUnavailable) else "MongoDB", exc
-        ) from exc
+            await lifecycle.accept(
+                state, job, original=path, media_type=f"image/{info.format}", take_place=not principal.admin
+            )
+        except quota.TenantFull as exc:
+            metrics.REJECTED.labels("429").inc()
+            raise Problem(
+                429,
+                "Too many unfinished jobs",
+                f"Tenant {exc.tenant!r} has {exc.cap} jobs pending or processing, the most it may have "
+                "at once; submit more as these finish.",
+                headers={"Retry-After": "5"},
+            ) from exc
+        except BackendUnavailable as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+            raise unavailable(exc.what, cause) from exc
     metrics.SUBMITTED.inc()
     accepted = Accepted(job_id=job.job_id, status=job.status, created_at=job.created_at)
     if claim is not None:
         await idempotency.remember(state.redis, settings, claim, print_, accepted.model_dump(mode="json"))
     return accepted
-
-
-async def _reserve_place(state: AppState, job: Job) -> None:
-    """A place among the tenant's unfinished jobs, or 429. At the cap, places whose jobs have
-    finished without freeing them (a lost removal) are freed first."""
-    redis, settings, tenant = state.redis, state.settings, job.tenant
-    try:
-        if await quota.reserve(redis, settings, tenant, job.job_id):
-            return
-        stale = []
-        for job_id in await quota.oldest(redis, settings, tenant, 20):
-            held = await state.store.view(job_id)  # a finished job's snapshot says so
-            if held is None or held.status.finished:
-                stale.append(job_id)
-        await quota.release(redis, settings, tenant, *stale)
-        if stale and await quota.reserve(redis, settings, tenant, job.job_id):
-            return
-    except RedisError as exc:
-        raise unavailable("Redis", exc) from exc
-    except PyMongoError as exc:
-        raise unavailable("MongoDB", exc) from exc
-    metrics.REJECTED.labels("429").inc()
-    raise Problem(
-        429,
-        "Too many unfinished jobs",
-        f"Tenant {tenant!r} has {settings.tenant_max_unfinished} jobs pending or processing, the most "
-        "it may have at once; submit more as these finish.",
-        headers={"Retry-After": "5"},
-    )
-
-
-async def _release_place(state: AppState, job: Job) -> None:
-    with contextlib.suppress(RedisError):
-        await quota.release(state.redis, state.settings, job.tenant, job.job_id)
 
 
 @router.get(

@@ -1,0 +1,333 @@
+"""A job's life: one function per transition, the only code that writes a job's status or what
+goes with it in Redis. The API and the operator call ``accept`` (and the API ``revive``); the worker
+calls the rest; the API's reconciler ``republish`` (imgflow.core.submit.requeue_lost) and
+``remove`` (imgflow.core.retention).
+
+::
+
+    accept ─▶ pending ──start──▶ processing ──complete──▶ completed
+                 ▲  ▲                │   │
+                 │  └─retry_later────┤   └──fail──▶ failed ──revive──▶ pending
+                 └────give_back──────┘
+
+Each transition is one MongoDB command (imgflow.core.store, every write DURABLE) and one Redis
+pipeline after it carrying all that goes with the change: the job's snapshot, its announcement to
+followers, its tenant's place, its webhooks, its queue message and entry, its retry or its dead
+letter. A change to a stored job also drops the job's snapshot before the write, one round trip
+more: a writer that dies in between leaves no snapshot to outlive the change
+(imgflow.core.snapshots).
+
+If Redis refuses an accepted job's message, the record and the stored original are removed again
+and the tenant's place freed, and ``QueueUnavailable`` is raised (imgflow.core.errors): nothing is
+left half-accepted. A
+process that dies between the insert and the pipeline leaves a ``pending`` job with no message,
+which the reconciler publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from pymongo.errors import DuplicateKeyError, PyMongoError
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+from imgflow.core import quota
+from imgflow.core.errors import DatabaseUnavailable, QueueUnavailable, StorageUnavailable
+from imgflow.core.events import announce, events_key
+from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, utcnow
+from imgflow.core.queue import DATA, forget_entry, job_id_of, publish, requeue
+from imgflow.core.retries import dead_letter_key, remove_dead_letters, retry_key, take_due_retries
+from imgflow.core.settings import Settings
+from imgflow.core.snapshots import Snapshots
+from imgflow.core.storage import Storage
+from imgflow.core.store import JobStore
+from imgflow.core.webhooks import attempts_key, file_finished
+
+log = logging.getLogger(__name__)
+
+
+class JobBackends(Protocol):
+    """What the transitions use: the API's state, the worker's processor and the operator's
+    context all have these."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def store(self) -> JobStore: ...
+    @property
+    def redis(self) -> Redis: ...
+    @property
+    def storage(self) -> Storage: ...
+
+
+async def accept(
+    b: JobBackends, job: Job, *, original: Path | None = None, media_type: str = "", take_place: bool = False
+) -> Job:
+    """Accept a new job: take a place among its tenant's unfinished jobs (``take_place``; raises
+    ``quota.TenantFull`` at the cap), store its original (``original``, a local file), insert it,
+    then queue, snapshot and announce it. On a failure what was done is undone and a
+    ``BackendUnavailable`` raised naming the backend (``DuplicateKeyError`` as it is: a job with
+    this id exists)."""
+    s = b.settings
+    try:
+        if take_place:
+            await _take_place(b, job)
+    except RedisError as exc:
+        raise QueueUnavailable(str(exc), what="Redis") from exc
+    except PyMongoError as exc:
+        raise DatabaseUnavailable(str(exc)) from exc
+    try:
+        if original is not None:
+            assert isinstance(job.source, UploadSource)
+            try:
+                await b.storage.save(job.source.key, original, media_type)
+            except (PyMongoError, StorageUnavailable, OSError) as exc:  # GridFS, S3, a directory
+                raise StorageUnavailable(str(exc), what=f"Storage ({s.storage_backend.value})") from exc
+        try:
+            await b.store.insert(job)
+        except DuplicateKeyError:
+            raise
+        except PyMongoError as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
+        try:
+            async with b.redis.pipeline(transaction=False) as pipe:
+                await publish(pipe, s, [job])
+                Snapshots(b.redis, s).put(pipe, job)
+                announce(pipe, s, job.job_id, job.status)
+                await pipe.execute()
+        except Exception as exc:  # redis-py raises several unrelated types for "no Redis"
+            with contextlib.suppress(Exception):  # else the reconciler publishes it: accepted after all
+                await b.store.delete(job.job_id)
+            with contextlib.suppress(Exception):  # in case the pipeline got as far as the snapshot
+                await Snapshots(b.redis, s).forget(job.job_id)
+            raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
+    except BaseException:
+        await _undo(b, job, original is not None, take_place)
+        raise
+    return job
+
+
+async def _take_place(b: JobBackends, job: Job) -> None:
+    """A place among the tenant's unfinished jobs. At the cap, places whose jobs have finished
+    without freeing them (a lost removal) are freed first."""
+    redis, settings, tenant = b.redis, b.settings, job.tenant
+    if await quota.reserve(redis, settings, tenant, job.job_id):
+        return
+    stale = []
+    for job_id in await quota.oldest(redis, settings, tenant, 20):
+        held = await b.store.view(job_id)  # a finished job's snapshot says so
+        if held is None or held.status.finished:
+            stale.append(job_id)
+    await quota.release(redis, settings, tenant, *stale)
+    if stale and await quota.reserve(redis, settings, tenant, job.job_id):
+        return
+    raise quota.TenantFull(tenant, settings.tenant_max_unfinished)
+
+
+async def _undo(b: JobBackends, job: Job, stored: bool, placed: bool) -> None:
+    """Best effort: an original left behind is the orphan sweep's, a place the cap's next check."""
+    if stored and isinstance(job.source, UploadSource):
+        with contextlib.suppress(Exception):
+            await b.storage.delete(job.source.key)
+    if placed:
+        with contextlib.suppress(RedisError):
+            await quota.release(b.redis, b.settings, job.tenant, job.job_id)
+
+
+async def restore(b: JobBackends, job: Job) -> Job:
+    """Insert again, ``pending``, a job whose record the database lost, from its message's copy
+    (the worker holds the message, so it is not queued again). ``DuplicateKeyError`` if another
+    worker restored it meanwhile."""
+    restored = job.model_copy(update={"status": JobStatus.pending, "worker": None, "updated_at": utcnow()})
+    await b.store.insert(restored)
+    with contextlib.suppress(RedisError):  # without a snapshot, readers use MongoDB
+        async with b.redis.pipeline(transaction=False) as pipe:
+            Snapshots(b.redis, b.settings).put(pipe, restored)
+            await pipe.execute()
+    return restored
+
+
+async def start(b: JobBackends, job: Job, worker: str) -> Job | None:
+    """``processing`` by ``worker`` (who holds the job's lease and read it unfinished), with the
+    crash count and isolation decided for it; None if the job is gone."""
+    snapshots = Snapshots(b.redis, b.settings)
+    await snapshots.forget(job.job_id)
+    started = await b.store.start(job, worker)
+    if started is not None:
+        await _best_effort(b, started)
+    return started
+
+
+async def complete(b: JobBackends, job: Job, result: JobResult) -> Job | None:
+    """``completed`` with ``result``; then its followers are told, its tenant's place freed, its
+    webhooks filed and its original deleted (unless originals are kept). None if it is gone."""
+    await Snapshots(b.redis, b.settings).forget(job.job_id)
+    done = await b.store.complete(job.job_id, result, expires_at=_expiry(b.settings))
+    if done is not None:
+        await _finished(b, job, done)
+    return done
+
+
+async def fail(b: JobBackends, job: Job, error: str, *, dead_letter: bool = False) -> Job | None:
+    """``failed`` with ``error`` (a dead letter too with ``dead_letter``: it failed after its last
+    retry); what follows as for ``complete``. None if it is gone."""
+    log.info("job %s failed: %s", job.job_id, error)
+    await Snapshots(b.redis, b.settings).forget(job.job_id)
+    done = await b.store.fail(job.job_id, error, crashes=job.crashes, expires_at=_expiry(b.settings))
+    if done is not None:
+        await _finished(b, job, done, dead_letter=error if dead_letter else None)
+    return done
+
+
+async def _finished(b: JobBackends, job: Job, done: Job, *, dead_letter: str | None = None) -> None:
+    s = b.settings
+    async with b.redis.pipeline(transaction=False) as pipe:
+        Snapshots(b.redis, s).put(pipe, done)
+        announce(pipe, s, job.job_id, done.status)
+        pipe.zrem(quota.unfinished_key(s, job.tenant), job.job_id)
+        file_finished(
+            pipe, s, job.job_id, job.tenant, f"job.{done.status.value}", has_callback=bool(job.callback_url)
+        )
+        if dead_letter is not None:
+            pipe.xadd(dead_letter_key(s), {"job_id": job.job_id, "error": dead_letter})
+        await pipe.execute()
+    if not s.keep_originals and isinstance(job.source, UploadSource):
+        await b.storage.delete(job.source.key)
+
+
+async def retry_later(b: JobBackends, job: Job, error: str) -> JobStatus:
+    """It did not work now, for a reason that may pass: ``pending`` again after the next delay of
+    ``retry_delays_s`` (+-20% jitter, so that jobs failed together do not come back together);
+    after the last, ``failed`` and a dead letter. Returns which."""
+    delays = b.settings.retry_delays
+    if job.retries >= len(delays):
+        tries = job.retries + 1
+        await fail(
+            b, job, f"Gave up after {tries} {'try' if tries == 1 else 'tries'}: {error}", dead_letter=True
+        )
+        return JobStatus.failed
+    delay = delays[job.retries] * random.uniform(0.8, 1.2)
+    log.info("job %s: %s; trying again in %.1f s", job.job_id, error, delay)
+    await Snapshots(b.redis, b.settings).forget(job.job_id)
+    waiting = await b.store.wait_for_retry(job, error, utcnow() + timedelta(seconds=delay))
+    if waiting is not None:
+        async with b.redis.pipeline(transaction=False) as pipe:
+            Snapshots(b.redis, b.settings).put(pipe, waiting)
+            announce(pipe, b.settings, job.job_id, JobStatus.pending)
+            pipe.zadd(retry_key(b.settings), {job.job_id: time.time() + delay})
+            await pipe.execute()
+    return JobStatus.pending
+
+
+async def give_back(b: JobBackends, worker: str, message_id: bytes | str | int) -> None:
+    """A stopping ``worker`` hands back a message it holds: its job, if the worker was on it, is
+    ``pending`` again with the attempt not counted; the message goes to the stream's end (its entry
+    recorded) and the one held is acknowledged."""
+    s = b.settings
+    found = await b.redis.xrange(s.stream, min=message_id, max=message_id)
+    fields: dict[bytes, bytes] = dict(found[0][1] or {}) if found else {}  # type: ignore[arg-type]
+    data = fields.get(DATA)
+    job_id = job_id_of(data) if data is not None else None
+    job = await b.store.get(job_id) if job_id is not None else None
+    released = None
+    if job is not None and job.status is JobStatus.processing and job.worker == worker:
+        await Snapshots(b.redis, s).forget(job.job_id)
+        released = await b.store.release(job)
+    async with b.redis.pipeline(transaction=True) as pipe:
+        if data is not None and job_id is not None:
+            requeue(pipe, s, job_id, data)
+        pipe.xack(s.stream, s.consumer_group, message_id)
+        if released is not None:
+            Snapshots(b.redis, s).put(pipe, released)
+            announce(pipe, s, released.job_id, JobStatus.pending)
+        await pipe.execute()
+
+
+async def revive(b: JobBackends, job: Job) -> Job | None:
+    """A failed job an operator sends back from the dead letters: ``pending``, retries reset, and
+    queued again. None if it is not among the dead letters (or is gone)."""
+    if not await remove_dead_letters(b.redis, b.settings, job.job_id):
+        return None
+    await Snapshots(b.redis, b.settings).forget(job.job_id)
+    revived = await b.store.revive(job.job_id)
+    if revived is None:
+        return None
+    try:
+        async with b.redis.pipeline(transaction=False) as pipe:
+            await publish(pipe, b.settings, [revived])
+            Snapshots(b.redis, b.settings).put(pipe, revived)
+            announce(pipe, b.settings, revived.job_id, JobStatus.pending)
+            await pipe.execute()
+    except Exception as exc:  # pending without a message: the reconciler publishes it
+        raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
+    return revived
+
+
+async def republish(redis: Redis, settings: Settings, jobs: Sequence[Job]) -> None:
+    """Queue these (unfinished) jobs again, in one round trip: the reconciler's lost jobs, the
+    retries that are due."""
+    if not jobs:
+        return
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            await publish(pipe, settings, jobs)
+            await pipe.execute()
+    except Exception as exc:
+        raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+async def publish_due_retries(store: JobStore, redis: Redis, settings: Settings) -> int:
+    """Queue the jobs whose retry is due (each taken by one process only); returns how many. A
+    process dying before it publishes them leaves them to the reconciler (unfinished, no message,
+    due)."""
+    due = await take_due_retries(redis, settings, time.time())
+    jobs = [job for job in await asyncio.gather(*(store.get(job_id) for job_id in due)) if job is not None]
+    await republish(redis, settings, jobs)
+    return len(jobs)
+
+
+def acknowledged(pipe: Pipeline, settings: Settings, job_id: str, message_ids: Sequence[bytes]) -> None:
+    """Queue on ``pipe``: the worker acknowledged these messages of the job; it no longer has a
+    message in the stream through them (a newer entry, a give-back's, stays recorded)."""
+    for message_id in message_ids:
+        forget_entry(pipe, settings, job_id, message_id)
+
+
+async def remove(store: JobStore, redis: Redis, settings: Settings, job_id: str) -> None:
+    """Delete an expired job's record, then its snapshot, progress events and webhook attempts
+    (left behind if Redis is down: each lapses on its own)."""
+    await store.delete(job_id)
+    try:
+        await redis.delete(
+            Snapshots(redis, settings).key(job_id),
+            events_key(settings, job_id),
+            attempts_key(settings, job_id),
+        )
+    except RedisError as exc:
+        log.warning("Redis keys of deleted job %s kept (%s)", job_id, exc)
+
+
+async def _best_effort(b: JobBackends, job: Job) -> None:
+    """The snapshot and announcement of a change nothing else waits on: without them, readers use
+    MongoDB and followers wait for their next heartbeat."""
+    try:
+        async with b.redis.pipeline(transaction=False) as pipe:
+            Snapshots(b.redis, b.settings).put(pipe, job)
+            announce(pipe, b.settings, job.job_id, job.status)
+            await pipe.execute()
+    except RedisError as exc:
+        log.warning("job %s %s not announced (%s)", job.job_id, job.status.value, exc)
+
+
+def _expiry(settings: Settings) -> datetime:
+    return utcnow() + timedelta(seconds=settings.retention_s)

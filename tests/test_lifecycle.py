@@ -1,0 +1,377 @@
+"""One home for a job's life (imgflow.core.lifecycle): each transition writes exactly its MongoDB
+fields and its Redis keys, in one MongoDB write and one Redis pipeline (plus, for a change to a
+stored job, the snapshot's drop before the write), on the real servers; and no other module writes
+a job's status or the keys that go with it (a scan of the sources).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, monitoring
+from redis.asyncio import Connection, ConnectionPool, Redis
+
+from imgflow.core import lifecycle, quota
+from imgflow.core.errors import QueueUnavailable
+from imgflow.core.jobs import Job, JobResult, JobStatus, OutputFormat, UploadSource, original_key, utcnow
+from imgflow.core.queue import create_group
+from imgflow.core.settings import Settings, StorageBackend
+from imgflow.core.snapshots import Snapshots
+from imgflow.core.storage import NotFound, Storage, make_storage
+from imgflow.core.store import Document, JobStore
+from imgflow.harness import images
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = "worker-1"
+WRITES = {"insert", "update", "findAndModify", "delete"}
+
+
+class RoundTrips(Connection):
+    """A Redis connection that counts what it sends: a command, a pipeline or a script is one."""
+
+    sent = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sent += 1
+        await super().send_packed_command(command, check_health)
+
+
+class JobCommands(monitoring.CommandListener):
+    """The commands sent about the jobs collection, by name."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command.get(event.command_name) == "jobs":
+            self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@dataclass
+class Parts:
+    settings: Settings
+    store: JobStore
+    redis: Redis
+    storage: Storage
+    db: Any
+    commands: JobCommands
+
+    async def redis_state(self) -> dict[str, Any]:
+        """Every key of this test's stream prefix with its content."""
+        state: dict[str, Any] = {}
+        async for raw in self.redis.scan_iter(match=f"{self.settings.stream}*"):
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            kind = await self.redis.type(key)
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            if kind == "string":
+                state[key] = await self.redis.get(key)
+            elif kind == "hash":
+                state[key] = await self.redis.hgetall(key)
+            elif kind == "zset":
+                state[key] = await self.redis.zrange(key, 0, -1)
+            elif kind == "stream":
+                state[key] = await self.redis.xrange(key)
+            elif kind == "set":
+                state[key] = await self.redis.smembers(key)
+            else:
+                state[key] = await self.redis.lrange(key, 0, -1)
+        return state
+
+    async def document(self, job_id: str) -> Document:
+        return await self.db["jobs"].find_one({"_id": job_id}) or {}
+
+    @contextlib.asynccontextmanager
+    async def writes(self, job_id: str) -> AsyncIterator[Written]:
+        """What the block wrote: Redis keys (by name, the prefix and the job id replaced), the
+        job's fields, the MongoDB commands and the Redis round trips."""
+        keys_before, doc_before = await self.redis_state(), await self.document(job_id)
+        self.commands.names.clear()
+        RoundTrips.sent = 0
+        written = Written()
+        yield written
+        written.round_trips, written.commands = RoundTrips.sent, list(self.commands.names)
+        keys_after, doc_after = await self.redis_state(), await self.document(job_id)
+        changed = {
+            k for k in keys_before.keys() | keys_after.keys() if keys_before.get(k) != keys_after.get(k)
+        }
+        written.keys = {
+            "stream"
+            if k == self.settings.stream
+            else k.removeprefix(self.settings.stream + ":").replace(job_id, "<id>")
+            for k in changed
+        }
+        written.fields = {
+            f for f in doc_before.keys() | doc_after.keys() if doc_before.get(f) != doc_after.get(f)
+        }
+
+
+@dataclass
+class Written:
+    keys: set[str] | None = None
+    fields: set[str] | None = None
+    commands: list[str] | None = None
+    round_trips: int = 0
+
+
+@pytest.fixture
+async def parts(fresh_settings: Settings, tmp_path: Path) -> AsyncIterator[Parts]:
+    settings = fresh_settings.model_copy(
+        update={
+            "storage_backend": StorageBackend.local,
+            "storage_dir": tmp_path / "stored",
+            "retry_delays_s": "30",  # one retry, then the dead letters
+            "tenant_max_unfinished": 5,
+        }
+    )
+    commands = JobCommands()
+    mongo: AsyncMongoClient[Document] = AsyncMongoClient(
+        settings.mongodb_url, tz_aware=True, event_listeners=[commands]
+    )
+    pool = ConnectionPool.from_url(settings.redis_url, connection_class=RoundTrips)
+    redis = Redis(connection_pool=pool)
+    db = mongo[settings.mongodb_database]
+    await redis.ping()  # the connection's own set-up is not a transition's
+    await db["jobs"].find_one({})
+    store = JobStore(db, Snapshots(redis, settings))
+    try:
+        yield Parts(settings, store, redis, make_storage(settings, db), db, commands)
+    finally:
+        await redis.aclose()
+        await mongo.close()
+
+
+def new_job() -> Job:
+    job_id = "0b6d" + "0" * 28
+    return Job(
+        job_id=job_id,
+        user_id="alice",
+        tenant="acme",
+        source=UploadSource(key=original_key(job_id)),
+        callback_url="https://example.com/hook",
+    )
+
+
+RESULT = JobResult(
+    key="thumbnail", width=1, height=1, bytes=1, format=OutputFormat.jpeg, processed_at=utcnow()
+)
+
+
+async def test_each_transition_writes_its_fields_and_keys_in_one_round_trip(
+    parts: Parts, tmp_path: Path
+) -> None:
+    b = parts
+    original = tmp_path / "photo.jpg"
+    original.write_bytes(images.jpeg(64, 48))
+    job = new_job()
+
+    async with b.writes(job.job_id) as w:
+        await lifecycle.accept(b, job, original=original, media_type="image/jpeg", take_place=True)
+    assert w.commands == ["insert"]
+    assert w.keys == {"tenant:acme:unfinished", "job:<id>", "events:<id>", "stream", "entries"}
+    assert w.round_trips == 2  # the place (it decides whether to go on), then the rest at once
+    assert w.fields is not None and {"status", "tenant", "source"} <= w.fields
+    assert (await b.storage.stat(original_key(job.job_id))).size == original.stat().st_size
+
+    await create_group(b.redis, b.settings.stream, b.settings.consumer_group)
+    read: Any = await b.redis.xreadgroup(b.settings.consumer_group, WORKER, {b.settings.stream: ">"}, count=1)
+    message_id: bytes = read[0][1][0][0]
+
+    async with b.writes(job.job_id) as w:
+        started = await lifecycle.start(b, job, WORKER)
+    assert started is not None and started.status is JobStatus.processing
+    assert w.commands == ["findAndModify"]
+    assert w.fields == {"status", "worker", "attempts", "updated_at"}
+    assert w.keys == {"job:<id>", "events:<id>"}
+    assert w.round_trips == 2  # the snapshot dropped before the write, set (and announced) after
+
+    async with b.writes(job.job_id) as w:
+        assert await lifecycle.retry_later(b, started, "timed out") is JobStatus.pending
+    assert w.commands == ["findAndModify"]
+    assert w.fields == {"status", "error", "retries", "next_attempt_at", "updated_at"}
+    assert w.keys == {"job:<id>", "events:<id>", "retry"}
+    assert w.round_trips == 2
+
+    started = await lifecycle.start(b, (await b.store.get(job.job_id)) or job, WORKER)
+    assert started is not None
+    async with b.writes(job.job_id) as w:
+        await lifecycle.give_back(b, WORKER, message_id)
+    assert w.commands == ["find", "findAndModify"]  # read whose it is, then the one write
+    assert w.fields == {"status", "attempts", "given_back", "updated_at"}
+    assert w.keys == {"job:<id>", "events:<id>", "stream", "entries"}
+    assert w.round_trips == 3  # the message read, the snapshot dropped, then the rest at once
+    assert not await b.redis.xpending_range(
+        b.settings.stream, b.settings.consumer_group, min="-", max="+", count=10, consumername=WORKER
+    )
+
+    started = await lifecycle.start(b, (await b.store.get(job.job_id)) or job, WORKER)
+    assert started is not None and started.retries == 1
+    async with b.writes(job.job_id) as w:
+        assert await lifecycle.retry_later(b, started, "timed out again") is JobStatus.failed
+    assert w.commands == ["findAndModify"]
+    assert w.fields == {"status", "error", "expires_at", "updated_at"}
+    assert w.keys == {
+        "job:<id>",
+        "events:<id>",
+        "tenant:acme:unfinished",
+        "webhooks",
+        "webhooks:outstanding",
+        "dead",
+    }
+    assert w.round_trips == 2
+    assert await quota.count(b.redis, b.settings, "acme") == 0
+
+    failed = await b.store.get(job.job_id)
+    assert failed is not None
+    async with b.writes(job.job_id) as w:
+        revived = await lifecycle.revive(b, failed)
+    assert revived is not None and revived.status is JobStatus.pending
+    assert w.commands == ["findAndModify"]
+    assert w.fields == {"status", "error", "retries", "updated_at"}
+    assert w.keys == {"dead", "job:<id>", "events:<id>", "stream", "entries"}
+    # the dead letters read and removed (one page), the snapshot dropped, then the rest at once
+    assert w.round_trips == 4
+
+    started = await lifecycle.start(b, revived, WORKER)
+    assert started is not None
+    async with b.writes(job.job_id) as w:
+        done = await lifecycle.complete(b, started, RESULT)
+    assert done is not None and done.status is JobStatus.completed
+    assert w.commands == ["findAndModify"]
+    assert w.fields == {"status", "result", "expires_at", "updated_at"}
+    # no place held since the revive (an operator's retry takes none), so the cap's set is unchanged
+    assert w.keys == {"job:<id>", "events:<id>", "webhooks", "webhooks:outstanding"}
+    assert w.round_trips == 2
+
+    async with b.writes(job.job_id) as w:
+        await lifecycle.remove(b.store, b.redis, b.settings, job.job_id)
+    assert w.commands == ["delete"]
+    assert w.fields is not None and "status" in w.fields  # the whole document went
+    assert w.keys == {"job:<id>", "events:<id>"}
+    assert w.round_trips == 1
+
+    async with b.writes(job.job_id) as w:
+        restored = await lifecycle.restore(b, job)
+    assert restored.status is JobStatus.pending
+    assert w.commands == ["insert"]
+    assert w.keys == {"job:<id>"}
+    assert w.round_trips == 1
+
+
+async def test_a_refused_message_leaves_nothing_accepted(parts: Parts, tmp_path: Path) -> None:
+    b = parts
+    original = tmp_path / "photo.jpg"
+    original.write_bytes(images.jpeg(64, 48))
+    job = new_job()
+    # the stream's key holds something that is not a stream: Redis refuses the XADD
+    await b.redis.set(b.settings.stream, "not a stream")
+    with pytest.raises(QueueUnavailable):
+        await lifecycle.accept(b, job, original=original, media_type="image/jpeg", take_place=True)
+    assert await b.store.get(job.job_id) is None
+    assert await Snapshots(b.redis, b.settings).get(job.job_id) is None
+    assert await quota.count(b.redis, b.settings, "acme") == 0
+    with pytest.raises(NotFound):
+        await b.storage.stat(original_key(job.job_id))
+
+
+# What only imgflow.core.lifecycle may use: the functions that write a job's side-effect keys ...
+WRITERS = {
+    "imgflow.core.quota": {"reserve", "release", "unfinished_key"},
+    "imgflow.core.events": {"announce"},
+    "imgflow.core.webhooks": {"file_finished"},
+    "imgflow.core.queue": {"publish", "requeue", "entries_key", "forget_entry"},
+    "imgflow.core.retries": {"retry_key", "dead_letter_key", "remove_dead_letters", "take_due_retries"},
+}
+# ... a JobStore's writes, and a Snapshots' ...
+STORE_WRITES = {"insert", "delete", "start", "complete", "fail", "wait_for_retry", "revive", "release"}
+SNAPSHOT_WRITES = {"put", "forget"}
+# ... in these modules (where each is defined)
+ALLOWED = {"imgflow.core.lifecycle", *WRITERS, "imgflow.core.store", "imgflow.core.snapshots"}
+SOURCES = [ROOT / member / "src" for member in ("core", "api", "worker", "operator")]
+
+
+def modules() -> Iterator[tuple[str, Path]]:
+    for src in SOURCES:
+        for path in sorted(src.rglob("*.py")):
+            name = ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
+            yield name, path
+
+
+def writes_outside_lifecycle(name: str, source: str) -> list[str]:
+    """Where ``source`` (module ``name``) writes a job's status or side-effect keys itself."""
+    found: list[str] = []
+    aliases: dict[str, str] = {}  # local name -> writer module
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                if full in WRITERS:
+                    aliases[alias.asname or alias.name] = full
+                elif alias.name in WRITERS.get(node.module, ()):
+                    found.append(f"line {node.lineno}: imports {full}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in WRITERS:
+                    aliases[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            module = aliases.get(node.value.id)
+            if module and node.attr in WRITERS[module]:
+                found.append(f"line {node.lineno}: uses {module}.{node.attr}")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            receiver = ast.unparse(node.func.value).lower()
+            if node.func.attr in STORE_WRITES and receiver.endswith("store"):
+                found.append(f"line {node.lineno}: {ast.unparse(node.func)}(...) writes a job")
+            if node.func.attr in SNAPSHOT_WRITES and "snapshot" in receiver:
+                found.append(f"line {node.lineno}: {ast.unparse(node.func)}(...) writes a snapshot")
+        if isinstance(node, ast.Dict):
+            keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+            if "$set" in keys and "status" in ast.unparse(node):
+                found.append(f"line {node.lineno}: sets a status in MongoDB")
+    return found
+
+
+def test_only_lifecycle_writes_a_jobs_status_and_its_keys() -> None:
+    scanned = 0
+    offenders = []
+    for name, path in modules():
+        scanned += 1
+        if name in ALLOWED:
+            continue
+        offenders += [
+            f"{path.relative_to(ROOT)} {w}" for w in writes_outside_lifecycle(name, path.read_text())
+        ]
+    assert scanned > 50
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_scan_sees_each_kind_of_write() -> None:
+    writes = """
+from imgflow.core import quota
+from imgflow.core.events import announce
+from imgflow.core.queue import forget_entry
+pipe.zrem(quota.unfinished_key(s, tenant), job_id)
+await self.store.complete(job_id, result, expires_at=x)
+await state.store.revive(job_id)
+await self._snapshots.put(job)
+await db.jobs.update_one({"_id": job_id}, {"$set": {"status": "failed"}})
+"""
+    found = writes_outside_lifecycle("imgflow.worker.processor", writes)
+    assert len(found) == 7, found
+    reads = """
+from imgflow.core import quota
+from imgflow.core.retries import dead_letters
+n = await quota.count(redis, settings, tenant)
+job = await self.store.get(job_id)
+"""
+    assert writes_outside_lifecycle("imgflow.api.routes.jobs", reads) == []
