@@ -19,14 +19,14 @@ import pytest
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
+from imgflow.core import lifecycle
 from imgflow.core.jobs import Job, UploadSource, UrlSource, new_job_id, original_key
-from imgflow.core.queue import make_broker, publish_job, read_backlog
+from imgflow.core.queue import read_backlog
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
-from imgflow.core.submit import submit_job
 from imgflow.harness import images
-from imgflow.harness.client import JOBS, api_client, submit, wait_finished, wait_status
+from imgflow.harness.client import JOBS, Parts, api_client, submit, wait_finished, wait_status
 from imgflow.harness.servers import (
     Server,
     free_port,
@@ -42,15 +42,13 @@ from tests.sources import image_source
 async def submit_url_job(settings: Settings, url: str) -> str:
     """A job whose source is a URL, accepted through the path the operator uses."""
     mongo = connect(settings)
-    broker = make_broker(settings)
     redis = Redis.from_url(settings.redis_url)
-    await broker.connect()
     try:
+        db = mongo[settings.mongodb_database]
         job = Job(user_id="url-user", source=UrlSource(url=url))
-        await submit_job(JobStore(mongo[settings.mongodb_database]), broker, redis, settings, job)
+        await lifecycle.accept(Parts(settings, JobStore(db), redis, make_storage(settings, db)), job)
         return job.job_id
     finally:
-        await broker.stop()
         await redis.aclose()
         await mongo.close()
 
@@ -104,6 +102,14 @@ def own_mongo(tmp_path: Path) -> Iterator[tuple[Restartable, str]]:
     mongo.stop()
 
 
+def assert_outage(response: httpx.Response, detail: str) -> None:
+    """A backing service's outage as the API answers it: 503 problem details and a time to retry."""
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert int(response.headers["retry-after"]) >= 1
+    assert detail in response.json()["detail"]
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with api_client(timeout=30) as c:
@@ -150,6 +156,9 @@ async def test_redis_down_at_submit_is_503_and_nothing_is_kept(
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["retry-after"]
     assert "nothing was kept" in response.json()["detail"]
+    # a route that reads Redis without a word about outages is answered alike, by the API's handler
+    letters = await client.get("/api/admin/dead-letters")
+    assert_outage(letters, "Redis is unreachable; retry shortly.")
     assert (await client.get("/readyz")).status_code == 503
     assert (await client.get(f"/api/image-processing/users/{user}/jobs")).json() == {"jobs": []}
     mongo = connect(settings)
@@ -256,7 +265,7 @@ async def test_a_duplicate_message_never_moves_a_finished_job_back(
     await broker.connect()
     r = Redis.from_url(fresh_settings.redis_url)
     for _ in range(3):
-        await publish_job(broker, r, fresh_settings, job)
+        await lifecycle.republish(r, fresh_settings, [job])
     await broker.stop()
     # the backlog drains to zero once the duplicates are consumed and dropped
     for _ in range(300):
@@ -325,6 +334,17 @@ async def test_mongodb_down_while_a_job_waits_delays_it_but_loses_nothing(
     assert worker.alive, worker.tail()
     mongo.start()
     assert (await wait_finished(client, job_id))["status"] == "completed"
+
+
+async def test_mongodb_down_is_503_on_a_route_without_an_except_of_its_own(
+    processes: Processes, redis_url: str, own_mongo: tuple[Restartable, str], client: httpx.AsyncClient
+) -> None:
+    mongo, mongodb_url = own_mongo
+    _, base = processes.start_api(make_settings(redis_url, mongodb_url, mongodb_timeout_s=2.0))
+    client.base_url = httpx.URL(base)
+    assert (await client.get("/api/admin/keys")).status_code == 200
+    mongo.stop()
+    assert_outage(await client.get("/api/admin/keys"), "MongoDB")
 
 
 async def test_jobs_accepted_before_any_worker_started_are_not_skipped(

@@ -25,12 +25,10 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from faststream.redis import RedisBroker
 from pymongo import AsyncMongoClient
-from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from imgflow.api.expiring import Expiring
-from imgflow.api.problems import Problem, unavailable
+from imgflow.api.problems import Problem
 from imgflow.api.ratelimit import Policy, RateLimiter
 from imgflow.api.readiness import Readiness
 from imgflow.api.slots import Slots
@@ -192,10 +190,7 @@ async def authenticate(
     if settings.auth is AuthMode.off:
         return open_principal(settings)
     address = request.client.host if request.client else ""
-    try:
-        principal = await _identify(credentials.credentials, state, address) if credentials else None
-    except PyMongoError:
-        raise unavailable("MongoDB", refused_job=False) from None
+    principal = await _identify(credentials.credentials, state, address) if credentials else None
     if principal is None:
         wait = state.auth_throttle.failed(address)
         if wait:
@@ -247,10 +242,7 @@ def require(scope: Scope, rate: Literal["create", "read"] | None) -> Callable[..
         if rate is None or principal.admin or principal.key_id is None:
             return principal
         policy = _policy(principal, state.settings, rate)
-        try:
-            decision = await state.limiter.hit(principal.key_id, policy)
-        except RedisError:
-            raise unavailable("Redis", refused_job=False) from None
+        decision = await state.limiter.hit(principal.key_id, policy)
         headers = decision.headers(policy)
         if not decision.allowed:
             wait = max(1, round(decision.retry_after_s + 0.5))

@@ -9,11 +9,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import PyMongoError, WaitQueueTimeoutError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgflow.api.pools import PoolExhausted
+from imgflow.core.errors import BackendUnavailable
 
 MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("imgflow.api")
@@ -129,6 +132,28 @@ def unavailable(what: str, cause: Exception | None = None, *, refused_job: bool 
     return Problem(503, "Service unavailable", detail, headers={"Retry-After": "5"})
 
 
+# the operation whose outage answers say the job was refused: nothing of it is kept
+SUBMIT_OPERATION = "createJob"
+
+
+def outage(request: Request, exc: Exception) -> Problem:
+    """The 503 for a backing service that failed a request: the failures of imgflow.core.errors
+    name their service; a driver's error that escaped a route is MongoDB's or Redis's."""
+    cause = exc
+    if isinstance(exc, BackendUnavailable):
+        what = exc.what
+        # the driver's error under it tells a timeout or an exhausted pool from an outage
+        if isinstance(exc.__cause__, Exception):
+            cause = exc.__cause__
+    elif isinstance(exc, PyMongoError):
+        what = "MongoDB"
+    else:
+        what = "Redis"
+    route = request.scope.get("route")
+    submitting = isinstance(route, APIRoute) and route.operation_id == SUBMIT_OPERATION
+    return unavailable(what, cause, refused_job=submitting)
+
+
 def problem_response(request: Request, problem: Problem) -> JSONResponse:
     body = {
         "type": problem.type,
@@ -157,8 +182,8 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, Problem)
         return problem_response(request, exc)
 
-    async def on_busy(request: Request, exc: Exception) -> JSONResponse:
-        return problem_response(request, busy("Redis" if isinstance(exc, PoolExhausted) else "MongoDB"))
+    async def on_outage(request: Request, exc: Exception) -> JSONResponse:
+        return problem_response(request, outage(request, exc))
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -176,7 +201,8 @@ def install(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(Problem, on_problem)
-    app.add_exception_handler(PoolExhausted, on_busy)
-    app.add_exception_handler(WaitQueueTimeoutError, on_busy)
+    # a pool with no free connection (PoolExhausted, WaitQueueTimeoutError) is among them: "busy"
+    for failure in (BackendUnavailable, PyMongoError, RedisError):
+        app.add_exception_handler(failure, on_outage)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

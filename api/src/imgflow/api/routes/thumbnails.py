@@ -8,13 +8,13 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 
 from imgflow.api.deps import Reader, State
 from imgflow.api.downloads import send_stored
-from imgflow.api.problems import Problem, documented, unavailable
+from imgflow.api.problems import Problem, documented
 from imgflow.api.routes.jobs import visible_job
 from imgflow.api.schemas import UPLOADS_PREFIX
 from imgflow.api.slots import counted
 from imgflow.core.jobs import OUTPUT_NAME, OutputFormat
 from imgflow.core.settings import AuthMode
-from imgflow.core.storage import NotFound, StorageUnavailable
+from imgflow.core.storage import NotFound
 
 router = APIRouter(tags=["jobs"])
 THUMBNAIL_TYPES = [f.media_type for f in OutputFormat]
@@ -69,7 +69,3 @@ async def get_thumbnail(name: str, request: Request, state: State, principal: Re
         )
     except NotFound:
         raise Problem(404, "Not found", f"There is no file {name!r}.") from None
-    except StorageUnavailable as exc:
-        raise unavailable(
-            f"Storage ({state.settings.storage_backend.value})", exc, refused_job=False
-        ) from exc
