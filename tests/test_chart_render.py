@@ -759,6 +759,10 @@ def test_platform_assigned_uids_are_possible() -> None:
         ({"externalRedis": {"url": "http://redis"}}, "at '/externalRedis/url'"),
         ({"podSecurity": {"runAsUser": 0}}, "at '/podSecurity/runAsUser'"),
         ({"serviceMonitor": {"interval": "soon"}}, "at '/serviceMonitor/interval'"),
+        ({"prometheusRule": {"failureRatio": 10}}, "at '/prometheusRule/failureRatio'"),
+        ({"networkPolicy": {"privateCidrs": ["10.0.0.0"]}}, "at '/networkPolicy/privateCidrs/0'"),
+        ({"worker": {"extraVolumeMounts": [{"name": "ca"}]}}, "at '/worker/extraVolumeMounts/0'"),
+        ({"api": {"extraVolumes": [{"configMap": {"name": "ca"}}]}}, "at '/api/extraVolumes/0'"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else "",
 )

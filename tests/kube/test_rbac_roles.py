@@ -1,6 +1,8 @@
-"""The chart's aggregated ClusterRoles (aggregatedRoles.enabled) on a real kube-apiserver: a user
-bound in a namespace to the cluster's built-in `view` or `edit` role may then read, or also write,
-ImageJobs there, as `kubectl auth can-i --as` answers.
+"""The chart's access policies on a real kube-apiserver. Its aggregated ClusterRoles
+(aggregatedRoles.enabled): a user bound in a namespace to the cluster's built-in `view` or `edit`
+role may then read, or also write, ImageJobs there, as `kubectl auth can-i --as` answers. Its
+NetworkPolicies (networkPolicy.enabled) pass the server's validation; whether they refuse traffic
+needs a node whose CNI enforces NetworkPolicy, which the project's node (ptp) does not.
 
 The session's control plane runs no controller-manager, and it is the ClusterRole aggregation
 controller that copies the labelled roles' rules into view/edit/admin: this module runs
@@ -61,20 +63,15 @@ def wait_until_allowed(kube: Kube, user: str, verb: str, resource: str, namespac
         time.sleep(0.5)
 
 
+def chart_part(namespace: str, template: str, *values: str) -> str:
+    args = ["template", "rel", str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION]
+    for value in values:
+        args += ["--set", value]
+    return helm(*args, "--show-only", f"templates/{template}").stdout
+
+
 def chart_roles(namespace: str) -> str:
-    return helm(
-        "template",
-        "rel",
-        str(CHART),
-        "--namespace",
-        namespace,
-        "--kube-version",
-        KUBE_VERSION,
-        "--set",
-        "aggregatedRoles.enabled=true",
-        "--show-only",
-        "templates/imagejob-clusterroles.yaml",
-    ).stdout
+    return chart_part(namespace, "imagejob-clusterroles.yaml", "aggregatedRoles.enabled=true")
 
 
 def test_view_and_edit_users_get_imagejobs_through_the_aggregated_roles(
@@ -106,3 +103,22 @@ def test_view_and_edit_users_get_imagejobs_through_the_aggregated_roles(
         assert not can(kube, "bob", "create", IMAGEJOBS, "default")
     finally:
         kube.kubectl("delete", "-f", "-", "--ignore-not-found", input=roles, check=False)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        (),
+        (
+            "networkPolicy.urlSources=false",
+            "networkPolicy.kubernetesApiCidrs={10.0.0.1/32}",
+            "redis.enabled=false",
+            "externalRedis.url=redis://redis.example:6379/0",
+        ),
+    ],
+    ids=["default", "closed"],
+)
+def test_the_network_policies_are_valid(kube: Kube, namespace: str, values: tuple[str, ...]) -> None:
+    policies = chart_part(namespace, "networkpolicy.yaml", "networkPolicy.enabled=true", *values)
+    proc = kube.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=policies)
+    assert proc.stdout.count("networkpolicy.networking.k8s.io/") == 3, proc.stdout
