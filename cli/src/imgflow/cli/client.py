@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -20,6 +21,11 @@ JOBS = "/api/image-processing/jobs"
 RETRIED = frozenset({409, 429, 503})
 MAX_WAIT_S = 600.0  # all the waits of one request, together
 LONGEST_PAUSE_S = 60.0
+
+
+def segment(value: str) -> str:
+    """``value`` as one path segment (a userId may hold a slash)."""
+    return quote(value, safe="")
 
 
 class ApiError(Exception):

@@ -4,14 +4,14 @@ and running one call against the API, with the API's problems printed as errors.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from imgflow.cli import output
-from imgflow.cli.client import Api, ApiError, Unreachable
+from imgflow.cli.client import Api, ApiError, Unreachable, segment
 from imgflow.cli.config import Config, Output
 
 T = TypeVar("T")
@@ -53,3 +53,26 @@ def show(config: Config, value: Any, render: Callable[[Any], None]) -> None:
         output.emit_json(value)
     else:
         render(value)
+
+
+def listing(
+    ctx: typer.Context,
+    output_: Output | None,
+    path: str,
+    field: str,
+    columns: Sequence[tuple[str, str]],
+    params: dict[str, str] | None = None,
+) -> None:
+    """``GET path``: the list under ``field`` as a table, or the whole answer as JSON."""
+    config = config_of(ctx, output_)
+    found = call(config, lambda api: api.json("GET", path, params=params or {}))
+    show(config, found, lambda body: output.table(body[field], columns))
+
+
+def removal(
+    ctx: typer.Context, output_: Output | None, base: str, ident: str, what: str, verb: str = "deleted"
+) -> None:
+    """``DELETE base/ident``, said as ``{verb: ident}`` in JSON."""
+    config = config_of(ctx, output_)
+    call(config, lambda api: api.request("DELETE", f"{base}/{segment(ident)}"))
+    show(config, {verb: ident}, lambda _: output.out.print(f"{verb} {what} {ident}", markup=False))

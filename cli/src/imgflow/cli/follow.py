@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from imgflow.cli.client import JOBS, Api, ApiError, Unreachable
+from imgflow.cli.client import JOBS, Api, ApiError, Unreachable, segment
 
 # "cancelled" is what servers with cancellation answer; older ones never do
 FINISHED = frozenset({"completed", "failed", "cancelled"})
@@ -74,7 +74,7 @@ async def follow(
 async def _stream(api: Api, job_id: str, on_change: OnChange | None) -> Job | None:
     job: Job | None = None
     headers = {"Accept": "text/event-stream"}
-    async with api.stream("GET", f"{JOBS}/{job_id}/events", headers=headers) as response:
+    async with api.stream("GET", f"{JOBS}/{segment(job_id)}/events", headers=headers) as response:
         if not response.headers.get("content-type", "").startswith("text/event-stream"):
             return None
         async for event in events(response):
@@ -93,7 +93,7 @@ async def poll(api: Api, job_id: str, on_change: OnChange | None = None) -> Job:
     pause = POLL_FIRST_S
     last = None
     while True:
-        job: Job = await api.json("GET", f"{JOBS}/{job_id}")
+        job: Job = await api.json("GET", f"{JOBS}/{segment(job_id)}")
         if on_change is not None and job.get("status") != last:
             on_change(job)
         last = job.get("status")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from imgflow.cli import output
-from imgflow.cli.client import JOBS, Api, ApiError
+from imgflow.cli.client import JOBS, Api, ApiError, segment
 from imgflow.cli.common import OutputOption, call, config_of, show
 from imgflow.cli.config import Output
 from imgflow.cli.follow import follow
@@ -50,7 +50,7 @@ def list_jobs(
         params["cursor"] = cursor
     who = user or config.user
     listing = call(
-        config, lambda api: api.json("GET", f"/api/image-processing/users/{who}/jobs", params=params)
+        config, lambda api: api.json("GET", f"/api/image-processing/users/{segment(who)}/jobs", params=params)
     )
 
     def render(body: dict[str, Any]) -> None:
@@ -65,7 +65,7 @@ def list_jobs(
 def get(ctx: typer.Context, job_id: str, output_: OutputOption = None) -> None:
     """One job, as the API shows it."""
     config = config_of(ctx, output_)
-    job = call(config, lambda api: api.json("GET", f"{JOBS}/{job_id}"))
+    job = call(config, lambda api: api.json("GET", f"{JOBS}/{segment(job_id)}"))
     show(config, job, lambda body: output.record(body, title=f"Job {job_id}"))
 
 
@@ -98,7 +98,7 @@ def cancel(ctx: typer.Context, job_id: str, output_: OutputOption = None) -> Non
 
     async def work(api: Api) -> dict[str, Any]:
         try:
-            response = await api.request("DELETE", f"{JOBS}/{job_id}")
+            response = await api.request("DELETE", f"{JOBS}/{segment(job_id)}")
         except ApiError as exc:
             if exc.status == 405:
                 raise ApiError(

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from imgflow.cli import output
-from imgflow.cli.common import OutputOption, call, config_of, show
+from imgflow.cli.common import OutputOption, call, config_of, listing, removal, show
 
 app = typer.Typer(
     help="API keys: create (shown once), list, revoke. Needs an admin key.",
@@ -68,15 +68,10 @@ def list_keys(
     output_: OutputOption = None,
 ) -> None:
     """The keys (never the keys themselves)."""
-    config = config_of(ctx, output_)
-    params = {"tenant": tenant} if tenant else {}
-    found = call(config, lambda api: api.json("GET", PATH, params=params))
-    show(config, found, lambda body: output.table(body["keys"], COLUMNS))
+    listing(ctx, output_, PATH, "keys", COLUMNS, params={"tenant": tenant} if tenant else None)
 
 
 @app.command()
 def revoke(ctx: typer.Context, key_id: str, output_: OutputOption = None) -> None:
     """Revoke a key by its id: it stops working on every API replica within seconds."""
-    config = config_of(ctx, output_)
-    call(config, lambda api: api.request("DELETE", f"{PATH}/{key_id}"))
-    show(config, {"revoked": key_id}, lambda _: output.out.print(f"revoked key {key_id}"))
+    removal(ctx, output_, PATH, key_id, "key", verb="revoked")

@@ -10,7 +10,7 @@ import typer
 
 from imgflow.cli import output
 from imgflow.cli.client import Api
-from imgflow.cli.common import OutputOption, call, config_of, show
+from imgflow.cli.common import OutputOption, call, config_of, listing, removal, show
 
 app = typer.Typer(
     help="Watermarks: PNGs a job composites onto its output (--watermark ID).",
@@ -43,14 +43,10 @@ def upload(
 @app.command("list")
 def list_watermarks(ctx: typer.Context, output_: OutputOption = None) -> None:
     """The tenant's watermarks."""
-    config = config_of(ctx, output_)
-    found = call(config, lambda api: api.json("GET", PATH))
-    show(config, found, lambda body: output.table(body["watermarks"], COLUMNS))
+    listing(ctx, output_, PATH, "watermarks", COLUMNS)
 
 
 @app.command()
 def delete(ctx: typer.Context, watermark_id: str, output_: OutputOption = None) -> None:
     """Delete a watermark (jobs accepted with it and not yet made then fail)."""
-    config = config_of(ctx, output_)
-    call(config, lambda api: api.request("DELETE", f"{PATH}/{watermark_id}"))
-    show(config, {"deleted": watermark_id}, lambda _: output.out.print(f"deleted watermark {watermark_id}"))
+    removal(ctx, output_, PATH, watermark_id, "watermark")

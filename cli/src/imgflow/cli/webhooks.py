@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from imgflow.cli import output
-from imgflow.cli.common import OutputOption, call, config_of, show
+from imgflow.cli.common import OutputOption, call, config_of, listing, removal, show
 
 app = typer.Typer(
     help="Webhook endpoints: every job of the tenant that finishes is POSTed to each.",
@@ -46,18 +46,10 @@ def create(
 @app.command("list")
 def list_endpoints(ctx: typer.Context, output_: OutputOption = None) -> None:
     """The tenant's endpoints (never their secrets)."""
-    config = config_of(ctx, output_)
-    found = call(config, lambda api: api.json("GET", PATH))
-    show(config, found, lambda body: output.table(body["endpoints"], COLUMNS))
+    listing(ctx, output_, PATH, "endpoints", COLUMNS)
 
 
 @app.command()
 def delete(ctx: typer.Context, endpoint_id: str, output_: OutputOption = None) -> None:
     """Stop sending events to an endpoint."""
-    config = config_of(ctx, output_)
-    call(config, lambda api: api.request("DELETE", f"{PATH}/{endpoint_id}"))
-    show(
-        config,
-        {"deleted": endpoint_id},
-        lambda _: output.out.print(f"deleted webhook endpoint {endpoint_id}"),
-    )
+    removal(ctx, output_, PATH, endpoint_id, "webhook endpoint")
