@@ -30,7 +30,6 @@ from imgflow.core.outputs import (
     OutputLimits,
     ThumbnailSpec,
 )
-from imgflow.core.outputs import refusal as refusal  # until the API imports it from outputs
 
 # the options of one output, as the form and the JSON of variants name them
 OPTION_FIELDS = (
