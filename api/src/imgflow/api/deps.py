@@ -36,7 +36,7 @@ from imgflow.api.throttle import AuthThrottle
 from imgflow.core.endpoints import Endpoint, EndpointStore
 from imgflow.core.events import ChangeFeed
 from imgflow.core.jobs import Job
-from imgflow.core.keys import ApiKey, KeyStore, Limits, Scope, digest, key_id_of
+from imgflow.core.keys import ApiKey, KeyStore, RateLimits, Scope, digest, key_id_of
 from imgflow.core.settings import AuthMode, Settings
 from imgflow.core.storage import Storage
 from imgflow.core.store import JobStore
@@ -119,7 +119,7 @@ class Principal:
     key_id: str | None
     tenant: str
     scopes: frozenset[Scope]
-    limits: Limits
+    limits: RateLimits
 
     @property
     def admin(self) -> bool:
@@ -147,13 +147,13 @@ def _unauthorized(detail: str, error: str | None = None) -> Problem:
 
 
 def open_principal(settings: Settings) -> Principal:
-    return Principal(None, settings.default_tenant, frozenset(Scope), Limits())
+    return Principal(None, settings.default_tenant, frozenset(Scope), RateLimits())
 
 
 async def _identify(key: str, state: AppState, address: str) -> Principal | None:
     settings = state.settings
     if settings.admin_key and hmac.compare_digest(digest(key), digest(settings.admin_key)):
-        return Principal(BOOTSTRAP_KEY_ID, settings.default_tenant, frozenset(Scope), Limits())
+        return Principal(BOOTSTRAP_KEY_ID, settings.default_tenant, frozenset(Scope), RateLimits())
     key_id = key_id_of(key)
     if key_id is not None and not state.auth_throttle.may_look_up(address, key_id):
         raise _throttled(state.auth_throttle.retry_after(address), settings)

@@ -33,7 +33,7 @@ class Scope(StrEnum):
     admin = "admin"  # everything, every tenant, and key management
 
 
-class Limits(BaseModel):
+class RateLimits(BaseModel):
     """A key's request rates; None takes the service's default (Settings)."""
 
     create_per_s: float | None = Field(None, gt=0, le=100_000)
@@ -47,7 +47,7 @@ class ApiKey(BaseModel):
     tenant: str
     name: str
     scopes: list[Scope]
-    limits: Limits = Field(default_factory=Limits)
+    limits: RateLimits = Field(default_factory=RateLimits)
     created_at: datetime = Field(default_factory=utcnow)
     key_hash: str  # hex SHA-256 of the whole key
 
@@ -65,7 +65,9 @@ def key_id_of(key: str) -> str | None:
     return match.group(1) if match else None
 
 
-def new_key(tenant: str, name: str, scopes: list[Scope], limits: Limits | None = None) -> tuple[ApiKey, str]:
+def new_key(
+    tenant: str, name: str, scopes: list[Scope], limits: RateLimits | None = None
+) -> tuple[ApiKey, str]:
     """A new key record and the key itself (to show once)."""
     key_id = secrets.token_hex(8)
     key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
@@ -74,7 +76,7 @@ def new_key(tenant: str, name: str, scopes: list[Scope], limits: Limits | None =
         tenant=tenant,
         name=name,
         scopes=sorted(set(scopes)),
-        limits=limits or Limits(),
+        limits=limits or RateLimits(),
         key_hash=digest(key),
     )
     return record, key

@@ -11,7 +11,7 @@ from pydantic import ConfigDict, Field
 from imgflow.api.deps import AdminKey, AuthFirst, State
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
-from imgflow.core.keys import TENANT_PATTERN, ApiKey, Limits, Scope, new_key
+from imgflow.core.keys import TENANT_PATTERN, ApiKey, RateLimits, Scope, new_key
 
 router = APIRouter(prefix="/api/admin/keys", tags=["keys"], route_class=AuthFirst)
 log = logging.getLogger("imgflow.api")
@@ -75,7 +75,7 @@ class KeyList(Camel):
 )
 async def create_key(body: NewKey, state: State, _: AdminKey, response: Response) -> CreatedKey:
     record, key = new_key(
-        body.tenant, body.name, body.scopes, Limits(**body.limits.model_dump(by_alias=False))
+        body.tenant, body.name, body.scopes, RateLimits(**body.limits.model_dump(by_alias=False))
     )
     await state.keys.insert(record)
     log.info("created API key %s for tenant %s (%s)", record.key_id, record.tenant, ",".join(record.scopes))
