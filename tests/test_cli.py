@@ -97,11 +97,12 @@ async def test_submit_folder_waits_downloads_and_summarises(env: dict[str, str],
     assert "completed photo-0.jpg" in done.stderr
 
 
-async def test_a_refused_file_fails_the_run_with_the_problem_detail(
+async def test_refused_and_failed_files_fail_the_run_with_the_reason(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     folder = photos(tmp_path / "photos", count=1)
     (folder / "notes.jpg").write_bytes(NOT_AN_IMAGE)
+    (folder / "cut.jpg").write_bytes(images.truncated_jpeg())  # accepted, then fails in the worker
     done = await imgflow(env, "submit", folder, "--wait")
     assert done.returncode == 1, done.stdout + done.stderr
     # the API's problem details, as it answered them (415, its title and detail), and the input
@@ -109,7 +110,9 @@ async def test_a_refused_file_fails_the_run_with_the_problem_detail(
     assert "415 Unsupported image: The file is not an image in a supported format" in done.stderr
     [row] = [line for line in done.stdout.splitlines() if "notes.jpg" in line]
     assert "refused" in row and "415 Unsupported image" in row
-    assert "1 completed, 1 refused" in done.stdout
+    [row] = [line for line in done.stdout.splitlines() if "cut.jpg" in line]
+    assert "failed" in row
+    assert "1 completed, 1 failed, 1 refused" in done.stdout
 
 
 async def test_rerun_of_the_same_folder_sends_nothing_twice(
@@ -271,10 +274,25 @@ async def test_keys_are_created_listed_and_revoked_with_an_admin_key(stack: Stac
     listed = await imgflow(admin, "keys", "list", "--tenant", tenant, "-o", "json")
     assert [k["id"] for k in json.loads(listed.stdout)["keys"]] == [key["id"]]
 
+    no_such = await imgflow(as_tenant, "webhooks", "delete", "we_0123456789abcdef")
+    assert no_such.returncode == 1
+    assert "404 Not found: There is no webhook endpoint 'we_0123456789abcdef'" in no_such.stderr
+
     assert (await imgflow(admin, "keys", "revoke", key["id"])).returncode == 0
     refused = await imgflow(as_tenant, "webhooks", "list")
     assert refused.returncode == 1
     assert "401" in refused.stderr
+
+
+async def test_shell_completion(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "imgflow"  # completion keys on the command's name
+    env = {**environment("http://127.0.0.1:1", "", tmp_path), "_IMGFLOW_COMPLETE": "complete_bash"}
+    for words, expected in (("imgflow jo", "jobs"), ("imgflow submit --fo", "--format")):
+        env.update(COMP_WORDS=words, COMP_CWORD=str(len(words.split()) - 1))
+        done = await asyncio.to_thread(
+            subprocess.run, [str(script)], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.stdout.split() == [expected], done.stderr
 
 
 def run_in_terminal(argv: list[str], env: dict[str, str], columns: int = 100) -> tuple[int, str]:
