@@ -81,13 +81,6 @@ async def publish(pipe: Pipeline, settings: Settings, jobs: Sequence[Job]) -> No
     pipe.eval(_PUBLISH, 2, settings.stream, entries_key(settings), settings.stream_maxlen, *args)
 
 
-async def publish_job(broker: RedisBroker, redis: Redis, settings: Settings, job: Job) -> None:
-    """Kept for a test until it queues through imgflow.core.lifecycle.republish."""
-    async with redis.pipeline(transaction=False) as pipe:
-        await publish(pipe, settings, [job])
-        await pipe.execute()
-
-
 def requeue(pipe: Pipeline, settings: Settings, job_id: str, data: bytes) -> None:
     """Queue on ``pipe`` a message taken from the stream (``data``) again at its end, its new entry
     id recorded."""

@@ -1,46 +1,27 @@
-"""The reconciler's republishing of jobs whose message is lost (``requeue_lost``); and
-``submit_job``, kept for a test until it accepts its job through imgflow.core.lifecycle.
-"""
+"""The reconciler's republishing of jobs whose message is lost (``requeue_lost``), through
+imgflow.core.lifecycle."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from datetime import timedelta
 
-from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
 from imgflow.core import lifecycle
-from imgflow.core.jobs import UNFINISHED, Job, utcnow
+from imgflow.core.jobs import UNFINISHED, utcnow
 from imgflow.core.queue import lost_jobs
 from imgflow.core.settings import Settings
-from imgflow.core.storage import Storage
 from imgflow.core.store import JobStore
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _NoStorage:
-    settings: Settings
-    store: JobStore
-    redis: Redis
-
-    @property
-    def storage(self) -> Storage:
-        raise AssertionError("accepting a job with no original to store uses no storage")
-
-
-async def submit_job(store: JobStore, broker: RedisBroker, redis: Redis, settings: Settings, job: Job) -> Job:
-    return await lifecycle.accept(_NoStorage(settings, store, redis), job)
-
-
 BATCH = 500
 
 
-async def requeue_lost(store: JobStore, broker: RedisBroker, redis: Redis, settings: Settings) -> int:
+async def requeue_lost(store: JobStore, redis: Redis, settings: Settings) -> int:
     """Publish again every unfinished job, untouched for ``requeue_after_s``, whose message is no
     longer in the stream; returns how many.
 

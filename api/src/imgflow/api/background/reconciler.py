@@ -30,7 +30,7 @@ async def reconcile_forever(state: AppState) -> None:
             if await state.redis.set(lock, "1", nx=True, ex=max(1, int(settings.reconcile_interval_s))):
                 if loop.time() - last_walk >= settings.requeue_after_s / 2:
                     last_walk = loop.time()
-                    await requeue_lost(state.store, state.broker, state.redis, settings)
+                    await requeue_lost(state.store, state.redis, settings)
                 tidied = await tidy_queue(state.redis, settings)
                 if tidied.consumers_removed:
                     log.info("removed %d consumer(s) of workers that are gone", tidied.consumers_removed)
