@@ -68,6 +68,13 @@ def resolve(
     return Config(
         api_url=(api_url or stored.get("api_url") or DEFAULT_API_URL).rstrip("/"),
         api_key=api_key or stored.get("api_key") or None,
-        user=user or stored.get("user") or getpass.getuser(),
+        user=user or stored.get("user") or _login(),
         output=output,
     )
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # a container's user without a name
+        return "imgflow-cli"

@@ -4,6 +4,7 @@ groups live in their own modules (jobs, keys, webhooks, watermarks)."""
 from __future__ import annotations
 
 import json
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
@@ -185,8 +186,13 @@ def presets(ctx: typer.Context, output_: OutputOption = None) -> None:
 
 
 def run() -> None:
-    """The console script."""
-    app()
+    """The console script. Interrupted, it stops quietly: what ``submit`` finished is in its
+    state file, and a rerun goes on from there."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        output.error("interrupted")
+        sys.exit(130)
 
 
 if __name__ == "__main__":
