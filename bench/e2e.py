@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
+from redis.asyncio import Redis
 
 from bench import corpus
 from bench.system import Usage, status_kb, tree_cpu_seconds
@@ -226,6 +227,7 @@ async def bench(
                 await ops.mongo_commands(metrics_urls),
                 await ops.redis_commands(stack.settings.redis_url),
             )
+            reads_before = await redis_reads(stack.settings.redis_url)
             rss_idle = status_kb(worker.pid, "VmRSS")
             cpu_before = {name: tree_cpu_seconds(s.pid) for name, s in procs.items() if s is not None}
             self_before = time.process_time()
@@ -242,6 +244,7 @@ async def bench(
             redis_ops = ops.per_job(
                 ops_before[1], await ops.redis_commands(stack.settings.redis_url), len(records)
             )
+            redis_trips = (await redis_reads(stack.settings.redis_url) - reads_before) / len(records)
         cpu["other processes"] = usage.others(sum(cpu.values())) * usage.total
         return {
             "jobs": len(records),
@@ -266,6 +269,7 @@ async def bench(
             "cpu_s": cpu,
             "mongodb_ops_per_job": mongo_ops,
             "redis_ops_per_job": redis_ops,
+            "redis_round_trips_per_job": redis_trips,
             "machine_cpu_s": usage.total,
             "worker_vips_concurrency": os.environ.get("VIPS_CONCURRENCY", "default"),
             "wait": WAIT,
@@ -274,6 +278,17 @@ async def bench(
         stack.stop()
         if s3 is not None:
             s3.stop()
+
+
+async def redis_reads(redis_url: str) -> int:
+    """The requests Redis has read from its clients (a command, a pipeline or a script each), every
+    process's: the jobs' and the loops' beside them (heartbeats, reconciler, event streams)."""
+    redis = Redis.from_url(redis_url)
+    try:
+        stats = await redis.info("stats")
+    finally:
+        await redis.aclose()
+    return int(stats["total_reads_processed"])
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -329,6 +344,7 @@ def print_table(result: dict[str, Any]) -> None:
         ),
         ("MongoDB commands per job", ops.describe(result["mongodb_ops_per_job"])),
         ("Redis commands per job", ops.describe(result["redis_ops_per_job"])),
+        ("Redis round trips per job", f"{result.get('redis_round_trips_per_job', float('nan')):.1f}"),
         (
             "CPU seconds used",
             ", ".join(f"{name} {seconds:.1f}" for name, seconds in result["cpu_s"].items())
