@@ -1,7 +1,7 @@
 """A job's life: one function per transition, the only code that writes a job's status or what
 goes with it in Redis. The API and the operator call ``accept`` (and the API ``revive``); the worker
-calls the rest; the API's reconciler ``republish`` (imgflow.core.submit.requeue_lost) and
-``remove`` (imgflow.core.retention).
+calls the rest (and ``publish_due_retries``); the API's reconciler ``republish``
+(imgflow.core.submit.requeue_lost) and ``remove`` (imgflow.core.retention).
 
 ::
 
@@ -19,9 +19,8 @@ more: a writer that dies in between leaves no snapshot to outlive the change
 
 If Redis refuses an accepted job's message, the record and the stored original are removed again
 and the tenant's place freed, and ``QueueUnavailable`` is raised (imgflow.core.errors): nothing is
-left half-accepted. A
-process that dies between the insert and the pipeline leaves a ``pending`` job with no message,
-which the reconciler publishes.
+left half-accepted. A process that dies between the insert and the pipeline leaves a ``pending``
+job with no message, which the reconciler publishes.
 """
 
 from __future__ import annotations
