@@ -221,10 +221,7 @@ async def visible_job(state: AppState, principal: Principal, job_id: str, *, exp
     """The job, if it exists, the caller's tenant may see it and it has not expired (or
     ``expired`` allows that: a job waiting for its webhook is kept past its expiry); else 404, the
     same answer for another tenant's job as for none, so ids leak nothing."""
-    try:
-        job = await state.store.view(job_id)
-    except PyMongoError as exc:
-        raise unavailable("MongoDB", exc, refused_job=False) from exc
+    job = await state.store.view(job_id)
     gone = not expired and job is not None and job.expires_at is not None and job.expires_at <= utcnow()
     if job is None or not principal.sees(job) or gone:
         raise Problem(404, "Job not found", f"There is no job with id {job_id!r} (or it has expired).")
@@ -270,12 +267,9 @@ async def list_jobs(
             f"{state.settings.list_max_offset:,} jobs deep at most. Page with the cursor instead: "
             "ask without page and pass each answer's nextCursor as cursor.",
         )
-    try:
-        result = await state.store.list_for_user(
-            user_id, tenant=principal.visible_tenant, status=status, limit=limit, after=after, skip=skip
-        )
-    except PyMongoError as exc:
-        raise unavailable("MongoDB", exc, refused_job=False) from exc
+    result = await state.store.list_for_user(
+        user_id, tenant=principal.visible_tenant, status=status, limit=limit, after=after, skip=skip
+    )
     return JobList(
         jobs=[JobView.of(job) for job in result.jobs],
         next_cursor=result.next_cursor.encode() if result.next_cursor else None,

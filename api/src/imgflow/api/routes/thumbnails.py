@@ -42,9 +42,7 @@ async def get_thumbnail(name: str, request: Request, state: State, principal: Re
     if state.settings.auth is not AuthMode.off:
         try:
             await visible_job(state, principal, match.group(1))
-        except Problem as exc:
-            if exc.status != 404:  # MongoDB unreachable stays a 503, not a missing file
-                raise
+        except Problem:  # another tenant's job's file is as missing as none
             raise Problem(404, "Not found", f"There is no file {name!r}.") from None
     try:
         stored = await state.storage.stat(name)
