@@ -145,7 +145,7 @@ class Reporter:
         if earlier:
             self.line(f"known     {item.name}: job {item.entry.job_id} (sent before)")
         elif item.entry.job_id is None:
-            self.line(f"refused   {item.name}: {item.error}", always=True)
+            self.line(f"{item.status:9} {item.name}: {item.error}", always=True)  # refused, not sent
         else:
             self.line(f"accepted  {item.name}: job {item.entry.job_id}")
 
