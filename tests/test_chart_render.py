@@ -270,6 +270,8 @@ def test_configmap_sets_every_core_setting_with_the_application_defaults(
         # the chart's own SeaweedFS: storage shared by every pod, at speed (README: storage backend)
         "storage_backend": "s3",
         "s3_endpoint": f"http://{SEAWEEDFS}:8333",
+        # a cluster's logs go to a collector: one JSON object a line
+        "log_format": "json",
     }
     parsed = pod_settings(data)
     for name in keys:

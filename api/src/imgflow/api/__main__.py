@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-
 import uvicorn
 
 from imgflow.api.protocol import with_header_timeout
+from imgflow.core import logs
 from imgflow.core.settings import get_settings
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
+    logs.configure(settings.log_format)
     uvicorn.run(
         "imgflow.api.app:create_app",
         factory=True,
@@ -20,6 +19,7 @@ def main() -> None:
         port=settings.api_port,
         proxy_headers=True,
         access_log=False,
+        log_config=None,  # uvicorn's loggers write through ours (imgflow.core.logs)
         http=with_header_timeout(settings.request_header_timeout_s),
         # open event streams (GET .../events) would otherwise hold a stopping API forever
         timeout_graceful_shutdown=20,

@@ -11,6 +11,7 @@ the API and operator publish (``await broker.connect()``), the worker's FastStre
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,9 @@ from imgflow.core.store import Document, JobStore, connect
 # blocking read the processes make on this client.
 REDIS_SOCKET_TIMEOUT_S = 5.0
 REDIS_CONNECT_TIMEOUT_S = 3.0
+# The broker's two lines per message handled ("Received", "Processed") go to DEBUG: they would bury
+# the lines that say something, and the worker logs each job's outcome in one line of its own.
+BROKER_LOG = {"logger": logging.getLogger("imgflow.broker"), "log_level": logging.DEBUG}
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class Backends:
             store=JobStore(db, Snapshots(redis, settings)),
             redis=redis,
             storage=make_storage(settings, db),
-            broker=make_broker(settings, **broker_options),
+            broker=make_broker(settings, **BROKER_LOG, **broker_options),
         )
 
     async def aclose(self) -> None:

@@ -49,6 +49,11 @@ class AuthMode(StrEnum):
     off = "off"  # the original's open API, for a trusted network only
 
 
+class LogFormat(StrEnum):
+    text = "text"  # a line a person reads
+    json = "json"  # one JSON object a line, for a log collector
+
+
 # a comma-separated list of seconds, e.g. "1,5,30"
 DELAYS = r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$"
 
@@ -350,6 +355,11 @@ class Settings(BaseSettings):
         "answer 400 and point to cursor paging",
     )
     worker_metrics_port: int = Field(9100, description="Port of the worker's /metrics and /healthz (0: off)")
+    log_format: LogFormat = Field(
+        LogFormat.text,
+        description="text: lines for a terminal; json: one JSON object a line (time, level, logger, "
+        "message, and jobId, tenant or keyId when a line is about one), for a log collector",
+    )
 
     @property
     def output_limits(self) -> OutputLimits:

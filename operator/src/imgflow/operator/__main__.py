@@ -18,6 +18,7 @@ import threading
 import kopf
 from prometheus_client import start_http_server
 
+from imgflow.core import logs
 from imgflow.operator import handlers, kube
 from imgflow.operator.settings import OperatorSettings
 
@@ -70,10 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides["operator_peering"] = True
     settings = settings.model_copy(update=overrides)
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_format, logging.DEBUG if args.verbose else logging.INFO)
     # kopf logs each watch reconnect and handler success at INFO; ours say what matters.
     logging.getLogger("kopf").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     asyncio.run(run(settings))

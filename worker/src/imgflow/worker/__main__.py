@@ -14,6 +14,7 @@ from faststream import FastStream
 from faststream.asgi import AsgiFastStream, make_ping_asgi
 from prometheus_client import make_asgi_app
 
+from imgflow.core import logs
 from imgflow.core.settings import get_settings
 from imgflow.worker.app import Worker
 
@@ -39,9 +40,9 @@ def main() -> None:
 def run() -> Worker:
     """Serve until stopped; the worker, which says whether it stopped only to start again."""
     _fewer_malloc_arenas()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("pyvips").setLevel(logging.WARNING)  # its INFO is a per-operation trace
     settings = get_settings()
+    logs.configure(settings.log_format)
+    logging.getLogger("pyvips").setLevel(logging.WARNING)  # its INFO is a per-operation trace
     worker = Worker(settings)
     if not settings.worker_metrics_port:
         app = FastStream(
@@ -72,6 +73,7 @@ def run() -> Worker:
             host="0.0.0.0",
             port=settings.worker_metrics_port,
             log_level="warning",
+            log_config=None,  # uvicorn's loggers write through ours (imgflow.core.logs)
             timeout_graceful_shutdown=int(settings.graceful_timeout_s) + 5,
         )
     )

@@ -18,7 +18,7 @@ import pyvips
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
-from imgflow.core import lifecycle
+from imgflow.core import lifecycle, logs
 from imgflow.core.fetch import FetchFailed, FetchRefused, fetch_to_file
 from imgflow.core.jobs import (
     Job,
@@ -121,6 +121,7 @@ class Processor:
         await self._fail(job, f"Invalid options, resubmit the job with valid ones: {job.invalid}")
 
     async def process(self, admitted: Job, worker: str) -> None:
+        logs.bind(jobId=admitted.job_id, tenant=admitted.tenant)
         job = await lifecycle.start(self, admitted, worker)
         if job is None:
             log.info("job %s is finished or unknown; dropping the message", admitted.job_id)
