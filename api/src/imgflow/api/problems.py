@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -104,41 +103,16 @@ class Problem(StarletteHTTPException):
         return self.detail
 
 
-def busy(what: str) -> Problem:
-    """503 with Retry-After: no connection of this process's pool to ``what`` became free within
-    IMGFLOW_REDIS_POOL_WAIT_S; the service is up, this server has too many requests at once."""
-    return Problem(
-        503,
-        "Service busy",
-        f"This server had no free {what} connection in time: too many requests at once. Retry shortly.",
-        headers={"Retry-After": "1"},
-    )
-
-
-def unavailable(what: str, cause: Exception | None = None, *, refused_job: bool = True) -> Problem:
-    """503 with Retry-After: a backing service (MongoDB, Redis) is unreachable, or MongoDB did
-    not answer within IMGFLOW_MONGODB_TIMEOUT_S."""
-    # some callers translate inside their except block without passing the exception on
-    if isinstance(cause or sys.exc_info()[1], PoolExhausted | WaitQueueTimeoutError):
-        return busy(what)
-    state = "is unreachable"
-    if isinstance(cause, PyMongoError) and cause.timeout:
-        state = "did not answer within its time limit (IMGFLOW_MONGODB_TIMEOUT_S)"
-    if refused_job:
-        log.warning("refusing a job: %s %s (%s)", what, state, cause)
-        detail = f"{what} {state}; the job was not accepted and nothing was kept. Retry shortly."
-    else:
-        detail = f"{what} {state}; retry shortly."
-    return Problem(503, "Service unavailable", detail, headers={"Retry-After": "5"})
-
-
 # the operation whose outage answers say the job was refused: nothing of it is kept
 SUBMIT_OPERATION = "createJob"
 
 
 def outage(request: Request, exc: Exception) -> Problem:
-    """The 503 for a backing service that failed a request: the failures of imgflow.core.errors
-    name their service; a driver's error that escaped a route is MongoDB's or Redis's."""
+    """503 with Retry-After for a backing service that failed a request: unreachable, or MongoDB
+    not answering within IMGFLOW_MONGODB_TIMEOUT_S; "busy" when the service is up but no
+    connection of this process's pool became free in time (too many requests at once). The
+    failures of imgflow.core.errors name their service; a driver's error that escaped a route is
+    MongoDB's or Redis's."""
     cause = exc
     if isinstance(exc, BackendUnavailable):
         what = exc.what
@@ -149,9 +123,24 @@ def outage(request: Request, exc: Exception) -> Problem:
         what = "MongoDB"
     else:
         what = "Redis"
+    if isinstance(cause, PoolExhausted | WaitQueueTimeoutError):
+        pool = "Redis" if isinstance(cause, PoolExhausted) else "MongoDB"
+        return Problem(
+            503,
+            "Service busy",
+            f"This server had no free {pool} connection in time: too many requests at once. Retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    state = "is unreachable"
+    if isinstance(cause, PyMongoError) and cause.timeout:
+        state = "did not answer within its time limit (IMGFLOW_MONGODB_TIMEOUT_S)"
     route = request.scope.get("route")
-    submitting = isinstance(route, APIRoute) and route.operation_id == SUBMIT_OPERATION
-    return unavailable(what, cause, refused_job=submitting)
+    if isinstance(route, APIRoute) and route.operation_id == SUBMIT_OPERATION:
+        log.warning("refusing a job: %s %s (%s)", what, state, cause)
+        detail = f"{what} {state}; the job was not accepted and nothing was kept. Retry shortly."
+    else:
+        detail = f"{what} {state}; retry shortly."
+    return Problem(503, "Service unavailable", detail, headers={"Retry-After": "5"})
 
 
 def problem_response(request: Request, problem: Problem) -> JSONResponse:

@@ -10,18 +10,16 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
-from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from imgflow.api import idempotency, metrics
 from imgflow.api.deps import AppState, Principal, Reader, State, Writer
 from imgflow.api.multipart import FILE_FIELD, receive_upload
 from imgflow.api.openapi import JOB_FORM
-from imgflow.api.problems import Problem, documented, unavailable
+from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Accepted, JobList, JobView
 from imgflow.api.slots import upload_slot
 from imgflow.core import lifecycle, quota
-from imgflow.core.errors import BackendUnavailable
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import Job, JobStatus, UploadSource, new_job_id, original_key, utcnow
 from imgflow.core.options import InvalidOption, read_outputs
@@ -87,12 +85,7 @@ async def create_job(
     async with upload_slot(state, principal):
         claim = None
         if idempotency_key is not None:
-            try:
-                claim = await idempotency.claim(
-                    state.redis, state.settings, principal.tenant, idempotency_key
-                )
-            except RedisError as exc:
-                raise unavailable("Redis", exc) from exc
+            claim = await idempotency.claim(state.redis, state.settings, principal.tenant, idempotency_key)
         try:
             accepted = await _accept(request, state, principal, claim)
         except BaseException:
@@ -127,10 +120,7 @@ async def _accept(
             )
         except InvalidOption as exc:
             raise Problem(422, "Invalid request", str(exc)) from exc
-        try:
-            no_mark = await unusable_watermark(outputs, principal.tenant, state.watermarks)
-        except PyMongoError as exc:
-            raise unavailable("MongoDB") from exc
+        no_mark = await unusable_watermark(outputs, principal.tenant, state.watermarks)
         if no_mark:
             raise Problem(422, "Invalid request", no_mark)
         callback_url = await _callback_url(upload.fields.get("callbackUrl", "").strip(), settings)
@@ -182,9 +172,6 @@ async def _accept(
                 "at once; submit more as these finish.",
                 headers={"Retry-After": "5"},
             ) from exc
-        except BackendUnavailable as exc:
-            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-            raise unavailable(exc.what, cause) from exc
     metrics.SUBMITTED.inc()
     accepted = Accepted(job_id=job.job_id, status=job.status, created_at=job.created_at)
     if claim is not None:
