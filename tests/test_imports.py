@@ -5,6 +5,7 @@ tests and bench share the harness (imgflow.harness) and import nothing of each o
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from imgflow.harness.paths import ROOT
@@ -114,3 +115,19 @@ def shared_not_crossed(root: Path) -> list[str]:
 def test_tests_and_bench_share_the_harness_not_each_other() -> None:
     assert any("imgflow.harness.servers" in named_modules(p) for p in (ROOT / "bench").rglob("*.py"))
     assert shared_not_crossed(ROOT) == []
+
+
+def route_modules(api_src: Path) -> set[str]:
+    """The API's modules that declare HTTP routes: a router of their own, or routes on the app."""
+    return {
+        module_name(path, api_src)
+        for path in api_src.rglob("*.py")
+        if re.search(r"\bAPIRouter\(|@app\.(get|post|put|patch|delete)\(", path.read_text())
+    }
+
+
+def test_the_api_keeps_its_routes_in_the_routes_package() -> None:
+    found = route_modules(ROOT / "api" / "src")
+    assert "imgflow.api.routes.jobs" in found  # the walk found the code
+    elsewhere = [name for name in found if not f"{name}.".startswith("imgflow.api.routes.")]
+    assert sorted(elsewhere) == []
