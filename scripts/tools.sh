@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Go-made tools imgflow runs against (FerretDB, etcd, Kubernetes, helm, CoreDNS, SeaweedFS)
-# and checks itself with (promtool, helm-docs, actionlint) once per version from the Go module proxy, keeps them in a per-machine cache and links them into
+# and checks itself with (promtool, Prometheus, helm-docs, actionlint) once per version from the Go module proxy, keeps them in a per-machine cache and links them into
 # .tools/bin.
-# Usage: scripts/tools.sh [ferretdb|etcd|kube-apiserver|kubectl|kubelet|...|helm|coredns|weed|promtool|helm-docs|actionlint ...]   (no argument: all of them)
+# Usage: scripts/tools.sh [ferretdb|etcd|kube-apiserver|kubectl|kubelet|...|helm|coredns|weed|promtool|prometheus|helm-docs|actionlint ...]   (no argument: all of them)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=versions.env
@@ -168,7 +168,7 @@ build_command() {
 }
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(ferretdb etcd $KUBERNETES_COMMANDS helm coredns weed promtool helm-docs actionlint)
+[ ${#want[@]} -gt 0 ] || want=(ferretdb etcd $KUBERNETES_COMMANDS helm coredns weed promtool prometheus helm-docs actionlint)
 for t in "${want[@]}"; do
   case $t in
     ferretdb) build_ferretdb ;;
@@ -178,8 +178,9 @@ for t in "${want[@]}"; do
     coredns) build_coredns ;;
     weed | seaweedfs) build_seaweedfs ;;
     # promtool checks and unit-tests deploy/prometheus/alerts.yaml and parses the dashboard's queries
-    # (module v0.316.0 is Prometheus 3.16.0, which `promtool --version` should say)
-    promtool) v=${PROMETHEUS_VERSION#v0.} && build_command promtool github.com/prometheus/prometheus/cmd/promtool \
+    # (module v0.316.0 is Prometheus 3.16.0, which `promtool --version` should say); the server
+    # runs the alerts against the real processes' metrics in tests/test_prometheus.py
+    promtool | prometheus) v=${PROMETHEUS_VERSION#v0.} && build_command "$t" "github.com/prometheus/prometheus/cmd/$t" \
       "$PROMETHEUS_VERSION" "-X github.com/prometheus/common/version.Version=${v:0:1}.${v:1}" ;;
     # helm-docs writes the chart README's values table from values.yaml's comments
     helm-docs) build_command helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs "$HELM_DOCS_VERSION" \
