@@ -46,6 +46,10 @@ SUBSETS = (
     Subset("png1080", "1080p PNG", 1920, 1080, "png", 8, {"compression": 6}),
     Subset("webp1080", "1080p WebP", 1920, 1080, "webp", 16, {"Q": 85}),
 )
+# imgproxy's published benchmark's sources (~2K photos), for bench.peers only: the engine and
+# end-to-end parts keep to SUBSETS
+PHOTOS_2K = Subset("jpeg2k", "2K JPEG", 2040, 1356, "jpg", 8, {"Q": 90, "subsample_mode": "on"})
+GENERATED = (*SUBSETS, PHOTOS_2K)
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ def _generate() -> None:
     ROOT.mkdir(parents=True, exist_ok=True)
     entries = []
     started = time.perf_counter()
-    for n, subset in enumerate(SUBSETS):
+    for n, subset in enumerate(GENERATED):
         for i in range(subset.count):
             path = ROOT / f"{subset.key}-{i:02d}.{subset.suffix}"
             image = photo(subset.width, subset.height, seed=1000 * (n + 1) + i)
@@ -130,7 +134,7 @@ def _current() -> bool:
         return False
     if manifest.get("version") != VERSION:
         return False
-    wanted = sum(s.count for s in SUBSETS)
+    wanted = sum(s.count for s in GENERATED)
     images = manifest.get("images", [])
     return len(images) == wanted and all(
         (ROOT / e["file"]).is_file() and (ROOT / e["file"]).stat().st_size == e["bytes"] for e in images
@@ -144,21 +148,23 @@ def ensure() -> None:
 
 
 def images(subset: str | None = None) -> list[Image]:
+    """The images of ``subset``; without one, those of every subset in ``SUBSETS``."""
+    wanted = {subset} if subset is not None else {s.key for s in SUBSETS}
     manifest = json.loads(MANIFEST.read_text())
     return [
         Image(e["subset"], ROOT / e["file"], e["width"], e["height"], e["bytes"])
         for e in manifest["images"]
-        if subset is None or e["subset"] == subset
+        if e["subset"] in wanted
     ]
 
 
 def subset(key: str) -> Subset:
-    return next(s for s in SUBSETS if s.key == key)
+    return next(s for s in GENERATED if s.key == key)
 
 
 def main() -> None:
     ensure()
-    for s in SUBSETS:
+    for s in GENERATED:
         files = images(s.key)
         mean_mb = sum(f.bytes for f in files) / len(files) / 1e6
         print(f"corpus: {s.title:11s} {len(files):3d} x {s.width}x{s.height}, mean {mean_mb:.2f} MB")

@@ -35,10 +35,12 @@ import signal
 import tempfile
 import time
 import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 from redis.asyncio import Redis
@@ -56,6 +58,8 @@ POLL_S = float(os.environ.get("BENCH_E2E_POLL_MS", "50")) / 1000
 # how a client learns that its job is done: "sse" (GET .../events, one connection) or "poll"
 WAIT = os.environ.get("BENCH_E2E_WAIT", "sse")
 JOB_TIMEOUT_S = 120.0
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -113,18 +117,23 @@ async def follow(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
 
 async def push(client: httpx.AsyncClient, work: list[corpus.Image], inflight: int) -> list[Record]:
     payload = {image.path: image.path.read_bytes() for image in work}
-    queue: asyncio.Queue[corpus.Image] = asyncio.Queue()
-    for image in work:
-        queue.put_nowait(image)
-    records: list[Record] = []
+    return await closed_loop(work, inflight, lambda image: run_job(client, image, payload[image.path]))
+
+
+async def closed_loop(
+    work: list[T], inflight: int, one: Callable[[T], Awaitable[R]], until: float | None = None
+) -> list[R]:
+    """``inflight`` clients, each starting the next item of ``work`` as soon as its last one is done,
+    until ``work`` runs out or, with ``until`` (a ``time.time()``), no item starts after it."""
+    queue = deque(work)
+    results: list[R] = []
 
     async def client_loop() -> None:
-        while not queue.empty():
-            image = queue.get_nowait()
-            records.append(await run_job(client, image, payload[image.path]))
+        while queue and (until is None or time.time() < until):
+            results.append(await one(queue.popleft()))
 
     await asyncio.gather(*(client_loop() for _ in range(inflight)))
-    return records
+    return results
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -153,7 +162,7 @@ def engine_rate(engine: dict[str, Any], config: str, counts: dict[str, int]) -> 
     return sum(counts.values()) / seconds
 
 
-def _raise_exit(signum: int, frame: object) -> NoReturn:
+def raise_exit(signum: int, frame: object) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
@@ -175,17 +184,10 @@ def start_s3(workdir: Path, logs: Path) -> tuple[S3Server, dict[str, Any]]:
     }
 
 
-async def bench(
-    logs: Path,
-    workdir: Path,
-    passes: int,
-    inflight: int,
-    storage: StorageBackend,
-    subsets: set[str] | None = None,
-) -> dict[str, Any]:
+def stack_settings(workdir: Path, storage: StorageBackend, extra: dict[str, Any] | None = None) -> Settings:
+    """imgflow's default settings, with names of its own in the shared servers and free ports."""
     tag = uuid.uuid4().hex[:8]
-    s3, s3_settings = start_s3(workdir, logs) if storage is StorageBackend.s3 else (None, {})
-    settings = Settings.model_validate(
+    return Settings.model_validate(
         {
             "mongodb_database": f"imgflow_bench_{tag}",
             "stream": f"imgflow:bench:{tag}",
@@ -195,9 +197,21 @@ async def bench(
             "api_port": free_port(),
             "worker_metrics_port": free_port(),
             "worker_concurrency": 2,
-            **s3_settings,
+            **(extra or {}),
         }
     )
+
+
+async def bench(
+    logs: Path,
+    workdir: Path,
+    passes: int,
+    inflight: int,
+    storage: StorageBackend,
+    subsets: set[str] | None = None,
+) -> dict[str, Any]:
+    s3, s3_settings = start_s3(workdir, logs) if storage is StorageBackend.s3 else (None, {})
+    settings = stack_settings(workdir, storage, s3_settings)
     try:
         stack = start_stack(settings, workdir, logs=logs)
     except BaseException:
@@ -389,7 +403,7 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     for old in logs.glob("e2e-*.log"):
         old.unlink()
-    signal.signal(signal.SIGTERM, _raise_exit)  # so the servers are stopped on `kill` too
+    signal.signal(signal.SIGTERM, raise_exit)  # so the servers are stopped on `kill` too
     workdir = Path(tempfile.mkdtemp(prefix="imgflow-bench-e2e-"))
     try:
         result = asyncio.run(bench(logs, workdir, passes, inflight, storage, subsets))

@@ -8,7 +8,8 @@
 #   --node          also autoscaling with real pods on the local node (make cluster-up; ~3 min)
 # Knobs: BENCH_ROUNDS (5), BENCH_SECONDS (0.5) per engine measurement; BENCH_E2E_PASSES (3),
 #        BENCH_E2E_INFLIGHT (4), BENCH_E2E_STORAGE (local|gridfs|s3), BENCH_E2E_SUBSETS (all; e.g.
-#        jpeg1080) for the end-to-end part.
+#        jpeg1080) for the end-to-end part; BENCH_PEERS_SECONDS (5) per output and server against
+#        imaginary and thumbor (built once into ~/.cache/imgflow/bench-peers by bench.peers.build).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -42,6 +43,9 @@ started=$SECONDS
 py() { uv run --frozen python "$@"; }
 
 py -m bench.corpus
+# imaginary and thumbor, the peers of the whole stack, from the Go module proxy and PyPI; a peer
+# that cannot be built is said and left out
+py -m bench.peers.build
 log "engine part (about 4 min)"
 py -m bench.engine --out "$results/engine.json"
 log "end-to-end part (about 30 s)"
@@ -50,6 +54,8 @@ log "the same, clients polling instead of following Server-Sent Events (about 30
 BENCH_E2E_WAIT=poll py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e-poll.json"
 log "the same over 528 jobs: does the rate stay flat over blocks of 50 as jobs accumulate? (about 40 s)"
 BENCH_E2E_PASSES=11 py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e-blocks.json"
+log "imgflow end to end against imaginary and thumbor, two workloads (about 4 min)"
+py -m bench.peers.run --engine "$results/engine.json" --out "$results/peers.json"
 log "republishing after Redis lost its data (about 20 s)"
 py -m bench.republish --jobs 5000
 log "what durable job writes cost against the database's old crash-unsafe settings (about 30 s)"
