@@ -75,6 +75,6 @@ if [ "$node" = 1 ]; then
   make --no-print-directory cluster-up
   py -m bench.node_autoscale --install --cycles 8 --json "$results/node_autoscale.json"
 fi
-py -m bench.summary --engine "$results/engine.json" --e2e "$results/e2e.json"
+py -m bench.summary --engine "$results/engine.json" --e2e "$results/e2e.json" --peers "$results/peers.json"
 echo
 echo "bench: done in $((SECONDS - started)) s; figures as JSON and server logs in $results/"

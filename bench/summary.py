@@ -1,6 +1,7 @@
 """The summary of ``make bench``: ratios between figures measured in the same run.
 
 python -m bench.summary [--engine bench/.results/engine.json] [--e2e bench/.results/e2e.json]
+    [--peers bench/.results/peers.json]
 """
 
 from __future__ import annotations
@@ -83,12 +84,28 @@ def rows(engine: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return out
 
 
+def print_peers(peers: dict[str, Any]) -> None:
+    """imgflow end to end against each peer (bench.peers.run): images/s, and in brackets the peer's
+    CPU per image over imgflow's (all processes: > 1, imgflow cheaper)."""
+    print(f"{'end to end / peer, images/s (CPU per image)':{LABEL}s}")
+    for run in peers["runs"]:
+        if run["server"] != "imgflow":
+            continue
+        out = run["output"]
+        quality = f" q{out['quality']}" if out["quality"] is not None else ""
+        label = f"  ({out['workload']}) {out['subset']} -> {out['box']} {out['fit']} {out['format']}{quality}"
+        ratios = [f"{name} {r['rate']:.2f} ({r['cpu']:.2f})" for name, r in run["ratios"].items()]
+        cells = "".join(f"{cell:>24s}" for cell in ratios)
+        print(f"{label:{LABEL}s}{cells}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--engine", type=Path, default=RESULTS / "engine.json")
     parser.add_argument("--e2e", type=Path, default=RESULTS / "e2e.json")
+    parser.add_argument("--peers", type=Path, default=RESULTS / "peers.json")
     args = parser.parse_args()
     engine = json.loads(args.engine.read_text())
     titles = [s["title"] for s in engine["subsets"].values()]
@@ -108,6 +125,8 @@ def main() -> None:
                 f"  ({e2e['throughput']:.1f} images/s over HTTP, {e2e['engine_rate']:.1f} in the engine "
                 "alone in the worker's setup;\n   API, Redis and the MongoDB-wire server shared the 2 cores)"
             )
+    if args.peers.exists():
+        print_peers(json.loads(args.peers.read_text()))
     print(
         "(peer = Pillow or sharp, whichever is faster on that row; 2 threads vs 2 processes and the "
         "worker's setup are\n imgflow 2-core setups described in the engine table)"
