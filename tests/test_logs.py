@@ -50,7 +50,8 @@ async def test_json_logs_are_one_object_a_line_and_one_line_per_job_outcome(
 ) -> None:
     job_id, api_lines, worker_lines = await one_job(processes, fresh_settings, "json")
     assert api_lines and worker_lines
-    parsed(api_lines)
+    [created] = [r for r in parsed(api_lines) if r["message"].startswith("created API key")]
+    assert created["keyId"] == "bootstrap", created  # the admin key that made it
     about_the_job = [r for r in parsed(worker_lines) if r.get("jobId") == job_id or job_id in r["message"]]
     assert len(about_the_job) == 1, about_the_job
     [outcome] = about_the_job

@@ -33,6 +33,7 @@ from imgflow.api.ratelimit import Policy, RateLimiter
 from imgflow.api.readiness import Readiness
 from imgflow.api.slots import Slots
 from imgflow.api.throttle import AuthThrottle
+from imgflow.core import logs
 from imgflow.core.endpoints import Endpoint, EndpointStore
 from imgflow.core.events import ChangeFeed
 from imgflow.core.jobs import Job
@@ -198,6 +199,7 @@ async def authenticate(
         if credentials is None:
             raise _unauthorized("Send an API key: 'Authorization: Bearer imgf_...'.")
         raise _unauthorized("The API key is not valid (unknown, revoked or mistyped).", "invalid_token")
+    logs.bind(keyId=principal.key_id, tenant=principal.tenant)  # on the lines this request logs
     request.state.principal = principal
     return principal
 
