@@ -21,6 +21,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from imgflow.core.backends import reconnect_once
 from imgflow.core.settings import Settings
 
 WEBHOOK_SENDER_CONNECTIONS = 4  # its round: one blocking read, then a batch's deliveries side by side
@@ -60,6 +61,7 @@ def redis_client(settings: Settings, name: str, size: int, wait_s: float | None)
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         client_name=f"imgflow-api-{name}",
+        retry=reconnect_once(),
     )
     return Redis.from_pool(pool)
 

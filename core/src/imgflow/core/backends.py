@@ -19,6 +19,9 @@ from faststream.redis import RedisBroker
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from imgflow.core.queue import make_broker
 from imgflow.core.settings import Settings
@@ -30,6 +33,17 @@ from imgflow.core.store import Document, JobStore, connect
 # blocking read the processes make on this client.
 REDIS_SOCKET_TIMEOUT_S = 5.0
 REDIS_CONNECT_TIMEOUT_S = 3.0
+
+
+def reconnect_once() -> Retry:
+    """A pooled connection Redis closed (a restart, an idle timeout) is found dead only when used:
+    reconnect and send again, once. redis-py's clients do so for a single command, but a pipeline
+    uses the connection's own policy, which is no retry: without this the first pipeline on each
+    pooled connection after a Redis restart failed. A timeout is not retried (the commands may have
+    run)."""
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
+
 # The broker's two lines per message handled ("Received", "Processed") go to DEBUG: they would bury
 # the lines that say something, and the worker logs each job's outcome in one line of its own.
 BROKER_LOG = {"logger": logging.getLogger("imgflow.broker"), "log_level": logging.DEBUG}
@@ -55,6 +69,7 @@ class Backends:
                 settings.redis_url,
                 socket_timeout=REDIS_SOCKET_TIMEOUT_S,
                 socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+                retry=reconnect_once(),
             )
         return cls(
             mongo=mongo,
