@@ -175,7 +175,12 @@ async def _accept(
     metrics.SUBMITTED.inc()
     accepted = Accepted(job_id=job.job_id, status=job.status, created_at=job.created_at)
     if claim is not None:
-        await idempotency.remember(state.redis, settings, claim, print_, accepted.model_dump(mode="json"))
+        try:
+            await idempotency.remember(state.redis, settings, claim, print_, accepted.model_dump(mode="json"))
+        except RedisError:
+            # The job is accepted: answer so. An error here would say "nothing was kept" and free
+            # the key for a retry that makes the job twice; the pending mark stays until it expires.
+            log.warning("job %s accepted, its Idempotency-Key not recorded", job.job_id, exc_info=True)
     return accepted
 
 
