@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from imgflow.api.problems import ProblemDetails, documented
-from imgflow.core.jobs import (
+from imgflow.core.options import OPTION_FIELDS
+from imgflow.core.outputs import (
     COMPASS,
     GRAVITY_PATTERN,
     MAX_BLUR,
@@ -22,7 +23,6 @@ from imgflow.core.jobs import (
     Fit,
     OutputFormat,
 )
-from imgflow.core.options import OPTION_FIELDS
 from imgflow.core.watermarks import MAX_BYTES, MAX_SIDE
 
 JOB_FORM = {

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel, to_snake
 
 from imgflow.core import options
-from imgflow.core.jobs import Fit, Job, JobStatus, OutputFormat, ThumbnailSpec
+from imgflow.core.jobs import Job, JobStatus
+from imgflow.core.outputs import Fit, OutputFormat, ThumbnailSpec
 
 UPLOADS_PREFIX = "/uploads"
 

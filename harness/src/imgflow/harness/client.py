@@ -12,7 +12,8 @@ import httpx
 from redis.asyncio import Redis
 
 from imgflow.core import lifecycle
-from imgflow.core.jobs import Job, ThumbnailSpec, UploadSource
+from imgflow.core.jobs import Job, UploadSource
+from imgflow.core.outputs import ThumbnailSpec
 from imgflow.core.settings import Settings
 from imgflow.core.storage import Storage, make_storage
 from imgflow.core.store import JobStore, connect

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from imgflow.core.jobs import Job, JobStatus, ThumbnailSpec
+from imgflow.core.jobs import Job, JobStatus
 from imgflow.core.options import (
     InvalidOption,
     Outputs,
@@ -22,7 +22,7 @@ from imgflow.core.options import (
     read_spec,
     read_variants,
 )
-from imgflow.core.outputs import OutputLimits
+from imgflow.core.outputs import OutputLimits, ThumbnailSpec
 
 GROUP = "imgflow.io"
 VERSION = "v1alpha1"

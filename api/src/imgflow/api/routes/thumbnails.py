@@ -12,7 +12,8 @@ from imgflow.api.problems import Problem, documented
 from imgflow.api.routes.jobs import visible_job
 from imgflow.api.schemas import UPLOADS_PREFIX
 from imgflow.api.slots import counted
-from imgflow.core.jobs import OUTPUT_NAME, OutputFormat
+from imgflow.core.jobs import OUTPUT_NAME
+from imgflow.core.outputs import OutputFormat
 from imgflow.core.settings import AuthMode
 from imgflow.core.storage import NotFound
 

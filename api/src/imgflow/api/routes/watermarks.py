@@ -16,7 +16,7 @@ from imgflow.api.openapi import WATERMARK_FORM
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
 from imgflow.api.slots import upload_slot
-from imgflow.core.jobs import WATERMARK_ID
+from imgflow.core.outputs import WATERMARK_ID
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_file
 from imgflow.core.watermarks import MAX_BYTES, MAX_PER_TENANT, MAX_SIDE, Watermark
 
