@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 import anyio
 
 from imgflow.core import watermarks
-from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec, outside_size
+from imgflow.core.outputs import Fit, OutputFormat, ThumbnailSpec, outside_size
 from imgflow.core.probe import ImageInfo
 from imgflow.worker import plain_jpeg
 from imgflow.worker.steps.load import (

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pyvips
 from PIL import Image
 
-from imgflow.core.jobs import OutputFormat, ThumbnailSpec
+from imgflow.core.outputs import OutputFormat, ThumbnailSpec
 from imgflow.core.probe import ImageInfo, open_buffer, probe_buffer
 from imgflow.worker import plain_jpeg
 from imgflow.worker.steps.colour import to_srgb

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
-from imgflow.core.jobs import SMART, Fit, OutputFormat, ThumbnailSpec
+from imgflow.core.outputs import SMART, Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.probe import ImageInfo
 from imgflow.worker.steps.geometry import cover_area, stored_box, target_size
 from imgflow.worker.steps.load import load_options, source_reduction, turbo_decode, turbo_decodes

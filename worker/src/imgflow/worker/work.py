@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 import pyvips
 
-from imgflow.core.jobs import ThumbnailSpec
+from imgflow.core.outputs import ThumbnailSpec
 from imgflow.worker.steps.geometry import stored_box
 
 

@@ -10,7 +10,7 @@ rotation, so the gravity, given for the picture as displayed, is turned into the
 
 from __future__ import annotations
 
-from imgflow.core.jobs import SMART, Fit, ThumbnailSpec
+from imgflow.core.outputs import SMART, Fit, ThumbnailSpec
 from imgflow.worker.steps.geometry import cover_area, region
 from imgflow.worker.work import Work
 

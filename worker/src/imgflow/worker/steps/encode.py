@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyvips
 
-from imgflow.core.jobs import OutputFormat
+from imgflow.core.outputs import OutputFormat
 
 # AVIF's quality scale is not JPEG's: 50 looks like JPEG's 85 at a fraction of the bytes (sharp's
 # default too); effort 4 of 0-9 keeps a 1080p encode under a second

@@ -1,5 +1,5 @@
 """Filters a job may ask for, on the thumbnail (after the resize: they cost per output pixel, and
-their sizes are in output pixels). Each is bounded in the job model (imgflow.core.jobs)."""
+their sizes are in output pixels). Each is bounded in the output options (imgflow.core.outputs)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgflow.core.jobs import OutputFormat
+from imgflow.core.outputs import OutputFormat
 from imgflow.worker.work import Work
 
 

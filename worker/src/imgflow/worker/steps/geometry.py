@@ -4,7 +4,7 @@ lane cut and scale a picture alike (tests/test_plain_jpeg.py compares them)."""
 
 from __future__ import annotations
 
-from imgflow.core.jobs import Fit, ThumbnailSpec, focal_point, outside_size
+from imgflow.core.outputs import Fit, ThumbnailSpec, focal_point, outside_size
 
 # EXIF orientations that swap width and height when applied
 TRANSPOSING = frozenset({5, 6, 7, 8})

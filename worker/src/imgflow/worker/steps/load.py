@@ -35,7 +35,7 @@ import numpy.typing as npt
 import pyvips
 import simplejpeg
 
-from imgflow.core.jobs import SMART, Fit, ThumbnailSpec
+from imgflow.core.outputs import SMART, Fit, ThumbnailSpec
 from imgflow.core.probe import ImageInfo, open_buffer
 from imgflow.worker.steps.geometry import stored_box
 

@@ -5,7 +5,7 @@ The padding is transparent where the output format has alpha, white for JPEG.
 
 from __future__ import annotations
 
-from imgflow.core.jobs import Fit, OutputFormat
+from imgflow.core.outputs import Fit, OutputFormat
 from imgflow.worker.work import Work
 
 

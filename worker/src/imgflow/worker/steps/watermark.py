@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyvips
 
-from imgflow.core.jobs import COMPASS
+from imgflow.core.outputs import COMPASS
 from imgflow.worker.work import Work
 
 
