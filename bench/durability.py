@@ -24,7 +24,8 @@ from pathlib import Path
 
 from pymongo import AsyncMongoClient
 
-from imgflow.core.jobs import Job, JobResult, OutputFormat, UploadSource, utcnow
+from imgflow.core.jobs import Job, JobResult, UploadSource, utcnow
+from imgflow.core.outputs import OutputFormat
 from imgflow.core.store import Document, JobStore
 from imgflow.harness.servers import MongoChoice, free_port, mongodb_kind, mongodb_server, wait_for_port
 

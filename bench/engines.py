@@ -15,7 +15,7 @@ from typing import Any
 import pyvips
 from PIL import Image, ImageOps
 
-from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
+from imgflow.core.outputs import Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.probe import probe_buffer
 from imgflow.worker import plain_jpeg
 from imgflow.worker.pipeline import libvips_thumbnails, make_thumbnail, plain_jpeg_pictures

@@ -24,7 +24,7 @@ from typing import TypedDict
 import pyvips
 
 from bench import corpus
-from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
+from imgflow.core.outputs import Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.probe import configure_libvips
 from imgflow.worker.pipeline import make_thumbnail, make_thumbnails
 

@@ -25,7 +25,7 @@ from typing import Any
 import pyvips
 
 from bench.engines import BOX, MAX_PIXELS, MAX_SIDE, QUALITY, SPEC, Source
-from imgflow.core.jobs import Fit, OutputFormat
+from imgflow.core.outputs import Fit, OutputFormat
 from imgflow.core.probe import _check, probe_buffer, restrict_loaders
 from imgflow.worker.pipeline import STEPS
 from imgflow.worker.steps.encode import encode

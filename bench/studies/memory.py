@@ -40,7 +40,7 @@ KINDS = (
 CHILD = r"""
 import ctypes, json, sys
 import anyio
-from imgflow.core.jobs import ThumbnailSpec
+from imgflow.core.outputs import ThumbnailSpec
 from imgflow.core.probe import configure_libvips, probe_buffer
 from imgflow.worker.memory import MB, MemoryBudget, OverBudget, job_memory_bytes
 from imgflow.worker.pipeline import make_thumbnail

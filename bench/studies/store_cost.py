@@ -21,7 +21,8 @@ from pathlib import Path
 
 from pymongo import AsyncMongoClient
 
-from imgflow.core.jobs import Job, JobResult, JobStatus, OutputFormat, UploadSource, utcnow
+from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, utcnow
+from imgflow.core.outputs import OutputFormat
 from imgflow.core.store import Document, JobStore
 from imgflow.harness.servers import free_port, mongodb_server, wait_for_port
 
