@@ -10,8 +10,7 @@ import pytest
 import pyvips
 from PIL import Image, ImageSequence, ImageStat
 
-from imgflow.core.jobs import OutputFormat, ThumbnailSpec
-from imgflow.core.outputs import OutputLimits, refusal
+from imgflow.core.outputs import OutputFormat, OutputLimits, ThumbnailSpec, refusal
 from imgflow.core.probe import probe_buffer
 from imgflow.harness import images
 from imgflow.harness.client import submit, wait_finished

@@ -7,8 +7,8 @@ import io
 
 from PIL import Image
 
-from imgflow.core.jobs import OutputFormat, ThumbnailSpec
 from imgflow.core.options import accepted_format
+from imgflow.core.outputs import OutputFormat, ThumbnailSpec
 from imgflow.core.probe import probe_buffer
 from imgflow.harness import images
 from imgflow.harness.client import submit, wait_finished

@@ -10,7 +10,7 @@ import pytest
 import pyvips
 import yaml
 
-from imgflow.core.jobs import GRAVITY_PATTERN, Fit, ThumbnailSpec, oversize
+from imgflow.core.outputs import GRAVITY_PATTERN, Fit, ThumbnailSpec, oversize
 from imgflow.harness import images
 from imgflow.harness.client import submit, wait_finished
 from imgflow.worker.pipeline import make_thumbnail

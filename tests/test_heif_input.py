@@ -175,7 +175,7 @@ async def test_bmp_is_refused_saying_why(stack: Stack) -> None:
 # memory must stay under the estimate the worker's budget charges for it.
 MEASURE = r"""
 import ctypes, json, sys
-from imgflow.core.jobs import ThumbnailSpec
+from imgflow.core.outputs import ThumbnailSpec
 from imgflow.core.probe import configure_libvips, probe_buffer
 from imgflow.worker.memory import job_memory_bytes
 from imgflow.worker.pipeline import make_thumbnail

@@ -12,7 +12,7 @@ import pytest
 import pyvips
 import simplejpeg
 
-from imgflow.core.jobs import ThumbnailSpec
+from imgflow.core.outputs import ThumbnailSpec
 from imgflow.core.probe import ImageInfo, probe_buffer
 from imgflow.harness import images
 from imgflow.worker.pipeline import make_thumbnails

@@ -19,7 +19,8 @@ from redis.asyncio import Connection, ConnectionPool, Redis
 
 from imgflow.core import lifecycle, quota
 from imgflow.core.errors import QueueUnavailable
-from imgflow.core.jobs import Job, JobResult, JobStatus, OutputFormat, UploadSource, original_key, utcnow
+from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, original_key, utcnow
+from imgflow.core.outputs import OutputFormat
 from imgflow.core.queue import create_group
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.core.snapshots import Snapshots

@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from imgflow.core.jobs import ThumbnailSpec
+from imgflow.core.outputs import ThumbnailSpec
 from imgflow.core.probe import ImageInfo
 from imgflow.worker.memory import MB, MemoryBudget, OverBudget, job_memory_bytes
 

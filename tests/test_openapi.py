@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imgflow.core.jobs import OutputFormat
 from imgflow.core.options import OPTION_FIELDS
+from imgflow.core.outputs import OutputFormat
 from imgflow.harness import images
 from imgflow.harness.client import make_key
 from tests.conftest import Stack

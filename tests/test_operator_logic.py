@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from imgflow.core.jobs import Fit, Job, JobStatus, OutputFormat, UrlSource
+from imgflow.core.jobs import Job, JobStatus, UrlSource
+from imgflow.core.outputs import Fit, OutputFormat
 from imgflow.operator.imagejob import (
     SourceItem,
     SourceState,

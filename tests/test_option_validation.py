@@ -11,9 +11,9 @@ import pytest
 from redis.asyncio import Redis
 
 from imgflow.core import lifecycle, quota
-from imgflow.core.jobs import Job, ThumbnailSpec, UploadSource
+from imgflow.core.jobs import Job, UploadSource
 from imgflow.core.options import InvalidOption, read_variants
-from imgflow.core.outputs import OutputLimits
+from imgflow.core.outputs import OutputLimits, ThumbnailSpec
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect

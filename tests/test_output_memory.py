@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # 16-megapixel outputs, each encoded in a process
 
 MEASURE = r"""
 import ctypes, json, sys
-from imgflow.core.jobs import ThumbnailSpec
+from imgflow.core.outputs import ThumbnailSpec
 from imgflow.core.probe import configure_libvips, probe_buffer
 from imgflow.worker import plain_jpeg
 from imgflow.worker.memory import job_memory_bytes

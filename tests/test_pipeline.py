@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import pyvips
 
-from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
+from imgflow.core.outputs import Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.probe import ImageTooLarge, UnsupportedImage, probe_buffer, restrict_loaders
 from imgflow.harness import images
 from imgflow.worker.pipeline import Thumbnail, make_thumbnail

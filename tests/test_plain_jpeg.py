@@ -11,7 +11,7 @@ import pytest
 import pyvips
 from PIL import Image
 
-from imgflow.core.jobs import ThumbnailSpec
+from imgflow.core.outputs import ThumbnailSpec
 from imgflow.core.probe import ImageInfo, probe_buffer
 from imgflow.harness import images
 from imgflow.worker import plain_jpeg

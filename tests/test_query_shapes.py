@@ -18,8 +18,9 @@ from typing import Any
 
 from pymongo import AsyncMongoClient, monitoring
 
-from imgflow.core.jobs import Job, JobResult, OutputFormat, UploadSource, utcnow
+from imgflow.core.jobs import Job, JobResult, UploadSource, utcnow
 from imgflow.core.keys import KeyStore, Scope, new_key
+from imgflow.core.outputs import OutputFormat
 from imgflow.core.settings import Settings
 from imgflow.core.store import JobStore
 

@@ -13,7 +13,8 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from imgflow.core.jobs import Job, JobResult, JobStatus, OutputFormat, UploadSource, thumbnail_key, utcnow
+from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, thumbnail_key, utcnow
+from imgflow.core.outputs import OutputFormat
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import connect

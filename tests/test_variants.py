@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from imgflow.core.jobs import Fit, OutputFormat, ThumbnailSpec
 from imgflow.core.options import InvalidOption, read_outputs
-from imgflow.core.outputs import OutputLimits
+from imgflow.core.outputs import Fit, OutputFormat, OutputLimits, ThumbnailSpec
 from imgflow.core.probe import probe_buffer
 from imgflow.core.settings import DEFAULT_PRESETS, Settings, StorageBackend
 from imgflow.harness import images

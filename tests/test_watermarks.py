@@ -10,9 +10,8 @@ import json
 import pytest
 from PIL import Image
 
-from imgflow.core.jobs import ThumbnailSpec
 from imgflow.core.options import InvalidOption, read_outputs
-from imgflow.core.outputs import OutputLimits
+from imgflow.core.outputs import OutputLimits, ThumbnailSpec
 from imgflow.core.settings import DEFAULT_PRESETS
 from imgflow.harness import images
 from imgflow.harness.client import JOBS, api_client, make_key, submit, wait_finished

@@ -21,7 +21,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from imgflow.core.jobs import JobStatus, OutputFormat, thumbnail_key
+from imgflow.core.jobs import JobStatus, thumbnail_key
+from imgflow.core.outputs import OutputFormat
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
