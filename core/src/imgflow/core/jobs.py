@@ -16,30 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-# The outputs' options live in imgflow.core.outputs; named here too, for the modules that import
-# them with the job record.
-# isort: off
-from imgflow.core.outputs import (
-    ANIMATED_SOURCES as ANIMATED_SOURCES,
-    COMPASS as COMPASS,
-    GRAVITY_PATTERN as GRAVITY_PATTERN,
-    MAX_BLUR as MAX_BLUR,
-    MAX_PIXELATE as MAX_PIXELATE,
-    MAX_SHARPEN as MAX_SHARPEN,
-    MAX_VARIANTS as MAX_VARIANTS,
-    MAX_WATERMARK_MARGIN as MAX_WATERMARK_MARGIN,
-    SMART as SMART,
-    VARIANT_NAME as VARIANT_NAME,
-    WATERMARK_ID as WATERMARK_ID,
-    Fit as Fit,
-    OutputFormat as OutputFormat,
-    ThumbnailSpec as ThumbnailSpec,
-    focal_point as focal_point,
-    outside_size as outside_size,
-    oversize as oversize,
-    too_animated as too_animated,
-)
-# isort: on
+from imgflow.core.outputs import MAX_VARIANTS, VARIANT_NAME, OutputFormat, ThumbnailSpec
 
 
 class JobStatus(StrEnum):
