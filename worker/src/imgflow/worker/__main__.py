@@ -23,7 +23,8 @@ M_ARENA_MAX = -8  # mallopt parameter number, from glibc's malloc.h
 
 def _fewer_malloc_arenas() -> None:
     """glibc gives threads malloc arenas of their own, and libvips' threads leave them fragmented:
-    a worker peaked at 275 MB RSS with the default and 105 MB with two arenas (bench/README.md)."""
+    two arenas keep a worker's peak RSS well below the default's (bench/studies/README.md, Candidate
+    changes to the thumbnail step)."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
 

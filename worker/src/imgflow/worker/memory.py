@@ -3,11 +3,11 @@ worker-wide budget jobs draw it from.
 
 libvips streams most sources a band of rows at a time, so a job's memory follows the width of what
 is decoded, not its area — except where the format makes the decoder hold the whole image: an
-interlaced PNG (Adam7), a progressive JPEG (its coefficients), a GIF frame (RGBA canvas), a TIFF
-(a strip may span the whole image) and an AVIF (libheif decodes the whole picture at once). The
-figures below are fitted to bench/memory.py's measurements on the worst shapes the limits let
-through, with margin: the estimate is meant to be above what a job takes, so that jobs whose
-estimates fit the budget together fit the pod.
+interlaced PNG (Adam7), a progressive JPEG (its coefficients), a GIF frame (RGBA canvas), a TIFF (a
+strip may span the whole image) and an AVIF (libheif decodes the whole picture at once). The
+figures below are fitted to bench/studies/memory.py's measurements on the worst shapes the limits
+let through (bench/studies/README.md, Worker memory), with margin: the estimate is meant to be
+above what a job takes, so that jobs whose estimates fit the budget together fit the pod.
 """
 
 from __future__ import annotations
@@ -34,38 +34,36 @@ MB = 1 << 20
 # the pipeline's own buffers, whatever the source: libvips' thread buffers, the encoder
 FIXED = 24 * MB
 # rows of the decoded source that libvips' sequential read, block shrink and lanczos3 hold at
-# once across its threads (measured up to ~2,600 on a 16384-wide 16-bit source)
+# once across its threads, with margin (bench/studies/README.md, Worker memory)
 STREAMED_ROWS = 3_000
 # the same when the decoder holds the whole image already (no sequential read cache, but the
-# decoder's own row buffers: up to ~1,000 rows for a 16384-wide interlaced PNG)
+# decoder's own row buffers, an interlaced PNG's the most)
 ROWS_BESIDE_WHOLE = 1_000
 # a decoder holding the whole image keeps some more (libpng's interlace passes)
 WHOLE_MARGIN = 1.1
 # a progressive JPEG's coefficients: 2 bytes per sample of every component, at full size
 COEFFICIENT_BYTES = 2
-# a GIF frame is rendered to 8-bit RGBA by the decoder and copied once more by libvips (measured
-# 409 MB for one 50 MP frame)
+# a GIF frame is rendered to 8-bit RGBA by the decoder and copied once more by libvips
 GIF_FRAME_BYTES = 9
 # AVIF: libheif decodes the whole image before libvips reads a row (no shrink-on-load), and holds
-# the AV1 decoder's planes, its own YCbCr copy and the RGB(A) it converts to at once. Measured
-# (bench/memory.py) on 4-50 MP sources: 8-bit 4:2:0 RGB 17-28, 12-bit 4:4:4 RGBA 28-67 bytes per
-# pixel, the smaller figures on the larger images: about 120 MB of decoder state at any size, then
-# 16 bytes per pixel beside the RGB(A) output. The chroma subsampling is not in the header libvips
-# reads, so 4:4:4 (the worst) is assumed.
+# the AV1 decoder's planes, its own YCbCr copy and the RGB(A) it converts to at once: decoder
+# state whatever the size, then some bytes per pixel beside the RGB(A) output (bench/studies/README.md,
+# AVIF decoding: memory). The chroma subsampling is not in the header libvips reads, so 4:4:4 (the
+# worst) is assumed.
 HEIF_DECODER = 128 * MB
 HEIF_PLANE_BYTES = 16
 
 
-# AVIF encoding (libheif + aom, effort 4), measured on noise, its worst case: 66 / 170 / 387 MB
-# peak for 1024^2 / 2048^2 / 4096^2 outputs, i.e. about 50 MB + 20 bytes per output pixel
+# AVIF encoding (libheif + aom, effort 4) holds a fixed part and some bytes per output pixel, above
+# what noise, its worst case, took (bench/studies/README.md, AVIF encoding: time and memory)
 AVIF_FIXED = 64 * MB
 AVIF_BYTES_PER_PIXEL = 24
 # an output held whole (for the EXIF rotation): 8-bit RGBA at most
 OUTPUT_BANDS = 4
-# What the other encoders hold for the whole output, measured on noise (their worst case) at
-# 4096x4096, bytes per output pixel (2026-12-02): JPEG with optimised Huffman tables buffers every
-# DCT coefficient, 3.0 at 4:2:0 (quality below 90) and 8.9 at 4:4:4 with the compressed result;
-# WebP 10.3 (quality 85) to 17.1 (95, on the noisiest source, sigma 60); GIF 10.5; PNG streams (0).
+# What the other encoders hold for the whole output, bytes per output pixel, above what noise
+# (their worst case) took: JPEG with optimised Huffman tables buffers every DCT coefficient (more at
+# 4:4:4, quality 90 and up, with the compressed result), WebP and GIF hold the picture, PNG streams
+# (bench/studies/README.md, Large outputs).
 JPEG_BYTES_PER_PIXEL = 4
 JPEG_444_BYTES_PER_PIXEL = 11
 WEBP_BYTES_PER_PIXEL = 22

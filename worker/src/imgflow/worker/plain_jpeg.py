@@ -2,9 +2,9 @@
 TurboJPEG (as every small JPEG decode, steps/load.py) and done by Pillow from there to the encode.
 
 Most jobs are this (the original contract's 100x100 ``cover`` JPEG). For them libvips' fixed cost
-per image was the larger part of what kept imgflow below Pillow: on a 1080p JPEG decoded at 1/8
-(240x135), building and running libvips' crop, lanczos3 resize and JPEG save took ~1.9 ms of CPU
-where Pillow's resize and save take ~0.3 ms, beside a 5 ms decode (bench/README.md, 2026-12-02).
+per image was the larger part of what kept imgflow below Pillow: on the small picture a JPEG
+decodes to at 1/8, building and running libvips' crop, lanczos3 resize and JPEG save cost several
+times what Pillow's resize and save do (bench/README.md, The plain JPEG lane).
 TurboJPEG's decode and Pillow's resize and encode also release the GIL, so two jobs in one worker
 process run side by side, which pyvips' many small calls did not.
 

@@ -2,8 +2,8 @@
 
 JPEG can decode at 1/2, 1/4 or 1/8 scale, WebP at any scale, for a fraction of the cost of a full
 decode. We take the largest shrink that leaves the image no smaller than the box, as sharp and
-Pillow do: measured on our benchmark corpus (bench/README.md) it is 18% faster on 1080p JPEG than
-keeping a 2x margin for the final resize, for a PSNR change under 0.1 dB.
+Pillow do: on our benchmark corpus it is faster than keeping a 2x margin for the final resize, for
+a PSNR change under 0.1 dB (bench/studies/README.md, Candidate changes to the thumbnail step).
 
 AVIF has no shrink-on-load: libheif decodes the whole picture in one call, whatever size libvips
 asks for, and the memory estimate counts it whole (memory.py). heifload's ``thumbnail`` option is
@@ -14,14 +14,14 @@ keeps no cache of its own beside libheif's. libheif applies the file's rotation 
 
 JPEG is decoded by libjpeg-turbo through its TurboJPEG API (the ``simplejpeg`` wheel, with the
 same DCT scaling) when the shrunk picture is small, and libvips takes the pixels from there:
-libvips' own JPEG decode (mozjpeg 5.0 in pyvips-binary) cost 5.9 ms per 1080p JPEG at 1/8 and
-29.4 ms per 12 MP against libjpeg-turbo's 5.0 and 27.0 ms through Pillow (bench/README.md,
-2026-12-01), the larger part of what kept imgflow below Pillow on JPEG; TurboJPEG decodes the same
-pixels as Pillow's ``draft`` with 3-20% less CPU (bench/README.md, 2026-12-02). TurboJPEG only
-ever sees bytes libvips' probe already identified as JPEG and bounded by its header, and decodes
-only when its own header read agrees with the probe's; whatever it cannot do (CMYK, a size other
-than the probe's, a damaged or cut-off file) goes to libvips as before, so the errors a client
-reads are libvips' and a truncated file still fails.
+libvips' own JPEG decode (mozjpeg 5.0 in pyvips-binary) cost more than libjpeg-turbo's through
+Pillow, the larger part of what kept imgflow below Pillow on JPEG (bench/README.md, JPEG decoded by
+Pillow), and TurboJPEG decodes the same pixels as Pillow's ``draft`` with less CPU (bench/README.md,
+JPEG decoded through TurboJPEG). TurboJPEG only ever sees bytes libvips' probe already identified
+as JPEG and bounded by its header, and decodes only when its own header read agrees with the
+probe's; whatever it cannot do (CMYK, a size other than the probe's, a damaged or cut-off file)
+goes to libvips as before, so the errors a client reads are libvips' and a truncated file still
+fails.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Two stages, as libvips' own ``resize`` does them, but with the cheap one first and in the
 source's own sample format: an integer block average (``shrinkv``/``shrinkh``) down to no less
 than twice the target, then one lanczos3 pass for the rest. Letting ``resize`` do both after
-``premultiply`` (which makes every sample a 4-byte float) held up to 430 MB for one 16384-pixel
-wide 16-bit RGBA source; this order holds about half (bench/memory.py, bench/README.md).
+``premultiply`` (which makes every sample a 4-byte float) held about twice as much memory on wide
+16-bit sources as this order does (bench/studies/README.md, Worker memory).
 """
 
 from __future__ import annotations
