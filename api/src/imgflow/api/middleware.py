@@ -2,8 +2,8 @@
 headers its route's dependency decided (imgflow.api.deps) are added to the answer.
 
 A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` runs each request in an extra task
-with stream wrappers, which cost about 7% of the API's CPU per job in a profile of the
-end-to-end benchmark (two of them).
+with stream wrappers, a visible share of the API's CPU per job in a profile of the end-to-end
+benchmark (bench/README.md, The API's own cost).
 """
 
 from __future__ import annotations

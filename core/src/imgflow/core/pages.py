@@ -3,11 +3,12 @@ libvips reads the header.
 
 libvips counts every page when it reads a header ("n-pages"), and for these two formats that costs
 more than the rest of the probe together: libtiff walks the whole chain of directories (linear, but
-a 10 MiB file holds 90,000 of them: about 0.6 s), and libvips asks libwebp for each frame by its
-number, which walks the frame list from the start every time (quadratic: 20,000 frames took 0.7 s,
-10 MiB of them would take minutes). Counting here stops after ``limit`` pages, follows each TIFF
-directory once (a chain that loops back is counted until it does), and reads at most ``limit``
-plus ``EXTRA_CHUNKS`` WebP chunks, so it costs well under a millisecond whatever the file says.
+a 10 MiB file holds tens of thousands), and libvips asks libwebp for each frame by its number,
+which walks the frame list from the start every time (quadratic: 10 MiB of frames would take
+minutes; bench/studies/README.md, Counting TIFF pages and WebP frames). Counting here stops after
+``limit`` pages, follows each TIFF directory once (a chain that loops back is counted until it
+does), and reads at most ``limit`` plus ``EXTRA_CHUNKS`` WebP chunks, so it costs well under a
+millisecond whatever the file says.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The latest state of each job, as a snapshot in Redis: what clients read (GET a job, its events)
 costs one Redis GET instead of a MongoDB query, so it stays the same however many jobs are stored
-(FerretDB 1.24 answers no filter from an index; bench/README.md).
+(FerretDB 1.24 answers no filter from an index; bench/studies/README.md, What each job-path
+operation costs as jobs accumulate).
 
 MongoDB stays the truth; a snapshot is never ahead of it. Whoever changes a job
 (imgflow.core.lifecycle) deletes its snapshot before the write and sets the new one after it: a

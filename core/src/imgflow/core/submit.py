@@ -30,7 +30,8 @@ async def requeue_lost(store: JobStore, redis: Redis, settings: Settings) -> int
     the stream (a backlog) or held by a worker is left alone: republishing it would only add
     duplicates. Nothing is written to MongoDB; per batch of 500: Redis is asked twice, the lost
     ones are read again by ``_id`` and published in one pipeline, so a Redis that lost everything
-    is refilled at thousands of jobs per second (bench/republish.py).
+    is refilled in a few round trips per batch (bench/README.md, Republishing after Redis lost its
+    data, has the rate).
     """
     cutoff = utcnow() - timedelta(seconds=settings.requeue_after_s)
     requeued = 0

@@ -56,8 +56,8 @@ def _failures(key: str, *, may_be_missing: bool = False) -> Iterator[None]:
 
 def _stored(key: str, size: int, content_type: str, etag: str) -> StoredFile:
     """What was just written, from the write's own answer: a HEAD after every PUT would cost each
-    job two more requests (measured against SeaweedFS on loopback: 1.7 ms of client CPU, 2.6 ms
-    wall each) for the server's time of the write, which no caller of save reads; stat() has it."""
+    job two more requests (bench/README.md, Storage backends, has what one costs) for the server's
+    time of the write, which no caller of save reads; stat() has it."""
     return StoredFile(key, size, content_type, etag, datetime.now(UTC))
 
 
