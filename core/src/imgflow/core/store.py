@@ -33,7 +33,7 @@ Document = dict[str, Any]
 
 # Acknowledged once a majority of the replica set has it in its journal (on a standalone mongod:
 # in its journal). FerretDB accepts and ignores it: its PostgreSQL commits synchronously
-# (scripts/ferretdb_pg.py), which is what a deployment on FerretDB must configure too.
+# (imgflow.harness.ferretdb_pg), which is what a deployment on FerretDB must configure too.
 DURABLE = WriteConcern(w="majority", j=True)
 
 
