@@ -1,6 +1,7 @@
 """Candidate changes to the worker's thumbnail step, built here from its own pieces so each can be
-measured (``bench.investigate``) without touching ``worker/``. ``Variant()`` with no options makes
-the same thumbnail as ``make_thumbnail`` and runs the same libvips operations, plus nothing.
+measured (``bench.studies.investigate``) without touching ``worker/``. ``Variant()`` with no
+options makes the same thumbnail as ``make_thumbnail`` and runs the same libvips operations, plus
+nothing.
 
 - ``no_copy``: open the bytes as a ``pyvips.Source`` on memory instead of with
   ``new_from_buffer``, which copies the whole encoded file into a fresh allocation each time
