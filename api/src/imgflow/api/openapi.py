@@ -25,129 +25,130 @@ from imgflow.core.outputs import (
 )
 from imgflow.core.watermarks import MAX_BYTES, MAX_SIDE
 
-JOB_FORM = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "userId"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "The image: JPEG, PNG, GIF, WebP, TIFF or AVIF (AV1 in "
-                            "HEIF; HEVC-coded HEIC and BMP are refused)",
-                        },
-                        "userId": {"type": "string", "maxLength": 128},
-                        "width": {"type": "integer", "minimum": 1, "description": "Default 100"},
-                        "height": {"type": "integer", "minimum": 1, "description": "Default 100"},
-                        "fit": {"type": "string", "enum": [f.value for f in Fit], "default": "cover"},
-                        "format": {
-                            "type": "string",
-                            "enum": [*(f.value for f in OutputFormat), "auto"],
-                            "description": "auto: the best the request's Accept header takes "
-                            "(AVIF > WebP > JPEG), decided when the job is created",
-                            "default": "jpeg",
-                        },
-                        "gravity": {
-                            "type": "string",
-                            "pattern": GRAVITY_PATTERN,
-                            "default": "centre",
-                            "description": "What fit=cover keeps: centre, a compass point (north, "
-                            "south-east, ...), a focal point fp:x,y (fractions of the displayed "
-                            "width and height), or attention / entropy (libvips smartcrop)",
-                        },
-                        "blur": {
-                            "type": "number",
-                            "minimum": 0.3,
-                            "maximum": MAX_BLUR,
-                            "description": "Gaussian blur sigma (output pixels)",
-                        },
-                        "sharpen": {
-                            "type": "number",
-                            "minimum": 0.3,
-                            "maximum": MAX_SHARPEN,
-                            "description": "Unsharp-mask sigma",
-                        },
-                        "pixelate": {
-                            "type": "integer",
-                            "minimum": 2,
-                            "maximum": MAX_PIXELATE,
-                            "description": "Block size (output pixels)",
-                        },
-                        "grayscale": {"type": "boolean", "default": False},
-                        "quality": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": 100,
-                            "description": "Encoder quality (JPEG, WebP, AVIF); default per format",
-                        },
-                        "animated": {
-                            "type": "boolean",
-                            "description": "An animated GIF or WebP stays animated when the output "
-                            "format can carry it (gif, webp); false: the first frame. Default true",
-                        },
-                        "watermark": {
-                            "type": "string",
-                            "pattern": WATERMARK_ID,
-                            "description": "Id of one of the tenant's watermarks (POST /api/watermarks), "
-                            "composited onto the output",
-                        },
-                        # no "default"s beside the watermark: generated clients would send them
-                        # without one, which is refused (each needs a watermark)
-                        "watermarkPosition": {
-                            "type": "string",
-                            "enum": list(COMPASS),
-                            "description": "Where the watermark goes; default south-east",
-                        },
-                        "watermarkMargin": {
-                            "type": "integer",
-                            "minimum": 0,
-                            "maximum": MAX_WATERMARK_MARGIN,
-                            "description": "Output pixels between the watermark and the edges; default 16",
-                        },
-                        "watermarkOpacity": {
-                            "type": "number",
-                            "minimum": 0.05,
-                            "maximum": 1,
-                            "description": "Default 1",
-                        },
-                        "watermarkScale": {
-                            "type": "number",
-                            "minimum": 0.01,
-                            "maximum": 1,
-                            "description": "The watermark's width as a fraction of the output's "
-                            "(default 0.25)",
-                        },
-                        "variants": {
-                            "type": "string",
-                            "description": "Instead of the options above: a JSON list of up to "
-                            f"{MAX_VARIANTS} named outputs, each with its own options "
-                            f"({', '.join(OPTION_FIELDS)}); all are made from one decode of the "
-                            "source, the first is the job's thumbnailUrl, result.variants lists "
-                            "them all",
-                            "example": '[{"name": "card", "width": 400, "height": 300, "format": '
-                            '"webp"}, {"name": "card@2x", "width": 800, "height": 600, "format": "webp"}]',
-                        },
-                        "preset": {
-                            "type": "string",
-                            "description": "Instead of the options above: a named set of variants "
-                            "defined by the service (IMGFLOW_PRESETS; GET /api/presets lists them)",
-                            "example": "card",
-                        },
-                        "callbackUrl": {
-                            "type": "string",
-                            "format": "uri",
-                            "description": "Where to POST the job.completed / job.failed webhook "
-                            "(Standard Webhooks signature; needs IMGFLOW_WEBHOOK_SECRET)",
-                        },
-                    },
+
+def multipart_form(required: list[str], properties: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A route's ``openapi_extra`` declaring its multipart form's fields."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": required, "properties": properties}
                 }
-            }
-        },
+            },
+        }
     }
+
+
+JOB_PROPERTIES: dict[str, dict[str, Any]] = {
+    "file": {
+        "type": "string",
+        "format": "binary",
+        "description": "The image: JPEG, PNG, GIF, WebP, TIFF or AVIF (AV1 in "
+        "HEIF; HEVC-coded HEIC and BMP are refused)",
+    },
+    "userId": {"type": "string", "maxLength": 128},
+    "width": {"type": "integer", "minimum": 1, "description": "Default 100"},
+    "height": {"type": "integer", "minimum": 1, "description": "Default 100"},
+    "fit": {"type": "string", "enum": [f.value for f in Fit], "default": "cover"},
+    "format": {
+        "type": "string",
+        "enum": [*(f.value for f in OutputFormat), "auto"],
+        "description": "auto: the best the request's Accept header takes "
+        "(AVIF > WebP > JPEG), decided when the job is created",
+        "default": "jpeg",
+    },
+    "gravity": {
+        "type": "string",
+        "pattern": GRAVITY_PATTERN,
+        "default": "centre",
+        "description": "What fit=cover keeps: centre, a compass point (north, "
+        "south-east, ...), a focal point fp:x,y (fractions of the displayed "
+        "width and height), or attention / entropy (libvips smartcrop)",
+    },
+    "blur": {
+        "type": "number",
+        "minimum": 0.3,
+        "maximum": MAX_BLUR,
+        "description": "Gaussian blur sigma (output pixels)",
+    },
+    "sharpen": {
+        "type": "number",
+        "minimum": 0.3,
+        "maximum": MAX_SHARPEN,
+        "description": "Unsharp-mask sigma",
+    },
+    "pixelate": {
+        "type": "integer",
+        "minimum": 2,
+        "maximum": MAX_PIXELATE,
+        "description": "Block size (output pixels)",
+    },
+    "grayscale": {"type": "boolean", "default": False},
+    "quality": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 100,
+        "description": "Encoder quality (JPEG, WebP, AVIF); default per format",
+    },
+    "animated": {
+        "type": "boolean",
+        "description": "An animated GIF or WebP stays animated when the output "
+        "format can carry it (gif, webp); false: the first frame. Default true",
+    },
+    "watermark": {
+        "type": "string",
+        "pattern": WATERMARK_ID,
+        "description": "Id of one of the tenant's watermarks (POST /api/watermarks), "
+        "composited onto the output",
+    },
+    # no "default"s beside the watermark: generated clients would send them
+    # without one, which is refused (each needs a watermark)
+    "watermarkPosition": {
+        "type": "string",
+        "enum": list(COMPASS),
+        "description": "Where the watermark goes; default south-east",
+    },
+    "watermarkMargin": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": MAX_WATERMARK_MARGIN,
+        "description": "Output pixels between the watermark and the edges; default 16",
+    },
+    "watermarkOpacity": {
+        "type": "number",
+        "minimum": 0.05,
+        "maximum": 1,
+        "description": "Default 1",
+    },
+    "watermarkScale": {
+        "type": "number",
+        "minimum": 0.01,
+        "maximum": 1,
+        "description": "The watermark's width as a fraction of the output's (default 0.25)",
+    },
+    "variants": {
+        "type": "string",
+        "description": "Instead of the options above: a JSON list of up to "
+        f"{MAX_VARIANTS} named outputs, each with its own options "
+        f"({', '.join(OPTION_FIELDS)}); all are made from one decode of the "
+        "source, the first is the job's thumbnailUrl, result.variants lists "
+        "them all",
+        "example": '[{"name": "card", "width": 400, "height": 300, "format": '
+        '"webp"}, {"name": "card@2x", "width": 800, "height": 600, "format": "webp"}]',
+    },
+    "preset": {
+        "type": "string",
+        "description": "Instead of the options above: a named set of variants "
+        "defined by the service (IMGFLOW_PRESETS; GET /api/presets lists them)",
+        "example": "card",
+    },
+    "callbackUrl": {
+        "type": "string",
+        "format": "uri",
+        "description": "Where to POST the job.completed / job.failed webhook "
+        "(Standard Webhooks signature; needs IMGFLOW_WEBHOOK_SECRET)",
+    },
 }
 
 # one example per option of the form, shown by OpenAPI tools
@@ -171,32 +172,22 @@ FORM_EXAMPLES: dict[str, object] = {
     "watermarkScale": 0.2,
     "callbackUrl": "https://example.com/hooks/imgflow",
 }
-_FORM_PROPERTIES = JOB_FORM["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]  # type: ignore[index]
 for _name, _example in FORM_EXAMPLES.items():
-    _FORM_PROPERTIES[_name]["example"] = _example
+    JOB_PROPERTIES[_name]["example"] = _example
+JOB_FORM = multipart_form(["file", "userId"], JOB_PROPERTIES)
 
-WATERMARK_FORM = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": f"A PNG (its alpha is kept), at most {MAX_SIDE} pixels a side "
-                            f"and {MAX_BYTES // 1024} KiB",
-                        },
-                        "name": {"type": "string", "maxLength": 128, "description": "A label for people"},
-                    },
-                }
-            }
+WATERMARK_FORM = multipart_form(
+    ["file"],
+    {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": f"A PNG (its alpha is kept), at most {MAX_SIDE} pixels a side "
+            f"and {MAX_BYTES // 1024} KiB",
         },
-    }
-}
+        "name": {"type": "string", "maxLength": 128, "description": "A label for people"},
+    },
+)
 
 
 def install(app: FastAPI) -> None:
