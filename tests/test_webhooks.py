@@ -31,12 +31,13 @@ class Receiver:
     url: str = ""
     fail_first: int = 0  # answer 500 to this many requests first
     silent: bool = False  # never answer
+    answer_after: float = 0.0  # seconds before answering
     calls: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
 
 
 @contextmanager
-def receiver(*, fail_first: int = 0, silent: bool = False) -> Iterator[Receiver]:
-    state = Receiver(fail_first=fail_first, silent=silent)
+def receiver(*, fail_first: int = 0, silent: bool = False, answer_after: float = 0.0) -> Iterator[Receiver]:
+    state = Receiver(fail_first=fail_first, silent=silent, answer_after=answer_after)
     stop = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
@@ -46,6 +47,7 @@ def receiver(*, fail_first: int = 0, silent: bool = False) -> Iterator[Receiver]
             if state.silent:
                 stop.wait(30)
                 return
+            stop.wait(state.answer_after)
             self.send_response(500 if len(state.calls) <= state.fail_first else 204)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -103,13 +105,14 @@ async def deliveries(client: httpx.AsyncClient, job_id: str, count: int) -> list
 async def test_a_receiver_failing_twice_gets_the_signed_event_on_the_third_try(api: str) -> None:
     with receiver(fail_first=2) as hook:
         async with api_client(api, timeout=30) as client:
+            secret = (await client.post("/api/webhooks/secret")).json()["secret"]  # the tenant's own
             response = await submit(client, images.jpeg(), callbackUrl=hook.url)
             assert response.status_code == 202, response.text
             job_id = response.json()["jobId"]
             assert (await wait_finished(client, job_id))["status"] == "completed"
             wait_calls(hook, 3)
             attempts = await deliveries(client, job_id, 3)
-    verifier = Webhook(SECRET)
+    verifier = Webhook(secret)
     payloads = [verifier.verify(body, headers) for headers, body in hook.calls]
     assert {p["type"] for p in payloads} == {"job.completed"}
     assert {p["data"]["jobId"] for p in payloads} == {job_id}

@@ -25,6 +25,7 @@ from imgflow.core.keys import KeyStore
 from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import ensure_group
 from imgflow.core.settings import AuthMode, Settings, get_settings
+from imgflow.core.tenant_secrets import TenantSecrets
 from imgflow.core.watermarks import WatermarkStore
 
 log = logging.getLogger("imgflow.api")
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             readiness=Readiness(settings),
             keys=keys,
             endpoints=EndpointStore(db),
+            tenant_secrets=TenantSecrets(db),
             watermarks=WatermarkStore(db),
             key_cache=key_cache(keys, settings.key_cache_s),
             limiter=RateLimiter(redis, settings.stream),

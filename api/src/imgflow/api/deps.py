@@ -41,6 +41,7 @@ from imgflow.core.keys import ApiKey, KeyStore, RateLimits, Scope, digest, key_i
 from imgflow.core.settings import AuthMode, Settings
 from imgflow.core.storage import Storage
 from imgflow.core.store import JobStore
+from imgflow.core.tenant_secrets import TenantSecrets
 from imgflow.core.watermarks import Watermark, WatermarkStore
 
 
@@ -58,6 +59,7 @@ class AppState:
     readiness: Readiness
     keys: KeyStore
     endpoints: EndpointStore
+    tenant_secrets: TenantSecrets
     watermarks: WatermarkStore
     key_cache: Expiring[ApiKey | None]
     limiter: RateLimiter

@@ -208,6 +208,30 @@ class Settings(BaseSettings):
         "in all), comma-separated",
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="Time a webhook receiver has to answer")
+    webhook_tenant_concurrency: int = Field(
+        10,
+        ge=1,
+        description="Webhook requests of one tenant under way at once per API replica; a tenant "
+        "with more deliveries in hand has its next ones wait a second, so slow receivers of one "
+        "tenant never hold another's",
+    )
+    webhook_endpoint_concurrency: int = Field(
+        4,
+        ge=1,
+        description="Webhook requests to one endpoint (or one callbackUrl) under way at once per API replica",
+    )
+    webhook_disable_after: int = Field(
+        40,
+        ge=1,
+        description="Failed attempts in a row after which a tenant's webhook endpoint is disabled "
+        "(nothing more is sent; GET /api/webhooks shows it, registering it again resumes)",
+    )
+    webhook_secret_grace_s: float = Field(
+        86400.0,
+        ge=0,
+        description="Seconds a tenant's callbackUrl secret replaced by POST /api/webhooks/secret "
+        "still signs deliveries (beside the new one)",
+    )
     retention_s: float = Field(
         604800.0,
         gt=0,

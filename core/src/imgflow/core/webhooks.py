@@ -1,10 +1,11 @@
 """Completion webhooks, per the Standard Webhooks specification (standardwebhooks.com).
 
-Two kinds of target: a job's own ``callback_url`` (signed with the service's secret), and the
-endpoints a tenant registered (``POST /api/webhooks``, each with its own secret and event types).
-When a worker finishes a job that has either, it files one "fan-out" entry in a Redis stream
-(``webhooks_key``); the API's sender (api/webhooks.py) turns it into one delivery per target and
-POSTs ``{"type", "timestamp", "data": <the job view>}`` with the ``webhook-id``,
+Two kinds of target: a job's own ``callback_url`` (signed with its tenant's own secret,
+imgflow.core.tenant_secrets), and the endpoints a tenant registered (``POST /api/webhooks``, each
+with its own secret and event types). When a worker finishes a job that has either, it files one
+"fan-out" entry in a Redis stream (``webhooks_key``); the API's sender
+(imgflow.api.background.webhook_sender) turns it into one delivery per target and POSTs
+``{"type", "timestamp", "tenant", "data": <the job view>}`` with the ``webhook-id``,
 ``webhook-timestamp`` and ``webhook-signature`` headers. Delivery is at-least-once: an entry is
 acknowledged only after a 2xx or after its retry is scheduled (a sorted set, like job retries), so
 a sender that dies mid-delivery leaves it to be reclaimed. Every attempt is recorded per job. A
@@ -64,6 +65,11 @@ def endpoint_tenants_key(settings: Settings) -> str:
     """The Redis set of tenants that have registered endpoints: a worker files a finished job
     for webhooks only if it has a callback URL or its tenant is here."""
     return f"{settings.stream}:webhooks:tenants"
+
+
+def failures_key(settings: Settings) -> str:
+    """The Redis hash of endpoint id -> its attempts failed in a row (gone at its next success)."""
+    return f"{settings.stream}:webhooks:failures"
 
 
 def attempts_key(settings: Settings, job_id: str) -> str:

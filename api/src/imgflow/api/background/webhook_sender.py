@@ -1,6 +1,18 @@
 """The webhook sender, run by every API replica (one consumer group shares the deliveries); each
 attempt is recorded for ``GET .../jobs/{jobId}/deliveries``. See imgflow.core.webhooks for the
-contract."""
+contract.
+
+Tenants are kept apart: each stream entry is handled in a task of its own, so the sender reads on
+while earlier entries wait for slow receivers; a fan-out's targets are sent side by side; at most
+``webhook_tenant_concurrency`` requests of one tenant and ``webhook_endpoint_concurrency`` to one
+target are under way at once per replica, and an entry of a tenant that already has that many
+deliveries in hand goes back to the retry schedule for DEFER_S (not counted as an attempt). So a
+tenant whose endpoints never answer holds a bounded share of the sender, never the whole of it.
+
+An entry stays pending (unacknowledged) while it is handled; the replica claims its entries in
+hand again every REFRESH_S, so only a dead replica's entries become idle long enough
+(``reclaim_idle_ms``) for another to take them over and send them again.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +22,9 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -20,13 +35,16 @@ from imgflow.api.schemas import JobView
 from imgflow.core.endpoints import Endpoint
 from imgflow.core.fetch import FetchError, FetchFailed, post_checked
 from imgflow.core.jobs import Job, utcnow
+from imgflow.core.logs import bind
 from imgflow.core.queue import create_group
 from imgflow.core.retries import take_due
+from imgflow.core.settings import Settings
 from imgflow.core.webhooks import (
     CALLBACK,
     FANOUT,
     SENDERS,
     Attempt,
+    failures_key,
     file_delivery,
     message_id,
     outstanding,
@@ -38,140 +56,268 @@ from imgflow.core.webhooks import (
 
 log = logging.getLogger("imgflow.api.webhooks")
 BLOCK_MS = 2000
-RECLAIM_IDLE_MS = 60_000
-BATCH = 100  # deliveries sent at once by one replica
+IN_HAND = 200  # entries one replica holds at once (sending, or waiting for their turn)
+REFRESH_S = 10.0  # how often a replica claims its entries in hand again
+RECLAIM_EVERY_S = 10.0
+DEFER_S = 1.0  # a busy tenant's entry comes back after this
 ENDPOINTS_TTL_S = 2.0
 
 
-async def send_forever(state: AppState) -> None:
-    """Deliver filed webhooks; retry failures on the configured schedule; never give up the loop."""
-    redis, settings = state.webhook_redis, state.settings
-    consumer = f"api-{uuid.uuid4().hex[:8]}"
-    # each tenant's endpoints, trusted for 2 s: one lookup per tenant, not per job
-    endpoints: Expiring[list[Endpoint]] = Expiring(state.endpoints.of_tenant, ENDPOINTS_TTL_S)
-    loop = asyncio.get_running_loop()
-    ready, last_reclaim = False, loop.time()
-    while True:
+def reclaim_idle_ms(settings: Settings) -> int:
+    """Idle time after which another replica takes an entry over: above the refresh and above the
+    longest attempt (a host name lookup, then the receiver's time to answer) with room to spare,
+    so an entry whose replica is alive, however slow its receivers, is never sent twice."""
+    longest_attempt_s = settings.dns_timeout_s + settings.webhook_timeout_s
+    return int(1000 * max(60.0, 2 * (REFRESH_S + longest_attempt_s)))
+
+
+class KeyedLimit:
+    """At most ``limit`` holders per key at once; a key's semaphore lives while it has users."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._semaphores: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        semaphore, users = self._semaphores.get(key, (asyncio.Semaphore(self._limit), 0))
+        self._semaphores[key] = (semaphore, users + 1)
         try:
-            if not ready:
-                await create_group(redis, webhooks_key(settings), SENDERS)
-                ready = True
-            for member in await take_due(redis, webhook_retry_key(settings), time.time(), BATCH):
-                due = json.loads(member)
-                target = due.get("target", CALLBACK)
-                await file_delivery(redis, settings, due["job_id"], due["type"], due["attempt"], target)
-            entries: list[Any] = []
-            if loop.time() - last_reclaim > RECLAIM_IDLE_MS / 6000:  # every 10 s: a dead sender's
-                last_reclaim = loop.time()
-                _, claimed, _ = await redis.xautoclaim(
-                    webhooks_key(settings), SENDERS, consumer, RECLAIM_IDLE_MS, count=BATCH
-                )
-                entries += claimed or []
-            fresh: Any = await redis.xreadgroup(
-                SENDERS, consumer, {webhooks_key(settings): ">"}, count=BATCH, block=BLOCK_MS
-            )
-            entries += [entry for _, batch in fresh or [] for entry in batch]
-            await asyncio.gather(
-                *(_handle(state, endpoints, entry_id, fields) for entry_id, fields in entries)
-            )
-        except asyncio.CancelledError:
-            raise
-        except ResponseError as exc:
-            ready = "NOGROUP" not in str(exc)  # Redis lost the group: create it again
-            log.warning("webhook sender round failed: %s", exc)
-            await asyncio.sleep(1)
-        except Exception:
-            log.warning("webhook sender round failed; retrying", exc_info=True)
-            await asyncio.sleep(1)
+            async with semaphore:
+                yield
+        finally:
+            semaphore, users = self._semaphores[key]
+            if users == 1:
+                del self._semaphores[key]
+            else:
+                self._semaphores[key] = (semaphore, users - 1)
 
 
-async def _handle(
-    state: AppState, endpoints: Expiring[list[Endpoint]], entry_id: bytes, fields: dict[bytes, bytes]
-) -> None:
-    """One stream entry: a finished job fanned out to its targets, or one more attempt of one."""
-    redis, settings = state.webhook_redis, state.settings
-    job_id, event_type = fields[b"job_id"].decode(), fields[b"type"].decode()
-    attempt = int(fields.get(b"attempt", b"0"))
-    target = fields.get(b"target", CALLBACK.encode()).decode()
-    # a finished job does not change: its snapshot (set after the write that finished it) will do
-    job = await state.store.view(job_id)
-    if target == FANOUT:
-        targets = []
+class Sender:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.redis, self.settings = state.webhook_redis, state.settings
+        self.stream = webhooks_key(self.settings)
+        self.consumer = f"api-{uuid.uuid4().hex[:8]}"
+        # each tenant's endpoints, trusted for 2 s: one lookup per tenant, not per job
+        self.endpoints: Expiring[list[Endpoint]] = Expiring(state.endpoints.of_tenant, ENDPOINTS_TTL_S)
+        self.in_hand: dict[bytes, asyncio.Task[None]] = {}
+        self.load: Counter[str] = Counter()  # deliveries in hand per tenant
+        self.tenant_limit = KeyedLimit(self.settings.webhook_tenant_concurrency)
+        self.target_limit = KeyedLimit(self.settings.webhook_endpoint_concurrency)
+
+    async def run(self) -> None:
+        """Deliver filed webhooks; retry failures on the configured schedule; never give up the loop."""
+        loop = asyncio.get_running_loop()
+        ready, last_reclaim, last_refresh = False, loop.time(), loop.time()
+        try:
+            while True:
+                try:
+                    if not ready:
+                        await create_group(self.redis, self.stream, SENDERS)
+                        ready = True
+                    await self._file_due_retries()
+                    if loop.time() - last_refresh > REFRESH_S:
+                        last_refresh = loop.time()
+                        await self._refresh()
+                    if loop.time() - last_reclaim > RECLAIM_EVERY_S:  # a dead sender's entries
+                        last_reclaim = loop.time()
+                        _, claimed, _ = await self.redis.xautoclaim(
+                            self.stream, SENDERS, self.consumer, reclaim_idle_ms(self.settings), count=100
+                        )
+                        self._start(claimed or [])
+                    room = IN_HAND - len(self.in_hand)
+                    if room <= 0:
+                        await asyncio.wait(
+                            list(self.in_hand.values()),
+                            timeout=BLOCK_MS / 1000,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                        continue
+                    fresh: Any = await self.redis.xreadgroup(
+                        SENDERS, self.consumer, {self.stream: ">"}, count=room, block=BLOCK_MS
+                    )
+                    self._start([entry for _, batch in fresh or [] for entry in batch])
+                except asyncio.CancelledError:
+                    raise
+                except ResponseError as exc:
+                    ready = "NOGROUP" not in str(exc)  # Redis lost the group: create it again
+                    log.warning("webhook sender round failed: %s", exc)
+                    await asyncio.sleep(1)
+                except Exception:
+                    log.warning("webhook sender round failed; retrying", exc_info=True)
+                    await asyncio.sleep(1)
+        finally:
+            for task in self.in_hand.values():
+                task.cancel()
+
+    async def _file_due_retries(self) -> None:
+        for member in await take_due(self.redis, webhook_retry_key(self.settings), time.time(), 100):
+            due = json.loads(member)
+            target = due.get("target", CALLBACK)
+            await file_delivery(self.redis, self.settings, due["job_id"], due["type"], due["attempt"], target)
+
+    async def _refresh(self) -> None:
+        """Claim the entries in hand again: their idle time starts over, no other replica takes them."""
+        if self.in_hand:
+            await self.redis.xclaim(self.stream, SENDERS, self.consumer, 0, list(self.in_hand), justid=True)
+
+    def _start(self, entries: list[Any]) -> None:
+        for entry_id, fields in entries:
+            if entry_id in self.in_hand:
+                continue
+            self.in_hand[entry_id] = asyncio.create_task(self._handle_once(entry_id, fields))
+
+    async def _handle_once(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        try:
+            await self._handle(entry_id, fields)
+        except Exception:  # left pending: reclaimed once idle, by this replica or another
+            log.warning("webhook delivery failed; it will be tried again", exc_info=True)
+        finally:
+            self.in_hand.pop(entry_id, None)
+
+    async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """One stream entry: a finished job fanned out to its targets, or one more attempt of one."""
+        redis, settings = self.redis, self.settings
+        job_id, event_type = fields[b"job_id"].decode(), fields[b"type"].decode()
+        attempt = int(fields.get(b"attempt", b"0"))
+        target = fields.get(b"target", CALLBACK.encode()).decode()
+        # a finished job does not change: its snapshot (set after the write that finished it) will do
+        job = await self.state.store.view(job_id)
         if job is not None:
-            if job.callback_url and settings.webhook_secret:
-                targets.append(CALLBACK)
-            targets += [e.endpoint_id for e in await endpoints.get(job.tenant) if event_type in e.events]
-        # the fan-out's own count becomes one per target
-        await outstanding(redis, settings, job_id, len(targets) - 1)
-        for each in targets:
-            await _deliver(state, job, job_id, event_type, 0, each)
-    else:
-        await _deliver(state, job, job_id, event_type, attempt, target)
-    await redis.xack(webhooks_key(settings), SENDERS, entry_id)
-    await redis.xdel(webhooks_key(settings), entry_id)
+            bind(jobId=job_id, tenant=job.tenant)  # this task's lines are about this job
+        if job is not None and self.load[job.tenant] >= settings.webhook_tenant_concurrency:
+            member = json.dumps({"job_id": job_id, "type": event_type, "attempt": attempt, "target": target})
+            await redis.zadd(webhook_retry_key(settings), {member: time.time() + DEFER_S})
+        elif target == FANOUT:
+            targets = []
+            if job is not None:
+                if job.callback_url and settings.webhook_secret:
+                    targets.append(CALLBACK)
+                targets += [
+                    e.endpoint_id
+                    for e in await self.endpoints.get(job.tenant)
+                    if event_type in e.events and e.disabled_at is None
+                ]
+            # the fan-out's own count becomes one per target
+            await outstanding(redis, settings, job_id, len(targets) - 1)
+            await asyncio.gather(*(self._deliver(job, job_id, event_type, 0, each) for each in targets))
+        else:
+            await self._deliver(job, job_id, event_type, attempt, target)
+        await redis.xack(self.stream, SENDERS, entry_id)
+        await redis.xdel(self.stream, entry_id)
 
+    async def _destination(self, job: Job, target: str) -> tuple[str, list[str]] | None:
+        """Where a target's deliveries go and the secrets they are signed with; None if it is gone."""
+        if target == CALLBACK:
+            if not job.callback_url or not self.settings.webhook_secret:
+                return None
+            secret = await self.state.tenant_secrets.current(job.tenant)
+            return job.callback_url, secret.signing(utcnow())
+        endpoint = await self.state.endpoints.get(target)
+        if endpoint is None or endpoint.tenant != job.tenant or endpoint.disabled_at is not None:
+            return None
+        return endpoint.url, [endpoint.secret]
 
-async def _destination(state: AppState, job: Job, target: str) -> tuple[str, str] | None:
-    """Where a target's deliveries go and the secret they are signed with; None if it is gone."""
-    if target == CALLBACK:
-        secret = state.settings.webhook_secret
-        return (job.callback_url, secret) if job.callback_url and secret else None
-    endpoint = await state.endpoints.get(target)
-    if endpoint is None or endpoint.tenant != job.tenant:
-        return None
-    return endpoint.url, endpoint.secret
+    async def _deliver(
+        self, job: Job | None, job_id: str, event_type: str, attempt: int, target: str
+    ) -> None:
+        """One attempt to one target, in its tenant's and its target's turn; then the next is
+        scheduled, or the delivery is over."""
+        if job is None:  # the job expired
+            await outstanding(self.redis, self.settings, job_id, -1)
+            return
+        self.load[job.tenant] += 1
+        try:
+            turn = target if target != CALLBACK else f"{job.tenant} {job.callback_url}"
+            async with self.target_limit.hold(turn), self.tenant_limit.hold(job.tenant):
+                await self._attempt(job, event_type, attempt, target)
+        finally:
+            self.load[job.tenant] -= 1
+            if self.load[job.tenant] <= 0:
+                del self.load[job.tenant]
 
-
-async def _deliver(
-    state: AppState, job: Job | None, job_id: str, event_type: str, attempt: int, target: str
-) -> None:
-    """One attempt to one target; then the next is scheduled, or the delivery is over."""
-    redis, settings = state.webhook_redis, state.settings
-    destination = await _destination(state, job, target) if job is not None else None
-    if job is None or destination is None:  # the job expired, the endpoint was deleted
-        await outstanding(redis, settings, job_id, -1)
-        return
-    url, secret = destination
-    body = json.dumps(
-        {
-            "type": event_type,
-            "timestamp": utcnow().isoformat().replace("+00:00", "Z"),
-            "data": JobView.of(job).model_dump(mode="json", by_alias=True, exclude_none=True),
+    async def _attempt(self, job: Job, event_type: str, attempt: int, target: str) -> None:
+        redis, settings, job_id = self.redis, self.settings, job.job_id
+        destination = await self._destination(job, target)
+        if destination is None:  # the endpoint was deleted or disabled
+            await outstanding(redis, settings, job_id, -1)
+            return
+        url, secrets = destination
+        body = json.dumps(
+            {
+                "type": event_type,
+                "timestamp": utcnow().isoformat().replace("+00:00", "Z"),
+                "tenant": job.tenant,
+                "data": JobView.of(job).model_dump(mode="json", by_alias=True, exclude_none=True),
+            }
+        ).encode()
+        msg_id, now = message_id(job_id, event_type), int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(now),
+            "webhook-signature": " ".join(sign(secret, msg_id, now, body) for secret in secrets),
         }
-    ).encode()
-    msg_id, now = message_id(job_id, event_type), int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(now),
-        "webhook-signature": sign(secret, msg_id, now, body),
-    }
-    status: int | None = None
-    error: str | None = None
-    retry = True
-    try:
-        status = await post_checked(url, body, headers, settings, timeout_s=settings.webhook_timeout_s)
-    except FetchFailed as exc:
-        error, retry = str(exc), exc.transient
-    except FetchError as exc:  # refused now (the name points inside since): no retry helps
-        error, retry = str(exc), False
-    delivered = status is not None and 200 <= status < 300
-    if status is not None and not delivered:
-        error = f"{url} answered HTTP {status}."
-    at = utcnow().isoformat().replace("+00:00", "Z")
-    await record_attempt(redis, settings, job_id, Attempt(at, attempt + 1, status, error, delivered, target))
-    delays = settings.webhook_retry_delays
-    if not delivered and retry and attempt < len(delays):
-        delay = delays[attempt] * random.uniform(0.8, 1.2)
-        member = json.dumps({"job_id": job_id, "type": event_type, "attempt": attempt + 1, "target": target})
-        await redis.zadd(webhook_retry_key(settings), {member: time.time() + delay})
-        return
-    if not delivered:
-        log.warning(
-            "webhook %s of job %s to %s not delivered after %d attempts",
-            event_type,
-            job_id,
-            target,
-            attempt + 1,
+        status: int | None = None
+        error: str | None = None
+        retry = True
+        try:
+            status = await post_checked(url, body, headers, settings, timeout_s=settings.webhook_timeout_s)
+        except FetchFailed as exc:
+            error, retry = str(exc), exc.transient
+        except FetchError as exc:  # refused now (the name points inside since): no retry helps
+            error, retry = str(exc), False
+        delivered = status is not None and 200 <= status < 300
+        if status is not None and not delivered:
+            error = f"{url} answered HTTP {status}."
+        at = utcnow().isoformat().replace("+00:00", "Z")
+        await record_attempt(
+            redis, settings, job_id, Attempt(at, attempt + 1, status, error, delivered, target)
         )
-    await outstanding(redis, settings, job_id, -1)
+        if target != CALLBACK and await self._count_failure(job, target, failed=not delivered):
+            retry = False  # it was disabled: no more tries
+        delays = settings.webhook_retry_delays
+        if not delivered and retry and attempt < len(delays):
+            delay = delays[attempt] * random.uniform(0.8, 1.2)
+            member = json.dumps(
+                {"job_id": job_id, "type": event_type, "attempt": attempt + 1, "target": target}
+            )
+            await redis.zadd(webhook_retry_key(settings), {member: time.time() + delay})
+            return
+        if not delivered:
+            log.warning(
+                "webhook %s of job %s to %s not delivered after %d attempts",
+                event_type,
+                job_id,
+                target,
+                attempt + 1,
+            )
+        await outstanding(redis, settings, job_id, -1)
+
+    async def _count_failure(self, job: Job, endpoint_id: str, *, failed: bool) -> bool:
+        """Count the endpoint's failed attempts in a row (a success starts over); at
+        ``webhook_disable_after`` it is disabled. Whether it is now disabled."""
+        key = failures_key(self.settings)
+        if not failed:
+            await self.redis.hdel(key, endpoint_id)
+            return False
+        in_a_row = await self.redis.hincrby(key, endpoint_id, 1)
+        limit = self.settings.webhook_disable_after
+        if in_a_row < limit:
+            return False
+        reason = f"{in_a_row} attempts in a row failed"
+        if await self.state.endpoints.disable(endpoint_id, reason):
+            log.warning(
+                "webhook endpoint %s of tenant %s disabled: %s",
+                endpoint_id,
+                job.tenant,
+                reason,
+            )
+        await self.redis.hdel(key, endpoint_id)
+        self.endpoints.forget(job.tenant)
+        return True
+
+
+async def send_forever(state: AppState) -> None:
+    await Sender(state).run()

@@ -1,16 +1,20 @@
 """A tenant's webhook endpoints: ``POST /api/webhooks`` (the signing secret is shown once),
 ``GET /api/webhooks``, ``DELETE /api/webhooks/{id}``. Every job of the tenant that finishes with
-a subscribed event is delivered to each endpoint (imgflow.core.webhooks)."""
+a subscribed event is delivered to each endpoint (imgflow.core.webhooks). An endpoint disabled
+after failing too often says so in the listing (``disabledAt``, ``disabledReason``); register it
+again to resume. ``POST /api/webhooks/secret`` makes the tenant's new secret for its jobs'
+``callbackUrl`` deliveries (imgflow.core.tenant_secrets) and shows it once."""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Response
 from pydantic import ConfigDict, Field
 
-from imgflow.api.deps import AppState, AuthFirst, Reader, State, Writer
+from imgflow.api.deps import AuthFirst, Reader, State, Writer
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
 from imgflow.core.endpoints import Endpoint
@@ -45,6 +49,10 @@ class EndpointView(Camel):
     url: str
     events: list[str]
     created_at: Timestamp
+    disabled_at: Timestamp | None = Field(
+        None, description="When deliveries to it stopped, after too many failed attempts in a row"
+    )
+    disabled_reason: str | None = None
 
     @classmethod
     def of(cls, endpoint: Endpoint) -> EndpointView:
@@ -54,6 +62,8 @@ class EndpointView(Camel):
             url=endpoint.url,
             events=endpoint.events,
             created_at=endpoint.created_at,
+            disabled_at=endpoint.disabled_at,
+            disabled_reason=endpoint.disabled_reason,
         )
 
 
@@ -78,25 +88,25 @@ class EndpointList(Camel):
 async def create_endpoint(
     body: NewEndpoint, state: State, principal: Writer, response: Response
 ) -> CreatedEndpoint:
-    await _refuse_at_cap(state, principal.tenant)  # first: a tenant at its cap costs no lookup
+    if len(await state.endpoints.of_tenant(principal.tenant)) >= MAX_PER_TENANT:
+        raise _at_cap()  # first: a tenant at its cap costs no lookup
     try:
         await check_url(body.url, state.settings)
     except FetchRefused as exc:
         raise Problem(422, "Invalid request", f"url: {exc}") from exc
-    await _refuse_at_cap(state, principal.tenant)  # and again: others may have registered meanwhile
     endpoint = Endpoint(tenant=principal.tenant, url=body.url, events=sorted(set(body.events)))
-    await state.endpoints.insert(endpoint)
+    if not await state.endpoints.register(endpoint, MAX_PER_TENANT):  # the cap, checked atomically
+        raise _at_cap()
     await state.redis.sadd(endpoint_tenants_key(state.settings), principal.tenant)
     log.info("registered webhook endpoint %s for tenant %s", endpoint.endpoint_id, endpoint.tenant)
     response.headers["Location"] = f"/api/webhooks/{endpoint.endpoint_id}"
     return CreatedEndpoint(**EndpointView.of(endpoint).model_dump(), secret=endpoint.secret)
 
 
-async def _refuse_at_cap(state: AppState, tenant: str) -> None:
-    if len(await state.endpoints.of_tenant(tenant)) >= MAX_PER_TENANT:
-        raise Problem(
-            409, "Too many endpoints", f"A tenant may register {MAX_PER_TENANT} endpoints; delete one first."
-        )
+def _at_cap() -> Problem:
+    return Problem(
+        409, "Too many endpoints", f"A tenant may register {MAX_PER_TENANT} endpoints; delete one first."
+    )
 
 
 @router.get(
@@ -124,8 +134,32 @@ async def delete_endpoint(
     endpoint = await state.endpoints.get(endpoint_id)
     if endpoint is None or not principal.sees(endpoint):
         raise Problem(404, "Not found", f"There is no webhook endpoint {endpoint_id!r}.")
-    await state.endpoints.delete(endpoint_id)
+    await state.endpoints.remove(endpoint)
     if not await state.endpoints.of_tenant(endpoint.tenant):
         await state.redis.srem(endpoint_tenants_key(state.settings), endpoint.tenant)
     log.info("deleted webhook endpoint %s of tenant %s", endpoint_id, endpoint.tenant)
     return Response(status_code=204)
+
+
+class SigningSecret(Camel):
+    secret: str = Field(
+        description="The tenant's new secret (whsec_...) for its jobs' callbackUrl deliveries: "
+        "shown this once; verify each delivery with it"
+    )
+    previous_valid_until: Timestamp | None = Field(
+        None, description="Until when deliveries are also signed with the secret it replaces"
+    )
+
+
+@router.post(
+    "/secret",
+    response_model=SigningSecret,
+    operation_id="rotateWebhookSecret",
+    summary="Make the tenant's new signing secret for callbackUrl deliveries (shown once)",
+    responses=documented(401, 403, 429, 503),
+)
+async def rotate_secret(state: State, principal: Writer) -> SigningSecret:
+    grace = timedelta(seconds=state.settings.webhook_secret_grace_s)
+    made = await state.tenant_secrets.rotate(principal.tenant, grace)
+    log.info("made a new callbackUrl signing secret for tenant %s", principal.tenant)
+    return SigningSecret(secret=made.secret, previous_valid_until=made.previous_until)
