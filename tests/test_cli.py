@@ -250,13 +250,23 @@ async def test_a_job_is_polled_when_its_event_stream_is_refused(
     assert "completed" in out.decode().splitlines()[-1]
 
 
-async def test_cancel_says_when_the_server_cannot_cancel(env: dict[str, str], tmp_path: Path) -> None:
-    folder = photos(tmp_path / "photos", count=1)
-    submitted = await imgflow(env, "-o", "json", "submit", folder)
+async def test_cancel_cancels_a_pending_job_and_says_when_there_is_nothing_to_cancel(
+    processes: Processes, redis_url: str, mongodb_url: str, tmp_path: Path
+) -> None:
+    _, base = processes.start_api(make_settings(redis_url, mongodb_url))  # no worker: jobs wait
+    async with api_client(base, timeout=30) as admin:
+        key = await make_key(admin, f"cli-{uuid.uuid4().hex[:8]}", "jobs:write", "jobs:read")
+    env = environment(base, key, tmp_path)
+    submitted = await imgflow(env, "-o", "json", "submit", photos(tmp_path / "photos", count=1))
     [job] = json.loads(submitted.stdout)["jobs"]
-    cancelled = await imgflow(env, "jobs", "cancel", job["jobId"])
-    assert cancelled.returncode == 1
-    assert "does not support cancellation" in cancelled.stderr
+    cancelled = await imgflow(env, "-o", "json", "jobs", "cancel", job["jobId"])
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["status"] == "cancelled"
+    shown = await imgflow(env, "jobs", "get", job["jobId"])
+    assert "cancelled" in shown.stdout
+    again = await imgflow(env, "jobs", "cancel", job["jobId"])
+    assert again.returncode == 1
+    assert "409" in again.stderr and "The job is cancelled: there is nothing to cancel." in again.stderr
 
 
 async def test_keys_are_created_listed_and_revoked_with_an_admin_key(stack: Stack, tmp_path: Path) -> None:

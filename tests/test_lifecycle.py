@@ -19,9 +19,10 @@ from redis.asyncio import Connection, ConnectionPool, Redis
 
 from imgflow.core import lifecycle, quota
 from imgflow.core.errors import QueueUnavailable
-from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, original_key, utcnow
+from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, original_key, output_key, utcnow
 from imgflow.core.outputs import OutputFormat
-from imgflow.core.queue import create_group
+from imgflow.core.queue import create_group, lease_key, worker_key
+from imgflow.core.retries import retry_key
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.core.snapshots import Snapshots
 from imgflow.core.storage import NotFound, Storage, make_storage
@@ -286,6 +287,68 @@ async def test_a_refused_message_leaves_nothing_accepted(parts: Parts, tmp_path:
         await b.storage.stat(original_key(job.job_id))
 
 
+async def test_cancel_writes_at_once_or_leaves_a_held_job_to_its_worker(parts: Parts, tmp_path: Path) -> None:
+    b = parts
+    original = tmp_path / "photo.jpg"
+    original.write_bytes(images.jpeg(64, 48))
+    job = new_job()
+    await lifecycle.accept(b, job, original=original, media_type="image/jpeg", take_place=True)
+
+    # a live worker holds it: only the mark, which that worker reads at its next step
+    await b.redis.set(lease_key(b.settings, job.job_id), WORKER)
+    await b.redis.set(worker_key(b.settings, WORKER), "{}", ex=60)
+    async with b.writes(job.job_id) as w:
+        asked = await lifecycle.cancel(b, job)
+    assert asked is not None and asked.status is JobStatus.pending
+    assert w.commands == [] and w.keys == {"cancel:<id>"} and w.round_trips == 1
+    assert await lifecycle.cancel_requested(b.redis, b.settings, job.job_id)
+
+    # its worker stops it: the same writes as a cancel at once
+    started = await lifecycle.start(b, job, WORKER)
+    assert started is not None
+    await b.storage.save_bytes(output_key(job.job_id, 0, job.spec), b"made", "image/jpeg")
+    async with b.writes(job.job_id) as w:
+        stopped = await lifecycle.stop_cancelled(b, started)
+    assert stopped is not None and stopped.status is JobStatus.cancelled
+    assert w.commands == ["findAndModify"]
+    assert w.fields == {"status", "expires_at", "updated_at"}
+    assert w.keys == {"job:<id>", "events:<id>", "tenant:acme:unfinished", "webhooks", "webhooks:outstanding"}
+    assert w.round_trips == 2  # the snapshot dropped, then the rest at once
+    with pytest.raises(NotFound):
+        await b.storage.stat(output_key(job.job_id, 0, job.spec))
+    assert await b.storage.stat(original_key(job.job_id))  # kept until it expires (keep_originals)
+    assert await quota.count(b.redis, b.settings, "acme") == 0
+
+    # nothing more to cancel: no write, and a worker holding it again drops nothing of another's
+    async with b.writes(job.job_id) as w:
+        assert await lifecycle.stop_cancelled(b, started) is None
+        await b.redis.delete(lease_key(b.settings, job.job_id))
+        assert await lifecycle.cancel(b, stopped) is None
+    assert w.commands == ["findAndModify", "findAndModify"] and w.fields == set()
+
+    # nobody holds a job waiting for its retry: cancelled at once, its retry unscheduled
+    waiting = new_job().model_copy(update={"job_id": "0b6e" + "0" * 28})
+    await lifecycle.accept(b, waiting, take_place=True)
+    started = await lifecycle.start(b, waiting, WORKER)
+    assert started is not None
+    await lifecycle.retry_later(b, started, "timed out")
+    async with b.writes(waiting.job_id) as w:
+        done = await lifecycle.cancel(b, started)
+    assert done is not None and done.status is JobStatus.cancelled
+    assert w.commands == ["findAndModify"]
+    assert w.keys == {
+        "cancel:<id>",
+        "job:<id>",
+        "events:<id>",
+        "tenant:acme:unfinished",
+        "retry",
+        "webhooks",
+        "webhooks:outstanding",
+    }
+    assert w.round_trips == 3  # the mark (and whether a worker holds it), the snapshot, the rest
+    assert await b.redis.zscore(retry_key(b.settings), waiting.job_id) is None
+
+
 # What only imgflow.core.lifecycle may use: the functions that write a job's side-effect keys ...
 WRITERS = {
     "imgflow.core.quota": {"reserve", "release", "unfinished_key"},
@@ -295,7 +358,17 @@ WRITERS = {
     "imgflow.core.retries": {"retry_key", "dead_letter_key", "remove_dead_letters", "take_due_retries"},
 }
 # ... a JobStore's writes, and a Snapshots' ...
-STORE_WRITES = {"insert", "delete", "start", "complete", "fail", "wait_for_retry", "revive", "release"}
+STORE_WRITES = {
+    "insert",
+    "delete",
+    "start",
+    "complete",
+    "fail",
+    "wait_for_retry",
+    "revive",
+    "release",
+    "cancel",
+}
 SNAPSHOT_WRITES = {"put", "forget"}
 # ... in these modules (where each is defined)
 ALLOWED = {"imgflow.core.lifecycle", *WRITERS, "imgflow.core.store", "imgflow.core.snapshots"}

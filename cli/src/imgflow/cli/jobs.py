@@ -93,7 +93,8 @@ def watch(ctx: typer.Context, job_id: str, output_: OutputOption = None) -> None
 
 @app.command()
 def cancel(ctx: typer.Context, job_id: str, output_: OutputOption = None) -> None:
-    """Cancel a job (DELETE .../jobs/{id}), on servers that offer cancellation."""
+    """Cancel a job (DELETE .../jobs/{id}): a pending one at once, one being made at its worker's
+    next step (said 'cancellation requested'; follow it with jobs watch)."""
     config = config_of(ctx, output_)
 
     async def work(api: Api) -> dict[str, Any]:
@@ -111,4 +112,9 @@ def cancel(ctx: typer.Context, job_id: str, output_: OutputOption = None) -> Non
         return body
 
     job = call(config, work)
-    show(config, job, lambda body: output.out.print(f"job {job_id}: {body.get('status', 'cancelled')}"))
+
+    def said(body: dict[str, Any]) -> str:
+        status = body.get("status", "cancelled")
+        return "cancelled" if status == "cancelled" else f"{status}, cancellation requested"
+
+    show(config, job, lambda body: output.out.print(f"job {job_id}: {said(body)}"))

@@ -24,10 +24,11 @@ class JobStatus(StrEnum):
     processing = "processing"
     completed = "completed"
     failed = "failed"
+    cancelled = "cancelled"
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.completed, JobStatus.failed)
+        return self in (JobStatus.completed, JobStatus.failed, JobStatus.cancelled)
 
 
 UNFINISHED = (JobStatus.pending, JobStatus.processing)

@@ -1,7 +1,7 @@
 """A job's life: one function per transition, the only code that writes a job's status or what
-goes with it in Redis. The API and the operator call ``accept`` (and the API ``revive``); the worker
-calls the rest (and ``publish_due_retries``); the API's reconciler ``republish``
-(imgflow.core.submit.requeue_lost) and ``remove`` (imgflow.core.retention).
+goes with it in Redis. The API and the operator call ``accept`` and ``cancel`` (and the API
+``revive``); the worker calls the rest (and ``publish_due_retries``); the API's reconciler
+``republish`` (imgflow.core.submit.requeue_lost) and ``remove`` (imgflow.core.retention).
 
 ::
 
@@ -9,6 +9,7 @@ calls the rest (and ``publish_due_retries``); the API's reconciler ``republish``
                  ▲  ▲                │   │
                  │  └─retry_later────┤   └──fail──▶ failed ──revive──▶ pending
                  └────give_back──────┘
+    pending, processing ──cancel, stop_cancelled──▶ cancelled
 
 Each transition is one MongoDB command (imgflow.core.store, every write DURABLE) and one Redis
 pipeline after it carrying all that goes with the change: the job's snapshot, its announcement to
@@ -16,6 +17,11 @@ followers, its tenant's place, its webhooks, its queue message and entry, its re
 letter. A change to a stored job also drops the job's snapshot before the write, one round trip
 more: a writer that dies in between leaves no snapshot to outlive the change
 (imgflow.core.snapshots).
+
+Cancelling respects the lease: a job a live worker holds is only marked (``cancel_key``) and that
+worker stops at its next step (``stop_cancelled``); any other unfinished job is cancelled at once.
+The mark is set in the same script that looks at the lease, and the worker reads it in the script
+that takes the lease, so between the two one of them always sees the other.
 
 If Redis refuses an accepted job's message, the record and the stored original are removed again
 and the tenant's place freed, and ``QueueUnavailable`` is raised (imgflow.core.errors): nothing is
@@ -43,8 +49,8 @@ from redis.exceptions import RedisError
 from imgflow.core import quota
 from imgflow.core.errors import DatabaseUnavailable, QueueUnavailable, StorageUnavailable
 from imgflow.core.events import announce, events_key
-from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, utcnow
-from imgflow.core.queue import DATA, forget_entry, job_id_of, publish, requeue
+from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, output_key, utcnow
+from imgflow.core.queue import DATA, forget_entry, job_id_of, lease_key, publish, requeue, worker_key
 from imgflow.core.retries import dead_letter_key, remove_dead_letters, retry_key, take_due_retries
 from imgflow.core.settings import Settings
 from imgflow.core.snapshots import Snapshots
@@ -53,6 +59,20 @@ from imgflow.core.store import JobStore
 from imgflow.core.webhooks import attempts_key, file_finished
 
 log = logging.getLogger(__name__)
+
+# KEYS: the job's lease, its cancellation mark; ARGV: heartbeat key prefix, the mark's ttl in ms.
+# 1: a live worker holds the job (it stops at its next step), 0: nobody does.
+_ASK_CANCEL = """
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+local holder = redis.call('GET', KEYS[1])
+if holder and redis.call('EXISTS', ARGV[1] .. holder) == 1 then return 1 end
+return 0
+"""
+
+
+def cancel_key(settings: Settings, job_id: str) -> str:
+    """Set when the job's cancellation is asked for; its worker stops at its next step."""
+    return f"{settings.stream}:cancel:{job_id}"
 
 
 class JobBackends(Protocol):
@@ -188,6 +208,55 @@ async def fail(b: JobBackends, job: Job, error: str, *, dead_letter: bool = Fals
     return done
 
 
+async def cancel(b: JobBackends, job: Job) -> Job | None:
+    """Cancel an unfinished job: ``cancelled`` at once (what follows as for ``complete``, its
+    retry unscheduled, its outputs removed), unless a live worker holds it: then it is only marked,
+    its worker stops at its next step, and the job is returned as it was. None if it finished
+    (or is gone) meanwhile."""
+    s = b.settings
+    mark_ms = round(s.retention_s * 1000)  # outlives any step of a job still unfinished
+    keys = (lease_key(s, job.job_id), cancel_key(s, job.job_id))
+    if await b.redis.eval(_ASK_CANCEL, 2, *keys, worker_key(s, ""), mark_ms):
+        return job
+    done = await _cancel_now(b, job)
+    if done is not None:
+        await _remove_outputs(b, job)
+    return done
+
+
+async def stop_cancelled(b: JobBackends, job: Job) -> Job | None:
+    """The worker holding ``job`` saw its cancellation mark: ``cancelled`` now, with what follows
+    as for ``cancel``; None if it was cancelled already (by the API, which took it for a dead
+    worker's). Either way what this worker stored of it is removed."""
+    done = await _cancel_now(b, job)
+    await _remove_outputs(b, job)
+    return done
+
+
+async def cancel_requested(redis: Redis, settings: Settings, job_id: str) -> bool:
+    """Whether the job's cancellation was asked for: its worker asks between steps."""
+    return bool(await redis.exists(cancel_key(settings, job_id)))
+
+
+async def _cancel_now(b: JobBackends, job: Job) -> Job | None:
+    await Snapshots(b.redis, b.settings).forget(job.job_id)
+    done = await b.store.cancel(job.job_id, expires_at=_expiry(b.settings))
+    if done is None:
+        return None
+    log.info("job %s cancelled", job.job_id)
+    await _finished(b, job, done)
+    return done
+
+
+async def _remove_outputs(b: JobBackends, job: Job) -> None:
+    """What an earlier or the current attempt stored of a cancelled job."""
+    for index, spec in enumerate(job.outputs):
+        try:
+            await b.storage.delete(output_key(job.job_id, index, spec))
+        except Exception as exc:  # the backends raise OSError, PyMongoError, ...
+            log.warning("job %s cancelled, its output %d kept (%s)", job.job_id, index, exc)
+
+
 async def _finished(b: JobBackends, job: Job, done: Job, *, dead_letter: str | None = None) -> None:
     s = b.settings
     async with b.redis.pipeline(transaction=False) as pipe:
@@ -199,6 +268,8 @@ async def _finished(b: JobBackends, job: Job, done: Job, *, dead_letter: str | N
         )
         if dead_letter is not None:
             pipe.xadd(dead_letter_key(s), {"job_id": job.job_id, "error": dead_letter})
+        if done.status is JobStatus.cancelled:  # a job waiting for a retry waits no more
+            pipe.zrem(retry_key(s), job.job_id)
         await pipe.execute()
     if not s.keep_originals and isinstance(job.source, UploadSource):
         await b.storage.delete(job.source.key)
@@ -266,6 +337,7 @@ async def revive(b: JobBackends, job: Job) -> Job | None:
             await publish(pipe, b.settings, [revived])
             Snapshots(b.redis, b.settings).put(pipe, revived)
             announce(pipe, b.settings, revived.job_id, JobStatus.pending)
+            pipe.delete(cancel_key(b.settings, revived.job_id))  # a cancel that came too late
             await pipe.execute()
     except Exception as exc:  # pending without a message: the reconciler publishes it
         raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
@@ -311,6 +383,7 @@ async def remove(store: JobStore, redis: Redis, settings: Settings, job_id: str)
             Snapshots(redis, settings).key(job_id),
             events_key(settings, job_id),
             attempts_key(settings, job_id),
+            cancel_key(settings, job_id),
         )
     except RedisError as exc:
         log.warning("Redis keys of deleted job %s kept (%s)", job_id, exc)

@@ -219,6 +219,17 @@ class JobStore:
             {"status": JobStatus.failed.value, "error": error, "crashes": crashes, "expires_at": expires_at},
         )
 
+    async def cancel(self, job_id: str, *, expires_at: datetime) -> Job | None:
+        """``cancelled``, if it is still unfinished; None if it is finished or gone. The only write
+        filtered on more than ``_id`` (FerretDB scans for it): the API cancels without the job's
+        lease, so the status is checked in the same command; cancelling is rare."""
+        doc = await self._jobs.find_one_and_update(
+            {"_id": job_id, "status": {"$in": [s.value for s in UNFINISHED]}},
+            {"$set": {"status": JobStatus.cancelled.value, "expires_at": expires_at, "updated_at": utcnow()}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return Job.from_document(doc) if doc else None
+
     async def expired(self, now: datetime, limit: int = 500) -> list[Job]:
         """Finished jobs whose retention has passed, oldest first."""
         cursor = self._jobs.find({"expires_at": {"$lt": now}}).sort("expires_at", ASCENDING).limit(limit)

@@ -20,7 +20,7 @@ from imgflow.core.store import JobStore, connect
 from imgflow.harness import images
 
 JOBS = "/api/image-processing/jobs"
-FINISHED = ("completed", "failed")
+FINISHED = ("completed", "failed", "cancelled")
 # the bootstrap admin key of every API the suite starts (make_settings): sees every tenant
 ADMIN_KEY = "imgf_admin_" + secrets.token_hex(16)
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}

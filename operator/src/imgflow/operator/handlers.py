@@ -14,7 +14,9 @@ from typing import Any
 
 import kopf
 from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
+from imgflow.core import lifecycle
 from imgflow.core.errors import BackendUnavailable
 from imgflow.core.jobs import JobStatus
 from imgflow.core.retention import delete_job
@@ -254,7 +256,7 @@ async def track(
     newly_failed = [
         s
         for s, was in zip(states, before, strict=True)
-        if s.status != was.status and s.status is JobStatus.failed
+        if s.status != was.status and s.status in (JobStatus.failed, JobStatus.cancelled)
     ]
     for state in newly_failed[:MAX_SOURCE_EVENTS]:
         kopf.event(
@@ -293,6 +295,22 @@ async def expire(
             await delete_job(job, ctx.store, ctx.storage, ctx.redis, ctx.settings)
         await ctx.kube.delete_image_job(namespace or "", name, uid)
         logger.info("deleted: finished at %s, ttlSecondsAfterFinished passed", status.get("finishedAt"))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def cancel_unfinished(name: str, namespace: str | None, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    """An ImageJob deleted before its jobs finished cancels them (a running one at its worker's
+    next step): nobody is left to want their outputs."""
+    ctx: Context = memo["ctx"]
+    try:
+        jobs = await ctx.store.for_image_job(image_job_ref(namespace or "", name))
+        asked = [job for job in jobs if not job.status.finished and await lifecycle.cancel(ctx, job)]
+    except (BackendUnavailable, PyMongoError, RedisError) as exc:
+        raise kopf.TemporaryError(
+            f"Could not cancel its jobs yet ({type(exc).__name__}: {exc}); retrying.", delay=5
+        ) from exc
+    if asked:
+        logger.info("deleted: cancelled %d unfinished job(s)", len(asked))
 
 
 def _announce_finish(body: kopf.Body, summary: Summary, states: Iterable[SourceState]) -> None:

@@ -166,9 +166,10 @@ class Summary:
 
 
 def summarize(total: int, states: Sequence[SourceState]) -> Summary:
-    """Counts over the sources; a source not yet recorded counts as unfinished."""
+    """Counts over the sources; a source not yet recorded counts as unfinished, a cancelled one as
+    failed."""
     succeeded = sum(1 for s in states if s.status is JobStatus.completed)
-    failed = sum(1 for s in states if s.status is JobStatus.failed)
+    failed = sum(1 for s in states if s.status in (JobStatus.failed, JobStatus.cancelled))
     return Summary(total=total, succeeded=succeeded, failed=failed)
 
 
@@ -224,8 +225,17 @@ def finished_condition(
 
 
 def failure_message(summary: Summary, states: Sequence[SourceState]) -> str:
-    first = next((s for s in sorted(states, key=lambda s: s.index) if s.status is JobStatus.failed), None)
-    detail = f" First: source {first.index} ({first.source}): {first.error}" if first else ""
+    first = next(
+        (
+            s
+            for s in sorted(states, key=lambda s: s.index)
+            if s.status.finished and s.status is not JobStatus.completed
+        ),
+        None,
+    )
+    detail = (
+        f" First: source {first.index} ({first.source}): {first.error or first.status.value}" if first else ""
+    )
     return f"{summary.failed} of {summary.total} sources failed.{detail}"
 
 

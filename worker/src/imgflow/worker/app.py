@@ -120,7 +120,8 @@ class Worker:
             log.info("job %s is being processed here; dropping a duplicate message", job_id)
             await msg.ack()
             return
-        if not await lease.take(self.redis, self.settings, job_id, self.consumer, force=reclaimed):
+        took = await lease.take(self.redis, self.settings, job_id, self.consumer, force=reclaimed)
+        if took is lease.Took.held:
             log.info("job %s is held by a live worker; dropping a duplicate message", job_id)
             await msg.ack()
             return
@@ -130,6 +131,9 @@ class Worker:
         acked = False
         try:
             job = await self._admit(message, reclaimed)  # read under the lease: current
+            if job is not None and took is lease.Took.cancelling:
+                await self.processor.stop(job)
+                job = None
             if job is not None:
                 async with self.gate.alone() if job.isolate else self.gate.shared():
                     await self._run(job)
@@ -159,7 +163,7 @@ class Worker:
         """
         job_id = message.job_id
         job = await self.store.get(job_id) or await self.processor.restore(job_id, message.job)
-        if job is None or job.status in (JobStatus.completed, JobStatus.failed):
+        if job is None or job.status.finished:
             log.info("job %s is finished; dropping the message", job_id)
             return None
         if job.invalid:  # stored by an API that let an invalid option through: cannot be made

@@ -1,6 +1,9 @@
 """One job, start to finish: claim it, make the thumbnail, store it, record the outcome.
 
-A job ends ``completed`` or ``failed`` with a readable error; the caller acknowledges the message
+A job ends ``completed`` or ``failed`` with a readable error, or ``cancelled`` when its
+cancellation was asked for: that is looked at between steps (after the source is read, after the
+thumbnails are made, after they are stored), one Redis read each, and the job stops there with
+what it stored removed; the caller acknowledges the message
 only when this returns. An exception from here means MongoDB, Redis or storage failed, not the
 image: the message then stays pending and is delivered again.
 """
@@ -120,6 +123,19 @@ class Processor:
         through): fail it once, with why, as no retry could make it."""
         await self._fail(job, f"Invalid options, resubmit the job with valid ones: {job.invalid}")
 
+    async def stop(self, job: Job) -> None:
+        """The job's cancellation was asked for: ``cancelled`` now, its outputs removed."""
+        if await lifecycle.stop_cancelled(self, job):
+            log.info("job cancelled")
+            metrics.FINISHED.labels("cancelled").inc()
+
+    async def _stopped(self, job: Job) -> bool:
+        """Whether the job's cancellation was asked for; if so it is stopped here."""
+        if not await lifecycle.cancel_requested(self.redis, self.settings, job.job_id):
+            return False
+        await self.stop(job)
+        return True
+
     async def process(self, admitted: Job, worker: str) -> None:
         logs.bind(jobId=admitted.job_id, tenant=admitted.tenant)
         job = await lifecycle.start(self, admitted, worker)
@@ -129,6 +145,8 @@ class Processor:
         started = time.perf_counter()
         try:
             source = await self._source_bytes(job)
+            if await self._stopped(job):
+                return
             info = await anyio.to_thread.run_sync(self._probe, source)
             # an upload was checked at the door; a URL source is first seen here
             limits = self.settings.output_limits
@@ -152,6 +170,8 @@ class Processor:
         except PassingFailure as exc:
             await self._retry_later(job, str(exc), "source")
             return
+        if await self._stopped(job):
+            return
         made = []
         try:
             for index, (spec, thumbnail) in enumerate(zip(job.outputs, thumbnails, strict=True)):
@@ -160,6 +180,8 @@ class Processor:
                 made.append((spec.name, key, thumbnail))
         except Exception as exc:  # the backends raise OSError, PyMongoError, ...
             await self._retry_later(job, f"Could not store the thumbnail: {exc}", "storage")
+            return
+        if await self._stopped(job):  # removes what was just stored
             return
         _, first_key, first = made[0]
         result = JobResult(

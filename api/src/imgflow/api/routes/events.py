@@ -28,11 +28,10 @@ from imgflow.api.problems import Problem, documented
 from imgflow.api.routes.jobs import visible_job
 from imgflow.api.schemas import JobView
 from imgflow.core.events import entry_order, last_change
-from imgflow.core.jobs import Job, JobStatus
+from imgflow.core.jobs import Job
 
 router = APIRouter(tags=["jobs"])
 HEARTBEAT_S = 4.0  # also how often a stream makes sure its key still exists
-FINISHED = (JobStatus.completed, JobStatus.failed)
 
 
 def _event(job: Job, event_id: str) -> str:
@@ -87,12 +86,12 @@ async def job_events(
             if not held:
                 return
             current: Job | None = job
-            if resume is None or (current is not None and current.status in FINISHED):
+            if resume is None or (current is not None and current.status.finished):
                 assert current is not None
                 yield _event(current, latest)
             key_checked = loop.time()
             with state.feed.follow(job_id, resume or latest) as follower:
-                while current is not None and current.status not in FINISHED:
+                while current is not None and not current.status.finished:
                     if await request.is_disconnected():
                         return
                     with contextlib.suppress(TimeoutError):

@@ -1,5 +1,5 @@
-"""Jobs: create one (an upload, checked, stored, recorded and queued), read one, list a user's,
-and the presets a job may name."""
+"""Jobs: create one (an upload, checked, stored, recorded and queued), read one, cancel one, list
+a user's, and the presets a job may name."""
 
 from __future__ import annotations
 
@@ -207,6 +207,36 @@ async def list_presets(state: State, principal: Reader) -> dict[str, list[dict[s
 )
 async def get_job(job_id: str, state: State, principal: Reader) -> JobView:
     return JobView.of(await visible_job(state, principal, job_id))
+
+
+@router.delete(
+    JOBS + "/{job_id}",
+    response_model=JobView,
+    response_model_exclude_none=True,
+    operation_id="cancelJob",
+    summary="Cancel a job",
+    description="A pending job is `cancelled` at once (200, the job). A job a worker is making is "
+    "stopped at its next step (202, the job as it is now: follow it to see it end `cancelled`; one "
+    "already storing its last output may still complete). Either way a cancelled job's outputs are "
+    "removed and its webhooks get `job.cancelled`. A finished job: 409.",
+    responses={
+        202: {
+            "description": "Cancellation requested: the job's worker stops at its next step",
+            "model": JobView,
+        },
+        **documented(401, 403, 404, 429, 503),
+        409: {**documented(409)[409], "description": "The job is finished: nothing to cancel"},
+    },
+)
+async def cancel_job(job_id: str, response: Response, state: State, principal: Writer) -> JobView:
+    job = await visible_job(state, principal, job_id)
+    after = None if job.status.finished else await lifecycle.cancel(state, job)
+    if after is None:  # finished before, or meanwhile
+        job = await state.store.get(job_id) or job
+        raise Problem(409, "Job finished", f"The job is {job.status.value}: there is nothing to cancel.")
+    if after.status is not JobStatus.cancelled:
+        response.status_code = 202
+    return JobView.of(after)
 
 
 async def visible_job(state: AppState, principal: Principal, job_id: str, *, expired: bool = False) -> Job:

@@ -24,11 +24,11 @@ from imgflow.core.webhooks import endpoint_tenants_key
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"], route_class=AuthFirst)
 log = logging.getLogger("imgflow.api")
 MAX_PER_TENANT = 20
-Event = Literal["job.completed", "job.failed"]
+Event = Literal["job.completed", "job.failed", "job.cancelled"]
 
 
 def _all_events() -> list[Event]:
-    return ["job.completed", "job.failed"]
+    return ["job.completed", "job.failed", "job.cancelled"]
 
 
 class NewEndpoint(Camel):
