@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make deploy`: install (or upgrade) the chart as release RELEASE in namespace NAMESPACE on the
 # node of `make cluster-up`, with the images of `make images` loaded into it and the dev Redis,
-# MongoDB-wire server (FerretDB) and S3 server (SeaweedFS) as pods; wait until every pod is Ready;
+# MongoDB-wire server (FerretDB) and S3 server (SeaweedFS) as pods; wait until every pod is Ready
+# and the API answers through its Service;
 # say how to reach the API.
 #
 # Environment: CLUSTER_DIR (default .cluster), RELEASE (imgflow), NAMESPACE (imgflow),
@@ -45,6 +46,19 @@ done
   --set "seaweedfs.image.repository=$(repo SEAWEEDFS)" --set "seaweedfs.image.tag=$(tag SEAWEEDFS)" \
   --set "tests.image.repository=$(repo BASE)" --set "tests.image.tag=$(tag BASE)" \
   --wait --timeout "$wait" "$@" >/dev/null
+
+# Ready pods are not yet a release that answers: until the API's Service answers /readyz from
+# inside the cluster (its DNS name, kube-proxy's rules, the API's MongoDB and Redis), say so and
+# wait. After a `cluster-up` on kept data the pods come back before the node's Service rules do.
+log "waiting until the API answers through its Service"
+port=$("$kubectl" -n "$namespace" get service "$release-api" -o jsonpath='{.spec.ports[0].port}')
+ask="import urllib.request as u; u.urlopen('http://$release-api:$port/readyz', timeout=3)"
+case $wait in *m) seconds=$((${wait%m} * 60)) ;; *) seconds=${wait%s} ;; esac
+deadline=$((SECONDS + seconds))
+until "$kubectl" -n "$namespace" exec "deploy/$release-api" -- python -c "$ask" >/dev/null 2>&1; do
+  [ $SECONDS -lt $deadline ] || { log "the API did not answer through its Service in $wait"; exit 1; }
+  sleep 1
+done
 "$kubectl" -n "$namespace" get pods -o wide
 cat <<EOF
 

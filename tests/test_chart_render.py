@@ -190,7 +190,9 @@ def test_dev_seaweedfs_is_the_default_storage_with_credentials_from_the_chart_se
     assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"] == {"name": secret, "key": "s3-access-key-id"}
     assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"] == {"name": secret, "key": "s3-secret-access-key"}
     assert env["GOMEMLIMIT"] == {"resourceFieldRef": {"resource": "limits.memory"}}
-    assert weed["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "s3"}
+    # Ready once the master has a leader and a volume server, not when the gateway first answers
+    probe = weed["readinessProbe"]["exec"]["command"]
+    assert probe[:2] == ["sh", "-c"] and "http://127.0.0.1:9333/dir/status" in probe[2], probe
     assert weed["resources"] == DEFAULT_VALUES["seaweedfs"]["resources"]
     mounts = {m["mountPath"]: m["name"] for m in weed["volumeMounts"]}
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -100,6 +101,16 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         assert not cluster_dir.exists()
         left = leftovers(cluster_dir)
         assert left == [], f"`cluster.sh down` left these behind: {left}"
+
+
+def make_deploy(node: Node, namespace: str, release: str, *extra: str) -> str:
+    """``make deploy`` on the node (scripts/deploy.sh, ``extra`` given to helm); what it printed."""
+    env = {**os.environ, "CLUSTER_DIR": str(node.dir), "NAMESPACE": namespace, "RELEASE": release}
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "deploy.sh"), *extra], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    return done.stdout
 
 
 @dataclass

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,8 +25,7 @@ from botocore.exceptions import ClientError
 from imgflow.harness import autoscale, images
 from imgflow.harness.helm_chart import helm
 from imgflow.harness.operator import events_for, metric
-from imgflow.harness.paths import ROOT
-from tests.node.conftest import Node, port_forward, wait_until
+from tests.node.conftest import Node, make_deploy, port_forward, wait_until
 
 NS = "imgflow"
 RELEASE = "imgflow"
@@ -36,16 +33,7 @@ COMPONENTS = ("api", "worker", "operator", "redis", "mongodb", "seaweedfs")
 
 
 def deploy(node: Node, *extra: str) -> str:
-    env = {**os.environ, "CLUSTER_DIR": str(node.dir), "NAMESPACE": NS, "RELEASE": RELEASE}
-    done = subprocess.run(
-        [str(ROOT / "scripts" / "deploy.sh"), *autoscale.AUTOSCALE_VALUES, *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return make_deploy(node, NS, RELEASE, *autoscale.AUTOSCALE_VALUES, *extra)
 
 
 def deployments(node: Node) -> dict[str, dict[str, Any]]:
