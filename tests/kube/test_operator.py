@@ -430,6 +430,25 @@ async def test_ttl_deletes_a_finished_image_job_with_its_jobs(
         assert [key async for key, _ in storage.entries()] == []
 
 
+async def test_deleting_an_unfinished_image_job_cancels_its_jobs(
+    kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings
+) -> None:
+    settings = operator_settings(fresh_settings, namespace, allow_private_urls=True)
+    operator.start(settings)  # no worker: its jobs stay pending
+    with serve_images(images.jpeg()) as source:
+        sources = [{"url": source.url(f"{i}.jpg")} for i in range(3)]
+        create(kube, namespace, image_job("dropped", "erin", sources))
+        running = await wait_phase(kube, namespace, "dropped", "Running")
+    assert [s["status"] for s in running["status"]["sources"]] == ["pending"] * 3
+    await asyncio.to_thread(
+        kube.kubectl, "delete", "imagejob", "dropped", "-n", namespace, f"--timeout={WAIT}", timeout=150
+    )
+    async with job_store(settings) as (store, _):
+        jobs = await store.for_image_job(f"{namespace}/dropped")
+    assert sorted(j.job_id for j in jobs) == sorted(s["jobId"] for s in running["status"]["sources"])
+    assert [j.status for j in jobs] == [JobStatus.cancelled] * 3
+
+
 # --- (c) autoscaling end to end --------------------------------------------------------------------
 
 
