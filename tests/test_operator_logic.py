@@ -96,6 +96,17 @@ def test_failed_once_all_finished_and_any_failed() -> None:
     assert patch["sources"][1]["error"] == "HTTP 404"
 
 
+def test_a_cancelled_source_finishes_the_batch_as_failed() -> None:
+    states = [state(0, JobStatus.completed), state(1, JobStatus.cancelled)]
+    patch = status_patch(summarize(2, states), states, generation=1, started_at="s", now=NOW)
+    assert (patch["phase"], patch["progress"], patch["failed"]) == ("Failed", "1/2", 1)
+    (condition,) = patch["conditions"]
+    assert (
+        condition["message"]
+        == "1 of 2 sources failed. First: source 1 (https://example.com/1.jpg): cancelled"
+    )
+
+
 def test_refused_sources_have_no_job_and_count_as_failed() -> None:
     gone = refused(SourceItem(0, url="http://10.0.0.1/"), "Refused: private")
     assert gone.to_status() == {
