@@ -66,6 +66,8 @@ log "what API keys, rate limits and Idempotency-Key add per request (about 40 s)
 py -m bench.auth_cost
 log "another tenant's latency while one key attacks the API, against quiet (about 4 min)"
 py -m bench.isolation --out "$results/isolation.json"
+log "another tenant's webhook delay while one tenant's 20 endpoints never answer, against quiet (about 30 s)"
+py -m bench.webhooks --out "$results/webhooks.json"
 if [ "$investigate" = 1 ]; then
   log "investigation (about 4 min)"
   py -m bench.studies.investigate --out "$results/investigate.json"

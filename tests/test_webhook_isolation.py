@@ -8,11 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -22,45 +17,12 @@ from standardwebhooks.webhooks import Webhook
 from imgflow.core.settings import Settings
 from imgflow.harness import images
 from imgflow.harness.client import JOBS, api_client, make_key, submit, wait_finished
+from imgflow.harness.receivers import receiver, tarpit
 from tests.conftest import Processes
-from tests.test_webhooks import receiver, wait_calls
+from tests.test_webhooks import wait_calls
 
 SERVICE_SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 ENDPOINTS_CAP = 20
-
-
-@dataclass
-class Tarpit:
-    """A receiver that accepts connections and never answers (nor reads)."""
-
-    port: int = 0
-    held: list[socket.socket] = field(default_factory=list)
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-
-@contextmanager
-def tarpit() -> Iterator[Tarpit]:
-    state = Tarpit()
-    listener = socket.create_server(("127.0.0.1", 0), backlog=200)
-    state.port = listener.getsockname()[1]
-
-    def hold() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            state.held.append(conn)
-
-    threading.Thread(target=hold, daemon=True).start()
-    try:
-        yield state
-    finally:
-        listener.close()
-        for conn in state.held:
-            conn.close()
 
 
 @pytest.fixture

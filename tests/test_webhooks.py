@@ -6,12 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -21,50 +16,10 @@ from standardwebhooks.webhooks import Webhook
 from imgflow.core.settings import Settings
 from imgflow.harness import images
 from imgflow.harness.client import JOBS, api_client, make_key, submit, wait_finished
+from imgflow.harness.receivers import Receiver, receiver
 from tests.conftest import Processes
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
-
-
-@dataclass
-class Receiver:
-    url: str = ""
-    fail_first: int = 0  # answer 500 to this many requests first
-    silent: bool = False  # never answer
-    answer_after: float = 0.0  # seconds before answering
-    calls: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-
-
-@contextmanager
-def receiver(*, fail_first: int = 0, silent: bool = False, answer_after: float = 0.0) -> Iterator[Receiver]:
-    state = Receiver(fail_first=fail_first, silent=silent, answer_after=answer_after)
-    stop = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            state.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            if state.silent:
-                stop.wait(30)
-                return
-            stop.wait(state.answer_after)
-            self.send_response(500 if len(state.calls) <= state.fail_first else 204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/imgflow"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield state
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
