@@ -198,8 +198,9 @@ class Settings(BaseSettings):
     webhook_secret: str | None = Field(
         None,
         pattern=r"^(whsec_[A-Za-z0-9+/]+={0,2})?$",
-        description="Signing secret of completion webhooks (whsec_<base64>, Standard Webhooks); "
-        "unset: jobs with a callbackUrl are refused",
+        description="Set (whsec_<base64>): jobs may have a callbackUrl, whose deliveries are signed "
+        "with their tenant's own secret (POST /api/webhooks/secret), not with this one; unset: jobs "
+        "with a callbackUrl are refused",
     )
     webhook_retry_delays_s: str = Field(
         "5,30,300,1800,7200,21600,43200",
