@@ -92,7 +92,7 @@ async def test_an_endpoint_failing_again_and_again_is_disabled(
             "webhook_timeout_s": 5.0,
         }
     )
-    _, base = processes.start_api(settings)
+    api, base = processes.start_api(settings)
     processes.start_worker(settings)
     (acme_key,) = await tenant_clients(base, "acme")
     with receiver(fail_first=1000) as failing, receiver() as healthy:
@@ -116,6 +116,7 @@ async def test_an_endpoint_failing_again_and_again_is_disabled(
             await asyncio.sleep(1)  # time for the last retry, if one were still scheduled
             assert broken not in {a["target"] for a in await attempts_of(acme, second)}
     assert len(failing.calls) == 3
+    assert f"webhook endpoint {broken} of tenant acme disabled" in api.log.read_text()
 
 
 @pytest.mark.slow  # a fan-out sent one target at a time, for longer than the reclaim idle time

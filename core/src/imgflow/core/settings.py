@@ -225,7 +225,7 @@ class Settings(BaseSettings):
         40,
         ge=1,
         description="Failed attempts in a row after which a tenant's webhook endpoint is disabled "
-        "(nothing more is sent; GET /api/webhooks shows it, registering it again resumes)",
+        "(nothing more is sent; GET /api/webhooks shows it; deleting and registering it again resumes)",
     )
     webhook_secret_grace_s: float = Field(
         86400.0,

@@ -1,8 +1,8 @@
 """A tenant's webhook endpoints: ``POST /api/webhooks`` (the signing secret is shown once),
 ``GET /api/webhooks``, ``DELETE /api/webhooks/{id}``. Every job of the tenant that finishes with
 a subscribed event is delivered to each endpoint (imgflow.core.webhooks). An endpoint disabled
-after failing too often says so in the listing (``disabledAt``, ``disabledReason``); register it
-again to resume. ``POST /api/webhooks/secret`` makes the tenant's new secret for its jobs'
+after failing too often says so in the listing (``disabledAt``, ``disabledReason``); delete it
+and register it again to resume. ``POST /api/webhooks/secret`` makes the tenant's new secret for its jobs'
 ``callbackUrl`` deliveries (imgflow.core.tenant_secrets) and shows it once."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
 from imgflow.core.endpoints import Endpoint
 from imgflow.core.fetch import FetchRefused, check_url
-from imgflow.core.webhooks import endpoint_tenants_key
+from imgflow.core.webhooks import endpoint_tenants_key, failures_key
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"], route_class=AuthFirst)
 log = logging.getLogger("imgflow.api")
@@ -135,6 +135,7 @@ async def delete_endpoint(
     if endpoint is None or not principal.sees(endpoint):
         raise Problem(404, "Not found", f"There is no webhook endpoint {endpoint_id!r}.")
     await state.endpoints.remove(endpoint)
+    await state.redis.hdel(failures_key(state.settings), endpoint_id)
     if not await state.endpoints.of_tenant(endpoint.tenant):
         await state.redis.srem(endpoint_tenants_key(state.settings), endpoint.tenant)
     log.info("deleted webhook endpoint %s of tenant %s", endpoint_id, endpoint.tenant)
