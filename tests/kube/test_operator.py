@@ -449,6 +449,24 @@ async def test_deleting_an_unfinished_image_job_cancels_its_jobs(
     assert [j.status for j in jobs] == [JobStatus.cancelled] * 3
 
 
+async def test_a_job_cancelled_through_the_api_fails_its_image_job(
+    kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings, processes: Processes
+) -> None:
+    settings = operator_settings(fresh_settings, namespace, allow_private_urls=True)
+    _, base = processes.start_api(settings)
+    operator.start(settings)  # no worker: its job stays pending
+    with serve_images(images.jpeg()) as source:
+        create(kube, namespace, image_job("halted", "fay", [{"url": source.url("a.jpg")}]))
+        running = await wait_phase(kube, namespace, "halted", "Running")
+    [item] = running["status"]["sources"]
+    async with api_client(base, timeout=30) as admin:
+        reply = await admin.delete(f"/api/image-processing/jobs/{item['jobId']}")
+    assert reply.status_code == 200, reply.text
+    failed = await wait_phase(kube, namespace, "halted", "Failed")
+    assert [s["status"] for s in failed["status"]["sources"]] == ["cancelled"]
+    assert failed["status"]["conditions"][0]["message"].endswith(": cancelled")
+
+
 # --- (c) autoscaling end to end --------------------------------------------------------------------
 
 
