@@ -20,9 +20,9 @@ from tests.test_auth import problem
 from tests.test_webhooks import SECRET, Receiver, receiver, wait_calls
 
 READ, WRITE = "jobs:read", "jobs:write"
-# a job a worker spends seconds on (six large AVIF outputs), so that it is caught in flight
+# a job a worker spends seconds on (large AVIF outputs), so that it is caught in flight
 HEAVY = json.dumps(
-    [{"name": f"v{i}", "width": 1600 - 20 * i, "height": 1600, "format": "avif"} for i in range(6)]
+    [{"name": f"v{i}", "width": 1200 - 20 * i, "height": 1200, "format": "avif"} for i in range(4)]
 )
 
 

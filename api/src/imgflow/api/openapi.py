@@ -146,7 +146,7 @@ JOB_PROPERTIES: dict[str, dict[str, Any]] = {
     "callbackUrl": {
         "type": "string",
         "format": "uri",
-        "description": "Where to POST the job.completed / job.failed webhook "
+        "description": "Where to POST the job.completed / job.failed / job.cancelled webhook "
         "(Standard Webhooks signature; needs IMGFLOW_WEBHOOK_SECRET)",
     },
 }

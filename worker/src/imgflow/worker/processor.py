@@ -1,10 +1,9 @@
 """One job, start to finish: claim it, make the thumbnail, store it, record the outcome.
 
 A job ends ``completed`` or ``failed`` with a readable error, or ``cancelled`` when its
-cancellation was asked for: that is looked at between steps (after the source is read, after the
-thumbnails are made, after they are stored), one Redis read each, and the job stops there with
-what it stored removed; the caller acknowledges the message
-only when this returns. An exception from here means MongoDB, Redis or storage failed, not the
+cancellation was asked for: that is looked at between steps (after the source is read, and after
+the thumbnails are made, before they are stored), one Redis read each. The caller acknowledges the
+message only when this returns. An exception from here means MongoDB, Redis or storage failed, not the
 image: the message then stays pending and is delivered again.
 """
 
@@ -180,8 +179,6 @@ class Processor:
                 made.append((spec.name, key, thumbnail))
         except Exception as exc:  # the backends raise OSError, PyMongoError, ...
             await self._retry_later(job, f"Could not store the thumbnail: {exc}", "storage")
-            return
-        if await self._stopped(job):  # removes what was just stored
             return
         _, first_key, first = made[0]
         result = JobResult(

@@ -1,4 +1,4 @@
-"""A job's webhook deliveries: every attempt to send its job.completed / job.failed event, to its
+"""A job's webhook deliveries: every attempt to send its job.completed / failed / cancelled event, to its
 callbackUrl and to each of the tenant's endpoints (imgflow.api.background.webhook_sender)."""
 
 from __future__ import annotations

@@ -217,7 +217,7 @@ async def get_job(job_id: str, state: State, principal: Reader) -> JobView:
     summary="Cancel a job",
     description="A pending job is `cancelled` at once (200, the job). A job a worker is making is "
     "stopped at its next step (202, the job as it is now: follow it to see it end `cancelled`; one "
-    "already storing its last output may still complete). Either way a cancelled job's outputs are "
+    "already storing its outputs still completes). Either way a cancelled job's outputs are "
     "removed and its webhooks get `job.cancelled`. A finished job: 409.",
     responses={
         202: {
