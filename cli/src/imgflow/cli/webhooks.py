@@ -23,7 +23,8 @@ def create(
     ctx: typer.Context,
     url: str,
     event: Annotated[
-        list[str] | None, typer.Option(help="job.completed or job.failed; repeat for both (the default)")
+        list[str] | None,
+        typer.Option(help="job.completed, job.failed or job.cancelled; repeat for more (default: all)"),
     ] = None,
     output_: OutputOption = None,
 ) -> None:
