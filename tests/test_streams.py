@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 from redis.asyncio import Redis
 
+from imgflow.core.events import ChangeFeed, announce
+from imgflow.core.jobs import JobStatus
 from imgflow.core.settings import Settings
 from imgflow.harness import images
 from imgflow.harness.client import JOBS, api_client, make_key, submit
@@ -190,3 +192,34 @@ async def test_a_last_event_id_redis_cannot_read_is_a_400_problem(
             "GET", f"{JOBS}/{job_id}/events", headers={"Last-Event-ID": f"{2**64 - 1}-0"}
         ) as response:
             assert response.status_code == 200
+
+
+async def test_a_follower_of_a_new_job_is_read_at_once_not_after_the_feeds_blocking_read(
+    fresh_settings: Settings,
+) -> None:
+    """The feed blocks on the jobs followed when its read began; a follower of another job wakes
+    it, so that job's change reaches it at once (here the read would block for two minutes)."""
+    redis = Redis.from_url(fresh_settings.redis_url)
+    # no socket timeout: redis-py's default (5 s) would end the two minutes' read early
+    reader_redis = Redis.from_url(fresh_settings.redis_url, socket_timeout=None)
+    feed = ChangeFeed(reader_redis, fresh_settings, block_ms=120_000)
+    reader = asyncio.create_task(feed.run())
+    try:
+        with feed.follow("job-a", "0"):
+            async with asyncio.timeout(30):  # only stops a hung test
+                while True:
+                    if await blocking_readers(redis) == 1:  # the feed's read of job-a is under way
+                        break
+                    await asyncio.sleep(0.05)
+            with feed.follow("job-b", "0") as newcomer:
+                async with redis.pipeline(transaction=False) as pipe:
+                    announce(pipe, fresh_settings, "job-b", JobStatus.completed)
+                    await pipe.execute()
+                async with asyncio.timeout(30):  # the block is 120 s: a feed not woken fails here
+                    await newcomer.changed.wait()
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await feed.aclose()
+        await redis.aclose()

@@ -25,7 +25,7 @@ from imgflow.core.backends import reconnect_once
 from imgflow.core.settings import Settings
 
 WEBHOOK_SENDER_CONNECTIONS = 4  # its round: one blocking read, then a batch's deliveries side by side
-# Above the longest blocking read (the webhook sender's 2 s, the feed's 0.5 s), so none trips it;
+# Above the longest blocking read (the webhook sender's 2 s, the feed's 2 s), so none trips it;
 # long enough that a busy Redis is not taken for a dead one.
 SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 3.0
@@ -71,7 +71,8 @@ def request_redis(settings: Settings) -> Redis:
 
 
 def feed_redis(settings: Settings) -> Redis:
-    return redis_client(settings, "feed", 1, None)
+    # the change feed's blocking read, and the wake a newcomer sends while it blocks
+    return redis_client(settings, "feed", 2, None)
 
 
 def webhook_redis(settings: Settings) -> Redis:

@@ -7,7 +7,9 @@ from the last entry id it saw (``Last-Event-ID``). The stream holds only the lat
 and expires an hour after the last change: it is a notification, the job in MongoDB is the truth.
 
 An API process reads the streams of every job it has followers of with one blocking XREAD on one
-connection (``ChangeFeed``): a follower costs a queue entry, not a Redis connection.
+connection (``ChangeFeed``): a follower costs a queue entry, not a Redis connection. A follower of
+a job not in the read under way wakes the read (an entry on the feed's own wake stream, which every
+read names too), so it is read from at once rather than after the block.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,9 +33,9 @@ from imgflow.core.settings import Settings
 log = logging.getLogger(__name__)
 KEEP_ENTRIES = 20
 KEEP_SECONDS = 3600
-# A follower who joins is in the next read: each read blocks this long at most, so the newcomer
-# waits for its first change no longer than this. Under the API's Redis socket timeout (5 s).
-FEED_BLOCK_MS = 500
+# How long one read blocks when nothing changes (a newcomer wakes it): under the API's Redis socket
+# timeout (5 s).
+FEED_BLOCK_MS = 2000
 # ms-seq, as Redis writes them, or ms alone; each part a 64-bit unsigned integer
 _ENTRY_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
 _MAX_PART = 2**64 - 1
@@ -82,14 +85,20 @@ class ChangeFeed:
     """The changes of every job followed on this process, read by one XREAD on one connection.
 
     ``run`` is the process's only reader. The set of followed jobs changes as followers come and
-    go; each read blocks at most FEED_BLOCK_MS, and the next one names the jobs followed then.
+    go; a read blocks at most ``block_ms``, and one that does not name a newcomer's job is woken
+    (``redis`` needs a second connection for the wake while the read holds one).
     """
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, *, block_ms: int = FEED_BLOCK_MS) -> None:
         self._redis = redis
         self._settings = settings
+        self._block_ms = block_ms
         self._followers: dict[str, set[Follower]] = {}
         self._joined = asyncio.Event()
+        self._wake_key = f"{settings.stream}:feed-wake:{uuid.uuid4().hex}"
+        self._woken_after = "0"
+        self._reading: set[str] = set()
+        self._wakes: set[asyncio.Task[None]] = set()
 
     @contextlib.contextmanager
     def follow(self, job_id: str, after: str) -> Iterator[Follower]:
@@ -97,6 +106,11 @@ class ChangeFeed:
         follower = Follower(job_id, after)
         self._followers.setdefault(job_id, set()).add(follower)
         self._joined.set()
+        if self._reading and job_id not in self._reading:
+            self._reading.add(job_id)  # one wake per newcomer job for the read under way
+            wake = asyncio.get_running_loop().create_task(self._wake())
+            self._wakes.add(wake)
+            wake.add_done_callback(self._wakes.discard)
         try:
             yield follower
         finally:
@@ -116,11 +130,25 @@ class ChangeFeed:
             try:
                 await self._read()
             except Exception:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # redis-py turns a cancelled read into
+                    raise asyncio.CancelledError from None  # a TimeoutError: stop, as asked
                 log.warning("reading the followed jobs' changes failed; retrying", exc_info=True)
                 await asyncio.sleep(1)
 
     async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._redis.delete(self._wake_key)
         await self._redis.aclose()
+
+    async def _wake(self) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"wake": 1}, maxlen=1)
+                pipe.expire(self._wake_key, KEEP_SECONDS)  # a process that dies leaves nothing long
+                await pipe.execute()
+        except Exception:  # the newcomer is read after the block instead
+            log.warning("waking the change feed failed", exc_info=True)
 
     async def _read(self) -> None:
         jobs = {events_key(self._settings, job_id): job_id for job_id in self._followers}
@@ -128,13 +156,22 @@ class ChangeFeed:
         after: dict[KeyT, StreamIdT] = {
             key: min((f.after for f in self._followers[job_id]), key=_order) for key, job_id in jobs.items()
         }
-        found: Any = await self._redis.xread(after, block=FEED_BLOCK_MS, count=KEEP_ENTRIES)
+        # a wake sent after this point, even before Redis has the read, ends the read at once
+        after[self._wake_key] = self._woken_after
+        self._reading = set(jobs.values())
+        try:
+            found: Any = await self._redis.xread(after, block=self._block_ms, count=KEEP_ENTRIES)
+        finally:
+            self._reading = set()
         # [[stream, entries]] in RESP2, {stream: [entries]} in RESP3
         streams = found.items() if isinstance(found, dict) else (found or [])
         for key, entries in streams:
             if not entries:
                 continue
             latest = _text(entries[-1][0])
+            if _text(key) == self._wake_key:
+                self._woken_after = latest
+                continue
             for follower in self._followers.get(jobs[_text(key)], ()):
                 if _order(latest) > _order(follower.after):
                     follower.after = latest
