@@ -15,9 +15,10 @@ import pytest
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.harness import images
 from imgflow.harness.client import JOBS, api_client, make_key, submit, wait_finished
+from imgflow.harness.receivers import Receiver, receiver
 from tests.conftest import Processes
 from tests.test_auth import problem
-from tests.test_webhooks import SECRET, Receiver, receiver, wait_calls
+from tests.test_webhooks import SECRET, wait_calls
 
 READ, WRITE = "jobs:read", "jobs:write"
 # a job a worker spends seconds on (large AVIF outputs), so that it is caught in flight
