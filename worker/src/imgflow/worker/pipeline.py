@@ -74,30 +74,37 @@ def make_thumbnails(
     quality: int,
     info: ImageInfo | None = None,
     watermarks: Mapping[str, bytes] | None = None,
+    between: Callable[[], None] = lambda: None,
 ) -> list[Thumbnail]:
     """Run the whole pipeline on an encoded source, one result per spec, in order; raises for
     anything that is not a usable image. ``watermarks``: the PNG of each watermark the specs name,
-    by id."""
+    by id. ``between`` is called between one output and the next (it may raise to stop)."""
     info = info or probe_buffer(data, max_pixels=max_pixels, max_side=max_side)
     if not plain_jpeg.takes(info, specs):
-        return libvips_thumbnails(data, info, specs, quality=quality, watermarks=watermarks)
-    if (plain := plain_jpeg_thumbnails(data, info, specs, quality)) is not None:
+        return libvips_thumbnails(data, info, specs, quality=quality, watermarks=watermarks, between=between)
+    if (plain := plain_jpeg_thumbnails(data, info, specs, quality, between)) is not None:
         return plain
     # TurboJPEG refused the file (damaged, or read otherwise than the probe): libvips decodes it,
     # without TurboJPEG trying the same bytes again
-    return libvips_thumbnails(data, info, specs, quality=quality, turbo=False)
+    return libvips_thumbnails(data, info, specs, quality=quality, turbo=False, between=between)
 
 
 def plain_jpeg_thumbnails(
-    data: bytes, info: ImageInfo, specs: Sequence[ThumbnailSpec], quality: int
+    data: bytes,
+    info: ImageInfo,
+    specs: Sequence[ThumbnailSpec],
+    quality: int,
+    between: Callable[[], None] = lambda: None,
 ) -> list[Thumbnail] | None:
     """Every output through ``PLAIN_JPEG_STEPS``, for a job ``plain_jpeg.takes``; None when the
     libvips steps must take it."""
     pictures = plain_jpeg_pictures(data, info, specs)
     if pictures is None:
         return None
-    thumbnails = []
+    thumbnails: list[Thumbnail] = []
     for spec, picture in zip(specs, pictures, strict=True):
+        if thumbnails:
+            between()
         encoded, width, height = plain_jpeg.encode(picture, spec.quality or quality)
         thumbnails.append(Thumbnail(encoded, width, height, OutputFormat.jpeg))
     return thumbnails
@@ -122,17 +129,21 @@ def libvips_thumbnails(
     quality: int,
     watermarks: Mapping[str, bytes] | None = None,
     turbo: bool = True,
+    between: Callable[[], None] = lambda: None,
 ) -> list[Thumbnail]:
     """Every output through libvips' ``STEPS``: any job, whichever lane it would take.
-    ``turbo``: whether TurboJPEG may decode the source (``open_source``)."""
+    ``turbo``: whether TurboJPEG may decode the source (``open_source``); ``between`` as for
+    ``make_thumbnails``."""
     source = open_source(data, info, specs, turbo=turbo)
     marks = {
         mark_id: prepare(open_buffer(png, access="random")) for mark_id, png in (watermarks or {}).items()
     }
     animation = animates(info, specs)
     frame_height = int(source.get("page-height")) if animation else source.height
-    thumbnails = []
+    thumbnails: list[Thumbnail] = []
     for spec in specs:
+        if thumbnails:
+            between()
         if spec.animates(info.format, info.pages):
             frames = _split(source, frame_height)
             steady_spec = steady(Work(frames[0], spec, info.orientation))

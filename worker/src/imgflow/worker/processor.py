@@ -1,10 +1,10 @@
 """One job, start to finish: claim it, make the thumbnail, store it, record the outcome.
 
 A job ends ``completed`` or ``failed`` with a readable error, or ``cancelled`` when its
-cancellation was asked for: that is looked at between steps (after the source is read, and after
-the thumbnails are made, before they are stored), one Redis read each. The caller acknowledges the
-message only when this returns. An exception from here means MongoDB, Redis or storage failed, not the
-image: the message then stays pending and is delivered again.
+cancellation was asked for: that is looked at between steps (after the source is read, between one
+output and the next, after the last is made and before they are stored), one Redis read each. The
+caller acknowledges the message only when this returns. An exception from here means MongoDB, Redis
+or storage failed, not the image: the message then stays pending and is delivered again.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ log = logging.getLogger("imgflow.worker")
 
 class BadSource(Exception):
     """The source is unusable: the job fails with this message, and retrying will not help."""
+
+
+class CancelAsked(Exception):
+    """The job's cancellation was asked for while its outputs were being made."""
 
 
 class PassingFailure(Exception):
@@ -160,6 +164,9 @@ class Processor:
                 thumbnails = await anyio.to_thread.run_sync(
                     self._thumbnails, source, info, job, marks, limiter=self._limiter
                 )
+        except CancelAsked:
+            await self.stop(job)
+            return
         except OverBudget as exc:
             await self._fail(job, str(exc))
             return
@@ -250,9 +257,16 @@ class Processor:
                 quality=s.jpeg_quality,
                 info=info,  # probed already (_probe): decoding is all that can fail here
                 watermarks=marks,
+                between=lambda: self._go_on(job),
             )
         except pyvips.Error as exc:
             raise BadSource(_vips_message(exc)) from exc
+
+    def _go_on(self, job: Job) -> None:
+        """In the thread making the outputs: raise CancelAsked if the job's cancellation was
+        asked for."""
+        if anyio.from_thread.run(lifecycle.cancel_requested, self.redis, self.settings, job.job_id):
+            raise CancelAsked(job.job_id)
 
     async def _retry_later(self, job: Job, error: str, reason: str) -> None:
         if await lifecycle.retry_later(self, job, error) is JobStatus.failed:
