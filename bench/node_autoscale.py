@@ -4,6 +4,12 @@ printed next to what KEDA + HPA's defaults imply.
 
     uv run --frozen python -m bench.node_autoscale [--cycles 5] [--jobs 12] [--delay 2] [--json PATH]
         [--kubeconfig .cluster/kubeconfig] [--namespace imgflow] [--release imgflow] [--install]
+        [--busy [--long-delay 20]]
+
+``--busy`` runs the scale-down with a busy pod instead (``busy_scale_down``: each cycle a long job
+runs while the operator scales down; the pods removed, their deletion costs then, jobs
+interrupted); with ``--install`` the workers then stop within 5 s (``config.gracefulTimeoutS``)
+and a fetch may take 60 s.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from imgflow.harness.autoscale import AUTOSCALE_VALUES, run, summary
+from imgflow.harness.autoscale import AUTOSCALE_VALUES, busy_scale_down, run, summary
 from imgflow.harness.paths import ROOT
 
 
@@ -30,20 +36,27 @@ def main() -> None:
     parser.add_argument(
         "--install", action="store_true", help="install/upgrade the release first (scripts/deploy.sh)"
     )
+    parser.add_argument("--busy", action="store_true", help="scale down while a pod holds a long job")
+    parser.add_argument("--long-delay", type=float, default=20.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    busy = ["--set", "config.gracefulTimeoutS=5", "--set", "config.fetchTimeoutS=60"]
+    values = [*AUTOSCALE_VALUES, *(busy if args.busy else [])]
     if args.install:
         env = {
             "CLUSTER_DIR": str(args.kubeconfig.parent),
             "NAMESPACE": args.namespace,
             "RELEASE": args.release,
         }
-        subprocess.run(
-            [str(ROOT / "scripts" / "deploy.sh"), *AUTOSCALE_VALUES], env={**os.environ, **env}, check=True
-        )
-    figures = run(args.kubeconfig, args.namespace, args.release, args.cycles, args.jobs, args.delay)
+        subprocess.run([str(ROOT / "scripts" / "deploy.sh"), *values], env={**os.environ, **env}, check=True)
+    if args.busy:
+        where = (args.kubeconfig, args.namespace, args.release)
+        figures = busy_scale_down(*where, args.cycles, args.jobs, args.delay, args.long_delay)
+        print(json.dumps({k: v for k, v in figures.items() if k != "cycles"}, indent=2))
+    else:
+        figures = run(args.kubeconfig, args.namespace, args.release, args.cycles, args.jobs, args.delay)
+        print(summary(figures))
     figures["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    print(summary(figures))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

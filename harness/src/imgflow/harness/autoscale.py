@@ -39,6 +39,7 @@ import kubernetes
 import pymongo
 
 from imgflow.harness import images
+from imgflow.harness.operator import DELETION_COST
 from imgflow.harness.paths import ROOT, TOOLS
 
 KUBECTL = TOOLS / "kubectl"
@@ -149,6 +150,18 @@ class Watched:
 
     replicas: list[tuple[float, int]] = field(default_factory=list)
     ready_pods: dict[str, float] = field(default_factory=dict)  # pod uid -> first seen Ready
+    removals: dict[str, Removal] = field(default_factory=dict)  # pod name -> its removal
+
+
+@dataclass
+class Removal:
+    """A worker pod the ReplicaSet removed, as the API showed it when it was marked for deletion."""
+
+    pod: str
+    cost: str | None  # its controller.kubernetes.io/pod-deletion-cost then
+    marked: float  # deletionTimestamp first seen
+    gone: float | None = None  # the pod object deleted: its containers stopped
+    exit_code: int | None = None  # the worker's, as it stopped (137: killed at the grace period's end)
 
 
 def watch(
@@ -156,24 +169,36 @@ def watch(
 ) -> None:
     """Record the worker Deployment's replicas and its pods' first Ready, from watches in threads."""
 
-    def follow(list_objects: Any, on_object: Callable[[Any], None], **selector: str) -> Callable[[], None]:
+    def follow(
+        list_objects: Any, on_object: Callable[[Any, str], None], **selector: str
+    ) -> Callable[[], None]:
         def loop() -> None:
             while not stop.is_set():  # a watch ends every 5 s, so that `stop` is seen
                 w = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
                 for event in w.stream(list_objects, namespace, timeout_seconds=5, **selector):  # type: ignore[no-untyped-call]
-                    on_object(event["object"])
+                    on_object(event["object"], event["type"])
 
         return loop
 
-    def deployment(d: Any) -> None:
+    def deployment(d: Any, _: str) -> None:
         replicas = d.spec.replicas or 0
         if not seen.replicas or seen.replicas[-1][1] != replicas:
             seen.replicas.append((time.time(), replicas))
 
-    def pod(p: Any) -> None:
+    def pod(p: Any, kind: str) -> None:
+        now = time.time()
         ready = any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
         if ready and p.metadata.uid not in seen.ready_pods:
-            seen.ready_pods[p.metadata.uid] = time.time()
+            seen.ready_pods[p.metadata.uid] = now
+        name = p.metadata.name
+        if p.metadata.deletion_timestamp is not None and name not in seen.removals:
+            cost = (p.metadata.annotations or {}).get(DELETION_COST)
+            seen.removals[name] = Removal(name, cost, now)
+        if kind == "DELETED" and name in seen.removals and seen.removals[name].gone is None:
+            seen.removals[name].gone = now
+            for c in p.status.container_statuses or []:
+                if c.state and c.state.terminated:
+                    seen.removals[name].exit_code = c.state.terminated.exit_code
 
     follow_deployment = follow(
         kubernetes.client.AppsV1Api(api).list_namespaced_deployment,
@@ -250,12 +275,9 @@ def wait(what: str, check: Any, within: float) -> None:
         time.sleep(0.2)
 
 
-def run(
-    kubeconfig: Path, namespace: str, release: str, cycles: int, jobs: int, delay: float
-) -> dict[str, Any]:
-    """Run the cycles; the figures and the interrupted-job count."""
-
-    worker = f"{release}-worker"
+def prepare(kubeconfig: Path, namespace: str, release: str) -> pymongo.collection.Collection[dict[str, Any]]:
+    """The source server running and routed; the release's jobs collection (from the host, which
+    routes to the pods)."""
     manifest = source_server_manifest(base_image(), images.jpeg(800, 600))
     kubectl(kubeconfig, "apply", "--server-side", "-n", namespace, "-f", "-", input=manifest)
     kubectl(kubeconfig, "rollout", "status", "deployment/sources", "-n", namespace, "--timeout=120s")
@@ -267,32 +289,52 @@ def run(
     mongo: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
         f"mongodb://{pod_ip(kubeconfig, namespace, 'mongodb')}:27017/", serverSelectionTimeoutMS=10_000
     )
-    collection = mongo[database]["jobs"]
+    return mongo[database]["jobs"]
 
+
+def at_zero(kubeconfig: Path, namespace: str, seen: Watched) -> bool:
+    idle = bool(seen.replicas) and seen.replicas[-1][1] == 0
+    return idle and not pods(kubeconfig, namespace, "worker")
+
+
+def create_image_job(kubeconfig: Path, namespace: str, name: str, jobs: int, delay: float) -> None:
+    """An ImageJob of ``jobs`` URL sources of the source server, each taking ``delay`` s to fetch."""
+    sources = [{"url": f"http://sources/{name}-{k}.jpg?delay={delay}"} for k in range(jobs)]
+    ij = {
+        "apiVersion": "imgflow.io/v1alpha1",
+        "kind": "ImageJob",
+        "metadata": {"name": name},
+        "spec": {"userId": "autoscale", "sources": sources},
+    }
+    kubectl(kubeconfig, "create", "-n", namespace, "-f", "-", input=json.dumps(ij))
+
+
+def interrupted(docs: list[dict[str, Any]]) -> dict[str, int]:
+    """Jobs a stopping worker gave back, and jobs a second worker took over from a dead one."""
+    return {
+        "given_back": sum(d.get("given_back", 0) for d in docs),
+        "redelivered": sum(1 for d in docs if d.get("attempts", 1) > 1),
+    }
+
+
+def run(
+    kubeconfig: Path, namespace: str, release: str, cycles: int, jobs: int, delay: float
+) -> dict[str, Any]:
+    """Run the cycles; the figures and the interrupted-job count."""
+
+    collection = prepare(kubeconfig, namespace, release)
     api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
     seen = Watched()
     stop = threading.Event()
-    watch(api, namespace, worker, seen, stop)
+    watch(api, namespace, f"{release}-worker", seen, stop)
     results: list[Cycle] = []
     submitted: list[str] = []
     try:
         for i in range(cycles):
-
-            def at_zero() -> bool:
-                idle = bool(seen.replicas) and seen.replicas[-1][1] == 0
-                return idle and not pods(kubeconfig, namespace, "worker")
-
-            wait("workers at 0 before the burst", at_zero, 180)
+            wait("workers at 0 before the burst", lambda: at_zero(kubeconfig, namespace, seen), 180)
             name = f"burst-{uuid.uuid4().hex[:6]}"
-            sources = [{"url": f"http://sources/{name}-{k}.jpg?delay={delay}"} for k in range(jobs)]
-            ij = {
-                "apiVersion": "imgflow.io/v1alpha1",
-                "kind": "ImageJob",
-                "metadata": {"name": name},
-                "spec": {"userId": "autoscale", "sources": sources},
-            }
             started = time.time()
-            kubectl(kubeconfig, "create", "-n", namespace, "-f", "-", input=json.dumps(ij))
+            create_image_job(kubeconfig, namespace, name, jobs, delay)
             kubectl(
                 kubeconfig, "wait", f"imagejob/{name}", "-n", namespace,
                 "--for=jsonpath={.status.phase}=Succeeded", "--timeout=300s",
@@ -302,7 +344,7 @@ def run(
             assert len(docs) == jobs and all(d["status"] == "completed" for d in docs)
             published = min(epoch(d["created_at"]) for d in docs)
             done = sorted(epoch(d["updated_at"]) for d in docs)
-            wait("workers back to 0", at_zero, 180)
+            wait("workers back to 0", lambda: at_zero(kubeconfig, namespace, seen), 180)
             patch = next(t for t, r in seen.replicas if t >= started and r > 0)
             ready = min(t for t in seen.ready_pods.values() if t >= started)
             zero = next(t for t, r in seen.replicas if t >= done[-1] and r == 0)
@@ -323,12 +365,10 @@ def run(
         stop.set()
 
     all_docs = [d for n in submitted for d in collection.find({"image_job": n})]
-    redelivered = sum(1 for d in all_docs if d.get("attempts", 1) > 1)
-    given_back = sum(d.get("given_back", 0) for d in all_docs)
     return {
         "cycles": [asdict(c) for c in results],
         "jobs": len(all_docs),
-        "interrupted": {"given_back": given_back, "redelivered": redelivered},
+        "interrupted": interrupted(all_docs),
         "ups": sum(1 for (_, a), (_, b) in zip(seen.replicas, seen.replicas[1:], strict=False) if b > a),
         "downs": sum(1 for (_, a), (_, b) in zip(seen.replicas, seen.replicas[1:], strict=False) if b < a),
     }
@@ -360,3 +400,74 @@ def summary(figures: dict[str, Any]) -> str:
     for key, label in names.items():
         lines.append(f"  {label:<36} {stat(key):<32} {keda.get(key, '')}")
     return "\n".join(lines)
+
+
+@dataclass
+class BusyCycle:
+    removed: list[Removal]  # worker pods the ReplicaSet removed in the cycle
+    removed_during: int  # pods removed while the long job ran: the scale-down under test
+    long_given_back: int  # the long job's pod was removed while running it (it gave the job back)
+    interrupted: dict[str, int]
+
+
+def busy_scale_down(
+    kubeconfig: Path, namespace: str, release: str, cycles: int, jobs: int, delay: float, long_delay: float
+) -> dict[str, Any]:
+    """Scale-down while a pod is busy. Each cycle: ``jobs`` short jobs take the workers from 0 to
+    3; once three pods are Ready one long job (a ``long_delay`` s fetch) goes to whichever frees a
+    slot first; the short ones finish, the backlog (the long job alone) calls for one replica and
+    the ReplicaSet removes two pods while the long job runs. The release should stop its workers
+    within less than ``long_delay`` (``config.gracefulTimeoutS``), so that a busy pod removed
+    shows as a job given back. Recorded: each removed pod's deletion cost as the API showed it
+    when it was marked for deletion, its stop time and exit code, and the jobs given back."""
+    collection = prepare(kubeconfig, namespace, release)
+    api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    seen = Watched()
+    stop = threading.Event()
+    watch(api, namespace, f"{release}-worker", seen, stop)
+    results: list[BusyCycle] = []
+    try:
+        for i in range(cycles):
+            wait("workers at 0 before the burst", lambda: at_zero(kubeconfig, namespace, seen), 180)
+            started = time.time()
+            name = f"busy-{uuid.uuid4().hex[:6]}"
+            create_image_job(kubeconfig, namespace, name, jobs, delay)
+
+            def three_ready() -> bool:
+                running = pods(kubeconfig, namespace, "worker")
+                ready = [
+                    p
+                    for p in running
+                    if any(c.get("ready") for c in p["status"].get("containerStatuses", []))
+                ]
+                return len(ready) >= 3
+
+            wait("three worker pods Ready", three_ready, 180)
+            create_image_job(kubeconfig, namespace, f"{name}-long", 1, long_delay)
+            for ij in (name, f"{name}-long"):
+                kubectl(
+                    kubeconfig, "wait", f"imagejob/{ij}", "-n", namespace,
+                    "--for=jsonpath={.status.phase}=Succeeded", "--timeout=300s",
+                )  # fmt: skip
+            wait("workers back to 0", lambda: at_zero(kubeconfig, namespace, seen), 180)
+            docs = list(
+                collection.find({"image_job": {"$in": [f"{namespace}/{name}", f"{namespace}/{name}-long"]}})
+            )
+            long_job = next(d for d in docs if d["image_job"].endswith("-long"))
+            done = epoch(long_job["updated_at"])
+            removed = [r for r in seen.removals.values() if r.marked >= started]
+            during = sum(1 for r in removed if r.marked < done)
+            given_back = long_job.get("given_back", 0)
+            results.append(BusyCycle(removed, during, given_back, interrupted(docs)))
+            print(f"busy cycle {i + 1}/{cycles}: {asdict(results[-1])}", flush=True)
+    finally:
+        stop.set()
+    stops = sorted(r.gone - r.marked for c in results for r in c.removed if r.gone is not None)
+    return {
+        "cycles": [asdict(c) for c in results],
+        "removed": sum(len(c.removed) for c in results),
+        "removed_during_long_job": sum(c.removed_during for c in results),
+        "long_given_back": sum(c.long_given_back for c in results),
+        "interrupted": {k: sum(c.interrupted[k] for c in results) for k in ("given_back", "redelivered")},
+        "stop_s": {"median": statistics.median(stops), "max": stops[-1]} if stops else {},
+    }
