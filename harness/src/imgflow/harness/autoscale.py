@@ -292,6 +292,15 @@ def prepare(kubeconfig: Path, namespace: str, release: str) -> pymongo.collectio
     return mongo[database]["jobs"]
 
 
+def watching(kubeconfig: Path, namespace: str, release: str) -> tuple[Watched, threading.Event]:
+    """The release's worker Deployment and pods watched from now on, until the event is set."""
+    api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    seen = Watched()
+    stop = threading.Event()
+    watch(api, namespace, f"{release}-worker", seen, stop)
+    return seen, stop
+
+
 def at_zero(kubeconfig: Path, namespace: str, seen: Watched) -> bool:
     idle = bool(seen.replicas) and seen.replicas[-1][1] == 0
     return idle and not pods(kubeconfig, namespace, "worker")
@@ -323,10 +332,7 @@ def run(
     """Run the cycles; the figures and the interrupted-job count."""
 
     collection = prepare(kubeconfig, namespace, release)
-    api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-    seen = Watched()
-    stop = threading.Event()
-    watch(api, namespace, f"{release}-worker", seen, stop)
+    seen, stop = watching(kubeconfig, namespace, release)
     results: list[Cycle] = []
     submitted: list[str] = []
     try:
@@ -421,10 +427,7 @@ def busy_scale_down(
     shows as a job given back. Recorded: each removed pod's deletion cost as the API showed it
     when it was marked for deletion, its stop time and exit code, and the jobs given back."""
     collection = prepare(kubeconfig, namespace, release)
-    api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-    seen = Watched()
-    stop = threading.Event()
-    watch(api, namespace, f"{release}-worker", seen, stop)
+    seen, stop = watching(kubeconfig, namespace, release)
     results: list[BusyCycle] = []
     try:
         for i in range(cycles):
