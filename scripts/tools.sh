@@ -157,12 +157,14 @@ build_seaweedfs() {
 
 # build_command NAME PACKAGE VERSION [LDFLAGS]: a command whose module builds as published.
 build_command() {
-  local name=$1 pkg=$2 version=$3 ld=${4:-} out=$cache/$1-$3
+  # build_command NAME PACKAGE VERSION [LDFLAGS [TAGS]]: the tags are in the cached binary's name
+  local name=$1 pkg=$2 version=$3 ld=${4:-} tags=${5:-}
+  local out=$cache/$1-$3${tags:+-$tags}
   if [ ! -x "$out" ]; then
-    log "building $name $version (once)"
+    log "building $name $version${tags:+ ($tags)} (once)"
     (wrapper "$cache/src/$name" &&
-      go get "$pkg@$version" &&
-      go build -ldflags "-s -w $ld" -o "$out" "$pkg")
+      GOFLAGS="$GOFLAGS -tags=$tags" go get "$pkg@$version" &&
+      go build -tags="$tags" -ldflags "-s -w $ld" -o "$out" "$pkg")
   fi
   link "$name" "$out"
 }
@@ -179,9 +181,11 @@ for t in "${want[@]}"; do
     weed | seaweedfs) build_seaweedfs ;;
     # promtool checks and unit-tests deploy/prometheus/alerts.yaml and parses the dashboard's queries
     # (module v0.316.0 is Prometheus 3.16.0, which `promtool --version` should say); the server
-    # runs the alerts against the real processes' metrics in tests/test_prometheus.py
+    # runs the alerts against the real processes' metrics in tests/test_prometheus.py. Without the
+    # service-discovery plugins (remove_all_sd: static and file targets are all the tests use), whose
+    # cloud SDKs were most of a cold build
     promtool | prometheus) v=${PROMETHEUS_VERSION#v0.} && build_command "$t" "github.com/prometheus/prometheus/cmd/$t" \
-      "$PROMETHEUS_VERSION" "-X github.com/prometheus/common/version.Version=${v:0:1}.${v:1}" ;;
+      "$PROMETHEUS_VERSION" "-X github.com/prometheus/common/version.Version=${v:0:1}.${v:1}" remove_all_sd ;;
     # helm-docs writes the chart README's values table from values.yaml's comments
     helm-docs) build_command helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs "$HELM_DOCS_VERSION" \
       "-X main.version=${HELM_DOCS_VERSION#v}" ;;
