@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel, to_snake
 
 from imgflow.core import options
-from imgflow.core.jobs import Job, JobStatus
+from imgflow.core.jobs import Job, JobStatus, Priority
 from imgflow.core.outputs import Fit, OutputFormat, ThumbnailSpec
 
 UPLOADS_PREFIX = "/uploads"
@@ -93,6 +93,16 @@ class JobView(Camel):
         "try did not work",
     )
     attempts: int = Field(0, description="Times a worker started the job")
+    priority: Priority = Field(
+        Priority.interactive,
+        description="interactive (the API's default) or batch (ImageJobs'): which of "
+        "the tenant's jobs run first within its share of the workers",
+    )
+    cost: int | None = Field(
+        None,
+        description="Estimated worker CPU, in ms, known when the job was accepted: what the "
+        "tenant's share of the workers is counted in (absent for jobs made before costs)",
+    )
     expires_at: Timestamp | None = Field(
         None, description="Once finished: when the job and its files are deleted (then it answers 404)"
     )
@@ -136,6 +146,8 @@ class JobView(Camel):
             result=result,
             error=job.error,
             attempts=job.attempts,
+            priority=job.priority,
+            cost=job.cost or None,
             expires_at=job.expires_at,
             next_attempt_at=job.next_attempt_at if job.status is JobStatus.pending else None,
         )

@@ -34,6 +34,14 @@ class JobStatus(StrEnum):
 UNFINISHED = (JobStatus.pending, JobStatus.processing)
 
 
+class Priority(StrEnum):
+    """Which of its tenant's jobs a worker takes first (imgflow.core.schedule): ``interactive``
+    (the API's default: someone is waiting) before ``batch`` (ImageJobs' default)."""
+
+    interactive = "interactive"
+    batch = "batch"
+
+
 class UploadSource(BaseModel):
     kind: Literal["upload"] = "upload"
     key: str  # storage key of the original
@@ -131,6 +139,8 @@ class Job(BaseModel):
     result: JobResult | None = None
     error: str | None = None
     image_job: str | None = None  # "namespace/name" of the ImageJob that created it, if any
+    priority: Priority = Priority.interactive
+    cost: int = 0  # estimated worker CPU, in ms (imgflow.core.cost); 0: made before costs
     callback_url: str | None = None  # where its completion webhook goes
     expires_at: datetime | None = None  # set when it finishes: retention_s later it is deleted
     # why its outputs break ThumbnailSpec's rules, when they do (see _keep_invalid_outputs); found

@@ -46,7 +46,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from imgflow.core import quota
+from imgflow.core import quota, schedule
 from imgflow.core.errors import DatabaseUnavailable, QueueUnavailable, StorageUnavailable
 from imgflow.core.events import announce, events_key
 from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, output_key, utcnow
@@ -317,6 +317,7 @@ async def give_back(b: JobBackends, worker: str, message_id: bytes | str | int) 
         if data is not None and job_id is not None:
             requeue(pipe, s, job_id, data)
         pipe.xack(s.stream, s.consumer_group, message_id)
+        schedule.done(pipe, s, [message_id])
         if released is not None:
             Snapshots(b.redis, s).put(pipe, released)
             announce(pipe, s, released.job_id, JobStatus.pending)

@@ -25,7 +25,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from imgflow.core.errors import QueueUnavailable as QueueUnavailable  # where callers import it
-from imgflow.core.jobs import Job
+from imgflow.core.jobs import Job, Priority
 from imgflow.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,17 +53,26 @@ def make_broker(settings: Settings, **kwargs: Any) -> RedisBroker:
 
 # FastStream keeps a message's body, framed with its headers, in the entry's "__data__" field
 DATA = b"__data__"
-# KEYS: the stream, the entries hash; ARGV: the stream's cap, then job id and message per job.
-# Adds each message and records its entry id in one step: no job is queued unrecorded.
+# KEYS: the stream, the entries hash; ARGV: the stream's cap, then per job its id, message,
+# tenant, priority and cost (what imgflow.core.schedule reads). Adds each message and records its
+# entry id in one step: no job is queued unrecorded.
 _PUBLISH = """
 local ids = {}
-for i = 2, #ARGV, 2 do
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', '__data__', ARGV[i + 1])
+for i = 2, #ARGV, 5 do
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', '__data__', ARGV[i + 1],
+    'tenant', ARGV[i + 2], 'priority', ARGV[i + 3], 'cost', ARGV[i + 4])
   redis.call('HSET', KEYS[2], ARGV[i], id)
   ids[#ids + 1] = id
 end
 return ids
 """
+
+
+def _scheduled(job_id: str, data: bytes, job: Job | None) -> list[str | bytes | int]:
+    """The publish script's arguments for one message: what the scheduler shares by."""
+    if job is None:  # a message of an older publisher: shared as the default tenant's
+        return [job_id, data, "default", Priority.interactive.value, 1]
+    return [job_id, data, job.tenant, job.priority.value, max(1, job.cost)]
 
 
 async def publish(pipe: Pipeline, settings: Settings, jobs: Sequence[Job]) -> None:
@@ -77,21 +86,32 @@ async def publish(pipe: Pipeline, settings: Settings, jobs: Sequence[Job]) -> No
             headers=None,
             correlation_id=str(uuid.uuid4()),
         )
-        args += [job.job_id, data]
+        args += _scheduled(job.job_id, data, job)
     pipe.eval(_PUBLISH, 2, settings.stream, entries_key(settings), settings.stream_maxlen, *args)
 
 
 def requeue(pipe: Pipeline, settings: Settings, job_id: str, data: bytes) -> None:
     """Queue on ``pipe`` a message taken from the stream (``data``) again at its end, its new entry
     id recorded."""
-    pipe.eval(_PUBLISH, 2, settings.stream, entries_key(settings), settings.stream_maxlen, job_id, data)
+    args = _scheduled(job_id, data, _job_of(data))
+    pipe.eval(_PUBLISH, 2, settings.stream, entries_key(settings), settings.stream_maxlen, *args)
 
 
 def job_id_of(data: bytes) -> str | None:
     """The job id in a stream entry's ``data``; None if it carries no job message."""
+    found = _message_of(data)
+    return found.job_id if found is not None else None
+
+
+def _job_of(data: bytes) -> Job | None:
+    found = _message_of(data)
+    return found.job if found is not None else None
+
+
+def _message_of(data: bytes) -> JobMessage | None:
     try:
         body, _ = BinaryMessageFormatV1.parse(data)
-        return JobMessage.model_validate_json(body).job_id
+        return JobMessage.model_validate_json(body)
     except (ValidationError, ValueError):
         return None
 

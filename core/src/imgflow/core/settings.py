@@ -181,6 +181,19 @@ class Settings(BaseSettings):
     )
     jpeg_quality: int = Field(85, ge=1, le=100, description="Quality of JPEG and WebP output")
     worker_concurrency: int = Field(2, ge=1, description="Jobs one worker process handles at once")
+    tenant_weights: dict[str, float] = Field(
+        default_factory=dict,
+        description='Share of worker time per tenant while tenants wait, as a JSON object {"tenant": '
+        "weight}; a tenant not named weighs 1",
+    )
+    tenant_max_inflight: int = Field(
+        0,
+        ge=0,
+        description="Most jobs of one tenant the workers process at once, all workers together (0: no cap)",
+    )
+    max_job_cost: int = Field(
+        600_000, ge=1, description="Largest estimated cost of one job (ms of worker CPU); above it: 422"
+    )
     worker_memory_mb: int = Field(
         640,
         ge=64,

@@ -15,10 +15,10 @@ from faststream.redis import RedisBroker
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
-from imgflow.core import lifecycle
+from imgflow.core import cost, lifecycle
 from imgflow.core.backends import Backends
 from imgflow.core.fetch import FetchRefused, check_url
-from imgflow.core.jobs import Job, JobStatus, UploadSource, UrlSource, original_key
+from imgflow.core.jobs import Job, JobStatus, Priority, UploadSource, UrlSource, original_key
 from imgflow.core.options import InvalidOption, Outputs
 from imgflow.core.storage import NotFound, Storage
 from imgflow.core.store import JobStore
@@ -127,6 +127,8 @@ async def submit_sources(
                 variants=outputs.specs if outputs.named else [],
                 preset=outputs.preset,
                 image_job=ref,
+                priority=Priority.batch,
+                cost=cost.estimate(outputs.specs, cost.UNSEEN_SOURCE),
             )
             try:
                 # takes no place among the tenant's unfinished jobs: that cap bounds API clients

@@ -1,12 +1,13 @@
-"""The worker process: FastStream consumers on the job stream, feeding the ``Processor``.
+"""The worker process: takes jobs from the stream by fair share (``imgflow.core.schedule``) and feeds
+the ``Processor``; the FastStream app around it runs its life (start, graceful shutdown, /healthz).
 
 Delivery is at-least-once: a message is acknowledged only after its job is recorded ``completed``
-or ``failed``. Two subscribers share one consumer name in the group: one reads new messages, the
-other (XAUTOCLAIM) takes over messages a dead worker left unacknowledged for ``claim_idle_ms``.
-FastStream's reclaiming subscriber reads nothing new, hence the pair.
+or ``failed``. ``worker_concurrency`` slots each take the next job ``schedule.take`` gives this
+worker; one more loop takes over messages a dead worker left unacknowledged for ``claim_idle_ms``
+(``schedule.reclaim``).
 
 While it runs, the worker keeps its in-flight messages fresh (so nobody reclaims live work) and
-publishes its in-flight count for the operator. On SIGTERM it stops reading, gives running jobs
+publishes its in-flight count for the operator. On SIGTERM it stops taking, gives running jobs
 ``graceful_timeout_s`` to finish, then puts whatever it still holds back on the stream.
 """
 
@@ -23,18 +24,18 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from faststream import AckPolicy
-from faststream.redis import StreamSub
-from faststream.redis.annotations import RedisStreamMessage
+from faststream.redis.parser.binary import BinaryMessageFormatV1
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from imgflow.core import lifecycle
+from imgflow.core import lifecycle, schedule
 from imgflow.core.backends import Backends
 from imgflow.core.jobs import Job, JobStatus
 from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import (
+    DATA,
     JobMessage,
     ensure_group,
     inflight_key,
@@ -49,6 +50,7 @@ from imgflow.worker.processor import Processor
 log = logging.getLogger("imgflow.worker")
 HEARTBEAT_S = 2.0
 RETRY_PUMP_S = 0.5
+IDLE_WAIT_MS = 500  # an idle slot looks again this often even if no entry arrives (a cap lifted)
 START_RETRY_MAX_S = 10.0
 
 
@@ -77,53 +79,75 @@ class Worker:
         self.request_stop: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self._heartbeat: asyncio.Task[None] | None = None
         self._retries: asyncio.Task[None] | None = None
-        self._subscribe()
+        self._takers: list[asyncio.Task[None]] = []  # the slots and the reclaiming loop
+        self.group_lost = False  # a slot found the consumer group gone (Redis lost its data)
 
-    def _stream(self, **options: Any) -> StreamSub:
-        s = self.settings
-        # max_records=1: take one message at a time, so idle workers share the backlog
-        return StreamSub(s.stream, group=s.consumer_group, consumer=self.consumer, max_records=1, **options)
+    async def _slot(self) -> None:
+        """Take and handle jobs one after another until the worker stops; an idle slot waits for
+        the next entry to arrive."""
+        while not self.stopping:
+            try:
+                taken = await schedule.take(self.redis, self.settings, self.consumer)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self.group_lost = True
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                log.warning("could not take a job (Redis down?)", exc_info=True)
+                await asyncio.sleep(1.0)
+                continue
+            if isinstance(taken, schedule.Taken):
+                await self._handle_entry(taken, reclaimed=False)
+            else:
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                    await self.redis.xread({self.settings.stream: taken}, count=1, block=IDLE_WAIT_MS)
 
-    def _subscribe(self) -> None:
-        fresh = self.broker.subscriber(
-            stream=self._stream(),
-            max_workers=self.settings.worker_concurrency,
-            ack_policy=AckPolicy.MANUAL,
-        )
-        reclaim = self.broker.subscriber(
-            stream=self._stream(min_idle_time=self.settings.claim_idle_ms),
-            ack_policy=AckPolicy.MANUAL,
-        )
-        fresh(self.on_message)
-        self._subscribers = (fresh, reclaim)
-
-        async def on_reclaimed(body: Any, msg: RedisStreamMessage) -> None:
+    async def _reclaim(self) -> None:
+        """Take over, one at a time, the messages dead workers left unacknowledged."""
+        while not self.stopping:
+            try:
+                found = await schedule.reclaim(self.redis, self.settings, self.consumer)
+            except Exception:
+                log.warning("could not reclaim messages (Redis down?)", exc_info=True)
+                found = None
+            if found is None:
+                await asyncio.sleep(HEARTBEAT_S)
+                continue
             metrics.RECLAIMED.inc()
-            await self.handle(body, msg, reclaimed=True)
+            await self._handle_entry(found, reclaimed=True)
 
-        reclaim(on_reclaimed)
+    async def _handle_entry(self, taken: schedule.Taken, *, reclaimed: bool) -> None:
+        data = taken.fields.get(DATA)
+        body: Any = None
+        if data is not None:
+            with contextlib.suppress(ValueError):
+                body = json.loads(BinaryMessageFormatV1.parse(data)[0])
+        await self.handle(body, taken.entry_id, reclaimed=reclaimed)
 
-    async def on_message(self, body: Any, msg: RedisStreamMessage) -> None:
-        # FastStream reads a handler's parameters as the message's fields: keep to these two.
-        await self.handle(body, msg, reclaimed=False)
+    async def _ack(self, entry_id: bytes) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(self.settings.stream, self.settings.consumer_group, entry_id)
+            schedule.done(pipe, self.settings, [entry_id])
+            await pipe.execute()
 
-    async def handle(self, body: Any, msg: RedisStreamMessage, *, reclaimed: bool) -> None:
+    async def handle(self, body: Any, entry_id: bytes, *, reclaimed: bool) -> None:
         try:
             message = JobMessage.model_validate(body)
         except ValidationError:
             log.error("dropping a message that is not a job (v1): %r", body)
-            await msg.ack()
+            await self._ack(entry_id)
             return
         job_id = message.job_id
-        ids: list[bytes] = msg.raw_message["message_ids"]
+        ids = [entry_id]
         if job_id in self.running:
             log.info("job %s is being processed here; dropping a duplicate message", job_id)
-            await msg.ack()
+            await self._ack(entry_id)
             return
         took = await lease.take(self.redis, self.settings, job_id, self.consumer, force=reclaimed)
         if took is lease.Took.held:
             log.info("job %s is held by a live worker; dropping a duplicate message", job_id)
-            await msg.ack()
+            await self._ack(entry_id)
             return
         self.inflight.update(ids)
         self.running.add(job_id)
@@ -137,7 +161,7 @@ class Worker:
             if job is not None:
                 async with self.gate.alone() if job.isolate else self.gate.shared():
                     await self._run(job)
-            await msg.ack()  # only now: the outcome is in MongoDB
+            await self._ack(entry_id)  # only now: the outcome is in MongoDB
             acked = True
         finally:
             self.running.discard(job_id)
@@ -220,9 +244,11 @@ class Worker:
             log.warning("could not create indexes now; continuing", exc_info=True)
         self._heartbeat = asyncio.create_task(self._beat())
         self._retries = asyncio.create_task(self._publish_due_retries())
+        slots = [self._slot() for _ in range(self.settings.worker_concurrency)]
+        self._takers = [asyncio.create_task(work) for work in (*slots, self._reclaim())]
 
     async def draining(self) -> None:
-        """SIGTERM received: the subscribers are about to stop on purpose."""
+        """SIGTERM received: no slot takes another job (``stop`` waits for the running ones)."""
         self.stopping = True
 
     async def _beat(self) -> None:
@@ -241,10 +267,9 @@ class Worker:
                     )
             except Exception:
                 log.warning("heartbeat failed (Redis down?)", exc_info=True)
-            if not self.stopping and not all(sub.running for sub in self._subscribers):
-                # FastStream stops a subscriber for good when its consumer group vanishes (Redis
-                # lost its data). A worker that reads nothing must not look alive: it drains and
-                # starts again in place (see __main__), recreating the group; no supervisor needed.
+            if not self.stopping and self.group_lost:
+                # The consumer group vanished with Redis's data. The worker drains and starts
+                # again in place (see __main__), recreating the group; no supervisor needed.
                 log.error("a subscriber stopped (consumer group gone?); restarting")
                 self.stopping = self.restart = True
                 self.request_stop()
@@ -260,12 +285,19 @@ class Worker:
                 log.warning("could not publish due retries (Redis down?)", exc_info=True)
 
     async def stop(self) -> None:
-        """After the subscribers stopped: return unfinished messages to the stream, then close."""
-        for task in (self._heartbeat, self._retries):
-            if task is not None:
+        """Stopping: give running jobs ``graceful_timeout_s``, return unfinished messages to the
+        stream, then close."""
+        self.stopping = True  # no slot takes another job
+        if self._takers:
+            _, late = await asyncio.wait(self._takers, timeout=self.settings.graceful_timeout_s)
+            for task in late:
                 task.cancel()
+            await asyncio.gather(*self._takers, return_exceptions=True)
+        for loop in (self._heartbeat, self._retries):
+            if loop is not None:
+                loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                    await loop
         try:
             returned = await self._give_back()
             if returned:

@@ -19,9 +19,9 @@ from imgflow.api.openapi import JOB_FORM
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Accepted, JobList, JobView
 from imgflow.api.slots import upload_slot
-from imgflow.core import lifecycle, quota
+from imgflow.core import cost, lifecycle, quota
 from imgflow.core.fetch import FetchRefused, check_url
-from imgflow.core.jobs import Job, JobStatus, UploadSource, new_job_id, original_key, utcnow
+from imgflow.core.jobs import Job, JobStatus, Priority, UploadSource, new_job_id, original_key, utcnow
 from imgflow.core.options import InvalidOption, read_outputs
 from imgflow.core.outputs import refusal
 from imgflow.core.probe import ImageTooLarge, UndecodableImage, UnsupportedImage, probe_file
@@ -124,6 +124,9 @@ async def _accept(
         if no_mark:
             raise Problem(422, "Invalid request", no_mark)
         callback_url = await _callback_url(upload.fields.get("callbackUrl", "").strip(), settings)
+        priority = upload.fields.get("priority", Priority.interactive.value).strip()
+        if priority not in set(Priority):
+            raise Problem(422, "Invalid request", "priority must be interactive or batch.")
         path = upload.path
         assert path is not None
         if upload.size == 0:
@@ -145,6 +148,11 @@ async def _accept(
         if refused:
             metrics.REJECTED.labels("422").inc()
             raise Problem(422, *refused)
+        seen = cost.Source(*info.displayed, info.format, info.pages)
+        costly = cost.too_costly(outputs.specs, seen, settings.max_job_cost)
+        if costly:
+            metrics.REJECTED.labels("422").inc()
+            raise Problem(422, "Job too costly", costly)
 
         job_id = new_job_id()
         source = UploadSource(key=original_key(job_id), filename=upload.filename)
@@ -158,6 +166,8 @@ async def _accept(
             preset=outputs.preset,
             source=source,
             callback_url=callback_url,
+            cost=cost.estimate(outputs.specs, seen),
+            priority=Priority(priority),
         )
         try:
             await lifecycle.accept(
