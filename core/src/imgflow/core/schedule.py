@@ -47,11 +47,10 @@ local cap, weights = tonumber(ARGV[4]), cjson.decode(ARGV[5])
 local ready, vtimes, clock = prefix .. 'ready', prefix .. 'vtime', prefix .. 'clock'
 local function lane(t, p) return prefix .. 'lane:' .. t .. ':' .. p end
 local function running(t) return prefix .. 'running:' .. t end
-while true do
-  local new = redis.call('XREADGROUP', 'GROUP', group, ARGV[6], 'COUNT', 500, 'STREAMS', stream, '>')
-  if not new then break end
-  local entries = new[1][2]
-  for _, entry in ipairs(entries) do
+-- at most 1000 a call, so one call never holds Redis long; a backlog is parked within a few takes
+local new = redis.call('XREADGROUP', 'GROUP', group, ARGV[6], 'COUNT', 1000, 'STREAMS', stream, '>')
+if new then
+  for _, entry in ipairs(new[1][2]) do
     local f = {}
     for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
     local t, p = f['tenant'] or 'default', f['priority'] or 'interactive'
@@ -63,7 +62,6 @@ while true do
       redis.call('ZADD', ready, start, t)
     end
   end
-  if #entries < 500 then break end
 end
 local tenants = redis.call('ZRANGE', ready, 0, -1, 'WITHSCORES')
 for i = 1, #tenants, 2 do

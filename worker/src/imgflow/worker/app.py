@@ -89,10 +89,12 @@ class Worker:
             try:
                 taken = await schedule.take(self.redis, self.settings, self.consumer)
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self.group_lost = True
-                return
+                if "NOGROUP" in str(exc):
+                    self.group_lost = True
+                    return
+                log.error("could not take a job: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 log.warning("could not take a job (Redis down?)", exc_info=True)
                 await asyncio.sleep(1.0)
@@ -118,12 +120,17 @@ class Worker:
             await self._handle_entry(found, reclaimed=True)
 
     async def _handle_entry(self, taken: schedule.Taken, *, reclaimed: bool) -> None:
+        """Handle one entry; what goes wrong is logged and the entry left unacknowledged (it is
+        reclaimed after this worker is gone, as a handler's error left it before)."""
         data = taken.fields.get(DATA)
         body: Any = None
         if data is not None:
             with contextlib.suppress(ValueError):
                 body = json.loads(BinaryMessageFormatV1.parse(data)[0])
-        await self.handle(body, taken.entry_id, reclaimed=reclaimed)
+        try:
+            await self.handle(body, taken.entry_id, reclaimed=reclaimed)
+        except Exception:
+            log.exception("could not handle message %r", taken.entry_id)
 
     async def _ack(self, entry_id: bytes) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -161,6 +168,7 @@ class Worker:
             if job is not None:
                 async with self.gate.alone() if job.isolate else self.gate.shared():
                     await self._run(job)
+                metrics.COST_SERVED.labels(job.tenant).inc(job.cost)
             await self._ack(entry_id)  # only now: the outcome is in MongoDB
             acked = True
         finally:

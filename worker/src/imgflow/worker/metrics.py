@@ -18,6 +18,12 @@ PROCESSING = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 INFLIGHT = Gauge("imgflow_worker_inflight_jobs", "Jobs this worker is processing now")
+COST_SERVED = Counter(
+    "imgflow_job_cost_served_total",
+    "Estimated worker CPU (ms, imgflow.core.cost) of the jobs a worker finished, per tenant: each "
+    "tenant's share of the workers",
+    ["tenant"],
+)
 RECLAIMED = Counter("imgflow_jobs_reclaimed_total", "Messages taken over from a worker that went silent")
 RETRIES = Counter(
     "imgflow_job_retries_total", "Jobs scheduled again after failing for a passing reason", ["reason"]
