@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from imgflow.core.outputs import SMART, Fit, OutputFormat, ThumbnailSpec, outside_size
 
 BASE_MS = 2.0  # reading the job, storing the outputs' records: per job whatever its size
-DECODE_MS_PER_MPX = 3.5  # per megapixel of source (JPEG shrinks on load; the others cost more)
-SMART_MS_PER_MPX = 3.0  # the attention or entropy analysis, per megapixel of source
-FILTER_FACTOR = 0.5  # each of blur, sharpen, pixelate adds half the output's own cost
+DECODE_MS_PER_MPX = 4.5  # per megapixel of source (JPEG shrinks on load; the others cost more)
+SMART_MS_PER_MPX = 5.0  # the attention or entropy analysis, per megapixel of source
+FILTER_FACTOR = 0.25  # each of blur, sharpen, pixelate adds a quarter of the output's own cost
 # resizing and encoding one megapixel of output, per format
 FORMAT_MS_PER_MPX: dict[OutputFormat, float] = {
     OutputFormat.jpeg: 20.0,
     OutputFormat.png: 55.0,
     OutputFormat.webp: 135.0,
-    OutputFormat.avif: 3200.0,
+    OutputFormat.avif: 3800.0,
     OutputFormat.gif: 60.0,
 }
 MPX = 1_000_000
