@@ -2,7 +2,7 @@
 first; a tenant's jobs in flight are capped across workers; interactive jobs go before batch ones.
 
 The ordering tests queue all their jobs before a real worker starts (so the order is the scheduler's, not
-the submission's), then reads the order in which the jobs were finished from MongoDB.
+the submission's), then read the order in which the jobs were finished from MongoDB.
 """
 
 from __future__ import annotations
