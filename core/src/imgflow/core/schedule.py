@@ -40,7 +40,8 @@ from imgflow.core.settings import Settings
 PARKED = "~parked"  # the consumer that holds entries waiting in a lane
 
 # KEYS: the stream. ARGV: group, consumer, key prefix, in-flight cap per tenant (0: none), weights
-# (JSON object, tenant -> weight; missing: 1). Returns {id, fields} or {false, last stream id}.
+# (JSON object, tenant -> weight; missing: 1), the parked consumer. Returns {id, fields} or
+# {false, false}.
 _TAKE = """
 local stream, group, me, prefix = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local cap, weights = tonumber(ARGV[4]), cjson.decode(ARGV[5])
@@ -96,8 +97,7 @@ for i = 1, #tenants, 2 do
     end
   end
 end
-local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-return {false, last[1] and last[1][1] or '$'}
+return {false, false}
 """
 
 # KEYS: none. ARGV: prefix, then entry ids. A taken entry is no longer in its tenant's flight.
@@ -124,9 +124,9 @@ class Taken:
     fields: dict[bytes, bytes]
 
 
-async def take(redis: Redis, settings: Settings, consumer: str) -> Taken | bytes:
-    """The next entry for ``consumer`` by weighted fair share, claimed to it; when there is none
-    to take, the id of the stream's last entry (to wait for a newer one)."""
+async def take(redis: Redis, settings: Settings, consumer: str) -> Taken | None:
+    """The next entry for ``consumer`` by weighted fair share, claimed to it; None if there is
+    none it may take now."""
     weights = json.dumps(settings.tenant_weights)
     found = await redis.eval(
         _TAKE,
@@ -141,7 +141,7 @@ async def take(redis: Redis, settings: Settings, consumer: str) -> Taken | bytes
     )
     first, second = cast(list[Any], found)
     if not first:
-        return second if isinstance(second, bytes) else str(second).encode()
+        return None
     flat = list(second)
     return Taken(first, dict(zip(flat[::2], flat[1::2], strict=True)))
 

@@ -50,7 +50,10 @@ from imgflow.worker.processor import Processor
 log = logging.getLogger("imgflow.worker")
 HEARTBEAT_S = 2.0
 RETRY_PUMP_S = 0.5
-IDLE_WAIT_MS = 500  # an idle slot looks again this often even if no entry arrives (a cap lifted)
+# An idle slot asks again after 10 ms, then twice as long each time up to 100 ms: a new job waits
+# at most that long on an idle service. (A blocking XREAD would wake it sooner, but the API's
+# followers are told apart from workers by reading with XREAD.)
+IDLE_POLL_S = (0.01, 0.1)
 START_RETRY_MAX_S = 10.0
 
 
@@ -85,6 +88,7 @@ class Worker:
     async def _slot(self) -> None:
         """Take and handle jobs one after another until the worker stops; an idle slot waits for
         the next entry to arrive."""
+        pause = IDLE_POLL_S[0]
         while not self.stopping:
             try:
                 taken = await schedule.take(self.redis, self.settings, self.consumer)
@@ -99,11 +103,12 @@ class Worker:
                 log.warning("could not take a job (Redis down?)", exc_info=True)
                 await asyncio.sleep(1.0)
                 continue
-            if isinstance(taken, schedule.Taken):
+            if taken is not None:
                 await self._handle_entry(taken, reclaimed=False)
+                pause = IDLE_POLL_S[0]
             else:
-                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
-                    await self.redis.xread({self.settings.stream: taken}, count=1, block=IDLE_WAIT_MS)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, IDLE_POLL_S[1])
 
     async def _reclaim(self) -> None:
         """Take over, one at a time, the messages dead workers left unacknowledged."""
