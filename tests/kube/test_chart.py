@@ -48,8 +48,11 @@ NAMESPACED_KINDS = (
 CLUSTER_KINDS = ("clusterroles.rbac.authorization.k8s.io", "clusterrolebindings.rbac.authorization.k8s.io")
 
 # Production-style values the test API server can take: everything of ci/production-values.yaml
-# except the ServiceMonitor (the monitoring.coreos.com CRDs are not installed here).
-SERVER_PRODUCTION: dict[str, Any] = {"serviceMonitor": {"enabled": False}}
+# except the ServiceMonitor and PrometheusRule (the monitoring.coreos.com CRDs are not installed here).
+SERVER_PRODUCTION: dict[str, Any] = {
+    "serviceMonitor": {"enabled": False},
+    "prometheusRule": {"enabled": False},
+}
 
 
 def _helm(kube: Kube, *args: str) -> str:
