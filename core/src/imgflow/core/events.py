@@ -91,6 +91,9 @@ class ChangeFeed:
 
     def __init__(self, redis: Redis, settings: Settings, *, block_ms: int = FEED_BLOCK_MS) -> None:
         self._redis = redis
+        # reads hold one connection of their own, wakes take another from the pool: the follower
+        # count of a replica stays one blocked connection (tests/test_streams.py counts them)
+        self._reader = redis.client()
         self._settings = settings
         self._block_ms = block_ms
         self._followers: dict[str, set[Follower]] = {}
@@ -139,6 +142,7 @@ class ChangeFeed:
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
             await self._redis.delete(self._wake_key)
+        await self._reader.aclose()
         await self._redis.aclose()
 
     async def _wake(self) -> None:
@@ -160,7 +164,7 @@ class ChangeFeed:
         after[self._wake_key] = self._woken_after
         self._reading = set(jobs.values())
         try:
-            found: Any = await self._redis.xread(after, block=self._block_ms, count=KEEP_ENTRIES)
+            found: Any = await self._reader.xread(after, block=self._block_ms, count=KEEP_ENTRIES)
         finally:
             self._reading = set()
         # [[stream, entries]] in RESP2, {stream: [entries]} in RESP3
