@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -201,15 +202,17 @@ async def test_a_follower_of_a_new_job_is_read_at_once_not_after_the_feeds_block
     it, so that job's change reaches it at once (here the read would block for two minutes)."""
     redis = Redis.from_url(fresh_settings.redis_url)
     # no socket timeout: redis-py's default (5 s) would end the two minutes' read early
-    reader_redis = Redis.from_url(fresh_settings.redis_url, socket_timeout=None)
+    name = f"feed-{uuid.uuid4().hex}"  # other tests' API processes read on the same Redis
+    reader_redis = Redis.from_url(fresh_settings.redis_url, socket_timeout=None, client_name=name)
     feed = ChangeFeed(reader_redis, fresh_settings, block_ms=120_000)
     reader = asyncio.create_task(feed.run())
     try:
         with feed.follow("job-a", "0"):
             async with asyncio.timeout(30):  # only stops a hung test
                 while True:
-                    if await blocking_readers(redis) == 1:  # the feed's read of job-a is under way
-                        break
+                    clients = await redis.client_list()
+                    if any(c.get("name") == name and c.get("cmd") == "xread" for c in clients):
+                        break  # the feed's read of job-a is under way
                     await asyncio.sleep(0.05)
             with feed.follow("job-b", "0") as newcomer:
                 async with redis.pipeline(transaction=False) as pipe:
