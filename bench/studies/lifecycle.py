@@ -19,11 +19,9 @@ import base64
 import json
 import os
 import tempfile
-import threading
 import time
 import uuid
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -33,27 +31,10 @@ from redis.asyncio import Redis
 from bench.e2e import follow, percentile
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.harness import images
+from imgflow.harness.receivers import Receiver, receiver
 from imgflow.harness.servers import free_port, start_stack
 
 JOBS = "/api/image-processing/jobs"
-
-
-def receiver(arrivals: list[tuple[float, dict[str, object]]]) -> tuple[ThreadingHTTPServer, str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            arrivals.append((time.time(), json.loads(body)))
-            self.send_response(204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/hook"
 
 
 def stored_bytes(root: Path) -> int:
@@ -61,8 +42,11 @@ def stored_bytes(root: Path) -> int:
 
 
 async def run(jobs: int, retention: float, workdir: Path) -> None:
-    arrivals: list[tuple[float, dict[str, object]]] = []
-    server, hook = receiver(arrivals)
+    with receiver() as hook:
+        await _run(jobs, retention, workdir, hook)
+
+
+async def _run(jobs: int, retention: float, workdir: Path, hook: Receiver) -> None:
     tag = uuid.uuid4().hex[:8]
     settings = Settings.model_validate(
         {
@@ -107,7 +91,7 @@ async def run(jobs: int, retention: float, workdir: Path) -> None:
                     response = await client.post(
                         JOBS,
                         files={"file": ("a.jpg", data, "image/jpeg")},
-                        data={"userId": "lifecycle", "callbackUrl": hook},
+                        data={"userId": "lifecycle", "callbackUrl": hook.url},
                     )
                     response.raise_for_status()
                     await follow(client, response.json()["jobId"])
@@ -115,7 +99,7 @@ async def run(jobs: int, retention: float, workdir: Path) -> None:
             await asyncio.gather(*(client_loop() for _ in range(8)))
         elapsed = time.time() - started
         deadline = time.time() + 120
-        while len(arrivals) < jobs and time.time() < deadline:  # noqa: ASYNC110 (another thread)
+        while len(hook.calls) < jobs and time.time() < deadline:  # noqa: ASYNC110 (another thread)
             await asyncio.sleep(0.2)
         watcher.cancel()
         redis = Redis.from_url(settings.redis_url)
@@ -127,19 +111,20 @@ async def run(jobs: int, retention: float, workdir: Path) -> None:
         left = client_db[settings.mongodb_database]["jobs"].count_documents({})
         client_db.close()
         latency = [
-            1000 * (arrived - _ts(str(payload["data"]["result"]["processedAt"])))  # type: ignore[index]
-            for arrived, payload in arrivals
+            1000 * (arrived - _ts(str(payload["data"]["result"]["processedAt"])))
+            for arrived, payload in zip(
+                hook.arrived_at, (json.loads(body) for _, body in hook.calls), strict=False
+            )
         ]
         print(f"{jobs} jobs through {stack.mongo.kind}, 8 clients following Server-Sent Events:")
         print(f"  throughput                   {jobs / elapsed:.1f} jobs/s")
-        print(f"  webhooks received            {len(arrivals)} of {jobs}")
+        print(f"  webhooks received            {len(hook.calls)} of {jobs}")
         p50, p95 = percentile(latency, 50), percentile(latency, 95)
         print(f"  webhook after completion     p50 {p50:.0f} ms, p95 {p95:.0f} ms")
         print(f"  stream entries per job       {entries / jobs:.3f}")
         print(f"  stored at most, during run   {peak / 1e6:.1f} MB")
         print(f"  stored {retention:g} s + 10 s later   {after / 1e6:.2f} MB, {left} job(s) left in MongoDB")
     finally:
-        server.shutdown()
         stack.stop()
 
 

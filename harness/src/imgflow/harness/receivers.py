@@ -20,6 +20,7 @@ class Receiver:
     answer_after: float = 0.0  # seconds before answering
     calls: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     arrived: list[float] = field(default_factory=list)  # time.monotonic() of each call
+    arrived_at: list[float] = field(default_factory=list)  # time.time(), to compare with a server's clock
 
 
 @contextmanager
@@ -31,6 +32,7 @@ def receiver(*, fail_first: int = 0, silent: bool = False, answer_after: float =
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             state.arrived.append(time.monotonic())
+            state.arrived_at.append(time.time())
             state.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
             if state.silent:
                 stop.wait(30)
