@@ -12,10 +12,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
+from imgflow.core import lifecycle
+from imgflow.core.jobs import Job, UploadSource, original_key
+from imgflow.core.retention import delete_job
 from imgflow.core.settings import Settings, StorageBackend
+from imgflow.core.storage import make_storage
+from imgflow.core.store import JobStore, connect
 from imgflow.harness import images
-from imgflow.harness.client import JOBS, api_client, submit, wait_finished
+from imgflow.harness.client import JOBS, Parts, api_client, submit, wait_finished
 from tests.conftest import Processes
 
 
@@ -62,6 +68,34 @@ async def test_a_finished_job_and_its_files_are_deleted_after_the_retention(
                 await asyncio.sleep(0.1)
         listing = (await client.get("/api/image-processing/users/user-1/jobs")).json()["jobs"]
         assert job_id not in {j["jobId"] for j in listing}
+
+
+async def test_a_borrowed_original_stays_until_its_own_job_expires(
+    processes: Processes, settings: Settings
+) -> None:
+    """A job made from another job's upload (an ImageJob's ``uploadId``) neither deletes that
+    original when it finishes (even with originals not kept) nor when it is deleted (its
+    ImageJob's ttlSecondsAfterFinished, its expiry): the upload's own job still needs it."""
+    settings = settings.model_copy(update={"keep_originals": False, "retention_s": 3600.0})
+    _, base = processes.start_api(settings)  # no worker: the upload's own job stays pending
+    async with api_client(base, timeout=30) as client:
+        upload_id = (await submit(client, images.jpeg())).json()["jobId"]
+    redis = Redis.from_url(settings.redis_url)
+    mongo = connect(settings)
+    try:
+        db = mongo[settings.mongodb_database]
+        parts = Parts(settings, JobStore(db), redis, make_storage(settings, db))
+        borrower = Job(
+            user_id="user-1", source=UploadSource(key=original_key(upload_id)), image_job="ns/batch"
+        )
+        await lifecycle.accept(parts, borrower)
+        assert await lifecycle.cancel(parts, borrower) is not None  # finished
+        await delete_job(borrower, parts.store, parts.storage, redis, settings)
+        assert await parts.store.get(borrower.job_id) is None
+    finally:
+        await redis.aclose()
+        await mongo.close()
+    assert stored(settings) == {f"original-{upload_id}"}
 
 
 async def test_originals_can_go_as_soon_as_the_job_is_finished(

@@ -116,6 +116,15 @@ def original_key(job_id: str) -> str:
     return f"original-{job_id}"
 
 
+def owned_original(job: Job) -> str | None:
+    """The key of the original this job stored itself, which goes with it; None for a URL source
+    or an original borrowed from another job (an ImageJob's ``uploadId``), which stays until that
+    job expires."""
+    if isinstance(job.source, UploadSource) and job.source.key == original_key(job.job_id):
+        return job.source.key
+    return None
+
+
 class Job(BaseModel):
     job_id: str = Field(default_factory=new_job_id)
     user_id: str  # the original's label of who asked, inside the tenant

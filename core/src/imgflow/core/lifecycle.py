@@ -49,7 +49,7 @@ from redis.exceptions import RedisError
 from imgflow.core import quota, schedule
 from imgflow.core.errors import DatabaseUnavailable, QueueUnavailable, StorageUnavailable
 from imgflow.core.events import announce, events_key
-from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, output_key, utcnow
+from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, output_key, owned_original, utcnow
 from imgflow.core.queue import DATA, forget_entry, job_id_of, lease_key, publish, requeue, worker_key
 from imgflow.core.retries import dead_letter_key, remove_dead_letters, retry_key, take_due_retries
 from imgflow.core.settings import Settings
@@ -271,8 +271,9 @@ async def _finished(b: JobBackends, job: Job, done: Job, *, dead_letter: str | N
         if done.status is JobStatus.cancelled:  # a job waiting for a retry waits no more
             pipe.zrem(retry_key(s), job.job_id)
         await pipe.execute()
-    if not s.keep_originals and isinstance(job.source, UploadSource):
-        await b.storage.delete(job.source.key)
+    original = owned_original(job)
+    if not s.keep_originals and original:
+        await b.storage.delete(original)
 
 
 async def retry_later(b: JobBackends, job: Job, error: str) -> JobStatus:

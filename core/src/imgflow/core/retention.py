@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from redis.asyncio import Redis
 
 from imgflow.core import lifecycle
-from imgflow.core.jobs import Job, UploadSource, utcnow
+from imgflow.core.jobs import Job, owned_original, utcnow
 from imgflow.core.settings import Settings
 from imgflow.core.storage import NotFound, Storage
 from imgflow.core.store import JobStore
@@ -41,8 +41,9 @@ class Swept:
 
 
 def job_keys(job: Job) -> list[str]:
-    """The stored files of a job."""
-    keys = [job.source.key] if isinstance(job.source, UploadSource) else []
+    """The stored files of a job (not an original it borrowed)."""
+    original = owned_original(job)
+    keys = [original] if original else []
     if job.result is not None:
         keys.extend(job.result.keys)
     return keys
