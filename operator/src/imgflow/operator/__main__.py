@@ -10,6 +10,10 @@ its namespace (``--namespace``, ``IMGFLOW_OPERATOR_NAMESPACE`` or the Downward A
 
 from __future__ import annotations
 
+from imgflow.core.sigterm import exit_on_sigterm
+
+exit_on_sigterm()  # first: the imports below take seconds, and a pod may be removed meanwhile
+
 import argparse
 import asyncio
 import logging

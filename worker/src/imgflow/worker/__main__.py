@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from imgflow.core.sigterm import exit_on_sigterm
+
+exit_on_sigterm()  # first: the imports below take seconds, and a pod may be removed meanwhile
+
 import asyncio
 import contextlib
 import ctypes
