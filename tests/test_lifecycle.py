@@ -9,7 +9,8 @@ from __future__ import annotations
 import ast
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from imgflow.core.errors import QueueUnavailable
 from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, original_key, output_key, utcnow
 from imgflow.core.outputs import OutputFormat
 from imgflow.core.queue import create_group, lease_key, worker_key
+from imgflow.core.retention import job_keys
 from imgflow.core.retries import retry_key
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.core.snapshots import Snapshots
@@ -349,6 +351,67 @@ async def test_cancel_writes_at_once_or_leaves_a_held_job_to_its_worker(parts: P
     assert await b.redis.zscore(retry_key(b.settings), waiting.job_id) is None
 
 
+async def test_reuse_completes_a_new_job_from_an_identical_finished_ones_outputs(
+    parts: Parts, tmp_path: Path
+) -> None:
+    b = parts
+    original = tmp_path / "photo.jpg"
+    original.write_bytes(images.jpeg(64, 48))
+    origin = new_job().model_copy(update={"reuse_key": "same-bytes-same-options"})
+    await lifecycle.accept(b, origin, original=original, media_type="image/jpeg", take_place=True)
+    started = await lifecycle.start(b, origin, WORKER)
+    assert started is not None
+    made = await lifecycle.complete(b, started, RESULT)
+    assert made is not None and made.expires_at is not None
+    offered = await b.store.offered("same-bytes-same-options")  # completing offered its outputs
+    assert offered is not None and offered.job_id == origin.job_id and offered.reusable(utcnow())
+
+    twin_id = "0b6f" + "0" * 28
+    twin = new_job().model_copy(
+        update={
+            "job_id": twin_id,
+            "source": UploadSource(key=original_key(twin_id)),
+            "reuse_key": "same-bytes-same-options",
+        }
+    )
+    # the twin expires after its origin would have
+    later = replace(b, settings=b.settings.model_copy(update={"retention_s": 2 * b.settings.retention_s}))
+    async with b.writes(twin_id) as w:
+        done = await lifecycle.reuse(later, twin, offered)
+    assert done is not None and done.status is JobStatus.completed and done.result is not None
+    assert done.result.reused_from == origin.job_id and done.result.keys == RESULT.keys
+    assert done.expires_at is not None
+    assert done.attempts == 0 and done.worker is None
+    # the origin kept until the twin expires, then the twin inserted finished
+    assert w.commands == ["findAndModify", "insert"]
+    assert w.keys == {
+        f"job:{origin.job_id}",  # the origin's snapshot dropped: it changed
+        "job:<id>",
+        "events:<id>",
+        "webhooks",
+        "webhooks:outstanding",
+    }
+    assert w.round_trips == 2  # the origin's snapshot dropped before the write, then the rest at once
+    assert await quota.count(b.redis, b.settings, "acme") == 0  # no place taken: it never waited
+
+    # the retention sweep passes the origin by while the twin uses its files, and deletes neither
+    # the files with the twin
+    kept = await b.store.get(origin.job_id)
+    assert kept is not None and kept.shared_until == done.expires_at
+    after_origin = made.expires_at + timedelta(seconds=1)
+    assert not {origin.job_id, twin_id} & {j.job_id for j in await b.store.expired(after_origin)}
+    after_both = done.expires_at + timedelta(seconds=1)
+    assert {origin.job_id, twin_id} <= {j.job_id for j in await b.store.expired(after_both)}
+    assert job_keys(done) == [original_key(twin_id)]
+    assert set(RESULT.keys) <= set(job_keys(kept))
+
+    # an origin gone (or expired) meanwhile: nothing written, the caller accepts the job as usual
+    await lifecycle.remove(b.store, b.redis, b.settings, origin.job_id)
+    third = twin.model_copy(update={"job_id": "0b70" + "0" * 28})
+    assert await lifecycle.reuse(b, third, offered) is None
+    assert await b.store.get(third.job_id) is None
+
+
 # What only imgflow.core.lifecycle may use: the functions that write a job's side-effect keys ...
 WRITERS = {
     "imgflow.core.quota": {"reserve", "release", "unfinished_key"},
@@ -368,6 +431,8 @@ STORE_WRITES = {
     "revive",
     "release",
     "cancel",
+    "share",
+    "offer",
 }
 SNAPSHOT_WRITES = {"put", "forget"}
 # ... in these modules (where each is defined)

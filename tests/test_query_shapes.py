@@ -3,8 +3,8 @@ however many jobs are stored (issue 10), on the suite's server (FerretDB, patche
 on ``_id`` alone uses its ``_id`` index: scripts/patches) as on ``mongod``.
 
 The commands are those imgflow's own stores send (captured with a PyMongo command listener while
-a job is accepted, admitted, started, retried, given back, completed, failed, revived, read and
-deleted, and while an API key is looked up); each filter is then explained on the same server,
+a job is accepted, admitted, started, retried, given back, completed, failed, revived, read, found
+and shared by an identical job, and deleted, and while an API key is looked up); each filter is then explained on the same server,
 with thousands of jobs stored, and its plan must read an index, not the collection.
 """
 
@@ -80,6 +80,7 @@ async def test_every_job_path_query_is_answered_from_an_index(fresh_settings: Se
         await store.ensure_indexes()
         await keys.ensure_indexes()
         await db["jobs"].insert_many([job(f"user-{i % 50}").to_document() for i in range(STORED)])
+        await db["reusable"].insert_many([{"_id": f"key-{i}", "job_id": f"job-{i}"} for i in range(STORED)])
         listener.seen.clear()
 
         # a job's life, as the API and the worker drive it
@@ -100,6 +101,10 @@ async def test_every_job_path_query_is_answered_from_an_index(fresh_settings: Se
         assert await store.fail(accepted.job_id, "late", expires_at=utcnow())
         assert await store.revive(accepted.job_id) is not None
         assert await store.view(accepted.job_id) is not None
+        # an identical job finds it (reuse), and keeps it while it uses its outputs
+        await store.offer("reuse-key", accepted.job_id)
+        assert await store.offered("reuse-key") is not None
+        assert await store.share(accepted.job_id, until=utcnow()) is not None
         await store.delete(accepted.job_id)
         # every request's key lookup
         key, _ = new_key("tenant-a", "shapes", [Scope.jobs_write])

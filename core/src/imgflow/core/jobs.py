@@ -76,6 +76,8 @@ class JobResult(BaseModel):
     format: OutputFormat
     processed_at: datetime
     variants: list[VariantResult] = Field(default_factory=list)
+    # the job whose outputs these are, when this job reused them (imgflow.core.lifecycle.reuse)
+    reused_from: str | None = None
 
     @property
     def keys(self) -> list[str]:
@@ -152,9 +154,30 @@ class Job(BaseModel):
     cost: int = 0  # estimated worker CPU, in ms (imgflow.core.cost); 0: made before costs
     callback_url: str | None = None  # where its completion webhook goes
     expires_at: datetime | None = None  # set when it finishes: retention_s later it is deleted
+    # its tenant, source bytes and options, hashed: a later identical job may reuse its outputs
+    reuse_key: str | None = None
+    # while a job that reused its outputs is unexpired: it and its files are kept until then
+    shared_until: datetime | None = None
     # why its outputs break ThumbnailSpec's rules, when they do (see _keep_invalid_outputs); found
     # again at every read, never stored
     invalid: str | None = Field(None, exclude=True)
+
+    def reusable(self, now: datetime) -> bool:
+        """Whether a later identical job may complete from this one's outputs: it made them itself
+        and has not expired."""
+        return (
+            self.status is JobStatus.completed
+            and self.result is not None
+            and self.result.reused_from is None
+            and self.expires_at is not None
+            and self.expires_at > now
+        )
+
+    def files_kept(self, now: datetime) -> bool:
+        """Whether its output files are still served: until it expires, or while a job that
+        reused them has not."""
+        until = [t for t in (self.expires_at, self.shared_until) if t is not None]
+        return not until or max(until) > now
 
     @property
     def outputs(self) -> list[ThumbnailSpec]:
@@ -202,7 +225,7 @@ class Job(BaseModel):
         data["job_id"] = data.pop("_id")
         for field in ("created_at", "updated_at"):
             data[field] = _as_utc(data[field])
-        for optional in ("next_attempt_at", "expires_at"):
+        for optional in ("next_attempt_at", "expires_at", "shared_until"):
             if data.get(optional):
                 data[optional] = _as_utc(data[optional])
         if data.get("result"):

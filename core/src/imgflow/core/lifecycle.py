@@ -10,6 +10,7 @@ goes with it in Redis. The API and the operator call ``accept`` and ``cancel`` (
                  │  └─retry_later────┤   └──fail──▶ failed ──revive──▶ pending
                  └────give_back──────┘
     pending, processing ──cancel, stop_cancelled──▶ cancelled
+    (new) ──reuse──▶ completed, from an identical finished job's outputs
 
 Each transition is one MongoDB command (imgflow.core.store, every write DURABLE) and one Redis
 pipeline after it carrying all that goes with the change: the job's snapshot, its announcement to
@@ -194,6 +195,50 @@ async def complete(b: JobBackends, job: Job, result: JobResult) -> Job | None:
     done = await b.store.complete(job.job_id, result, expires_at=_expiry(b.settings))
     if done is not None:
         await _finished(b, job, done)
+        if job.reuse_key is not None:
+            try:
+                await b.store.offer(job.reuse_key, job.job_id)
+            except PyMongoError as exc:  # only a later identical job misses it: decoded again
+                log.warning("job %s completed, its outputs not offered for reuse (%s)", job.job_id, exc)
+    return done
+
+
+async def reuse(b: JobBackends, job: Job, origin: Job) -> Job | None:
+    """A new job identical to ``origin`` (same tenant, source bytes and options; ``reusable``):
+    inserted ``completed`` at once with ``origin``'s outputs, which ``origin`` keeps, with its
+    files, until this job expires too (``shared_until``); what follows as for ``complete``. No
+    place is taken, no original stored, nothing queued. None if ``origin`` expired or went
+    meanwhile: the caller accepts the job as usual."""
+    expires_at = _expiry(b.settings)
+    try:
+        await Snapshots(b.redis, b.settings).forget(origin.job_id)
+    except RedisError as exc:
+        raise QueueUnavailable(str(exc), what="Redis") from exc
+    try:
+        # kept from before this job exists: a sweep reading it expired after this write skips it
+        shared = await b.store.share(origin.job_id, until=expires_at)
+        if shared is None or not shared.reusable(utcnow()) or shared.result is None:
+            return None
+        result = shared.result.model_copy(update={"reused_from": shared.job_id, "processed_at": utcnow()})
+        done = job.model_copy(
+            update={
+                "status": JobStatus.completed,
+                "result": result,
+                "expires_at": expires_at,
+                "updated_at": utcnow(),
+            }
+        )
+        await b.store.insert(done)
+    except DuplicateKeyError:
+        raise
+    except PyMongoError as exc:
+        raise DatabaseUnavailable(str(exc)) from exc
+    try:
+        await _finished(b, job, done)
+    except Exception as exc:  # as for accept: nothing is left half-done
+        with contextlib.suppress(Exception):
+            await b.store.delete(done.job_id)
+        raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
     return done
 
 

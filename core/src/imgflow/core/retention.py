@@ -1,5 +1,6 @@
 """Expiry and cleanup: a finished job, its original and its thumbnail go ``retention_s`` after it
-finished; stored files whose job does not exist go once ``orphan_grace_s`` old.
+finished (a job whose outputs a later job reused, when that one expires: ``Job.shared_until``);
+stored files whose job does not exist go once ``orphan_grace_s`` old.
 
 Run by the API's reconciler, one replica at a time (its Redis lock), in bounded batches. FerretDB
 has no TTL indexes, so nothing here relies on them. Deleting files before the job record means a
@@ -41,10 +42,11 @@ class Swept:
 
 
 def job_keys(job: Job) -> list[str]:
-    """The stored files of a job (not an original it borrowed)."""
+    """The stored files of a job (not an original it borrowed, nor outputs it reused: their job,
+    kept while they are shared, deletes them)."""
     original = owned_original(job)
     keys = [original] if original else []
-    if job.result is not None:
+    if job.result is not None and job.result.reused_from is None:
         keys.extend(job.result.keys)
     return keys
 

@@ -95,6 +95,9 @@ class JobStore:
 
     def __init__(self, db: AsyncDatabase[Document], snapshots: Snapshots | None = None) -> None:
         self._jobs: AsyncCollection[Document] = db.get_collection("jobs", write_concern=DURABLE)
+        # reuse key -> the completed job whose outputs an identical job may reuse: a lookup by
+        # _id, the one filter FerretDB answers from an index (imgflow.core.lifecycle.reuse)
+        self._offers: AsyncCollection[Document] = db.get_collection("reusable", write_concern=DURABLE)
         self._snapshots = snapshots
 
     async def ensure_indexes(self) -> None:
@@ -231,9 +234,31 @@ class JobStore:
         return Job.from_document(doc) if doc else None
 
     async def expired(self, now: datetime, limit: int = 500) -> list[Job]:
-        """Finished jobs whose retention has passed, oldest first."""
-        cursor = self._jobs.find({"expires_at": {"$lt": now}}).sort("expires_at", ASCENDING).limit(limit)
+        """Finished jobs whose retention has passed, oldest first; not those whose outputs a job
+        that reused them still uses (``shared_until``)."""
+        query = {
+            "expires_at": {"$lt": now},
+            "$or": [{"shared_until": None}, {"shared_until": {"$lt": now}}],
+        }
+        cursor = self._jobs.find(query).sort("expires_at", ASCENDING).limit(limit)
         return [Job.from_document(doc) async for doc in cursor]
+
+    async def share(self, job_id: str, *, until: datetime) -> Job | None:
+        """Keep the job and its files until at least ``until``: a job reusing its outputs expires
+        then. The job after, or None if it is gone."""
+        doc = await self._jobs.find_one_and_update(
+            {"_id": job_id}, {"$max": {"shared_until": until}}, return_document=ReturnDocument.AFTER
+        )
+        return Job.from_document(doc) if doc else None
+
+    async def offer(self, reuse_key: str, job_id: str) -> None:
+        """A completed job's outputs, for later jobs with its reuse key."""
+        await self._offers.replace_one({"_id": reuse_key}, {"job_id": job_id}, upsert=True)
+
+    async def offered(self, reuse_key: str) -> Job | None:
+        """The job last offered under ``reuse_key``, as MongoDB has it (two reads by ``_id``)."""
+        offer = await self._offers.find_one({"_id": reuse_key})
+        return await self.get(offer["job_id"]) if offer else None
 
     async def wait_for_retry(self, job: Job, error: str, next_attempt_at: datetime) -> Job | None:
         """The job failed for a passing reason: ``pending`` until ``next_attempt_at``, with why."""
