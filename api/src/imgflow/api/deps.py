@@ -234,15 +234,18 @@ def _policy(principal: Principal, settings: Settings, kind: Literal["create", "r
     return Policy("read", limits.read_per_s or settings.read_per_s, limits.read_burst or settings.read_burst)
 
 
-def require(scope: Scope, rate: Literal["create", "read"] | None) -> Callable[..., Awaitable[Principal]]:
-    """A dependency: the caller, if it has ``scope`` (admin has all) and is within its ``rate``.
+def require(rate: Literal["create", "read"] | None, *scopes: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: the caller, if it has ``scopes`` (admin has all) and is within its ``rate``.
     Admin keys are not rate-limited: they are the operator's."""
 
     async def dependency(
         request: Request, state: State, principal: Annotated[Principal, Depends(authenticate)]
     ) -> Principal:
-        if scope not in principal.scopes and not principal.admin:
-            raise Problem(403, "Forbidden", f"This API key lacks the {scope.value!r} scope.")
+        lacking = [scope.value for scope in scopes if scope not in principal.scopes]
+        if lacking and not principal.admin:
+            raise Problem(
+                403, "Forbidden", f"This API key lacks the {' and '.join(map(repr, lacking))} scope."
+            )
         if rate is None or principal.admin or principal.key_id is None:
             return principal
         policy = _policy(principal, state.settings, rate)
@@ -263,6 +266,9 @@ def require(scope: Scope, rate: Literal["create", "read"] | None) -> Callable[..
     return dependency
 
 
-Reader = Annotated[Principal, Depends(require(Scope.jobs_read, "read"))]
-Writer = Annotated[Principal, Depends(require(Scope.jobs_write, "create"))]
-AdminKey = Annotated[Principal, Depends(require(Scope.admin, None))]
+Reader = Annotated[Principal, Depends(require("read", Scope.jobs_read))]
+Writer = Annotated[Principal, Depends(require("create", Scope.jobs_write))]
+# An endpoint receives every job of the tenant and the callbackUrl secret signs every job's delivery:
+# a key that registers one or makes the other must read the tenant's jobs anyway.
+Subscriber = Annotated[Principal, Depends(require("create", Scope.jobs_write, Scope.jobs_read))]
+AdminKey = Annotated[Principal, Depends(require(None, Scope.admin))]

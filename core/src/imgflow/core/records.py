@@ -1,6 +1,12 @@
 """A tenant's records in MongoDB (API keys, webhook endpoints, watermarks): one document per record
 whose ``_id`` is the record's id, so a lookup is the one shape every MongoDB-wire server answers
-from an index; listed per tenant, oldest first."""
+from an index; listed per tenant, oldest first.
+
+Records a tenant may hold only so many of (``CappedRecords``: webhook endpoints, watermarks) each
+hold one of their tenant's numbered places (a second collection, ``_id`` = "<tenant>/<n>", n below
+the cap), taken by inserting that document, so requests racing each other cannot pass the cap (a
+count then a separate insert could, and a conditional update is not atomic on every MongoDB-wire
+server: the unique ``_id`` is)."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -44,3 +51,54 @@ class TenantRecords(Generic[R]):
         data = dict(doc)
         data[self._id_field] = data.pop("_id")
         return self._model.model_validate(data)
+
+
+class Owned(BaseModel):
+    """A record of one tenant's."""
+
+    tenant: str
+
+
+T = TypeVar("T", bound=Owned)
+
+
+class CappedRecords(TenantRecords[T]):
+    def __init__(
+        self,
+        collection: AsyncCollection[dict[str, Any]],
+        places: AsyncCollection[dict[str, Any]],
+        model: type[T],
+        id_field: str,
+    ) -> None:
+        super().__init__(collection, model, id_field)
+        self._places = places
+
+    async def register(self, record: T, cap: int) -> bool:
+        """Store ``record`` unless its tenant already has ``cap``; whether it was stored."""
+        place = await self._take_place(record, cap)
+        if place is None:
+            return False
+        try:
+            await self.insert(record)
+        except BaseException:
+            await self._places.delete_one({"_id": place})
+            raise
+        return True
+
+    async def _take_place(self, record: T, cap: int) -> str | None:
+        for n in range(cap):
+            place = f"{record.tenant}/{n}"
+            try:
+                await self._places.insert_one({"_id": place, self._id_field: getattr(record, self._id_field)})
+                return place
+            except DuplicateKeyError:
+                continue
+        return None
+
+    async def remove(self, record: T) -> bool:
+        """Delete ``record``, giving its place under the cap back; whether it was there."""
+        record_id = getattr(record, self._id_field)
+        if not await self.delete(record_id):
+            return False
+        await self._places.delete_one({self._id_field: record_id})
+        return True

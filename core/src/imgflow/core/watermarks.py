@@ -1,7 +1,8 @@
 """A tenant's watermarks: PNG images uploaded once (``POST /api/watermarks``) and named by id in a
 job's options; the worker composites them onto the outputs that ask (worker/steps/watermark.py).
 
-The record is in MongoDB (one document per watermark), the image in storage under
+The record is in MongoDB (one document per watermark; at most ``MAX_PER_TENANT``, its places in
+``watermark_places``: imgflow.core.records.CappedRecords), the image in storage under
 ``watermark-<id>.png``, which the orphan sweep leaves alone. The worker reads it for each job, so
 a deleted watermark fails the jobs accepted with it that are not made yet, as its API says.
 """
@@ -12,12 +13,12 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pymongo.asynchronous.database import AsyncDatabase
 
 from imgflow.core.jobs import utcnow
 from imgflow.core.options import Outputs
-from imgflow.core.records import TenantRecords
+from imgflow.core.records import CappedRecords, Owned
 
 MAX_BYTES = 1024 * 1024
 MAX_SIDE = 2048  # a watermark is scaled to a fraction of the output: more detail is wasted
@@ -28,9 +29,8 @@ def watermark_key(watermark_id: str) -> str:
     return f"watermark-{watermark_id}.png"
 
 
-class Watermark(BaseModel):
+class Watermark(Owned):
     watermark_id: str = Field(default_factory=lambda: "wm_" + secrets.token_hex(8))
-    tenant: str
     name: str | None = None
     width: int
     height: int
@@ -42,9 +42,9 @@ class Watermark(BaseModel):
         return watermark_key(self.watermark_id)
 
 
-class WatermarkStore(TenantRecords[Watermark]):
+class WatermarkStore(CappedRecords[Watermark]):
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
-        super().__init__(db["watermarks"], Watermark, "watermark_id")
+        super().__init__(db["watermarks"], db["watermark_places"], Watermark, "watermark_id")
 
 
 async def unusable_watermark(outputs: Outputs, tenant: str, store: WatermarkStore) -> str | None:

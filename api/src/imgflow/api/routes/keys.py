@@ -74,6 +74,14 @@ class KeyList(Camel):
     responses=documented(401, 403, 422),
 )
 async def create_key(body: NewKey, state: State, _: AdminKey, response: Response) -> CreatedKey:
+    if body.tenant == state.settings.default_tenant:
+        # its jobs are the bootstrap key's and those stored before keys existed
+        raise Problem(
+            422,
+            "Invalid request",
+            f"tenant: {body.tenant!r} is the tenant of the bootstrap key and of jobs stored before "
+            "keys existed (IMGFLOW_DEFAULT_TENANT); give the key a tenant of its own.",
+        )
     record, key = new_key(
         body.tenant, body.name, body.scopes, RateLimits(**body.limits.model_dump(by_alias=False))
     )

@@ -86,19 +86,23 @@ async def create_watermark(
             )
         name = upload.fields.get("name", "").strip()[:128] or None
         if len(await state.watermarks.of_tenant(principal.tenant, limit=MAX_PER_TENANT)) >= MAX_PER_TENANT:
-            raise Problem(
-                409,
-                "Too many watermarks",
-                f"A tenant may keep {MAX_PER_TENANT} watermarks; delete one first.",
-            )
+            raise _at_cap()  # first: a tenant at its cap stores nothing
         mark = Watermark(
             tenant=principal.tenant, name=name, width=info.width, height=info.height, bytes=upload.size
         )
         await state.storage.save(mark.key, path, "image/png")
-    await state.watermarks.insert(mark)
+    if not await state.watermarks.register(mark, MAX_PER_TENANT):  # the cap, checked atomically
+        await state.storage.delete(mark.key)
+        raise _at_cap()
     log.info("stored watermark %s of tenant %s", mark.watermark_id, mark.tenant)
     response.headers["Location"] = f"/api/watermarks/{mark.watermark_id}"
     return WatermarkView.of(mark)
+
+
+def _at_cap() -> Problem:
+    return Problem(
+        409, "Too many watermarks", f"A tenant may keep {MAX_PER_TENANT} watermarks; delete one first."
+    )
 
 
 @router.get(
@@ -127,7 +131,7 @@ async def delete_watermark(
     mark = await state.watermarks.get(watermark_id)
     if mark is None or not principal.sees(mark):
         raise Problem(404, "Not found", f"There is no watermark {watermark_id!r}.")
-    await state.watermarks.delete(watermark_id)
+    await state.watermarks.remove(mark)
     await state.storage.delete(mark.key)
     log.info("deleted watermark %s of tenant %s", watermark_id, mark.tenant)
     return Response(status_code=204)

@@ -1,0 +1,103 @@
+"""What a tenant's key cannot reach beyond its tenant: the bootstrap key's tenant, every job of its
+tenant through a webhook without the right to read them, more endpoints or watermarks than the
+caps by racing requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from imgflow.core.settings import Settings
+from imgflow.harness import images
+from imgflow.harness.client import api_client, make_key, submit
+from tests.conftest import Processes
+
+READ, WRITE = "jobs:read", "jobs:write"
+FAST = {"create_per_s": 1000.0, "create_burst": 1000.0}  # the caps are under test, not the rates
+
+
+@pytest.fixture
+async def api(processes: Processes, fresh_settings: Settings) -> tuple[Settings, str]:
+    settings = fresh_settings.model_copy(
+        update={"allow_private_urls": True, "max_uploads_per_key": 100, "max_concurrent_uploads": 100}
+    )
+    _, base = processes.start_api(settings)
+    return settings, base
+
+
+async def test_no_key_is_given_the_bootstrap_keys_tenant(api: tuple[Settings, str]) -> None:
+    """The default tenant's jobs are the bootstrap key's and those stored before keys existed: a
+    key of that tenant would see them all."""
+    settings, base = api
+    async with api_client(base, timeout=30) as admin:
+        made = await admin.post(
+            "/api/admin/keys",
+            json={"tenant": settings.default_tenant, "scopes": [READ, WRITE], "name": "squatter"},
+        )
+        assert made.status_code == 422, made.text
+        assert made.headers["content-type"] == "application/problem+json"
+        assert "IMGFLOW_DEFAULT_TENANT" in made.json()["detail"]
+        listed = (await admin.get("/api/admin/keys", params={"tenant": settings.default_tenant})).json()
+        assert listed["keys"] == []
+
+
+async def test_only_a_key_that_reads_the_jobs_may_subscribe_to_them(api: tuple[Settings, str]) -> None:
+    """A webhook endpoint receives every job of the tenant, the callbackUrl secret verifies every
+    job's delivery: a key that may only create jobs can have neither."""
+    _, base = api
+    async with api_client(base, timeout=30) as admin:
+        writer_key = await make_key(admin, "acme", WRITE)
+        both_key = await make_key(admin, "acme", READ, WRITE)
+        reader_key = await make_key(admin, "acme", READ)
+    hook = {"url": "http://127.0.0.1:9/hooks"}
+    async with api_client(base, key=writer_key, timeout=30) as writer:
+        refused = await writer.post("/api/webhooks", json=hook)
+        assert refused.status_code == 403, refused.text
+        assert "'jobs:read'" in refused.json()["detail"]
+        assert (await writer.post("/api/webhooks/secret")).status_code == 403
+        assert (await submit(writer, images.jpeg())).status_code == 202  # it still creates jobs
+    async with api_client(base, key=reader_key, timeout=30) as reader:
+        assert (await reader.post("/api/webhooks", json=hook)).status_code == 403
+    async with api_client(base, key=both_key, timeout=30) as both:
+        assert (await both.post("/api/webhooks", json=hook)).status_code == 201
+        assert (await both.post("/api/webhooks/secret")).status_code == 200
+        assert len((await both.get("/api/webhooks")).json()["endpoints"]) == 1
+
+
+async def _race(client: httpx.AsyncClient, count: int, send: str) -> list[int]:
+    async def one(n: int) -> int:
+        if send == "endpoint":
+            reply = await client.post("/api/webhooks", json={"url": f"http://127.0.0.1:9/hooks/{n}"})
+        else:
+            files = {"file": (f"{n}.png", images.png_alpha(16, 16), "image/png")}
+            reply = await client.post("/api/watermarks", files=files)
+        assert reply.status_code in (201, 409), reply.text
+        return reply.status_code
+
+    return list(await asyncio.gather(*(one(n) for n in range(count))))
+
+
+async def test_racing_registrations_stop_at_the_endpoint_cap(api: tuple[Settings, str]) -> None:
+    _, base = api
+    async with api_client(base, timeout=60) as admin:
+        key = await make_key(admin, "racer", READ, WRITE, **FAST)
+    async with api_client(base, key=key, timeout=60) as client:
+        answers = await _race(client, 40, "endpoint")
+        endpoints = (await client.get("/api/webhooks")).json()["endpoints"]
+    assert (answers.count(201), answers.count(409)) == (20, 20)
+    assert len(endpoints) == 20
+
+
+async def test_racing_uploads_stop_at_the_watermark_cap(api: tuple[Settings, str]) -> None:
+    _, base = api
+    async with api_client(base, timeout=60) as admin:
+        key = await make_key(admin, "racer", READ, WRITE, **FAST)
+    async with api_client(base, key=key, timeout=60) as client:
+        before = await _race(client, 80, "watermark")  # a few at a time would do; racing is quicker
+        assert before.count(201) == 80
+        answers = await _race(client, 40, "watermark")
+        marks = (await client.get("/api/watermarks")).json()["watermarks"]
+    assert (answers.count(201), answers.count(409)) == (20, 20)
+    assert len(marks) == 100
