@@ -39,31 +39,49 @@ from imgflow.core.settings import Settings
 
 PARKED = "~parked"  # the consumer that holds entries waiting in a lane
 
-# KEYS: the stream. ARGV: group, consumer, key prefix, in-flight cap per tenant (0: none), weights
-# (JSON object, tenant -> weight; missing: 1), the parked consumer. Returns {id, fields} or
-# {false, false}.
-_TAKE = """
-local stream, group, me, prefix = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local cap, weights = tonumber(ARGV[4]), cjson.decode(ARGV[5])
+# Parking (step 1), shared by _TAKE and _WAITING. KEYS[1]: the stream; ARGV[1]: group, ARGV[3]:
+# key prefix, ARGV[6]: the parked consumer. Beside the lanes it keeps each tenant's cost waiting
+# (``queued``, taken off as entries leave a lane) and the cost it ever brought (``work``: the
+# ranking of imgflow.core.tenant_metrics). Sets ``parked`` to the number of entries parked.
+_PARK = """
+local stream, group, prefix = KEYS[1], ARGV[1], ARGV[3]
 local ready, vtimes, clock = prefix .. 'ready', prefix .. 'vtime', prefix .. 'clock'
 local function lane(t, p) return prefix .. 'lane:' .. t .. ':' .. p end
 local function running(t) return prefix .. 'running:' .. t end
+local function unqueue(t, cost)
+  local queued = prefix .. 'queued'
+  if redis.call('HINCRBY', queued, t, -cost) <= 0 then redis.call('HDEL', queued, t) end
+end
 -- at most 1000 a call, so one call never holds Redis long; a backlog is parked within a few takes
 local new = redis.call('XREADGROUP', 'GROUP', group, ARGV[6], 'COUNT', 1000, 'STREAMS', stream, '>')
+local parked = 0
 if new then
   for _, entry in ipairs(new[1][2]) do
     local f = {}
     for i = 1, #entry[2], 2 do f[entry[2][i]] = entry[2][i + 1] end
     local t, p = f['tenant'] or 'default', f['priority'] or 'interactive'
     if p ~= 'batch' then p = 'interactive' end
-    redis.call('RPUSH', lane(t, p), (f['cost'] or '1') .. ' ' .. entry[1])
+    local cost = tonumber(f['cost'] or '1') or 1
+    redis.call('RPUSH', lane(t, p), cost .. ' ' .. entry[1])
+    redis.call('HINCRBY', prefix .. 'queued', t, cost)
+    redis.call('ZINCRBY', prefix .. 'work', cost, t)
     if not redis.call('ZSCORE', ready, t) then
       local now = tonumber(redis.call('GET', clock) or '0')
       local start = math.max(now, tonumber(redis.call('HGET', vtimes, t) or '0'))
       redis.call('ZADD', ready, start, t)
     end
+    parked = parked + 1
   end
 end
+"""
+
+# KEYS: the stream. ARGV: group, consumer, key prefix, in-flight cap per tenant (0: none), weights
+# (JSON object, tenant -> weight; missing: 1), the parked consumer. Returns {id, fields} or
+# {false, false}.
+_TAKE = (
+    _PARK
+    + """
+local me, cap, weights = ARGV[2], tonumber(ARGV[4]), cjson.decode(ARGV[5])
 local tenants = redis.call('ZRANGE', ready, 0, -1, 'WITHSCORES')
 for i = 1, #tenants, 2 do
   local t, v = tenants[i], tonumber(tenants[i + 1])
@@ -74,6 +92,7 @@ for i = 1, #tenants, 2 do
         if not head then break end
         local space = string.find(head, ' ')
         local cost, id = tonumber(string.sub(head, 1, space - 1)) or 1, string.sub(head, space + 1)
+        unqueue(t, cost)
         local claimed = redis.call('XCLAIM', stream, group, me, 0, id)
         local after = v + cost / (tonumber(weights[t]) or 1)
         redis.call('SET', clock, v)
@@ -99,6 +118,33 @@ for i = 1, #tenants, 2 do
 end
 return {false, false}
 """
+)
+
+# KEYS and ARGV as _TAKE's (ARGV[2], [4], [5] unused). Parks, then returns the number parked and,
+# per tenant with jobs waiting: tenant, jobs, cost, its oldest entry's id (the heads of its lanes).
+_WAITING = (
+    _PARK
+    + """
+local found = {parked}
+for _, t in ipairs(redis.call('ZRANGE', ready, 0, -1)) do
+  local oldest = false
+  for _, p in ipairs({'interactive', 'batch'}) do
+    local head = redis.call('LINDEX', lane(t, p), 0)
+    if head then
+      local id = string.sub(head, string.find(head, ' ') + 1)
+      if not oldest or tonumber(string.match(id, '^%d+')) < tonumber(string.match(oldest, '^%d+')) then
+        oldest = id
+      end
+    end
+  end
+  if oldest then
+    local jobs = redis.call('LLEN', lane(t, 'interactive')) + redis.call('LLEN', lane(t, 'batch'))
+    table.insert(found, {t, jobs, tonumber(redis.call('HGET', prefix .. 'queued', t) or '0'), oldest})
+  end
+end
+return found
+"""
+)
 
 # KEYS: none. ARGV: prefix, then entry ids. A taken entry is no longer in its tenant's flight.
 _DONE = """
@@ -187,3 +233,55 @@ def entry_fields(tenant: str, priority: str, cost: int) -> Mapping[str, str | in
 async def in_flight(redis: Redis, settings: Settings, tenant: str) -> int:
     """How many of the tenant's jobs workers hold now."""
     return int(await redis.scard(f"{prefix(settings)}running:{tenant}"))
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A tenant's jobs waiting in its lanes."""
+
+    tenant: str
+    jobs: int
+    cost: int
+    since_ms: int  # when its oldest waiting entry was queued: epoch ms, from the entry's id
+
+
+async def waiting(redis: Redis, settings: Settings) -> list[Waiting]:
+    """Every tenant with jobs waiting, after parking what is new (so nothing waiting is left out:
+    with every worker busy, nobody else parks). Reads a few keys per waiting tenant, never the
+    lanes' entries."""
+    while True:
+        try:
+            found = cast(
+                list[Any],
+                await redis.eval(
+                    _WAITING,
+                    1,
+                    settings.stream,
+                    settings.consumer_group,
+                    "",
+                    prefix(settings),
+                    0,
+                    "{}",
+                    PARKED,
+                ),
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # no job submitted yet
+                return []
+            raise
+        if int(found[0]) < 1000:  # parked all that was new
+            break
+    return [
+        Waiting(_text(t), int(jobs), int(cost), int(_text(oldest).split("-")[0]))
+        for t, jobs, cost, oldest in found[1:]
+    ]
+
+
+async def busiest(redis: Redis, settings: Settings, count: int) -> list[str]:
+    """The ``count`` tenants that brought the most work (cost) so far, the most first."""
+    found = cast(list[bytes], await redis.zrevrange(f"{prefix(settings)}work", 0, count - 1))
+    return [t.decode() for t in found]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

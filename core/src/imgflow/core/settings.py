@@ -191,6 +191,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Most jobs of one tenant the workers process at once, all workers together (0: no cap)",
     )
+    metrics_top_tenants: int = Field(
+        20,
+        ge=1,
+        description="Tenants that get a label of their own in the per-tenant metrics (those that brought "
+        'the most work); the others are reported together as tenant="other"',
+    )
     max_job_cost: int = Field(
         600_000, ge=1, description="Largest estimated cost of one job (ms of worker CPU); above it: 422"
     )

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 from faststream.redis.parser.binary import BinaryMessageFormatV1
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from imgflow.core import lifecycle, schedule
@@ -43,6 +44,7 @@ from imgflow.core.queue import (
     worker_key,
 )
 from imgflow.core.settings import Settings
+from imgflow.core.tenant_metrics import TopTenants
 from imgflow.worker import lease, metrics
 from imgflow.worker.gate import Gate
 from imgflow.worker.processor import Processor
@@ -75,6 +77,7 @@ class Worker:
         self.inflight: set[bytes] = set()  # message ids being handled (for XCLAIM and give-back)
         self.running: set[str] = set()  # ids of the jobs being processed
         self.gate = Gate()
+        self.top_tenants = TopTenants(settings, (metrics.COST_SERVED, metrics.WAITED))
         self.stopping = False
         self.restart = False  # set when the worker stops only to start again (its group vanished)
         # How the worker asks its server to shut down gracefully (__main__ sets the server's own;
@@ -104,6 +107,7 @@ class Worker:
                 await asyncio.sleep(1.0)
                 continue
             if taken is not None:
+                await self._waited(taken)
                 await self._handle_entry(taken, reclaimed=False)
                 pause = IDLE_POLL_S[0]
             else:
@@ -123,6 +127,15 @@ class Worker:
                 continue
             metrics.RECLAIMED.inc()
             await self._handle_entry(found, reclaimed=True)
+
+    async def _waited(self, taken: schedule.Taken) -> None:
+        """Record how long the entry waited for a worker (its id is its queueing time, in ms)."""
+        tenant = taken.fields.get(b"tenant", b"default").decode()
+        queued_ms = int(taken.entry_id.split(b"-")[0])
+        with contextlib.suppress(RedisError):  # the ranking is read again next time
+            await self.top_tenants.refresh(self.redis)
+        waited_s = max(0.0, time.time() - queued_ms / 1000)
+        metrics.WAITED.labels(self.top_tenants.label(tenant)).observe(waited_s)
 
     async def _handle_entry(self, taken: schedule.Taken, *, reclaimed: bool) -> None:
         """Handle one entry; what goes wrong is logged and the entry left unacknowledged (it is
@@ -173,7 +186,7 @@ class Worker:
             if job is not None:
                 async with self.gate.alone() if job.isolate else self.gate.shared():
                     await self._run(job)
-                metrics.COST_SERVED.labels(job.tenant).inc(job.cost)
+                metrics.COST_SERVED.labels(self.top_tenants.label(job.tenant)).inc(job.cost)
             await self._ack(entry_id)  # only now: the outcome is in MongoDB
             acked = True
         finally:

@@ -18,11 +18,18 @@ PROCESSING = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 INFLIGHT = Gauge("imgflow_worker_inflight_jobs", "Jobs this worker is processing now")
+# labelled by imgflow.core.tenant_metrics: the top tenants by name, the others as "other"
 COST_SERVED = Counter(
     "imgflow_job_cost_served_total",
     "Estimated worker CPU (ms, imgflow.core.cost) of the jobs a worker finished, per tenant: each "
     "tenant's share of the workers",
     ["tenant"],
+)
+WAITED = Histogram(
+    "imgflow_job_wait_seconds",
+    "Time a job waited for a worker, per tenant: from its queueing (its stream entry) to a worker taking it",
+    ["tenant"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
 )
 RECLAIMED = Counter("imgflow_jobs_reclaimed_total", "Messages taken over from a worker that went silent")
 RETRIES = Counter(

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 
+from imgflow.api import metrics
 from imgflow.api.deps import State
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger("imgflow.api")
 
 
 @router.get("/healthz", operation_id="healthz", summary="Alive")
@@ -26,5 +31,9 @@ async def readyz(state: State) -> JSONResponse:
 
 
 @router.get("/metrics", operation_id="metrics", summary="Prometheus metrics")
-async def prometheus_metrics() -> Response:
+async def prometheus_metrics(state: State) -> Response:
+    try:
+        await metrics.QUEUED.refresh(state.redis, state.settings)
+    except (RedisError, OSError) as exc:  # the other metrics still answer; the queue's are the last read
+        log.warning("could not read the tenants' queues for /metrics: %s", exc)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
