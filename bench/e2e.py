@@ -49,6 +49,7 @@ from bench import corpus
 from bench.system import Usage, status_kb, tree_cpu_seconds
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.harness import ops
+from imgflow.harness.jobpath import trace_one_job
 from imgflow.harness.servers import S3Server, free_port, seaweedfs_server, start_stack
 
 BENCH = Path(__file__).resolve().parent
@@ -259,6 +260,8 @@ async def bench(
                 ops_before[1], await ops.redis_commands(stack.settings.redis_url), len(records)
             )
             redis_trips = (await redis_reads(stack.settings.redis_url) - reads_before) / len(records)
+        # one more job, on a traced API and worker of its own beside the stack (not timed)
+        crossed = await trace_one_job(stack.settings, workdir / "jobpath")
         cpu["other processes"] = usage.others(sum(cpu.values())) * usage.total
         return {
             "jobs": len(records),
@@ -284,6 +287,7 @@ async def bench(
             "mongodb_ops_per_job": mongo_ops,
             "redis_ops_per_job": redis_ops,
             "redis_round_trips_per_job": redis_trips,
+            "files_crossed": crossed.files,
             "machine_cpu_s": usage.total,
             "worker_vips_concurrency": os.environ.get("VIPS_CONCURRENCY", "default"),
             "wait": WAIT,
@@ -359,6 +363,11 @@ def print_table(result: dict[str, Any]) -> None:
         ("MongoDB commands per job", ops.describe(result["mongodb_ops_per_job"])),
         ("Redis commands per job", ops.describe(result["redis_ops_per_job"])),
         ("Redis round trips per job", f"{result.get('redis_round_trips_per_job', float('nan')):.1f}"),
+        (
+            "files crossed",
+            f"{len(result['files_crossed'])} from accept to completed (imgflow.harness.jobpath): "
+            + ", ".join(result["files_crossed"]),
+        ),
         (
             "CPU seconds used",
             ", ".join(f"{name} {seconds:.1f}" for name, seconds in result["cpu_s"].items())
