@@ -15,7 +15,7 @@ from typing import Any
 
 import pyvips
 
-from imgflow.core import heif, pages
+from imgflow.core import heif, icc, pages
 
 # libvips loader class (blocking also covers its _buffer/_source variants) -> our format name
 LOADERS = {
@@ -73,6 +73,8 @@ class ImageInfo:
     # Adam7 PNG or progressive JPEG: the decoder must hold the whole image (or its coefficients)
     interlaced: bool = False
     profile: bool = False  # an embedded ICC profile
+    profile_name: str | None = None  # the profile's own name for itself, when it gives one
+    alpha: bool = False  # an alpha band (a CMYK image's fourth band is not one)
 
     @property
     def pixels(self) -> int:
@@ -211,6 +213,10 @@ def _check(image: pyvips.Image, max_pixels: int, max_side: int, read: Callable[[
         sample_bytes=_SAMPLE_BYTES.get(str(image.format), 8),
         interlaced=interlaced,
         profile=bool(image.get_typeof("icc-profile-data")),
+        profile_name=icc.profile_name(image.get("icc-profile-data"))
+        if image.get_typeof("icc-profile-data")
+        else None,
+        alpha=bool(image.hasalpha()),
     )
     if info.pixels > max_pixels:
         raise ImageTooLarge(

@@ -1,0 +1,117 @@
+"""An output's placeholder (imgflow.core.facts.Placeholder), made from its pixels in memory just
+before they are encoded: nothing is decoded again.
+
+The picture is first boxed down to at most ``SIDE`` pixels a side: a ThumbHash renders at 32
+pixels and keeps at most 7x7 DCT terms, a BlurHash 4x3, and a palette of five colours needs no
+more pixels than that, so a larger copy would cost more and say nothing more.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pyvips
+from PIL import Image
+
+from imgflow.core.facts import PALETTE_SIZE, Placeholder, SourceFacts
+from imgflow.core.outputs import ANIMATED_SOURCES
+from imgflow.core.probe import ImageInfo
+from imgflow.worker import blurhash, thumbhash
+
+SIDE = 32
+SAMPLED = 4  # a large output is point-sampled to SAMPLED x SIDE before the boxes
+OPAQUE = 128  # pixels at least this opaque count in the palette
+BIN_BITS = 5  # the palette's bins: 8 - 5 = 3 bits a channel
+
+
+def source_facts(info: ImageInfo) -> SourceFacts:
+    animated = info.format in ANIMATED_SOURCES and info.pages > 1
+    return SourceFacts(
+        format=info.format,
+        width=info.width,
+        height=info.height,
+        orientation=info.orientation,
+        has_alpha=info.alpha,
+        animated=animated,
+        frames=info.pages if animated else 1,
+        icc_profile=info.profile_name,
+    )
+
+
+def of_vips(image: pyvips.Image, *, with_blurhash: bool) -> Placeholder:
+    """Of an output held in memory (``copy_memory``), 8-bit sRGB with or without alpha; of an
+    animation, its first frame."""
+    if image.get_typeof("page-height"):
+        image = image.crop(0, 0, image.width, int(image.get("page-height")))
+    if image.bands < 3:
+        image = image.colourspace("srgb")
+    # every pyvips call costs tens of microseconds: a large output is point-sampled to a few
+    # times SIDE in libvips, the rest is numpy's
+    step = max(image.width, image.height) // (SAMPLED * SIDE)
+    if step > 1:
+        image = image.subsample(step, step)
+    pixels = np.ndarray(
+        buffer=image.write_to_memory(), dtype=np.uint8, shape=(image.height, image.width, image.bands)
+    )
+    return of_pixels(_boxed(pixels), with_blurhash=with_blurhash)
+
+
+def of_pillow(image: Image.Image, *, with_blurhash: bool) -> Placeholder:
+    """Of the plain JPEG lane's RGB picture."""
+    f = -(-max(image.size) // SIDE)
+    if f > 1:
+        image = image.reduce(f)  # Pillow's box filter, in C
+    return of_pixels(_boxed(np.asarray(image)), with_blurhash=with_blurhash)
+
+
+def _boxed(pixels: thumbhash.Pixels) -> thumbhash.Pixels:
+    """At most SIDE pixels a side, each the mean of the box it covers (the edges' partial boxes
+    left out), RGBA."""
+    height, width = pixels.shape[:2]
+    f = -(-max(width, height) // SIDE)
+    if f > 1:
+        h, w = max(1, height // f), max(1, width // f)
+        fy, fx = min(f, height), min(f, width)
+        pixels = (
+            pixels[: h * fy, : w * fx]
+            .reshape(h, fy, w, fx, -1)
+            .mean(axis=(1, 3), dtype=np.float32)
+            .round()
+            .astype(np.uint8)
+        )
+    if pixels.shape[2] == 3:
+        pixels = np.concatenate([pixels, np.full((*pixels.shape[:2], 1), 255, np.uint8)], axis=2)
+    return pixels
+
+
+def of_pixels(rgba: thumbhash.Pixels, *, with_blurhash: bool) -> Placeholder:
+    """``rgba``: height x width x 4, at most 100 a side."""
+    colours = palette(rgba)
+    return Placeholder(
+        thumbhash=base64.b64encode(thumbhash.encode(rgba)).decode(),
+        blurhash=blurhash.encode(rgba) if with_blurhash else None,
+        dominant_color=colours[0],
+        palette=colours,
+    )
+
+
+def palette(rgba: thumbhash.Pixels) -> list[str]:
+    """Up to ``PALETTE_SIZE`` colours of the picture's opaque pixels (of all, when none is), most
+    common first: the pixels counted in bins of 32 levels a channel (512 bins), each bin's colour
+    the mean of its pixels. A few numpy calls: a median cut's many small steps took longer than
+    the ThumbHash on these few pixels."""
+    opaque = rgba[rgba[..., 3] >= OPAQUE][:, :3]
+    if not len(opaque):
+        opaque = rgba[..., :3].reshape(-1, 3)
+    bins = opaque.astype(np.intp) >> BIN_BITS
+    codes = bins[:, 0] << 2 * (8 - BIN_BITS) | bins[:, 1] << (8 - BIN_BITS) | bins[:, 2]
+    counts = np.bincount(codes)
+    top = np.argsort(counts, kind="stable")[::-1][:PALETTE_SIZE]
+    top = top[counts[top] > 0]
+    means = [np.bincount(codes, weights=opaque[:, c])[top] / counts[top] for c in range(3)]
+    return [_hex(*(round(float(m[i])) for m in means)) for i in range(len(top))]
+
+
+def _hex(r: int, g: int, b: int) -> str:
+    return f"#{r:02x}{g:02x}{b:02x}"
