@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from imgflow.core.facts import Placeholder, SourceFacts
 from imgflow.core.outputs import MAX_VARIANTS, VARIANT_NAME, OutputFormat, ThumbnailSpec
 
 
@@ -63,6 +64,7 @@ class VariantResult(BaseModel):
     height: int
     bytes: int
     format: OutputFormat
+    placeholder: Placeholder | None = None  # None: made before placeholders
 
 
 class JobResult(BaseModel):
@@ -76,6 +78,8 @@ class JobResult(BaseModel):
     format: OutputFormat
     processed_at: datetime
     variants: list[VariantResult] = Field(default_factory=list)
+    placeholder: Placeholder | None = None  # the thumbnail's; None: made before placeholders
+    source: SourceFacts | None = None  # what the source was; None: made before facts
     # the job whose outputs these are, when this job reused them (imgflow.core.lifecycle.reuse)
     reused_from: str | None = None
 
