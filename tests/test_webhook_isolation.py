@@ -1,12 +1,14 @@
 """Webhooks kept apart per tenant: one tenant's receivers that never answer do not hold another
-tenant's deliveries, an endpoint failing again and again is disabled, two API replicas send each
-delivery once, a job's callbackUrl is signed with its tenant's own secret, and the endpoint cap
-holds under racing registrations. Real stack, real receivers on loopback."""
+tenant's deliveries, an endpoint failing again and again is disabled (and announced to its tenant's
+other endpoints), two API replicas send each delivery once, a job's callbackUrl is signed with its
+tenant's own secret, and the endpoint cap holds under racing registrations. Real stack, real
+receivers on loopback."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 from typing import Any
 
@@ -17,7 +19,7 @@ from standardwebhooks.webhooks import Webhook
 from imgflow.core.settings import Settings
 from imgflow.harness import images
 from imgflow.harness.client import JOBS, api_client, make_key, submit, wait_finished
-from imgflow.harness.receivers import receiver, tarpit
+from imgflow.harness.receivers import Receiver, receiver, tarpit
 from tests.conftest import Processes
 from tests.test_webhooks import wait_calls
 
@@ -117,6 +119,60 @@ async def test_an_endpoint_failing_again_and_again_is_disabled(
             assert broken not in {a["target"] for a in await attempts_of(acme, second)}
     assert len(failing.calls) == 3
     assert f"webhook endpoint {broken} of tenant acme disabled" in api.log.read_text()
+
+
+def events(hook: Receiver, event_type: str) -> list[tuple[dict[str, str], bytes]]:
+    return [(headers, body) for headers, body in hook.calls if json.loads(body)["type"] == event_type]
+
+
+async def test_a_disabled_endpoint_is_announced_to_the_tenants_other_endpoints(
+    processes: Processes, settings: Settings
+) -> None:
+    """Like Stripe's and Svix's: the endpoint's own tenant learns of it through its other endpoints
+    that take endpoint.disabled (every event, by default), signed as any delivery."""
+    settings = settings.model_copy(
+        update={"webhook_disable_after": 2, "webhook_retry_delays_s": "0.2,0.2,0.2", "webhook_timeout_s": 5.0}
+    )
+    _, base = processes.start_api(settings)
+    processes.start_worker(settings)
+    acme_key, globex_key = await tenant_clients(base, "acme", "globex")
+    with (
+        receiver(fail_first=1000) as failing,
+        receiver() as told,
+        receiver() as jobs_only,
+        receiver() as elsewhere,
+    ):
+        async with (
+            api_client(base, key=acme_key, timeout=30) as acme,
+            api_client(base, key=globex_key) as globex,
+        ):
+            broken = (await acme.post("/api/webhooks", json={"url": failing.url})).json()["id"]
+            created = (await acme.post("/api/webhooks", json={"url": told.url})).json()
+            assert "endpoint.disabled" in created["events"]
+            only = {"url": jobs_only.url, "events": ["job.completed"]}
+            assert (await acme.post("/api/webhooks", json=only)).status_code == 201
+            assert (await globex.post("/api/webhooks", json={"url": elsewhere.url})).status_code == 201
+            await finished_job(acme)
+            async with asyncio.timeout(60):  # only stops a hung test
+                while not events(told, "endpoint.disabled"):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            [(headers, body)] = events(told, "endpoint.disabled")
+            payload = Webhook(created["secret"]).verify(body, headers)
+            listed = {e["id"]: e for e in (await acme.get("/api/webhooks")).json()["endpoints"]}
+            assert payload["tenant"] == "acme"
+            assert payload["data"] == listed[broken]
+            assert (
+                payload["data"]["disabledAt"]
+                and "2 attempts in a row failed" in payload["data"]["disabledReason"]
+            )
+            assert headers["webhook-id"] == f"msg_{broken}_endpoint.disabled"
+
+            # a later job's event reaches the job-only endpoint after the announcement was filed
+            await finished_job(acme)
+            wait_calls(jobs_only, 2)
+    assert [json.loads(body)["type"] for _, body in jobs_only.calls] == ["job.completed"] * 2
+    assert elsewhere.calls == []  # another tenant's endpoint hears nothing of it
+    assert len(failing.calls) == 2  # the disabled endpoint is told nothing more
 
 
 @pytest.mark.slow  # a fan-out sent one target at a time, for longer than the reclaim idle time

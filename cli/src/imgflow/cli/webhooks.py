@@ -24,7 +24,10 @@ def create(
     url: str,
     event: Annotated[
         list[str] | None,
-        typer.Option(help="job.completed, job.failed or job.cancelled; repeat for more (default: all)"),
+        typer.Option(
+            help="job.completed, job.failed, job.cancelled or endpoint.disabled; repeat for more "
+            "(default: all)"
+        ),
     ] = None,
     output_: OutputOption = None,
 ) -> None:

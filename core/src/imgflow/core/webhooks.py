@@ -6,10 +6,13 @@ with its own secret and event types). When a worker finishes a job that has eith
 "fan-out" entry in a Redis stream (``webhooks_key``); the API's sender
 (imgflow.api.background.webhook_sender) turns it into one delivery per target and POSTs
 ``{"type", "timestamp", "tenant", "data": <the job view>}`` with the ``webhook-id``,
-``webhook-timestamp`` and ``webhook-signature`` headers. Delivery is at-least-once: an entry is
-acknowledged only after a 2xx or after its retry is scheduled (a sorted set, like job retries), so
-a sender that dies mid-delivery leaves it to be reclaimed. Every attempt is recorded per job. A
-job keeps a count of its deliveries still under way, and is not expired while it has any.
+``webhook-timestamp`` and ``webhook-signature`` headers. An endpoint disabled for failing too
+often is announced to its tenant's other endpoints as ``endpoint.disabled`` (``data``: the
+endpoint as ``GET /api/webhooks`` lists it), filed the same way without a job. Delivery is
+at-least-once: an entry is acknowledged only after a 2xx or after its retry is scheduled (a sorted
+set, like job retries), so a sender that dies mid-delivery leaves it to be reclaimed. Every
+attempt of a job's delivery is recorded per job. A job keeps a count of its deliveries still under
+way, and is not expired while it has any.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ SENDERS = "webhook-senders"  # the consumer group of the API replicas' senders
 KEEP_ATTEMPTS_S = 7 * 24 * 3600
 FANOUT = "*"  # the target of a finished job's first entry: all of its targets
 CALLBACK = "callbackUrl"  # the target that is the job's own callback URL
+ENDPOINT_DISABLED = "endpoint.disabled"  # sent to a tenant's other endpoints when one is disabled
 
 # KEYS: stream, outstanding hash, tenants with endpoints; ARGV: job id, event, tenant, has callback
 _FILE_FINISHED = """
@@ -102,6 +106,20 @@ async def file_delivery(
 ) -> None:
     """One more attempt of a delivery already counted as outstanding (a retry that is due)."""
     fields = {"job_id": job_id, "type": event_type, "attempt": str(attempt), "target": target}
+    await redis.xadd(webhooks_key(settings), fields)  # type: ignore[arg-type]
+
+
+async def file_endpoint_event(
+    redis: Redis,
+    settings: Settings,
+    endpoint_id: str,
+    event_type: str,
+    attempt: int = 0,
+    target: str = FANOUT,
+) -> None:
+    """An event about one endpoint (``endpoint.disabled``), for its tenant's other endpoints that
+    subscribed to it (``target`` FANOUT: all of them; else one more attempt to that one)."""
+    fields = {"endpoint_id": endpoint_id, "type": event_type, "attempt": str(attempt), "target": target}
     await redis.xadd(webhooks_key(settings), fields)  # type: ignore[arg-type]
 
 

@@ -25,12 +25,15 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ResponseError
 
+from imgflow.api import metrics
 from imgflow.api.deps import AppState
 from imgflow.api.expiring import Expiring
+from imgflow.api.routes.webhooks import EndpointView
 from imgflow.api.schemas import JobView
 from imgflow.core.endpoints import Endpoint
 from imgflow.core.fetch import FetchError, FetchFailed, post_checked
@@ -41,11 +44,13 @@ from imgflow.core.retries import take_due
 from imgflow.core.settings import Settings
 from imgflow.core.webhooks import (
     CALLBACK,
+    ENDPOINT_DISABLED,
     FANOUT,
     SENDERS,
     Attempt,
     failures_key,
     file_delivery,
+    file_endpoint_event,
     message_id,
     outstanding,
     record_attempt,
@@ -155,7 +160,14 @@ class Sender:
         for member in await take_due(self.redis, webhook_retry_key(self.settings), time.time(), 100):
             due = json.loads(member)
             target = due.get("target", CALLBACK)
-            await file_delivery(self.redis, self.settings, due["job_id"], due["type"], due["attempt"], target)
+            if "endpoint_id" in due:
+                await file_endpoint_event(
+                    self.redis, self.settings, due["endpoint_id"], due["type"], due["attempt"], target
+                )
+            else:
+                await file_delivery(
+                    self.redis, self.settings, due["job_id"], due["type"], due["attempt"], target
+                )
 
     async def _refresh(self) -> None:
         """Claim the entries in hand again: their idle time starts over, no other replica takes them."""
@@ -177,8 +189,14 @@ class Sender:
             self.in_hand.pop(entry_id, None)
 
     async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        """One stream entry: a finished job fanned out to its targets, or one more attempt of one."""
+        """One stream entry: a finished job fanned out to its targets, or one more attempt of one
+        (an endpoint's event: ``_endpoint_event``)."""
         redis, settings = self.redis, self.settings
+        if b"endpoint_id" in fields:
+            await self._endpoint_event(fields)
+            await redis.xack(self.stream, SENDERS, entry_id)
+            await redis.xdel(self.stream, entry_id)
+            return
         job_id, event_type = fields[b"job_id"].decode(), fields[b"type"].decode()
         attempt = int(fields.get(b"attempt", b"0"))
         target = fields.get(b"target", CALLBACK.encode()).decode()
@@ -206,6 +224,44 @@ class Sender:
             await self._deliver(job, job_id, event_type, attempt, target)
         await redis.xack(self.stream, SENDERS, entry_id)
         await redis.xdel(self.stream, entry_id)
+
+    async def _endpoint_event(self, fields: dict[bytes, bytes]) -> None:
+        """An event about an endpoint, sent to its tenant's other endpoints that subscribed to it
+        (those enabled when it is fanned out), with the same limits, signing and retries as a
+        job's; nothing if the endpoint was deleted since."""
+        endpoint_id, event_type = fields[b"endpoint_id"].decode(), fields[b"type"].decode()
+        attempt, target = int(fields.get(b"attempt", b"0")), fields[b"target"].decode()
+        subject = await self.state.endpoints.get(endpoint_id)
+        if subject is None:
+            return
+        bind(tenant=subject.tenant)
+        if target != FANOUT:
+            await self._send_endpoint_event(subject, event_type, attempt, target)
+            return
+        targets = [
+            e.endpoint_id
+            for e in await self.state.endpoints.of_tenant(subject.tenant)
+            if e.endpoint_id != endpoint_id and event_type in e.events and e.disabled_at is None
+        ]
+        await asyncio.gather(*(self._send_endpoint_event(subject, event_type, 0, each) for each in targets))
+
+    async def _send_endpoint_event(
+        self, subject: Endpoint, event_type: str, attempt: int, target: str
+    ) -> None:
+        endpoint = await self.state.endpoints.get(target)
+        if endpoint is None or endpoint.tenant != subject.tenant or endpoint.disabled_at is not None:
+            return
+        data = EndpointView.of(subject).model_dump(mode="json", by_alias=True, exclude_none=True)
+        body = _body(event_type, subject.tenant, data)
+        async with self.target_limit.hold(target), self.tenant_limit.hold(subject.tenant):
+            sent = await self._post(
+                endpoint.url, [endpoint.secret], message_id(subject.endpoint_id, event_type), body
+            )
+        retry = {"endpoint_id": subject.endpoint_id, "type": event_type, "target": target}
+        if not await self._afterwards(subject.tenant, target, sent, attempt, retry) and not sent.delivered:
+            log.warning(
+                "webhook %s of endpoint %s to %s not delivered", event_type, subject.endpoint_id, target
+            )
 
     async def _destination(self, job: Job, target: str) -> tuple[str, list[str]] | None:
         """Where a target's deliveries go and the secrets they are signed with; None if it is gone."""
@@ -244,15 +300,30 @@ class Sender:
             await outstanding(redis, settings, job_id, -1)
             return
         url, secrets = destination
-        body = json.dumps(
-            {
-                "type": event_type,
-                "timestamp": utcnow().isoformat().replace("+00:00", "Z"),
-                "tenant": job.tenant,
-                "data": JobView.of(job).model_dump(mode="json", by_alias=True, exclude_none=True),
-            }
-        ).encode()
-        msg_id, now = message_id(job_id, event_type), int(time.time())
+        data = JobView.of(job).model_dump(mode="json", by_alias=True, exclude_none=True)
+        sent = await self._post(
+            url, secrets, message_id(job_id, event_type), _body(event_type, job.tenant, data)
+        )
+        at = utcnow().isoformat().replace("+00:00", "Z")
+        await record_attempt(
+            redis, settings, job_id, Attempt(at, attempt + 1, sent.status, sent.error, sent.delivered, target)
+        )
+        retry = {"job_id": job_id, "type": event_type, "target": target}
+        if await self._afterwards(job.tenant, target, sent, attempt, retry):
+            return
+        if not sent.delivered:
+            log.warning(
+                "webhook %s of job %s to %s not delivered after %d attempts",
+                event_type,
+                job_id,
+                target,
+                attempt + 1,
+            )
+        await outstanding(redis, settings, job_id, -1)
+
+    async def _post(self, url: str, secrets: list[str], msg_id: str, body: bytes) -> Sent:
+        """One signed POST; what came of it."""
+        settings, now = self.settings, int(time.time())
         headers = {
             "Content-Type": "application/json",
             "webhook-id": msg_id,
@@ -271,31 +342,27 @@ class Sender:
         delivered = status is not None and 200 <= status < 300
         if status is not None and not delivered:
             error = f"{url} answered HTTP {status}."
-        at = utcnow().isoformat().replace("+00:00", "Z")
-        await record_attempt(
-            redis, settings, job_id, Attempt(at, attempt + 1, status, error, delivered, target)
-        )
-        if target != CALLBACK and await self._count_failure(job, target, failed=not delivered):
-            retry = False  # it was disabled: no more tries
-        delays = settings.webhook_retry_delays
-        if not delivered and retry and attempt < len(delays):
-            delay = delays[attempt] * random.uniform(0.8, 1.2)
-            member = json.dumps(
-                {"job_id": job_id, "type": event_type, "attempt": attempt + 1, "target": target}
-            )
-            await redis.zadd(webhook_retry_key(settings), {member: time.time() + delay})
-            return
-        if not delivered:
-            log.warning(
-                "webhook %s of job %s to %s not delivered after %d attempts",
-                event_type,
-                job_id,
-                target,
-                attempt + 1,
-            )
-        await outstanding(redis, settings, job_id, -1)
+        return Sent(status, error, delivered, retry)
 
-    async def _count_failure(self, job: Job, endpoint_id: str, *, failed: bool) -> bool:
+    async def _afterwards(
+        self, tenant: str, target: str, sent: Sent, attempt: int, retry: dict[str, str]
+    ) -> bool:
+        """After an attempt: count it (an endpoint's failures in a row too), and schedule the next
+        if it failed and may be tried again; whether one is scheduled."""
+        retry_allowed = sent.retry
+        if target != CALLBACK and await self._count_failure(tenant, target, failed=not sent.delivered):
+            retry_allowed = False  # it was disabled: no more tries
+        delays = self.settings.webhook_retry_delays
+        again = not sent.delivered and retry_allowed and attempt < len(delays)
+        outcome = "delivered" if sent.delivered else "failed" if again else "given_up"
+        metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
+        if again:
+            delay = delays[attempt] * random.uniform(0.8, 1.2)
+            member = json.dumps({**retry, "attempt": attempt + 1})
+            await self.redis.zadd(webhook_retry_key(self.settings), {member: time.time() + delay})
+        return again
+
+    async def _count_failure(self, tenant: str, endpoint_id: str, *, failed: bool) -> bool:
         """Count the endpoint's failed attempts in a row (a success starts over); at
         ``webhook_disable_after`` it is disabled. Whether it is now disabled."""
         key = failures_key(self.settings)
@@ -308,15 +375,26 @@ class Sender:
             return False
         reason = f"{in_a_row} attempts in a row failed"
         if await self.state.endpoints.disable(endpoint_id, reason):
-            log.warning(
-                "webhook endpoint %s of tenant %s disabled: %s",
-                endpoint_id,
-                job.tenant,
-                reason,
-            )
+            log.warning("webhook endpoint %s of tenant %s disabled: %s", endpoint_id, tenant, reason)
+            await file_endpoint_event(self.redis, self.settings, endpoint_id, ENDPOINT_DISABLED)
         await self.redis.hdel(key, endpoint_id)
-        self.endpoints.forget(job.tenant)
+        self.endpoints.forget(tenant)
         return True
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What came of one POST."""
+
+    status: int | None  # None: no answer
+    error: str | None
+    delivered: bool
+    retry: bool  # whether another attempt may help
+
+
+def _body(event_type: str, tenant: str, data: dict[str, Any]) -> bytes:
+    timestamp = utcnow().isoformat().replace("+00:00", "Z")
+    return json.dumps({"type": event_type, "timestamp": timestamp, "tenant": tenant, "data": data}).encode()
 
 
 async def send_forever(state: AppState) -> None:

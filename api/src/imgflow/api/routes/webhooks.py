@@ -24,11 +24,12 @@ from imgflow.core.webhooks import endpoint_tenants_key, failures_key
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"], route_class=AuthFirst)
 log = logging.getLogger("imgflow.api")
 MAX_PER_TENANT = 20
-Event = Literal["job.completed", "job.failed", "job.cancelled"]
+# endpoint.disabled: another endpoint of the tenant was disabled (data: that endpoint's view)
+Event = Literal["job.completed", "job.failed", "job.cancelled", "endpoint.disabled"]
 
 
 def _all_events() -> list[Event]:
-    return ["job.completed", "job.failed", "job.cancelled"]
+    return ["job.completed", "job.failed", "job.cancelled", "endpoint.disabled"]
 
 
 class NewEndpoint(Camel):
