@@ -389,6 +389,28 @@ def test_operator_deployment(default_docs: list[dict[str, Any]]) -> None:
     assert ports == {"health": 8080, "metrics": 9090}
 
 
+@pytest.mark.parametrize("production", [False, True])
+def test_only_the_api_gets_the_admin_key_and_the_webhook_secret(
+    default_docs: list[dict[str, Any]], production_docs: list[dict[str, Any]], production: bool
+) -> None:
+    """The workers parse untrusted images and the operator acts on what a namespace asks: neither
+    gets a secret it does not use, by environment or volume (the connection URLs only)."""
+    docs = production_docs if production else default_docs
+    api = env_of(container(one(docs, "Deployment", API), "api"))
+    assert api["IMGFLOW_ADMIN_KEY"]["secretKeyRef"]["key"] == "admin-key"
+    assert api["IMGFLOW_WEBHOOK_SECRET"]["secretKeyRef"]["key"] == "webhook-secret"
+    for name in (WORKER, OPERATOR):
+        spec = one(docs, "Deployment", name)["spec"]["template"]["spec"]
+        for c in spec["containers"]:
+            env = env_of(c)
+            assert not {"IMGFLOW_ADMIN_KEY", "IMGFLOW_WEBHOOK_SECRET"} & set(env), name
+            refs = [v["secretKeyRef"] for v in env.values() if isinstance(v, dict) and "secretKeyRef" in v]
+            secret_keys = {ref["key"] for ref in refs}
+            assert not {"admin-key", "webhook-secret"} & secret_keys, name
+            assert not [source for source in c.get("envFrom") or [] if "secretRef" in source], name
+        assert not [v for v in spec.get("volumes") or [] if {"secret", "projected"} & set(v)], name
+
+
 def test_operator_rbac_is_exactly_the_agreed_rules(default_docs: list[dict[str, Any]]) -> None:
     def norm(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, tuple[str, ...]]]:
         out = set()

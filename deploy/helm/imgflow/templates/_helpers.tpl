@@ -240,7 +240,9 @@ A Kubernetes memory quantity ("1Gi", "768Mi", "1G", "1073741824") in whole MiB; 
 {{- end }}
 
 {{/*
-Environment shared by the imgflow containers: the ConfigMap plus the two URLs from the Secret.
+Environment shared by the imgflow containers: the ConfigMap plus the two URLs (and the S3
+credentials) from the Secrets. The admin key and the webhook secret are the API's alone
+(api-deployment.yaml): the workers parse untrusted images, the operator acts on ImageJobs.
 */}}
 {{- define "imgflow.envFrom" -}}
 - configMapRef:
@@ -257,18 +259,6 @@ Environment shared by the imgflow containers: the ConfigMap plus the two URLs fr
     secretKeyRef:
       name: {{ include "imgflow.secretName" . }}
       key: {{ .Values.existingSecret.mongodbUrlKey }}
-- name: IMGFLOW_WEBHOOK_SECRET
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "imgflow.secretName" . }}
-      key: {{ .Values.existingSecret.webhookSecretKey }}
-      optional: true
-- name: IMGFLOW_ADMIN_KEY
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "imgflow.secretName" . }}
-      key: {{ .Values.existingSecret.adminKeyKey }}
-      optional: true
 {{- if eq .Values.config.storageBackend "s3" }}
 {{- /* optional: without them botocore uses the pod's own identity (IRSA, web identity); not for the
 dev SeaweedFS, which knows only its own pair, so a Secret lacking it stops the pod with its name */}}
