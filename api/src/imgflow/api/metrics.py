@@ -22,6 +22,10 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SUBMITTED = Counter("imgflow_jobs_submitted_total", "Jobs accepted by the API")
+REUSED = Counter(
+    "imgflow_jobs_reused_total",
+    "Jobs accepted by the API that completed at once from an identical job's outputs (of submitted)",
+)
 REJECTED = Counter("imgflow_jobs_rejected_total", "Uploads refused by the API", ["status"])
 EXPIRED = Counter("imgflow_jobs_expired_total", "Finished jobs deleted after their retention")
 DELETED_OBJECTS = Counter("imgflow_storage_deleted_objects_total", "Stored files deleted", ["why"])

@@ -47,9 +47,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from imgflow.core import quota, schedule
+from imgflow.core import jobkeys, quota, schedule
 from imgflow.core.errors import DatabaseUnavailable, QueueUnavailable, StorageUnavailable
-from imgflow.core.events import announce, events_key
 from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, output_key, owned_original, utcnow
 from imgflow.core.queue import DATA, forget_entry, job_id_of, lease_key, publish, requeue, worker_key
 from imgflow.core.retries import dead_letter_key, remove_dead_letters, retry_key, take_due_retries
@@ -123,7 +122,7 @@ async def accept(
             async with b.redis.pipeline(transaction=False) as pipe:
                 await publish(pipe, s, [job])
                 Snapshots(b.redis, s).put(pipe, job)
-                announce(pipe, s, job.job_id, job.status)
+                jobkeys.announce(pipe, s, job.job_id, job.status)
                 await pipe.execute()
         except Exception as exc:  # redis-py raises several unrelated types for "no Redis"
             with contextlib.suppress(Exception):  # else the reconciler publishes it: accepted after all
@@ -194,12 +193,12 @@ async def complete(b: JobBackends, job: Job, result: JobResult) -> Job | None:
     await Snapshots(b.redis, b.settings).forget(job.job_id)
     done = await b.store.complete(job.job_id, result, expires_at=_expiry(b.settings))
     if done is not None:
-        await _finished(b, job, done)
-        if job.reuse_key is not None:
+        if job.reuse_key is not None:  # before it is announced: who sees it completed finds it
             try:
                 await b.store.offer(job.reuse_key, job.job_id)
             except PyMongoError as exc:  # only a later identical job misses it: decoded again
                 log.warning("job %s completed, its outputs not offered for reuse (%s)", job.job_id, exc)
+        await _finished(b, job, done)
     return done
 
 
@@ -306,7 +305,7 @@ async def _finished(b: JobBackends, job: Job, done: Job, *, dead_letter: str | N
     s = b.settings
     async with b.redis.pipeline(transaction=False) as pipe:
         Snapshots(b.redis, s).put(pipe, done)
-        announce(pipe, s, job.job_id, done.status)
+        jobkeys.announce(pipe, s, job.job_id, done.status)
         pipe.zrem(quota.unfinished_key(s, job.tenant), job.job_id)
         file_finished(
             pipe, s, job.job_id, job.tenant, f"job.{done.status.value}", has_callback=bool(job.callback_url)
@@ -339,7 +338,7 @@ async def retry_later(b: JobBackends, job: Job, error: str) -> JobStatus:
     if waiting is not None:
         async with b.redis.pipeline(transaction=False) as pipe:
             Snapshots(b.redis, b.settings).put(pipe, waiting)
-            announce(pipe, b.settings, job.job_id, JobStatus.pending)
+            jobkeys.announce(pipe, b.settings, job.job_id, JobStatus.pending)
             pipe.zadd(retry_key(b.settings), {job.job_id: time.time() + delay})
             await pipe.execute()
     return JobStatus.pending
@@ -366,7 +365,7 @@ async def give_back(b: JobBackends, worker: str, message_id: bytes | str | int) 
         schedule.done(pipe, s, [message_id])
         if released is not None:
             Snapshots(b.redis, s).put(pipe, released)
-            announce(pipe, s, released.job_id, JobStatus.pending)
+            jobkeys.announce(pipe, s, released.job_id, JobStatus.pending)
         await pipe.execute()
 
 
@@ -383,7 +382,7 @@ async def revive(b: JobBackends, job: Job) -> Job | None:
         async with b.redis.pipeline(transaction=False) as pipe:
             await publish(pipe, b.settings, [revived])
             Snapshots(b.redis, b.settings).put(pipe, revived)
-            announce(pipe, b.settings, revived.job_id, JobStatus.pending)
+            jobkeys.announce(pipe, b.settings, revived.job_id, JobStatus.pending)
             pipe.delete(cancel_key(b.settings, revived.job_id))  # a cancel that came too late
             await pipe.execute()
     except Exception as exc:  # pending without a message: the reconciler publishes it
@@ -428,7 +427,7 @@ async def remove(store: JobStore, redis: Redis, settings: Settings, job_id: str)
     try:
         await redis.delete(
             Snapshots(redis, settings).key(job_id),
-            events_key(settings, job_id),
+            jobkeys.events_key(settings, job_id),
             attempts_key(settings, job_id),
             cancel_key(settings, job_id),
         )
@@ -442,7 +441,7 @@ async def _best_effort(b: JobBackends, job: Job) -> None:
     try:
         async with b.redis.pipeline(transaction=False) as pipe:
             Snapshots(b.redis, b.settings).put(pipe, job)
-            announce(pipe, b.settings, job.job_id, job.status)
+            jobkeys.announce(pipe, b.settings, job.job_id, job.status)
             await pipe.execute()
     except RedisError as exc:
         log.warning("job %s %s not announced (%s)", job.job_id, job.status.value, exc)

@@ -6,13 +6,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 
-from imgflow.api.deps import Reader, State
+from imgflow.api.deps import AppState, Principal, Reader, State
 from imgflow.api.downloads import send_stored
 from imgflow.api.problems import Problem, documented
 from imgflow.api.routes.jobs import visible_job
 from imgflow.api.schemas import UPLOADS_PREFIX
 from imgflow.api.slots import counted
-from imgflow.core.jobs import OUTPUT_NAME
+from imgflow.core.jobs import OUTPUT_NAME, utcnow
 from imgflow.core.outputs import OutputFormat
 from imgflow.core.settings import AuthMode
 from imgflow.core.storage import NotFound
@@ -40,11 +40,9 @@ async def get_thumbnail(name: str, request: Request, state: State, principal: Re
     match = OUTPUT_NAME.match(name)
     if not match:
         raise Problem(404, "Not found", f"There is no file {name!r}.")
-    if state.settings.auth is not AuthMode.off:
-        try:
-            await visible_job(state, principal, match.group(1))
-        except Problem:  # another tenant's job's file is as missing as none
-            raise Problem(404, "Not found", f"There is no file {name!r}.") from None
+    if state.settings.auth is not AuthMode.off and not await _served(state, principal, match.group(1)):
+        # another tenant's job's file is as missing as none
+        raise Problem(404, "Not found", f"There is no file {name!r}.")
     try:
         stored = await state.storage.stat(name)
         if (url := await state.storage.presigned_url(name)) is not None:
@@ -68,3 +66,16 @@ async def get_thumbnail(name: str, request: Request, state: State, principal: Re
         )
     except NotFound:
         raise Problem(404, "Not found", f"There is no file {name!r}.") from None
+
+
+async def _served(state: AppState, principal: Principal, job_id: str) -> bool:
+    """Whether the caller's tenant sees the job that made the file, and its files are kept: until
+    it expires, or while a job that reused them has not (its snapshot may be older than that
+    reuse: then MongoDB decides)."""
+    try:
+        job = await visible_job(state, principal, job_id, expired=True)
+    except Problem:
+        return False
+    if not job.files_kept(utcnow()):
+        job = await state.store.get(job_id) or job
+    return job.files_kept(utcnow())
