@@ -415,7 +415,7 @@ async def test_reuse_completes_a_new_job_from_an_identical_finished_ones_outputs
 # What only imgflow.core.lifecycle may use: the functions that write a job's side-effect keys ...
 WRITERS = {
     "imgflow.core.quota": {"reserve", "release", "unfinished_key"},
-    "imgflow.core.events": {"announce"},
+    "imgflow.core.jobkeys": {"announce"},
     "imgflow.core.webhooks": {"file_finished"},
     "imgflow.core.queue": {"publish", "requeue", "entries_key", "forget_entry"},
     "imgflow.core.retries": {"retry_key", "dead_letter_key", "remove_dead_letters", "take_due_retries"},
@@ -497,7 +497,7 @@ def test_only_lifecycle_writes_a_jobs_status_and_its_keys() -> None:
 def test_the_scan_sees_each_kind_of_write() -> None:
     writes = """
 from imgflow.core import quota
-from imgflow.core.events import announce
+from imgflow.core.jobkeys import announce
 from imgflow.core.queue import forget_entry
 pipe.zrem(quota.unfinished_key(s, tenant), job_id)
 await self.store.complete(job_id, result, expires_at=x)

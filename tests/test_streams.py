@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 from redis.asyncio import Redis
 
-from imgflow.core.events import ChangeFeed, announce
+from imgflow.core.events import ChangeFeed
+from imgflow.core.jobkeys import announce
 from imgflow.core.jobs import JobStatus
 from imgflow.core.settings import Settings
 from imgflow.harness import images

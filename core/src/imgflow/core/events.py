@@ -1,10 +1,11 @@
 """A job's status changes as a short Redis stream per job, for live progress (Server-Sent Events).
 
 Whoever changes a job's status (imgflow.core.lifecycle: the API accepting it, the worker starting,
-retrying, finishing it) appends an entry; an API replica serving ``GET .../jobs/{id}/events``
-reads them, so a client may follow a job from any replica, and resume after a dropped connection
-from the last entry id it saw (``Last-Event-ID``). The stream holds only the latest few entries
-and expires an hour after the last change: it is a notification, the job in MongoDB is the truth.
+retrying, finishing it) appends an entry (imgflow.core.jobkeys.announce); an API replica serving
+``GET .../jobs/{id}/events`` reads them, so a client may follow a job from any replica, and resume
+after a dropped connection from the last entry id it saw (``Last-Event-ID``). The stream holds only
+the latest few entries and expires an hour after the last change: it is a notification, the job in
+MongoDB is the truth.
 
 An API process reads the streams of every job it has followers of with one blocking XREAD on one
 connection (``ChangeFeed``): a follower costs a queue entry, not a Redis connection. A follower of
@@ -24,32 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.typing import KeyT, StreamIdT
 
-from imgflow.core.jobs import JobStatus
+from imgflow.core.jobkeys import KEEP_ENTRIES, KEEP_SECONDS, events_key
 from imgflow.core.settings import Settings
 
 log = logging.getLogger(__name__)
-KEEP_ENTRIES = 20
-KEEP_SECONDS = 3600
 # How long one read blocks when nothing changes (a newcomer wakes it): under the API's Redis socket
 # timeout (5 s).
 FEED_BLOCK_MS = 2000
 # ms-seq, as Redis writes them, or ms alone; each part a 64-bit unsigned integer
 _ENTRY_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
 _MAX_PART = 2**64 - 1
-
-
-def events_key(settings: Settings, job_id: str) -> str:
-    return f"{settings.stream}:events:{job_id}"
-
-
-def announce(pipe: Pipeline, settings: Settings, job_id: str, status: JobStatus) -> None:
-    """Queue the change's announcement on ``pipe`` (to send it with other commands at once)."""
-    key = events_key(settings, job_id)
-    pipe.xadd(key, {"status": status.value}, maxlen=KEEP_ENTRIES, approximate=True)
-    pipe.expire(key, KEEP_SECONDS)
 
 
 def entry_order(entry_id: str) -> tuple[int, int] | None:
