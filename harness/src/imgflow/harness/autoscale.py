@@ -162,6 +162,8 @@ class Removal:
     marked: float  # deletionTimestamp first seen
     gone: float | None = None  # the pod object deleted: its containers stopped
     exit_code: int | None = None  # the worker's, as it stopped (137: killed at the grace period's end)
+    age_s: float | None = None  # since the pod was created, when marked
+    was_ready: bool = False  # Ready before it was marked (a pod removed while starting was not)
 
 
 def watch(
@@ -193,7 +195,14 @@ def watch(
         name = p.metadata.name
         if p.metadata.deletion_timestamp is not None and name not in seen.removals:
             cost = (p.metadata.annotations or {}).get(DELETION_COST)
-            seen.removals[name] = Removal(name, cost, now)
+            created = p.metadata.creation_timestamp
+            seen.removals[name] = Removal(
+                name,
+                cost,
+                now,
+                age_s=None if created is None else round(now - created.timestamp(), 1),
+                was_ready=p.metadata.uid in seen.ready_pods,
+            )
         if kind == "DELETED" and name in seen.removals and seen.removals[name].gone is None:
             seen.removals[name].gone = now
             for c in p.status.container_statuses or []:
