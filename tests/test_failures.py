@@ -298,8 +298,8 @@ async def test_sigterm_lets_a_running_job_finish(
         assert worker.alive
         source.release.set()
         code = await asyncio.to_thread(worker.terminate, 60)
-    # uvicorn re-raises the SIGTERM it handled once the drain is done, so the exit says "terminated"
-    assert code in (0, -signal.SIGTERM), worker.tail()
+    # a drained worker ends with 0 (uvicorn raises the SIGTERM again: imgflow.core.sigterm ends it)
+    assert code == 0, worker.tail()
     assert "shut down gracefully" in worker.tail()
     assert (await client.get(f"{JOBS}/{job_id}")).json()["status"] == "completed"
 
