@@ -2,7 +2,7 @@
 besides its MongoDB record. imgflow.core.lifecycle queues these on one pipeline per transition.
 
 What is not about one job's life stays with its concept and reads what is written here: the
-change feed that followers read (imgflow.core.events).
+change feed that followers read (imgflow.core.events), the webhook sender (imgflow.core.webhooks).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from redis.asyncio.client import Pipeline
 
 from imgflow.core.jobs import JobStatus
 from imgflow.core.settings import Settings
+from imgflow.core.webhooks import endpoint_tenants_key, outstanding_key, webhooks_key
 
 # A job's announcements: a short stream per job, a notification (the job in MongoDB is the truth)
 KEEP_ENTRIES = 20
@@ -26,3 +27,23 @@ def announce(pipe: Pipeline, settings: Settings, job_id: str, status: JobStatus)
     key = events_key(settings, job_id)
     pipe.xadd(key, {"status": status.value}, maxlen=KEEP_ENTRIES, approximate=True)
     pipe.expire(key, KEEP_SECONDS)
+
+
+# KEYS: stream, outstanding hash, tenants with endpoints; ARGV: job id, event, tenant, has callback
+_FILE_FINISHED = """
+if ARGV[4] == '1' or redis.call('SISMEMBER', KEYS[3], ARGV[3]) == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+  redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[1], 'type', ARGV[2], 'attempt', '0', 'target', '*')
+  return 1
+end
+return 0
+"""
+
+
+def file_finished(
+    pipe: Pipeline, settings: Settings, job_id: str, tenant: str, event_type: str, *, has_callback: bool
+) -> None:
+    """Queue on ``pipe`` the filing of a finished job's webhooks, if it has any target (decided in
+    Redis: whether the tenant has endpoints), for the sender."""
+    keys = [webhooks_key(settings), outstanding_key(settings), endpoint_tenants_key(settings)]
+    pipe.eval(_FILE_FINISHED, 3, *keys, job_id, event_type, tenant, int(has_callback))

@@ -56,7 +56,7 @@ from imgflow.core.settings import Settings
 from imgflow.core.snapshots import Snapshots
 from imgflow.core.storage import Storage
 from imgflow.core.store import JobStore
-from imgflow.core.webhooks import attempts_key, file_finished
+from imgflow.core.webhooks import attempts_key
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ async def _finished(b: JobBackends, job: Job, done: Job, *, dead_letter: str | N
         Snapshots(b.redis, s).put(pipe, done)
         jobkeys.announce(pipe, s, job.job_id, done.status)
         pipe.zrem(quota.unfinished_key(s, job.tenant), job.job_id)
-        file_finished(
+        jobkeys.file_finished(
             pipe, s, job.job_id, job.tenant, f"job.{done.status.value}", has_callback=bool(job.callback_url)
         )
         if dead_letter is not None:

@@ -2,8 +2,8 @@
 
 Two kinds of target: a job's own ``callback_url`` (signed with its tenant's own secret,
 imgflow.core.tenant_secrets), and the endpoints a tenant registered (``POST /api/webhooks``, each
-with its own secret and event types). When a worker finishes a job that has either, it files one
-"fan-out" entry in a Redis stream (``webhooks_key``); the API's sender
+with its own secret and event types). When a job that has either finishes, one "fan-out" entry is
+filed in a Redis stream (``webhooks_key``, imgflow.core.jobkeys.file_finished); the API's sender
 (imgflow.api.background.webhook_sender) turns it into one delivery per target and POSTs
 ``{"type", "timestamp", "tenant", "data": <the job view>}`` with the ``webhook-id``,
 ``webhook-timestamp`` and ``webhook-signature`` headers. An endpoint disabled for failing too
@@ -24,7 +24,6 @@ import json
 from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from imgflow.core.settings import Settings
 
@@ -34,15 +33,6 @@ FANOUT = "*"  # the target of a finished job's first entry: all of its targets
 CALLBACK = "callbackUrl"  # the target that is the job's own callback URL
 ENDPOINT_DISABLED = "endpoint.disabled"  # sent to a tenant's other endpoints when one is disabled
 
-# KEYS: stream, outstanding hash, tenants with endpoints; ARGV: job id, event, tenant, has callback
-_FILE_FINISHED = """
-if ARGV[4] == '1' or redis.call('SISMEMBER', KEYS[3], ARGV[3]) == 1 then
-  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-  redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[1], 'type', ARGV[2], 'attempt', '0', 'target', '*')
-  return 1
-end
-return 0
-"""
 # KEYS: outstanding hash; ARGV: job id, change. Drops the job once nothing is outstanding.
 _OUTSTANDING = """
 local left = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
@@ -90,15 +80,6 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-
-
-def file_finished(
-    pipe: Pipeline, settings: Settings, job_id: str, tenant: str, event_type: str, *, has_callback: bool
-) -> None:
-    """Queue on ``pipe`` the filing of a finished job's webhooks, if it has any target (decided in
-    Redis: whether the tenant has endpoints)."""
-    keys = [webhooks_key(settings), outstanding_key(settings), endpoint_tenants_key(settings)]
-    pipe.eval(_FILE_FINISHED, 3, *keys, job_id, event_type, tenant, int(has_callback))
 
 
 async def file_delivery(
