@@ -121,6 +121,8 @@ def test_the_alerts_cover_what_operators_watch() -> None:
         "ImgflowOperatorRedisUnreachable",
         "ImgflowApiErrors",
         "ImgflowBackendUnreachable",
+        "ImgflowJobWaitingTooLong",
+        "ImgflowWebhooksFailing",
     }
     for name, rule in alerts().items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name

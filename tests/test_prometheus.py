@@ -157,7 +157,8 @@ async def test_failing_jobs_take_the_failure_alert_from_pending_to_firing(
         alert["annotations"]["description"],
     )
     # the worker's and the API's rules see their series, and stay quiet while all is well
-    for quiet in ("ImgflowApiErrors", "ImgflowBackendUnreachable", "ImgflowDeadLetters"):
+    quiet_alerts = ("ImgflowApiErrors", "ImgflowBackendUnreachable", "ImgflowDeadLetters")
+    for quiet in (*quiet_alerts, "ImgflowJobWaitingTooLong", "ImgflowWebhooksFailing"):
         assert await prom.alerts(quiet) == [], quiet
 
     queries = [q.replace("[1m]", "[20s]") for q in dashboard_queries() if not OPERATOR_METRICS.search(q)]
