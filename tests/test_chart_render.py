@@ -140,6 +140,7 @@ def test_default_render_has_the_expected_objects(default_docs: list[dict[str, An
 def test_dev_databases_are_wired_by_default(default_docs: list[dict[str, Any]]) -> None:
     urls = secret_data(one(default_docs, "Secret", f"{REL}-imgflow-connections"))
     admin_key = urls.pop("admin-key")
+    assert re.fullmatch(r"[A-Za-z0-9]{64}", urls.pop("url-signing-key"))  # IMGFLOW_URL_SIGNING_KEY
     urls.pop("s3-access-key-id"), urls.pop("s3-secret-access-key")  # the dev SeaweedFS's
     assert urls == {"redis-url": f"redis://{REDIS}:6379/0", "mongodb-url": f"mongodb://{MONGODB}:27017"}
     # a generated bootstrap admin key that the API accepts (IMGFLOW_ADMIN_KEY)
@@ -258,6 +259,8 @@ def test_configmap_sets_every_core_setting_with_the_application_defaults(
         "mongodb_url",
         "admin_key",
         "webhook_secret",
+        "url_signing_key",
+        "url_signing_previous_key",
         "s3_access_key_id",
         "s3_secret_access_key",
     }
@@ -317,6 +320,19 @@ def test_api_deployment(default_docs: list[dict[str, Any]]) -> None:
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
     assert svc["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
     assert api["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_only_the_api_reads_the_url_signing_key(default_docs: list[dict[str, Any]]) -> None:
+    api = env_of(container(one(default_docs, "Deployment", API), "api"))
+    assert api["IMGFLOW_URL_SIGNING_KEY"]["secretKeyRef"] == {
+        "name": f"{REL}-imgflow-connections",
+        "key": "url-signing-key",
+        "optional": True,
+    }
+    assert api["IMGFLOW_URL_SIGNING_PREVIOUS_KEY"]["secretKeyRef"]["key"] == "url-signing-previous-key"
+    for name in (WORKER, OPERATOR):
+        env = env_of(container(one(default_docs, "Deployment", name)))
+        assert not {"IMGFLOW_URL_SIGNING_KEY", "IMGFLOW_URL_SIGNING_PREVIOUS_KEY"} & set(env), name
 
 
 @pytest.mark.parametrize("name", [API, WORKER, OPERATOR])
@@ -535,6 +551,7 @@ def test_production_values_render_what_they_ask_for(production_docs: list[dict[s
     assert s3_env["secretKeyRef"]["name"] == prod["s3Credentials"]["existingSecret"]
     urls = secret_data(one(production_docs, "Secret", f"{REL}-imgflow-connections"))
     assert urls.pop("admin-key").startswith("imgf_admin_")
+    assert len(urls.pop("url-signing-key")) == 64
     assert urls == {"redis-url": prod["externalRedis"]["url"], "mongodb-url": prod["externalMongodb"]["url"]}
 
     api = one(production_docs, "Deployment", API)

@@ -18,6 +18,7 @@ from imgflow.api.pools import feed_redis, request_redis, webhook_redis
 from imgflow.api.ratelimit import RateLimiter
 from imgflow.api.readiness import Readiness
 from imgflow.api.routes import router
+from imgflow.api.signed_urls import UrlSigner
 from imgflow.core.backends import Backends
 from imgflow.core.endpoints import EndpointStore
 from imgflow.core.events import ChangeFeed
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys=keys,
             endpoints=EndpointStore(db),
             tenant_secrets=TenantSecrets(db),
+            signer=UrlSigner(settings, TenantSecrets(db, "url_secrets"), backends.storage),
             watermarks=WatermarkStore(db),
             key_cache=key_cache(keys, settings.key_cache_s),
             limiter=RateLimiter(redis, settings.stream),

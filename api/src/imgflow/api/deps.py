@@ -31,6 +31,7 @@ from imgflow.api.expiring import Expiring
 from imgflow.api.problems import Problem
 from imgflow.api.ratelimit import Policy, RateLimiter
 from imgflow.api.readiness import Readiness
+from imgflow.api.signed_urls import UrlSigner
 from imgflow.api.slots import Slots
 from imgflow.api.throttle import AuthThrottle
 from imgflow.core import logs
@@ -60,6 +61,7 @@ class AppState:
     keys: KeyStore
     endpoints: EndpointStore
     tenant_secrets: TenantSecrets
+    signer: UrlSigner
     watermarks: WatermarkStore
     key_cache: Expiring[ApiKey | None]
     limiter: RateLimiter

@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +53,9 @@ class LogFormat(StrEnum):
     text = "text"  # a line a person reads
     json = "json"  # one JSON object a line, for a log collector
 
+
+# the longest a signed URL lives: a SigV4 presigned S3 URL (the signed URL with S3) cannot live longer
+MAX_URL_TTL_S = 604_800
 
 # a comma-separated list of seconds, e.g. "1,5,30"
 DELAYS = r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$"
@@ -152,6 +155,38 @@ class Settings(BaseSettings):
         ge=1,
         description="Thumbnails one API process sends at once to one key (admin keys aside); more get "
         "429 + Retry-After",
+    )
+    # Signed delivery URLs (imgflow.api.signed_urls): a browser fetches an output without a key
+    url_signing_key: str | None = Field(
+        None,
+        pattern=r"^(\S{32,})?$",
+        description="Secret (at least 32 characters) that signs outputs' signedUrl; unset: jobs show "
+        "no signedUrl. The chart generates one into its Secret",
+    )
+    url_signing_previous_key: str | None = Field(
+        None,
+        pattern=r"^(\S{32,})?$",
+        description="The signing key being replaced: URLs it signed are still accepted (none are "
+        "signed with it), so keys rotate without breaking issued URLs",
+    )
+    url_ttl_s: int = Field(
+        86400,
+        ge=1,
+        le=MAX_URL_TTL_S,
+        description="Seconds a signed URL is valid, unless its tenant's entry in url_tenant_ttl_s or "
+        "the request (GET .../urls?ttl=) says otherwise; never beyond the job's expiresAt",
+    )
+    url_tenant_ttl_s: dict[str, Annotated[int, Field(ge=1, le=MAX_URL_TTL_S)]] = Field(
+        default_factory=dict,
+        description='Seconds signed URLs are valid per tenant, as a JSON object {"tenant": seconds}; '
+        "a tenant not named gets url_ttl_s",
+    )
+    url_base: str = Field(
+        "",
+        pattern=r"^(https?://[^/\s]+(/\S*[^/\s])?)?$",
+        description="Scheme and host signed URLs start with, e.g. https://img.example.com for a CDN "
+        "in front of the API (the signature covers the path only); empty: those the request came to "
+        "(in webhooks: a path on this service)",
     )
 
     # Input limits: checked before anything is decoded

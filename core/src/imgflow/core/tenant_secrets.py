@@ -1,5 +1,7 @@
-"""Each tenant's own secret for signing its jobs' ``callbackUrl`` deliveries, so that a receiver
-verifying with its tenant's secret cannot be sent events made up from another tenant's jobs.
+"""Each tenant's own secrets. One signs its jobs' ``callbackUrl`` deliveries (``webhook_secrets``),
+so that a receiver verifying with its tenant's secret cannot be sent events made up from another
+tenant's jobs. The other is mixed into its signed delivery URLs (``url_secrets``,
+imgflow.api.signed_urls): rotating it, with no grace, revokes every URL issued before.
 
 Made on first use (the first delivery needing it) or by ``POST /api/webhooks/secret``, which
 returns the new secret once and keeps the one it replaces valid for a grace period: deliveries are
@@ -36,8 +38,13 @@ class TenantSecret(BaseModel):
 
 
 class TenantSecrets:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
-        self._collection = db["webhook_secrets"]
+    def __init__(self, db: AsyncDatabase[dict[str, Any]], collection: str = "webhook_secrets") -> None:
+        self._collection = db[collection]
+
+    async def find(self, tenant: str) -> TenantSecret | None:
+        """The tenant's secret, or None: it has none yet (nothing is made)."""
+        doc = await self._collection.find_one({"_id": tenant})
+        return None if doc is None else TenantSecret.model_validate(doc)
 
     async def current(self, tenant: str) -> TenantSecret:
         """The tenant's secret, made now if it has none."""

@@ -12,11 +12,12 @@ from imgflow.api.routes import (
     jobs,
     keys,
     ops,
+    signed,
     thumbnails,
     watermarks,
     webhooks,
 )
 
 router = APIRouter()
-for resource in (jobs, thumbnails, admin, keys, webhooks, watermarks, events, deliveries, ops):
+for resource in (jobs, thumbnails, signed, admin, keys, webhooks, watermarks, events, deliveries, ops):
     router.include_router(resource.router)

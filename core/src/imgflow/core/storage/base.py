@@ -47,9 +47,13 @@ class Storage(Protocol):
     async def delete(self, key: str) -> None:
         """Remove the file; a missing file is not an error."""
 
-    async def presigned_url(self, key: str) -> str | None:
-        """A URL from which a client GETs the file without the API in between, or None: the
-        backend cannot make one, or the settings say not to (``s3_presign``)."""
+    async def presigned_url(
+        self, key: str, *, expires_in: int | None = None, cache_control: str | None = None
+    ) -> str | None:
+        """A URL from which a client GETs the file without the API in between, valid
+        ``expires_in`` seconds (default ``s3_presign_expiry_s``) and answered with
+        ``cache_control`` if given; or None: the backend cannot make one, or the settings say not
+        to (``s3_presign``)."""
 
     async def aclose(self) -> None:
         """Release connections the backend holds of its own (at shutdown)."""

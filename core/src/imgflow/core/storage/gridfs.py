@@ -74,7 +74,9 @@ class GridFSStorage:
         async for grid_out in self._bucket.find({}):
             yield str(grid_out._id), grid_out.upload_date.replace(tzinfo=UTC)
 
-    async def presigned_url(self, key: str) -> None:
+    async def presigned_url(
+        self, key: str, *, expires_in: int | None = None, cache_control: str | None = None
+    ) -> None:
         return None  # the bytes are in MongoDB, which clients do not reach
 
     async def aclose(self) -> None:

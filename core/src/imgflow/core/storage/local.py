@@ -75,7 +75,9 @@ class LocalStorage:
                 with contextlib.suppress(FileNotFoundError):
                     yield entry.name, datetime.fromtimestamp(entry.stat().st_mtime, UTC)
 
-    async def presigned_url(self, key: str) -> None:
+    async def presigned_url(
+        self, key: str, *, expires_in: int | None = None, cache_control: str | None = None
+    ) -> None:
         return None  # the directory is the API's own; clients reach it only through the API
 
     async def aclose(self) -> None:

@@ -256,10 +256,13 @@ class S3Storage:
                     if "LastModified" in item and "/" not in key[len(self._prefix) :]:  # ours are flat
                         yield key[len(self._prefix) :], item["LastModified"].astimezone(UTC)
 
-    async def presigned_url(self, key: str) -> str | None:
-        """A GET URL for the object, valid ``s3_presign_expiry_s``, signed for the endpoint clients
-        use (``s3_public_endpoint``, else ``s3_endpoint``); None unless ``s3_presign`` is on. Signing
-        asks the server nothing."""
+    async def presigned_url(
+        self, key: str, *, expires_in: int | None = None, cache_control: str | None = None
+    ) -> str | None:
+        """A GET URL for the object, valid ``expires_in`` (default ``s3_presign_expiry_s``), signed
+        for the endpoint clients use (``s3_public_endpoint``, else ``s3_endpoint``); S3 answers it
+        with ``cache_control`` (response-cache-control, part of what is signed). None unless
+        ``s3_presign`` is on. Signing asks the server nothing."""
         s = self._settings
         if not s.s3_presign:
             return None
@@ -273,10 +276,11 @@ class S3Storage:
                         self._create(s.s3_public_endpoint)
                     )
             presigner = self._presigner
+        params = {"Bucket": self._bucket, "Key": self._key(key)}
+        if cache_control is not None:
+            params["ResponseCacheControl"] = cache_control
         return await presigner.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": self._bucket, "Key": self._key(key)},
-            ExpiresIn=s.s3_presign_expiry_s,
+            "get_object", Params=params, ExpiresIn=expires_in or s.s3_presign_expiry_s
         )
 
     async def aclose(self) -> None:
