@@ -414,8 +414,8 @@ async def test_reuse_completes_a_new_job_from_an_identical_finished_ones_outputs
 
 # What only imgflow.core.lifecycle may use: the functions that write a job's side-effect keys ...
 WRITERS = {
-    "imgflow.core.quota": {"reserve", "release", "unfinished_key"},
-    "imgflow.core.jobkeys": {"announce", "file_finished"},
+    "imgflow.core.quota": {"unfinished_key"},
+    "imgflow.core.jobkeys": {"announce", "file_finished", "take_place", "free_places", "free_place"},
     "imgflow.core.queue": {"publish", "requeue", "entries_key", "forget_entry"},
     "imgflow.core.retries": {"retry_key", "dead_letter_key", "remove_dead_letters", "take_due_retries"},
 }

@@ -2,14 +2,19 @@
 besides its MongoDB record. imgflow.core.lifecycle queues these on one pipeline per transition.
 
 What is not about one job's life stays with its concept and reads what is written here: the
-change feed that followers read (imgflow.core.events), the webhook sender (imgflow.core.webhooks).
+change feed that followers read (imgflow.core.events), the webhook sender (imgflow.core.webhooks),
+the tenant's cap (imgflow.core.quota).
 """
 
 from __future__ import annotations
 
+import time
+
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from imgflow.core.jobs import JobStatus
+from imgflow.core.quota import unfinished_key
 from imgflow.core.settings import Settings
 from imgflow.core.webhooks import endpoint_tenants_key, outstanding_key, webhooks_key
 
@@ -47,3 +52,28 @@ def file_finished(
     Redis: whether the tenant has endpoints), for the sender."""
     keys = [webhooks_key(settings), outstanding_key(settings), endpoint_tenants_key(settings)]
     pipe.eval(_FILE_FINISHED, 3, *keys, job_id, event_type, tenant, int(has_callback))
+
+
+# KEYS[1]: the tenant's set; ARGV: job id, now, cap. 1 if the place was taken, else 0.
+_TAKE_PLACE = """
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+
+async def take_place(redis: Redis, settings: Settings, tenant: str, job_id: str) -> bool:
+    """A place for the job among its tenant's unfinished jobs; False if they are as many as the
+    cap allows."""
+    key = unfinished_key(settings, tenant)
+    return bool(await redis.eval(_TAKE_PLACE, 1, key, job_id, time.time(), settings.tenant_max_unfinished))
+
+
+async def free_places(redis: Redis, settings: Settings, tenant: str, *job_ids: str) -> None:
+    if job_ids:
+        await redis.zrem(unfinished_key(settings, tenant), *job_ids)
+
+
+def free_place(pipe: Pipeline, settings: Settings, tenant: str, job_id: str) -> None:
+    """Queue on ``pipe``: the job, finished, holds its tenant's place no more."""
+    pipe.zrem(unfinished_key(settings, tenant), job_id)

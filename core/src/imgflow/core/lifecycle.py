@@ -140,15 +140,15 @@ async def _take_place(b: JobBackends, job: Job) -> None:
     """A place among the tenant's unfinished jobs. At the cap, places whose jobs have finished
     without freeing them (a lost removal) are freed first."""
     redis, settings, tenant = b.redis, b.settings, job.tenant
-    if await quota.reserve(redis, settings, tenant, job.job_id):
+    if await jobkeys.take_place(redis, settings, tenant, job.job_id):
         return
     stale = []
     for job_id in await quota.oldest(redis, settings, tenant, 20):
         held = await b.store.view(job_id)  # a finished job's snapshot says so
         if held is None or held.status.finished:
             stale.append(job_id)
-    await quota.release(redis, settings, tenant, *stale)
-    if stale and await quota.reserve(redis, settings, tenant, job.job_id):
+    await jobkeys.free_places(redis, settings, tenant, *stale)
+    if stale and await jobkeys.take_place(redis, settings, tenant, job.job_id):
         return
     raise quota.TenantFull(tenant, settings.tenant_max_unfinished)
 
@@ -160,7 +160,7 @@ async def _undo(b: JobBackends, job: Job, stored: bool, placed: bool) -> None:
             await b.storage.delete(job.source.key)
     if placed:
         with contextlib.suppress(RedisError):
-            await quota.release(b.redis, b.settings, job.tenant, job.job_id)
+            await jobkeys.free_places(b.redis, b.settings, job.tenant, job.job_id)
 
 
 async def restore(b: JobBackends, job: Job) -> Job:
@@ -306,7 +306,7 @@ async def _finished(b: JobBackends, job: Job, done: Job, *, dead_letter: str | N
     async with b.redis.pipeline(transaction=False) as pipe:
         Snapshots(b.redis, s).put(pipe, done)
         jobkeys.announce(pipe, s, job.job_id, done.status)
-        pipe.zrem(quota.unfinished_key(s, job.tenant), job.job_id)
+        jobkeys.free_place(pipe, s, job.tenant, job.job_id)
         jobkeys.file_finished(
             pipe, s, job.job_id, job.tenant, f"job.{done.status.value}", has_callback=bool(job.callback_url)
         )

@@ -2,25 +2,16 @@
 
 A tenant's unfinished jobs are a sorted set (job id -> accept time). Accepting a job reserves a
 place atomically and gives it back if the accept fails; finishing the job removes it (both in
-imgflow.core.lifecycle, the only writer). A removal lost to a crash or an outage would hold a place
-for ever, so when a tenant is at its cap its oldest places are first checked against the job store
-and those whose jobs are finished or gone freed.
+imgflow.core.lifecycle, the only writer, through imgflow.core.jobkeys). A removal lost to a crash
+or an outage would hold a place for ever, so when a tenant is at its cap its oldest places are first
+checked against the job store and those whose jobs are finished or gone freed.
 """
 
 from __future__ import annotations
 
-import time
-
 from redis.asyncio import Redis
 
 from imgflow.core.settings import Settings
-
-# KEYS[1]: the tenant's set; ARGV: job id, now, cap. 1 if the place was taken, else 0.
-_RESERVE = """
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return 1
-"""
 
 
 class TenantFull(Exception):
@@ -34,18 +25,6 @@ class TenantFull(Exception):
 
 def unfinished_key(settings: Settings, tenant: str) -> str:
     return f"{settings.stream}:tenant:{tenant}:unfinished"
-
-
-async def reserve(redis: Redis, settings: Settings, tenant: str, job_id: str) -> bool:
-    taken = await redis.eval(
-        _RESERVE, 1, unfinished_key(settings, tenant), job_id, time.time(), settings.tenant_max_unfinished
-    )
-    return bool(taken)
-
-
-async def release(redis: Redis, settings: Settings, tenant: str, *job_ids: str) -> None:
-    if job_ids:
-        await redis.zrem(unfinished_key(settings, tenant), *job_ids)
 
 
 async def oldest(redis: Redis, settings: Settings, tenant: str, count: int) -> list[str]:
