@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel, to_snake
 
+from imgflow.api.signed_urls import Signed
 from imgflow.core import options
 from imgflow.core.jobs import Job, JobStatus, Priority
 from imgflow.core.outputs import Fit, OutputFormat, ThumbnailSpec
@@ -53,8 +54,15 @@ class Options(Camel):
     watermark_scale: float | None = None
 
 
+SIGNED_URL = (
+    "The same file at a URL that needs no API key (for <img src>), until signedUrlExpiresAt "
+    "(present when the service signs URLs: IMGFLOW_URL_SIGNING_KEY)"
+)
+
+
 class VariantView(Camel):
     url: str = Field(description="Path of the variant's file on this service")
+    signed_url: str | None = Field(None, description=SIGNED_URL)
     width: int
     height: int
     bytes: int
@@ -64,6 +72,10 @@ class VariantView(Camel):
 class Result(Camel):
     thumbnail_url: str = Field(
         description="Path of the thumbnail (with variants: the first) on this service; GET it for the bytes"
+    )
+    signed_url: str | None = Field(None, description=SIGNED_URL)
+    signed_url_expires_at: Timestamp | None = Field(
+        None, description="When the signed URLs stop working; GET .../jobs/{jobId}/urls signs new ones"
     )
     processed_at: Timestamp
     width: int
@@ -111,11 +123,15 @@ class JobView(Camel):
     )
 
     @classmethod
-    def of(cls, job: Job) -> JobView:
+    def of(cls, job: Job, signed: Signed | None = None) -> JobView:
+        """The job as clients see it; ``signed``: its outputs' signed URLs (imgflow.api.signed_urls)."""
         result = None
+        urls = signed.urls if signed is not None else {}
         if job.result is not None:
             result = Result(
                 thumbnail_url=f"{UPLOADS_PREFIX}/{job.result.key}",
+                signed_url=urls.get(job.result.key),
+                signed_url_expires_at=signed.expires_at if signed is not None else None,
                 processed_at=job.result.processed_at,
                 width=job.result.width,
                 height=job.result.height,
@@ -124,6 +140,7 @@ class JobView(Camel):
                 variants={
                     v.name: VariantView(
                         url=f"{UPLOADS_PREFIX}/{v.key}",
+                        signed_url=urls.get(v.key),
                         width=v.width,
                         height=v.height,
                         bytes=v.bytes,

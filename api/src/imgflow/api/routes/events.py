@@ -27,6 +27,7 @@ from imgflow.api.deps import BOOTSTRAP_KEY_ID, AppState, Principal, Reader, Stat
 from imgflow.api.problems import Problem, documented
 from imgflow.api.routes.jobs import visible_job
 from imgflow.api.schemas import JobView
+from imgflow.api.signed_urls import Signed, url_base
 from imgflow.core.events import entry_order, last_change
 from imgflow.core.jobs import Job
 
@@ -34,8 +35,8 @@ router = APIRouter(tags=["jobs"])
 HEARTBEAT_S = 4.0  # also how often a stream makes sure its key still exists
 
 
-def _event(job: Job, event_id: str) -> str:
-    data = JobView.of(job).model_dump_json(by_alias=True, exclude_none=True)
+def _event(job: Job, event_id: str, signed: Signed | None) -> str:
+    data = JobView.of(job, signed).model_dump_json(by_alias=True, exclude_none=True)
     return f"id: {event_id}\nevent: status\ndata: {data}\n\n"
 
 
@@ -78,6 +79,7 @@ async def job_events(
     latest = await last_change(state.redis, state.settings, job_id)
     job = await visible_job(state, principal, job_id)
     loop = asyncio.get_running_loop()
+    base = url_base(request, state.settings.url_base)
 
     async def stream() -> AsyncIterator[str]:
         # Counted from here, where leaving is certain to uncount it: requests racing past the check
@@ -88,7 +90,7 @@ async def job_events(
             current: Job | None = job
             if resume is None or (current is not None and current.status.finished):
                 assert current is not None
-                yield _event(current, latest)
+                yield _event(current, latest, await state.signer.sign(current, base))
             key_checked = loop.time()
             with state.feed.follow(job_id, resume or latest) as follower:
                 while current is not None and not current.status.finished:
@@ -107,7 +109,7 @@ async def job_events(
                     follower.changed.clear()
                     current = await state.store.view(job_id)
                     if current is not None:
-                        yield _event(current, follower.after)
+                        yield _event(current, follower.after, await state.signer.sign(current, base))
 
     return StreamingResponse(
         stream(),

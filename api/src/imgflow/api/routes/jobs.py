@@ -18,6 +18,7 @@ from imgflow.api.multipart import FILE_FIELD, receive_upload
 from imgflow.api.openapi import JOB_FORM
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Accepted, JobList, JobView
+from imgflow.api.signed_urls import url_base
 from imgflow.api.slots import upload_slot
 from imgflow.core import cost, lifecycle, quota
 from imgflow.core.fetch import FetchRefused, check_url
@@ -215,8 +216,9 @@ async def list_presets(state: State, principal: Reader) -> dict[str, list[dict[s
     summary="Get one job",
     responses=documented(401, 403, 404, 429, 503),
 )
-async def get_job(job_id: str, state: State, principal: Reader) -> JobView:
-    return JobView.of(await visible_job(state, principal, job_id))
+async def get_job(job_id: str, request: Request, state: State, principal: Reader) -> JobView:
+    job = await visible_job(state, principal, job_id)
+    return JobView.of(job, await state.signer.sign(job, url_base(request, state.settings.url_base)))
 
 
 @router.delete(
@@ -273,6 +275,7 @@ async def visible_job(state: AppState, principal: Principal, job_id: str, *, exp
 )
 async def list_jobs(
     user_id: str,
+    request: Request,
     state: State,
     principal: Reader,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status")] = None,
@@ -299,10 +302,11 @@ async def list_jobs(
             f"{state.settings.list_max_offset:,} jobs deep at most. Page with the cursor instead: "
             "ask without page and pass each answer's nextCursor as cursor.",
         )
+    base = url_base(request, state.settings.url_base)
     result = await state.store.list_for_user(
         user_id, tenant=principal.visible_tenant, status=status, limit=limit, after=after, skip=skip
     )
     return JobList(
-        jobs=[JobView.of(job) for job in result.jobs],
+        jobs=[JobView.of(job, await state.signer.sign(job, base)) for job in result.jobs],
         next_cursor=result.next_cursor.encode() if result.next_cursor else None,
     )
