@@ -12,6 +12,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v patch >/dev/null || need_apt+=(patch)
 # PostgreSQL under FerretDB: the embedded MongoDB-wire server (harness/src/imgflow/harness/ferretdb_pg.py)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+# headless Chromium: tests/test_signed_urls.py shows a thumbnail through <img src=signedUrl> in it
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
