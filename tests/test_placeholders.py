@@ -143,3 +143,8 @@ def test_an_icc_profiles_name_is_read_from_its_desc_tag(profile: str, name: str)
 @pytest.mark.parametrize("damaged", [b"", b"\0" * 200, b"\0" * 128 + b"\xff\xff\xff\xff" + b"desc" * 3])
 def test_a_damaged_profile_has_no_name(damaged: bytes) -> None:
     assert profile_name(damaged) is None
+
+
+def test_an_rgb_picture_hashes_as_the_same_picture_opaque() -> None:
+    rgba = pattern()
+    assert thumbhash.encode(np.ascontiguousarray(rgba[..., :3])) == thumbhash.encode(rgba)

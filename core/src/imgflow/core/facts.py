@@ -15,20 +15,27 @@ HEX_COLOUR = r"^#[0-9a-f]{6}$"
 class SourceFacts(BaseModel):
     """The source image as its header describes it."""
 
-    format: str
-    width: int  # as stored; orientation 5-8 turn it a quarter when shown
+    format: str = Field(description="jpeg, png, gif, webp, tiff or avif")
+    width: int = Field(description="As stored: orientation 5-8 turn the picture a quarter when shown")
     height: int
-    orientation: int  # EXIF orientation, 1-8 (1: upright)
+    orientation: int = Field(
+        description="EXIF orientation, 1-8 (1: upright; 1 for AVIF, turned by its boxes)"
+    )
     has_alpha: bool
-    animated: bool  # a GIF or WebP of more than one frame
-    frames: int  # of the animation; 1 for a still
-    icc_profile: str | None = None  # the embedded ICC profile's name for itself
+    animated: bool = Field(description="A GIF or WebP of more than one frame")
+    frames: int = Field(description="Frames of the animation; 1 for a still")
+    icc_profile: str | None = Field(None, description="The embedded ICC profile's name for itself, if any")
 
 
 class Placeholder(BaseModel):
     """An output's look in a few bytes, made from its pixels before encoding."""
 
-    thumbhash: str  # base64 of the ThumbHash's bytes
-    blurhash: str | None = None  # made when the output's options ask for it
-    dominant_color: str = Field(pattern=HEX_COLOUR)  # the palette's most common colour, "#rrggbb"
-    palette: list[str] = Field(max_length=PALETTE_SIZE)  # most common first
+    thumbhash: str = Field(
+        description="ThumbHash of the output (base64): its colours, alpha and aspect ratio in about 25 "
+        "bytes, for a blurred placeholder (thumbhash.js thumbHashToDataURL)"
+    )
+    blurhash: str | None = Field(None, description="BlurHash (4x3 components), when the output asked for it")
+    dominant_color: str = Field(pattern=HEX_COLOUR, description="The palette's first colour, #rrggbb")
+    palette: list[str] = Field(
+        max_length=PALETTE_SIZE, description="Up to 5 colours of the output, #rrggbb, most common first"
+    )

@@ -7,6 +7,7 @@ encoder's (the largest AC term by magnitude sets the scale) and ``decode`` its d
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -27,10 +28,8 @@ def encode(rgb: Pixels, components: tuple[int, int] = COMPONENTS) -> str:
     """The BlurHash of an sRGB picture (kept small: every pixel enters every term)."""
     nx, ny = components
     h, w = rgb.shape[:2]
-    linear = _LINEAR[rgb[..., :3]]  # h, w, 3
-    cos_x = np.cos(np.pi / w * np.outer(np.arange(nx), np.arange(w)))  # i, x
-    cos_y = np.cos(np.pi / h * np.outer(np.arange(ny), np.arange(h)))  # j, y
-    factors = np.einsum("jy,yxc,ix->jic", cos_y, linear, cos_x) / (w * h)  # j, i, rgb
+    linear = _LINEAR[rgb[..., :3]].transpose(2, 0, 1)  # rgb, y, x
+    factors = (_cosines(ny, h) @ linear @ _cosines(nx, w).T / (w * h)).transpose(1, 2, 0)  # j, i, rgb
     factors[1:, :] *= 2
     factors[0, 1:] *= 2
     terms = factors.reshape(-1, 3)
@@ -69,6 +68,14 @@ def decode(blurhash: str, width: int, height: int) -> Pixels:
     cos_y = np.cos(np.pi / height * np.outer(np.arange(height), np.arange(ny)))  # y, j
     linear = np.einsum("yj,jic,xi->yxc", cos_y, terms, cos_x)
     return _to_srgb(linear)
+
+
+@functools.cache
+def _cosines(n: int, size: int) -> Floats:
+    """cos(pi / size * c * x) by c < n, x < size: BlurHash's basis."""
+    basis = np.cos(np.pi / size * np.outer(np.arange(n), np.arange(size)))
+    basis.setflags(write=False)  # shared by every call
+    return basis
 
 
 def _to_srgb(linear: Floats) -> Pixels:

@@ -67,7 +67,7 @@ def of_pillow(image: Image.Image, *, with_blurhash: bool) -> Placeholder:
 
 def _boxed(pixels: thumbhash.Pixels) -> thumbhash.Pixels:
     """At most SIDE pixels a side, each the mean of the box it covers (the edges' partial boxes
-    left out), RGBA."""
+    left out)."""
     height, width = pixels.shape[:2]
     f = -(-max(width, height) // SIDE)
     if f > 1:
@@ -80,13 +80,11 @@ def _boxed(pixels: thumbhash.Pixels) -> thumbhash.Pixels:
             .round()
             .astype(np.uint8)
         )
-    if pixels.shape[2] == 3:
-        pixels = np.concatenate([pixels, np.full((*pixels.shape[:2], 1), 255, np.uint8)], axis=2)
     return pixels
 
 
 def of_pixels(rgba: thumbhash.Pixels, *, with_blurhash: bool) -> Placeholder:
-    """``rgba``: height x width x 4, at most 100 a side."""
+    """``rgba``: height x width x 4 (or 3: opaque), at most 100 a side."""
     colours = palette(rgba)
     return Placeholder(
         thumbhash=base64.b64encode(thumbhash.encode(rgba)).decode(),
@@ -101,7 +99,7 @@ def palette(rgba: thumbhash.Pixels) -> list[str]:
     common first: the pixels counted in bins of 32 levels a channel (512 bins), each bin's colour
     the mean of its pixels. A few numpy calls: a median cut's many small steps took longer than
     the ThumbHash on these few pixels."""
-    opaque = rgba[rgba[..., 3] >= OPAQUE][:, :3]
+    opaque = rgba[rgba[..., 3] >= OPAQUE][:, :3] if rgba.shape[2] == 4 else rgba.reshape(-1, 3)
     if not len(opaque):
         opaque = rgba[..., :3].reshape(-1, 3)
     bins = opaque.astype(np.intp) >> BIN_BITS

@@ -11,6 +11,7 @@ the reference). ``decode`` is the reference's too: what a page shows of a hash.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -24,31 +25,31 @@ _LPQ = np.array([[1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, -1.0], [1.0, -1.0, 0.0]])
 
 
 def encode(rgba: Pixels) -> bytes:
-    """The ThumbHash of an RGBA picture of at most 100x100."""
-    h, w = rgba.shape[:2]
+    """The ThumbHash of an RGBA (or RGB: opaque) picture of at most 100x100."""
+    h, w, bands = rgba.shape
     if w > MAX_SIDE or h > MAX_SIDE:
         raise ValueError(f"{w}x{h} does not fit in {MAX_SIDE}x{MAX_SIDE}")
-    flat = rgba.reshape(-1, 4).astype(np.float64) / 255
-    alpha = flat[:, 3]
-    total_alpha = float(alpha.sum())
+    flat = rgba.reshape(-1, bands).astype(np.float64) / 255
+    rgb = flat[:, :3]
+    alpha = flat[:, 3] if bands == 4 else None
+    total_alpha = float(alpha.sum()) if alpha is not None else w * h
     has_alpha = total_alpha < w * h
     l_limit = 5 if has_alpha else 7  # fewer luminance terms where alpha takes room
     lx = max(1, _round(l_limit * w / max(w, h)))
     ly = max(1, _round(l_limit * h / max(w, h)))
-    rgb = flat[:, :3]
-    if has_alpha:  # composite atop the average colour
+    channels = _LPQ @ rgb.T  # luminance and two colour differences (and alpha): channel, pixel
+    if alpha is not None and has_alpha:  # composite atop the average colour
         average = alpha @ rgb / total_alpha if total_alpha else np.zeros(3)
-        rgb = average + alpha[:, None] * (rgb - average)
-    # luminance and two colour differences, and alpha: channel, y, x
-    channels = np.vstack([(rgb @ _LPQ.T).T, alpha]).reshape(4, h, w)
+        channels = np.vstack([_LPQ @ (average + alpha[:, None] * (rgb - average)).T, alpha])
     # every channel's DCT terms in one product, as many as the largest needs
     nx, ny = max(3, lx, 5 if has_alpha else 3), max(3, ly, 5 if has_alpha else 3)
-    cos_x = np.cos(np.pi / w * np.outer(np.arange(nx), np.arange(w) + 0.5))  # cx, x
-    cos_y = np.cos(np.pi / h * np.outer(np.arange(ny), np.arange(h) + 0.5))  # cy, y
-    factors = (cos_y @ channels @ cos_x.T / (w * h)).tolist()  # channel, cy, cx
-    l_dc, l_ac, l_scale = _channel(factors[0], max(3, lx), max(3, ly))
-    p_dc, p_ac, p_scale = _channel(factors[1], 3, 3)
-    q_dc, q_ac, q_scale = _channel(factors[2], 3, 3)
+    factors = _cosines(ny, h) @ channels.reshape(-1, h, w) @ _cosines(nx, w).T / (w * h)  # channel, cy, cx
+    index, starts, lengths = _layout(max(3, lx), max(3, ly), has_alpha, nx, ny)
+    ac = factors.reshape(-1)[index]  # every channel's AC terms, one after the other
+    scales = np.maximum.reduceat(np.abs(ac), starts)
+    scaled = np.repeat(scales > 0, lengths)  # a channel whose terms are all 0 keeps them
+    ac[scaled] = 0.5 + 0.5 * ac[scaled] / np.repeat(scales, lengths)[scaled]
+    (l_dc, p_dc, q_dc), (l_scale, p_scale, q_scale) = factors[:3, 0, 0].tolist(), scales[:3].tolist()
     header24 = (
         _round(63 * l_dc)
         | _round(31.5 + 31.5 * p_dc) << 6
@@ -61,15 +62,12 @@ def encode(rgba: Pixels) -> bytes:
         (ly if landscape else lx) | _round(63 * p_scale) << 3 | _round(63 * q_scale) << 9 | landscape << 15
     )
     out = bytearray([header24 & 255, header24 >> 8 & 255, header24 >> 16, header16 & 255, header16 >> 8])
-    acs = [l_ac, p_ac, q_ac]
     if has_alpha:
-        a_dc, a_ac, a_scale = _channel(factors[3], 5, 5)
-        out.append(_round(15 * a_dc) | _round(15 * a_scale) << 4)
-        acs.append(a_ac)
-    nibbles = [_round(15 * f) for ac in acs for f in ac]
-    for i in range(0, len(nibbles), 2):
-        out.append(nibbles[i] | (nibbles[i + 1] << 4 if i + 1 < len(nibbles) else 0))
-    return bytes(out)
+        out.append(_round(15 * float(factors[3, 0, 0])) | _round(15 * float(scales[3])) << 4)
+    nibbles = np.floor(15 * ac + 0.5).astype(np.uint8)  # Math.round, as _round
+    if len(nibbles) % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    return bytes(out) + (nibbles[0::2] | nibbles[1::2] << 4).tobytes()
 
 
 def decode(thumbhash: bytes) -> Pixels:
@@ -134,18 +132,35 @@ def aspect_ratio(thumbhash: bytes) -> float:
     return lx / ly
 
 
+@functools.cache
 def _terms(nx: int, ny: int) -> list[tuple[int, int]]:
     """The (cx, cy) DCT terms a channel keeps, in the reference's order: a triangle, DC first."""
     return [(cx, cy) for cy in range(ny) for cx in range(nx) if cx * ny < nx * (ny - cy)]
 
 
-def _channel(factors: list[list[float]], nx: int, ny: int) -> tuple[float, list[float], float]:
-    """A channel's DC term, its AC terms scaled to 0-1 and their scale, from its factors by cy, cx."""
-    ac = [factors[cy][cx] for cx, cy in _terms(nx, ny)[1:]]
-    scale = max((abs(f) for f in ac), default=0.0)
-    if scale:
-        ac = [0.5 + 0.5 / scale * f for f in ac]
-    return factors[0][0], ac, scale
+@functools.cache
+def _cosines(n: int, size: int) -> Floats:
+    """cos(pi / size * c * (x + 0.5)) by c < n, x < size: the DCT's basis."""
+    basis = np.cos(np.pi / size * np.outer(np.arange(n), np.arange(size) + 0.5))
+    basis.setflags(write=False)  # shared by every call
+    return basis
+
+
+@functools.cache
+def _layout(
+    lx: int, ly: int, has_alpha: bool, nx: int, ny: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Where each channel's AC terms are in the factors (channel, cy, cx, flattened), in the
+    reference's order (L, P, Q, then A): their indices, and each channel's start and length."""
+    shapes = [(lx, ly), (3, 3), (3, 3), *([(5, 5)] if has_alpha else [])]
+    index: list[int] = []
+    starts, lengths = [], []
+    for channel, (cx_n, cy_n) in enumerate(shapes):
+        terms = _terms(cx_n, cy_n)[1:]
+        starts.append(len(index))
+        lengths.append(len(terms))
+        index += [(channel * ny + cy) * nx + cx for cx, cy in terms]
+    return np.array(index), np.array(starts), np.array(lengths)
 
 
 def _round(value: float) -> int:
