@@ -415,8 +415,17 @@ async def test_reuse_completes_a_new_job_from_an_identical_finished_ones_outputs
 # What only imgflow.core.lifecycle may use: the functions that write a job's side-effect keys ...
 WRITERS = {
     "imgflow.core.quota": {"unfinished_key"},
-    "imgflow.core.jobkeys": {"announce", "file_finished", "take_place", "free_places", "free_place"},
-    "imgflow.core.queue": {"publish", "requeue", "entries_key", "forget_entry"},
+    "imgflow.core.jobkeys": {
+        "announce",
+        "file_finished",
+        "take_place",
+        "free_places",
+        "free_place",
+        "publish",
+        "requeue",
+        "forget_entry",
+    },
+    "imgflow.core.queue": {"entries_key"},
     "imgflow.core.retries": {"retry_key", "dead_letter_key", "remove_dead_letters", "take_due_retries"},
 }
 # ... a JobStore's writes, and a Snapshots' ...
@@ -497,7 +506,7 @@ def test_the_scan_sees_each_kind_of_write() -> None:
     writes = """
 from imgflow.core import quota
 from imgflow.core.jobkeys import announce
-from imgflow.core.queue import forget_entry
+from imgflow.core.jobkeys import forget_entry
 pipe.zrem(quota.unfinished_key(s, tenant), job_id)
 await self.store.complete(job_id, result, expires_at=x)
 await state.store.revive(job_id)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from imgflow.core import cost, lifecycle, queue, schedule, tenant_metrics
+from imgflow.core import cost, jobkeys, lifecycle, queue, schedule, tenant_metrics
 from imgflow.core.jobs import Job, UploadSource
 from imgflow.core.outputs import OutputFormat, ThumbnailSpec
 from imgflow.core.settings import Settings, StorageBackend
@@ -70,7 +70,7 @@ async def queue_many_tenants(parts: Parts) -> int:
         each = job(f"t{i:05d}", ThumbnailSpec(width=32, height=32))
         jobs.append(each.model_copy(update={"cost": 10 + i}))
     async with parts.redis.pipeline(transaction=False) as pipe:
-        await queue.publish(pipe, parts.settings, jobs)
+        await jobkeys.publish(pipe, parts.settings, jobs)
         await pipe.execute()
     return sum(each.cost for each in jobs)
 
@@ -157,7 +157,7 @@ async def test_series_follow_the_ranking_and_stay_bounded(
 
     newcomer = job("newcomer", ThumbnailSpec(width=32, height=32)).model_copy(update={"cost": 10**6})
     async with parts.redis.pipeline(transaction=False) as pipe:
-        await queue.publish(pipe, settings, [newcomer])
+        await jobkeys.publish(pipe, settings, [newcomer])
         await pipe.execute()
     await schedule.waiting(parts.redis, settings)
     await top.refresh(parts.redis)

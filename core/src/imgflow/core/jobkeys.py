@@ -2,18 +2,23 @@
 besides its MongoDB record. imgflow.core.lifecycle queues these on one pipeline per transition.
 
 What is not about one job's life stays with its concept and reads what is written here: the
-change feed that followers read (imgflow.core.events), the webhook sender (imgflow.core.webhooks),
-the tenant's cap (imgflow.core.quota).
+queue's contract, consumer group and backlog (imgflow.core.queue), the change feed that followers
+read (imgflow.core.events), the webhook sender (imgflow.core.webhooks), the tenant's cap
+(imgflow.core.quota).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Sequence
 
+from faststream.redis.parser.binary import BinaryMessageFormatV1
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from imgflow.core.jobs import JobStatus
+from imgflow.core.jobs import Job, JobStatus, Priority
+from imgflow.core.queue import JobMessage, entries_key, job_of
 from imgflow.core.quota import unfinished_key
 from imgflow.core.settings import Settings
 from imgflow.core.webhooks import endpoint_tenants_key, outstanding_key, webhooks_key
@@ -77,3 +82,64 @@ async def free_places(redis: Redis, settings: Settings, tenant: str, *job_ids: s
 def free_place(pipe: Pipeline, settings: Settings, tenant: str, job_id: str) -> None:
     """Queue on ``pipe``: the job, finished, holds its tenant's place no more."""
     pipe.zrem(unfinished_key(settings, tenant), job_id)
+
+
+# KEYS: the stream, the entries hash; ARGV: the stream's cap, then per job its id, message,
+# tenant, priority and cost (what imgflow.core.schedule reads). Adds each message and records its
+# entry id in one step: no job is queued unrecorded.
+_PUBLISH = """
+local ids = {}
+for i = 2, #ARGV, 5 do
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', '__data__', ARGV[i + 1],
+    'tenant', ARGV[i + 2], 'priority', ARGV[i + 3], 'cost', ARGV[i + 4])
+  redis.call('HSET', KEYS[2], ARGV[i], id)
+  ids[#ids + 1] = id
+end
+return ids
+"""
+
+
+def _scheduled(job_id: str, data: bytes, job: Job | None) -> list[str | bytes | int]:
+    """The publish script's arguments for one message: what the scheduler shares by."""
+    if job is None:  # a message of an older publisher: shared as the default tenant's
+        return [job_id, data, "default", Priority.interactive.value, 1]
+    return [job_id, data, job.tenant, job.priority.value, max(1, job.cost)]
+
+
+async def publish(pipe: Pipeline, settings: Settings, jobs: Sequence[Job]) -> None:
+    """Queue on ``pipe`` each job's message, in the format FastStream's subscribers read, with its
+    entry id recorded."""
+    args: list[str | bytes | int] = []
+    for job in jobs:
+        data = await BinaryMessageFormatV1.encode(
+            message=JobMessage(job_id=job.job_id, job=job).model_dump(mode="json"),
+            reply_to=None,
+            headers=None,
+            correlation_id=str(uuid.uuid4()),
+        )
+        args += _scheduled(job.job_id, data, job)
+    pipe.eval(_PUBLISH, 2, settings.stream, entries_key(settings), settings.stream_maxlen, *args)
+
+
+def requeue(pipe: Pipeline, settings: Settings, job_id: str, data: bytes) -> None:
+    """Queue on ``pipe`` a message taken from the stream (``data``) again at its end, its new entry
+    id recorded."""
+    args = _scheduled(job_id, data, job_of(data))
+    pipe.eval(_PUBLISH, 2, settings.stream, entries_key(settings), settings.stream_maxlen, *args)
+
+
+# Delete the job's record only if it still names this entry: a newer publish (a give-back, a
+# republish) has recorded its own, which must stay.
+_FORGET = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
+def forget_entry(pipe: Pipeline, settings: Settings, job_id: str, entry_id: bytes | str) -> None:
+    """Queue on ``pipe``: the entry was acknowledged, the job no longer has a message in the
+    stream through it."""
+    entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    pipe.eval(_FORGET, 1, entries_key(settings), job_id, entry)

@@ -50,7 +50,7 @@ from redis.exceptions import RedisError
 from imgflow.core import jobkeys, quota, schedule
 from imgflow.core.errors import DatabaseUnavailable, QueueUnavailable, StorageUnavailable
 from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, output_key, owned_original, utcnow
-from imgflow.core.queue import DATA, forget_entry, job_id_of, lease_key, publish, requeue, worker_key
+from imgflow.core.queue import DATA, job_id_of, lease_key, worker_key
 from imgflow.core.retries import dead_letter_key, remove_dead_letters, retry_key, take_due_retries
 from imgflow.core.settings import Settings
 from imgflow.core.snapshots import Snapshots
@@ -120,7 +120,7 @@ async def accept(
             raise DatabaseUnavailable(str(exc)) from exc
         try:
             async with b.redis.pipeline(transaction=False) as pipe:
-                await publish(pipe, s, [job])
+                await jobkeys.publish(pipe, s, [job])
                 Snapshots(b.redis, s).put(pipe, job)
                 jobkeys.announce(pipe, s, job.job_id, job.status)
                 await pipe.execute()
@@ -360,7 +360,7 @@ async def give_back(b: JobBackends, worker: str, message_id: bytes | str | int) 
         released = await b.store.release(job)
     async with b.redis.pipeline(transaction=True) as pipe:
         if data is not None and job_id is not None:
-            requeue(pipe, s, job_id, data)
+            jobkeys.requeue(pipe, s, job_id, data)
         pipe.xack(s.stream, s.consumer_group, message_id)
         schedule.done(pipe, s, [message_id])
         if released is not None:
@@ -380,7 +380,7 @@ async def revive(b: JobBackends, job: Job) -> Job | None:
         return None
     try:
         async with b.redis.pipeline(transaction=False) as pipe:
-            await publish(pipe, b.settings, [revived])
+            await jobkeys.publish(pipe, b.settings, [revived])
             Snapshots(b.redis, b.settings).put(pipe, revived)
             jobkeys.announce(pipe, b.settings, revived.job_id, JobStatus.pending)
             pipe.delete(cancel_key(b.settings, revived.job_id))  # a cancel that came too late
@@ -397,7 +397,7 @@ async def republish(redis: Redis, settings: Settings, jobs: Sequence[Job]) -> No
         return
     try:
         async with redis.pipeline(transaction=False) as pipe:
-            await publish(pipe, settings, jobs)
+            await jobkeys.publish(pipe, settings, jobs)
             await pipe.execute()
     except Exception as exc:
         raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
@@ -417,7 +417,7 @@ def acknowledged(pipe: Pipeline, settings: Settings, job_id: str, message_ids: S
     """Queue on ``pipe``: the worker acknowledged these messages of the job; it no longer has a
     message in the stream through them (a newer entry, a give-back's, stays recorded)."""
     for message_id in message_ids:
-        forget_entry(pipe, settings, job_id, message_id)
+        jobkeys.forget_entry(pipe, settings, job_id, message_id)
 
 
 async def remove(store: JobStore, redis: Redis, settings: Settings, job_id: str) -> None:

@@ -1,5 +1,6 @@
-"""The queue contract: the message on the Redis stream, how it is published, and how deep the queue
-is. Published by imgflow.core.lifecycle; retries and dead letters are imgflow.core.retries'.
+"""The queue contract: the message on the Redis stream, the workers' consumer group, and how deep
+the queue is. Messages are published by imgflow.core.lifecycle (imgflow.core.jobkeys.publish);
+retries and dead letters are imgflow.core.retries'.
 
 The message carries the job id, a version and the job as it was when published; MongoDB holds the
 job itself, so a message can be repeated or replayed without harm. The copy is there for a
@@ -12,7 +13,6 @@ still in the stream (waiting, or held by a worker) from one whose message is rea
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,11 +21,10 @@ from faststream.redis import RedisBroker
 from faststream.redis.parser.binary import BinaryMessageFormatV1
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from imgflow.core.errors import QueueUnavailable as QueueUnavailable  # where callers import it
-from imgflow.core.jobs import Job, Priority
+from imgflow.core.jobs import Job
 from imgflow.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,10 +41,6 @@ class JobMessage(BaseModel):
     job: Job | None = None  # the job when published (None in messages of older publishers)
 
 
-def message(job: Job) -> JobMessage:
-    return JobMessage(job_id=job.job_id, job=job)
-
-
 def make_broker(settings: Settings, **kwargs: Any) -> RedisBroker:
     # A short socket timeout lets a submit fail fast (503) instead of hanging when Redis is gone.
     return RedisBroker(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=3.0, **kwargs)
@@ -53,48 +48,6 @@ def make_broker(settings: Settings, **kwargs: Any) -> RedisBroker:
 
 # FastStream keeps a message's body, framed with its headers, in the entry's "__data__" field
 DATA = b"__data__"
-# KEYS: the stream, the entries hash; ARGV: the stream's cap, then per job its id, message,
-# tenant, priority and cost (what imgflow.core.schedule reads). Adds each message and records its
-# entry id in one step: no job is queued unrecorded.
-_PUBLISH = """
-local ids = {}
-for i = 2, #ARGV, 5 do
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', '__data__', ARGV[i + 1],
-    'tenant', ARGV[i + 2], 'priority', ARGV[i + 3], 'cost', ARGV[i + 4])
-  redis.call('HSET', KEYS[2], ARGV[i], id)
-  ids[#ids + 1] = id
-end
-return ids
-"""
-
-
-def _scheduled(job_id: str, data: bytes, job: Job | None) -> list[str | bytes | int]:
-    """The publish script's arguments for one message: what the scheduler shares by."""
-    if job is None:  # a message of an older publisher: shared as the default tenant's
-        return [job_id, data, "default", Priority.interactive.value, 1]
-    return [job_id, data, job.tenant, job.priority.value, max(1, job.cost)]
-
-
-async def publish(pipe: Pipeline, settings: Settings, jobs: Sequence[Job]) -> None:
-    """Queue on ``pipe`` each job's message, in the format FastStream's subscribers read, with its
-    entry id recorded."""
-    args: list[str | bytes | int] = []
-    for job in jobs:
-        data = await BinaryMessageFormatV1.encode(
-            message=message(job).model_dump(mode="json"),
-            reply_to=None,
-            headers=None,
-            correlation_id=str(uuid.uuid4()),
-        )
-        args += _scheduled(job.job_id, data, job)
-    pipe.eval(_PUBLISH, 2, settings.stream, entries_key(settings), settings.stream_maxlen, *args)
-
-
-def requeue(pipe: Pipeline, settings: Settings, job_id: str, data: bytes) -> None:
-    """Queue on ``pipe`` a message taken from the stream (``data``) again at its end, its new entry
-    id recorded."""
-    args = _scheduled(job_id, data, _job_of(data))
-    pipe.eval(_PUBLISH, 2, settings.stream, entries_key(settings), settings.stream_maxlen, *args)
 
 
 def job_id_of(data: bytes) -> str | None:
@@ -103,7 +56,8 @@ def job_id_of(data: bytes) -> str | None:
     return found.job_id if found is not None else None
 
 
-def _job_of(data: bytes) -> Job | None:
+def job_of(data: bytes) -> Job | None:
+    """The job as published in a stream entry's ``data``; None if the message has no copy."""
     found = _message_of(data)
     return found.job if found is not None else None
 
@@ -119,23 +73,6 @@ def _message_of(data: bytes) -> JobMessage | None:
 def entries_key(settings: Settings) -> str:
     """The Redis hash: job id -> id of the stream entry that last carried it (unfinished jobs only)."""
     return f"{settings.stream}:entries"
-
-
-# Delete the job's record only if it still names this entry: a newer publish (a give-back, a
-# republish) has recorded its own, which must stay.
-_FORGET = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return 0
-"""
-
-
-def forget_entry(pipe: Pipeline, settings: Settings, job_id: str, entry_id: bytes | str) -> None:
-    """Queue on ``pipe``: the entry was acknowledged, the job no longer has a message in the
-    stream through it."""
-    entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    pipe.eval(_FORGET, 1, entries_key(settings), job_id, entry)
 
 
 async def lost_jobs(redis: Redis, settings: Settings, job_ids: Sequence[str]) -> list[str]:
