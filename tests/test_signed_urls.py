@@ -31,6 +31,7 @@ from imgflow.harness import images
 from imgflow.harness.client import JOBS, api_client, make_key, submit, wait_finished
 from imgflow.harness.servers import S3Server, free_port
 from tests.conftest import Processes, make_settings, on_s3
+from tests.test_cli import environment, imgflow
 
 SIGNING_KEY = secrets.token_urlsafe(32)
 VARIANTS = json.dumps(
@@ -254,6 +255,25 @@ async def test_with_s3_presigning_the_signed_url_is_a_presigned_object_url(
         assert reply.headers["cache-control"].startswith("public, max-age=")
         assert "immutable" in reply.headers["cache-control"]
         assert (await anyone.get(url.replace("Signature=", "Signature=0"))).status_code == 403
+
+
+async def test_the_cli_signs_a_jobs_urls(signing: Signing, tmp_path: Path) -> None:
+    job = await completed(signing.base_url, signing.keys["acme"], variants=VARIANTS)
+    env = environment(signing.base_url, signing.keys["acme"], tmp_path)
+    before = time.time()
+    run = await imgflow(env, "jobs", "urls", job["jobId"], "--ttl", "600", "-o", "json")
+    assert run.returncode == 0, run.stderr
+    signed = json.loads(run.stdout)
+    assert before + 600 <= datetime.fromisoformat(signed["expiresAt"]).timestamp() <= time.time() + 625
+    async with httpx.AsyncClient(timeout=30) as anyone:
+        assert (await anyone.get(signed["variants"]["big"])).status_code == 200
+    run = await imgflow(env, "jobs", "urls", job["jobId"])
+    assert run.returncode == 0, run.stderr
+    lines = [line.split(" ") for line in run.stdout.splitlines()]
+    assert [name for name, _ in lines] == ["card", "big"] and all("/signed/acme/" in url for _, url in lines)
+    assert "valid until" in run.stderr
+    refused = await imgflow(env, "jobs", "urls", job["jobId"], "--ttl", "0")
+    assert refused.returncode != 0 and "--ttl" in refused.stderr
 
 
 def test_expiries_are_rounded_up_to_a_step_and_never_outlive_the_job() -> None:

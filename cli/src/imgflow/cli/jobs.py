@@ -1,4 +1,4 @@
-"""``imgflow jobs list|get|watch|cancel``."""
+"""``imgflow jobs list|get|watch|cancel|urls``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from imgflow.cli.config import Output
 from imgflow.cli.follow import follow
 
 app = typer.Typer(
-    help="Jobs: list a user's, show one, follow one live, cancel one.",
+    help="Jobs: list a user's, show one, follow one live, cancel one, sign its outputs' URLs.",
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
@@ -118,3 +118,28 @@ def cancel(ctx: typer.Context, job_id: str, output_: OutputOption = None) -> Non
         return "cancelled" if status == "cancelled" else f"{status}, cancellation requested"
 
     show(config, job, lambda body: output.out.print(f"job {job_id}: {said(body)}"))
+
+
+@app.command()
+def urls(
+    ctx: typer.Context,
+    job_id: str,
+    ttl: Annotated[
+        int | None,
+        typer.Option(min=1, max=604800, help="Seconds the URLs are valid; default: the tenant's (1 day)"),
+    ] = None,
+    output_: OutputOption = None,
+) -> None:
+    """Signed URLs of a completed job's outputs (GET .../jobs/{id}/urls): they need no key, so a
+    page can show them with <img src>, until they expire."""
+    config = config_of(ctx, output_)
+    params = {"ttl": ttl} if ttl is not None else None
+    signed = call(config, lambda api: api.json("GET", f"{JOBS}/{segment(job_id)}/urls", params=params))
+
+    def render(body: dict[str, Any]) -> None:
+        named = body.get("variants") or {"thumbnail": body["signedUrl"]}  # the thumbnail is the first variant
+        for name, url in named.items():
+            output.out.print(f"{name} {url}", markup=False, soft_wrap=True)
+        output.err.print(f"valid until {body['expiresAt']}", markup=False)
+
+    show(config, signed, render)
