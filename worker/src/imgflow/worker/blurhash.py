@@ -73,7 +73,7 @@ def decode(blurhash: str, width: int, height: int) -> Pixels:
 @functools.cache
 def _cosines(n: int, size: int) -> Floats:
     """cos(pi / size * c * x) by c < n, x < size: BlurHash's basis."""
-    basis = np.cos(np.pi / size * np.outer(np.arange(n), np.arange(size)))
+    basis: Floats = np.cos(np.pi / size * np.outer(np.arange(n), np.arange(size)))
     basis.setflags(write=False)  # shared by every call
     return basis
 

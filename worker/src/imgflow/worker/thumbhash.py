@@ -67,7 +67,8 @@ def encode(rgba: Pixels) -> bytes:
     nibbles = np.floor(15 * ac + 0.5).astype(np.uint8)  # Math.round, as _round
     if len(nibbles) % 2:
         nibbles = np.append(nibbles, np.uint8(0))
-    return bytes(out) + (nibbles[0::2] | nibbles[1::2] << 4).tobytes()
+    packed: bytes = (nibbles[0::2] | nibbles[1::2] << 4).tobytes()
+    return bytes(out) + packed
 
 
 def decode(thumbhash: bytes) -> Pixels:
