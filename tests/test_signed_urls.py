@@ -5,6 +5,7 @@ real browser (Debian's headless Chromium) through ``<img src>``."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import http.server
 import json
@@ -29,6 +30,7 @@ from imgflow.api.signed_urls import MAX_STEP_S, expiry
 from imgflow.core.settings import Settings
 from imgflow.harness import images
 from imgflow.harness.client import JOBS, api_client, make_key, submit, wait_finished
+from imgflow.harness.receivers import receiver
 from imgflow.harness.servers import S3Server, free_port
 from tests.conftest import Processes, make_settings, on_s3
 from tests.test_cli import environment, imgflow
@@ -274,6 +276,36 @@ async def test_the_cli_signs_a_jobs_urls(signing: Signing, tmp_path: Path) -> No
     assert "valid until" in run.stderr
     refused = await imgflow(env, "jobs", "urls", job["jobId"], "--ttl", "0")
     assert refused.returncode != 0 and "--ttl" in refused.stderr
+
+
+async def test_webhooks_carry_signed_urls_under_the_configured_base(
+    processes: Processes, fresh_settings: Settings
+) -> None:
+    """IMGFLOW_URL_BASE (a CDN in front, say) starts every signed URL; the signature covers the path
+    only, so the same path works on the API itself."""
+    settings = fresh_settings.model_copy(
+        update={
+            "url_signing_key": SIGNING_KEY,
+            "url_base": "https://cdn.example.test",
+            "allow_private_urls": True,  # the receiver is on loopback
+            "webhook_secret": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+        }
+    )
+    _, base_url = processes.start_api(settings)
+    processes.start_worker(settings)
+    with receiver() as hook:
+        async with api_client(base_url, timeout=30) as client:
+            reply = await submit(client, images.jpeg(), callbackUrl=hook.url)
+            job = await wait_finished(client, reply.json()["jobId"])
+            assert job["result"]["signedUrl"].startswith("https://cdn.example.test/signed/")
+        deadline = time.monotonic() + 60
+        while not hook.calls:
+            assert time.monotonic() < deadline, "no webhook"
+            await asyncio.sleep(0.05)
+    sent = json.loads(hook.calls[0][1])["data"]["result"]["signedUrl"]
+    assert sent.startswith("https://cdn.example.test/signed/default/" + job["jobId"])
+    async with httpx.AsyncClient(timeout=30) as anyone:
+        assert (await anyone.get(base_url + sent.removeprefix("https://cdn.example.test"))).status_code == 200
 
 
 def test_expiries_are_rounded_up_to_a_step_and_never_outlive_the_job() -> None:

@@ -300,7 +300,8 @@ class Sender:
             await outstanding(redis, settings, job_id, -1)
             return
         url, secrets = destination
-        data = JobView.of(job).model_dump(mode="json", by_alias=True, exclude_none=True)
+        signed = await self.state.signer.sign(job, settings.url_base)  # a path without IMGFLOW_URL_BASE
+        data = JobView.of(job, signed).model_dump(mode="json", by_alias=True, exclude_none=True)
         sent = await self._post(
             url, secrets, message_id(job_id, event_type), _body(event_type, job.tenant, data)
         )
