@@ -391,6 +391,8 @@ def start_stack(settings: Settings, workdir: Path, logs: Path | None = None) -> 
                 "mongodb_url": mongo.url,
                 # a bootstrap admin key of its own, unless one was given
                 "admin_key": settings.admin_key or "imgf_admin_" + secrets.token_hex(16),
+                # and a key signing its outputs' signedUrl (a new one voids the URLs of the last run)
+                "url_signing_key": settings.url_signing_key or secrets.token_urlsafe(32),
             }
         )
         api = start(api_server(settings, logs / "api.log"), "api.log")
