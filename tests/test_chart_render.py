@@ -34,6 +34,7 @@ from imgflow.harness.helm_chart import (
     template_args,
 )
 from imgflow.harness.paths import ROOT
+from imgflow.operator.settings import OperatorSettings
 from tests.conftest import Processes, make_settings
 
 pytestmark = pytest.mark.skipif(
@@ -425,6 +426,16 @@ def test_only_the_api_gets_the_admin_key_and_the_webhook_secret(
             assert not {"admin-key", "webhook-secret"} & secret_keys, name
             assert not [source for source in c.get("envFrom") or [] if "secretRef" in source], name
         assert not [v for v in spec.get("volumes") or [] if {"secret", "projected"} & set(v)], name
+
+
+def test_the_operator_is_told_each_namespaces_tenant() -> None:
+    """operator.namespaceTenants reaches the operator as the allow-list its settings read."""
+    docs = render({"operator": {"namespaceTenants": {"shop": "acme"}}}, release=REL, namespace=NS)
+    env = env_of(container(one(docs, "Deployment", OPERATOR)))
+    told = OperatorSettings.model_validate(
+        {"namespace_tenants": json.loads(env["IMGFLOW_NAMESPACE_TENANTS"])}
+    )
+    assert told.namespace_tenants == {"shop": "acme"}
 
 
 def test_operator_rbac_is_exactly_the_agreed_rules(default_docs: list[dict[str, Any]]) -> None:

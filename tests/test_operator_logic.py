@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+from pydantic import ValidationError
+
 from imgflow.core.jobs import Job, JobStatus, UrlSource
+from imgflow.core.options import InvalidOption
 from imgflow.core.outputs import Fit, OutputFormat
 from imgflow.operator.imagejob import (
     SourceItem,
     SourceState,
+    check_tenant,
     expires_at,
     job_id_for,
+    namespace_tenant,
     parse_sources,
     recorded_sources,
     refresh,
@@ -21,6 +27,7 @@ from imgflow.operator.imagejob import (
     thumbnail_spec,
 )
 from imgflow.operator.podcost import PodView, deletion_costs, parse_heartbeats
+from imgflow.operator.settings import OperatorSettings
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -46,6 +53,18 @@ def test_sources_and_thumbnail_are_read_with_the_crd_defaults() -> None:
     assert (thumb.width, thumb.height, thumb.fit, thumb.format) == (100, 100, Fit.cover, OutputFormat.jpeg)
     chosen = thumbnail_spec({"operations": {"thumbnail": {"width": 64, "fit": "inside", "format": "png"}}})
     assert (chosen.width, chosen.height, chosen.fit, chosen.format) == (64, 100, Fit.inside, OutputFormat.png)
+
+
+def test_an_image_job_acts_for_its_namespaces_tenant_whatever_its_spec_says() -> None:
+    tenants = {"shop": "acme"}
+    assert namespace_tenant("shop", tenants, "default") == "acme"
+    assert namespace_tenant("elsewhere", tenants, "default") == "default"
+    check_tenant({"userId": "u"}, "shop", "acme")  # naming none is fine
+    check_tenant({"tenant": "acme"}, "shop", "acme")  # and so is repeating it
+    with pytest.raises(InvalidOption, match=r"spec\.tenant 'globex' is not the tenant of namespace 'shop'"):
+        check_tenant({"tenant": "globex"}, "shop", "acme")
+    with pytest.raises(ValidationError):  # the allow-list names tenants a key could have
+        OperatorSettings(namespace_tenants={"shop": "Not A Tenant"})
 
 
 # --- ImageJob status ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """What a tenant's key cannot reach beyond its tenant: the bootstrap key's tenant, every job of its
 tenant through a webhook without the right to read them, more endpoints or watermarks than the
-caps by racing requests."""
+caps by racing requests, nor the cap of unfinished jobs by accepting a job twice."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ import asyncio
 
 import httpx
 import pytest
+from pymongo.errors import DuplicateKeyError
+from redis.asyncio import Redis
 
+from imgflow.core import lifecycle, quota
+from imgflow.core.jobs import Job, UrlSource
 from imgflow.core.settings import Settings
+from imgflow.core.storage import make_storage
+from imgflow.core.store import JobStore, connect
 from imgflow.harness import images
-from imgflow.harness.client import api_client, make_key, submit
+from imgflow.harness.client import Parts, api_client, make_key, submit
 from tests.conftest import Processes
 
 READ, WRITE = "jobs:read", "jobs:write"
@@ -101,3 +107,21 @@ async def test_racing_uploads_stop_at_the_watermark_cap(api: tuple[Settings, str
         marks = (await client.get("/api/watermarks")).json()["watermarks"]
     assert (answers.count(201), answers.count(409)) == (20, 20)
     assert len(marks) == 100
+
+
+async def test_a_second_pass_over_an_accepted_job_leaves_its_place(fresh_settings: Settings) -> None:
+    """An operator's second pass that accepts a source's job again (same id) is refused as a
+    duplicate and must not free the place the first one holds under the tenant's cap."""
+    redis = Redis.from_url(fresh_settings.redis_url)
+    mongo = connect(fresh_settings)
+    try:
+        db = mongo[fresh_settings.mongodb_database]
+        parts = Parts(fresh_settings, JobStore(db), redis, make_storage(fresh_settings, db))
+        job = Job(user_id="u", tenant="acme", source=UrlSource(url="https://example.com/a.jpg"))
+        await lifecycle.accept(parts, job, take_place=True)
+        with pytest.raises(DuplicateKeyError):
+            await lifecycle.accept(parts, job, take_place=True)
+        assert await quota.count(redis, fresh_settings, "acme") == 1
+    finally:
+        await redis.aclose()
+        await mongo.close()

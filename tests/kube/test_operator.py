@@ -21,6 +21,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from imgflow.core import quota
 from imgflow.core.jobs import JobStatus, thumbnail_key
 from imgflow.core.outputs import OutputFormat
 from imgflow.core.settings import Settings
@@ -28,7 +29,7 @@ from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.core.watermarks import Watermark, WatermarkStore
 from imgflow.harness import images
-from imgflow.harness.client import api_client, submit
+from imgflow.harness.client import api_client, make_key, submit, wait_finished
 from imgflow.harness.kube import Kube
 from imgflow.harness.operator import (
     OperatorProcess,
@@ -37,6 +38,7 @@ from imgflow.harness.operator import (
     start_operator,
     worker_deployment,
 )
+from imgflow.operator.imagejob import recorded_sources
 from imgflow.operator.settings import OperatorSettings
 from tests.conftest import Processes, Workers
 
@@ -355,10 +357,94 @@ async def test_private_addresses_and_foreign_uploads_are_refused(
         assert [j.job_id for j in jobs] == [by_index[0]["jobId"]]  # refused sources made no job
         assert jobs[0].tenant == settings.default_tenant  # the spec names no tenant
 
-    # another tenant's ImageJob cannot use this tenant's upload, even for the same userId
+    # its spec cannot name another tenant (to reach that tenant's uploads, say): refused, saying why
     create(kube, namespace, image_job("elsewhere", "bob", [{"uploadId": mine}], tenant="acme"))
     elsewhere = (await wait_phase(kube, namespace, "elsewhere", "Failed"))["status"]["sources"][0]
-    assert f"Upload {mine} was not found for user 'bob' of tenant 'acme'" in elsewhere["error"]
+    assert f"spec.tenant 'acme' is not the tenant of namespace '{namespace}'" in elsewhere["error"]
+
+
+# --- tenants: an ImageJob acts for its namespace's, within its cap, on its own files ----------------
+
+
+async def test_image_jobs_act_for_their_namespaces_tenant_within_its_cap(
+    kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings, workers: Workers
+) -> None:
+    """The namespace's tenant (the operator's allow-list), never the one a spec names; its sources
+    take places among that tenant's unfinished jobs, and wait while it is at its cap."""
+    settings = operator_settings(
+        fresh_settings,
+        namespace,
+        allow_private_urls=True,
+        namespace_tenants={namespace: "acme"},
+        tenant_max_unfinished=2,
+    )
+    operator.start(settings)  # no worker yet: the first two jobs stay unfinished
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        with serve_images(images.jpeg()) as source:
+            sources = [{"url": source.url(f"{i}.jpg")} for i in range(3)]
+            create(kube, namespace, image_job("capped", "gus", sources))
+            create(kube, namespace, image_job("posing", "gus", sources[:1], tenant="globex"))
+            posing = (await wait_phase(kube, namespace, "posing", "Failed"))["status"]["sources"][0]
+            assert f"spec.tenant 'globex' is not the tenant of namespace '{namespace}'" in posing["error"]
+            assert "jobId" not in posing
+
+            async with asyncio.timeout(120):
+                while len(recorded_sources(get_image_job(kube, namespace, "capped").get("status", {}))) < 2:  # noqa: ASYNC110 (polling a server)
+                    await asyncio.sleep(0.2)
+            async with job_store(settings) as (store, _):
+                jobs = await store.for_image_job(f"{namespace}/capped")
+            assert [job.tenant for job in jobs] == ["acme", "acme"]  # the third waits for a place
+            assert await quota.count(redis, settings, "acme") == 2
+            assert await quota.count(redis, settings, "globex") == 0
+            running = get_image_job(kube, namespace, "capped")["status"]
+            assert (running["phase"], running["total"], running["progress"]) == ("Running", 3, "0/3")
+
+            workers.start(settings)  # places free as jobs finish: the third is submitted
+            done = (await wait_phase(kube, namespace, "capped", "Succeeded"))["status"]
+        assert (done["total"], done["succeeded"]) == (3, 3)
+        async with job_store(settings) as (store, _):
+            jobs = await store.for_image_job(f"{namespace}/capped")
+        assert sorted(job.tenant for job in jobs) == ["acme"] * 3
+        assert await quota.count(redis, settings, "acme") == 0
+    finally:
+        await redis.aclose()
+
+
+async def test_an_image_jobs_ttl_leaves_the_upload_it_borrowed(
+    kube: Kube, namespace: str, operator: OperatorRun, fresh_settings: Settings, processes: Processes
+) -> None:
+    """Deleting a finished ImageJob with its jobs (ttlSecondsAfterFinished) deletes their files,
+    not the original of the upload a source named: that stays until the upload's own job expires."""
+    settings = operator_settings(fresh_settings, namespace, namespace_tenants={namespace: "acme"})
+    processes.start_worker(settings)
+    _, base_url = processes.start_api(settings)
+    async with api_client(base_url, timeout=30) as admin:
+        key = await make_key(admin, "acme", "jobs:read", "jobs:write")
+    async with api_client(base_url, key=key, timeout=30) as client:
+        upload = (await submit(client, images.jpeg(), user_id="hal")).json()["jobId"]
+        assert (await wait_finished(client, upload))["status"] == "completed"
+        operator.start(settings)
+        sources = [{"uploadId": upload}]
+        manifest = image_job("borrowing", "hal", sources, tenant="acme", ttlSecondsAfterFinished=1)
+        create(kube, namespace, manifest)
+        await asyncio.to_thread(
+            kube.kubectl,
+            "wait",
+            "imagejob/borrowing",
+            "-n",
+            namespace,
+            "--for=delete",
+            f"--timeout={WAIT}",
+            timeout=150,
+        )
+        assert (await client.get(f"/api/image-processing/jobs/{upload}")).status_code == 200
+    assert "Succeeded" in reasons(events_for(kube.kubectl, namespace, "ImageJob", "borrowing"))
+    async with job_store(settings) as (store, storage):
+        assert await store.for_image_job(f"{namespace}/borrowing") == []
+        kept = [key async for key, _ in storage.entries()]
+    assert f"original-{upload}" in kept
+    assert [k for k in kept if k.startswith("thumbnail-")] == [f"thumbnail-{upload}.jpg"]
 
 
 # --- restarts: no source is submitted twice --------------------------------------------------------

@@ -130,8 +130,9 @@ async def accept(
             with contextlib.suppress(Exception):  # in case the pipeline got as far as the snapshot
                 await Snapshots(b.redis, s).forget(job.job_id)
             raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
-    except BaseException:
-        await _undo(b, job, original is not None, take_place)
+    except BaseException as exc:
+        # a job with this id exists (an operator's second pass): the place is that job's
+        await _undo(b, job, original is not None, take_place and not isinstance(exc, DuplicateKeyError))
         raise
     return job
 

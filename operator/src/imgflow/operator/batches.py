@@ -15,7 +15,7 @@ from faststream.redis import RedisBroker
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
-from imgflow.core import cost, lifecycle
+from imgflow.core import cost, lifecycle, quota
 from imgflow.core.backends import Backends
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import Job, JobStatus, Priority, UploadSource, UrlSource, original_key
@@ -26,8 +26,11 @@ from imgflow.core.watermarks import WatermarkStore, unusable_watermark
 from imgflow.operator.imagejob import (
     SourceItem,
     SourceState,
+    check_tenant,
+    image_job_ref,
     job_id_for,
     job_outputs,
+    namespace_tenant,
     parse_sources,
     refresh,
     refused,
@@ -92,12 +95,21 @@ async def resolve_source(
 
 
 async def submit_sources(
-    ctx: Context, *, ref: str, uid: str, spec: Mapping[str, Any], recorded: Mapping[int, SourceState]
+    ctx: Context,
+    *,
+    namespace: str,
+    name: str,
+    uid: str,
+    spec: Mapping[str, Any],
+    recorded: Mapping[int, SourceState],
 ) -> list[SourceState]:
-    """Submit every source not yet submitted; returns the state of every source, in order."""
+    """Submit every source not yet submitted, as jobs of the namespace's tenant; returns the state
+    of every source, in order, up to the first that found its tenant at its cap of unfinished jobs
+    (it and those after it are submitted by a later pass)."""
     user_id = str(spec["userId"])
-    tenant = str(spec.get("tenant") or ctx.settings.default_tenant)
+    tenant = namespace_tenant(namespace, ctx.settings.namespace_tenants, ctx.settings.default_tenant)
     try:
+        check_tenant(spec, namespace, tenant)
         outputs = job_outputs(spec, ctx.settings.presets, ctx.settings.output_limits)
         refusal = await unusable_watermark(outputs, tenant, ctx.watermarks)
     except InvalidOption as exc:  # every source is refused with it
@@ -126,13 +138,14 @@ async def submit_sources(
                 spec=outputs.specs[0],
                 variants=outputs.specs if outputs.named else [],
                 preset=outputs.preset,
-                image_job=ref,
+                image_job=image_job_ref(namespace, name),
                 priority=Priority.batch,
                 cost=cost.estimate(outputs.specs, cost.UNSEEN_SOURCE),
             )
             try:
-                # takes no place among the tenant's unfinished jobs: that cap bounds API clients
-                job = await lifecycle.accept(ctx, job)
+                job = await lifecycle.accept(ctx, job, take_place=True)
+            except quota.TenantFull:
+                break
             except DuplicateKeyError:  # another pass got there first: theirs is ours
                 job = await ctx.store.get(job_id) or job
         states.append(submitted(item, job))

@@ -32,6 +32,7 @@ from imgflow.operator.imagejob import (
     failure_message,
     image_job_ref,
     is_finished,
+    parse_sources,
     recorded_sources,
     rfc3339,
     status_patch,
@@ -43,6 +44,7 @@ from imgflow.operator.settings import OperatorSettings
 
 PREFIX = "imgflow.io"
 MAX_SOURCE_EVENTS = 10  # per ImageJob and kind; the status has every source anyway
+WAIT_FOR_PLACES_S = 2.0  # between passes over the sources of a tenant at its cap
 
 
 # --- the operator's life ------------------------------------------------------------------------
@@ -185,14 +187,15 @@ async def submit(
     before = recorded_sources(status)
     try:
         states = await submit_sources(
-            ctx, ref=image_job_ref(namespace or "", name), uid=uid, spec=spec, recorded=before
+            ctx, namespace=namespace or "", name=name, uid=uid, spec=spec, recorded=before
         )
     except (BackendUnavailable, PyMongoError) as exc:
         # Nothing is lost: what was submitted is found again by its job id on the next try.
         raise kopf.TemporaryError(
             f"Could not submit yet ({type(exc).__name__}: {exc}); retrying.", delay=5
         ) from exc
-    summary = summarize(len(states), states)
+    total = len(parse_sources(spec))
+    summary = summarize(total, states)
     now = datetime.now(UTC)
     patch.status.update(
         status_patch(
@@ -221,6 +224,14 @@ async def submit(
         )
     if summary.finished:
         _announce_finish(body, summary, states)
+    if len(states) < total:
+        # The status above is kept (kopf applies the patch of a handler that asks to be retried).
+        cap = ctx.settings.tenant_max_unfinished
+        raise kopf.TemporaryError(
+            f"{total - len(states)} source(s) wait: the tenant has {cap} unfinished jobs "
+            "(IMGFLOW_TENANT_MAX_UNFINISHED); they are submitted as its jobs finish.",
+            delay=WAIT_FOR_PLACES_S,
+        )
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=1.0, backoff=2.0, when=_running)

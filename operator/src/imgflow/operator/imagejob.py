@@ -87,6 +87,22 @@ def image_job_ref(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
+def namespace_tenant(namespace: str, tenants: Mapping[str, str], default: str) -> str:
+    """The tenant an ImageJob acts for: its namespace's, from the operator's own settings (whoever
+    may create ImageJobs in a namespace may not choose another tenant)."""
+    return tenants.get(namespace, default)
+
+
+def check_tenant(spec: Mapping[str, Any], namespace: str, tenant: str) -> None:
+    """``spec.tenant`` may only repeat the namespace's tenant; raises InvalidOption otherwise."""
+    named = spec.get("tenant")
+    if named and named != tenant:
+        raise InvalidOption(
+            f"spec.tenant {named!r} is not the tenant of namespace {namespace!r}: its ImageJobs act for "
+            f"tenant {tenant!r} (IMGFLOW_NAMESPACE_TENANTS, the chart's operator.namespaceTenants)."
+        )
+
+
 def job_id_for(uid: str, index: int) -> str:
     return str(uuid.uuid5(_JOB_IDS, f"{uid}/{index}"))
 

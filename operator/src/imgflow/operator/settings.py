@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from typing import Annotated
 
+from pydantic import AliasChoices, Field, StringConstraints
+
+from imgflow.core.keys import TENANT_PATTERN
 from imgflow.core.settings import Settings
+
+Tenant = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
 
 
 class OperatorSettings(Settings):
@@ -13,6 +18,11 @@ class OperatorSettings(Settings):
         # The Downward API's POD_NAMESPACE by default: the operator manages the namespace it runs in.
         validation_alias=AliasChoices("IMGFLOW_OPERATOR_NAMESPACE", "POD_NAMESPACE", "operator_namespace"),
         description="Namespace watched for ImageJobs and autoscaled Deployments (default: POD_NAMESPACE)",
+    )
+    namespace_tenants: dict[str, Tenant] = Field(
+        default_factory=dict,
+        description='Tenant of the ImageJobs of each namespace, as a JSON object {"namespace": "tenant"}; '
+        "a namespace not named: default_tenant. An ImageJob's spec.tenant may only repeat it",
     )
     operator_peering: bool = Field(
         False, description="Use kopf peering (needs a KopfPeering resource) instead of --standalone"
