@@ -26,7 +26,7 @@ from imgflow.harness import images
 from imgflow.harness.client import Parts
 from tests.conftest import Processes
 
-SOURCE = cost.Source(320, 240)
+SOURCE = cost.Source(1600, 1600)  # the outputs below are no larger: none is enlarged
 SMALL = ThumbnailSpec(width=32, height=32)
 HEAVY = ThumbnailSpec(width=600, height=600, format=OutputFormat.webp)
 SLOW = ThumbnailSpec(width=1600, height=1600, format=OutputFormat.webp)  # long enough to be seen running

@@ -100,7 +100,7 @@ async def test_the_api_takes_gravity_and_outside_and_refuses_what_cannot_be(stac
         refused = await submit(client, wide, gravity=gravity)
         assert refused.status_code == 422 and "gravity must be one of" in refused.json()["detail"], gravity
     sliver = bytes((pyvips.Image.black(8000, 4, bands=3) + 90).cast("uchar").pngsave_buffer())
-    refused = await submit(client, sliver, fit="outside", width="100", height="100")
+    refused = await submit(client, sliver, fit="outside", width="100", height="100", enlarge="true")
     assert refused.status_code == 422 and refused.json()["title"] == "Thumbnail too large"
     assert "200000x100" in refused.json()["detail"]
 

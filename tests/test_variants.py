@@ -200,7 +200,8 @@ async def test_bad_variants_answer_422_naming_the_field(stack: Stack) -> None:
     unknown = await submit(stack.client, images.jpeg(), preset="poster")
     assert unknown.status_code == 422 and "preset must be one of" in unknown.json()["detail"]
     # an outside variant too large for the source is refused from the header, naming the variant
-    sliver = json.dumps([{"name": "ok"}, {"name": "huge", "width": 4000, "height": 4000, "fit": "outside"}])
+    huge = {"name": "huge", "width": 4000, "height": 4000, "fit": "outside", "enlarge": True}
+    sliver = json.dumps([{"name": "ok"}, huge])
     too_large = await submit(stack.client, images.very_wide(), variants=sliver)
     assert too_large.status_code == 422 and "variant 'huge'" in too_large.json()["detail"]
 

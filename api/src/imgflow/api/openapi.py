@@ -96,6 +96,14 @@ JOB_PROPERTIES: dict[str, dict[str, Any]] = {
         "description": "An animated GIF or WebP stays animated when the output "
         "format can carry it (gif, webp); false: the first frame. Default true",
     },
+    "enlarge": {
+        "type": "boolean",
+        "default": False,
+        "description": "Whether the output may be larger than the source. Default false: the "
+        "output is never wider or taller than the source (cover, contain and fill shrink the box, "
+        "keeping its shape, to fit the source; inside and outside do not scale up). True: at most "
+        "IMGFLOW_MAX_ENLARGEMENT (default 4) times the source's pixels, else 422",
+    },
     "watermark": {
         "type": "string",
         "pattern": WATERMARK_ID,
@@ -165,6 +173,7 @@ FORM_EXAMPLES: dict[str, object] = {
     "grayscale": False,
     "quality": 80,
     "animated": False,
+    "enlarge": False,
     "watermark": "wm_0123456789abcdef",
     "watermarkPosition": "south-east",
     "watermarkMargin": 16,

@@ -47,6 +47,9 @@ class Options(Camel):
     grayscale: bool | None = Field(None, description="Present (true) when asked for")
     quality: int | None = None
     animated: bool | None = Field(None, description="Present (false) when the job asked for the first frame")
+    enlarge: bool | None = Field(
+        None, description="Present (true) when the output may be larger than the source"
+    )
     watermark: str | None = None
     watermark_position: str | None = Field(None, description="With a watermark: where it goes")
     watermark_margin: int | None = None
@@ -173,7 +176,12 @@ class JobView(Camel):
 def _options(spec: ThumbnailSpec) -> Options:
     shown = spec.model_dump(exclude=set() if spec.watermark else WATERMARK_PLACEMENT)
     return Options(
-        **{**shown, "grayscale": spec.grayscale or None, "animated": None if spec.animated else False}
+        **{
+            **shown,
+            "grayscale": spec.grayscale or None,
+            "animated": None if spec.animated else False,
+            "enlarge": spec.enlarge or None,
+        }
     )
 
 

@@ -36,6 +36,9 @@ def create(
     create_burst: Annotated[int | None, typer.Option(help="Job creates at once above the rate")] = None,
     read_per_s: Annotated[float | None, typer.Option(help="Reads per second")] = None,
     read_burst: Annotated[int | None, typer.Option(help="Reads at once above the rate")] = None,
+    max_job_cost: Annotated[
+        int | None, typer.Option(help="Largest estimated cost of one job, ms of worker CPU (≤ the service's)")
+    ] = None,
     output_: OutputOption = None,
 ) -> None:
     """Create a key (default scopes jobs:write and jobs:read); the key is shown this once."""
@@ -45,6 +48,7 @@ def create(
         "createBurst": create_burst,
         "readPerS": read_per_s,
         "readBurst": read_burst,
+        "maxJobCost": max_job_cost,
     }
     body = {
         "tenant": tenant,

@@ -91,6 +91,9 @@ def submit(
         str | None, typer.Option(help="What cover keeps: centre, north, ..., attention")
     ] = None,
     quality: Annotated[int | None, typer.Option(help="Encoder quality, 1-100")] = None,
+    enlarge: Annotated[
+        bool, typer.Option("--enlarge", help="Allow outputs larger than the source (bounded by the service)")
+    ] = False,
     watermark: Annotated[str | None, typer.Option(help="Id of one of the tenant's watermarks")] = None,
     preset: Annotated[str | None, typer.Option(help="A named set of variants (imgflow presets)")] = None,
     variants: Annotated[
@@ -127,6 +130,7 @@ def submit(
         "format": format_,
         "gravity": gravity,
         "quality": quality,
+        "enlarge": "true" if enlarge else None,
         "watermark": watermark,
         "preset": preset,
     }

@@ -5,6 +5,9 @@ from the source's header and the outputs asked for. The scheduler shares worker 
     cost = BASE + decode + sum over outputs of pixels x frames x format weight x filters
            (+ smart crop: an analysis of the decoded image)
 
+An output's pixels are those the worker makes: no more than the source's unless it asks to
+``enlarge`` (imgflow.core.outputs.output_size).
+
 The weights are calibrated against the worker's measured CPU per job (``python -m bench.cost``;
 the figures are in bench/README.md): one core, libvips' own threads at one.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from imgflow.core.outputs import SMART, Fit, OutputFormat, ThumbnailSpec, outside_size
+from imgflow.core.outputs import SMART, Fit, OutputFormat, ThumbnailSpec, output_size
 
 BASE_MS = 2.0  # reading the job, storing the outputs' records: per job whatever its size
 DECODE_MS_PER_MPX = 4.5  # per megapixel of source (JPEG shrinks on load; the others cost more)
@@ -58,7 +61,7 @@ def parts(specs: Sequence[ThumbnailSpec], source: Source) -> list[Part]:
     source_mpx = source.width * source.height / MPX
     found = [Part("the source's decoding", DECODE_MS_PER_MPX * source_mpx * frames)]
     for index, spec in enumerate(specs):
-        width, height = _output_size(spec, source)
+        width, height = output_size(spec, (source.width, source.height))
         filters = sum(1 for f in (spec.blur, spec.sharpen, spec.pixelate) if f is not None)
         own = FORMAT_MS_PER_MPX[spec.format] * width * height / MPX * (1 + FILTER_FACTOR * filters)
         if spec.animates(source.format, source.pages):
@@ -75,24 +78,20 @@ def estimate(specs: Sequence[ThumbnailSpec], source: Source) -> int:
     return max(1, round(BASE_MS + sum(part.ms for part in parts(specs, source))))
 
 
-def too_costly(specs: Sequence[ThumbnailSpec], source: Source, limit: int) -> str | None:
-    """Why the job costs too much, naming what to reduce; None if it is within ``limit``."""
+def too_costly(
+    specs: Sequence[ThumbnailSpec], source: Source, limit: int, key_limit: int | None = None
+) -> str | None:
+    """Why the job costs too much, naming what to reduce; None if it is within ``limit`` (the
+    service's) and ``key_limit`` (the API key's own, if it has one)."""
     cost = estimate(specs, source)
-    if cost <= limit:
+    allowed, setting = limit, "IMGFLOW_MAX_JOB_COST"
+    if key_limit is not None and key_limit < limit:
+        allowed, setting = key_limit, "this API key's limits.maxJobCost"
+    if cost <= allowed:
         return None
     largest = max(parts(specs, source), key=lambda part: part.ms)
     return (
-        f"This job's estimated cost is {cost:,} ms of worker CPU, more than the {limit:,} allowed per "
-        f"job (IMGFLOW_MAX_JOB_COST). Most of it is {largest.what}: reduce its size, choose a cheaper "
+        f"This job's estimated cost is {cost:,} ms of worker CPU, more than the {allowed:,} allowed per "
+        f"job ({setting}). Most of it is {largest.what}: reduce its size, choose a cheaper "
         "format (jpeg before webp before avif), fewer variants or frames, or split the job."
     )
-
-
-def _output_size(spec: ThumbnailSpec, source: Source) -> tuple[int, int]:
-    """The output's pixels: the box, or what ``inside`` and ``outside`` make of the source."""
-    if spec.fit is Fit.outside:
-        return outside_size(source.width, source.height, (spec.width, spec.height))
-    if spec.fit is Fit.inside:
-        scale = min(spec.width / source.width, spec.height / source.height)
-        return max(1, round(source.width * scale)), max(1, round(source.height * scale))
-    return spec.width, spec.height

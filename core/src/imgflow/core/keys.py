@@ -34,12 +34,15 @@ class Scope(StrEnum):
 
 
 class RateLimits(BaseModel):
-    """A key's request rates; None takes the service's default (Settings)."""
+    """A key's request rates and the cost of one of its jobs; None takes the service's default
+    (Settings)."""
 
     create_per_s: float | None = Field(None, gt=0, le=100_000)
     create_burst: int | None = Field(None, ge=1, le=100_000)
     read_per_s: float | None = Field(None, gt=0, le=100_000)
     read_burst: int | None = Field(None, ge=1, le=100_000)
+    # below the service's max_job_cost (checked when the key is made): the key's jobs are held to it
+    max_job_cost: int | None = Field(None, ge=1)
 
 
 class ApiKey(BaseModel):

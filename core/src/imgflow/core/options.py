@@ -36,7 +36,7 @@ OPTION_FIELDS = (
     *("width", "height", "fit", "format", "gravity"),
     *("blur", "sharpen", "pixelate", "grayscale", "quality"),
     *("watermark", "watermarkPosition", "watermarkMargin", "watermarkOpacity", "watermarkScale"),
-    "animated",
+    *("animated", "enlarge"),
 )
 VARIANT_FIELDS = ("name", *OPTION_FIELDS)
 WATERMARK_PLACEMENT = ("watermarkPosition", "watermarkMargin", "watermarkOpacity", "watermarkScale")
@@ -218,6 +218,7 @@ def read_spec(
         "grayscale": _flag(fields, "grayscale", at),
         "quality": _whole(fields, "quality", 1, 100, at),
         "animated": _flag(fields, "animated", at, default=True),
+        "enlarge": _flag(fields, "enlarge", at),
         **_watermark(fields, at),
     }
     try:

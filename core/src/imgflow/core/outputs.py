@@ -102,6 +102,50 @@ def outside_size(width: int, height: int, box: tuple[int, int]) -> tuple[int, in
     return max(box_w, round(width * scale)), max(box_h, round(height * scale))
 
 
+def as_made(spec: ThumbnailSpec, displayed: tuple[int, int]) -> ThumbnailSpec:
+    """The spec as the worker makes it of a source of ``displayed`` size: without ``enlarge``, no
+    side of the output is longer than the source's. The box-shaped fits (cover, contain, fill)
+    shrink the box, keeping its shape, until it fits inside the source; inside and outside never
+    scale the source up (their box is cut to the source's sides, which has that effect)."""
+    width, height = displayed
+    if spec.enlarge or (spec.width <= width and spec.height <= height):
+        return spec
+    if spec.fit in (Fit.inside, Fit.outside):
+        box = min(spec.width, width), min(spec.height, height)
+    else:
+        scale = min(width / spec.width, height / spec.height)
+        box = max(1, round(spec.width * scale)), max(1, round(spec.height * scale))
+    return spec.model_copy(update={"width": box[0], "height": box[1]})
+
+
+def output_size(spec: ThumbnailSpec, displayed: tuple[int, int]) -> tuple[int, int]:
+    """The size of the output ``spec`` makes of a source of ``displayed`` size."""
+    made = as_made(spec, displayed)
+    if made.fit is Fit.outside:
+        return outside_size(*displayed, (made.width, made.height))
+    if made.fit is Fit.inside:
+        scale = min(made.width / displayed[0], made.height / displayed[1])
+        return max(1, round(displayed[0] * scale)), max(1, round(displayed[1] * scale))
+    return made.width, made.height
+
+
+def overenlarged(specs: Sequence[ThumbnailSpec], displayed: tuple[int, int], limit: float) -> str | None:
+    """Why an output with ``enlarge`` would be too large for this source (more than ``limit`` times
+    its pixels), or None."""
+    for index, spec in enumerate(specs):
+        if not spec.enlarge:
+            continue
+        width, height = output_size(spec, displayed)
+        if width * height > limit * displayed[0] * displayed[1]:
+            which = f"variants[{index}]." if spec.name else ""
+            return (
+                f"{which}enlarge=true would make a {width}x{height} image from this "
+                f"{displayed[0]}x{displayed[1]} source, more than {limit:g} times its pixels "
+                "(IMGFLOW_MAX_ENLARGEMENT): ask for a smaller width and height, or leave enlarge out."
+            )
+    return None
+
+
 class OutputFormat(StrEnum):
     jpeg = "jpeg"
     png = "png"
@@ -163,6 +207,10 @@ class ThumbnailSpec(BaseModel):
     # an animated GIF or WebP source stays animated when the format can carry it; False: the first
     # frame only
     animated: bool = True
+    # an output larger than its source, within ``OutputLimits.max_enlargement``; False: the box
+    # shrinks to the source (``as_made``), as imgproxy does by default: upscaling adds no detail,
+    # only cost
+    enlarge: bool = False
 
     def animates(self, source_format: str, pages: int) -> bool:
         """Whether this output of a source of ``pages`` frames is an animation."""
@@ -177,6 +225,7 @@ class OutputLimits:
     default_size: tuple[int, int] = (100, 100)  # width and height when a job gives none
     max_frames: int = 100  # of an animated output
     max_animation_pixels: int = 50_000_000  # width x height x frames of an animated output
+    max_enlargement: float = 4.0  # an enlarged output's pixels, at most this many times its source's
 
 
 def refusal(
@@ -187,8 +236,10 @@ def refusal(
     limits: OutputLimits,
 ) -> tuple[str, str] | None:
     """Why these outputs cannot be made of this source, known from its header (a title and a
-    sentence), or None: an ``outside`` output too large, an animation with too many frames."""
-    too_large = oversize(specs, displayed, limits.max_dimension)
+    sentence), or None: an ``outside`` output too large, an enlarged one beyond the bound, an
+    animation with too many frames."""
+    too_large = oversize([as_made(spec, displayed) for spec in specs], displayed, limits.max_dimension)
+    too_large = too_large or overenlarged(specs, displayed, limits.max_enlargement)
     if too_large:
         return "Thumbnail too large", too_large
     frame_pixels = displayed[0] * displayed[1]

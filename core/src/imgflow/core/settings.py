@@ -209,6 +209,12 @@ class Settings(BaseSettings):
     default_width: int = Field(100, ge=1, le=8192, description="Thumbnail width when a job gives none")
     default_height: int = Field(100, ge=1, le=8192, description="Thumbnail height when a job gives none")
     max_output_dimension: int = Field(4096, ge=1, description="Largest width or height a job may ask for")
+    max_enlargement: float = Field(
+        4.0,
+        ge=1.0,
+        description="With enlarge=true, the most pixels an output may have, as a multiple of its source's "
+        "(without it an output is never larger than its source)",
+    )
     presets: dict[str, list[dict[str, Any]]] = Field(
         default_factory=lambda: dict(DEFAULT_PRESETS),
         description="Named sets of variants a job asks for with preset=<name>: a JSON object "
@@ -447,6 +453,7 @@ class Settings(BaseSettings):
             (self.default_width, self.default_height),
             self.max_frames,
             self.max_animation_pixels,
+            self.max_enlargement,
         )
 
     @model_validator(mode="after")

@@ -32,7 +32,7 @@ from imgflow.core.jobs import (
     output_key,
     utcnow,
 )
-from imgflow.core.outputs import refusal
+from imgflow.core.outputs import ThumbnailSpec, as_made, refusal
 from imgflow.core.probe import ImageInfo, ImageTooLarge, UnsupportedImage, probe_buffer
 from imgflow.core.settings import Settings
 from imgflow.core.storage import NotFound, Storage
@@ -156,13 +156,14 @@ class Processor:
             refused = refusal(job.outputs, info.format, info.displayed, info.pages, limits)
             if refused:
                 raise BadSource(refused[1])
+            specs = [as_made(spec, info.displayed) for spec in job.outputs]
             # Known before decoding: jobs wait until their memory fits beside the running ones.
             marks = await self._watermarks(job)
             async with self._memory.hold(
-                job_memory_bytes(info, job.outputs, len(source), quality=self.settings.jpeg_quality)
+                job_memory_bytes(info, specs, len(source), quality=self.settings.jpeg_quality)
             ):
                 thumbnails = await anyio.to_thread.run_sync(
-                    self._thumbnails, source, info, job, marks, limiter=self._limiter
+                    self._thumbnails, source, info, job, specs, marks, limiter=self._limiter
                 )
         except CancelAsked:
             await self.stop(job)
@@ -246,12 +247,14 @@ class Processor:
         except (UnsupportedImage, ImageTooLarge) as exc:
             raise BadSource(str(exc)) from exc
 
-    def _thumbnails(self, data: bytes, info: ImageInfo, job: Job, marks: dict[str, bytes]) -> list[Thumbnail]:
+    def _thumbnails(
+        self, data: bytes, info: ImageInfo, job: Job, specs: list[ThumbnailSpec], marks: dict[str, bytes]
+    ) -> list[Thumbnail]:
         try:
             s = self.settings
             return make_thumbnails(
                 data,
-                job.outputs,
+                specs,
                 max_pixels=s.max_pixels,
                 max_side=s.max_side,
                 quality=s.jpeg_quality,

@@ -150,7 +150,7 @@ async def _accept(
             metrics.REJECTED.labels("422").inc()
             raise Problem(422, *refused)
         seen = cost.Source(*info.displayed, info.format, info.pages)
-        costly = cost.too_costly(outputs.specs, seen, settings.max_job_cost)
+        costly = cost.too_costly(outputs.specs, seen, settings.max_job_cost, principal.limits.max_job_cost)
         if costly:
             metrics.REJECTED.labels("422").inc()
             raise Problem(422, "Job too costly", costly)

@@ -22,6 +22,12 @@ class KeyLimits(Camel):
     create_burst: int | None = Field(None, ge=1, le=100_000, description="Creates at once above the rate")
     read_per_s: float | None = Field(None, gt=0, le=100_000, description="Reads per second")
     read_burst: int | None = Field(None, ge=1, le=100_000, description="Reads at once above the rate")
+    max_job_cost: int | None = Field(
+        None,
+        ge=1,
+        description="Largest estimated cost of one of the key's jobs (ms of worker CPU), at most the "
+        "service's IMGFLOW_MAX_JOB_COST; a job above it is refused 422 naming what to reduce",
+    )
 
 
 class NewKey(Camel):
@@ -81,6 +87,14 @@ async def create_key(body: NewKey, state: State, _: AdminKey, response: Response
             "Invalid request",
             f"tenant: {body.tenant!r} is the tenant of the bootstrap key and of jobs stored before "
             "keys existed (IMGFLOW_DEFAULT_TENANT); give the key a tenant of its own.",
+        )
+    ceiling, service = body.limits.max_job_cost, state.settings.max_job_cost
+    if ceiling is not None and ceiling > service:
+        raise Problem(
+            422,
+            "Invalid request",
+            f"limits.maxJobCost must be at most the service's IMGFLOW_MAX_JOB_COST ({service}), "
+            f"not {ceiling}.",
         )
     record, key = new_key(
         body.tenant, body.name, body.scopes, RateLimits(**body.limits.model_dump(by_alias=False))
