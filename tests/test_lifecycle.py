@@ -18,11 +18,12 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 from redis.asyncio import Connection, ConnectionPool, Redis
 
-from imgflow.core import lifecycle, quota
+from imgflow.core import jobkeys, lifecycle, quota
 from imgflow.core.errors import QueueUnavailable
+from imgflow.core.jobkeys import lease_key
 from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, original_key, output_key, utcnow
 from imgflow.core.outputs import OutputFormat
-from imgflow.core.queue import create_group, lease_key, worker_key
+from imgflow.core.queue import create_group, worker_key
 from imgflow.core.retention import job_keys
 from imgflow.core.retries import retry_key
 from imgflow.core.settings import Settings, StorageBackend
@@ -303,7 +304,7 @@ async def test_cancel_writes_at_once_or_leaves_a_held_job_to_its_worker(parts: P
         asked = await lifecycle.cancel(b, job)
     assert asked is not None and asked.status is JobStatus.pending
     assert w.commands == [] and w.keys == {"cancel:<id>"} and w.round_trips == 1
-    assert await lifecycle.cancel_requested(b.redis, b.settings, job.job_id)
+    assert await jobkeys.cancel_requested(b.redis, b.settings, job.job_id)
 
     # its worker stops it: the same writes as a cancel at once
     started = await lifecycle.start(b, job, WORKER)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from enum import IntEnum
 
 from faststream.redis.parser.binary import BinaryMessageFormatV1
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from imgflow.core.jobs import Job, JobStatus, Priority
-from imgflow.core.queue import JobMessage, entries_key, job_of
+from imgflow.core.queue import JobMessage, entries_key, job_of, worker_key
 from imgflow.core.quota import unfinished_key
 from imgflow.core.settings import Settings
 from imgflow.core.webhooks import endpoint_tenants_key, outstanding_key, webhooks_key
@@ -143,3 +144,106 @@ def forget_entry(pipe: Pipeline, settings: Settings, job_id: str, entry_id: byte
     stream through it."""
     entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     pipe.eval(_FORGET, 1, entries_key(settings), job_id, entry)
+
+
+# A job's lease: while a worker holds it, that worker is the only one writing the job. Status
+# changes in MongoDB are then plain updates by ``_id``, the one filter shape every MongoDB-wire
+# server answers from its primary key (FerretDB on SQLite scans the whole collection for
+# ``{_id, status: ...}``). The lease is what keeps a late or duplicate message from moving a job
+# backwards: a worker reads the job only after taking its lease, and drops the message if the job
+# is finished. A live worker's lease cannot be taken; a dead worker's (no heartbeat) can, at once,
+# by whoever reclaims its message. Taking it also reads the job's cancellation mark, in the same
+# script, and asking for a cancellation sets the mark in the script that looks at the lease: between
+# the two, one always sees the other.
+
+# KEYS: the lease, the job's cancellation mark; ARGV: me, the holder's heartbeat key prefix, ttl
+# ms, "1" to take it from a holder that still looks alive. A Took.
+_TAKE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if ARGV[4] ~= '1' and holder and holder ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. holder) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1 + redis.call('EXISTS', KEYS[2])
+"""
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+# KEYS: the job's lease, its cancellation mark; ARGV: heartbeat key prefix, the mark's ttl in ms.
+# 1: a live worker holds the job (it stops at its next step), 0: nobody does.
+_ASK_CANCEL = """
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+local holder = redis.call('GET', KEYS[1])
+if holder and redis.call('EXISTS', ARGV[1] .. holder) == 1 then return 1 end
+return 0
+"""
+
+
+class Took(IntEnum):
+    held = 0  # by a live worker
+    taken = 1
+    cancelling = 2  # taken, and the job's cancellation was asked for
+
+
+def lease_key(settings: Settings, job_id: str) -> str:
+    """Who holds the job: the one worker that may write it."""
+    return f"{settings.stream}:lease:{job_id}"
+
+
+def cancel_key(settings: Settings, job_id: str) -> str:
+    """Set when the job's cancellation is asked for; its worker stops at its next step."""
+    return f"{settings.stream}:cancel:{job_id}"
+
+
+def lease_ttl_ms(settings: Settings) -> int:
+    """Long enough to outlive any pause between heartbeats; a dead holder is recognised by its
+    missing heartbeat anyway, not by this running out."""
+    return settings.claim_idle_ms + 60_000
+
+
+async def take_lease(redis: Redis, settings: Settings, job_id: str, consumer: str, *, force: bool) -> Took:
+    """Take the job's lease unless a live worker holds it. ``force`` for a reclaimed message: its
+    holder was silent for ``claim_idle_ms`` (a live one keeps its messages fresh), so it is gone
+    even if its heartbeat key has not expired yet."""
+    keys = (lease_key(settings, job_id), cancel_key(settings, job_id))
+    took = await redis.eval(
+        _TAKE_LEASE,
+        2,
+        *keys,
+        consumer,
+        worker_key(settings, ""),
+        lease_ttl_ms(settings),
+        "1" if force else "0",
+    )
+    return Took(int(took))
+
+
+def release_lease(pipe: Pipeline, settings: Settings, job_id: str, consumer: str) -> None:
+    """Queue on ``pipe``: give the lease up, if this worker still holds it."""
+    pipe.eval(_RELEASE_LEASE, 1, lease_key(settings, job_id), consumer)
+
+
+async def keep_leases(redis: Redis, settings: Settings, job_ids: set[str], consumer: str) -> None:
+    """Renew the leases of the jobs this worker runs (and restore them if Redis lost its data)."""
+    if not job_ids:
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.set(lease_key(settings, job_id), consumer, px=lease_ttl_ms(settings))
+        await pipe.execute()
+
+
+async def ask_cancel(redis: Redis, settings: Settings, job_id: str) -> bool:
+    """Mark the job's cancellation as asked for; whether a live worker holds the job (it stops at
+    its next step)."""
+    mark_ms = round(settings.retention_s * 1000)  # outlives any step of a job still unfinished
+    keys = (lease_key(settings, job_id), cancel_key(settings, job_id))
+    return bool(await redis.eval(_ASK_CANCEL, 2, *keys, worker_key(settings, ""), mark_ms))
+
+
+async def cancel_requested(redis: Redis, settings: Settings, job_id: str) -> bool:
+    """Whether the job's cancellation was asked for: its worker asks between steps."""
+    return bool(await redis.exists(cancel_key(settings, job_id)))

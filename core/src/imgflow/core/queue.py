@@ -153,11 +153,6 @@ def _as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def lease_key(settings: Settings, job_id: str) -> str:
-    """Who holds the job: the one worker that may write it (imgflow.worker.lease)."""
-    return f"{settings.stream}:lease:{job_id}"
-
-
 def worker_key(settings: Settings, consumer: str) -> str:
     """The Redis key where a live worker publishes its in-flight count (expires when it stops)."""
     return f"{settings.stream}:worker:{consumer}"

@@ -2,7 +2,7 @@
 
 Every status change is an update by ``_id`` alone, the shape every MongoDB-wire server answers by
 key (FerretDB on SQLite scans for anything more); the worker's lease on the job in Redis is what
-keeps a repeated or late queue message from moving a finished job backwards (worker/lease.py).
+keeps a repeated or late queue message from moving a finished job backwards (imgflow.core.jobkeys).
 Only features FerretDB 1.x also has are used: plain indexes, find/sort/limit, findAndModify; no
 transactions, TTL indexes or change streams.
 
@@ -192,7 +192,7 @@ class JobStore:
 
     async def start(self, job: Job, worker: str) -> Job | None:
         """Mark the job ``processing`` by ``worker``, with the crash count and isolation decided
-        for it; None if it is gone. The caller holds the job's lease (worker/lease.py) and has
+        for it; None if it is gone. The caller holds the job's lease (imgflow.core.jobkeys) and has
         read it unfinished: updates go by ``_id`` alone, which every server answers by key."""
         return await self._change(
             job.job_id,

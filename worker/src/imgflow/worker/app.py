@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from imgflow.core import lifecycle, schedule
+from imgflow.core import jobkeys, lifecycle, schedule
 from imgflow.core.backends import Backends
 from imgflow.core.jobs import Job, JobStatus
 from imgflow.core.probe import configure_libvips
@@ -45,7 +45,7 @@ from imgflow.core.queue import (
 )
 from imgflow.core.settings import Settings
 from imgflow.core.tenant_metrics import TopTenants
-from imgflow.worker import lease, metrics
+from imgflow.worker import metrics
 from imgflow.worker.gate import Gate
 from imgflow.worker.processor import Processor
 
@@ -169,8 +169,8 @@ class Worker:
             log.info("job %s is being processed here; dropping a duplicate message", job_id)
             await self._ack(entry_id)
             return
-        took = await lease.take(self.redis, self.settings, job_id, self.consumer, force=reclaimed)
-        if took is lease.Took.held:
+        took = await jobkeys.take_lease(self.redis, self.settings, job_id, self.consumer, force=reclaimed)
+        if took is jobkeys.Took.held:
             log.info("job %s is held by a live worker; dropping a duplicate message", job_id)
             await self._ack(entry_id)
             return
@@ -180,7 +180,7 @@ class Worker:
         acked = False
         try:
             job = await self._admit(message, reclaimed)  # read under the lease: current
-            if job is not None and took is lease.Took.cancelling:
+            if job is not None and took is jobkeys.Took.cancelling:
                 await self.processor.stop(job)
                 job = None
             if job is not None:
@@ -199,7 +199,7 @@ class Worker:
                 async with self.redis.pipeline(transaction=False) as pipe:  # one round trip
                     pipe.srem(inflight_key(self.settings, self.consumer), job_id)
                     lifecycle.acknowledged(pipe, self.settings, job_id, ids if acked else [])
-                    lease.release(pipe, self.settings, job_id, self.consumer)
+                    jobkeys.release_lease(pipe, self.settings, job_id, self.consumer)
                     await pipe.execute()
 
     async def _admit(self, message: JobMessage, reclaimed: bool) -> Job | None:
@@ -285,7 +285,7 @@ class Worker:
             try:
                 await self.redis.set(key, json.dumps({"pod": pod, "inflight": len(self.inflight)}), ex=10)
                 await self.redis.expire(inflight_key(s, self.consumer), inflight_ttl_s(s))
-                await lease.keep(self.redis, s, set(self.running), self.consumer)
+                await jobkeys.keep_leases(self.redis, s, set(self.running), self.consumer)
                 if self.inflight:
                     # XCLAIM to ourselves resets the idle time: a long job is not mistaken for a dead one
                     await self.redis.xclaim(
