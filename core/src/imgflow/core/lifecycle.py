@@ -19,7 +19,7 @@ letter. A change to a stored job also drops the job's snapshot before the write,
 more: a writer that dies in between leaves no snapshot to outlive the change
 (imgflow.core.snapshots).
 
-Cancelling respects the lease: a job a live worker holds is only marked (``cancel_key``) and that
+Cancelling respects the lease: a job a live worker holds is only marked (``jobkeys.cancel_key``) and that
 worker stops at its next step (``stop_cancelled``); any other unfinished job is cancelled at once.
 The mark is set in the same script that looks at the lease, and the worker reads it in the script
 that takes the lease, so between the two one of them always sees the other.
@@ -50,7 +50,7 @@ from redis.exceptions import RedisError
 from imgflow.core import jobkeys, quota, schedule
 from imgflow.core.errors import DatabaseUnavailable, QueueUnavailable, StorageUnavailable
 from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, output_key, owned_original, utcnow
-from imgflow.core.queue import DATA, job_id_of, lease_key, worker_key
+from imgflow.core.queue import DATA, job_id_of
 from imgflow.core.retries import dead_letter_key, remove_dead_letters, retry_key, take_due_retries
 from imgflow.core.settings import Settings
 from imgflow.core.snapshots import Snapshots
@@ -59,20 +59,6 @@ from imgflow.core.store import JobStore
 from imgflow.core.webhooks import attempts_key
 
 log = logging.getLogger(__name__)
-
-# KEYS: the job's lease, its cancellation mark; ARGV: heartbeat key prefix, the mark's ttl in ms.
-# 1: a live worker holds the job (it stops at its next step), 0: nobody does.
-_ASK_CANCEL = """
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-local holder = redis.call('GET', KEYS[1])
-if holder and redis.call('EXISTS', ARGV[1] .. holder) == 1 then return 1 end
-return 0
-"""
-
-
-def cancel_key(settings: Settings, job_id: str) -> str:
-    """Set when the job's cancellation is asked for; its worker stops at its next step."""
-    return f"{settings.stream}:cancel:{job_id}"
 
 
 class JobBackends(Protocol):
@@ -258,10 +244,7 @@ async def cancel(b: JobBackends, job: Job) -> Job | None:
     retry unscheduled, its outputs removed), unless a live worker holds it: then it is only marked,
     its worker stops at its next step, and the job is returned as it was. None if it finished
     (or is gone) meanwhile."""
-    s = b.settings
-    mark_ms = round(s.retention_s * 1000)  # outlives any step of a job still unfinished
-    keys = (lease_key(s, job.job_id), cancel_key(s, job.job_id))
-    if await b.redis.eval(_ASK_CANCEL, 2, *keys, worker_key(s, ""), mark_ms):
+    if await jobkeys.ask_cancel(b.redis, b.settings, job.job_id):
         return job
     done = await _cancel_now(b, job)
     if done is not None:
@@ -276,11 +259,6 @@ async def stop_cancelled(b: JobBackends, job: Job) -> Job | None:
     done = await _cancel_now(b, job)
     await _remove_outputs(b, job)
     return done
-
-
-async def cancel_requested(redis: Redis, settings: Settings, job_id: str) -> bool:
-    """Whether the job's cancellation was asked for: its worker asks between steps."""
-    return bool(await redis.exists(cancel_key(settings, job_id)))
 
 
 async def _cancel_now(b: JobBackends, job: Job) -> Job | None:
@@ -384,7 +362,7 @@ async def revive(b: JobBackends, job: Job) -> Job | None:
             await jobkeys.publish(pipe, b.settings, [revived])
             Snapshots(b.redis, b.settings).put(pipe, revived)
             jobkeys.announce(pipe, b.settings, revived.job_id, JobStatus.pending)
-            pipe.delete(cancel_key(b.settings, revived.job_id))  # a cancel that came too late
+            pipe.delete(jobkeys.cancel_key(b.settings, revived.job_id))  # a cancel that came too late
             await pipe.execute()
     except Exception as exc:  # pending without a message: the reconciler publishes it
         raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
@@ -430,7 +408,7 @@ async def remove(store: JobStore, redis: Redis, settings: Settings, job_id: str)
             Snapshots(redis, settings).key(job_id),
             jobkeys.events_key(settings, job_id),
             attempts_key(settings, job_id),
-            cancel_key(settings, job_id),
+            jobkeys.cancel_key(settings, job_id),
         )
     except RedisError as exc:
         log.warning("Redis keys of deleted job %s kept (%s)", job_id, exc)

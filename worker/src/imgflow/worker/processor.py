@@ -20,7 +20,7 @@ import pyvips
 from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
-from imgflow.core import lifecycle, logs
+from imgflow.core import jobkeys, lifecycle, logs
 from imgflow.core.fetch import FetchFailed, FetchRefused, fetch_to_file
 from imgflow.core.jobs import (
     Job,
@@ -134,7 +134,7 @@ class Processor:
 
     async def _stopped(self, job: Job) -> bool:
         """Whether the job's cancellation was asked for; if so it is stopped here."""
-        if not await lifecycle.cancel_requested(self.redis, self.settings, job.job_id):
+        if not await jobkeys.cancel_requested(self.redis, self.settings, job.job_id):
             return False
         await self.stop(job)
         return True
@@ -268,7 +268,7 @@ class Processor:
     def _go_on(self, job: Job) -> None:
         """In the thread making the outputs: raise CancelAsked if the job's cancellation was
         asked for."""
-        if anyio.from_thread.run(lifecycle.cancel_requested, self.redis, self.settings, job.job_id):
+        if anyio.from_thread.run(jobkeys.cancel_requested, self.redis, self.settings, job.job_id):
             raise CancelAsked(job.job_id)
 
     async def _retry_later(self, job: Job, error: str, reason: str) -> None:
