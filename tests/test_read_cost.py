@@ -8,6 +8,7 @@ from __future__ import annotations
 import httpx
 from redis.asyncio import Redis
 
+from imgflow.core import jobkeys
 from imgflow.core.settings import Settings
 from imgflow.core.snapshots import Snapshots
 from imgflow.core.store import JobStore, connect
@@ -47,7 +48,7 @@ async def test_reading_a_job_asks_nothing_of_mongodb(processes: Processes, fresh
             truth, snapshot = await store.get(job_id), await Snapshots(redis, settings).get(job_id)
             assert snapshot == truth
             # without a snapshot (Redis lost it), a read falls back to MongoDB, once
-            await Snapshots(redis, settings).forget(job_id)
+            await jobkeys.forget_snapshots(redis, settings, job_id)
             assert (await client.get(f"{JOBS}/{job_id}")).json() == done
             assert await mongodb_commands(client) == before + 1
             assert (await client.get(f"{JOBS}/{job_id}")).json() == done

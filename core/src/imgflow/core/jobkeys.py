@@ -4,7 +4,7 @@ besides its MongoDB record. imgflow.core.lifecycle queues these on one pipeline 
 What is not about one job's life stays with its concept and reads what is written here: the
 queue's contract, consumer group and backlog (imgflow.core.queue), the change feed that followers
 read (imgflow.core.events), the webhook sender (imgflow.core.webhooks), the tenant's cap
-(imgflow.core.quota).
+(imgflow.core.quota), the snapshot's readers (imgflow.core.snapshots).
 """
 
 from __future__ import annotations
@@ -23,6 +23,30 @@ from imgflow.core.queue import JobMessage, entries_key, job_of, worker_key
 from imgflow.core.quota import unfinished_key
 from imgflow.core.settings import Settings
 from imgflow.core.webhooks import endpoint_tenants_key, outstanding_key, webhooks_key
+
+# A job's snapshot (imgflow.core.snapshots): dropped before each change, set after it.
+KEEP_S = 24 * 3600  # a finished job's snapshot; read after a day, a job falls back to MongoDB
+# an unfinished one's: a Redis restarted from its append-only file may have lost the last second's
+# writes, and with them a change's snapshot; then the one before is wrong for at most this long
+KEEP_UNFINISHED_S = 30
+
+
+def snapshot_key(settings: Settings, job_id: str) -> str:
+    return f"{settings.stream}:job:{job_id}"
+
+
+def put_snapshot(pipe: Pipeline, settings: Settings, job: Job) -> None:
+    """Queue on ``pipe``: the job as just written to MongoDB."""
+    keep = KEEP_S if job.status.finished else KEEP_UNFINISHED_S
+    pipe.set(snapshot_key(settings, job.job_id), job.model_dump_json(), ex=keep)
+
+
+async def forget_snapshots(redis: Redis, settings: Settings, *job_ids: str) -> None:
+    """Drop the snapshots (before a change: raises if Redis is unreachable, so that the change is
+    not made under a snapshot that would outlive it)."""
+    if job_ids:
+        await redis.delete(*(snapshot_key(settings, job_id) for job_id in job_ids))
+
 
 # A job's announcements: a short stream per job, a notification (the job in MongoDB is the truth)
 KEEP_ENTRIES = 20

@@ -53,7 +53,6 @@ from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, output_ke
 from imgflow.core.queue import DATA, job_id_of
 from imgflow.core.retries import dead_letter_key, remove_dead_letters, retry_key, take_due_retries
 from imgflow.core.settings import Settings
-from imgflow.core.snapshots import Snapshots
 from imgflow.core.storage import Storage
 from imgflow.core.store import JobStore
 from imgflow.core.webhooks import attempts_key
@@ -107,14 +106,14 @@ async def accept(
         try:
             async with b.redis.pipeline(transaction=False) as pipe:
                 await jobkeys.publish(pipe, s, [job])
-                Snapshots(b.redis, s).put(pipe, job)
+                jobkeys.put_snapshot(pipe, s, job)
                 jobkeys.announce(pipe, s, job.job_id, job.status)
                 await pipe.execute()
         except Exception as exc:  # redis-py raises several unrelated types for "no Redis"
             with contextlib.suppress(Exception):  # else the reconciler publishes it: accepted after all
                 await b.store.delete(job.job_id)
             with contextlib.suppress(Exception):  # in case the pipeline got as far as the snapshot
-                await Snapshots(b.redis, s).forget(job.job_id)
+                await jobkeys.forget_snapshots(b.redis, s, job.job_id)
             raise QueueUnavailable(str(exc) or type(exc).__name__) from exc
     except BaseException as exc:
         # a job with this id exists (an operator's second pass): the place is that job's
@@ -158,7 +157,7 @@ async def restore(b: JobBackends, job: Job) -> Job:
     await b.store.insert(restored)
     with contextlib.suppress(RedisError):  # without a snapshot, readers use MongoDB
         async with b.redis.pipeline(transaction=False) as pipe:
-            Snapshots(b.redis, b.settings).put(pipe, restored)
+            jobkeys.put_snapshot(pipe, b.settings, restored)
             await pipe.execute()
     return restored
 
@@ -166,8 +165,7 @@ async def restore(b: JobBackends, job: Job) -> Job:
 async def start(b: JobBackends, job: Job, worker: str) -> Job | None:
     """``processing`` by ``worker`` (who holds the job's lease and read it unfinished), with the
     crash count and isolation decided for it; None if the job is gone."""
-    snapshots = Snapshots(b.redis, b.settings)
-    await snapshots.forget(job.job_id)
+    await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
     started = await b.store.start(job, worker)
     if started is not None:
         await _best_effort(b, started)
@@ -177,7 +175,7 @@ async def start(b: JobBackends, job: Job, worker: str) -> Job | None:
 async def complete(b: JobBackends, job: Job, result: JobResult) -> Job | None:
     """``completed`` with ``result``; then its followers are told, its tenant's place freed, its
     webhooks filed and its original deleted (unless originals are kept). None if it is gone."""
-    await Snapshots(b.redis, b.settings).forget(job.job_id)
+    await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
     done = await b.store.complete(job.job_id, result, expires_at=_expiry(b.settings))
     if done is not None:
         if job.reuse_key is not None:  # before it is announced: who sees it completed finds it
@@ -197,7 +195,7 @@ async def reuse(b: JobBackends, job: Job, origin: Job) -> Job | None:
     meanwhile: the caller accepts the job as usual."""
     expires_at = _expiry(b.settings)
     try:
-        await Snapshots(b.redis, b.settings).forget(origin.job_id)
+        await jobkeys.forget_snapshots(b.redis, b.settings, origin.job_id)
     except RedisError as exc:
         raise QueueUnavailable(str(exc), what="Redis") from exc
     try:
@@ -232,7 +230,7 @@ async def fail(b: JobBackends, job: Job, error: str, *, dead_letter: bool = Fals
     """``failed`` with ``error`` (a dead letter too with ``dead_letter``: it failed after its last
     retry); what follows as for ``complete``. None if it is gone."""
     log.info("job %s failed: %s", job.job_id, error)
-    await Snapshots(b.redis, b.settings).forget(job.job_id)
+    await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
     done = await b.store.fail(job.job_id, error, crashes=job.crashes, expires_at=_expiry(b.settings))
     if done is not None:
         await _finished(b, job, done, dead_letter=error if dead_letter else None)
@@ -262,7 +260,7 @@ async def stop_cancelled(b: JobBackends, job: Job) -> Job | None:
 
 
 async def _cancel_now(b: JobBackends, job: Job) -> Job | None:
-    await Snapshots(b.redis, b.settings).forget(job.job_id)
+    await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
     done = await b.store.cancel(job.job_id, expires_at=_expiry(b.settings))
     if done is None:
         return None
@@ -283,7 +281,7 @@ async def _remove_outputs(b: JobBackends, job: Job) -> None:
 async def _finished(b: JobBackends, job: Job, done: Job, *, dead_letter: str | None = None) -> None:
     s = b.settings
     async with b.redis.pipeline(transaction=False) as pipe:
-        Snapshots(b.redis, s).put(pipe, done)
+        jobkeys.put_snapshot(pipe, s, done)
         jobkeys.announce(pipe, s, job.job_id, done.status)
         jobkeys.free_place(pipe, s, job.tenant, job.job_id)
         jobkeys.file_finished(
@@ -312,11 +310,11 @@ async def retry_later(b: JobBackends, job: Job, error: str) -> JobStatus:
         return JobStatus.failed
     delay = delays[job.retries] * random.uniform(0.8, 1.2)
     log.info("job %s: %s; trying again in %.1f s", job.job_id, error, delay)
-    await Snapshots(b.redis, b.settings).forget(job.job_id)
+    await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
     waiting = await b.store.wait_for_retry(job, error, utcnow() + timedelta(seconds=delay))
     if waiting is not None:
         async with b.redis.pipeline(transaction=False) as pipe:
-            Snapshots(b.redis, b.settings).put(pipe, waiting)
+            jobkeys.put_snapshot(pipe, b.settings, waiting)
             jobkeys.announce(pipe, b.settings, job.job_id, JobStatus.pending)
             pipe.zadd(retry_key(b.settings), {job.job_id: time.time() + delay})
             await pipe.execute()
@@ -335,7 +333,7 @@ async def give_back(b: JobBackends, worker: str, message_id: bytes | str | int) 
     job = await b.store.get(job_id) if job_id is not None else None
     released = None
     if job is not None and job.status is JobStatus.processing and job.worker == worker:
-        await Snapshots(b.redis, s).forget(job.job_id)
+        await jobkeys.forget_snapshots(b.redis, s, job.job_id)
         released = await b.store.release(job)
     async with b.redis.pipeline(transaction=True) as pipe:
         if data is not None and job_id is not None:
@@ -343,7 +341,7 @@ async def give_back(b: JobBackends, worker: str, message_id: bytes | str | int) 
         pipe.xack(s.stream, s.consumer_group, message_id)
         schedule.done(pipe, s, [message_id])
         if released is not None:
-            Snapshots(b.redis, s).put(pipe, released)
+            jobkeys.put_snapshot(pipe, s, released)
             jobkeys.announce(pipe, s, released.job_id, JobStatus.pending)
         await pipe.execute()
 
@@ -353,14 +351,14 @@ async def revive(b: JobBackends, job: Job) -> Job | None:
     queued again. None if it is not among the dead letters (or is gone)."""
     if not await remove_dead_letters(b.redis, b.settings, job.job_id):
         return None
-    await Snapshots(b.redis, b.settings).forget(job.job_id)
+    await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
     revived = await b.store.revive(job.job_id)
     if revived is None:
         return None
     try:
         async with b.redis.pipeline(transaction=False) as pipe:
             await jobkeys.publish(pipe, b.settings, [revived])
-            Snapshots(b.redis, b.settings).put(pipe, revived)
+            jobkeys.put_snapshot(pipe, b.settings, revived)
             jobkeys.announce(pipe, b.settings, revived.job_id, JobStatus.pending)
             pipe.delete(jobkeys.cancel_key(b.settings, revived.job_id))  # a cancel that came too late
             await pipe.execute()
@@ -405,7 +403,7 @@ async def remove(store: JobStore, redis: Redis, settings: Settings, job_id: str)
     await store.delete(job_id)
     try:
         await redis.delete(
-            Snapshots(redis, settings).key(job_id),
+            jobkeys.snapshot_key(settings, job_id),
             jobkeys.events_key(settings, job_id),
             attempts_key(settings, job_id),
             jobkeys.cancel_key(settings, job_id),
@@ -419,7 +417,7 @@ async def _best_effort(b: JobBackends, job: Job) -> None:
     MongoDB and followers wait for their next heartbeat."""
     try:
         async with b.redis.pipeline(transaction=False) as pipe:
-            Snapshots(b.redis, b.settings).put(pipe, job)
+            jobkeys.put_snapshot(pipe, b.settings, job)
             jobkeys.announce(pipe, b.settings, job.job_id, job.status)
             await pipe.execute()
     except RedisError as exc:
