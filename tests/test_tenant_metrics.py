@@ -146,7 +146,7 @@ async def test_series_follow_the_ranking_and_stay_bounded(
     leaves the top N, its series goes."""
     monkeypatch.setattr(tenant_metrics, "REFRESH_S", 0.0)  # every refresh reads the ranking
     await queue_many_tenants(parts)
-    await schedule.waiting(parts.redis, settings)  # parked: ranked by the work they brought
+    await schedule.park(parts.redis, settings)  # parked: ranked by the work they brought
     served = Counter("served", "test", ["tenant"], registry=CollectorRegistry())
     top = TopTenants(settings.model_copy(update={"metrics_top_tenants": 5}), (served,))
     await top.refresh(parts.redis)
@@ -159,7 +159,7 @@ async def test_series_follow_the_ranking_and_stay_bounded(
     async with parts.redis.pipeline(transaction=False) as pipe:
         await jobkeys.publish(pipe, settings, [newcomer])
         await pipe.execute()
-    await schedule.waiting(parts.redis, settings)
+    await schedule.park(parts.redis, settings)
     await top.refresh(parts.redis)
     served.labels(top.label("newcomer")).inc()
     labels = {s.labels["tenant"] for m in served.collect() for s in m.samples if s.name == "served_total"}

@@ -27,7 +27,7 @@ entries stay idle on purpose, so the workers reclaim a dead worker's entries con
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -39,18 +39,34 @@ from imgflow.core.settings import Settings
 
 PARKED = "~parked"  # the consumer that holds entries waiting in a lane
 
-# Parking (step 1), shared by _TAKE and _WAITING. KEYS[1]: the stream; ARGV[1]: group, ARGV[3]:
-# key prefix, ARGV[6]: the parked consumer. Beside the lanes it keeps each tenant's cost waiting
-# (``queued``, taken off as entries leave a lane) and the cost it ever brought (``work``: the
-# ranking of imgflow.core.tenant_metrics). Sets ``parked`` to the number of entries parked.
+# Parking (step 1), shared by _TAKE and _PARK_ONLY. KEYS[1]: the stream; ARGV[1]: group, ARGV[3]:
+# key prefix, ARGV[6]: the parked consumer. Beside the lanes it keeps, for the metrics (``waiting``),
+# each tenant's jobs and cost waiting and their totals (``queued:jobs``, ``queued:cost``, taken off
+# as entries leave a lane), each waiting tenant's oldest entry (``queued:oldest``, tenant -> ms of
+# its lanes' older head) and the cost each tenant ever brought (``work``: the ranking of
+# imgflow.core.tenant_metrics). Sets ``parked`` to the number of entries parked.
 _PARK = """
 local stream, group, prefix = KEYS[1], ARGV[1], ARGV[3]
 local ready, vtimes, clock = prefix .. 'ready', prefix .. 'vtime', prefix .. 'clock'
+local jobs, costs, oldest = prefix .. 'queued:jobs', prefix .. 'queued:cost', prefix .. 'queued:oldest'
 local function lane(t, p) return prefix .. 'lane:' .. t .. ':' .. p end
 local function running(t) return prefix .. 'running:' .. t end
-local function unqueue(t, cost)
-  local queued = prefix .. 'queued'
-  if redis.call('HINCRBY', queued, t, -cost) <= 0 then redis.call('HDEL', queued, t) end
+local function ms(entry) return tonumber(string.match(entry, '(%d+)%-%d+$')) end
+local function count(t, n, cost)
+  for _, key in ipairs({jobs, costs}) do
+    local change = key == jobs and n or cost
+    redis.call('HINCRBY', key, '', change)  -- the total, under the empty name
+    if redis.call('HINCRBY', key, t, change) <= 0 then redis.call('HDEL', key, t) end
+  end
+end
+local function unqueue(t, cost)  -- after an entry of t left a lane: its counts and oldest entry
+  count(t, -1, -cost)
+  local first = false
+  for _, p in ipairs({'interactive', 'batch'}) do
+    local head = redis.call('LINDEX', lane(t, p), 0)
+    if head and (not first or ms(head) < first) then first = ms(head) end
+  end
+  if first then redis.call('ZADD', oldest, first, t) else redis.call('ZREM', oldest, t) end
 end
 -- at most 1000 a call, so one call never holds Redis long; a backlog is parked within a few takes
 local new = redis.call('XREADGROUP', 'GROUP', group, ARGV[6], 'COUNT', 1000, 'STREAMS', stream, '>')
@@ -63,7 +79,8 @@ if new then
     if p ~= 'batch' then p = 'interactive' end
     local cost = tonumber(f['cost'] or '1') or 1
     redis.call('RPUSH', lane(t, p), cost .. ' ' .. entry[1])
-    redis.call('HINCRBY', prefix .. 'queued', t, cost)
+    count(t, 1, cost)
+    redis.call('ZADD', oldest, 'NX', ms(entry[1]), t)
     redis.call('ZINCRBY', prefix .. 'work', cost, t)
     if not redis.call('ZSCORE', ready, t) then
       local now = tonumber(redis.call('GET', clock) or '0')
@@ -120,31 +137,8 @@ return {false, false}
 """
 )
 
-# KEYS and ARGV as _TAKE's (ARGV[2], [4], [5] unused). Parks, then returns the number parked and,
-# per tenant with jobs waiting: tenant, jobs, cost, its oldest entry's id (the heads of its lanes).
-_WAITING = (
-    _PARK
-    + """
-local found = {parked}
-for _, t in ipairs(redis.call('ZRANGE', ready, 0, -1)) do
-  local oldest = false
-  for _, p in ipairs({'interactive', 'batch'}) do
-    local head = redis.call('LINDEX', lane(t, p), 0)
-    if head then
-      local id = string.sub(head, string.find(head, ' ') + 1)
-      if not oldest or tonumber(string.match(id, '^%d+')) < tonumber(string.match(oldest, '^%d+')) then
-        oldest = id
-      end
-    end
-  end
-  if oldest then
-    local jobs = redis.call('LLEN', lane(t, 'interactive')) + redis.call('LLEN', lane(t, 'batch'))
-    table.insert(found, {t, jobs, tonumber(redis.call('HGET', prefix .. 'queued', t) or '0'), oldest})
-  end
-end
-return found
-"""
-)
+# KEYS and ARGV as _TAKE's (ARGV[2], [4], [5] unused). Parks; returns the number parked.
+_PARK_ONLY = _PARK + "return parked"
 
 # KEYS: none. ARGV: prefix, then entry ids. A taken entry is no longer in its tenant's flight.
 _DONE = """
@@ -237,51 +231,54 @@ async def in_flight(redis: Redis, settings: Settings, tenant: str) -> int:
 
 @dataclass(frozen=True)
 class Waiting:
-    """A tenant's jobs waiting in its lanes."""
+    """Jobs waiting in lanes: one tenant's, or several tenants' together."""
 
-    tenant: str
-    jobs: int
-    cost: int
-    since_ms: int  # when its oldest waiting entry was queued: epoch ms, from the entry's id
+    jobs: int = 0
+    cost: int = 0
+    since_ms: int | None = None  # when the oldest was queued: epoch ms, from its entry's id
 
 
-async def waiting(redis: Redis, settings: Settings) -> list[Waiting]:
-    """Every tenant with jobs waiting, after parking what is new (so nothing waiting is left out:
-    with every worker busy, nobody else parks). Reads a few keys per waiting tenant, never the
-    lanes' entries."""
-    while True:
-        try:
-            found = cast(
-                list[Any],
-                await redis.eval(
-                    _WAITING,
-                    1,
-                    settings.stream,
-                    settings.consumer_group,
-                    "",
-                    prefix(settings),
-                    0,
-                    "{}",
-                    PARKED,
-                ),
-            )
-        except ResponseError as exc:
-            if "NOGROUP" in str(exc):  # no job submitted yet
-                return []
+async def park(redis: Redis, settings: Settings) -> None:
+    """Park every entry not yet in a lane (what a take does first), a thousand a call."""
+    args = (settings.stream, settings.consumer_group, "", prefix(settings), 0, "{}", PARKED)
+    try:
+        while int(await redis.eval(_PARK_ONLY, 1, *args)) == 1000:
+            pass
+    except ResponseError as exc:
+        if "NOGROUP" not in str(exc):  # NOGROUP: no job submitted yet
             raise
-        if int(found[0]) < 1000:  # parked all that was new
-            break
-    return [
-        Waiting(_text(t), int(jobs), int(cost), int(_text(oldest).split("-")[0]))
-        for t, jobs, cost, oldest in found[1:]
-    ]
+
+
+async def waiting(
+    redis: Redis, settings: Settings, tenants: Collection[str]
+) -> tuple[dict[str, Waiting], Waiting]:
+    """What waits in the lanes of each of ``tenants`` (those with jobs waiting), and of all the
+    others together; ``park`` first, or entries not yet parked are left out (with every worker
+    busy, nobody parks them). A few reads per tenant named, whatever the number of tenants
+    waiting: the counts are kept as entries are parked and taken."""
+    p = prefix(settings)
+    named = ["", *tenants]  # "": the totals
+    async with redis.pipeline(transaction=True) as pipe:  # one moment's figures
+        pipe.hmget(f"{p}queued:jobs", named)
+        pipe.hmget(f"{p}queued:cost", named)
+        pipe.zmscore(f"{p}queued:oldest", named)
+        pipe.zrange(f"{p}queued:oldest", 0, len(named), withscores=True)  # someone else's among them
+        jobs, costs, since, first = await pipe.execute()
+    found = {
+        t: Waiting(int(n or 0), int(c or 0), None if ms is None else int(ms))
+        for t, n, c, ms in zip(named, jobs, costs, since, strict=True)
+    }
+    total = found.pop("")
+    others_since = next((int(ms) for t, ms in first if t.decode() not in found), None)
+    others = Waiting(
+        max(0, total.jobs - sum(w.jobs for w in found.values())),
+        max(0, total.cost - sum(w.cost for w in found.values())),
+        others_since,
+    )
+    return {t: w for t, w in found.items() if w.jobs > 0}, others
 
 
 async def busiest(redis: Redis, settings: Settings, count: int) -> list[str]:
     """The ``count`` tenants that brought the most work (cost) so far, the most first."""
     found = cast(list[bytes], await redis.zrevrange(f"{prefix(settings)}work", 0, count - 1))
     return [t.decode() for t in found]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

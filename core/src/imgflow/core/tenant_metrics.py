@@ -67,17 +67,15 @@ class Queued:
 
 async def queued(redis: Redis, settings: Settings, top: TopTenants) -> dict[str, Queued]:
     """Jobs, cost and the oldest job's wait per label, ``other`` always among them (zero when
-    nothing else waits): read from the lanes' heads and counts, never a scan of the jobs."""
-    waiting = await schedule.waiting(redis, settings)  # parks first: the ranking counts it all
+    nothing else waits): from counts kept as jobs enter and leave the lanes, so a few reads per
+    top tenant whatever the number of tenants."""
+    await schedule.park(redis, settings)  # first: the ranking counts what just arrived
     await top.refresh(redis)
-    found = {OTHER: Queued()}
+    named, others = await schedule.waiting(redis, settings, top.names)
     now_ms = time.time() * 1000
-    for each in waiting:
-        label = top.label(each.tenant)
-        was = found.get(label, Queued())
-        found[label] = Queued(
-            was.jobs + each.jobs,
-            was.cost + each.cost,
-            max(was.oldest_wait_s, max(0.0, now_ms - each.since_ms) / 1000),
-        )
-    return found
+
+    def of(waiting: schedule.Waiting) -> Queued:
+        since = now_ms if waiting.since_ms is None else waiting.since_ms
+        return Queued(waiting.jobs, waiting.cost, max(0.0, now_ms - since) / 1000)
+
+    return {OTHER: of(others)} | {top.label(tenant): of(each) for tenant, each in named.items()}
