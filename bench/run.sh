@@ -70,6 +70,8 @@ log "another tenant's latency while one key attacks the API, against quiet (abou
 py -m bench.isolation --out "$results/isolation.json"
 log "another tenant's webhook delay while one tenant's 20 endpoints never answer, against quiet (about 30 s)"
 py -m bench.webhooks --out "$results/webhooks.json"
+log "accept -> completed for an identical upload that reuses a finished job's outputs, against a made one (about 30 s)"
+py -m bench.reuse --out "$results/reuse.json"
 if [ "$investigate" = 1 ]; then
   log "investigation (about 4 min)"
   py -m bench.studies.investigate --out "$results/investigate.json"

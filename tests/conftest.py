@@ -102,6 +102,9 @@ def make_settings(redis_url: str, mongodb_url: str, **overrides: object) -> Sett
         "storage_backend": StorageBackend.gridfs,
         "worker_metrics_port": 0,
         "admin_key": ADMIN_KEY,
+        # every job made by a worker, as each test expects of the jobs it submits, whatever an
+        # earlier job of the stack made; tests/test_reuse.py turns reuse on
+        "reuse_disabled_tenants": "*",
     }
     values.update(overrides)
     return Settings.model_validate(values)

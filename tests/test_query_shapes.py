@@ -4,8 +4,9 @@ on ``_id`` alone uses its ``_id`` index: scripts/patches) as on ``mongod``.
 
 The commands are those imgflow's own stores send (captured with a PyMongo command listener while
 a job is accepted, admitted, started, retried, given back, completed, failed, revived, read, found
-and shared by an identical job, and deleted, and while an API key is looked up); each filter is then explained on the same server,
-with thousands of jobs stored, and its plan must read an index, not the collection.
+and shared by an identical job, and deleted, and while an API key is looked up); each filter is
+then explained on the same server, with thousands of jobs stored, and its plan must read an index,
+not the collection.
 """
 
 from __future__ import annotations

@@ -157,6 +157,12 @@ JOB_PROPERTIES: dict[str, dict[str, Any]] = {
         "description": "Where to POST the job.completed / job.failed / job.cancelled webhook "
         "(Standard Webhooks signature; needs IMGFLOW_WEBHOOK_SECRET)",
     },
+    "reuse": {
+        "type": "boolean",
+        "description": "Whether the job may complete at once from the outputs of an identical "
+        "finished, unexpired job of the tenant (the same bytes and options; result.reusedFrom names "
+        "it). Default true; false: decoded again",
+    },
 }
 
 # one example per option of the form, shown by OpenAPI tools
@@ -180,6 +186,7 @@ FORM_EXAMPLES: dict[str, object] = {
     "watermarkOpacity": 0.6,
     "watermarkScale": 0.2,
     "callbackUrl": "https://example.com/hooks/imgflow",
+    "reuse": True,
 }
 for _name, _example in FORM_EXAMPLES.items():
     JOB_PROPERTIES[_name]["example"] = _example

@@ -30,7 +30,10 @@ class Camel(BaseModel):
 
 class Accepted(Camel):
     job_id: str = Field(description="Id of the new job; poll GET /api/image-processing/jobs/{jobId}")
-    status: JobStatus = Field(description="Always 'pending' here: accepted, queued, not yet done")
+    status: JobStatus = Field(
+        description="'pending': accepted, queued, not yet done; 'completed' when the job reused the "
+        "outputs of an identical finished job of the tenant (result.reusedFrom)"
+    )
     created_at: Timestamp
 
 
@@ -89,6 +92,11 @@ class Result(Camel):
         None,
         description="Every variant by name, in the order asked (present when the job asked for variants)",
     )
+    reused_from: str | None = Field(
+        None,
+        description="Present when the job completed at once from the outputs of this earlier job of "
+        "the tenant (the same source bytes and options; opt out with reuse=false): its files are shared",
+    )
 
 
 class JobView(Camel):
@@ -140,6 +148,7 @@ class JobView(Camel):
                 height=job.result.height,
                 bytes=job.result.bytes,
                 format=job.result.format,
+                reused_from=job.result.reused_from,
                 variants={
                     v.name: VariantView(
                         url=f"{UPLOADS_PREFIX}/{v.key}",

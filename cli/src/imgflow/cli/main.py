@@ -95,6 +95,14 @@ def submit(
         bool, typer.Option("--enlarge", help="Allow outputs larger than the source (bounded by the service)")
     ] = False,
     watermark: Annotated[str | None, typer.Option(help="Id of one of the tenant's watermarks")] = None,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            "--reuse/--no-reuse",
+            help="Let an image the tenant sent before with the same options complete at once from "
+            "that job's outputs (--no-reuse: decode it again)",
+        ),
+    ] = True,
     preset: Annotated[str | None, typer.Option(help="A named set of variants (imgflow presets)")] = None,
     variants: Annotated[
         Path | None,
@@ -133,6 +141,7 @@ def submit(
         "enlarge": "true" if enlarge else None,
         "watermark": watermark,
         "preset": preset,
+        "reuse": None if reuse else "false",
     }
     fields.update({name: str(value) for name, value in asked.items() if value is not None})
     try:

@@ -302,6 +302,11 @@ class Settings(BaseSettings):
     keep_originals: bool = Field(
         True, description="Keep an uploaded original until the job expires (false: delete it once finished)"
     )
+    reuse_disabled_tenants: str = Field(
+        "",
+        description="Tenants (comma-separated; * for all) whose jobs never reuse an identical finished "
+        "job's outputs: each upload is decoded again",
+    )
     orphan_grace_s: float = Field(
         3600.0,
         gt=0,
@@ -469,6 +474,10 @@ class Settings(BaseSettings):
             if any(spec.watermark for spec in specs):
                 raise ValueError(f"preset {name!r}: a watermark belongs to a tenant, not to a preset")
         return self
+
+    @property
+    def reuse_disabled(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.reuse_disabled_tenants.split(",") if t.strip())
 
     @property
     def retry_delays(self) -> tuple[float, ...]:

@@ -20,7 +20,7 @@ from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Accepted, JobList, JobView
 from imgflow.api.signed_urls import url_base
 from imgflow.api.slots import upload_slot
-from imgflow.core import cost, lifecycle, quota
+from imgflow.core import cost, lifecycle, quota, reuse
 from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.jobs import Job, JobStatus, Priority, UploadSource, new_job_id, original_key, utcnow
 from imgflow.core.options import InvalidOption, read_outputs
@@ -104,7 +104,8 @@ async def _accept(
     """Receive, check, store, record and publish one job (or replay an idempotent one)."""
     settings = state.settings
     print_ = ""
-    async with receive_upload(request, settings, digest=claim is not None) as upload:
+    reusing = reuse.allowed(settings, principal.tenant)
+    async with receive_upload(request, settings, digest=claim is not None or reusing) as upload:
         user_id = upload.fields.get("userId", "").strip()
         missing = [name for name, ok in ((FILE_FIELD, upload.path), ("userId", user_id)) if not ok]
         if missing:
@@ -128,6 +129,12 @@ async def _accept(
         priority = upload.fields.get("priority", Priority.interactive.value).strip()
         if priority not in set(Priority):
             raise Problem(422, "Invalid request", "priority must be interactive or batch.")
+        try:
+            reusing = reuse.asked(upload.fields) and reusing
+        except reuse.InvalidReuse as exc:
+            raise Problem(
+                422, "Invalid request", str(exc), errors=[{"field": reuse.FIELD, "message": str(exc)}]
+            ) from exc
         path = upload.path
         assert path is not None
         if upload.size == 0:
@@ -169,11 +176,22 @@ async def _accept(
             callback_url=callback_url,
             cost=cost.estimate(outputs.specs, seen),
             priority=Priority(priority),
+            reuse_key=reuse.key(principal.tenant, upload.sha256, outputs.specs, outputs.named)
+            if reusing and upload.sha256
+            else None,
         )
         try:
-            await lifecycle.accept(
-                state, job, original=path, media_type=f"image/{info.format}", take_place=not principal.admin
-            )
+            reused = await _reuse(state, job)
+            if reused is not None:
+                job = reused
+            else:
+                await lifecycle.accept(
+                    state,
+                    job,
+                    original=path,
+                    media_type=f"image/{info.format}",
+                    take_place=not principal.admin,
+                )
         except quota.TenantFull as exc:
             metrics.REJECTED.labels("429").inc()
             raise Problem(
@@ -193,6 +211,20 @@ async def _accept(
             # the key for a retry that makes the job twice; the pending mark stays until it expires.
             log.warning("job %s accepted, its Idempotency-Key not recorded", job.job_id, exc_info=True)
     return accepted
+
+
+async def _reuse(state: AppState, job: Job) -> Job | None:
+    """``job`` completed from the outputs of an identical finished job of its tenant, if one is
+    there (imgflow.core.reuse); else None."""
+    if job.reuse_key is None:
+        return None
+    origin = await state.store.offered(job.reuse_key)
+    if origin is None or not origin.reusable(utcnow()):
+        return None
+    reused = await lifecycle.reuse(state, job, origin)
+    if reused is not None:
+        metrics.REUSED.inc()
+    return reused
 
 
 @router.get(
