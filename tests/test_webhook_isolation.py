@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook
 
 from imgflow.core.settings import Settings
@@ -170,9 +171,29 @@ async def test_a_disabled_endpoint_is_announced_to_the_tenants_other_endpoints(
             # a later job's event reaches the job-only endpoint after the announcement was filed
             await finished_job(acme)
             wait_calls(jobs_only, 2)
+            wait_calls(told, 3)
+            # every attempt counted by outcome: the broken endpoint's first (tried again) and its
+            # second (it was disabled: no more tries); the others' five
+            expected = {"delivered": 5, "failed": 1, "given_up": 1}
+            async with asyncio.timeout(30):  # the counts follow the receivers' answers
+                while (outcomes := await delivery_outcomes(base)) != expected:
+                    assert all(outcomes[o] <= n for o, n in expected.items()), outcomes
+                    await asyncio.sleep(0.1)
     assert [json.loads(body)["type"] for _, body in jobs_only.calls] == ["job.completed"] * 2
     assert elsewhere.calls == []  # another tenant's endpoint hears nothing of it
     assert len(failing.calls) == 2  # the disabled endpoint is told nothing more
+
+
+async def delivery_outcomes(base: str) -> dict[str, float]:
+    """imgflow_webhook_deliveries_total by outcome, from the API's /metrics."""
+    async with httpx.AsyncClient(base_url=base) as client:
+        text = (await client.get("/metrics")).text
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "imgflow_webhook_deliveries_total"
+    }
 
 
 @pytest.mark.slow  # a fan-out sent one target at a time, for longer than the reclaim idle time
