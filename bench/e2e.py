@@ -198,6 +198,8 @@ def stack_settings(workdir: Path, storage: StorageBackend, extra: dict[str, Any]
             "api_port": free_port(),
             "worker_metrics_port": free_port(),
             "worker_concurrency": 2,
+            # the corpus goes round several times: every image made by a worker, none reused
+            "reuse_disabled_tenants": "*",
             **(extra or {}),
         }
     )

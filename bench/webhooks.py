@@ -100,6 +100,7 @@ def main() -> None:
         storage_backend="local",
         storage_dir=workdir / "files",
         allow_private_urls=True,  # the receivers are on loopback
+        reuse_disabled_tenants="*",  # the same image each round: every job made by a worker
     )
     stack = start_stack(settings, workdir)
     try:
