@@ -211,6 +211,9 @@ class ThumbnailSpec(BaseModel):
     # shrinks to the source (``as_made``), as imgproxy does by default: upscaling adds no detail,
     # only cost
     enlarge: bool = False
+    # a BlurHash of the output in its result (imgflow.core.facts.Placeholder), beside the ThumbHash
+    # every output gets
+    blurhash: bool = False
 
     def animates(self, source_format: str, pages: int) -> bool:
         """Whether this output of a source of ``pages`` frames is an animation."""

@@ -132,6 +132,8 @@ def _output_bytes(info: ImageInfo, spec: ThumbnailSpec, quality: int, lane_sourc
         held += pixels * GIF_BYTES_PER_PIXEL * frames
     if lane_source_height is not None:
         held += plain_jpeg.held_bytes(out_w, out_h, lane_source_height)
+    else:  # libvips' lane holds the output whole, for the encoder and the placeholder (pipeline.py)
+        held += pixels * OUTPUT_BANDS * frames
     return held
 
 

@@ -8,6 +8,9 @@ job's thumbnail, or each of its variants) then runs through one lane's steps and
   (``plain_jpeg.takes``): TurboJPEG decodes it and Pillow does the rest, the same geometry
   (``steps/geometry.py``) at a fraction of libvips' fixed cost per image;
 - ``STEPS``, libvips', for everything else, and for the JPEGs TurboJPEG turns away.
+
+Each output's placeholder (placeholder.py) is made from its pixels in memory, just before they are
+encoded.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from dataclasses import dataclass
 import pyvips
 from PIL import Image
 
+from imgflow.core.facts import Placeholder
 from imgflow.core.outputs import OutputFormat, ThumbnailSpec
 from imgflow.core.probe import ImageInfo, open_buffer, probe_buffer
-from imgflow.worker import plain_jpeg
+from imgflow.worker import placeholder, plain_jpeg
 from imgflow.worker.steps.colour import to_srgb
 from imgflow.worker.steps.crop import crop, steady
 from imgflow.worker.steps.encode import encode
@@ -63,6 +67,7 @@ class Thumbnail:
     width: int
     height: int
     format: OutputFormat
+    placeholder: Placeholder
 
 
 def make_thumbnails(
@@ -105,8 +110,9 @@ def plain_jpeg_thumbnails(
     for spec, picture in zip(specs, pictures, strict=True):
         if thumbnails:
             between()
+        look = placeholder.of_pillow(picture, with_blurhash=spec.blurhash)
         encoded, width, height = plain_jpeg.encode(picture, spec.quality or quality)
-        thumbnails.append(Thumbnail(encoded, width, height, OutputFormat.jpeg))
+        thumbnails.append(Thumbnail(encoded, width, height, OutputFormat.jpeg, look))
     return thumbnails
 
 
@@ -153,8 +159,12 @@ def libvips_thumbnails(
         else:  # a still, or the first frame of an animation
             first = _split(source, frame_height)[0] if animation else source
             image = _steps(Work(first, spec, info.orientation, marks))
+        # made once, in memory, for the encoder and the placeholder both (the steps are lazy: read
+        # twice, they would run twice)
+        image = image.copy_memory()
+        look = placeholder.of_vips(image, with_blurhash=spec.blurhash)
         encoded = encode(image, spec.format, quality, spec.quality)
-        thumbnails.append(Thumbnail(encoded, image.width, image.height // _frames(image), spec.format))
+        thumbnails.append(Thumbnail(encoded, image.width, image.height // _frames(image), spec.format, look))
     return thumbnails
 
 

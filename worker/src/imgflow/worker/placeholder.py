@@ -46,8 +46,8 @@ def of_vips(image: pyvips.Image, *, with_blurhash: bool) -> Placeholder:
         image = image.crop(0, 0, image.width, int(image.get("page-height")))
     if image.bands < 3:
         image = image.colourspace("srgb")
-    # every pyvips call costs tens of microseconds: a large output is point-sampled to a few
-    # times SIDE in libvips, the rest is numpy's
+    # every pyvips call costs tens of microseconds (a shrink in libvips took longer than numpy's
+    # boxes): a large output is point-sampled to SAMPLED x SIDE in libvips, the rest is numpy's
     step = max(image.width, image.height) // (SAMPLED * SIDE)
     if step > 1:
         image = image.subsample(step, step)
@@ -59,28 +59,27 @@ def of_vips(image: pyvips.Image, *, with_blurhash: bool) -> Placeholder:
 
 def of_pillow(image: Image.Image, *, with_blurhash: bool) -> Placeholder:
     """Of the plain JPEG lane's RGB picture."""
-    f = -(-max(image.size) // SIDE)
-    if f > 1:
-        image = image.reduce(f)  # Pillow's box filter, in C
-    return of_pixels(_boxed(np.asarray(image)), with_blurhash=with_blurhash)
+    if (f := _factor(*image.size)) > 1:
+        image = image.reduce(f)  # Pillow's box filter
+    return of_pixels(np.asarray(image), with_blurhash=with_blurhash)
+
+
+def _factor(width: int, height: int) -> int:
+    """The whole factor that brings the picture within SIDE pixels a side."""
+    return -(-max(width, height) // SIDE)
 
 
 def _boxed(pixels: thumbhash.Pixels) -> thumbhash.Pixels:
     """At most SIDE pixels a side, each the mean of the box it covers (the edges' partial boxes
     left out)."""
     height, width = pixels.shape[:2]
-    f = -(-max(width, height) // SIDE)
-    if f > 1:
-        h, w = max(1, height // f), max(1, width // f)
-        fy, fx = min(f, height), min(f, width)
-        pixels = (
-            pixels[: h * fy, : w * fx]
-            .reshape(h, fy, w, fx, -1)
-            .mean(axis=(1, 3), dtype=np.float32)
-            .round()
-            .astype(np.uint8)
-        )
-    return pixels
+    if (f := _factor(width, height)) == 1:
+        return pixels
+    h, w = max(1, height // f), max(1, width // f)
+    fy, fx = min(f, height), min(f, width)
+    boxes = pixels[: h * fy, : w * fx].reshape(h, fy, w, fx, -1)
+    means: thumbhash.Pixels = boxes.mean(axis=(1, 3), dtype=np.float32).round().astype(np.uint8)
+    return means
 
 
 def of_pixels(rgba: thumbhash.Pixels, *, with_blurhash: bool) -> Placeholder:

@@ -41,6 +41,7 @@ from imgflow.core.watermarks import watermark_key
 from imgflow.worker import metrics
 from imgflow.worker.memory import MB, MemoryBudget, OverBudget, job_memory_bytes
 from imgflow.worker.pipeline import Thumbnail, make_thumbnails
+from imgflow.worker.placeholder import source_facts
 
 log = logging.getLogger("imgflow.worker")
 
@@ -198,11 +199,19 @@ class Processor:
             processed_at=utcnow(),
             variants=[
                 VariantResult(
-                    name=name, key=key, width=t.width, height=t.height, bytes=len(t.data), format=t.format
+                    name=name,
+                    key=key,
+                    width=t.width,
+                    height=t.height,
+                    bytes=len(t.data),
+                    format=t.format,
+                    placeholder=t.placeholder,
                 )
                 for name, key, t in made
                 if name is not None and job.variants
             ],
+            placeholder=first.placeholder,
+            source=source_facts(info),
         )
         if await lifecycle.complete(self, job, result):
             log.info("job completed")
