@@ -10,6 +10,7 @@ from pydantic.alias_generators import to_camel, to_snake
 
 from imgflow.api.signed_urls import Signed
 from imgflow.core import options
+from imgflow.core.facts import Placeholder, SourceFacts
 from imgflow.core.jobs import Job, JobStatus, Priority
 from imgflow.core.outputs import Fit, OutputFormat, ThumbnailSpec
 
@@ -53,6 +54,9 @@ class Options(Camel):
     enlarge: bool | None = Field(
         None, description="Present (true) when the output may be larger than the source"
     )
+    blurhash: bool | None = Field(
+        None, description="Present (true) when the output's placeholder has a BlurHash"
+    )
     watermark: str | None = None
     watermark_position: str | None = Field(None, description="With a watermark: where it goes")
     watermark_margin: int | None = None
@@ -66,6 +70,18 @@ SIGNED_URL = (
 )
 
 
+class PlaceholderView(Placeholder, Camel):
+    """What a page can show before the output arrives."""
+
+
+class SourceView(SourceFacts, Camel):
+    """The source image, as its header describes it."""
+
+
+def _placeholder(placeholder: Placeholder | None) -> PlaceholderView | None:
+    return None if placeholder is None else PlaceholderView(**placeholder.model_dump())
+
+
 class VariantView(Camel):
     url: str = Field(description="Path of the variant's file on this service")
     signed_url: str | None = Field(None, description=SIGNED_URL)
@@ -73,6 +89,7 @@ class VariantView(Camel):
     height: int
     bytes: int
     format: OutputFormat
+    placeholder: PlaceholderView | None = Field(None, description="Absent for jobs made before placeholders")
 
 
 class Result(Camel):
@@ -91,6 +108,13 @@ class Result(Camel):
     variants: dict[str, VariantView] | None = Field(
         None,
         description="Every variant by name, in the order asked (present when the job asked for variants)",
+    )
+    placeholder: PlaceholderView | None = Field(
+        None,
+        description="The thumbnail's (with variants: the first's); absent for jobs made before placeholders",
+    )
+    source: SourceView | None = Field(
+        None, description="The source image's facts; absent for jobs made before them"
     )
     reused_from: str | None = Field(
         None,
@@ -149,6 +173,8 @@ class JobView(Camel):
                 bytes=job.result.bytes,
                 format=job.result.format,
                 reused_from=job.result.reused_from,
+                placeholder=_placeholder(job.result.placeholder),
+                source=None if job.result.source is None else SourceView(**job.result.source.model_dump()),
                 variants={
                     v.name: VariantView(
                         url=f"{UPLOADS_PREFIX}/{v.key}",
@@ -157,6 +183,7 @@ class JobView(Camel):
                         height=v.height,
                         bytes=v.bytes,
                         format=v.format,
+                        placeholder=_placeholder(v.placeholder),
                     )
                     for v in job.result.variants
                 }
@@ -190,6 +217,7 @@ def _options(spec: ThumbnailSpec) -> Options:
             "grayscale": spec.grayscale or None,
             "animated": None if spec.animated else False,
             "enlarge": spec.enlarge or None,
+            "blurhash": spec.blurhash or None,
         }
     )
 
