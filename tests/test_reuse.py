@@ -81,6 +81,21 @@ async def test_an_identical_upload_completes_at_once_from_the_first_jobs_outputs
         assert payload["type"] == "job.completed" and payload["data"]["jobId"] == twin_id
         assert payload["data"]["result"]["reusedFrom"] == first_id
 
+        # an Idempotency-Key still answers its first job again; a new key gets a job of its own
+        form = {"userId": "user-1", "width": "64", "height": "48"}
+        keyed = [
+            await acme.post(
+                JOBS,
+                files={"file": ("a.jpg", photo, "image/jpeg")},
+                data=form,
+                headers={"Idempotency-Key": key},
+            )
+            for key in ("retry-1", "retry-1", "retry-2")
+        ]
+        ids = [k.json()["jobId"] for k in keyed]
+        assert ids[0] == ids[1] != ids[2] and twin_id not in ids
+        assert [k.json()["status"] for k in keyed] == ["completed"] * 3
+
         # decoded again: other options, reuse=false, another tenant, a tenant that opted out
         again = [
             await submit(acme, photo, width="65", height="48"),
@@ -101,8 +116,8 @@ async def test_an_identical_upload_completes_at_once_from_the_first_jobs_outputs
         assert [e["field"] for e in refused.json()["errors"]] == ["reuse"]
 
         metrics = (await acme.get("/metrics")).text
-    assert re.search(r"^imgflow_jobs_reused_total 1\.0$", metrics, re.M)
-    assert re.search(r"^imgflow_jobs_submitted_total 7\.0$", metrics, re.M)
+    assert re.search(r"^imgflow_jobs_reused_total 3\.0$", metrics, re.M)
+    assert re.search(r"^imgflow_jobs_submitted_total 9\.0$", metrics, re.M)
 
 
 async def test_shared_outputs_stay_after_the_job_that_made_them_expires(
