@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -56,15 +57,26 @@ class DeadlineStreamingResponse(StreamingResponse):
 
 
 async def send_stored(
+    request: Request,
     storage: Storage,
     stored: StoredFile,
     headers: dict[str, str],
     settings: Settings,
     places: Slots,
     key_id: str | None,
-) -> StreamingResponse:
-    """The file's bytes as the answer; raises the download places' refusal, NotFound or
-    StorageUnavailable before any is sent."""
+) -> Response:
+    """The file's bytes as the answer, with ``headers`` and what describes the bytes (ETag,
+    Last-Modified), or 304 when the request's If-None-Match names its ETag; raises the download
+    places' refusal, NotFound or StorageUnavailable before any is sent."""
+    headers = {
+        **headers,
+        "ETag": stored.etag,
+        "Last-Modified": stored.modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        # The bytes are what the worker encoded; a browser must not guess another type.
+        "X-Content-Type-Options": "nosniff",
+    }
+    if stored.etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
     with contextlib.ExitStack() as place:
         place.enter_context(places.take(key_id))  # from before the file is read into memory
         if stored.size <= settings.download_memory_bytes:

@@ -91,18 +91,13 @@ async def get_signed_output(
     try:
         stored = await state.storage.stat(name)
         headers = {
-            "ETag": stored.etag,
             "Cache-Control": cache_control(expires, now),
-            "Last-Modified": stored.modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
-            "X-Content-Type-Options": "nosniff",
             # pages of any origin may embed it, even those isolating themselves (COEP)
             "Cross-Origin-Resource-Policy": "cross-origin",
         }
-        if stored.etag in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers=headers)
         # the downloads' places and deadline as for /uploads; the share is the client address's
         return await send_stored(
-            state.storage, stored, headers, state.settings, state.downloads, f"ip:{address}"
+            request, state.storage, stored, headers, state.settings, state.downloads, f"ip:{address}"
         )
     except NotFound:
         raise gone from None
