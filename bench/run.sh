@@ -64,7 +64,7 @@ log "several outputs of one upload against one (about 1 min)"
 py -m bench.outputs
 log "what API keys, rate limits and Idempotency-Key add per request (about 40 s)"
 py -m bench.auth_cost
-log "a tenant's small job and share of the workers while another tenant floods heavy jobs (about 2 min)"
+log "a tenant's small job and share of the workers while another tenant holds 1,000 heavy jobs queued (about 3 min)"
 py -m bench.fairness
 log "another tenant's latency while one key attacks the API, against quiet (about 4 min)"
 py -m bench.isolation --out "$results/isolation.json"
