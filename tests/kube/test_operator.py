@@ -399,6 +399,7 @@ async def test_image_jobs_act_for_their_namespaces_tenant_within_its_cap(
             assert await quota.count(redis, settings, "globex") == 0
             running = get_image_job(kube, namespace, "capped")["status"]
             assert (running["phase"], running["total"], running["progress"]) == ("Running", 3, "0/3")
+            assert "Waiting" in reasons(events_for(kube.kubectl, namespace, "ImageJob", "capped"))
 
             workers.start(settings)  # places free as jobs finish: the third is submitted
             done = (await wait_phase(kube, namespace, "capped", "Succeeded"))["status"]

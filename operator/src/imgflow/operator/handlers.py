@@ -44,7 +44,6 @@ from imgflow.operator.settings import OperatorSettings
 
 PREFIX = "imgflow.io"
 MAX_SOURCE_EVENTS = 10  # per ImageJob and kind; the status has every source anyway
-WAIT_FOR_PLACES_S = 2.0  # between passes over the sources of a tenant at its cap
 
 
 # --- the operator's life ------------------------------------------------------------------------
@@ -222,36 +221,46 @@ async def submit(
             message=f"Submitted {queued} of {len(states)} sources as jobs"
             + (f"; {len(refused)} refused." if refused else "."),
         )
+    if len(states) < total:  # the tracking timer submits them
+        kopf.event(
+            body,
+            type="Normal",
+            reason="Waiting",
+            message=f"{total - len(states)} source(s) wait: the tenant has "
+            f"{ctx.settings.tenant_max_unfinished} unfinished jobs (IMGFLOW_TENANT_MAX_UNFINISHED); "
+            "they are submitted as its jobs finish.",
+        )
     if summary.finished:
         _announce_finish(body, summary, states)
-    if len(states) < total:
-        # The status above is kept (kopf applies the patch of a handler that asks to be retried).
-        cap = ctx.settings.tenant_max_unfinished
-        raise kopf.TemporaryError(
-            f"{total - len(states)} source(s) wait: the tenant has {cap} unfinished jobs "
-            "(IMGFLOW_TENANT_MAX_UNFINISHED); they are submitted as its jobs finish.",
-            delay=WAIT_FOR_PLACES_S,
-        )
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=1.0, backoff=2.0, when=_running)
 async def track(
     body: kopf.Body,
+    spec: kopf.Spec,
     status: kopf.Status,
     meta: kopf.Meta,
+    uid: str,
     name: str,
     namespace: str | None,
     patch: kopf.Patch,
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    """Follow the jobs in MongoDB and bring the status up to date while the batch runs."""
+    """Follow the jobs in MongoDB and bring the status up to date while the batch runs; submit
+    the sources that wait for places under their tenant's cap."""
     ctx: Context = memo["ctx"]
-    before = sorted(recorded_sources(status).values(), key=lambda s: s.index)
-    states = await track_sources(ctx, image_job_ref(namespace or "", name), before)
+    recorded = recorded_sources(status)
+    before = sorted(recorded.values(), key=lambda s: s.index)
+    total = int(status.get("total") or len(before))
+    states = before
+    if len(before) < total:
+        states = await submit_sources(
+            ctx, namespace=namespace or "", name=name, uid=uid, spec=spec, recorded=recorded
+        )
+    states = await track_sources(ctx, image_job_ref(namespace or "", name), states)
     if states == before:
         return
-    total = int(status.get("total") or len(states))
     summary = summarize(total, states)
     now = datetime.now(UTC)
     patch.status.update(
@@ -266,8 +275,9 @@ async def track(
 
     newly_failed = [
         s
-        for s, was in zip(states, before, strict=True)
-        if s.status != was.status and s.status in (JobStatus.failed, JobStatus.cancelled)
+        for s in states
+        if s.status in (JobStatus.failed, JobStatus.cancelled)
+        and (s.index not in recorded or recorded[s.index].status != s.status)
     ]
     for state in newly_failed[:MAX_SOURCE_EVENTS]:
         kopf.event(
