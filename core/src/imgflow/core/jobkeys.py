@@ -1,5 +1,6 @@
 """One job's keys in Redis and the commands that write them: what goes with each change of a job
-besides its MongoDB record. imgflow.core.lifecycle queues these on one pipeline per transition.
+besides its MongoDB record. imgflow.core.lifecycle queues these on one pipeline per transition;
+the worker takes, keeps and gives up the job's lease here too.
 
 What is not about one job's life stays with its concept and reads what is written here: the
 queue's contract, consumer group and backlog (imgflow.core.queue), the change feed that followers
@@ -100,6 +101,7 @@ async def take_place(redis: Redis, settings: Settings, tenant: str, job_id: str)
 
 
 async def free_places(redis: Redis, settings: Settings, tenant: str, *job_ids: str) -> None:
+    """The places of these jobs (an accept undone, finished jobs whose removal was lost)."""
     if job_ids:
         await redis.zrem(unfinished_key(settings, tenant), *job_ids)
 

@@ -13,11 +13,11 @@ goes with it in Redis. The API and the operator call ``accept`` and ``cancel`` (
     (new) ──reuse──▶ completed, from an identical finished job's outputs
 
 Each transition is one MongoDB command (imgflow.core.store, every write DURABLE) and one Redis
-pipeline after it carrying all that goes with the change: the job's snapshot, its announcement to
-followers, its tenant's place, its webhooks, its queue message and entry, its retry or its dead
-letter. A change to a stored job also drops the job's snapshot before the write, one round trip
-more: a writer that dies in between leaves no snapshot to outlive the change
-(imgflow.core.snapshots).
+pipeline after it carrying all that goes with the change (the job's keys: imgflow.core.jobkeys):
+the job's snapshot, its announcement to followers, its tenant's place, its webhooks, its queue
+message and entry, its retry or its dead letter (imgflow.core.retries). A change to a stored job
+also drops the job's snapshot before the write, one round trip more: a writer that dies in between
+leaves no snapshot to outlive the change (imgflow.core.snapshots).
 
 Cancelling respects the lease: a job a live worker holds is only marked (``jobkeys.cancel_key``) and that
 worker stops at its next step (``stop_cancelled``); any other unfinished job is cancelled at once.
