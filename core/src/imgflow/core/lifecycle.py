@@ -1,6 +1,6 @@
 """A job's life: one function per transition, the only code that writes a job's status or what
 goes with it in Redis. The API and the operator call ``accept`` and ``cancel`` (and the API
-``revive``); the worker calls the rest (and ``publish_due_retries``); the API's reconciler
+``revive`` and ``reuse``); the worker calls the rest (and ``publish_due_retries``); the API's reconciler
 ``republish`` (imgflow.core.submit.requeue_lost) and ``remove`` (imgflow.core.retention).
 
 ::
@@ -173,8 +173,9 @@ async def start(b: JobBackends, job: Job, worker: str) -> Job | None:
 
 
 async def complete(b: JobBackends, job: Job, result: JobResult) -> Job | None:
-    """``completed`` with ``result``; then its followers are told, its tenant's place freed, its
-    webhooks filed and its original deleted (unless originals are kept). None if it is gone."""
+    """``completed`` with ``result``; then, with a reuse key, its outputs offered to identical jobs
+    (``reuse``), its followers told, its tenant's place freed, its webhooks filed and its original
+    deleted (unless originals are kept). None if it is gone."""
     await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
     done = await b.store.complete(job.job_id, result, expires_at=_expiry(b.settings))
     if done is not None:
