@@ -308,6 +308,24 @@ async def test_webhooks_carry_signed_urls_under_the_configured_base(
         assert (await anyone.get(base_url + sent.removeprefix("https://cdn.example.test"))).status_code == 200
 
 
+async def test_an_address_sending_forged_urls_is_slowed_down_like_failed_keys(
+    processes: Processes, fresh_settings: Settings
+) -> None:
+    settings = fresh_settings.model_copy(update={"url_signing_key": SIGNING_KEY, "auth_failure_burst": 3})
+    _, base_url = processes.start_api(settings)
+    processes.start_worker(settings)
+    async with api_client(base_url, timeout=30) as client:
+        job = await wait_finished(client, (await submit(client, images.jpeg())).json()["jobId"])
+    url = job["result"]["signedUrl"]
+    async with httpx.AsyncClient(timeout=30) as anyone:
+        assert (await anyone.get(url)).status_code == 200
+        refused = [(await anyone.get(tampered(url))).status_code for _ in range(5)]
+        assert refused[:3] == [403, 403, 403] and refused[3:] == [429, 429], refused
+        throttled = await anyone.get(url.replace("/signed/default/", "/signed/made-up/"))
+        assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) >= 1
+        assert (await anyone.get(url)).status_code == 200  # its tenant's real URLs still work
+
+
 def test_expiries_are_rounded_up_to_a_step_and_never_outlive_the_job() -> None:
     step = 86400 // 24
     assert expiry(1000.0, 86400, None) == step * 25  # 87400 rounded up to the hour
