@@ -294,6 +294,17 @@ async def test_keys_are_created_listed_and_revoked_with_an_admin_key(stack: Stac
     assert "401" in refused.stderr
 
 
+async def test_a_key_gets_its_own_job_cost_ceiling(stack: Stack, tmp_path: Path) -> None:
+    admin = environment(stack.base_url, ADMIN_KEY, tmp_path)
+    tenant = f"cli-{uuid.uuid4().hex[:8]}"
+    made = await imgflow(
+        admin, "keys", "create", "--tenant", tenant, "--name", "frugal", "--max-job-cost", "2000"
+    )
+    assert made.returncode == 0, made.stderr
+    listed = await imgflow(admin, "keys", "list", "--tenant", tenant, "-o", "json")
+    assert [k["limits"]["maxJobCost"] for k in json.loads(listed.stdout)["keys"]] == [2000]
+
+
 async def test_shell_completion(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "imgflow"  # completion keys on the command's name
     env = {**environment("http://127.0.0.1:1", "", tmp_path), "_IMGFLOW_COMPLETE": "complete_bash"}

@@ -20,6 +20,7 @@ COLUMNS = [
     ("Tenant", "tenant"),
     ("Name", "name"),
     ("Scopes", "scopes"),
+    ("Max job cost", "limits.maxJobCost"),
     ("Created", "createdAt"),
 ]
 
