@@ -72,6 +72,8 @@ log "another tenant's webhook delay while one tenant's 20 endpoints never answer
 py -m bench.webhooks --out "$results/webhooks.json"
 log "accept -> completed for an identical upload that reuses a finished job's outputs, against a made one (about 30 s)"
 py -m bench.reuse --out "$results/reuse.json"
+log "what each output's placeholder (ThumbHash, palette; BlurHash when asked) adds to the engine's CPU (about 1 min)"
+py -m bench.placeholders
 if [ "$investigate" = 1 ]; then
   log "investigation (about 4 min)"
   py -m bench.studies.investigate --out "$results/investigate.json"

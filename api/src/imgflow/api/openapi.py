@@ -104,6 +104,12 @@ JOB_PROPERTIES: dict[str, dict[str, Any]] = {
         "keeping its shape, to fit the source; inside and outside do not scale up). True: at most "
         "IMGFLOW_MAX_ENLARGEMENT (default 4) times the source's pixels, else 422",
     },
+    "blurhash": {
+        "type": "boolean",
+        "default": False,
+        "description": "Also a BlurHash (4x3 components) in the output's placeholder, beside the "
+        "ThumbHash, dominant colour and palette every output gets",
+    },
     "watermark": {
         "type": "string",
         "pattern": WATERMARK_ID,
@@ -180,6 +186,7 @@ FORM_EXAMPLES: dict[str, object] = {
     "quality": 80,
     "animated": False,
     "enlarge": False,
+    "blurhash": True,
     "watermark": "wm_0123456789abcdef",
     "watermarkPosition": "south-east",
     "watermarkMargin": 16,

@@ -36,7 +36,7 @@ OPTION_FIELDS = (
     *("width", "height", "fit", "format", "gravity"),
     *("blur", "sharpen", "pixelate", "grayscale", "quality"),
     *("watermark", "watermarkPosition", "watermarkMargin", "watermarkOpacity", "watermarkScale"),
-    *("animated", "enlarge"),
+    *("animated", "enlarge", "blurhash"),
 )
 VARIANT_FIELDS = ("name", *OPTION_FIELDS)
 WATERMARK_PLACEMENT = ("watermarkPosition", "watermarkMargin", "watermarkOpacity", "watermarkScale")
@@ -219,6 +219,7 @@ def read_spec(
         "quality": _whole(fields, "quality", 1, 100, at),
         "animated": _flag(fields, "animated", at, default=True),
         "enlarge": _flag(fields, "enlarge", at),
+        "blurhash": _flag(fields, "blurhash", at),
         **_watermark(fields, at),
     }
     try:
