@@ -156,6 +156,8 @@ def main() -> None:
             storage_dir=Path(tmp) / "files",
             tenant_max_unfinished=100_000,
             admin_key=ADMIN_KEY,
+            # B's probes send the same image each time: every one made by a worker, none reused
+            reuse_disabled_tenants="*",
         )
         stack = start_stack(settings, Path(tmp))
         try:
