@@ -169,19 +169,34 @@ def test_expiry_only_for_finished_jobs_with_a_ttl() -> None:
 # --- deletion cost --------------------------------------------------------------------------------
 
 
-def test_heartbeats_are_summed_per_pod_and_junk_is_skipped() -> None:
+def test_the_pod_holding_the_longest_running_job_costs_most() -> None:
+    # A ReplicaSet told to keep one of these removes the cheapest first: the pod finishing two
+    # young short jobs goes, the one 12 s into a long job stays.
     values = [
-        json.dumps({"pod": "w-1", "inflight": 2}).encode(),
-        json.dumps({"pod": "w-1", "inflight": 1}),
-        json.dumps({"pod": "w-2", "inflight": 0}),
+        json.dumps({"pod": "long", "inflight": 1, "running_s": 12}),
+        json.dumps({"pod": "short", "inflight": 2, "running_s": 1}),
+        json.dumps({"pod": "idle", "inflight": 0, "running_s": 0}),
+    ]
+    costs = parse_heartbeats(values)
+    assert costs["long"] > costs["short"] > costs["idle"] == 0
+
+
+def test_heartbeats_give_each_pod_its_oldest_job_and_junk_is_skipped() -> None:
+    values = [
+        json.dumps({"pod": "w-1", "inflight": 2, "running_s": 3}).encode(),
+        json.dumps({"pod": "w-1", "inflight": 1, "running_s": 7}),  # its container's previous run
+        json.dumps({"pod": "w-2", "inflight": 0, "running_s": 0}),
+        json.dumps({"pod": "w-3", "inflight": 1, "running_s": 0}),  # just took a job: above idle
+        json.dumps({"pod": "w-4", "inflight": 2}),  # a worker that does not say how long
         None,
         b"not json",
         json.dumps({"inflight": 3}),
+        json.dumps(["w-5", 1]),
     ]
-    assert parse_heartbeats(values) == {"w-1": 3, "w-2": 0}
+    assert parse_heartbeats(values) == {"w-1": 8, "w-2": 0, "w-3": 1, "w-4": 1}
 
 
-def test_costs_follow_in_flight_jobs_for_selected_pods_only() -> None:
+def test_costs_are_set_for_selected_pods_only() -> None:
     worker = {"app": "worker"}
     pods = [
         PodView("w-1", {"app": "worker", "pod-template-hash": "x"}, None),  # busy, unannotated
@@ -191,7 +206,7 @@ def test_costs_follow_in_flight_jobs_for_selected_pods_only() -> None:
         PodView("w-5", worker, "1"),  # no heartbeat any more
         PodView("api-1", {"app": "api"}, None),  # not a worker
     ]
-    inflight = {"w-1": 2, "w-2": 0, "w-3": 0, "w-4": 2, "api-1": 9}
-    assert deletion_costs(inflight, pods, [worker]) == {"w-1": 2, "w-3": 0, "w-5": 0}
-    assert deletion_costs(inflight, pods, []) == {}
-    assert deletion_costs(inflight, pods, [{}]) == {}  # an empty selector selects nothing
+    costs = {"w-1": 2, "w-2": 0, "w-3": 0, "w-4": 2, "api-1": 9}
+    assert deletion_costs(costs, pods, [worker]) == {"w-1": 2, "w-3": 0, "w-5": 0}
+    assert deletion_costs(costs, pods, []) == {}
+    assert deletion_costs(costs, pods, [{}]) == {}  # an empty selector selects nothing

@@ -180,7 +180,8 @@ def _explain(policy: Policy, current: int, desired: int, backlog: Backlog) -> st
 
 
 class DeletionCosts:
-    """Keeps ``pod-deletion-cost`` of autoscaled workers' pods equal to their in-flight jobs."""
+    """Keeps ``pod-deletion-cost`` of autoscaled workers' pods at what their removal would throw
+    away: how long their oldest job in flight has run (``imgflow.operator.podcost``)."""
 
     def __init__(
         self,

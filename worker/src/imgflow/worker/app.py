@@ -281,9 +281,19 @@ class Worker:
         s = self.settings
         key = worker_key(s, self.consumer)
         pod = os.environ.get("POD_NAME") or socket.gethostname()
+        # When a beat first saw each message in flight: the operator ranks pods for removal by how
+        # long their oldest job has run (imgflow.operator.podcost), to a beat's precision.
+        seen: dict[bytes, float] = {}
         while True:
+            now = time.monotonic()
+            seen = {entry: seen.get(entry, now) for entry in self.inflight}
+            beat = {
+                "pod": pod,
+                "inflight": len(seen),
+                "running_s": int(now - min(seen.values(), default=now)),
+            }
             try:
-                await self.redis.set(key, json.dumps({"pod": pod, "inflight": len(self.inflight)}), ex=10)
+                await self.redis.set(key, json.dumps(beat), ex=10)
                 await self.redis.expire(inflight_key(s, self.consumer), inflight_ttl_s(s))
                 await jobkeys.keep_leases(self.redis, s, set(self.running), self.consumer)
                 if self.inflight:
