@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
-    openapi.install(app)
+    openapi.install(app, settings)
     app.add_middleware(BoundedBodies, settings=settings)
     app.add_middleware(Observe)  # added last, runs first: it sees BoundedBodies' answers too
     app.include_router(router)

@@ -23,7 +23,8 @@ from imgflow.api.problems import Problem
 from imgflow.core.settings import Settings
 
 HEADER = "Idempotency-Key"
-_VALID = re.compile(r"^[\x21-\x7e]{1,255}$")
+PATTERN = r"^[\x21-\x7e]{1,255}$"  # 1 to 255 visible ASCII characters
+_VALID = re.compile(PATTERN)
 # delete the record only if it is still this request's pending mark
 _ABANDON = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -53,7 +54,7 @@ def fingerprint(file_sha256: str, fields: dict[str, str]) -> str:
 
 
 async def claim(redis: Redis, settings: Settings, tenant: str, key: str) -> Claim:
-    if not _VALID.match(key):
+    if not _VALID.fullmatch(key):
         raise Problem(400, "Invalid Idempotency-Key", f"{HEADER} must be 1 to 255 visible ASCII characters.")
     redis_key = f"{settings.stream}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
     mark = json.dumps({"state": "pending", "id": secrets.token_hex(8)})

@@ -9,8 +9,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from imgflow.api.problems import ProblemDetails, documented
-from imgflow.core.options import OPTION_FIELDS
+from imgflow.api.problems import SUBMIT_OPERATION, ProblemDetails, documented
+from imgflow.core.jobs import Priority
+from imgflow.core.options import OPTION_FIELDS, WATERMARK_PLACEMENT
 from imgflow.core.outputs import (
     COMPASS,
     GRAVITY_PATTERN,
@@ -23,7 +24,18 @@ from imgflow.core.outputs import (
     Fit,
     OutputFormat,
 )
+from imgflow.core.settings import Settings
 from imgflow.core.watermarks import MAX_BYTES, MAX_SIDE
+
+MAX_USER_ID = 128
+# no control character, and one character at least that is not a space either
+USER_ID = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"
+MAX_WATERMARK_NAME = 128
+# a name for people: no control characters (MongoDB-wire servers on PostgreSQL store no NUL)
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+# what a webhook or callbackUrl may be (imgflow.core.fetch checks its address too)
+MAX_URL = 2048
+WEB_URL = r"^[hH][tT][tT][pP][sS]?://[^/?#\s]+"
 
 
 def multipart_form(required: list[str], properties: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -44,10 +56,18 @@ JOB_PROPERTIES: dict[str, dict[str, Any]] = {
     "file": {
         "type": "string",
         "format": "binary",
+        "minLength": 1,
         "description": "The image: JPEG, PNG, GIF, WebP, TIFF or AVIF (AV1 in "
         "HEIF; HEVC-coded HEIC and BMP are refused)",
     },
-    "userId": {"type": "string", "maxLength": 128},
+    "userId": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_USER_ID,
+        "pattern": USER_ID,
+        "description": "Whose job it is: no control characters, not only spaces (spaces around "
+        "it are dropped)",
+    },
     "width": {"type": "integer", "minimum": 1, "description": "Default 100"},
     "height": {"type": "integer", "minimum": 1, "description": "Default 100"},
     "fit": {"type": "string", "enum": [f.value for f in Fit], "default": "cover"},
@@ -143,7 +163,8 @@ JOB_PROPERTIES: dict[str, dict[str, Any]] = {
     },
     "variants": {
         "type": "string",
-        "description": "Instead of the options above: a JSON list of up to "
+        "contentMediaType": "application/json",
+        "description": "Instead of the options above (and not with preset): a JSON list of up to "
         f"{MAX_VARIANTS} named outputs, each with its own options "
         f"({', '.join(OPTION_FIELDS)}); all are made from one decode of the "
         "source, the first is the job's thumbnailUrl, result.variants lists "
@@ -157,9 +178,18 @@ JOB_PROPERTIES: dict[str, dict[str, Any]] = {
         "defined by the service (IMGFLOW_PRESETS; GET /api/presets lists them)",
         "example": "card",
     },
+    "priority": {
+        "type": "string",
+        "enum": [p.value for p in Priority],
+        "default": Priority.interactive.value,
+        "description": "Which of the tenant's jobs run first within its share of the workers: "
+        "interactive, or batch (ImageJobs')",
+    },
     "callbackUrl": {
         "type": "string",
         "format": "uri",
+        "maxLength": MAX_URL,
+        "pattern": WEB_URL,
         "description": "Where to POST the job.completed / job.failed / job.cancelled webhook "
         "(Standard Webhooks signature; needs IMGFLOW_WEBHOOK_SECRET)",
     },
@@ -198,6 +228,12 @@ FORM_EXAMPLES: dict[str, object] = {
 for _name, _example in FORM_EXAMPLES.items():
     JOB_PROPERTIES[_name]["example"] = _example
 JOB_FORM = multipart_form(["file", "userId"], JOB_PROPERTIES)
+# a watermark's placement needs a watermark (imgflow.core.options); that variants, preset and the
+# options exclude one another is said in words: schemathesis's coverage phase fails on a "not"
+# beside a binary field
+JOB_FORM["requestBody"]["content"]["multipart/form-data"]["schema"]["dependentRequired"] = {
+    name: ["watermark"] for name in WATERMARK_PLACEMENT
+}
 
 WATERMARK_FORM = multipart_form(
     ["file"],
@@ -205,15 +241,82 @@ WATERMARK_FORM = multipart_form(
         "file": {
             "type": "string",
             "format": "binary",
+            "minLength": 1,
             "description": f"A PNG (its alpha is kept), at most {MAX_SIDE} pixels a side "
             f"and {MAX_BYTES // 1024} KiB",
         },
-        "name": {"type": "string", "maxLength": 128, "description": "A label for people"},
+        "name": {
+            "type": "string",
+            "maxLength": MAX_WATERMARK_NAME,
+            "pattern": PRINTABLE,
+            "description": "A label for people",
+        },
     },
 )
 
 
-def install(app: FastAPI) -> None:
+# answers a route may give that it does not declare: its caller's (imgflow.api.deps: too many failed
+# authentications from one address) and its JSON body's (not JSON; imgflow.api.bodylimit's bounds)
+SECURED = (401, 429)
+JSON_BODY = (400, 408, 413)
+
+
+def _complete(schema: dict[str, Any], settings: Settings) -> None:
+    """What the document can say only once the settings are known, and every route's undeclared
+    answers; problem details as FastAPI's 422."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                parameter["schema"] = _not_null(parameter["schema"])
+            responses = operation.setdefault("responses", {})
+            body = operation.get("requestBody", {}).get("content", {})
+            undeclared: tuple[int, ...] = SECURED if "security" in operation else ()
+            if "application/json" in body:
+                undeclared += JSON_BODY
+            for status, response in documented(*undeclared).items():
+                responses.setdefault(str(status), response)
+            if "422" in responses:
+                responses["422"] = documented(422)[422]
+            form = body.get("multipart/form-data", {}).get("schema")
+            if operation.get("operationId") == SUBMIT_OPERATION and form is not None:
+                form["properties"] = _job_properties(form["properties"], settings)
+
+
+def _key_bounds(components: dict[str, Any], settings: Settings) -> None:
+    """A new key's tenant is not the default one (the bootstrap key's), and its job cost ceiling is
+    within the service's (imgflow.api.routes.keys)."""
+    tenant = components.get("NewKey", {}).get("properties", {}).get("tenant")
+    if tenant is not None:
+        tenant["not"] = {"const": settings.default_tenant}
+    ceiling = components.get("KeyLimits", {}).get("properties", {}).get("maxJobCost", {})
+    for variant in ceiling.get("anyOf", []):
+        if variant.get("type") == "integer":
+            variant["maximum"] = settings.max_job_cost
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without FastAPI's null for ``X | None = None``: a query or a header has
+    no null, only absence (``required: false``); "null" would be a string, and read as one."""
+    variants = schema.get("anyOf", [])
+    kept = [variant for variant in variants if variant != {"type": "null"}]
+    if len(kept) != 1 or len(variants) != 2:
+        return schema
+    rest = {key: value for key, value in schema.items() if key != "anyOf"}
+    return {**kept[0], **rest}
+
+
+def _job_properties(properties: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The job form's fields with this service's bounds (a copy: JOB_PROPERTIES is every app's)."""
+    bounded = dict(properties)
+    for side in ("width", "height"):
+        bounded[side] = {**properties[side], "maximum": settings.max_output_dimension}
+    if settings.presets:
+        names = sorted(settings.presets)
+        bounded["preset"] = {**properties["preset"], "enum": names, "example": names[0]}
+    return bounded
+
+
+def install(app: FastAPI, settings: Settings) -> None:
     """Build the document once, with ProblemDetails as every error's schema."""
 
     def openapi() -> dict[str, Any]:
@@ -231,11 +334,9 @@ def install(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(found.pop("$defs", {}))
             components["ProblemDetails"] = found
+            _complete(schema, settings)
+            _key_bounds(components, settings)
             # FastAPI documents its own 422 shape; ours is problem details like every other error
-            for operations in schema.get("paths", {}).values():
-                for operation in operations.values():
-                    if "422" in operation.get("responses", {}):
-                        operation["responses"]["422"] = documented(422)[422]
             for name in ("HTTPValidationError", "ValidationError"):
                 components.pop(name, None)
             app.openapi_schema = schema

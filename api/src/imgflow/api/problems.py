@@ -13,11 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo.errors import PyMongoError, WaitQueueTimeoutError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from imgflow.api.pools import PoolExhausted
 from imgflow.core.errors import BackendUnavailable
 
 MEDIA_TYPE = "application/problem+json"
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 log = logging.getLogger("imgflow.api")
 
 
@@ -164,6 +166,17 @@ def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str,
     return detail or "The request is invalid.", errors
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method the path answers, for a 405's Allow. Starlette's names only the first route
+    whose path matches, and one path (GET and DELETE of a job) can have a route per method."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    )
+
+
 def install(app: FastAPI) -> None:
     """Make every error, ours and the framework's, a problem details response."""
 
@@ -181,13 +194,17 @@ def install(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
+        title = {400: "Malformed request", 404: "Not found", 405: "Method not allowed"}.get(
+            exc.status_code, "HTTP error"
+        )
         detail = exc.detail if isinstance(exc.detail, str) else title
+        headers = dict(exc.headers or {})
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"There is nothing at {request.url.path}."
-        return problem_response(
-            request, Problem(exc.status_code, title, detail, headers=dict(exc.headers or {}))
-        )
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+            detail = f"{request.method} is not one of this path's methods: {headers['Allow']}."
+        return problem_response(request, Problem(exc.status_code, title, detail, headers=headers))
 
     app.add_exception_handler(Problem, on_problem)
     # a pool with no free connection (PoolExhausted, WaitQueueTimeoutError) is among them: "busy"

@@ -285,8 +285,8 @@ def _flag(fields: Mapping[str, str], name: str, at: str, *, default: bool = Fals
     raw = fields.get(name, "").strip().lower()
     if not raw:
         return default
-    if raw in ("false", "0"):
+    if raw == "false":
         return False
-    if raw in ("true", "1"):
+    if raw == "true":
         return True
     raise InvalidOption(f"{at}{name} must be true or false, not {raw!r}.")

@@ -35,6 +35,22 @@ router = APIRouter(tags=["jobs"])
 HEARTBEAT_S = 4.0  # also how often a stream makes sure its key still exists
 
 
+def _at_most(limit: int) -> str:
+    """A regular expression of the decimal numbers 0 to ``limit``, leading zeros allowed."""
+    top = str(limit)
+    shorter = [f"[0-9]{{1,{len(top) - 1}}}"] if len(top) > 1 else []
+    below = [
+        f"{top[:i]}[0-{int(digit) - 1}][0-9]{{{len(top) - i - 1}}}"
+        for i, digit in enumerate(top)
+        if digit != "0"
+    ]
+    return f"(?:{'|'.join([*shorter, *below, top])})"
+
+
+# what entry_order takes: <ms>[-<seq>], each a Redis stream id's 64-bit part; empty: from now
+EVENT_ID = f"^(?:{_at_most(2**64 - 1)}(?:-{_at_most(2**64 - 1)})?)?$"
+
+
 def _event(job: Job, event_id: str, signed: Signed | None) -> str:
     data = JobView.of(job, signed).model_dump_json(by_alias=True, exclude_none=True)
     return f"id: {event_id}\nevent: status\ndata: {data}\n\n"
@@ -63,7 +79,14 @@ async def job_events(
     request: Request,
     state: State,
     principal: Reader,
-    last_event_id: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            description="The id of the last event received: the stream resumes after it. "
+            "One this API could not have sent: 400",
+            json_schema_extra={"pattern": EVENT_ID},
+        ),
+    ] = None,
 ) -> StreamingResponse:
     resume = last_event_id or None
     if resume is not None and entry_order(resume) is None:

@@ -12,10 +12,10 @@ import anyio
 from fastapi import APIRouter, Header, Query, Request, Response
 from redis.exceptions import RedisError
 
-from imgflow.api import idempotency, metrics
+from imgflow.api import idempotency, metrics, openapi
 from imgflow.api.deps import AppState, Principal, Reader, State, Writer
 from imgflow.api.multipart import FILE_FIELD, receive_upload
-from imgflow.api.openapi import JOB_FORM
+from imgflow.api.openapi import JOB_FORM, JOB_PROPERTIES, MAX_URL, MAX_USER_ID
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Accepted, JobList, JobView
 from imgflow.api.signed_urls import url_base
@@ -32,15 +32,15 @@ from imgflow.core.watermarks import unusable_watermark
 
 router = APIRouter(tags=["jobs"])
 JOBS = "/api/image-processing/jobs"
-USER_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
+USER_ID = re.compile(openapi.USER_ID)
 
 log = logging.getLogger("imgflow.api")
 
 
-async def _callback_url(url: str, settings: Settings) -> str | None:
+async def _callback_url(url: str | None, settings: Settings) -> str | None:
     """The job's webhook URL, checked like a URL source (scheme, public address) at the door; the
     sender checks the address again when it connects."""
-    if not url:
+    if url is None:
         return None
     if not settings.webhook_secret:
         raise Problem(
@@ -48,12 +48,12 @@ async def _callback_url(url: str, settings: Settings) -> str | None:
             "Invalid request",
             "callbackUrl needs webhooks enabled on this service (IMGFLOW_WEBHOOK_SECRET).",
         )
-    if len(url) > 2048:
-        raise Problem(422, "Invalid request", "callbackUrl is longer than 2048 characters.")
+    if len(url) > MAX_URL:
+        raise Problem(422, "Invalid request", f"callbackUrl is longer than {MAX_URL} characters.")
     try:
         await check_url(url, settings)
     except FetchRefused as exc:
-        raise Problem(422, "Invalid request", f"callbackUrl: {exc}") from exc
+        raise Problem(422, "URL refused", f"callbackUrl: {exc}") from exc
     return url
 
 
@@ -79,7 +79,9 @@ async def create_job(
         str | None,
         Header(
             alias=idempotency.HEADER,
-            description="Any unique string (a UUID) per intended job; retries send the same one",
+            description="Any unique string (a UUID) per intended job; retries send the same one. "
+            "Another shape: 400",
+            json_schema_extra={"pattern": idempotency.PATTERN},
         ),
     ] = None,
 ) -> Accepted:
@@ -106,7 +108,8 @@ async def _accept(
     print_ = ""
     reusing = reuse.allowed(settings, principal.tenant)
     async with receive_upload(request, settings, digest=claim is not None or reusing) as upload:
-        user_id = upload.fields.get("userId", "").strip()
+        given_user_id = upload.fields.get("userId", "")
+        user_id = given_user_id.strip(" ")
         missing = [name for name, ok in ((FILE_FIELD, upload.path), ("userId", user_id)) if not ok]
         if missing:
             raise Problem(422, "Invalid request", f"Missing form field(s): {', '.join(missing)}.")
@@ -114,8 +117,16 @@ async def _accept(
             print_ = idempotency.fingerprint(upload.sha256 or "", upload.fields)
             if claim.done is not None:
                 return Accepted.model_validate(idempotency.replay(claim, print_))
-        if not USER_ID.match(user_id):
-            raise Problem(422, "Invalid request", "userId must be 1 to 128 printable characters.")
+        if len(given_user_id) > MAX_USER_ID or not USER_ID.fullmatch(given_user_id):
+            raise Problem(
+                422,
+                "Invalid request",
+                f"userId must be 1 to {MAX_USER_ID} characters, none a control character.",
+            )
+        blank = [name for name in JOB_PROPERTIES if name in upload.fields and not upload.fields[name].strip()]
+        if blank:
+            # the form's schema has no empty value for them; an option left out takes its default
+            raise Problem(422, "Invalid request", f"{blank[0]} is empty: leave it out for its default.")
         try:
             outputs = read_outputs(
                 upload.fields, settings.presets, settings.output_limits, request.headers.get("accept", "")
@@ -124,8 +135,8 @@ async def _accept(
             raise Problem(422, "Invalid request", str(exc)) from exc
         no_mark = await unusable_watermark(outputs, principal.tenant, state.watermarks)
         if no_mark:
-            raise Problem(422, "Invalid request", no_mark)
-        callback_url = await _callback_url(upload.fields.get("callbackUrl", "").strip(), settings)
+            raise Problem(422, "Unknown watermark", no_mark)
+        callback_url = await _callback_url(upload.fields.get("callbackUrl"), settings)
         priority = upload.fields.get("priority", Priority.interactive.value).strip()
         if priority not in set(Priority):
             raise Problem(422, "Invalid request", "priority must be interactive or batch.")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import ConfigDict, Field
 
 from imgflow.api.deps import AdminKey, AuthFirst, State
+from imgflow.api.openapi import PRINTABLE
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
 from imgflow.core.keys import TENANT_PATTERN, ApiKey, RateLimits, Scope, new_key
@@ -39,7 +40,9 @@ class NewKey(Camel):
 
     tenant: str = Field(pattern=TENANT_PATTERN, description="Whose jobs the key creates and sees")
     scopes: list[Scope] = Field(min_length=1, description="jobs:write, jobs:read, admin")
-    name: str = Field(min_length=1, max_length=100, description="What the key is for, for people")
+    name: str = Field(
+        min_length=1, max_length=100, pattern=PRINTABLE, description="What the key is for, for people"
+    )
     limits: KeyLimits = Field(default_factory=KeyLimits, description="Omitted: the service's defaults")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
@@ -30,7 +30,13 @@ async def readyz(state: State) -> JSONResponse:
     )
 
 
-@router.get("/metrics", operation_id="metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    operation_id="metrics",
+    summary="Prometheus metrics",
+    description="The Prometheus text format",
+    response_class=PlainTextResponse,
+)
 async def prometheus_metrics(state: State) -> Response:
     try:
         await metrics.QUEUED.refresh(state.redis, state.settings)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated
 
 import anyio
@@ -12,7 +13,7 @@ from pydantic import Field
 
 from imgflow.api.deps import Reader, State, Writer
 from imgflow.api.multipart import FILE_FIELD, receive_upload
-from imgflow.api.openapi import WATERMARK_FORM
+from imgflow.api.openapi import MAX_WATERMARK_NAME, PRINTABLE, WATERMARK_FORM
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
 from imgflow.api.slots import upload_slot
@@ -84,7 +85,14 @@ async def create_watermark(
             raise Problem(
                 415, "Unsupported image", f"A watermark is a PNG (for its transparency), not {info.format}."
             )
-        name = upload.fields.get("name", "").strip()[:128] or None
+        given_name = upload.fields.get("name", "")
+        if len(given_name) > MAX_WATERMARK_NAME or not re.fullmatch(PRINTABLE, given_name):
+            raise Problem(
+                422,
+                "Invalid request",
+                f"name must be at most {MAX_WATERMARK_NAME} characters, none a control character.",
+            )
+        name = given_name.strip() or None
         if len(await state.watermarks.of_tenant(principal.tenant, limit=MAX_PER_TENANT)) >= MAX_PER_TENANT:
             raise _at_cap()  # first: a tenant at its cap stores nothing
         mark = Watermark(

@@ -13,8 +13,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Response
 from pydantic import ConfigDict, Field
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from imgflow.api.deps import AuthFirst, Reader, State, Subscriber, Writer
+from imgflow.api.openapi import MAX_URL, WEB_URL
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
 from imgflow.core.endpoints import Endpoint
@@ -22,6 +24,16 @@ from imgflow.core.fetch import FetchRefused, check_url
 from imgflow.core.webhooks import endpoint_tenants_key, failures_key
 
 router = APIRouter(prefix="/api/webhooks", tags=["webhooks"], route_class=AuthFirst)
+ENDPOINT_ID = "we_[0-9a-f]{16}"
+
+
+class _EndpointId(StringConvertor):
+    """An endpoint's id in a path: /api/webhooks/secret is not one, so DELETE there is a 405."""
+
+    regex = ENDPOINT_ID
+
+
+register_url_convertor("endpoint_id", _EndpointId())
 log = logging.getLogger("imgflow.api")
 MAX_PER_TENANT = 20
 # endpoint.disabled: another endpoint of the tenant was disabled (data: that endpoint's view)
@@ -39,7 +51,10 @@ class NewEndpoint(Camel):
         }
     )
     url: str = Field(
-        max_length=2048, description="Where to POST the events (http or https, a public address)"
+        max_length=MAX_URL,
+        pattern=WEB_URL,
+        json_schema_extra={"format": "uri"},
+        description="Where to POST the events (http or https, a public address)",
     )
     events: list[Event] = Field(default_factory=_all_events, min_length=1, description="Events to send")
 
@@ -94,7 +109,7 @@ async def create_endpoint(
     try:
         await check_url(body.url, state.settings)
     except FetchRefused as exc:
-        raise Problem(422, "Invalid request", f"url: {exc}") from exc
+        raise Problem(422, "URL refused", f"url: {exc}") from exc
     endpoint = Endpoint(tenant=principal.tenant, url=body.url, events=sorted(set(body.events)))
     if not await state.endpoints.register(endpoint, MAX_PER_TENANT):  # the cap, checked atomically
         raise _at_cap()
@@ -123,14 +138,14 @@ async def list_endpoints(state: State, principal: Reader) -> EndpointList:
 
 
 @router.delete(
-    "/{endpoint_id}",
+    "/{endpoint_id:endpoint_id}",
     status_code=204,
     operation_id="deleteWebhookEndpoint",
     summary="Stop sending events to an endpoint",
     responses=documented(401, 403, 404, 429, 503),
 )
 async def delete_endpoint(
-    endpoint_id: Annotated[str, Path(pattern=r"^we_[0-9a-f]{16}$")], state: State, principal: Writer
+    endpoint_id: Annotated[str, Path(pattern=f"^{ENDPOINT_ID}$")], state: State, principal: Writer
 ) -> Response:
     endpoint = await state.endpoints.get(endpoint_id)
     if endpoint is None or not principal.sees(endpoint):
