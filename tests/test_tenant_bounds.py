@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from imgflow.core import lifecycle, quota
 from imgflow.core.jobs import Job, UrlSource
+from imgflow.core.keys import KeyStore, Scope, new_key
 from imgflow.core.settings import Settings
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
@@ -47,6 +48,25 @@ async def test_no_key_is_given_the_bootstrap_keys_tenant(api: tuple[Settings, st
         assert "IMGFLOW_DEFAULT_TENANT" in made.json()["detail"]
         listed = (await admin.get("/api/admin/keys", params={"tenant": settings.default_tenant})).json()
         assert listed["keys"] == []
+
+
+async def test_a_key_made_earlier_for_the_bootstrap_keys_tenant_is_refused(
+    api: tuple[Settings, str],
+) -> None:
+    """A key of the default tenant stored before such keys were refused sees nothing of it."""
+    settings, base = api
+    async with api_client(base, timeout=30) as admin:
+        legacy = (await submit(admin, images.jpeg())).json()["jobId"]  # the bootstrap key's job
+    record, key = new_key(settings.default_tenant, "made before", [Scope.jobs_read, Scope.jobs_write])
+    mongo = connect(settings)
+    try:
+        await KeyStore(mongo[settings.mongodb_database]).insert(record)
+    finally:
+        await mongo.close()
+    async with api_client(base, key=key, timeout=30) as squatter:
+        refused = await squatter.get(f"/api/image-processing/jobs/{legacy}")
+    assert refused.status_code == 403, refused.text
+    assert "IMGFLOW_DEFAULT_TENANT" in refused.json()["detail"]
 
 
 async def test_only_a_key_that_reads_the_jobs_may_subscribe_to_them(api: tuple[Settings, str]) -> None:

@@ -169,7 +169,7 @@ async def _identify(key: str, state: AppState, address: str) -> Principal | None
     if not record.matches(key):
         return None
     state.auth_throttle.succeeded(record.key_id)
-    if record.tenant == settings.default_tenant and Scope.admin not in record.scopes and False:  # TEMP-OLD
+    if record.tenant == settings.default_tenant and Scope.admin not in record.scopes:
         # made before keys of this tenant were refused: it would see the bootstrap key's jobs
         raise Problem(
             403,
