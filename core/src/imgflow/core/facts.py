@@ -6,7 +6,14 @@ and palette), for a page to show before, or instead of, the image. The worker ma
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, Field
+
+from imgflow.core.outputs import ANIMATED_SOURCES
+
+if TYPE_CHECKING:  # the probe needs libvips, which not every process imports
+    from imgflow.core.probe import ImageInfo
 
 PALETTE_SIZE = 5
 HEX_COLOUR = r"^#[0-9a-f]{6}$"
@@ -25,6 +32,20 @@ class SourceFacts(BaseModel):
     animated: bool = Field(description="A GIF or WebP of more than one frame")
     frames: int = Field(description="Frames of the animation; 1 for a still")
     icc_profile: str | None = Field(None, description="The embedded ICC profile's name for itself, if any")
+
+    @classmethod
+    def of(cls, info: ImageInfo) -> SourceFacts:
+        animated = info.format in ANIMATED_SOURCES and info.pages > 1
+        return cls(
+            format=info.format,
+            width=info.width,
+            height=info.height,
+            orientation=info.orientation,
+            has_alpha=info.alpha,
+            animated=animated,
+            frames=info.pages if animated else 1,
+            icc_profile=info.profile_name,
+        )
 
 
 class Placeholder(BaseModel):

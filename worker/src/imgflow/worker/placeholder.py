@@ -14,29 +14,13 @@ import numpy as np
 import pyvips
 from PIL import Image
 
-from imgflow.core.facts import PALETTE_SIZE, Placeholder, SourceFacts
-from imgflow.core.outputs import ANIMATED_SOURCES
-from imgflow.core.probe import ImageInfo
+from imgflow.core.facts import PALETTE_SIZE, Placeholder
 from imgflow.worker import blurhash, thumbhash
 
 SIDE = 32
 SAMPLED = 4  # a large output is point-sampled to SAMPLED x SIDE before the boxes
 OPAQUE = 128  # pixels at least this opaque count in the palette
 BIN_BITS = 5  # the palette's bins: 8 - 5 = 3 bits a channel
-
-
-def source_facts(info: ImageInfo) -> SourceFacts:
-    animated = info.format in ANIMATED_SOURCES and info.pages > 1
-    return SourceFacts(
-        format=info.format,
-        width=info.width,
-        height=info.height,
-        orientation=info.orientation,
-        has_alpha=info.alpha,
-        animated=animated,
-        frames=info.pages if animated else 1,
-        icc_profile=info.profile_name,
-    )
 
 
 def of_vips(image: pyvips.Image, *, with_blurhash: bool) -> Placeholder:

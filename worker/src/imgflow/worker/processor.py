@@ -21,6 +21,7 @@ from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
 from imgflow.core import jobkeys, lifecycle, logs
+from imgflow.core.facts import SourceFacts
 from imgflow.core.fetch import FetchFailed, FetchRefused, fetch_to_file
 from imgflow.core.jobs import (
     Job,
@@ -41,7 +42,6 @@ from imgflow.core.watermarks import watermark_key
 from imgflow.worker import metrics
 from imgflow.worker.memory import MB, MemoryBudget, OverBudget, job_memory_bytes
 from imgflow.worker.pipeline import Thumbnail, make_thumbnails
-from imgflow.worker.placeholder import source_facts
 
 log = logging.getLogger("imgflow.worker")
 
@@ -211,7 +211,7 @@ class Processor:
                 if name is not None and job.variants
             ],
             placeholder=first.placeholder,
-            source=source_facts(info),
+            source=SourceFacts.of(info),
         )
         if await lifecycle.complete(self, job, result):
             log.info("job completed")
