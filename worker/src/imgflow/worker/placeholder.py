@@ -33,8 +33,8 @@ def of_vips(image: pyvips.Image, *, with_blurhash: bool) -> Placeholder:
     # every pyvips call costs tens of microseconds (a shrink in libvips took longer than numpy's
     # boxes): a large output is point-sampled to SAMPLED x SIDE in libvips, the rest is numpy's
     step = max(image.width, image.height) // (SAMPLED * SIDE)
-    if step > 1:
-        image = image.subsample(step, step)
+    if step > 1:  # no further than a pixel on the short side (a 4096x1 output)
+        image = image.subsample(min(step, image.width), min(step, image.height))
     pixels = np.ndarray(
         buffer=image.write_to_memory(), dtype=np.uint8, shape=(image.height, image.width, image.bands)
     )
