@@ -29,27 +29,30 @@ def encode(rgba: Pixels) -> bytes:
     h, w, bands = rgba.shape
     if w > MAX_SIDE or h > MAX_SIDE:
         raise ValueError(f"{w}x{h} does not fit in {MAX_SIDE}x{MAX_SIDE}")
-    flat = rgba.reshape(-1, bands).astype(np.float64) / 255
-    rgb = flat[:, :3]
-    alpha = flat[:, 3] if bands == 4 else None
+    pixels = rgba.reshape(-1, bands)
+    alpha = pixels[:, 3] / 255 if bands == 4 else None
     total_alpha = float(alpha.sum()) if alpha is not None else w * h
     has_alpha = total_alpha < w * h
     l_limit = 5 if has_alpha else 7  # fewer luminance terms where alpha takes room
     lx = max(1, _round(l_limit * w / max(w, h)))
     ly = max(1, _round(l_limit * h / max(w, h)))
-    channels = _LPQ @ rgb.T  # luminance and two colour differences (and alpha): channel, pixel
-    if alpha is not None and has_alpha:  # composite atop the average colour
-        average = alpha @ rgb / total_alpha if total_alpha else np.zeros(3)
-        channels = np.vstack([_LPQ @ (average + alpha[:, None] * (rgb - average)).T, alpha])
-    # every channel's DCT terms in one product, as many as the largest needs
+    # every channel's DCT terms in one product, as many as the largest channel needs: the DCT is
+    # linear, so luminance and the colour differences are taken of the RGB terms after
     nx, ny = max(3, lx, 5 if has_alpha else 3), max(3, ly, 5 if has_alpha else 3)
-    factors = _cosines(ny, h) @ channels.reshape(-1, h, w) @ _cosines(nx, w).T / (w * h)  # channel, cy, cx
-    index, starts, lengths = _layout(max(3, lx), max(3, ly), has_alpha, nx, ny)
+    basis = _basis(h, w, nx, ny)
+    if alpha is not None and has_alpha:  # composite atop the average colour
+        rgb = pixels[:, :3] / 255
+        average = alpha @ rgb / total_alpha if total_alpha else np.zeros(3)
+        composited = average + alpha[:, None] * (rgb - average)
+        factors = np.column_stack([basis @ composited @ _LPQ.T, basis @ alpha])  # term, channel
+    else:
+        factors = basis @ pixels[:, :3] @ (_LPQ.T / 255)
+    index, starts, lengths = _layout(max(3, lx), max(3, ly), has_alpha, nx)
     ac = factors.reshape(-1)[index]  # every channel's AC terms, one after the other
     scales = np.maximum.reduceat(np.abs(ac), starts)
     scaled = np.repeat(scales > 0, lengths)  # a channel whose terms are all 0 keeps them
     ac[scaled] = 0.5 + 0.5 * ac[scaled] / np.repeat(scales, lengths)[scaled]
-    (l_dc, p_dc, q_dc), (l_scale, p_scale, q_scale) = factors[:3, 0, 0].tolist(), scales[:3].tolist()
+    (l_dc, p_dc, q_dc), (l_scale, p_scale, q_scale) = factors[0, :3].tolist(), scales[:3].tolist()
     header24 = (
         _round(63 * l_dc)
         | _round(31.5 + 31.5 * p_dc) << 6
@@ -63,7 +66,7 @@ def encode(rgba: Pixels) -> bytes:
     )
     out = bytearray([header24 & 255, header24 >> 8 & 255, header24 >> 16, header16 & 255, header16 >> 8])
     if has_alpha:
-        out.append(_round(15 * float(factors[3, 0, 0])) | _round(15 * float(scales[3])) << 4)
+        out.append(_round(15 * float(factors[0, 3])) | _round(15 * float(scales[3])) << 4)
     nibbles = np.floor(15 * ac + 0.5).astype(np.uint8)  # Math.round, as _round
     if len(nibbles) % 2:
         nibbles = np.append(nibbles, np.uint8(0))
@@ -147,12 +150,24 @@ def _cosines(n: int, size: int) -> Floats:
     return basis
 
 
+@functools.lru_cache(maxsize=64)
+def _basis(h: int, w: int, nx: int, ny: int) -> Floats:
+    """The DCT as one matrix: the (cy, cx) terms' basis, flattened to cy * nx + cx, by pixel,
+    divided by the pixels' number."""
+    basis: Floats = (_cosines(ny, h)[:, None, :, None] * _cosines(nx, w)[None, :, None, :]).reshape(
+        ny * nx, h * w
+    ) / (w * h)
+    basis.setflags(write=False)  # shared by every call
+    return basis
+
+
 @functools.cache
 def _layout(
-    lx: int, ly: int, has_alpha: bool, nx: int, ny: int
+    lx: int, ly: int, has_alpha: bool, nx: int
 ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-    """Where each channel's AC terms are in the factors (channel, cy, cx, flattened), in the
-    reference's order (L, P, Q, then A): their indices, and each channel's start and length."""
+    """Where each channel's AC terms are in the factors (term cy * nx + cx, channel; flattened),
+    in the reference's order (L, P, Q, then A): their indices, and each channel's start and
+    length."""
     shapes = [(lx, ly), (3, 3), (3, 3), *([(5, 5)] if has_alpha else [])]
     index: list[int] = []
     starts, lengths = [], []
@@ -160,7 +175,7 @@ def _layout(
         terms = _terms(cx_n, cy_n)[1:]
         starts.append(len(index))
         lengths.append(len(terms))
-        index += [(channel * ny + cy) * nx + cx for cx, cy in terms]
+        index += [(cy * nx + cx) * len(shapes) + channel for cx, cy in terms]
     return np.array(index), np.array(starts), np.array(lengths)
 
 
