@@ -20,7 +20,6 @@ from schemathesis.openapi.checks import RejectedPositiveData
 BEYOND_THE_SCHEMA = {
     "Unsupported image": "the file's bytes are not an image of a format the service reads",
     "Image cannot be decoded": "the file's bytes are a damaged image",
-    "Empty file": "an empty file part",
     "Image too large": "the source image is larger than the service's bounds",
     "Thumbnail too large": "an output larger than the bounds for this source's size",
     "Animation too large": "an animated output beyond the frame bounds for this source",
