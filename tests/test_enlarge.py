@@ -23,6 +23,7 @@ BOXES = [  # each fit asked for 200x200 (or 200x100) of a 64x48 source, and what
     ({"name": "inside", "width": 200, "height": 200, "fit": "inside"}, (64, 48)),  # the source as it is
     ({"name": "outside", "width": 200, "height": 200, "fit": "outside"}, (64, 48)),
     ({"name": "smaller", "width": 32, "height": 32}, (32, 32)),  # within the source: as asked
+    ({"name": "contract", "width": 100, "height": 100}, (100, 100)),  # a small box: always as asked
     ({"name": "enlarged", "width": 120, "height": 90, "enlarge": True}, (120, 90)),  # 3.5x its pixels
 ]
 

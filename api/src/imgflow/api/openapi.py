@@ -120,7 +120,8 @@ JOB_PROPERTIES: dict[str, dict[str, Any]] = {
         "type": "boolean",
         "default": False,
         "description": "Whether the output may be larger than the source. Default false: the "
-        "output is never wider or taller than the source (cover, contain and fill shrink the box, "
+        "output is never wider or taller than the source, unless both sides of the box are at most "
+        "100 (cover, contain and fill shrink the box, "
         "keeping its shape, to fit the source; inside and outside do not scale up). True: at most "
         "IMGFLOW_MAX_ENLARGEMENT (default 4) times the source's pixels, else 422",
     },

@@ -102,13 +102,20 @@ def outside_size(width: int, height: int, box: tuple[int, int]) -> tuple[int, in
     return max(box_w, round(width * scale)), max(box_h, round(height * scale))
 
 
+# A box no larger than this on either side is made at its size from any source: the contract's
+# thumbnail is 100x100 whatever was uploaded, and enlarging to such a size costs nothing to bound.
+SMALL_BOX = 100
+
+
 def as_made(spec: ThumbnailSpec, displayed: tuple[int, int]) -> ThumbnailSpec:
     """The spec as the worker makes it of a source of ``displayed`` size: without ``enlarge``, no
-    side of the output is longer than the source's. The box-shaped fits (cover, contain, fill)
-    shrink the box, keeping its shape, until it fits inside the source; inside and outside never
-    scale the source up (their box is cut to the source's sides, which has that effect)."""
+    side of the output is longer than the source's, unless the box is small (``SMALL_BOX``). The
+    box-shaped fits (cover, contain, fill) shrink the box, keeping its shape, until it fits inside
+    the source; inside and outside never scale the source up (their box is cut to the source's
+    sides, which has that effect)."""
     width, height = displayed
-    if spec.enlarge or (spec.width <= width and spec.height <= height):
+    small = spec.width <= SMALL_BOX and spec.height <= SMALL_BOX
+    if spec.enlarge or small or (spec.width <= width and spec.height <= height):
         return spec
     if spec.fit in (Fit.inside, Fit.outside):
         box = min(spec.width, width), min(spec.height, height)
