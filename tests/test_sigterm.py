@@ -10,6 +10,7 @@ the signals blocks in its start instead of ending.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -67,10 +68,8 @@ def test_sigterm_while_starting_ends_the_process(module: str, tmp_path: Path) ->
         while proc.poll() is None and time.monotonic() < deadline:
             child = _namespace_child(proc.pid)
             if child is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError):  # ended meanwhile
                     os.kill(child, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
             time.sleep(0.05)
         ended = proc.poll() is not None
     finally:
