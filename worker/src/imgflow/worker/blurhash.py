@@ -13,6 +13,8 @@ import math
 import numpy as np
 import numpy.typing as npt
 
+from imgflow.worker.thumbhash import dct
+
 # terms across and down: 4x3 is what the reference suggests for most pictures
 COMPONENTS = (4, 3)
 Pixels = npt.NDArray[np.uint8]  # height x width x 3 (or more: only RGB is read)
@@ -27,8 +29,9 @@ _LINEAR = np.array(
 def encode(rgb: Pixels, components: tuple[int, int] = COMPONENTS) -> str:
     """The BlurHash of an sRGB picture (kept small: every pixel enters every term)."""
     nx, ny = components
-    h, w = rgb.shape[:2]
-    terms = _basis(h, w, nx, ny) @ _LINEAR[rgb[..., :3].reshape(-1, 3)]  # j * nx + i, rgb
+    # j * nx + i, rgb; the reference's normalisation: 2 for the AC terms
+    terms = dct(_LINEAR[rgb[..., :3]], nx, ny, _cosines) * 2
+    terms[0] /= 2
     dc, ac = terms[0], terms[1:]
     out = _base83(nx - 1 + (ny - 1) * 9, 1)
     if len(ac):
@@ -64,18 +67,6 @@ def decode(blurhash: str, width: int, height: int) -> Pixels:
     cos_y = np.cos(np.pi / height * np.outer(np.arange(height), np.arange(ny)))  # y, j
     linear = np.einsum("yj,jic,xi->yxc", cos_y, terms, cos_x)
     return _to_srgb(linear)
-
-
-@functools.lru_cache(maxsize=64)
-def _basis(h: int, w: int, nx: int, ny: int) -> Floats:
-    """The terms as one matrix: the (j, i) term's basis, flattened to j * nx + i, by pixel, with
-    the reference's normalisation (2 for the AC terms) over the pixels' number."""
-    basis: Floats = (_cosines(ny, h)[:, None, :, None] * _cosines(nx, w)[None, :, None, :]).reshape(
-        ny * nx, h * w
-    ) * (2 / (w * h))
-    basis[0] /= 2
-    basis.setflags(write=False)  # shared by every call
-    return basis
 
 
 @functools.cache

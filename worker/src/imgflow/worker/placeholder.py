@@ -21,6 +21,8 @@ SIDE = 32
 SAMPLED = 4  # a large output is point-sampled to SAMPLED x SIDE before the boxes
 OPAQUE = 128  # pixels at least this opaque count in the palette
 BIN_BITS = 5  # the palette's bins: 8 - 5 = 3 bits a channel
+_BINS = 1 << 3 * (8 - BIN_BITS)
+_BIN_WEIGHTS = np.array([1 << 2 * (8 - BIN_BITS), 1 << (8 - BIN_BITS), 1], np.intp)  # a bin's code
 
 
 def of_vips(image: pyvips.Image, *, with_blurhash: bool) -> Placeholder:
@@ -61,8 +63,12 @@ def _boxed(pixels: thumbhash.Pixels) -> thumbhash.Pixels:
         return pixels
     h, w = max(1, height // f), max(1, width // f)
     fy, fx = min(f, height), min(f, width)
-    boxes = pixels[: h * fy, : w * fx].reshape(h, fy, w, fx, -1)
-    means: thumbhash.Pixels = boxes.mean(axis=(1, 3), dtype=np.float32).round().astype(np.uint8)
+    # rows then columns, each a reduction along one axis: numpy's mean over two strided axes at
+    # once took ten times as long
+    rows = pixels[: h * fy].reshape(h, fy, -1).sum(axis=1, dtype=np.float32)
+    rows = rows.reshape(h, width, -1)[:, : w * fx]
+    boxes = np.add.reduceat(rows, np.arange(0, w * fx, fx), axis=1)
+    means: thumbhash.Pixels = (boxes / (fy * fx)).round().astype(np.uint8)
     return means
 
 
@@ -85,13 +91,12 @@ def palette(rgba: thumbhash.Pixels) -> list[str]:
     opaque = rgba[rgba[..., 3] >= OPAQUE][:, :3] if rgba.shape[2] == 4 else rgba.reshape(-1, 3)
     if not len(opaque):
         opaque = rgba[..., :3].reshape(-1, 3)
-    bins = opaque.astype(np.intp) >> BIN_BITS
-    codes = bins[:, 0] << 2 * (8 - BIN_BITS) | bins[:, 1] << (8 - BIN_BITS) | bins[:, 2]
-    counts = np.bincount(codes)
+    codes = (opaque >> BIN_BITS) @ _BIN_WEIGHTS
+    counts = np.bincount(codes, minlength=_BINS)
     top = np.argsort(counts, kind="stable")[::-1][:PALETTE_SIZE]
     top = top[counts[top] > 0]
-    means = [np.bincount(codes, weights=opaque[:, c])[top] / counts[top] for c in range(3)]
-    return [_hex(*(round(float(m[i])) for m in means)) for i in range(len(top))]
+    sums = np.stack([np.bincount(codes, opaque[:, c], _BINS)[top] for c in range(3)], axis=1)
+    return [_hex(*(round(c) for c in colour)) for colour in (sums / counts[top, None]).tolist()]
 
 
 def _hex(r: int, g: int, b: int) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -20,8 +21,10 @@ import numpy.typing as npt
 MAX_SIDE = 100  # the reference refuses more: encoding larger pictures is slower and no better
 Pixels = npt.NDArray[np.uint8]  # height x width x 4, RGBA, not premultiplied
 Floats = npt.NDArray[np.float64]
+Cosines = Callable[[int, int], Floats]  # (terms, pixels) -> terms x pixels
 # RGB -> L (luminance), P (yellow - blue), Q (red - green)
 _LPQ = np.array([[1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, -1.0], [1.0, -1.0, 0.0]])
+_LPQ_OF_BYTES = _LPQ.T / 255
 
 
 def encode(rgba: Pixels) -> bytes:
@@ -39,14 +42,14 @@ def encode(rgba: Pixels) -> bytes:
     # every channel's DCT terms in one product, as many as the largest channel needs: the DCT is
     # linear, so luminance and the colour differences are taken of the RGB terms after
     nx, ny = max(3, lx, 5 if has_alpha else 3), max(3, ly, 5 if has_alpha else 3)
-    basis = _basis(h, w, nx, ny)
     if alpha is not None and has_alpha:  # composite atop the average colour
         rgb = pixels[:, :3] / 255
         average = alpha @ rgb / total_alpha if total_alpha else np.zeros(3)
         composited = average + alpha[:, None] * (rgb - average)
-        factors = np.column_stack([basis @ composited @ _LPQ.T, basis @ alpha])  # term, channel
+        terms = dct(np.column_stack([composited, alpha]).reshape(h, w, 4), nx, ny)
+        factors = np.column_stack([terms[:, :3] @ _LPQ.T, terms[:, 3]])  # term, channel
     else:
-        factors = basis @ pixels[:, :3] @ (_LPQ.T / 255)
+        factors = dct(rgba[..., :3], nx, ny) @ _LPQ_OF_BYTES
     index, starts, lengths = _layout(max(3, lx), max(3, ly), has_alpha, nx)
     ac = factors.reshape(-1)[index]  # every channel's AC terms, one after the other
     scales = np.maximum.reduceat(np.abs(ac), starts)
@@ -150,15 +153,20 @@ def _cosines(n: int, size: int) -> Floats:
     return basis
 
 
-@functools.lru_cache(maxsize=64)
-def _basis(h: int, w: int, nx: int, ny: int) -> Floats:
-    """The DCT as one matrix: the (cy, cx) terms' basis, flattened to cy * nx + cx, by pixel,
-    divided by the pixels' number."""
-    basis: Floats = (_cosines(ny, h)[:, None, :, None] * _cosines(nx, w)[None, :, None, :]).reshape(
-        ny * nx, h * w
-    ) / (w * h)
-    basis.setflags(write=False)  # shared by every call
-    return basis
+def dct(
+    planes: npt.NDArray[np.uint8 | np.float64], nx: int, ny: int, cosines: Cosines | None = None
+) -> Floats:
+    """The (cy, cx) DCT terms (cy < ny, cx < nx) of each channel of a height x width x channels
+    picture, flattened to cy * nx + cx, over the pixels' number: a product by rows, then one by
+    columns. Their tables take a few kB, where one table by pixel took hundreds of kB, which a
+    decode had pushed out of the caches by the time the placeholder is made. ``cosines``: the
+    tables (terms, pixels) -> terms x pixels, ThumbHash's by default."""
+    h, w, channels = planes.shape
+    cosines = cosines or _cosines
+    by_rows = cosines(ny, h) @ planes.reshape(h, w * channels)  # cy, x * channel
+    terms = cosines(nx, w) @ by_rows.reshape(ny, w, channels)  # cy, cx, channel
+    scaled: Floats = terms.reshape(ny * nx, channels) / (w * h)
+    return scaled
 
 
 @functools.cache
