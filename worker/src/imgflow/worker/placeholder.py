@@ -34,9 +34,8 @@ def of_vips(image: pyvips.Image, *, with_blurhash: bool) -> Placeholder:
         image = image.colourspace("srgb")
     # every pyvips call costs tens of microseconds (a shrink in libvips took longer than numpy's
     # boxes): a large output is point-sampled to SAMPLED x SIDE in libvips, the rest is numpy's
-    step = max(image.width, image.height) // (SAMPLED * SIDE)
-    if step > 1:  # no further than a pixel on the short side (a 4096x1 output)
-        image = image.subsample(min(step, image.width), min(step, image.height))
+    if (steps := _steps(image.width, image.height)) is not None:
+        image = image.subsample(*steps)
     pixels = np.ndarray(
         buffer=image.write_to_memory(), dtype=np.uint8, shape=(image.height, image.width, image.bands)
     )
@@ -44,10 +43,25 @@ def of_vips(image: pyvips.Image, *, with_blurhash: bool) -> Placeholder:
 
 
 def of_pillow(image: Image.Image, *, with_blurhash: bool) -> Placeholder:
-    """Of the plain JPEG lane's RGB picture."""
+    """Of the plain JPEG lane's RGB picture: a large one point-sampled as ``of_vips`` samples
+    (the box filter alone read every pixel of a 1600x1200 output: milliseconds)."""
+    if (steps := _steps(*image.size)) is not None:
+        sx, sy = steps
+        # Pillow's nearest neighbour takes the pixel under each sample's centre: moved back to
+        # its top left corner, the one libvips' subsample takes
+        corner = (sx, 0, (1 - sx) / 2, 0, sy, (1 - sy) / 2)
+        size = (image.width // sx, image.height // sy)
+        image = image.transform(size, Image.Transform.AFFINE, corner, Image.Resampling.NEAREST)
     if (f := _factor(*image.size)) > 1:
         image = image.reduce(f)  # Pillow's box filter
     return of_pixels(np.asarray(image), with_blurhash=with_blurhash)
+
+
+def _steps(width: int, height: int) -> tuple[int, int] | None:
+    """The steps across and down that point-sample a large picture to about SAMPLED x SIDE pixels
+    a side (no further than a pixel on the short side: a 4096x1 output); None for a small one."""
+    step = max(width, height) // (SAMPLED * SIDE)
+    return (min(step, width), min(step, height)) if step > 1 else None
 
 
 def _factor(width: int, height: int) -> int:
