@@ -41,7 +41,8 @@ def encode(rgb: Pixels, components: tuple[int, int] = COMPONENTS) -> str:
     else:
         maximum = 1.0
         out += _base83(0, 1)
-    out += _base83(_srgb(dc[0]) << 16 | _srgb(dc[1]) << 8 | _srgb(dc[2]), 4)
+    r, g, b = _to_srgb(dc).tolist()
+    out += _base83(r << 16 | g << 8 | b, 4)
     for term in ac:
         r, g, b = (max(0, min(18, math.floor(_signed_pow(v / maximum, 0.5) * 9 + 9.5))) for v in term)
         out += _base83(r * 19 * 19 + g * 19 + b, 2)
@@ -81,10 +82,6 @@ def _to_srgb(linear: Floats) -> Pixels:
     v = np.clip(linear, 0, 1)
     srgb = np.where(v <= 0.0031308, v * 12.92, 1.055 * v ** (1 / 2.4) - 0.055)
     return np.trunc(srgb * 255 + 0.5).astype(np.uint8)
-
-
-def _srgb(value: float) -> int:
-    return int(_to_srgb(np.array(value)))
 
 
 def _signed_pow(value: float, exponent: float) -> float:
