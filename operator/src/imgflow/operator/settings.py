@@ -35,5 +35,5 @@ class OperatorSettings(Settings):
         0.5, gt=0, description="How often the backlog is read and the worker Deployments rescaled"
     )
     pod_cost_interval_s: float = Field(
-        2.0, gt=0, description="How often worker pods' deletion cost is updated from their in-flight jobs"
+        0.5, gt=0, description="How often worker pods' deletion cost is updated from their in-flight jobs"
     )
