@@ -50,7 +50,7 @@ def test_scale_down_while_a_pod_is_busy_kills_no_job(node: Node, released: None,
     assert figures["interrupted"]["redelivered"] == 0, figures
     exits = [r["exit_code"] for c in figures["cycles"] for r in c["removed"]]
     assert exits and set(exits) == {0}, figures
-    # Jobs given back are counted, not yet held at 0: when the pod running the long job and one
-    # finishing a short job both cost 1, the ReplicaSet may remove the former, which gives its
-    # job back (README.md, Operations, "Scale-down with busy pods").
+    # Jobs given back are counted, not yet held at 0: a long job that has only just started costs
+    # no more than a short one, and the ReplicaSet may remove its pod, which gives the job back
+    # (README.md, Operations, "Scale-down with busy pods").
     print("given back:", figures["interrupted"]["given_back"], "long job:", figures["long_given_back"])
