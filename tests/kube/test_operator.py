@@ -273,7 +273,8 @@ async def test_image_job_variants_with_a_watermark_and_a_preset(
         {"name": "small", "width": 64, "height": 48, "format": "webp"},
         {"name": "marked", "width": 200, "height": 150, "format": "png", "watermark": mark.watermark_id},
     ]
-    with serve_images(images.jpeg(400, 300)) as source:
+    # 800x600: the card preset's card@2x is that large, and outputs are not enlarged
+    with serve_images(images.jpeg(800, 600)) as source:
         sources = [{"url": source.url(f"photo-{i}.jpg")} for i in range(2)]
         for name, operations in (
             ("sizes", {"variants": variants}),
