@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faststream.redis.parser.binary import BinaryMessageFormatV1
@@ -56,6 +56,7 @@ RETRY_PUMP_S = 0.5
 # at most that long on an idle service. (A blocking XREAD would wake it sooner, but the API's
 # followers are told apart from workers by reading with XREAD.)
 IDLE_POLL_S = (0.01, 0.1)
+STOP_STEP_S = 3.0  # each step of a stop after the drain; see Worker.stop
 START_RETRY_MAX_S = 10.0
 
 
@@ -322,18 +323,35 @@ class Worker:
 
     async def stop(self) -> None:
         """Stopping: give running jobs ``graceful_timeout_s``, return unfinished messages to the
-        stream, then close."""
+        stream, then close. Each step after the drain has ``STOP_STEP_S``: what has not ended
+        then (a task deaf to cancellation, a connection that does not close, a helper thread in a
+        lookup) ends with the process, which must stop by itself within the pod's grace period."""
         self.stopping = True  # no slot takes another job
+        stuck: list[str] = []
         if self._takers:
             _, late = await asyncio.wait(self._takers, timeout=self.settings.graceful_timeout_s)
             for task in late:
                 task.cancel()
-            await asyncio.gather(*self._takers, return_exceptions=True)
+            stuck += await _within(asyncio.gather(*self._takers, return_exceptions=True), "job slots")
         for loop in (self._heartbeat, self._retries):
             if loop is not None:
                 loop.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop
+        loops = [t for t in (self._heartbeat, self._retries) if t is not None]
+        if loops:
+            stuck += await _within(asyncio.gather(*loops, return_exceptions=True), "background loops")
+        stuck += await _within(self._leave(), "giving messages back")
+        stuck += await _within(self.backends.aclose(), "closing connections")
+        # asyncio.run waits without a limit for its executor's threads (a DNS lookup, say)
+        stuck += await _within(asyncio.get_running_loop().shutdown_default_executor(), "helper threads")
+        if stuck and not self.restart:
+            log.warning(
+                "stopping: %s did not end in %.0f s; ending the process", ", ".join(stuck), STOP_STEP_S
+            )
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(0)  # nothing is held any more: the messages are back on the stream
+
+    async def _leave(self) -> None:
         try:
             returned = await self._give_back()
             if returned:
@@ -341,7 +359,6 @@ class Worker:
             await self.redis.delete(worker_key(self.settings, self.consumer))
         except Exception:
             log.warning("could not return unfinished messages; they will be reclaimed", exc_info=True)
-        await self.backends.aclose()
 
     async def _give_back(self) -> int:
         s = self.settings
@@ -351,3 +368,23 @@ class Worker:
         for entry in pending:
             await lifecycle.give_back(self.processor, self.consumer, entry["message_id"])
         return len(pending)
+
+
+async def _within(step: Awaitable[Any], what: str) -> list[str]:
+    """Await ``step`` for at most ``STOP_STEP_S``, without relying on it to heed cancellation;
+    ``[what]`` (its stack logged) if it has not ended by then, else ``[]``."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=STOP_STEP_S)
+    if done:
+        return []
+    log.warning("stopping: %s still running: %s", what, "".join(_stack(task)))
+    return [what]
+
+
+def _stack(task: asyncio.Future[Any]) -> list[str]:
+    if not isinstance(task, asyncio.Task):
+        return []
+    return [
+        f"\n  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
+        for frame in task.get_stack()
+    ]
