@@ -154,7 +154,8 @@ def _as_str(value: bytes | str) -> str:
 
 
 def worker_key(settings: Settings, consumer: str) -> str:
-    """The Redis key where a live worker publishes its in-flight count (expires when it stops)."""
+    """The Redis key where a live worker publishes its jobs in flight and how long the oldest has run
+    (expires when it stops)."""
     return f"{settings.stream}:worker:{consumer}"
 
 

@@ -75,7 +75,8 @@ class Worker:
         self.backends = Backends.open(settings, graceful_timeout=settings.graceful_timeout_s)
         self.redis, self.store, self.broker = self.backends.redis, self.backends.store, self.backends.broker
         self.processor = Processor(settings, self.store, self.backends.storage, self.redis)
-        self.inflight: set[bytes] = set()  # message ids being handled (for XCLAIM and give-back)
+        # message ids being handled (for XCLAIM and give-back) -> when their handling began
+        self.inflight: dict[bytes, float] = {}
         self.running: set[str] = set()  # ids of the jobs being processed
         self.gate = Gate()
         self.top_tenants = TopTenants(settings, (metrics.COST_SERVED, metrics.WAITED))
@@ -175,7 +176,7 @@ class Worker:
             log.info("job %s is held by a live worker; dropping a duplicate message", job_id)
             await self._ack(entry_id)
             return
-        self.inflight.update(ids)
+        self.inflight.update(dict.fromkeys(ids, time.monotonic()))
         self.running.add(job_id)
         metrics.INFLIGHT.set(len(self.inflight))
         acked = False
@@ -192,7 +193,8 @@ class Worker:
             acked = True
         finally:
             self.running.discard(job_id)
-            self.inflight.difference_update(ids)
+            for entry in ids:
+                self.inflight.pop(entry, None)
             metrics.INFLIGHT.set(len(self.inflight))
             # Redis down: the lease expires by itself, and a finished job's stale entry record
             # is never looked at (lost_jobs asks about unfinished jobs only)
@@ -282,16 +284,14 @@ class Worker:
         s = self.settings
         key = worker_key(s, self.consumer)
         pod = os.environ.get("POD_NAME") or socket.gethostname()
-        # When a beat first saw each message in flight: the operator ranks pods for removal by how
-        # long their oldest job has run (imgflow.operator.podcost), to a beat's precision.
-        seen: dict[bytes, float] = {}
         while True:
             now = time.monotonic()
-            seen = {entry: seen.get(entry, now) for entry in self.inflight}
+            # the operator ranks pods for removal by how long their oldest job has run
+            # (imgflow.operator.podcost)
             beat = {
                 "pod": pod,
-                "inflight": len(seen),
-                "running_s": int(now - min(seen.values(), default=now)),
+                "inflight": len(self.inflight),
+                "running_s": int(now - min(self.inflight.values(), default=now)),
             }
             try:
                 await self.redis.set(key, json.dumps(beat), ex=10)
