@@ -1,13 +1,15 @@
 """Per-tenant metrics keep a bounded label set (imgflow.core.tenant_metrics): the tenants that
 brought the most work by name, all others as "other". The API's /metrics reports what waits in the
-tenants' lanes (jobs, cost, the oldest job's wait) even with 10,000 tenants waiting; a worker's
-cost served and wait time are labelled the same way. Real Redis, MongoDB, API and worker.
+tenants' lanes (jobs, cost, the oldest job's wait) even with 10,000 tenants waiting, and a scrape
+writes nothing and runs as many Redis commands whatever the backlog; a worker's cost served and
+wait time are labelled the same way. Real Redis, MongoDB, API and worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Collection, Iterator
 from pathlib import Path
 
 import httpx
@@ -25,6 +27,7 @@ from imgflow.core.store import JobStore, connect
 from imgflow.core.tenant_metrics import OTHER, TopTenants
 from imgflow.harness import images
 from imgflow.harness.client import Parts
+from imgflow.harness.servers import free_port, redis_server, wait_for_port
 from tests.conftest import Processes
 
 TENANTS = 10_000
@@ -75,6 +78,37 @@ async def queue_many_tenants(parts: Parts) -> int:
     return sum(each.cost for each in jobs)
 
 
+async def publish_waiting(redis: Redis, settings: Settings, tenants: int, count: int) -> None:
+    """``count`` more jobs waiting in the stream, spread over ``tenants`` tenants."""
+    spec = ThumbnailSpec(width=32, height=32)
+    async with redis.pipeline(transaction=False) as pipe:
+        await jobkeys.publish(pipe, settings, [job(f"t{i % tenants}", spec) for i in range(count)])
+        await pipe.execute()
+
+
+async def redis_state(redis: Redis, settings: Settings) -> dict[bytes, bytes | None]:
+    """Every key's serialized value (a stream's with its consumer groups and pending entries),
+    the webhook sender's keys aside: its idle loop reads its own stream as a consumer."""
+    keys = [k async for k in redis.scan_iter(count=1000)]
+    senders = f"{settings.stream}:webhooks".encode()
+    return {k: await redis.dump(k) for k in sorted(keys) if not k.startswith(senders)}
+
+
+async def restore(redis: Redis, state: dict[bytes, bytes | None], now: dict[bytes, bytes | None]) -> None:
+    """Redis as it was in ``state`` (taken by redis_state)."""
+    if gone := [k for k in now if k not in state]:
+        await redis.delete(*gone)
+    for key, value in state.items():
+        if value is not None:
+            await redis.restore(key, 0, value, replace=True)
+
+
+async def redis_calls(redis: Redis) -> int:
+    """Commands the server has run so far (a script's commands each count)."""
+    stats = await redis.info("commandstats")
+    return sum(int(each["calls"]) for each in stats.values())
+
+
 async def scrape(url: str) -> dict[str, dict[str, float]]:
     """Each metric's value per ``tenant`` label (histograms: their count)."""
     async with httpx.AsyncClient(timeout=60) as client:
@@ -87,13 +121,24 @@ async def scrape(url: str) -> dict[str, dict[str, float]]:
     return found
 
 
+async def scrape_until(url: str, metric: str, labels: Collection[str]) -> dict[str, dict[str, float]]:
+    """The first scrape whose ``metric`` has these ``tenant`` labels: the API parks what waits
+    every reconciler round and reads the ranking again every few seconds."""
+    found: dict[str, dict[str, float]] = {}
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(120):  # only stops a hung test
+            while set((found := await scrape(url)).get(metric, {})) != set(labels):  # noqa: ASYNC110
+                await asyncio.sleep(0.25)
+    return found
+
+
 async def test_ten_thousand_waiting_tenants_make_n_plus_one_series(
     processes: Processes, settings: Settings, parts: Parts
 ) -> None:
     total_cost = await queue_many_tenants(parts)
-    _, base = processes.start_api(settings)
-    found = await scrape(f"{base}/metrics")
+    _, base = processes.start_api(settings.model_copy(update={"reconcile_interval_s": 0.25}))
     top = {f"t{i:05d}" for i in range(TENANTS - settings.metrics_top_tenants, TENANTS)}
+    found = await scrape_until(f"{base}/metrics", "imgflow_tenant_queued_jobs", top | {OTHER})
     for name in (
         "imgflow_tenant_queued_jobs",
         "imgflow_tenant_queued_cost",
@@ -117,8 +162,9 @@ async def test_the_worker_labels_cost_served_and_wait_by_the_top_tenants(
     queued = [job("big", heavy) for _ in range(3)] + [job("small", small), job("tiny", small)]
     for each in queued:
         await lifecycle.accept(parts, each)
-    _, base = processes.start_api(settings)
-    waiting = await scrape(f"{base}/metrics")  # before a worker runs: all of it waits
+    _, base = processes.start_api(settings.model_copy(update={"reconcile_interval_s": 0.25}))
+    # before a worker runs: all of it waits
+    waiting = await scrape_until(f"{base}/metrics", "imgflow_tenant_queued_jobs", {"big", OTHER})
     assert waiting["imgflow_tenant_queued_jobs"] == {"big": 3, OTHER: 2}
     worker = processes.start_worker(settings)
     url = f"http://127.0.0.1:{worker.env['IMGFLOW_WORKER_METRICS_PORT']}/metrics"
@@ -164,3 +210,43 @@ async def test_series_follow_the_ranking_and_stay_bounded(
     served.labels(top.label("newcomer")).inc()
     labels = {s.labels["tenant"] for m in served.collect() for s in m.samples if s.name == "served_total"}
     assert labels == {"newcomer", *(f"t{i:05d}" for i in range(TENANTS - 4, TENANTS)), OTHER}
+
+
+@pytest.fixture
+def own_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A Redis of this test alone: its command counts are the API's and the test's only."""
+    port = free_port()
+    server = redis_server(tmp_path / "redis", port).start()
+    try:
+        wait_for_port(port, process=server.process)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+
+
+async def test_a_scrape_writes_nothing_and_costs_the_same_whatever_the_backlog(
+    processes: Processes, settings: Settings, own_redis_url: str
+) -> None:
+    """/metrics reads what waits; it neither parks the backlog (a write) nor walks it: the same
+    number of Redis commands with 200 or 20,000 jobs waiting."""
+    settings = settings.model_copy(update={"redis_url": own_redis_url, "reconcile_interval_s": 3600})
+    redis = Redis.from_url(own_redis_url)
+    await queue.ensure_group(redis, settings)
+    _, base = processes.start_api(settings)
+    calls: dict[int, int] = {}
+    changed: list[int] = []
+    for backlog in (200, 20_000):
+        await publish_waiting(redis, settings, 50, backlog - await redis.xlen(settings.stream))
+        before = await redis_state(redis, settings)
+        each = []
+        for _ in range(5):  # the least of five: another loop of the API may run beside one scrape
+            start = await redis_calls(redis)
+            await scrape(f"{base}/metrics")
+            each.append(await redis_calls(redis) - start)
+            if (after := await redis_state(redis, settings)) != before:
+                changed.append(backlog)
+                await restore(redis, before, after)  # each scrape from the same state
+        calls[backlog] = min(each)
+    await redis.aclose()
+    assert calls[200] == calls[20_000], calls
+    assert not changed, f"scrapes changed Redis with these backlogs: {changed}"

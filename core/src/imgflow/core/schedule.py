@@ -253,9 +253,9 @@ async def waiting(
     redis: Redis, settings: Settings, tenants: Collection[str]
 ) -> tuple[dict[str, Waiting], Waiting]:
     """What waits in the lanes of each of ``tenants`` (those with jobs waiting), and of all the
-    others together; ``park`` first, or entries not yet parked are left out (with every worker
-    busy, nobody parks them). A few reads per tenant named, whatever the number of tenants
-    waiting: the counts are kept as entries are parked and taken."""
+    others together; entries not yet parked are left out (a take parks them, and the API's
+    reconciler with no worker taking). A few reads per tenant named, whatever the number of
+    tenants or entries waiting: the counts are kept as entries are parked and taken."""
     p = prefix(settings)
     named = ["", *tenants]  # "": the totals
     async with redis.pipeline(transaction=True) as pipe:  # one moment's figures

@@ -68,8 +68,8 @@ class Queued:
 async def queued(redis: Redis, settings: Settings, top: TopTenants) -> dict[str, Queued]:
     """Jobs, cost and the oldest job's wait per label, ``other`` always among them (zero when
     nothing else waits): from counts kept as jobs enter and leave the lanes, so a few reads per
-    top tenant whatever the number of tenants."""
-    await schedule.park(redis, settings)  # first: the ranking counts what just arrived
+    top tenant whatever the number of tenants or jobs waiting, and no write. Jobs not yet parked
+    in a lane are not counted: workers park at every take, the API's reconciler every round."""
     await top.refresh(redis)
     named, others = await schedule.waiting(redis, settings, top.names)
     now_ms = time.time() * 1000

@@ -1,5 +1,6 @@
-"""The reconciler, run by every API replica, one at a time by a Redis lock per round: republish
-jobs the queue lost, tidy the stream, and delete expired jobs and orphaned files."""
+"""The reconciler, run by every API replica, one at a time by a Redis lock per round: park the
+stream's new entries in their tenants' lanes, republish jobs the queue lost, tidy the stream, and
+delete expired jobs and orphaned files."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 
 from imgflow.api import metrics
 from imgflow.api.deps import AppState
+from imgflow.core import schedule
 from imgflow.core.queue import tidy_queue
 from imgflow.core.retention import Swept, sweep_expired, sweep_orphans
 from imgflow.core.submit import requeue_lost
@@ -28,6 +30,9 @@ async def reconcile_forever(state: AppState) -> None:
         await asyncio.sleep(settings.reconcile_interval_s)
         try:
             if await state.redis.set(lock, "1", nx=True, ex=max(1, int(settings.reconcile_interval_s))):
+                # with no worker taking, nothing else puts the waiting jobs in their tenant's lane,
+                # where the metrics (imgflow.core.tenant_metrics) count them
+                await schedule.park(state.redis, settings)
                 if loop.time() - last_walk >= settings.requeue_after_s / 2:
                     last_walk = loop.time()
                     await requeue_lost(state.store, state.redis, settings)
