@@ -34,6 +34,7 @@ tag() { local r; r=$(image "$1"); echo "${r##*:}"; }
     pod-security.kubernetes.io/enforce-version=latest |
   "$kubectl" apply --server-side --field-manager=imgflow-deploy -f - >/dev/null
 
+CLUSTER_DIR=$dir "$root/scripts/volumes.sh" "$release" "$namespace" "$@"
 log "installing the chart as $release in namespace $namespace"
 set_images=()
 for member in api worker operator; do

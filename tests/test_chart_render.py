@@ -659,6 +659,25 @@ def test_one_external_database_keeps_the_other_in_cluster() -> None:
     assert urls["mongodb-url"] == f"mongodb://{MONGODB}:27017"
 
 
+def test_dev_databases_keep_their_data_on_claims_with_persistence_on() -> None:
+    # off by default: an emptyDir, lost with the pod (README.md, Operations)
+    for name in (REDIS, MONGODB):
+        volumes = one(render({}), "Deployment", name)["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "data", "emptyDir": {}} in volumes
+    assert not find(render({}), "PersistentVolumeClaim")
+    on = {"enabled": True, "storageClassName": "fast", "size": "2Gi"}
+    docs = render({"redis": {"persistence": on}, "mongodb": {"persistence": {**on, "storageClassName": ""}}})
+    for name, storage_class in ((REDIS, "fast"), (MONGODB, None)):
+        claim = one(docs, "PersistentVolumeClaim", f"{name}-data")
+        assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+        assert claim["spec"].get("storageClassName") == storage_class  # None: the cluster's default
+        volumes = one(docs, "Deployment", name)["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "data", "persistentVolumeClaim": {"claimName": f"{name}-data"}} in volumes
+    # an external Redis: no dev Redis, no claim for it
+    external = render({"externalRedis": {"url": "redis://r:6379/0"}, "redis": {"persistence": on}})
+    assert not find(external, "PersistentVolumeClaim")
+
+
 def test_local_storage_mounts_the_shared_volume_everywhere() -> None:
     volume = {"persistentVolumeClaim": {"claimName": "imgflow-data"}}
     docs = render(

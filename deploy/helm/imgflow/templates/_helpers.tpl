@@ -118,6 +118,19 @@ Whether the in-cluster dev Redis / MongoDB is deployed: "true" or "".
 {{- end }}
 
 {{/*
+The data volume of a dev database (dict "ctx" . "component" "redis" | "mongodb"): the claim of its
+`persistence` (templates/dev-data-claims.yaml), or an emptyDir.
+*/}}
+{{- define "imgflow.devDataVolume" -}}
+{{- if (index .ctx.Values .component).persistence.enabled -}}
+persistentVolumeClaim:
+  claimName: {{ include "imgflow.componentName" . }}-data
+{{- else -}}
+emptyDir: {}
+{{- end }}
+{{- end }}
+
+{{/*
 The endpoint the pods reach S3 at: `config.s3Endpoint`, or the dev SeaweedFS's Service.
 */}}
 {{- define "imgflow.s3Endpoint" -}}
