@@ -1,14 +1,15 @@
 """Per-tenant metrics keep a bounded label set (imgflow.core.tenant_metrics): the tenants that
-brought the most work by name, all others as "other". The API's /metrics reports what waits in the
-tenants' lanes (jobs, cost, the oldest job's wait) even with 10,000 tenants waiting, and a scrape
-writes nothing and runs as many Redis commands whatever the backlog; a worker's cost served and
-wait time are labelled the same way. Real Redis, MongoDB, API and worker.
+brought the most work by name, all others as "_other" (no tenant's name). The API's /metrics
+reports what waits in the tenants' lanes (jobs, cost, the oldest job's wait) even with 10,000
+tenants waiting, and a scrape writes nothing and runs as many Redis commands whatever the backlog;
+a worker's cost served and wait time are labelled the same way. Real Redis, MongoDB, API and worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Collection, Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from redis.asyncio import Redis
 
 from imgflow.core import cost, jobkeys, lifecycle, queue, schedule, tenant_metrics
 from imgflow.core.jobs import Job, UploadSource
+from imgflow.core.keys import TENANT_PATTERN
 from imgflow.core.outputs import OutputFormat, ThumbnailSpec
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.core.storage import make_storage
@@ -182,7 +184,7 @@ async def test_the_worker_labels_cost_served_and_wait_by_the_top_tenants(
         OTHER: queued[3].cost + queued[4].cost,
     }
     after = await scrape(f"{base}/metrics")
-    assert after["imgflow_tenant_queued_jobs"] == {OTHER: 0}  # nothing waits; "other" stays
+    assert after["imgflow_tenant_queued_jobs"] == {OTHER: 0}  # nothing waits; "_other" stays
 
 
 async def test_series_follow_the_ranking_and_stay_bounded(
@@ -250,3 +252,24 @@ async def test_a_scrape_writes_nothing_and_costs_the_same_whatever_the_backlog(
     await redis.aclose()
     assert calls[200] == calls[20_000], calls
     assert not changed, f"scrapes changed Redis with these backlogs: {changed}"
+
+
+async def test_a_tenant_named_other_is_not_counted_with_the_others(settings: Settings, parts: Parts) -> None:
+    """The label of the tenants outside the top N is no tenant's name: a tenant called "other"
+    among the top keeps series of its own."""
+    settings = settings.model_copy(update={"metrics_top_tenants": 1})
+    spec = ThumbnailSpec(width=32, height=32)
+    waiting = [job("other", spec).model_copy(update={"cost": 1000}) for _ in range(2)] + [job("small", spec)]
+    await queue.ensure_group(parts.redis, settings)
+    async with parts.redis.pipeline(transaction=False) as pipe:
+        await jobkeys.publish(pipe, settings, waiting)
+        await pipe.execute()
+    await schedule.park(parts.redis, settings)
+    top = TopTenants(settings)
+    found = await tenant_metrics.queued(parts.redis, settings, top)
+    assert {label: each.jobs for label, each in found.items()} == {"other": 2, OTHER: 1}
+    assert top.label("other") != top.label("small")
+
+
+def test_no_tenant_can_be_named_like_the_label_of_the_others() -> None:
+    assert re.fullmatch(TENANT_PATTERN, OTHER) is None

@@ -236,7 +236,8 @@ class Settings(BaseSettings):
         20,
         ge=1,
         description="Tenants that get a label of their own in the per-tenant metrics (those that brought "
-        'the most work); the others are reported together as tenant="other"',
+        'the most work); the others are reported together as tenant="_other" (tenant names have no '
+        "underscore)",
     )
     max_job_cost: int = Field(
         600_000, ge=1, description="Largest estimated cost of one job (ms of worker CPU); above it: 422"

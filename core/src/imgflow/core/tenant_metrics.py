@@ -1,11 +1,13 @@
 """Per-tenant metrics with a bounded label set: the ``metrics_top_tenants`` tenants that brought
 the most work (cost parked in their lanes, imgflow.core.schedule's ``work`` ranking) keep their
-name as the ``tenant`` label, and every other tenant is reported as ``other``. A service with
+name as the ``tenant`` label, and every other tenant is reported as ``_other``, which no tenant can
+be called (imgflow.core.keys.TENANT_PATTERN has no underscore): a tenant named ``other`` keeps its
+own series. A service with
 10,000 tenants still exports at most N + 1 series per metric.
 
 A process reads the ranking at most every REFRESH_S. A counter's increment goes to the label its
 tenant has at that moment, so no series ever goes down (a tenant entering the top N starts a series
-of its own; ``other`` grows more slowly from then on), and the series of a tenant that left the
+of its own; ``_other`` grows more slowly from then on), and the series of a tenant that left the
 top N are removed, which keeps the bound.
 """
 
@@ -22,7 +24,7 @@ from redis.asyncio import Redis
 from imgflow.core import schedule
 from imgflow.core.settings import Settings
 
-OTHER = "other"
+OTHER = "_other"
 REFRESH_S = 5.0
 
 
@@ -66,7 +68,7 @@ class Queued:
 
 
 async def queued(redis: Redis, settings: Settings, top: TopTenants) -> dict[str, Queued]:
-    """Jobs, cost and the oldest job's wait per label, ``other`` always among them (zero when
+    """Jobs, cost and the oldest job's wait per label, ``_other`` always among them (zero when
     nothing else waits): from counts kept as jobs enter and leave the lanes, so a few reads per
     top tenant whatever the number of tenants or jobs waiting, and no write. Jobs not yet parked
     in a lane are not counted: workers park at every take, the API's reconciler every round."""

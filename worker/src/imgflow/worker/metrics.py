@@ -18,7 +18,7 @@ PROCESSING = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 INFLIGHT = Gauge("imgflow_worker_inflight_jobs", "Jobs this worker is processing now")
-# labelled by imgflow.core.tenant_metrics: the top tenants by name, the others as "other"
+# labelled by imgflow.core.tenant_metrics: the top tenants by name, the others as "_other"
 COST_SERVED = Counter(
     "imgflow_job_cost_served_total",
     "Estimated worker CPU (ms, imgflow.core.cost) of the jobs a worker finished, per tenant: each "
