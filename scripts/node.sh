@@ -102,6 +102,9 @@ up_node_network() {
     ip link set "$VETH" up
     nsenter --target "$holder" --net -- ip addr add "$NODE_IP/30" dev eth0
     nsenter --target "$holder" --net -- ip link set eth0 up
+    # The node's own processes reach Services as on any node: a route for their addresses (kube-
+    # proxy's rules then send each packet to a pod; without one, connect() fails before them).
+    nsenter --target "$holder" --net -- ip route add "$SERVICE_CIDR" dev eth0
     # The host reaches pods directly (and answers them) through the node.
     ip route replace "$POD_CIDR" via "$NODE_IP" dev "$VETH"
   fi

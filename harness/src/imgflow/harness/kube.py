@@ -73,9 +73,13 @@ def server_of(kubeconfig: Path) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def cluster_sh(cluster_dir: Path, *args: str, node: bool = False) -> subprocess.CompletedProcess[str]:
+def cluster_sh(
+    cluster_dir: Path, *args: str, node: bool = False, owner: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run ``scripts/cluster.sh ARGS...`` for the private cluster in ``cluster_dir``: the API
-    server alone, or with ``node`` the whole one-node cluster (tests/node)."""
+    server alone, or with ``node`` the whole one-node cluster (tests/node). With ``owner`` the
+    cluster stops when this process ends; without, an ``up`` of a running cluster (starting what
+    of it stopped) leaves its lifetime as it was."""
     env = {
         **os.environ,
         "CLUSTER_NODE": "1" if node else "0",
@@ -83,9 +87,11 @@ def cluster_sh(cluster_dir: Path, *args: str, node: bool = False) -> subprocess.
         "CLUSTER_APISERVER_PORT": "auto",
         "CLUSTER_ETCD_PORT": "auto",
         "CLUSTER_ETCD_PEER_PORT": "auto",
-        # If pytest dies without its teardown, a watchdog stops the control plane.
-        "CLUSTER_OWNER_PID": str(os.getpid()),
     }
+    if owner:  # if pytest dies without its teardown, a watchdog stops the control plane
+        env["CLUSTER_OWNER_PID"] = str(os.getpid())
+    else:
+        env.pop("CLUSTER_OWNER_PID", None)
     return subprocess.run(
         [str(CLUSTER_SH), *args], env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
     )
