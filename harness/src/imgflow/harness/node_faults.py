@@ -229,7 +229,7 @@ def start_load(release: Release, load: Load, user_id: str, clients: int) -> thre
 @dataclass
 class Fault:
     kind: str
-    at: float  # wall clock, when injected
+    at: float  # wall clock, when injected (the pod deleted, the process signalled)
     target: str  # the pod or process
     condition: bool  # what the kind asks for held (a job held, uploads in flight, scaling)
     recovered_s: float = 0.0  # until what it took was back
@@ -246,7 +246,9 @@ def wait_for(check: Any, within: float, every: float = 0.2) -> Any:
     return None
 
 
-def force_delete(release: Release, pod: str) -> None:
+def force_delete(release: Release, pod: str) -> float:
+    """Delete the pod at once (grace period 0: its containers are killed); when."""
+    at = time.time()
     kubectl(
         release.kubeconfig,
         "delete",
@@ -258,6 +260,7 @@ def force_delete(release: Release, pod: str) -> None:
         "--force",
         "--wait=false",
     )
+    return at
 
 
 def busy_worker(release: Release) -> tuple[str, str] | None:
@@ -307,27 +310,27 @@ def _zombie(pid: int) -> bool:
 
 
 def inject(release: Release, kind: str, load: Load) -> Fault:
-    at = time.time()
+    """The fault, once what it asks for holds (or after a while without: ``condition`` says)."""
     if kind == "worker":
         held = wait_for(lambda: busy_worker(release), 60)
-        pod = held[0] if held else random.choice(release.running("worker") or ["none"])
-        if pod != "none":
-            force_delete(release, pod)
-        return Fault(kind, at, f"{pod} holding {held[1]}" if held else pod, held is not None)
+        pod = held[0] if held else random.choice(wait_for(lambda: release.running("worker"), 120) or ["-"])
+        if pod == "-":  # no worker pod at all: nothing to kill
+            return Fault(kind, time.time(), "no worker pod", False)
+        return Fault(
+            kind, force_delete(release, pod), f"{pod} holding {held[1]}" if held else pod, held is not None
+        )
     if kind == "api":
         uploading = bool(wait_for(lambda: load.in_flight > 0, 30, every=0.01))
         pod = random.choice(release.running("api"))
-        force_delete(release, pod)
-        return Fault(kind, at, pod, uploading)
+        return Fault(kind, force_delete(release, pod), pod, uploading)
     if kind == "operator":
         moving = bool(wait_for(lambda: scaling(release), 15))
         pod = release.running("operator")[0]
-        force_delete(release, pod)
-        return Fault(kind, at, pod, moving)
+        return Fault(kind, force_delete(release, pod), pod, moving)
     if kind in ("redis", "mongodb"):
         pod = release.running(kind)[0]
-        force_delete(release, pod)
-        return Fault(kind, at, pod, True)
+        return Fault(kind, force_delete(release, pod), pod, True)
+    at = time.time()
     restart_node_process(release, kind)
     return Fault(kind, at, kind, True)
 
