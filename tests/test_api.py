@@ -170,7 +170,7 @@ async def test_operations_endpoints(stack: Stack) -> None:
     assert (await stack.client.get("/healthz")).json() == {"status": "ok"}
     ready = await stack.client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "checks": {"mongodb": "ok", "redis": "ok"}}
+    assert ready.json() == {"status": "ready", "checks": {"mongodb": "ok", "redis": "ok", "storage": "ok"}}
 
     await submit(stack.client, images.jpeg(64, 64))
     metrics = (await stack.client.get("/metrics")).text

@@ -25,6 +25,7 @@ from imgflow.core.events import ChangeFeed
 from imgflow.core.keys import KeyStore
 from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import ensure_group
+from imgflow.core.readiness import prepare_storage
 from imgflow.core.settings import AuthMode, Settings, get_settings
 from imgflow.core.tenant_secrets import TenantSecrets
 from imgflow.core.watermarks import WatermarkStore
@@ -77,6 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ensure_group(state.redis, settings)
         except Exception:
             log.warning("could not create the consumer group now (Redis down?)", exc_info=True)
+        # Both storage clients exist before the API says it is ready: the first upload does not
+        # pay for making them.
+        await prepare_storage(state.storage, log)
+        await state.readiness.prepare()
         await state.broker.connect()
         app.state.imgflow = state
         tasks = [

@@ -1,4 +1,4 @@
-"""``imgflow-worker``: consume jobs; serve /metrics and /healthz on IMGFLOW_WORKER_METRICS_PORT."""
+"""``imgflow-worker``: consume jobs; serve /metrics, /healthz and /readyz on IMGFLOW_WORKER_METRICS_PORT."""
 
 from __future__ import annotations
 
@@ -9,16 +9,19 @@ exit_on_sigterm()  # first: the imports below take seconds, and a pod may be rem
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import sys
 
 import uvicorn
 from faststream import FastStream
-from faststream.asgi import AsgiFastStream, make_ping_asgi
+from faststream.asgi import AsgiFastStream, AsgiResponse, get, make_ping_asgi
+from faststream.asgi.handlers import HttpHandler
+from faststream.asgi.types import Scope
 from prometheus_client import make_asgi_app
 
-from imgflow.core import logs
+from imgflow.core import logs, readiness
 from imgflow.core.settings import get_settings
 from imgflow.worker.app import Worker
 
@@ -42,6 +45,21 @@ def main() -> None:
         os.execv(sys.executable, [sys.executable, "-m", "imgflow.worker"])
 
 
+def ready(worker: Worker) -> HttpHandler:
+    """/readyz: 200 while MongoDB, Redis and the storage answer (imgflow.core.readiness), 503 and
+    which one does not otherwise. /healthz, the liveness probe's, asks the broker alone: a worker
+    is not restarted because a backend is away."""
+
+    @get(include_in_schema=False)
+    async def readyz(scope: Scope) -> AsgiResponse:
+        b = worker.backends
+        checks = await readiness.checks(b.mongo, b.redis, b.storage)
+        status = 200 if all(v == "ok" for v in checks.values()) else 503
+        return AsgiResponse(json.dumps(checks).encode(), status, {"content-type": "application/json"})
+
+    return readyz
+
+
 def run() -> Worker:
     """Serve until stopped; the worker, which says whether it stopped only to start again."""
     _fewer_malloc_arenas()
@@ -49,10 +67,15 @@ def run() -> Worker:
     logs.configure(settings.log_format)
     logging.getLogger("pyvips").setLevel(logging.WARNING)  # its INFO is a per-operation trace
     worker = Worker(settings)
+
+    async def prepare() -> None:
+        await readiness.prepare_storage(worker.backends.storage, logging.getLogger("imgflow.worker"))
+        await worker.prepare()
+
     if not settings.worker_metrics_port:
         app = FastStream(
             worker.broker,
-            on_startup=[worker.prepare],
+            on_startup=[prepare],
             on_shutdown=[worker.draining],
             after_startup=[worker.start],
             after_shutdown=[worker.stop],
@@ -65,8 +88,9 @@ def run() -> Worker:
         asgi_routes=[
             ("/metrics", make_asgi_app()),
             ("/healthz", make_ping_asgi(worker.broker, timeout=5.0)),
+            ("/readyz", ready(worker)),
         ],
-        on_startup=[worker.prepare],
+        on_startup=[prepare],
         on_shutdown=[worker.draining],
         after_startup=[worker.start],
         after_shutdown=[worker.stop],

@@ -1,4 +1,4 @@
-"""Operations: liveness, readiness (MongoDB and Redis reachable) and Prometheus metrics."""
+"""Operations: liveness, readiness (MongoDB, Redis and the storage answer) and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", operation_id="readyz", summary="MongoDB and Redis reachable")
+@router.get("/readyz", operation_id="readyz", summary="MongoDB, Redis and the storage answer")
 async def readyz(state: State) -> JSONResponse:
     checks = await state.readiness.checks()
     ready = all(v == "ok" for v in checks.values())
