@@ -18,6 +18,9 @@ from imgflow.harness.helm_chart import helm
 from tests.node.conftest import Node, make_deploy
 from tests.node.test_chart_on_node import NS, RELEASE
 
+# A guard against a hang, no target: on a loaded machine a restarted pod takes a minute to start.
+pytestmark = pytest.mark.timeout(900)
+
 
 @pytest.fixture(scope="module")
 def released(node: Node) -> Iterator[None]:
@@ -30,13 +33,13 @@ def test_killing_pods_and_node_processes_under_load_loses_no_job(
     node: Node, released: None, tmp_path: Path
 ) -> None:
     release = node_faults.Release(node.kube.kubeconfig, NS, RELEASE)
-    figures = node_faults.run(release, 80, list(node_faults.FAULTS), clients=3)
+    figures = node_faults.run(release, 64, list(node_faults.FAULTS), clients=4)
     (tmp_path / "kill_anything.json").write_text(json.dumps(figures, indent=2))
     assert figures["faults"] == dict.fromkeys(node_faults.FAULTS, 1), figures
     # the worker pod killed held a job: the fault under test happened
     assert figures["faults_in_condition"].get("worker") == 1, figures
     assert figures["client_errors"] == 0, figures
-    assert figures["accepted"] == 80, figures
+    assert figures["accepted"] == 64, figures
     assert figures["drained"], figures
     assert figures["lost"] == 0, figures
     assert figures["failed"] == 0, figures
