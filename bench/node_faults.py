@@ -11,7 +11,8 @@ runs a short one.
         [--json PATH]
 
 ``--install`` installs (or upgrades) the release first with ``make deploy``'s script and the
-values the scenario needs (autoscaling workers, two API pods).
+values the scenario needs (autoscaling workers, two API pods). Ctrl-C stops the faults and the new
+jobs; what was accepted is then drained and counted.
 """
 
 from __future__ import annotations

@@ -405,20 +405,23 @@ def run(
     done: list[Fault] = []
     thread = start_load(release, load, user_id, clients)
     try:
-        for k, kind in enumerate(faults, start=1):
-            wait_for(
-                lambda k=k: len(load.accepted) + len(load.errors) >= k * slice_ or load.finished.is_set(),
-                3600,
-            )
-            load.allowance = (k + 1) * slice_
-            fault = inject(release, kind, load)
-            if not wait_for(lambda kind=kind: back(release, kind), 600, every=1.0):
-                raise AssertionError(f"not back within 600 s after {fault}")
-            fault.recovered_s = round(time.time() - fault.at, 1)
-            done.append(fault)
-            if on_fault is not None:
-                on_fault(fault)
-        load.allowance = jobs
+        try:
+            for k, kind in enumerate(faults, start=1):
+                wait_for(
+                    lambda k=k: len(load.accepted) + len(load.errors) >= k * slice_ or load.finished.is_set(),
+                    3600,
+                )
+                load.allowance = (k + 1) * slice_
+                fault = inject(release, kind, load)
+                if not wait_for(lambda kind=kind: back(release, kind), 600, every=1.0):
+                    raise AssertionError(f"not back within 600 s after {fault}")
+                fault.recovered_s = round(time.time() - fault.at, 1)
+                done.append(fault)
+                if on_fault is not None:
+                    on_fault(fault)
+            load.allowance = jobs
+        except KeyboardInterrupt:  # a run cut short (Ctrl-C): no more faults or jobs, then the count
+            load.jobs = load.allowance = load.started
         thread.join(RETRY_FOR_S + 600)
         last = done[-1].at if done else time.time()
         accepted = list(load.accepted.values())
