@@ -104,8 +104,13 @@ def get_state(request: Request) -> AppState:
     return state
 
 
+async def _state(request: Request) -> AppState:
+    # async: FastAPI runs a plain function dependency in its thread pool, a thread hop per request
+    return get_state(request)
+
+
 # what a route declares to get the shared state
-State = Annotated[AppState, Depends(get_state)]
+State = Annotated[AppState, Depends(_state)]
 
 
 bearer = HTTPBearer(
@@ -226,12 +231,11 @@ class AuthFirst(APIRoute):
         handler = super().get_route_handler()
         if self.body_field is None:
             return handler
-        needed = [_SCOPES[dep.call] for dep in self.dependant.dependencies if dep.call in _SCOPES]
+        needed = needed_scopes(self)
 
         async def authenticated_first(request: Request) -> Response:
             principal = await authenticate(request, get_state(request), await bearer(request))
-            for scopes in needed:
-                _check_scopes(principal, scopes)
+            _check_scopes(principal, needed)
             return await handler(request)
 
         return authenticated_first
@@ -287,9 +291,16 @@ def require(rate: Literal["create", "read"] | None, *scopes: Scope) -> Callable[
 _SCOPES: dict[Callable[..., Any], tuple[Scope, ...]] = {}
 
 
+def needed_scopes(route: APIRoute) -> tuple[Scope, ...]:
+    """The scopes a key needs to call ``route`` (an admin key has them all)."""
+    calls = [dep.call for dep in route.dependant.dependencies if dep.call is not None]
+    found = (scope for call in calls for scope in _SCOPES.get(call, ()))
+    return tuple(dict.fromkeys(found))
+
+
 Reader = Annotated[Principal, Depends(require("read", Scope.jobs_read))]
 Writer = Annotated[Principal, Depends(require("create", Scope.jobs_write))]
 # An endpoint receives every job of the tenant and the callbackUrl secret signs every job's delivery:
-# a key that registers one or makes the other must read the tenant's jobs anyway.
+# a key that registers or deletes one, or makes the other, must read the tenant's jobs anyway.
 Subscriber = Annotated[Principal, Depends(require("create", Scope.jobs_write, Scope.jobs_read))]
 AdminKey = Annotated[Principal, Depends(require(None, Scope.admin))]

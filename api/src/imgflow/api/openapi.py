@@ -8,9 +8,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.routing import BaseRoute
 
+from imgflow.api.deps import needed_scopes
 from imgflow.api.problems import SUBMIT_OPERATION, ProblemDetails, documented
 from imgflow.core.jobs import Priority
+from imgflow.core.keys import Scope
 from imgflow.core.options import OPTION_FIELDS, WATERMARK_PLACEMENT
 from imgflow.core.outputs import (
     COMPASS,
@@ -283,6 +287,23 @@ def _complete(schema: dict[str, Any], settings: Settings) -> None:
                 form["properties"] = _job_properties(form["properties"], settings)
 
 
+def _scopes(schema: dict[str, Any], routes: list[BaseRoute]) -> None:
+    """Each operation's description names the scopes its key needs (imgflow.api.deps.require)."""
+    needed = {
+        route.operation_id: needed_scopes(route)
+        for route in (context.original_route for context in iter_route_contexts(routes))
+        if isinstance(route, APIRoute)
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if scopes := needed.get(operation.get("operationId")):
+                names = " and ".join(scope.value for scope in scopes)
+                plural = "s" if len(scopes) > 1 else ""
+                admin = "" if Scope.admin in scopes else " (or an admin key)"
+                text = f"Needs an API key with the {names} scope{plural}{admin}."
+                operation["description"] = "\n\n".join(filter(None, [operation.get("description"), text]))
+
+
 def _key_bounds(components: dict[str, Any], settings: Settings) -> None:
     """A new key's tenant is not the default one (the bootstrap key's), and its job cost ceiling is
     within the service's (imgflow.api.routes.keys)."""
@@ -336,6 +357,7 @@ def install(app: FastAPI, settings: Settings) -> None:
             components.update(found.pop("$defs", {}))
             components["ProblemDetails"] = found
             _complete(schema, settings)
+            _scopes(schema, app.routes)
             _key_bounds(components, settings)
             # FastAPI documents its own 422 shape; ours is problem details like every other error
             for name in ("HTTPValidationError", "ValidationError"):

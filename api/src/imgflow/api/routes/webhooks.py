@@ -15,7 +15,7 @@ from fastapi import APIRouter, Path, Response
 from pydantic import ConfigDict, Field
 from starlette.convertors import StringConvertor, register_url_convertor
 
-from imgflow.api.deps import AuthFirst, Reader, State, Subscriber, Writer
+from imgflow.api.deps import AuthFirst, Reader, State, Subscriber
 from imgflow.api.openapi import MAX_URL, WEB_URL
 from imgflow.api.problems import Problem, documented
 from imgflow.api.schemas import Camel, Timestamp
@@ -145,7 +145,7 @@ async def list_endpoints(state: State, principal: Reader) -> EndpointList:
     responses=documented(401, 403, 404, 429, 503),
 )
 async def delete_endpoint(
-    endpoint_id: Annotated[str, Path(pattern=f"^{ENDPOINT_ID}$")], state: State, principal: Writer
+    endpoint_id: Annotated[str, Path(pattern=f"^{ENDPOINT_ID}$")], state: State, principal: Subscriber
 ) -> Response:
     endpoint = await state.endpoints.get(endpoint_id)
     if endpoint is None or not principal.sees(endpoint):
