@@ -250,6 +250,8 @@ certs() {
     leaf kube-proxy "/CN=system:kube-proxy" clientAuth
     leaf controller-manager "/CN=system:kube-controller-manager" clientAuth
     leaf scheduler "/CN=system:kube-scheduler" clientAuth
+    # The API server's own identity toward aggregated APIs (an external metrics adapter's).
+    leaf front-proxy-client "/CN=front-proxy-client" clientAuth
     if [ ! -s sa.key ] || [ ! -s sa.pub ]; then
       key sa.key
       openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
@@ -339,6 +341,13 @@ up_apiserver() {
       --kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key"
       --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP
       --enable-admission-plugins=NodeRestriction
+      # Aggregated APIs (an external metrics adapter, e.g. KEDA's): the host routes to pod IPs
+      # but not to Service IPs (kube-proxy runs in the node), so the endpoint is called directly.
+      --enable-aggregator-routing=true
+      --proxy-client-cert-file="$pki/front-proxy-client.crt" --proxy-client-key-file="$pki/front-proxy-client.key"
+      --requestheader-client-ca-file="$pki/ca.crt" --requestheader-allowed-names=front-proxy-client
+      --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group
+      --requestheader-extra-headers-prefix=X-Remote-Extra-
     )
   fi
   log "starting kube-apiserver on https://$APISERVER_HOST:$APISERVER_PORT"
