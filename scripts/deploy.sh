@@ -49,8 +49,10 @@ done
   --wait --timeout "$wait" "$@" >/dev/null
 
 # Ready pods are not yet a release that answers: until the API's Service answers /readyz from
-# inside the cluster (its DNS name, kube-proxy's rules, the API's MongoDB and Redis), say so and
-# wait. After a `cluster-up` on kept data the pods come back before the node's Service rules do.
+# inside the cluster (its DNS name, kube-proxy's rules, and what an upload needs: the API's
+# MongoDB, Redis and storage, each through its own Service), say so and wait. After a `cluster-up`
+# on kept data the pods come back before the node's Service rules do, and `helm --wait` may still
+# read the Ready states they had before the node stopped.
 log "waiting until the API answers through its Service"
 port=$("$kubectl" -n "$namespace" get service "$release-api" -o jsonpath='{.spec.ports[0].port}')
 ask="import urllib.request as u; u.urlopen('http://$release-api:$port/readyz', timeout=3)"
