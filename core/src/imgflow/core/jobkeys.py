@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from imgflow.core.jobs import Job, JobStatus, Priority
-from imgflow.core.queue import JobMessage, entries_key, job_of, worker_key
+from imgflow.core.queue import JobMessage, entries_key, inflight_key, inflight_ttl_s, job_of, worker_key
 from imgflow.core.quota import unfinished_key
 from imgflow.core.settings import Settings
 from imgflow.core.webhooks import endpoint_tenants_key, outstanding_key, webhooks_key
@@ -182,14 +182,17 @@ def forget_entry(pipe: Pipeline, settings: Settings, job_id: str, entry_id: byte
 # script, and asking for a cancellation sets the mark in the script that looks at the lease: between
 # the two, one always sees the other.
 
-# KEYS: the lease, the job's cancellation mark; ARGV: me, the holder's heartbeat key prefix, ttl
-# ms, "1" to take it from a holder that still looks alive. A Took.
+# KEYS: the lease, the job's cancellation mark, the worker's in-flight set; ARGV: me, the holder's
+# heartbeat key prefix, ttl ms, "1" to take it from a holder that still looks alive, the job id,
+# the in-flight set's ttl in s. A Took.
 _TAKE_LEASE = """
 local holder = redis.call('GET', KEYS[1])
 if ARGV[4] ~= '1' and holder and holder ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. holder) == 1 then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[5])
+redis.call('EXPIRE', KEYS[3], ARGV[6])
 return 1 + redis.call('EXISTS', KEYS[2])
 """
 _RELEASE_LEASE = """
@@ -231,18 +234,22 @@ def lease_ttl_ms(settings: Settings) -> int:
 
 
 async def take_lease(redis: Redis, settings: Settings, job_id: str, consumer: str, *, force: bool) -> Took:
-    """Take the job's lease unless a live worker holds it. ``force`` for a reclaimed message: its
-    holder was silent for ``claim_idle_ms`` (a live one keeps its messages fresh), so it is gone
-    even if its heartbeat key has not expired yet."""
-    keys = (lease_key(settings, job_id), cancel_key(settings, job_id))
+    """Take the job's lease unless a live worker holds it, and list the job among the worker's in
+    flight (``inflight_key``) in the same step: a worker that dies holding the lease is known to
+    have held the job. ``force`` for a reclaimed message: its holder was silent for
+    ``claim_idle_ms`` (a live one keeps its messages fresh), so it is gone even if its heartbeat
+    key has not expired yet."""
+    keys = (lease_key(settings, job_id), cancel_key(settings, job_id), inflight_key(settings, consumer))
     took = await redis.eval(
         _TAKE_LEASE,
-        2,
+        3,
         *keys,
         consumer,
         worker_key(settings, ""),
         lease_ttl_ms(settings),
         "1" if force else "0",
+        job_id,
+        inflight_ttl_s(settings),
     )
     return Took(int(took))
 

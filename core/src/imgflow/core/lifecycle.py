@@ -17,10 +17,13 @@ pipeline after it carrying all that goes with the change (the job's keys: imgflo
 the job's snapshot, its announcement to followers, its tenant's place, its webhooks, its queue
 message and entry, its retry or its dead letter (imgflow.core.retries). A change to a stored job
 also drops the job's snapshot before the write, one round trip more: a writer that dies in between
-leaves no snapshot to outlive the change (imgflow.core.snapshots).
+leaves no snapshot to outlive the change (imgflow.core.snapshots). A transition that ends a job its
+worker runs lets go of what the worker holds (``Held``: the message, acknowledged; the lease) in
+its pipeline too.
 
 Cancelling respects the lease: a job a live worker holds is only marked (``jobkeys.cancel_key``) and that
-worker stops at its next step (``stop_cancelled``); any other unfinished job is cancelled at once.
+worker stops at its next step (``stop_cancelled``; ``complete`` reads the mark a last time in the
+round trip that drops the snapshot); any other unfinished job is cancelled at once.
 The mark is set in the same script that looks at the lease, and the worker reads it in the script
 that takes the lease, so between the two one of them always sees the other.
 
@@ -38,6 +41,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -50,7 +54,7 @@ from redis.exceptions import RedisError
 from imgflow.core import jobkeys, quota, schedule
 from imgflow.core.errors import DatabaseUnavailable, QueueUnavailable, StorageUnavailable
 from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, output_key, owned_original, utcnow
-from imgflow.core.queue import DATA, job_id_of
+from imgflow.core.queue import DATA, inflight_key, job_id_of
 from imgflow.core.retries import dead_letter_key, remove_dead_letters, retry_key, take_due_retries
 from imgflow.core.settings import Settings
 from imgflow.core.storage import Storage
@@ -172,11 +176,18 @@ async def start(b: JobBackends, job: Job, worker: str) -> Job | None:
     return started
 
 
-async def complete(b: JobBackends, job: Job, result: JobResult) -> Job | None:
+async def complete(b: JobBackends, job: Job, result: JobResult, *, held: Held | None = None) -> Job | None:
     """``completed`` with ``result``; then, with a reuse key, its outputs offered to identical jobs
-    (``reuse``), its followers told, its tenant's place freed, its webhooks filed and its original
-    deleted (unless originals are kept). None if it is gone."""
-    await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
+    (``reuse``), its followers told, its tenant's place freed, its webhooks filed, what its worker
+    ``held`` let go of, and its original deleted (unless originals are kept). Its cancellation
+    asked for meanwhile (read in the round trip that drops the snapshot, the worker's last look):
+    ``cancelled`` instead, as by ``stop_cancelled``. None if it is gone."""
+    async with b.redis.pipeline(transaction=False) as pipe:
+        pipe.delete(jobkeys.snapshot_key(b.settings, job.job_id))
+        pipe.exists(jobkeys.cancel_key(b.settings, job.job_id))
+        _, asked = await pipe.execute()
+    if asked:
+        return await stop_cancelled(b, job, held=held)
     done = await b.store.complete(job.job_id, result, expires_at=_expiry(b.settings))
     if done is not None:
         if job.reuse_key is not None:  # before it is announced: who sees it completed finds it
@@ -184,7 +195,7 @@ async def complete(b: JobBackends, job: Job, result: JobResult) -> Job | None:
                 await b.store.offer(job.reuse_key, job.job_id)
             except PyMongoError as exc:  # only a later identical job misses it: decoded again
                 log.warning("job %s completed, its outputs not offered for reuse (%s)", job.job_id, exc)
-        await _finished(b, job, done)
+        await _finished(b, job, done, held=held)
     return done
 
 
@@ -227,14 +238,16 @@ async def reuse(b: JobBackends, job: Job, origin: Job) -> Job | None:
     return done
 
 
-async def fail(b: JobBackends, job: Job, error: str, *, dead_letter: bool = False) -> Job | None:
+async def fail(
+    b: JobBackends, job: Job, error: str, *, dead_letter: bool = False, held: Held | None = None
+) -> Job | None:
     """``failed`` with ``error`` (a dead letter too with ``dead_letter``: it failed after its last
     retry); what follows as for ``complete``. None if it is gone."""
     log.info("job %s failed: %s", job.job_id, error)
     await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
     done = await b.store.fail(job.job_id, error, crashes=job.crashes, expires_at=_expiry(b.settings))
     if done is not None:
-        await _finished(b, job, done, dead_letter=error if dead_letter else None)
+        await _finished(b, job, done, dead_letter=error if dead_letter else None, held=held)
     return done
 
 
@@ -251,22 +264,23 @@ async def cancel(b: JobBackends, job: Job) -> Job | None:
     return done
 
 
-async def stop_cancelled(b: JobBackends, job: Job) -> Job | None:
+async def stop_cancelled(b: JobBackends, job: Job, *, held: Held | None = None) -> Job | None:
     """The worker holding ``job`` saw its cancellation mark: ``cancelled`` now, with what follows
-    as for ``cancel``; None if it was cancelled already (by the API, which took it for a dead
-    worker's). Either way what this worker stored of it is removed."""
-    done = await _cancel_now(b, job)
+    as for ``cancel`` and what the worker ``held`` let go of; None if it was cancelled already (by
+    the API, which took it for a dead worker's). Either way what this worker stored of it is
+    removed."""
+    done = await _cancel_now(b, job, held=held)
     await _remove_outputs(b, job)
     return done
 
 
-async def _cancel_now(b: JobBackends, job: Job) -> Job | None:
+async def _cancel_now(b: JobBackends, job: Job, *, held: Held | None = None) -> Job | None:
     await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
     done = await b.store.cancel(job.job_id, expires_at=_expiry(b.settings))
     if done is None:
         return None
     log.info("job %s cancelled", job.job_id)
-    await _finished(b, job, done)
+    await _finished(b, job, done, held=held)
     return done
 
 
@@ -279,7 +293,9 @@ async def _remove_outputs(b: JobBackends, job: Job) -> None:
             log.warning("job %s cancelled, its output %d kept (%s)", job.job_id, index, exc)
 
 
-async def _finished(b: JobBackends, job: Job, done: Job, *, dead_letter: str | None = None) -> None:
+async def _finished(
+    b: JobBackends, job: Job, done: Job, *, dead_letter: str | None = None, held: Held | None = None
+) -> None:
     s = b.settings
     async with b.redis.pipeline(transaction=False) as pipe:
         jobkeys.put_snapshot(pipe, s, done)
@@ -292,7 +308,11 @@ async def _finished(b: JobBackends, job: Job, done: Job, *, dead_letter: str | N
             pipe.xadd(dead_letter_key(s), {"job_id": job.job_id, "error": dead_letter})
         if done.status is JobStatus.cancelled:  # a job waiting for a retry waits no more
             pipe.zrem(retry_key(s), job.job_id)
+        if held is not None:  # the outcome is stored: the message may go
+            let_go(pipe, s, job.job_id, held, acknowledge=True)
         await pipe.execute()
+    if held is not None:
+        held.released = True
     original = owned_original(job)
     if not s.keep_originals and original:
         await b.storage.delete(original)
@@ -391,11 +411,27 @@ async def publish_due_retries(store: JobStore, redis: Redis, settings: Settings)
     return len(jobs)
 
 
-def acknowledged(pipe: Pipeline, settings: Settings, job_id: str, message_ids: Sequence[bytes]) -> None:
-    """Queue on ``pipe``: the worker acknowledged these messages of the job; it no longer has a
-    message in the stream through them (a newer entry, a give-back's, stays recorded)."""
-    for message_id in message_ids:
-        jobkeys.forget_entry(pipe, settings, job_id, message_id)
+@dataclass
+class Held:
+    """What a worker holds while it runs a job: the stream entry it was given, the job's lease and
+    the job's place in its in-flight set. The transition that ends the job lets go of them in its
+    own pipeline (``released`` then); else the worker does (``let_go``)."""
+
+    worker: str
+    entry_id: bytes
+    released: bool = False
+
+
+def let_go(pipe: Pipeline, settings: Settings, job_id: str, held: Held, *, acknowledge: bool) -> None:
+    """Queue on ``pipe``: the worker no longer runs the job (off its in-flight set, the lease given
+    up if it still holds it) and, with ``acknowledge`` (the job's outcome is stored), acknowledges
+    its entry, which no longer carries the job (a newer entry, a give-back's, stays recorded)."""
+    if acknowledge:
+        pipe.xack(settings.stream, settings.consumer_group, held.entry_id)
+        schedule.done(pipe, settings, [held.entry_id])
+        jobkeys.forget_entry(pipe, settings, job_id, held.entry_id)
+    pipe.srem(inflight_key(settings, held.worker), job_id)
+    jobkeys.release_lease(pipe, settings, job_id, held.worker)
 
 
 async def remove(store: JobStore, redis: Redis, settings: Settings, job_id: str) -> None:

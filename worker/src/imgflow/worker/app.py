@@ -166,44 +166,48 @@ class Worker:
             await self._ack(entry_id)
             return
         job_id = message.job_id
-        ids = [entry_id]
         if job_id in self.running:
             log.info("job %s is being processed here; dropping a duplicate message", job_id)
             await self._ack(entry_id)
             return
+        # the lease, with the job listed among this worker's in flight
         took = await jobkeys.take_lease(self.redis, self.settings, job_id, self.consumer, force=reclaimed)
         if took is jobkeys.Took.held:
             log.info("job %s is held by a live worker; dropping a duplicate message", job_id)
             await self._ack(entry_id)
             return
-        self.inflight.update(dict.fromkeys(ids, time.monotonic()))
+        held = lifecycle.Held(self.consumer, entry_id)
+        self.inflight[entry_id] = time.monotonic()
         self.running.add(job_id)
         metrics.INFLIGHT.set(len(self.inflight))
-        acked = False
+        stored = False
         try:
             job = await self._admit(message, reclaimed)  # read under the lease: current
             if job is not None and took is jobkeys.Took.cancelling:
-                await self.processor.stop(job)
+                await self.processor.stop(job, held)
                 job = None
             if job is not None:
                 async with self.gate.alone() if job.isolate else self.gate.shared():
-                    await self._run(job)
+                    await self.processor.process(job, held)
                 metrics.COST_SERVED.labels(self.top_tenants.label(job.tenant)).inc(job.cost)
-            await self._ack(entry_id)  # only now: the outcome is in MongoDB
-            acked = True
+            stored = True  # the outcome is in MongoDB: the message may go
         finally:
             self.running.discard(job_id)
-            for entry in ids:
-                self.inflight.pop(entry, None)
+            self.inflight.pop(entry_id, None)
             metrics.INFLIGHT.set(len(self.inflight))
-            # Redis down: the lease expires by itself, and a finished job's stale entry record
-            # is never looked at (lost_jobs asks about unfinished jobs only)
-            with contextlib.suppress(Exception):
-                async with self.redis.pipeline(transaction=False) as pipe:  # one round trip
-                    pipe.srem(inflight_key(self.settings, self.consumer), job_id)
-                    lifecycle.acknowledged(pipe, self.settings, job_id, ids if acked else [])
-                    jobkeys.release_lease(pipe, self.settings, job_id, self.consumer)
-                    await pipe.execute()
+            if not held.released:  # no transition ended the job here, or its pipeline failed
+                await self._let_go(job_id, held, acknowledge=stored)
+
+    async def _let_go(self, job_id: str, held: lifecycle.Held, *, acknowledge: bool) -> None:
+        """One round trip. Redis down: the message stays pending (delivered again, its job found
+        finished), the lease expires by itself, and a finished job's stale entry record is never
+        looked at (lost_jobs asks about unfinished jobs only)."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                lifecycle.let_go(pipe, self.settings, job_id, held, acknowledge=acknowledge)
+                await pipe.execute()
+        except Exception:
+            log.warning("job %s: could not let go of message %r", job_id, held.entry_id, exc_info=True)
 
     async def _admit(self, message: JobMessage, reclaimed: bool) -> Job | None:
         """The job to run for this message, with what its last worker's end says about it; None
@@ -243,15 +247,6 @@ class Worker:
             await self.processor.give_up(job)
             return None
         return job
-
-    async def _run(self, job: Job) -> None:
-        """Process the job, listed among this worker's in flight (``handle`` takes it off)."""
-        key = inflight_key(self.settings, self.consumer)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(key, job.job_id)
-            pipe.expire(key, inflight_ttl_s(self.settings))
-            await pipe.execute()
-        await self.processor.process(job, self.consumer)
 
     async def prepare(self) -> None:
         """Before the subscribers start: the consumer group must see jobs already waiting. A worker

@@ -1,10 +1,12 @@
 """One job, start to finish: claim it, make the thumbnail, store it, record the outcome.
 
 A job ends ``completed`` or ``failed`` with a readable error, or ``cancelled`` when its
-cancellation was asked for: that is looked at between steps (after the source is read, between one
-output and the next, after the last is made and before they are stored), one Redis read each. The
-caller acknowledges the message only when this returns. An exception from here means MongoDB, Redis
-or storage failed, not the image: the message then stays pending and is delivered again.
+cancellation was asked for: that is looked at between steps (when the lease is taken, after a URL
+source is fetched, between one output and the next, and in the round trip that records the job
+completed: imgflow.core.lifecycle.complete), one Redis read each. The message is acknowledged only
+once the job's outcome is stored: by the transition that ends the job (``Held``), else by the
+caller when this returns. An exception from here means MongoDB, Redis or storage failed, not the
+image: the message then stays pending and is delivered again.
 """
 
 from __future__ import annotations
@@ -127,29 +129,30 @@ class Processor:
         through): fail it once, with why, as no retry could make it."""
         await self._fail(job, f"Invalid options, resubmit the job with valid ones: {job.invalid}")
 
-    async def stop(self, job: Job) -> None:
+    async def stop(self, job: Job, held: lifecycle.Held | None = None) -> None:
         """The job's cancellation was asked for: ``cancelled`` now, its outputs removed."""
-        if await lifecycle.stop_cancelled(self, job):
-            log.info("job cancelled")
-            metrics.FINISHED.labels("cancelled").inc()
+        if await lifecycle.stop_cancelled(self, job, held=held):
+            _cancelled()
 
-    async def _stopped(self, job: Job) -> bool:
+    async def _stopped(self, job: Job, held: lifecycle.Held) -> bool:
         """Whether the job's cancellation was asked for; if so it is stopped here."""
         if not await jobkeys.cancel_requested(self.redis, self.settings, job.job_id):
             return False
-        await self.stop(job)
+        await self.stop(job, held)
         return True
 
-    async def process(self, admitted: Job, worker: str) -> None:
+    async def process(self, admitted: Job, held: lifecycle.Held) -> None:
+        """Run the job its worker ``held`` (the lease, the message) and record how it ended."""
         logs.bind(jobId=admitted.job_id, tenant=admitted.tenant)
-        job = await lifecycle.start(self, admitted, worker)
+        job = await lifecycle.start(self, admitted, held.worker)
         if job is None:
             log.info("job %s is finished or unknown; dropping the message", admitted.job_id)
             return
         started = time.perf_counter()
         try:
             source = await self._source_bytes(job)
-            if await self._stopped(job):
+            # a fetch may take long; a stored original is read at once (the lease's look is fresh)
+            if isinstance(job.source, UrlSource) and await self._stopped(job, held):
                 return
             info = await anyio.to_thread.run_sync(self._probe, source)
             # an upload was checked at the door; a URL source is first seen here
@@ -167,18 +170,16 @@ class Processor:
                     self._thumbnails, source, info, job, specs, marks, limiter=self._limiter
                 )
         except CancelAsked:
-            await self.stop(job)
+            await self.stop(job, held)
             return
         except OverBudget as exc:
-            await self._fail(job, str(exc))
+            await self._fail(job, str(exc), held)
             return
         except BadSource as exc:
-            await self._fail(job, str(exc))
+            await self._fail(job, str(exc), held)
             return
         except PassingFailure as exc:
             await self._retry_later(job, str(exc), "source")
-            return
-        if await self._stopped(job):
             return
         made = []
         try:
@@ -213,7 +214,10 @@ class Processor:
             placeholder=first.placeholder,
             source=SourceFacts.of(info),
         )
-        if await lifecycle.complete(self, job, result):
+        done = await lifecycle.complete(self, job, result, held=held)
+        if done is not None and done.status is JobStatus.cancelled:
+            _cancelled()
+        elif done is not None:
             log.info("job completed")
             metrics.FINISHED.labels("completed").inc()
             metrics.DURATION.observe((result.processed_at - job.created_at).total_seconds())
@@ -288,11 +292,16 @@ class Processor:
         else:
             metrics.RETRIES.labels(reason).inc()
 
-    async def _fail(self, job: Job, error: str) -> None:
-        if await lifecycle.fail(self, job, error):
+    async def _fail(self, job: Job, error: str, held: lifecycle.Held | None = None) -> None:
+        if await lifecycle.fail(self, job, error, held=held):
             log.info("job failed: %s", error)
             metrics.FINISHED.labels("failed").inc()
             metrics.DURATION.observe((utcnow() - job.created_at).total_seconds())
+
+
+def _cancelled() -> None:
+    log.info("job cancelled")
+    metrics.FINISHED.labels("cancelled").inc()
 
 
 def _vips_message(exc: pyvips.Error) -> str:
