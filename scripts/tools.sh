@@ -181,11 +181,14 @@ for t in "${want[@]}"; do
     weed | seaweedfs) build_seaweedfs ;;
     # promtool checks and unit-tests deploy/prometheus/alerts.yaml and parses the dashboard's queries
     # (module v0.316.0 is Prometheus 3.16.0, which `promtool --version` should say); the server
-    # runs the alerts against the real processes' metrics in tests/test_prometheus.py. Without the
-    # service-discovery plugins (remove_all_sd: static and file targets are all the tests use), whose
-    # cloud SDKs were most of a cold build
-    promtool | prometheus) v=${PROMETHEUS_VERSION#v0.} && build_command "$t" "github.com/prometheus/prometheus/cmd/$t" \
-      "$PROMETHEUS_VERSION" "-X github.com/prometheus/common/version.Version=${v:0:1}.${v:1}" remove_all_sd ;;
+    # runs the alerts against the real processes' metrics in tests/test_prometheus.py and scrapes
+    # the chart's pods on the node (tests/node/test_monitoring_on_node.py). Without the
+    # service-discovery plugins (remove_all_sd), whose cloud SDKs were most of a cold build, but
+    # Kubernetes' for the server, which discovers the pods on the node
+    promtool | prometheus) v=${PROMETHEUS_VERSION#v0.} tags=remove_all_sd
+      [ "$t" = promtool ] || tags+=,enable_kubernetes_sd
+      build_command "$t" "github.com/prometheus/prometheus/cmd/$t" \
+        "$PROMETHEUS_VERSION" "-X github.com/prometheus/common/version.Version=${v:0:1}.${v:1}" "$tags" ;;
     # helm-docs writes the chart README's values table from values.yaml's comments
     helm-docs) build_command helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs "$HELM_DOCS_VERSION" \
       "-X main.version=${HELM_DOCS_VERSION#v}" ;;
