@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from redis.asyncio import Redis
 
-from imgflow.core.events import ChangeFeed
+from imgflow.core.events import ChangeFeed, last_change
 from imgflow.core.jobkeys import announce
 from imgflow.core.jobs import JobStatus
 from imgflow.core.settings import Settings
@@ -199,34 +199,70 @@ async def test_a_last_event_id_redis_cannot_read_is_a_400_problem(
             assert response.status_code == 200
 
 
-async def test_a_follower_of_a_new_job_is_read_at_once_not_after_the_feeds_blocking_read(
-    fresh_settings: Settings,
-) -> None:
-    """The feed blocks on the jobs followed when its read began; a follower of another job wakes
-    it, so that job's change reaches it at once (here the read would block for two minutes)."""
-    redis = Redis.from_url(fresh_settings.redis_url)
+@contextlib.asynccontextmanager
+async def blocked_feed(
+    settings: Settings,
+) -> AsyncIterator[tuple[ChangeFeed, Redis, Callable[[], Awaitable[None]]]]:
+    """A change feed whose reads block for two minutes, a Redis client, and a wait until the
+    feed's read is under way (its connection, by name, running XREAD)."""
+    redis = Redis.from_url(settings.redis_url)
     # no socket timeout: redis-py's default (5 s) would end the two minutes' read early
     name = f"feed-{uuid.uuid4().hex}"  # other tests' API processes read on the same Redis
-    reader_redis = Redis.from_url(fresh_settings.redis_url, socket_timeout=None, client_name=name)
-    feed = ChangeFeed(reader_redis, fresh_settings, block_ms=120_000)
+    reader_redis = Redis.from_url(settings.redis_url, socket_timeout=None, client_name=name)
+    feed = ChangeFeed(reader_redis, settings, block_ms=120_000)
     reader = asyncio.create_task(feed.run())
+
+    async def reading() -> None:
+        async with asyncio.timeout(30):  # only stops a hung test
+            while True:
+                clients = await redis.client_list()
+                if any(c.get("name") == name and c.get("cmd") == "xread" for c in clients):
+                    return
+                await asyncio.sleep(0.05)
+
     try:
-        with feed.follow("job-a", "0"):
-            async with asyncio.timeout(30):  # only stops a hung test
-                while True:
-                    clients = await redis.client_list()
-                    if any(c.get("name") == name and c.get("cmd") == "xread" for c in clients):
-                        break  # the feed's read of job-a is under way
-                    await asyncio.sleep(0.05)
-            with feed.follow("job-b", "0") as newcomer:
-                async with redis.pipeline(transaction=False) as pipe:
-                    announce(pipe, fresh_settings, "job-b", JobStatus.completed)
-                    await pipe.execute()
-                async with asyncio.timeout(30):  # the block is 120 s: a feed not woken fails here
-                    await newcomer.changed.wait()
+        yield feed, redis, reading
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
         await feed.aclose()
         await redis.aclose()
+
+
+async def announced(redis: Redis, settings: Settings, job_id: str, status: JobStatus) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        announce(pipe, settings, job_id, status)
+        await pipe.execute()
+
+
+async def test_a_follower_of_a_new_job_is_read_at_once_not_after_the_feeds_blocking_read(
+    fresh_settings: Settings,
+) -> None:
+    """The feed blocks on the jobs followed when its read began; a follower of another job wakes
+    it, so that job's change reaches it at once (here the read would block for two minutes)."""
+    async with blocked_feed(fresh_settings) as (feed, redis, reading):
+        with feed.follow("job-a", "0"):
+            await reading()  # the feed's read of job-a is under way
+            with feed.follow("job-b", "0") as newcomer:
+                await announced(redis, fresh_settings, "job-b", JobStatus.completed)
+                async with asyncio.timeout(30):  # the block is 120 s: a feed not woken fails here
+                    await newcomer.changed.wait()
+
+
+async def test_a_follower_resuming_a_job_the_feed_reads_from_later_gets_its_change_at_once(
+    fresh_settings: Settings,
+) -> None:
+    """A second follower of a job the read under way names, asking from an earlier change (a
+    client resuming with Last-Event-ID), gets that change at once, not after the block: the read
+    only answers changes after the first follower's position."""
+    async with blocked_feed(fresh_settings) as (feed, redis, reading):
+        await announced(redis, fresh_settings, "job-a", JobStatus.pending)
+        latest = await last_change(redis, fresh_settings, "job-a")
+        with feed.follow("job-a", latest) as first:
+            await reading()  # reading job-a after its one change
+            with feed.follow("job-a", "0") as resuming:
+                async with asyncio.timeout(30):  # the block is 120 s: a feed not woken fails here
+                    await resuming.changed.wait()
+                assert resuming.after == latest
+            assert not first.changed.is_set()  # it had that change already

@@ -9,8 +9,9 @@ MongoDB is the truth.
 
 An API process reads the streams of every job it has followers of with one blocking XREAD on one
 connection (``ChangeFeed``): a follower costs a queue entry, not a Redis connection. A follower of
-a job not in the read under way wakes the read (an entry on the feed's own wake stream, which every
-read names too), so it is read from at once rather than after the block.
+a job not in the read under way, or of one the read asks only for later changes of (a client
+resuming from an earlier Last-Event-ID), wakes the read (an entry on the feed's own wake stream,
+which every read names too), so it is read from at once rather than after the block.
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ class ChangeFeed:
     """The changes of every job followed on this process, read by one XREAD on one connection.
 
     ``run`` is the process's only reader. The set of followed jobs changes as followers come and
-    go; a read blocks at most ``block_ms``, and one that does not name a newcomer's job is woken
-    (``redis`` needs a second connection for the wake while the read holds one).
+    go; a read blocks at most ``block_ms``, and one that would not answer a newcomer (its job not
+    named, or named from a later change than the newcomer's) is woken (``redis`` needs a second
+    connection for the wake while the read holds one).
     """
 
     def __init__(self, redis: Redis, settings: Settings, *, block_ms: int = FEED_BLOCK_MS) -> None:
@@ -87,7 +89,7 @@ class ChangeFeed:
         self._joined = asyncio.Event()
         self._wake_key = f"{settings.stream}:feed-wake:{uuid.uuid4().hex}"
         self._woken_after = "0"
-        self._reading: set[str] = set()
+        self._reading: dict[str, str] = {}  # the read under way's jobs, each from which change
         self._wakes: set[asyncio.Task[None]] = set()
 
     @contextlib.contextmanager
@@ -96,8 +98,9 @@ class ChangeFeed:
         follower = Follower(job_id, after)
         self._followers.setdefault(job_id, set()).add(follower)
         self._joined.set()
-        if self._reading and job_id not in self._reading:
-            self._reading.add(job_id)  # one wake per newcomer job for the read under way
+        reading = self._reading.get(job_id)
+        if self._reading and (reading is None or _order(after) < _order(reading)):
+            self._reading[job_id] = after  # one wake per newcomer the read under way misses
             wake = asyncio.get_running_loop().create_task(self._wake())
             self._wakes.add(wake)
             wake.add_done_callback(self._wakes.discard)
@@ -147,13 +150,13 @@ class ChangeFeed:
         after: dict[KeyT, StreamIdT] = {
             key: min((f.after for f in self._followers[job_id]), key=_order) for key, job_id in jobs.items()
         }
+        self._reading = {job_id: str(after[key]) for key, job_id in jobs.items()}
         # a wake sent after this point, even before Redis has the read, ends the read at once
         after[self._wake_key] = self._woken_after
-        self._reading = set(jobs.values())
         try:
             found: Any = await self._reader.xread(after, block=self._block_ms, count=KEEP_ENTRIES)
         finally:
-            self._reading = set()
+            self._reading = {}
         # [[stream, entries]] in RESP2, {stream: [entries]} in RESP3
         streams = found.items() if isinstance(found, dict) else (found or [])
         for key, entries in streams:
