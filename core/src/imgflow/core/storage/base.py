@@ -30,7 +30,8 @@ class StoredFile:
 
 class Storage(Protocol):
     async def save(self, key: str, path: Path, content_type: str) -> StoredFile:
-        """Store the file at ``path`` under ``key``, replacing what was there."""
+        """Store the file at ``path`` under ``key``, replacing what was there. The caller leaves
+        ``path`` unchanged afterwards: a backend may link it in rather than copy it."""
 
     async def save_bytes(self, key: str, data: bytes, content_type: str) -> StoredFile: ...
 
