@@ -1,6 +1,7 @@
 """What a tenant's key cannot reach beyond its tenant: the bootstrap key's tenant, every job of its
 tenant through a webhook without the right to read them, more endpoints or watermarks than the
-caps by racing requests, nor the cap of unfinished jobs by accepting a job twice."""
+caps by racing requests (endpoints stored before the caps count), nor the cap of unfinished jobs
+by accepting a job twice."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 
 from imgflow.core import lifecycle, quota
+from imgflow.core.endpoints import Endpoint, EndpointStore
 from imgflow.core.jobs import Job, UrlSource
 from imgflow.core.keys import KeyStore, Scope, new_key
 from imgflow.core.settings import Settings
@@ -71,7 +73,8 @@ async def test_a_key_made_earlier_for_the_bootstrap_keys_tenant_is_refused(
 
 async def test_only_a_key_that_reads_the_jobs_may_subscribe_to_them(api: tuple[Settings, str]) -> None:
     """A webhook endpoint receives every job of the tenant, the callbackUrl secret verifies every
-    job's delivery: a key that may only create jobs can have neither."""
+    job's delivery: a key that may only create jobs can have neither, nor delete an endpoint, and
+    the OpenAPI document says so."""
     _, base = api
     async with api_client(base, timeout=30) as admin:
         writer_key = await make_key(admin, "acme", WRITE)
@@ -87,9 +90,19 @@ async def test_only_a_key_that_reads_the_jobs_may_subscribe_to_them(api: tuple[S
     async with api_client(base, key=reader_key, timeout=30) as reader:
         assert (await reader.post("/api/webhooks", json=hook)).status_code == 403
     async with api_client(base, key=both_key, timeout=30) as both:
-        assert (await both.post("/api/webhooks", json=hook)).status_code == 201
+        created = await both.post("/api/webhooks", json=hook)
+        assert created.status_code == 201
         assert (await both.post("/api/webhooks/secret")).status_code == 200
         assert len((await both.get("/api/webhooks")).json()["endpoints"]) == 1
+        endpoint = f"/api/webhooks/{created.json()['id']}"
+        for key in (writer_key, reader_key):
+            async with api_client(base, key=key, timeout=30) as lacking:
+                assert (await lacking.delete(endpoint)).status_code == 403
+        assert (await both.delete(endpoint)).status_code == 204
+        paths = (await both.get("/openapi.json")).json()["paths"]
+    for path, method in (("", "post"), ("/secret", "post"), ("/{endpoint_id}", "delete")):
+        description = paths[f"/api/webhooks{path}"][method]["description"]
+        assert "jobs:write and jobs:read scopes" in description, (path, method)
 
 
 async def _race(client: httpx.AsyncClient, count: int, send: str) -> list[int]:
@@ -145,3 +158,25 @@ async def test_a_second_pass_over_an_accepted_job_leaves_its_place(fresh_setting
     finally:
         await redis.aclose()
         await mongo.close()
+
+
+async def test_endpoints_stored_before_the_cap_count_toward_it(api: tuple[Settings, str]) -> None:
+    """Endpoints stored as they were before the cap held places (a plain insert) count toward it:
+    with one place left, one of ten racing registrations is stored."""
+    settings, base = api
+    async with api_client(base, timeout=60) as admin:
+        key = await make_key(admin, "racer", READ, WRITE, **FAST)
+    mongo = connect(settings)
+    try:
+        store = EndpointStore(mongo[settings.mongodb_database])
+        for n in range(19):
+            await store.insert(
+                Endpoint(tenant="racer", url=f"http://127.0.0.1:9/{n}", events=["job.completed"])
+            )
+    finally:
+        await mongo.close()
+    async with api_client(base, key=key, timeout=60) as client:
+        answers = await _race(client, 10, "endpoint")
+        endpoints = (await client.get("/api/webhooks")).json()["endpoints"]
+    assert (answers.count(201), answers.count(409)) == (1, 9)
+    assert len(endpoints) == 20

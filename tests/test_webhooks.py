@@ -189,32 +189,3 @@ async def test_a_tenants_endpoints_get_its_events_signed_with_their_own_secrets(
             wait_calls(everything, 3)
             await deliveries(acme, later, 1)
             assert len(completed_only.calls) == 1
-
-
-async def test_only_a_key_that_may_register_webhooks_may_delete_them(
-    processes: Processes, settings: Settings
-) -> None:
-    """Registering an endpoint, making the callbackUrl secret and deleting an endpoint all need
-    jobs:write and jobs:read, and the OpenAPI document says so."""
-    _, base = processes.start_api(settings)
-    both = ("jobs:write", "jobs:read")
-    async with api_client(base) as admin:
-        keys = {scopes: await make_key(admin, "acme", *scopes) for scopes in (both[:1], both[1:], both)}
-        spec = (await admin.get("/openapi.json")).json()
-    async with api_client(base, key=keys[both]) as owner:
-        created = await owner.post("/api/webhooks", json={"url": "http://127.0.0.1:9/hook"})
-        assert created.status_code == 201, created.text
-        endpoint = f"/api/webhooks/{created.json()['id']}"
-        for scopes in (both[:1], both[1:]):
-            async with api_client(base, key=keys[scopes]) as client:
-                lacking = (
-                    await client.post("/api/webhooks", json={"url": "http://127.0.0.1:9/hook"}),
-                    await client.post("/api/webhooks/secret"),
-                    await client.delete(endpoint),
-                )
-                assert [r.status_code for r in lacking] == [403, 403, 403], scopes
-        assert (await owner.delete(endpoint)).status_code == 204
-    paths = spec["paths"]
-    for method, path in (("post", "/api/webhooks"), ("post", "/api/webhooks/secret"), ("delete", endpoint)):
-        operation = paths[path.replace(created.json()["id"], "{endpoint_id}")][method]
-        assert "jobs:write and jobs:read" in operation["description"], (method, path)

@@ -6,7 +6,9 @@ Records a tenant may hold only so many of (``CappedRecords``: webhook endpoints,
 hold one of their tenant's numbered places (a second collection, ``_id`` = "<tenant>/<n>", n below
 the cap), taken by inserting that document, so requests racing each other cannot pass the cap (a
 count then a separate insert could, and a conditional update is not atomic on every MongoDB-wire
-server: the unique ``_id`` is)."""
+server: the unique ``_id`` is). Records stored before places were kept hold none: each takes one
+place off the top of its tenant's range instead, counted at every registration (their number only
+goes down, so racing requests still cannot pass the cap)."""
 
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ class CappedRecords(TenantRecords[T]):
         return True
 
     async def _take_place(self, record: T, cap: int) -> str | None:
-        for n in range(cap):
+        for n in range(cap - await self._placeless(record.tenant)):
             place = f"{record.tenant}/{n}"
             try:
                 await self._places.insert_one({"_id": place, self._id_field: getattr(record, self._id_field)})
@@ -94,6 +96,15 @@ class CappedRecords(TenantRecords[T]):
             except DuplicateKeyError:
                 continue
         return None
+
+    async def _placeless(self, tenant: str) -> int:
+        """How many of the tenant's records hold no place (stored before places were kept)."""
+        ids = [doc["_id"] async for doc in self._collection.find({"tenant": tenant}, {"_id": 1})]
+        if not ids:
+            return 0
+        # the tenant's places are the _ids "<tenant>/<n>": a range of the _id index ("0" follows "/")
+        mine = {"_id": {"$gte": f"{tenant}/", "$lt": f"{tenant}0"}, self._id_field: {"$in": ids}}
+        return len(ids) - await self._places.count_documents(mine)
 
     async def remove(self, record: T) -> bool:
         """Delete ``record``, giving its place under the cap back; whether it was there."""
