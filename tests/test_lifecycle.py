@@ -23,7 +23,7 @@ from imgflow.core.errors import QueueUnavailable
 from imgflow.core.jobkeys import lease_key
 from imgflow.core.jobs import Job, JobResult, JobStatus, UploadSource, original_key, output_key, utcnow
 from imgflow.core.outputs import OutputFormat
-from imgflow.core.queue import create_group, worker_key
+from imgflow.core.queue import create_group, entries_key, inflight_key, worker_key
 from imgflow.core.retention import job_keys
 from imgflow.core.retries import retry_key
 from imgflow.core.settings import Settings, StorageBackend
@@ -413,6 +413,54 @@ async def test_reuse_completes_a_new_job_from_an_identical_finished_ones_outputs
     assert await b.store.get(third.job_id) is None
 
 
+async def test_a_held_jobs_end_lets_go_of_its_message_and_reads_its_cancellation_last(
+    parts: Parts, tmp_path: Path
+) -> None:
+    """The transition that ends a job a worker holds acknowledges its message and gives up its lease
+    in its own pipeline; a cancellation asked for while the outputs were being stored ends the job
+    cancelled instead of completed, with no output left."""
+    b = parts
+    s = b.settings
+    original = tmp_path / "photo.jpg"
+    original.write_bytes(images.jpeg(64, 48))
+    await create_group(b.redis, s.stream, s.consumer_group)
+    await b.redis.set(worker_key(s, WORKER), "{}", ex=60)  # the worker is alive
+    for job_id, cancelled in (("0b71" + "0" * 28, False), ("0b72" + "0" * 28, True)):
+        job = new_job().model_copy(
+            update={"job_id": job_id, "source": UploadSource(key=original_key(job_id))}
+        )
+        await lifecycle.accept(b, job, original=original, media_type="image/jpeg", take_place=True)
+        read: Any = await b.redis.xreadgroup(s.consumer_group, WORKER, {s.stream: ">"}, count=1)
+        took = await jobkeys.take_lease(b.redis, s, job_id, WORKER, force=False)
+        assert took is jobkeys.Took.taken
+        assert await b.redis.sismember(inflight_key(s, WORKER), job_id)  # listed with the lease
+        started = await lifecycle.start(b, job, WORKER)
+        assert started is not None
+        await b.storage.save_bytes(output_key(job_id, 0, job.spec), b"made", "image/jpeg")
+        if cancelled:  # held by a live worker: only marked
+            assert await lifecycle.cancel(b, started) is started
+        held = lifecycle.Held(WORKER, read[0][1][0][0])
+        async with b.writes(job_id) as w:
+            done = await lifecycle.complete(b, started, RESULT, held=held)
+        assert done is not None and held.released
+        assert w.commands == ["findAndModify"]
+        if cancelled:
+            assert done.status is JobStatus.cancelled and "result" not in (w.fields or set())
+            assert w.round_trips == 3  # the mark read, the snapshot again, then the rest at once
+            with pytest.raises(NotFound):
+                await b.storage.stat(output_key(job_id, 0, job.spec))
+        else:
+            assert done.status is JobStatus.completed and "result" in (w.fields or set())
+            assert w.round_trips == 2  # the mark read with the snapshot's lapse, then the rest at once
+            assert await b.storage.stat(output_key(job_id, 0, job.spec))
+        assert not await b.redis.xpending_range(
+            s.stream, s.consumer_group, min="-", max="+", count=10, consumername=WORKER
+        )
+        assert await b.redis.get(lease_key(s, job_id)) is None
+        assert not await b.redis.sismember(inflight_key(s, WORKER), job_id)
+        assert await b.redis.hget(entries_key(s), job_id) is None
+
+
 # What only imgflow.core.lifecycle may use: the functions that write a job's side-effect keys ...
 WRITERS = {
     "imgflow.core.quota": {"unfinished_key"},
@@ -427,6 +475,8 @@ WRITERS = {
         "forget_entry",
         "put_snapshot",
         "forget_snapshots",
+        "age_snapshot",
+        "age_snapshots",
         "ask_cancel",
     },
     "imgflow.core.queue": {"entries_key"},

@@ -25,11 +25,14 @@ from imgflow.core.quota import unfinished_key
 from imgflow.core.settings import Settings
 from imgflow.core.webhooks import endpoint_tenants_key, outstanding_key, webhooks_key
 
-# A job's snapshot (imgflow.core.snapshots): dropped before each change, set after it.
+# A job's snapshot (imgflow.core.snapshots): made to lapse before each change, set after it.
 KEEP_S = 24 * 3600  # a finished job's snapshot; read after a day, a job falls back to MongoDB
 # an unfinished one's: a Redis restarted from its append-only file may have lost the last second's
 # writes, and with them a change's snapshot; then the one before is wrong for at most this long
 KEEP_UNFINISHED_S = 30
+# how long a snapshot may outlive a change whose writer died before setting the new one; a reader's
+# fill from MongoDB lasts as long
+STALE_S = 2
 
 
 def snapshot_key(settings: Settings, job_id: str) -> str:
@@ -43,10 +46,26 @@ def put_snapshot(pipe: Pipeline, settings: Settings, job: Job) -> None:
 
 
 async def forget_snapshots(redis: Redis, settings: Settings, *job_ids: str) -> None:
-    """Drop the snapshots (before a change: raises if Redis is unreachable, so that the change is
-    not made under a snapshot that would outlive it)."""
+    """Drop the snapshots now: readers read MongoDB (a job whose accept is undone, the origin of a
+    reuse). Raises if Redis is unreachable."""
     if job_ids:
         await redis.delete(*(snapshot_key(settings, job_id) for job_id in job_ids))
+
+
+def age_snapshot(pipe: Pipeline, settings: Settings, job_id: str) -> None:
+    """Queue on ``pipe``, before a change: the snapshot lapses within ``STALE_S`` (never later than
+    it would have). Until the new one is set, readers see the job as it was until the change, as
+    MongoDB would tell them, without asking it; a writer that dies in between leaves the old one
+    for at most that long. Run it before the change's write: if Redis is unreachable, the change is
+    not made under a snapshot that would outlive it."""
+    pipe.pexpire(snapshot_key(settings, job_id), STALE_S * 1000, lt=True)
+
+
+async def age_snapshots(redis: Redis, settings: Settings, job_id: str) -> None:
+    """``age_snapshot`` in a round trip of its own."""
+    async with redis.pipeline(transaction=False) as pipe:
+        age_snapshot(pipe, settings, job_id)
+        await pipe.execute()
 
 
 # A job's announcements: a short stream per job, a notification (the job in MongoDB is the truth)

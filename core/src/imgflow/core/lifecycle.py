@@ -16,14 +16,14 @@ Each transition is one MongoDB command (imgflow.core.store, every write DURABLE)
 pipeline after it carrying all that goes with the change (the job's keys: imgflow.core.jobkeys):
 the job's snapshot, its announcement to followers, its tenant's place, its webhooks, its queue
 message and entry, its retry or its dead letter (imgflow.core.retries). A change to a stored job
-also drops the job's snapshot before the write, one round trip more: a writer that dies in between
-leaves no snapshot to outlive the change (imgflow.core.snapshots). A transition that ends a job its
-worker runs lets go of what the worker holds (``Held``: the message, acknowledged; the lease) in
-its pipeline too.
+also makes the job's snapshot lapse within seconds before the write, one round trip more: a writer
+that dies in between leaves no snapshot to outlive the change for longer (imgflow.core.snapshots).
+A transition that ends a job its worker runs lets go of what the worker holds (``Held``: the
+message, acknowledged; the lease) in its pipeline too.
 
 Cancelling respects the lease: a job a live worker holds is only marked (``jobkeys.cancel_key``) and that
 worker stops at its next step (``stop_cancelled``; ``complete`` reads the mark a last time in the
-round trip that drops the snapshot); any other unfinished job is cancelled at once.
+round trip before its write); any other unfinished job is cancelled at once.
 The mark is set in the same script that looks at the lease, and the worker reads it in the script
 that takes the lease, so between the two one of them always sees the other.
 
@@ -169,7 +169,7 @@ async def restore(b: JobBackends, job: Job) -> Job:
 async def start(b: JobBackends, job: Job, worker: str) -> Job | None:
     """``processing`` by ``worker`` (who holds the job's lease and read it unfinished), with the
     crash count and isolation decided for it; None if the job is gone."""
-    await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
+    await jobkeys.age_snapshots(b.redis, b.settings, job.job_id)
     started = await b.store.start(job, worker)
     if started is not None:
         await _best_effort(b, started)
@@ -180,10 +180,10 @@ async def complete(b: JobBackends, job: Job, result: JobResult, *, held: Held | 
     """``completed`` with ``result``; then, with a reuse key, its outputs offered to identical jobs
     (``reuse``), its followers told, its tenant's place freed, its webhooks filed, what its worker
     ``held`` let go of, and its original deleted (unless originals are kept). Its cancellation
-    asked for meanwhile (read in the round trip that drops the snapshot, the worker's last look):
+    asked for meanwhile (read in the round trip before the write, the worker's last look):
     ``cancelled`` instead, as by ``stop_cancelled``. None if it is gone."""
     async with b.redis.pipeline(transaction=False) as pipe:
-        pipe.delete(jobkeys.snapshot_key(b.settings, job.job_id))
+        jobkeys.age_snapshot(pipe, b.settings, job.job_id)
         pipe.exists(jobkeys.cancel_key(b.settings, job.job_id))
         _, asked = await pipe.execute()
     if asked:
@@ -244,7 +244,7 @@ async def fail(
     """``failed`` with ``error`` (a dead letter too with ``dead_letter``: it failed after its last
     retry); what follows as for ``complete``. None if it is gone."""
     log.info("job %s failed: %s", job.job_id, error)
-    await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
+    await jobkeys.age_snapshots(b.redis, b.settings, job.job_id)
     done = await b.store.fail(job.job_id, error, crashes=job.crashes, expires_at=_expiry(b.settings))
     if done is not None:
         await _finished(b, job, done, dead_letter=error if dead_letter else None, held=held)
@@ -275,7 +275,7 @@ async def stop_cancelled(b: JobBackends, job: Job, *, held: Held | None = None) 
 
 
 async def _cancel_now(b: JobBackends, job: Job, *, held: Held | None = None) -> Job | None:
-    await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
+    await jobkeys.age_snapshots(b.redis, b.settings, job.job_id)
     done = await b.store.cancel(job.job_id, expires_at=_expiry(b.settings))
     if done is None:
         return None
@@ -331,7 +331,7 @@ async def retry_later(b: JobBackends, job: Job, error: str) -> JobStatus:
         return JobStatus.failed
     delay = delays[job.retries] * random.uniform(0.8, 1.2)
     log.info("job %s: %s; trying again in %.1f s", job.job_id, error, delay)
-    await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
+    await jobkeys.age_snapshots(b.redis, b.settings, job.job_id)
     waiting = await b.store.wait_for_retry(job, error, utcnow() + timedelta(seconds=delay))
     if waiting is not None:
         async with b.redis.pipeline(transaction=False) as pipe:
@@ -354,7 +354,7 @@ async def give_back(b: JobBackends, worker: str, message_id: bytes | str | int) 
     job = await b.store.get(job_id) if job_id is not None else None
     released = None
     if job is not None and job.status is JobStatus.processing and job.worker == worker:
-        await jobkeys.forget_snapshots(b.redis, s, job.job_id)
+        await jobkeys.age_snapshots(b.redis, s, job.job_id)
         released = await b.store.release(job)
     async with b.redis.pipeline(transaction=True) as pipe:
         if data is not None and job_id is not None:
@@ -372,7 +372,7 @@ async def revive(b: JobBackends, job: Job) -> Job | None:
     queued again. None if it is not among the dead letters (or is gone)."""
     if not await remove_dead_letters(b.redis, b.settings, job.job_id):
         return None
-    await jobkeys.forget_snapshots(b.redis, b.settings, job.job_id)
+    await jobkeys.age_snapshots(b.redis, b.settings, job.job_id)
     revived = await b.store.revive(job.job_id)
     if revived is None:
         return None

@@ -4,11 +4,12 @@ costs one Redis GET instead of a MongoDB query, so it stays the same however man
 operation costs as jobs accumulate).
 
 MongoDB stays the truth; a snapshot is never ahead of it. Whoever changes a job
-(imgflow.core.lifecycle) deletes its snapshot before the write and sets the new one after it
-(imgflow.core.jobkeys): a writer that dies in between leaves no snapshot, and readers fall back to
-MongoDB. A reader that misses fills the snapshot only if none is there (SET NX) and only for
-``FILL_S`` seconds, so a fill that raced a writer's crash is stale for at most that long. Decisions
-about a job (the worker's, the reconciler's) read MongoDB.
+(imgflow.core.lifecycle) makes its snapshot lapse within ``STALE_S`` seconds before the write and
+sets the new one after it (imgflow.core.jobkeys): readers see the job as it was until the change
+meanwhile, and a writer that dies in between leaves the old snapshot stale for at most that long,
+then readers fall back to MongoDB. A reader that misses fills the snapshot only if none is there
+(SET NX) and only for ``STALE_S`` seconds, so a fill that raced a writer's crash is stale for at
+most that long too. Decisions about a job (the worker's, the reconciler's) read MongoDB.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ import contextlib
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from imgflow.core.jobkeys import snapshot_key
+from imgflow.core.jobkeys import STALE_S, snapshot_key
 from imgflow.core.jobs import Job
 from imgflow.core.settings import Settings
-
-FILL_S = 2  # a reader's fill
 
 
 class Snapshots:
@@ -44,4 +43,4 @@ class Snapshots:
         """The job as a reader found it in MongoDB: only if no writer's snapshot is there."""
         key = snapshot_key(self._settings, job.job_id)
         with contextlib.suppress(RedisError):
-            await self._redis.set(key, job.model_dump_json(), ex=FILL_S, nx=True)
+            await self._redis.set(key, job.model_dump_json(), ex=STALE_S, nx=True)

@@ -52,9 +52,9 @@ from imgflow.worker.processor import Processor
 log = logging.getLogger("imgflow.worker")
 HEARTBEAT_S = 2.0
 RETRY_PUMP_S = 0.5
-# An idle slot asks again after 10 ms, then twice as long each time up to 100 ms: a new job waits
-# at most that long on an idle service. (A blocking XREAD would wake it sooner, but the API's
-# followers are told apart from workers by reading with XREAD.)
+# An idle slot asks again after 10 ms, then twice as long each time up to 100 ms, one idle slot at
+# a time: a new job waits at most that long on an idle service. (A blocking XREAD would wake it
+# sooner, but the API's followers are told apart from workers by reading with XREAD.)
 IDLE_POLL_S = (0.01, 0.1)
 STOP_STEP_S = 3.0  # each step of a stop after the drain; see Worker.stop
 START_RETRY_MAX_S = 10.0
@@ -79,6 +79,7 @@ class Worker:
         self.inflight: dict[bytes, float] = {}
         self.running: set[str] = set()  # ids of the jobs being processed
         self.gate = Gate()
+        self._idle = asyncio.Lock()  # held by the idle slot asking for work (_slot)
         self.top_tenants = TopTenants(settings, (metrics.COST_SERVED, metrics.WAITED))
         self.stopping = False
         self.restart = False  # set when the worker stops only to start again (its group vanished)
@@ -91,30 +92,35 @@ class Worker:
         self.group_lost = False  # a slot found the consumer group gone (Redis lost its data)
 
     async def _slot(self) -> None:
-        """Take and handle jobs one after another until the worker stops; an idle slot waits for
-        the next entry to arrive."""
-        pause = IDLE_POLL_S[0]
-        while not self.stopping:
-            try:
-                taken = await schedule.take(self.redis, self.settings, self.consumer)
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    self.group_lost = True
-                    return
-                log.error("could not take a job: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                log.warning("could not take a job (Redis down?)", exc_info=True)
-                await asyncio.sleep(1.0)
-                continue
+        """Take and handle jobs one after another until the worker stops. A slot done with a job
+        asks for the next at once; idle slots wait for the next entry to arrive, asking one at a
+        time (``_idle``): with several idle, the others would only hear "none" too."""
+        while not self.stopping and not self.group_lost:
+            taken = await self._take()
+            pause = IDLE_POLL_S[0]
+            while taken is None and not self.stopping and not self.group_lost:
+                async with self._idle:
+                    await asyncio.sleep(pause)
+                    taken = await self._take()
+                pause = min(pause * 2, IDLE_POLL_S[1])
             if taken is not None:
                 await self._waited(taken)
                 await self._handle_entry(taken, reclaimed=False)
-                pause = IDLE_POLL_S[0]
-            else:
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, IDLE_POLL_S[1])
+
+    async def _take(self) -> schedule.Taken | None:
+        """The next entry for this worker, or None (none now, or Redis failed: logged, and a
+        second's wait); the consumer group gone sets ``group_lost``."""
+        try:
+            return await schedule.take(self.redis, self.settings, self.consumer)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                self.group_lost = True
+                return None
+            log.error("could not take a job: %s", exc)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            log.warning("could not take a job (Redis down?)", exc_info=True)
+        await asyncio.sleep(1.0)
+        return None
 
     async def _reclaim(self) -> None:
         """Take over, one at a time, the messages dead workers left unacknowledged."""
