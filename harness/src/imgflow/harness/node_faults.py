@@ -463,6 +463,11 @@ def run(
         ),
         "completed": statuses["completed"],
         "accepted_twice": len(set(docs) - set(accepted)),
+        # each: its id, when it was recorded and how it ended (to set beside fault_log's times)
+        "accepted_twice_jobs": [
+            (i, docs[i]["created_at"].timestamp(), docs[i]["status"])
+            for i in sorted(set(docs) - set(accepted))
+        ],
         "completed_twice": len(watcher.twice),
         "redelivered": sum(1 for i in accepted if docs.get(i, {}).get("attempts", 0) > 1),
         "drained": drained,
