@@ -56,6 +56,8 @@ log "the same over 528 jobs: does the rate stay flat over blocks of 50 as jobs a
 BENCH_E2E_PASSES=11 py -m bench.e2e --engine "$results/engine.json" --out "$results/e2e-blocks.json"
 log "imgflow end to end against imaginary and thumbor, two workloads (about 4 min)"
 py -m bench.peers.run --engine "$results/engine.json" --out "$results/peers.json"
+log "the API's CPU per accepted upload against a bare Starlette endpoint taking the same body (about 1 min)"
+py -m bench.accept
 log "republishing after Redis lost its data (about 20 s)"
 py -m bench.republish --jobs 5000
 log "what durable job writes cost against the database's old crash-unsafe settings (about 30 s)"
