@@ -16,14 +16,16 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from imgflow.core import cost, lifecycle
+from imgflow.core import cost, jobkeys, lifecycle, schedule
 from imgflow.core.jobs import Job, JobStatus, Priority, UploadSource
 from imgflow.core.outputs import OutputFormat, ThumbnailSpec
+from imgflow.core.queue import ensure_group
 from imgflow.core.settings import Settings, StorageBackend
 from imgflow.core.storage import make_storage
 from imgflow.core.store import JobStore, connect
 from imgflow.harness import images
 from imgflow.harness.client import Parts
+from imgflow.harness.servers import free_port, redis_server, wait_for_port
 from tests.conftest import Processes
 
 SOURCE = cost.Source(1600, 1600)  # the outputs below are no larger: none is enlarged
@@ -151,3 +153,63 @@ async def test_interactive_jobs_go_before_the_tenants_batch_jobs(
     processes.start_worker(settings)
     order = [job.job_id for job in await finished_in_order(parts, 13)]
     assert order.index(interactive) <= 1, order.index(interactive)
+
+
+async def test_a_take_runs_as_many_redis_commands_whatever_the_tenants_at_their_cap(
+    fresh_settings: Settings, tmp_path: Path
+) -> None:
+    """With every tenant but one at its cap (one job in flight, one waiting), the next take finds
+    that one in as many Redis commands (a script's each counted) with 2,000 such tenants as with
+    10: it does not walk the tenants at their cap."""
+    port = free_port()
+    server = redis_server(tmp_path / "redis", port).start()
+    try:
+        wait_for_port(port, process=server.process)
+        redis = Redis.from_url(f"redis://127.0.0.1:{port}/0")
+        calls = {n: await commands_of_the_next_take(redis, fresh_settings, n) for n in (10, 2000)}
+        await redis.aclose()
+    finally:
+        server.terminate()
+    assert calls[10] == calls[2000], calls
+
+
+async def commands_of_the_next_take(redis: Redis, settings: Settings, capped: int) -> int:
+    settings = settings.model_copy(update={"stream": f"{settings.stream}:{capped}", "tenant_max_inflight": 1})
+    await ensure_group(redis, settings)
+    spec = ThumbnailSpec(width=32, height=32)
+    # the free tenant was served much already: the tenants at their cap come before it
+    served = Job(user_id="fair", tenant="free", source=UploadSource(key="k"), spec=spec, cost=10**6)
+    async with redis.pipeline(transaction=False) as pipe:
+        await jobkeys.publish(pipe, settings, [served])
+        await pipe.execute()
+    first = await schedule.take(redis, settings, "worker")
+    assert first is not None
+    async with redis.pipeline(transaction=False) as pipe:
+        schedule.done(pipe, settings, [first.entry_id])
+        await pipe.execute()
+    jobs = [
+        Job(user_id="fair", tenant=f"t{i:05d}", source=UploadSource(key="k"), spec=spec, cost=10)
+        for i in range(capped)
+        for _ in range(2)
+    ]
+    async with redis.pipeline(transaction=False) as pipe:
+        await jobkeys.publish(pipe, settings, jobs)
+        await pipe.execute()
+    for _ in range(capped):  # one job of each tenant in flight: each at its cap
+        assert await schedule.take(redis, settings, "worker") is not None
+    last = Job(user_id="fair", tenant="free", source=UploadSource(key="k"), spec=spec, cost=10)
+    async with redis.pipeline(transaction=False) as pipe:
+        await jobkeys.publish(pipe, settings, [last])
+        await pipe.execute()
+    await schedule.park(redis, settings)
+    before = await redis_calls(redis)
+    taken = await schedule.take(redis, settings, "worker")
+    after = await redis_calls(redis)
+    assert taken is not None and taken.fields[b"tenant"] == b"free"
+    return after - before
+
+
+async def redis_calls(redis: Redis) -> int:
+    """Commands the server has run so far (a script's commands each count)."""
+    stats = await redis.info("commandstats")
+    return sum(int(each["calls"]) for each in stats.values())

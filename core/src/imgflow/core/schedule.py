@@ -7,8 +7,10 @@ cost. Workers no longer read the stream in order. A worker asks ``take``, one Lu
 1. parks every entry not yet delivered: reads it into the group as the consumer ``PARKED`` (so it
    stays pending, counted in the backlog, and never lost) and appends ``cost id`` to its tenant's
    lane (``lane:<tenant>:<priority>``), the tenant entering the ready set if it was not there;
-2. picks the ready tenant with the least virtual time that is under its in-flight cap, takes the
-   head of its ``interactive`` lane (else ``batch``) and XCLAIMs that entry to the worker;
+2. picks the ready tenant with the least virtual time, takes the head of its ``interactive`` lane
+   (else ``batch``) and XCLAIMs that entry to the worker. A tenant at its in-flight cap leaves the
+   ready set for ``capped`` until one of its jobs is done, so a take never walks past the tenants
+   at their cap: a few commands whatever the number of tenants;
 3. advances the tenant's virtual time by cost / weight (start-time fair queueing: a tenant coming
    back starts at the clock, the virtual time of the last job taken, so idle time is not banked).
 
@@ -82,7 +84,7 @@ if new then
     count(t, 1, cost)
     redis.call('ZADD', oldest, 'NX', ms(entry[1]), t)
     redis.call('ZINCRBY', prefix .. 'work', cost, t)
-    if not redis.call('ZSCORE', ready, t) then
+    if not redis.call('ZSCORE', ready, t) and not redis.call('ZSCORE', prefix .. 'capped', t) then
       local now = tonumber(redis.call('GET', clock) or '0')
       local start = math.max(now, tonumber(redis.call('HGET', vtimes, t) or '0'))
       redis.call('ZADD', ready, start, t)
@@ -99,37 +101,44 @@ _TAKE = (
     _PARK
     + """
 local me, cap, weights = ARGV[2], tonumber(ARGV[4]), cjson.decode(ARGV[5])
-local tenants = redis.call('ZRANGE', ready, 0, -1, 'WITHSCORES')
-for i = 1, #tenants, 2 do
-  local t, v = tenants[i], tonumber(tenants[i + 1])
-  if cap <= 0 or redis.call('SCARD', running(t)) < cap then
-    for _, p in ipairs({'interactive', 'batch'}) do
-      while true do
-        local head = redis.call('LPOP', lane(t, p))
-        if not head then break end
-        local space = string.find(head, ' ')
-        local cost, id = tonumber(string.sub(head, 1, space - 1)) or 1, string.sub(head, space + 1)
-        unqueue(t, cost)
-        local claimed = redis.call('XCLAIM', stream, group, me, 0, id)
-        local after = v + cost / (tonumber(weights[t]) or 1)
-        redis.call('SET', clock, v)
-        if redis.call('LLEN', lane(t, 'interactive')) + redis.call('LLEN', lane(t, 'batch')) == 0 then
-          redis.call('ZREM', ready, t)
-          redis.call('HSET', vtimes, t, after)
-        else
-          redis.call('ZADD', ready, after, t)
-        end
-        if claimed[1] then
-          redis.call('SADD', running(t), id)
-          redis.call('HSET', prefix .. 'holder', id, t)
-          return {claimed[1][1], claimed[1][2]}
-        end
-        v = after  -- the entry was deleted (trimmed, or acknowledged elsewhere): the next one
-      end
-    end
-    if redis.call('LLEN', lane(t, 'interactive')) + redis.call('LLEN', lane(t, 'batch')) == 0 then
+local capped = prefix .. 'capped'
+local function lanes(t)
+  return redis.call('LLEN', lane(t, 'interactive')) + redis.call('LLEN', lane(t, 'batch'))
+end
+-- the head of the ready set each time: every turn takes an entry, or takes a tenant out of the set
+while true do
+  local head = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
+  if #head == 0 then break end
+  local t, v = head[1], tonumber(head[2])
+  if cap > 0 and redis.call('SCARD', running(t)) >= cap then
+    redis.call('ZREM', ready, t)
+    redis.call('ZADD', capped, v, t)  -- ready again when one of its jobs is done (_DONE)
+  else
+    local entry = redis.call('LPOP', lane(t, 'interactive')) or redis.call('LPOP', lane(t, 'batch'))
+    if not entry then
       redis.call('ZREM', ready, t)
       redis.call('HSET', vtimes, t, v)
+    else
+      local space = string.find(entry, ' ')
+      local cost, id = tonumber(string.sub(entry, 1, space - 1)) or 1, string.sub(entry, space + 1)
+      unqueue(t, cost)
+      local claimed = redis.call('XCLAIM', stream, group, me, 0, id)
+      local after = v + cost / (tonumber(weights[t]) or 1)
+      redis.call('SET', clock, v)
+      if lanes(t) == 0 then
+        redis.call('ZREM', ready, t)
+        redis.call('HSET', vtimes, t, after)
+      else
+        redis.call('ZADD', ready, after, t)
+      end
+      if claimed[1] then  -- else the entry was deleted (trimmed, or acknowledged elsewhere): the next
+        redis.call('SADD', running(t), id)
+        redis.call('HSET', prefix .. 'holder', id, t)
+        if cap > 0 and redis.call('SCARD', running(t)) >= cap and redis.call('ZREM', ready, t) == 1 then
+          redis.call('ZADD', capped, after, t)
+        end
+        return {claimed[1][1], claimed[1][2]}
+      end
     end
   end
 end
@@ -140,14 +149,20 @@ return {false, false}
 # KEYS and ARGV as _TAKE's (ARGV[2], [4], [5] unused). Parks; returns the number parked.
 _PARK_ONLY = _PARK + "return parked"
 
-# KEYS: none. ARGV: prefix, then entry ids. A taken entry is no longer in its tenant's flight.
+# KEYS: none. ARGV: prefix, in-flight cap per tenant (0: none), then entry ids. A taken entry is no
+# longer in its tenant's flight; a tenant that was at its cap is ready again.
 _DONE = """
-local prefix = ARGV[1]
-for i = 2, #ARGV do
+local prefix, cap = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV do
   local t = redis.call('HGET', prefix .. 'holder', ARGV[i])
   if t then
     redis.call('SREM', prefix .. 'running:' .. t, ARGV[i])
     redis.call('HDEL', prefix .. 'holder', ARGV[i])
+    local v = redis.call('ZSCORE', prefix .. 'capped', t)
+    if v and (cap <= 0 or redis.call('SCARD', prefix .. 'running:' .. t) < cap) then
+      redis.call('ZREM', prefix .. 'capped', t)
+      redis.call('ZADD', prefix .. 'ready', v, t)
+    end
   end
 end
 return 0
@@ -216,7 +231,7 @@ def done(pipe: Pipeline, settings: Settings, entry_ids: Sequence[bytes | str | i
     """Queue on ``pipe``: these entries were acknowledged (or handed back), their tenant has them
     in flight no more."""
     if entry_ids:
-        pipe.eval(_DONE, 0, prefix(settings), *entry_ids)
+        pipe.eval(_DONE, 0, prefix(settings), settings.tenant_max_inflight, *entry_ids)
 
 
 def entry_fields(tenant: str, priority: str, cost: int) -> Mapping[str, str | int]:
