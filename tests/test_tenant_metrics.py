@@ -83,9 +83,11 @@ async def queue_many_tenants(parts: Parts) -> int:
 async def publish_waiting(redis: Redis, settings: Settings, tenants: int, count: int) -> None:
     """``count`` more jobs waiting in the stream, spread over ``tenants`` tenants."""
     spec = ThumbnailSpec(width=32, height=32)
-    async with redis.pipeline(transaction=False) as pipe:
-        await jobkeys.publish(pipe, settings, [job(f"t{i % tenants}", spec) for i in range(count)])
-        await pipe.execute()
+    for start in range(0, count, 1000):  # one pipeline of all would outlast a read's timeout
+        async with redis.pipeline(transaction=False) as pipe:
+            made = [job(f"t{i % tenants}", spec) for i in range(start, min(count, start + 1000))]
+            await jobkeys.publish(pipe, settings, made)
+            await pipe.execute()
 
 
 async def redis_state(redis: Redis, settings: Settings) -> dict[bytes, bytes | None]:
