@@ -227,6 +227,8 @@ def prometheus(node: Node, released: None, tmp_path_factory: pytest.TempPathFact
     finally:
         process.terminate()
         process.wait(30)
+        # helm uninstall leaves what the release did not make
+        node.kube.kubectl("delete", "-n", NS, "--ignore-not-found", "-f", "-", input=READER)
 
 
 def test_a_waiting_backlog_fires_the_alert_and_every_dashboard_query_has_series(
