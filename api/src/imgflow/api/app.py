@@ -78,16 +78,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ensure_group(state.redis, settings)
         except Exception:
             log.warning("could not create the consumer group now (Redis down?)", exc_info=True)
-        # Both storage clients exist before the API says it is ready: the first upload does not
-        # pay for making them.
-        await prepare_storage(state.storage, log)
-        await state.readiness.prepare()
         await state.broker.connect()
         app.state.imgflow = state
         tasks = [
             asyncio.create_task(reconciler.reconcile_forever(state)),
             asyncio.create_task(webhook_sender.send_forever(state)),
             asyncio.create_task(state.feed.run()),
+            # Both storage clients are made now, in the background: the first upload does not pay
+            # for making them, and a storage that does not answer delays no start (the startup
+            # probe's budget). /readyz asks the storage through its own.
+            asyncio.create_task(prepare_storage(state.storage, log)),
+            asyncio.create_task(state.readiness.prepare()),
         ]
         try:
             yield

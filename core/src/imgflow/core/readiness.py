@@ -38,10 +38,10 @@ async def _stat_probe(storage: Storage) -> None:
 
 
 async def prepare_storage(storage: Storage, log: logging.Logger) -> None:
-    """Ask the storage once before the process serves: an S3 client is made on first use, and
-    making it (botocore's models) took 3-4 s of a loaded node, paid by the first upload after a
-    start (the first ``helm test`` after a node restart timed out on it). A storage that does not
-    answer yet is logged; the client is made all the same, and /readyz says the rest."""
+    """Ask the storage once, as a process starts: an S3 client is made on first use, and making
+    it (botocore's models) took 3-4 s of a loaded node, paid by the first upload after a start
+    (the first ``helm test`` after a node restart timed out on it). A storage that does not answer
+    yet is logged; the client is made all the same, and /readyz says the rest."""
     try:
         await _stat_probe(storage)
     except Exception as exc:

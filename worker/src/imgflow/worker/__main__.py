@@ -68,8 +68,13 @@ def run() -> Worker:
     logging.getLogger("pyvips").setLevel(logging.WARNING)  # its INFO is a per-operation trace
     worker = Worker(settings)
 
+    preparing: list[asyncio.Task[None]] = []
+
     async def prepare() -> None:
-        await readiness.prepare_storage(worker.backends.storage, logging.getLogger("imgflow.worker"))
+        # The storage client is made in the background: a storage that does not answer delays no
+        # start (the startup probe's budget), and the first job does not pay for making it.
+        log = logging.getLogger("imgflow.worker")
+        preparing.append(asyncio.create_task(readiness.prepare_storage(worker.backends.storage, log)))
         await worker.prepare()
 
     if not settings.worker_metrics_port:
