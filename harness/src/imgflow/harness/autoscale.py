@@ -336,9 +336,16 @@ def interrupted(docs: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def run(
-    kubeconfig: Path, namespace: str, release: str, cycles: int, jobs: int, delay: float
+    kubeconfig: Path,
+    namespace: str,
+    release: str,
+    cycles: int,
+    jobs: int,
+    delay: float,
+    settle_s: float = 180,
 ) -> dict[str, Any]:
-    """Run the cycles; the figures and the interrupted-job count."""
+    """Run the cycles; the figures and the interrupted-job count. ``settle_s``: how long the
+    workers may take to get back to 0 (an autoscaler with minutes of cooldown needs more)."""
 
     collection = prepare(kubeconfig, namespace, release)
     seen, stop = watching(kubeconfig, namespace, release)
@@ -346,7 +353,7 @@ def run(
     submitted: list[str] = []
     try:
         for i in range(cycles):
-            wait("workers at 0 before the burst", lambda: at_zero(kubeconfig, namespace, seen), 180)
+            wait("workers at 0 before the burst", lambda: at_zero(kubeconfig, namespace, seen), settle_s)
             name = f"burst-{uuid.uuid4().hex[:6]}"
             started = time.time()
             create_image_job(kubeconfig, namespace, name, jobs, delay)
@@ -359,7 +366,7 @@ def run(
             assert len(docs) == jobs and all(d["status"] == "completed" for d in docs)
             published = min(epoch(d["created_at"]) for d in docs)
             done = sorted(epoch(d["updated_at"]) for d in docs)
-            wait("workers back to 0", lambda: at_zero(kubeconfig, namespace, seen), 180)
+            wait("workers back to 0", lambda: at_zero(kubeconfig, namespace, seen), settle_s)
             patch = next(t for t, r in seen.replicas if t >= started and r > 0)
             ready = min(t for t in seen.ready_pods.values() if t >= started)
             zero = next(t for t, r in seen.replicas if t >= done[-1] and r == 0)
@@ -389,11 +396,16 @@ def run(
     }
 
 
+def median_p95(figures: dict[str, Any], key: str) -> tuple[float, float]:
+    """The median and p95 of one of ``Cycle``'s times over the cycles of ``run``."""
+    values = sorted(c[key] for c in figures["cycles"])
+    return statistics.median(values), values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+
+
 def summary(figures: dict[str, Any]) -> str:
     def stat(key: str) -> str:
-        values = sorted(c[key] for c in figures["cycles"])
-        p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
-        return f"median {statistics.median(values):6.2f} s   p95 {p95:6.2f} s"
+        median, p95 = median_p95(figures, key)
+        return f"median {median:6.2f} s   p95 {p95:6.2f} s"
 
     keda = {
         "patch_s": "up to 30 s (pollingInterval 30 s), then the HPA's next sync (15 s)",
@@ -426,7 +438,14 @@ class BusyCycle:
 
 
 def busy_scale_down(
-    kubeconfig: Path, namespace: str, release: str, cycles: int, jobs: int, delay: float, long_delay: float
+    kubeconfig: Path,
+    namespace: str,
+    release: str,
+    cycles: int,
+    jobs: int,
+    delay: float,
+    long_delay: float,
+    settle_s: float = 180,
 ) -> dict[str, Any]:
     """Scale-down while a pod is busy. Each cycle: ``jobs`` short jobs take the workers from 0 to
     3; once three pods are Ready one long job (a ``long_delay`` s fetch) goes to whichever frees a
@@ -440,7 +459,7 @@ def busy_scale_down(
     results: list[BusyCycle] = []
     try:
         for i in range(cycles):
-            wait("workers at 0 before the burst", lambda: at_zero(kubeconfig, namespace, seen), 180)
+            wait("workers at 0 before the burst", lambda: at_zero(kubeconfig, namespace, seen), settle_s)
             started = time.time()
             name = f"busy-{uuid.uuid4().hex[:6]}"
             create_image_job(kubeconfig, namespace, name, jobs, delay)
@@ -461,7 +480,7 @@ def busy_scale_down(
                     kubeconfig, "wait", f"imagejob/{ij}", "-n", namespace,
                     "--for=jsonpath={.status.phase}=Succeeded", "--timeout=300s",
                 )  # fmt: skip
-            wait("workers back to 0", lambda: at_zero(kubeconfig, namespace, seen), 180)
+            wait("workers back to 0", lambda: at_zero(kubeconfig, namespace, seen), settle_s)
             docs = list(
                 collection.find({"image_job": {"$in": [f"{namespace}/{name}", f"{namespace}/{name}-long"]}})
             )
