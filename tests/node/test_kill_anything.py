@@ -19,7 +19,7 @@ from tests.node.conftest import Node, make_deploy
 from tests.node.test_chart_on_node import NS, RELEASE
 
 # A guard against a hang, no target: on a loaded machine a restarted pod takes a minute to start.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1800)
 
 
 @pytest.fixture(scope="module")

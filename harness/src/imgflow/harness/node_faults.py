@@ -123,6 +123,8 @@ class Release:
             f"mongodb://{mongo[0]['status']['podIP']}:27017/",
             serverSelectionTimeoutMS=5000,
             connectTimeoutMS=5000,
+            # a pod force-deleted mid-read never answers: without a limit the read would wait forever
+            socketTimeoutMS=10_000,
         )
         return client[config["data"].get("IMGFLOW_MONGODB_DATABASE", "imgflow")]["jobs"]
 
@@ -440,7 +442,8 @@ def run(
                 docs = {d["_id"]: d for d in release.jobs().find({"user_id": user_id})}
                 break
             time.sleep(2)
-        watcher.look()
+        with contextlib.suppress(Exception):
+            watcher.look()
     finally:
         watcher.stop.set()
     statuses = collections.Counter(docs[i]["status"] for i in accepted if i in docs)
