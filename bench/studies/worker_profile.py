@@ -4,9 +4,11 @@ of the peers part's 1080p JPEG -> 100x100 cover JPEG q85 (``bench.peers.run``), 
 clients polling. Prints the worker's busy samples by part of a job (the share of each, every thread)
 with the CPU per job of the worker and API, MongoDB commands and Redis round trips per job in the
 same window; ``--out`` keeps py-spy's raw stacks. Sampling at 500 Hz costs the worker CPU of its
-own: compare shares, not these CPU figures with ``make bench``'s.
+own: compare shares, not these CPU figures with ``make bench``'s; ``--no-profiler`` gives the
+figures alone, unprofiled (to compare two versions: run it with ``PYTHONPATH`` naming another
+checkout's ``core/src:worker/src:api/src``, whose API and worker then run).
 
-    python -m bench.studies.worker_profile [--jobs 300] [--out worker-profile.txt]
+    python -m bench.studies.worker_profile [--jobs 300] [--out worker-profile.txt] [--no-profiler]
 """
 
 from __future__ import annotations
@@ -113,25 +115,28 @@ async def drive(stack: Stack, worker: int, jobs: int) -> tuple[dict[str, float],
         return used, per_job, (await e2e.redis_reads(s.redis_url) - trips) / jobs
 
 
-def profile(jobs: int, out: Path, workdir: Path) -> None:
+def profile(jobs: int, out: Path | None, workdir: Path) -> None:
     stack = start_stack(e2e.stack_settings(workdir, StorageBackend.local), workdir)
     try:
         stack.worker.terminate()  # the same worker again, under the profiler
         env = {**os.environ, **settings_env(stack.settings)}
-        argv = [*PY_SPY, "-o", str(out), "--", sys.executable, "-m", "imgflow.worker"]
+        argv = [sys.executable, "-m", "imgflow.worker"]
+        if out is not None:
+            argv = [*PY_SPY, "-o", str(out), "--", *argv]
         with (workdir / "worker.log").open("w") as log:
             spy = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(stack.settings.worker_metrics_port, timeout=180)
-        worker = worker_pid(spy.pid)
+        worker = spy.pid if out is None else worker_pid(spy.pid)
         used, per_job, trips = asyncio.run(drive(stack, worker, jobs))
         os.kill(worker, signal.SIGTERM)
         spy.wait(120)
     finally:
         stack.stop()
-    found, total = shares(out)
-    print(f"Worker under py-spy, {jobs} jobs of {TARGET_OUTPUT.title}: share of its busy samples")
-    for name, count in found.most_common():
-        print(f"  {100 * count / total:5.1f} %  {name}")
+    if out is not None:
+        found, total = shares(out)
+        print(f"Worker under py-spy, {jobs} jobs of {TARGET_OUTPUT.title}: share of its busy samples")
+        for name, count in found.most_common():
+            print(f"  {100 * count / total:5.1f} %  {name}")
     print(", ".join(f"{name} CPU {1000 * seconds / jobs:.1f} ms per job" for name, seconds in used.items()))
     print(f"MongoDB commands per job {ops.describe(per_job)}; Redis round trips per job {trips:.1f}")
 
@@ -142,12 +147,13 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("worker-profile.txt"))
+    parser.add_argument("--no-profiler", action="store_true", help="the worker unprofiled: figures only")
     args = parser.parse_args()
     corpus.ensure()
     workdir = Path(tempfile.mkdtemp(prefix="imgflow-worker-profile-"))
     started = time.monotonic()
     try:
-        profile(args.jobs, args.out.resolve(), workdir)
+        profile(args.jobs, None if args.no_profiler else args.out.resolve(), workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"({time.monotonic() - started:.0f} s)")
