@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import statistics
 import subprocess
 import threading
@@ -368,7 +369,8 @@ def run(
             done = sorted(epoch(d["updated_at"]) for d in docs)
             wait("workers back to 0", lambda: at_zero(kubeconfig, namespace, seen), settle_s)
             patch = next(t for t, r in seen.replicas if t >= started and r > 0)
-            ready = min(t for t in seen.ready_pods.values() if t >= started)
+            # NaN when every new pod was removed before the kubelet reported it Ready
+            ready = min((t for t in seen.ready_pods.values() if t >= started), default=math.nan)
             zero = next(t for t, r in seen.replicas if t >= done[-1] and r == 0)
             peak = max(r for t, r in seen.replicas if t >= started)
             results.append(
@@ -398,7 +400,7 @@ def run(
 
 def median_p95(figures: dict[str, Any], key: str) -> tuple[float, float]:
     """The median and p95 of one of ``Cycle``'s times over the cycles of ``run``."""
-    values = sorted(c[key] for c in figures["cycles"])
+    values = sorted(c[key] for c in figures["cycles"] if not math.isnan(c[key])) or [math.nan]
     return statistics.median(values), values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
 
 
