@@ -162,6 +162,9 @@ class Job(BaseModel):
     reuse_key: str | None = None
     # while a job that reused its outputs is unexpired: it and its files are kept until then
     shared_until: datetime | None = None
+    # the fingerprint of the request that made it under an Idempotency-Key: a retry after that
+    # request's replica died before answering is compared with it
+    idempotency_print: str | None = None
     # why its outputs break ThumbnailSpec's rules, when they do (see _keep_invalid_outputs); found
     # again at every read, never stored
     invalid: str | None = Field(None, exclude=True)

@@ -79,10 +79,17 @@ class JobBackends(Protocol):
 
 
 async def accept(
-    b: JobBackends, job: Job, *, original: Path | None = None, media_type: str = "", take_place: bool = False
+    b: JobBackends,
+    job: Job,
+    *,
+    original: Path | None = None,
+    media_type: str = "",
+    take_place: bool = False,
+    insert_by: float | None = None,
 ) -> Job:
     """Accept a new job: take a place among its tenant's unfinished jobs (``take_place``; raises
-    ``quota.TenantFull`` at the cap), store its original (``original``, a local file), insert it,
+    ``quota.TenantFull`` at the cap), store its original (``original``, a local file), insert it
+    (only before ``insert_by``, epoch seconds: then its Idempotency-Key may be another request's),
     then queue, snapshot and announce it. On a failure what was done is undone and a
     ``BackendUnavailable`` raised naming the backend (``DuplicateKeyError`` as it is: a job with
     this id exists)."""
@@ -101,6 +108,8 @@ async def accept(
                 await b.storage.save(job.source.key, original, media_type)
             except (PyMongoError, StorageUnavailable, OSError) as exc:  # GridFS, S3, a directory
                 raise StorageUnavailable(str(exc), what=f"Storage ({s.storage_backend.value})") from exc
+        if insert_by is not None and time.time() >= insert_by:
+            raise DatabaseUnavailable("the job could not be stored in time; nothing was kept")
         try:
             await b.store.insert(job)
         except DuplicateKeyError:

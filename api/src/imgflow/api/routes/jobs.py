@@ -88,7 +88,9 @@ async def create_job(
     async with upload_slot(state, principal):
         claim = None
         if idempotency_key is not None:
-            claim = await idempotency.claim(state.redis, state.settings, principal.tenant, idempotency_key)
+            claim = await idempotency.claim(
+                state.redis, state.store, state.settings, principal.tenant, idempotency_key
+            )
         try:
             accepted = await _accept(request, state, principal, claim)
         except BaseException:
@@ -173,7 +175,7 @@ async def _accept(
             metrics.REJECTED.labels("422").inc()
             raise Problem(422, "Job too costly", costly)
 
-        job_id = new_job_id()
+        job_id = claim.job_id if claim is not None else new_job_id()
         source = UploadSource(key=original_key(job_id), filename=upload.filename)
         job = Job(
             job_id=job_id,
@@ -190,6 +192,7 @@ async def _accept(
             reuse_key=reuse.key(principal.tenant, upload.sha256, outputs.specs, outputs.named)
             if reusing and upload.sha256
             else None,
+            idempotency_print=print_ or None,
         )
         try:
             reused = await _reuse(state, job)
@@ -202,6 +205,7 @@ async def _accept(
                     original=path,
                     media_type=f"image/{info.format}",
                     take_place=not principal.admin,
+                    insert_by=claim.insert_by if claim is not None else None,
                 )
         except quota.TenantFull as exc:
             metrics.REJECTED.labels("429").inc()
@@ -219,7 +223,8 @@ async def _accept(
             await idempotency.remember(state.redis, settings, claim, print_, accepted.model_dump(mode="json"))
         except RedisError:
             # The job is accepted: answer so. An error here would say "nothing was kept" and free
-            # the key for a retry that makes the job twice; the pending mark stays until it expires.
+            # the key for a retry that makes the job twice; once the pending mark's deadline has
+            # passed, a retry finds this job through it.
             log.warning("job %s accepted, its Idempotency-Key not recorded", job.job_id, exc_info=True)
     return accepted
 
