@@ -3,9 +3,10 @@
 # the node has no volume provisioner, so each claim of the chart's templates/dev-data-claims.yaml
 # (the dev Redis's and MongoDB's data, deploy/local/values.yaml turns them on) gets a hostPath
 # PersistentVolume under CLUSTER_DIR/volumes, bound to that claim alone and owned by the pods' UID.
-# A claim that does not exist yet (a first install, or one after `helm uninstall`) gets an empty
-# directory: the data lives as long as the release, as with a provisioned volume; a restart of the
-# cluster keeps it, `scripts/cluster.sh down --purge` deletes it.
+# A claim that does not exist yet (a first install, or one after `helm uninstall`; a claim still
+# terminating is waited for) or whose volume was Released gets an empty directory: the data lives
+# as long as the release, as with a provisioned volume; a restart of the cluster keeps it,
+# `scripts/cluster.sh down --purge` deletes it.
 #
 # Usage: scripts/volumes.sh RELEASE NAMESPACE [helm args...] (KUBECONFIG and CLUSTER_DIR set).
 set -euo pipefail
@@ -23,7 +24,13 @@ claims=$("$helm" template "$release" "$root/deploy/helm/imgflow" -n "$namespace"
 for claim in $claims; do
   pv=$namespace-$claim
   path=$CLUSTER_DIR/volumes/$namespace/$claim
-  if ! "$kubectl" -n "$namespace" get pvc "$claim" >/dev/null 2>&1; then
+  # A claim of an uninstalled release stays, terminating, until its pods are gone: wait for it,
+  # or its volume would be kept for it and then left Released, never bound to the new claim.
+  if [ -n "$("$kubectl" -n "$namespace" get pvc "$claim" -o 'jsonpath={.metadata.deletionTimestamp}' 2>/dev/null)" ]; then
+    "$kubectl" -n "$namespace" wait --for=delete "pvc/$claim" --timeout=300s >/dev/null
+  fi
+  phase=$("$kubectl" get pv "$pv" -o 'jsonpath={.status.phase}' 2>/dev/null || true)
+  if [ "$phase" = Released ] || ! "$kubectl" -n "$namespace" get pvc "$claim" >/dev/null 2>&1; then
     "$kubectl" delete pv "$pv" --ignore-not-found --wait >/dev/null
     rm -rf "$path"
   fi
