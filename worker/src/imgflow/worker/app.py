@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from faststream.redis.parser.binary import BinaryMessageFormatV1
@@ -88,6 +88,9 @@ class Worker:
         self.request_stop: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self._heartbeat: asyncio.Task[None] | None = None
         self._retries: asyncio.Task[None] | None = None
+        # Set before the background loops are cancelled: a loop ends at its next turn even if a
+        # client library turned the cancellation into an error its handler caught.
+        self._closing = False
         self._takers: list[asyncio.Task[None]] = []  # the slots and the reclaiming loop
         self.group_lost = False  # a slot found the consumer group gone (Redis lost its data)
 
@@ -285,7 +288,7 @@ class Worker:
         s = self.settings
         key = worker_key(s, self.consumer)
         pod = os.environ.get("POD_NAME") or socket.gethostname()
-        while True:
+        while not self._closing:
             now = time.monotonic()
             # the operator ranks pods for removal by how long their oldest job has run
             # (imgflow.operator.podcost)
@@ -305,6 +308,8 @@ class Worker:
                     )
             except Exception:
                 log.warning("heartbeat failed (Redis down?)", exc_info=True)
+            if self._closing:
+                return
             if not self.stopping and self.group_lost:
                 # The consumer group vanished with Redis's data. The worker drains and starts
                 # again in place (see __main__), recreating the group; no supervisor needed.
@@ -315,7 +320,7 @@ class Worker:
 
     async def _publish_due_retries(self) -> None:
         """Every worker publishes the retries that are due (each taken by one worker only)."""
-        while True:
+        while not self._closing:
             await asyncio.sleep(RETRY_PUMP_S)
             try:
                 await lifecycle.publish_due_retries(self.store, self.redis, self.settings)
@@ -334,12 +339,15 @@ class Worker:
             for task in late:
                 task.cancel()
             stuck += await _within(asyncio.gather(*self._takers, return_exceptions=True), "job slots")
+        self._closing = True
         for loop in (self._heartbeat, self._retries):
             if loop is not None:
                 loop.cancel()
         loops = [t for t in (self._heartbeat, self._retries) if t is not None]
         if loops:
-            stuck += await _within(asyncio.gather(*loops, return_exceptions=True), "background loops")
+            stuck += await _within(
+                asyncio.gather(*loops, return_exceptions=True), "background loops", watched=loops
+            )
         stuck += await _within(self._leave(), "giving messages back")
         stuck += await _within(self.backends.aclose(), "closing connections")
         # asyncio.run waits without a limit for its executor's threads (a DNS lookup, say)
@@ -371,21 +379,31 @@ class Worker:
         return len(pending)
 
 
-async def _within(step: Awaitable[Any], what: str) -> list[str]:
+async def _within(step: Awaitable[Any], what: str, watched: Sequence[asyncio.Future[Any]] = ()) -> list[str]:
     """Await ``step`` for at most ``STOP_STEP_S``, without relying on it to heed cancellation;
-    ``[what]`` (its stack logged) if it has not ended by then, else ``[]``."""
+    ``[what]`` (its stack, or the stacks of the ``watched`` tasks it waits for, logged) if it has
+    not ended by then, else ``[]``."""
     task = asyncio.ensure_future(step)
     done, _ = await asyncio.wait({task}, timeout=STOP_STEP_S)
     if done:
         return []
-    log.warning("stopping: %s still running: %s", what, "".join(_stack(task)))
+    stacks = [line for t in (watched or [task]) if not t.done() for line in _stack(t)]
+    log.warning("stopping: %s still running: %s", what, "".join(stacks))
     return [what]
 
 
 def _stack(task: asyncio.Future[Any]) -> list[str]:
+    """Where ``task`` waits: its chain of awaits, innermost last (``Task.get_stack`` gives only
+    the outermost frame of a suspended task)."""
     if not isinstance(task, asyncio.Task):
         return []
-    return [
-        f"\n  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
-        for frame in task.get_stack()
-    ]
+    lines: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(lines) < 40:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            lines.append(f"\n  {awaited!r}")
+            break
+        lines.append(f"\n  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return lines
