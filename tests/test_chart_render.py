@@ -20,6 +20,7 @@ from unittest import mock
 import pytest
 import yaml
 
+from imgflow.core.readiness import CHECK_TIMEOUT_S
 from imgflow.core.settings import Settings
 from imgflow.harness.helm_chart import (
     CHART,
@@ -321,6 +322,14 @@ def test_api_deployment(default_docs: list[dict[str, Any]]) -> None:
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
     assert svc["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
     assert api["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_readiness_probes_wait_longer_than_a_check(default_docs: list[dict[str, Any]]) -> None:
+    """A probe giving up when the check does would fail as a timeout instead of the 503 that
+    names the backend not answering (what kubectl describe pod shows)."""
+    for name, member in ((API, "api"), (WORKER, "worker")):
+        probe = container(one(default_docs, "Deployment", name), member)["readinessProbe"]
+        assert probe["timeoutSeconds"] > CHECK_TIMEOUT_S, (name, probe)
 
 
 def test_only_the_api_reads_the_url_signing_key(default_docs: list[dict[str, Any]]) -> None:

@@ -16,7 +16,6 @@ from imgflow.api.deps import AppState, key_cache
 from imgflow.api.middleware import Observe
 from imgflow.api.pools import feed_redis, request_redis, webhook_redis
 from imgflow.api.ratelimit import RateLimiter
-from imgflow.api.readiness import Readiness
 from imgflow.api.routes import router
 from imgflow.api.signed_urls import UrlSigner
 from imgflow.core.backends import Backends
@@ -25,7 +24,7 @@ from imgflow.core.events import ChangeFeed
 from imgflow.core.keys import KeyStore
 from imgflow.core.probe import configure_libvips
 from imgflow.core.queue import ensure_group
-from imgflow.core.readiness import prepare_storage
+from imgflow.core.readiness import Readiness, prepare_storage
 from imgflow.core.settings import AuthMode, Settings, get_settings
 from imgflow.core.tenant_secrets import TenantSecrets
 from imgflow.core.watermarks import WatermarkStore
@@ -51,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=redis,
             webhook_redis=webhook_redis(settings),
             feed=ChangeFeed(feed_redis(settings), settings),
-            readiness=Readiness(settings),
+            readiness=Readiness(settings, "imgflow-api-ready", log),
             keys=keys,
             endpoints=EndpointStore(db),
             tenant_secrets=TenantSecrets(db),

@@ -30,7 +30,6 @@ from redis.asyncio import Redis
 from imgflow.api.expiring import Expiring
 from imgflow.api.problems import Problem
 from imgflow.api.ratelimit import Policy, RateLimiter
-from imgflow.api.readiness import Readiness
 from imgflow.api.signed_urls import UrlSigner
 from imgflow.api.slots import Slots
 from imgflow.api.throttle import AuthThrottle
@@ -39,6 +38,7 @@ from imgflow.core.endpoints import Endpoint, EndpointStore
 from imgflow.core.events import ChangeFeed
 from imgflow.core.jobs import Job
 from imgflow.core.keys import ApiKey, KeyStore, RateLimits, Scope, digest, key_id_of
+from imgflow.core.readiness import Readiness
 from imgflow.core.settings import AuthMode, Settings
 from imgflow.core.storage import Storage
 from imgflow.core.store import JobStore

@@ -6,7 +6,7 @@
   operation's time limit (mongodb_timeout_s).
 - live progress: one connection for all of the process's followers (imgflow.core.events.ChangeFeed).
 - the webhook sender: a few of its own, so its blocking read never holds a request's connection.
-- /readyz: one of its own (imgflow.api.readiness), so clients exhausting the request pool cannot
+- /readyz: one of its own (imgflow.core.readiness), so clients exhausting the request pool cannot
   make the replica look unready and take it out of its Service.
 
 Each connection names itself (CLIENT SETNAME), so CLIENT LIST shows which pool holds what.

@@ -21,7 +21,8 @@ from faststream.asgi.handlers import HttpHandler
 from faststream.asgi.types import Scope
 from prometheus_client import make_asgi_app
 
-from imgflow.core import logs, readiness
+from imgflow.core import logs
+from imgflow.core.readiness import Readiness, prepare_storage
 from imgflow.core.settings import get_settings
 from imgflow.worker.app import Worker
 
@@ -45,17 +46,15 @@ def main() -> None:
         os.execv(sys.executable, [sys.executable, "-m", "imgflow.worker"])
 
 
-def ready(worker: Worker) -> HttpHandler:
+def ready(checks: Readiness) -> HttpHandler:
     """/readyz: 200 while MongoDB, Redis and the storage answer (imgflow.core.readiness), 503 and
     which one does not otherwise. /healthz, the liveness probe's, asks the broker alone: a worker
     is not restarted because a backend is away."""
 
     @get(include_in_schema=False)
     async def readyz(scope: Scope) -> AsgiResponse:
-        b = worker.backends
-        checks = await readiness.checks(b.mongo, b.redis, b.storage)
-        status = 200 if all(v == "ok" for v in checks.values()) else 503
-        return AsgiResponse(json.dumps(checks).encode(), status, {"content-type": "application/json"})
+        status, body = await checks.answer()
+        return AsgiResponse(json.dumps(body).encode(), status, {"content-type": "application/json"})
 
     return readyz
 
@@ -68,16 +67,20 @@ def run() -> Worker:
     logging.getLogger("pyvips").setLevel(logging.WARNING)  # its INFO is a per-operation trace
     worker = Worker(settings)
 
+    log = logging.getLogger("imgflow.worker")
+    # only with /readyz to answer: a worker without the port serves no probes
+    checks = Readiness(settings, "imgflow-worker-ready", log) if settings.worker_metrics_port else None
     preparing: list[asyncio.Task[None]] = []
 
     async def prepare() -> None:
-        # The storage client is made in the background: a storage that does not answer delays no
+        # The storage clients are made in the background: a storage that does not answer delays no
         # start (the startup probe's budget), and the first job does not pay for making it.
-        log = logging.getLogger("imgflow.worker")
-        preparing.append(asyncio.create_task(readiness.prepare_storage(worker.backends.storage, log)))
+        preparing.append(asyncio.create_task(prepare_storage(worker.backends.storage, log)))
+        if checks is not None:
+            preparing.append(asyncio.create_task(checks.prepare()))
         await worker.prepare()
 
-    if not settings.worker_metrics_port:
+    if checks is None:
         app = FastStream(
             worker.broker,
             on_startup=[prepare],
@@ -93,12 +96,12 @@ def run() -> Worker:
         asgi_routes=[
             ("/metrics", make_asgi_app()),
             ("/healthz", make_ping_asgi(worker.broker, timeout=5.0)),
-            ("/readyz", ready(worker)),
+            ("/readyz", ready(checks)),
         ],
         on_startup=[prepare],
         on_shutdown=[worker.draining],
         after_startup=[worker.start],
-        after_shutdown=[worker.stop],
+        after_shutdown=[worker.stop, checks.aclose],
     )
     # uvicorn turns SIGTERM into a lifespan shutdown: FastStream then drains the subscribers.
     server = uvicorn.Server(

@@ -23,11 +23,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", operation_id="readyz", summary="MongoDB, Redis and the storage answer")
 async def readyz(state: State) -> JSONResponse:
-    checks = await state.readiness.checks()
-    ready = all(v == "ok" for v in checks.values())
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
-    )
+    status, body = await state.readiness.answer()
+    return JSONResponse(body, status)
 
 
 @router.get(
