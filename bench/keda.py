@@ -184,9 +184,15 @@ def main() -> None:
         if name == "tight" and args.busy_cycles:
             try:
                 results[name]["busy"] = busy_scale_down(
-                    *where, args.busy_cycles, args.jobs, args.delay, args.long_delay, settle_s=settle
+                    *where,
+                    args.busy_cycles,
+                    args.jobs,
+                    args.delay,
+                    args.long_delay,
+                    settle_s=settle,
+                    ready=False,
                 )
-            except TimeoutError as exc:  # e.g. the pods removed before three were Ready
+            except TimeoutError as exc:
                 results[name]["busy"] = {"not reached": str(exc)}
         print(table(results), flush=True)
     remove_scaled_object(*where)
