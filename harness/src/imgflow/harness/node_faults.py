@@ -57,6 +57,10 @@ FAULTS = ("worker", "api", "operator", "redis", "mongodb", "kubelet", "container
 NODE_PROCESSES = ("kubelet", "containerd")
 RETRY_FOR_S = 600.0  # how long a client keeps retrying one job before it counts an error
 RETRYABLE = {409, 429, 502, 503, 504}
+# A job that keeps a worker busy for seconds (an AVIF as large as the photo: about 2.5 s of one
+# core here), so that the worker fault finds a pod holding a job; the small photos' jobs end
+# within a poll of the database.
+LONG_JOB = {"width": "1200", "height": "900", "format": "avif"}
 CLONE_NEWNET = 0x40000000
 # Values for the release of this scenario (on top of imgflow.harness.autoscale.AUTOSCALE_VALUES):
 # two API pods, so that the Service keeps an endpoint while one is killed; uploads of at most
@@ -141,6 +145,7 @@ class Load:
     retried: collections.Counter[str] = field(default_factory=collections.Counter)  # by cause
     in_flight: int = 0
     finished: threading.Event = field(default_factory=threading.Event)
+    long_wanted: int = 0  # the next jobs started are long ones (``LONG_JOB``), for the worker fault
 
 
 def enter_network_namespace(pid: int) -> None:
@@ -153,12 +158,12 @@ def enter_network_namespace(pid: int) -> None:
 
 
 async def submit_with_retries(
-    client: httpx.AsyncClient, load: Load, n: int, user_id: str, photo: bytes
+    client: httpx.AsyncClient, load: Load, n: int, user_id: str, photo: bytes, options: dict[str, str]
 ) -> None:
     """One logical job: the same request under one Idempotency-Key until it is answered 202, a
     final refusal, or ``RETRY_FOR_S`` has passed."""
     headers = {"Idempotency-Key": f"node-faults-{user_id}-{n}"}
-    data = {"userId": user_id, "reuse": "false"}
+    data = {"userId": user_id, "reuse": "false", **options}
     deadline = time.monotonic() + RETRY_FOR_S
     pause = 0.2
     while True:
@@ -192,6 +197,7 @@ async def submit_with_retries(
 
 async def run_load(url: str, key: str, load: Load, user_id: str, clients: int) -> None:
     photos = [images.jpeg(w, h) for w, h in ((320, 240), (480, 360), (640, 480))]
+    large = images.jpeg(int(LONG_JOB["width"]), int(LONG_JOB["height"]))
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         while load.started < load.jobs:
@@ -200,7 +206,11 @@ async def run_load(url: str, key: str, load: Load, user_id: str, clients: int) -
                 continue
             n = load.started
             load.started += 1
-            await submit_with_retries(client, load, n, user_id, photos[n % len(photos)])
+            if load.long_wanted > 0:
+                load.long_wanted -= 1
+                await submit_with_retries(client, load, n, user_id, large, LONG_JOB)
+            else:
+                await submit_with_retries(client, load, n, user_id, photos[n % len(photos)], {})
 
     timeout = httpx.Timeout(60, connect=5)
     async with httpx.AsyncClient(
@@ -314,7 +324,9 @@ def _zombie(pid: int) -> bool:
 def inject(release: Release, kind: str, load: Load) -> Fault:
     """The fault, once what it asks for holds (or after a while without: ``condition`` says)."""
     if kind == "worker":
-        held = wait_for(lambda: busy_worker(release), 60)
+        load.long_wanted += 1
+        load.allowance = max(load.allowance, load.started + 1)
+        held = wait_for(lambda: busy_worker(release), 60, every=0.05)
         pod = held[0] if held else random.choice(wait_for(lambda: release.running("worker"), 120) or ["-"])
         if pod == "-":  # no worker pod at all: nothing to kill
             return Fault(kind, time.time(), "no worker pod", False)
