@@ -22,20 +22,18 @@ scaling by 100 % a second either way).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.node_args import deploy, node_parser, where
 from bench.peers import keda
 from bench.peers.build import Unavailable
 from imgflow.core.settings import Settings
 from imgflow.harness.autoscale import KUBECTL, busy_scale_down, kubectl, median_p95, run
-from imgflow.harness.paths import ROOT
 
 # The release of bench.node_autoscale (workers 0 to 3, 2 jobs per worker, stopping within 5 s)
 # with the operator's worker scaling off: the ScaledObject owns the replica count.
@@ -147,44 +145,33 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--kubeconfig", type=Path, default=ROOT / ".cluster" / "kubeconfig")
-    parser.add_argument("--namespace", default="imgflow")
-    parser.add_argument("--release", default="imgflow")
+    parser = node_parser(__doc__, "install the release and KEDA first")
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["tight", "defaults"])
     parser.add_argument("--cycles", type=int, default=3, help="burst cycles per settings")
     parser.add_argument("--busy-cycles", type=int, default=5, help="busy scale-down cycles (tight only)")
     parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--delay", type=float, default=2.0)
     parser.add_argument("--long-delay", type=float, default=20.0)
-    parser.add_argument("--install", action="store_true", help="install the release and KEDA first")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    where = (args.kubeconfig, args.namespace, args.release)
+    release = where(args)
     if args.install:
-        env = {
-            "CLUSTER_DIR": str(args.kubeconfig.parent),
-            "NAMESPACE": args.namespace,
-            "RELEASE": args.release,
-        }
-        deploy = [str(ROOT / "scripts" / "deploy.sh"), *RELEASE_VALUES]
         try:
             keda.build()
         except Unavailable as exc:
             print(f"bench: KEDA is left out: {exc}")
             return
-        subprocess.run(deploy, env={**os.environ, **env}, check=True)
+        deploy(args, RELEASE_VALUES)
         keda.install(KUBECTL, args.kubeconfig)
     results: dict[str, dict[str, Any]] = {}
     for name in args.settings:
-        apply_scaled_object(*where, name)
+        apply_scaled_object(*release, name)
         results[name] = {"scaled_object": SETTINGS[name]}
         settle = SETTLE_S[name]
-        results[name]["bursts"] = run(*where, args.cycles, args.jobs, args.delay, settle_s=settle)
+        results[name]["bursts"] = run(*release, args.cycles, args.jobs, args.delay, settle_s=settle)
         if name == "tight" and args.busy_cycles:
             try:
                 results[name]["busy"] = busy_scale_down(
-                    *where,
+                    *release,
                     args.busy_cycles,
                     args.jobs,
                     args.delay,
@@ -195,7 +182,7 @@ def main() -> None:
             except TimeoutError as exc:
                 results[name]["busy"] = {"not reached": str(exc)}
         print(table(results), flush=True)
-    remove_scaled_object(*where)
+    remove_scaled_object(*release)
     if args.json:
         date = datetime.now(UTC).isoformat(timespec="seconds")
         args.json.write_text(json.dumps({"date": date, "settings": results}, indent=2))

@@ -14,47 +14,29 @@ and a fetch may take 60 s.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
 from datetime import UTC, datetime
-from pathlib import Path
 
+from bench.node_args import deploy, node_parser, where
 from imgflow.harness.autoscale import AUTOSCALE_VALUES, busy_scale_down, run, summary
-from imgflow.harness.paths import ROOT
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--kubeconfig", type=Path, default=ROOT / ".cluster" / "kubeconfig")
-    parser.add_argument("--namespace", default="imgflow")
-    parser.add_argument("--release", default="imgflow")
+    parser = node_parser(__doc__, "install/upgrade the release first (scripts/deploy.sh)")
     parser.add_argument("--cycles", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--delay", type=float, default=2.0)
-    parser.add_argument(
-        "--install", action="store_true", help="install/upgrade the release first (scripts/deploy.sh)"
-    )
     parser.add_argument("--busy", action="store_true", help="scale down while a pod holds a long job")
     parser.add_argument("--long-delay", type=float, default=20.0)
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     busy = ["--set", "config.gracefulTimeoutS=5", "--set", "config.fetchTimeoutS=60"]
-    values = [*AUTOSCALE_VALUES, *(busy if args.busy else [])]
     if args.install:
-        env = {
-            "CLUSTER_DIR": str(args.kubeconfig.parent),
-            "NAMESPACE": args.namespace,
-            "RELEASE": args.release,
-        }
-        subprocess.run([str(ROOT / "scripts" / "deploy.sh"), *values], env={**os.environ, **env}, check=True)
+        deploy(args, [*AUTOSCALE_VALUES, *(busy if args.busy else [])])
     if args.busy:
-        where = (args.kubeconfig, args.namespace, args.release)
-        figures = busy_scale_down(*where, args.cycles, args.jobs, args.delay, args.long_delay)
+        figures = busy_scale_down(*where(args), args.cycles, args.jobs, args.delay, args.long_delay)
         print(json.dumps({k: v for k, v in figures.items() if k != "cycles"}, indent=2))
     else:
-        figures = run(args.kubeconfig, args.namespace, args.release, args.cycles, args.jobs, args.delay)
+        figures = run(*where(args), args.cycles, args.jobs, args.delay)
         print(summary(figures))
     figures["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     if args.json:

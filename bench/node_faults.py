@@ -17,48 +17,31 @@ jobs; what was accepted is then drained and counted.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import subprocess
 from dataclasses import asdict
 from datetime import UTC, datetime
-from pathlib import Path
 
+from bench.node_args import deploy, node_parser, where
 from imgflow.harness.autoscale import AUTOSCALE_VALUES
 from imgflow.harness.node_faults import FAULT_VALUES, FAULTS, Fault, Release, run
-from imgflow.harness.paths import ROOT
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--kubeconfig", type=Path, default=ROOT / ".cluster" / "kubeconfig")
-    parser.add_argument("--namespace", default="imgflow")
-    parser.add_argument("--release", default="imgflow")
+    parser = node_parser(__doc__, "install/upgrade the release first")
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--faults", type=int, default=100)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--install", action="store_true", help="install/upgrade the release first")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.install:
-        env = {
-            "CLUSTER_DIR": str(args.kubeconfig.parent),
-            "NAMESPACE": args.namespace,
-            "RELEASE": args.release,
-        }
-        subprocess.run(
-            [str(ROOT / "scripts" / "deploy.sh"), *AUTOSCALE_VALUES, *FAULT_VALUES],
-            env={**os.environ, **env},
-            check=True,
-        )
+        deploy(args, [*AUTOSCALE_VALUES, *FAULT_VALUES])
     faults = [FAULTS[k % len(FAULTS)] for k in range(args.faults)]
 
     def progress(fault: Fault) -> None:
         print(json.dumps(asdict(fault)), flush=True)
 
-    release = Release(args.kubeconfig, args.namespace, args.release)
+    release = Release(*where(args))
     figures = run(release, args.jobs, faults, clients=args.clients, on_fault=progress)
     figures["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     figures["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.release()}"
