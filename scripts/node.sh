@@ -60,7 +60,8 @@ export_node_env() {
 
 node_tools() {
   local missing=() c
-  for c in containerd runc ctr iptables conntrack nsenter unshare; do
+  # ipset: for the NetworkPolicy enforcer of tests/node/test_network_policy.py (kube-router)
+  for c in containerd runc ctr iptables conntrack ipset nsenter unshare; do
     command -v "$c" >/dev/null || missing+=("$c")
   done
   [ -x /usr/lib/cni/ptp ] || missing+=(containernetworking-plugins)
@@ -69,7 +70,7 @@ node_tools() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends containerd runc containernetworking-plugins iptables \
-    conntrack util-linux >/dev/null
+    conntrack ipset util-linux >/dev/null
 }
 
 # The namespaces, the veth pair and the routes.

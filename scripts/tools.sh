@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Go-made tools imgflow runs against (FerretDB, etcd, Kubernetes, helm, CoreDNS, SeaweedFS)
-# and checks itself with (promtool, Prometheus, helm-docs, actionlint) once per version from the Go module proxy, keeps them in a per-machine cache and links them into
+# and checks itself with (promtool, Prometheus, helm-docs, actionlint, kube-router) once per version from the Go module proxy, keeps them in a per-machine cache and links them into
 # .tools/bin.
-# Usage: scripts/tools.sh [ferretdb|etcd|kube-apiserver|kubectl|kubelet|...|helm|coredns|weed|promtool|prometheus|helm-docs|actionlint ...]   (no argument: all of them)
+# Usage: scripts/tools.sh [ferretdb|etcd|kube-apiserver|kubectl|kubelet|...|helm|coredns|weed|promtool|prometheus|helm-docs|actionlint|kube-router ...]   (no argument: all of them)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=versions.env
@@ -169,8 +169,21 @@ build_command() {
   link "$name" "$out"
 }
 
+# kube-router: built as its own module, in Go's download cache, with the dependencies its go.mod
+# names (no wrapper: nothing of ours is added to its build).
+build_kube_router() {
+  local out=$cache/kube-router-$KUBE_ROUTER_VERSION dir
+  if [ ! -x "$out" ]; then
+    log "building kube-router $KUBE_ROUTER_VERSION (a few minutes, once)"
+    dir=$(go mod download -json "github.com/cloudnativelabs/kube-router/v2@$KUBE_ROUTER_VERSION" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    (cd "$dir" && go build -ldflags "-s -w" -o "$out" ./cmd/kube-router)
+  fi
+  link kube-router "$out"
+}
+
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(ferretdb etcd $KUBERNETES_COMMANDS helm coredns weed promtool prometheus helm-docs actionlint)
+[ ${#want[@]} -gt 0 ] || want=(ferretdb etcd $KUBERNETES_COMMANDS helm coredns weed promtool prometheus helm-docs actionlint kube-router)
 for t in "${want[@]}"; do
   case $t in
     ferretdb) build_ferretdb ;;
@@ -194,6 +207,8 @@ for t in "${want[@]}"; do
       "-X main.version=${HELM_DOCS_VERSION#v}" ;;
     actionlint) build_command actionlint github.com/rhysd/actionlint/cmd/actionlint "$ACTIONLINT_VERSION" \
       "-X github.com/rhysd/actionlint.version=$ACTIONLINT_VERSION" ;;
+    # the node tests' NetworkPolicy enforcer (tests/node/test_network_policy.py)
+    kube-router) build_kube_router ;;
     *) echo "tools: unknown tool $t" >&2; exit 2 ;;
   esac
 done

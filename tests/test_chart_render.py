@@ -1149,7 +1149,8 @@ def test_network_policies_are_off_by_default(default_docs: list[dict[str, Any]])
 def test_only_the_ingress_controller_prometheus_and_helm_test_reach_the_api() -> None:
     values = DEFAULT_VALUES["networkPolicy"]
     docs = render({"networkPolicy": {"enabled": True}})
-    assert {d["metadata"]["name"] for d in find(docs, "NetworkPolicy")} == {API, WORKER, OPERATOR}
+    names = {d["metadata"]["name"] for d in find(docs, "NetworkPolicy")}
+    assert names == {API, WORKER, OPERATOR, REDIS, MONGODB, SEAWEEDFS}
     api = policy(docs, API)
     assert selects(api, docs, API) and not selects(api, docs, WORKER)
     assert api["policyTypes"] == ["Ingress"]  # its egress (webhook receivers anywhere) stays open
@@ -1172,8 +1173,8 @@ def egress_peers(spec: dict[str, Any]) -> dict[str, list[Any]]:
     """Each egress rule's destinations, keyed by what it allows: "dns", a backend's port, "any"."""
     found: dict[str, list[Any]] = {}
     for rule in spec["egress"]:
-        ports = {p["port"] for p in rule.get("ports", [])}
-        key = "dns" if ports == {53} else ",".join(map(str, sorted(ports))) or "any"
+        ports = {str(p["port"]) for p in rule.get("ports", [])}
+        key = "dns" if "53" in ports else ",".join(sorted(ports)) or "any"
         found[key] = rule.get("to", [])
     return found
 
@@ -1194,6 +1195,48 @@ def test_workers_reach_dns_the_backends_and_public_addresses_only() -> None:
 
     closed = render({"networkPolicy": {"enabled": True, "urlSources": False}})
     assert "any" not in egress_peers(policy(closed, WORKER))
+
+
+def test_dns_is_reached_on_the_port_its_pods_name_too() -> None:
+    # a policy sees the DNS pod's port, not the Service's 53: a non-root CoreDNS listens on another
+    egress = policy(render({"networkPolicy": {"enabled": True}}), WORKER)["egress"]
+    [dns] = [r for r in egress if {"port": 53, "protocol": "UDP"} in r.get("ports", [])]
+    ports = {(p["port"], p["protocol"]) for p in dns["ports"]}
+    assert ports == {(53, "UDP"), (53, "TCP"), ("dns", "UDP"), ("dns-tcp", "TCP")}
+
+
+def test_only_the_release_reaches_its_dev_databases() -> None:
+    docs = render({"networkPolicy": {"enabled": True}})
+    for deployment, port in ((REDIS, 6379), (MONGODB, 27017), (SEAWEEDFS, 8333)):
+        spec = policy(docs, deployment)
+        assert selects(spec, docs, deployment) and spec["policyTypes"] == ["Ingress"], deployment
+        [rule] = spec["ingress"]
+        assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+        [peer] = rule["from"]
+        selector = peer["podSelector"]
+        [components] = selector["matchExpressions"]
+        assert components == {
+            "key": "app.kubernetes.io/component",
+            "operator": "In",
+            "values": ["api", "worker", "operator"],
+        }
+        for component in (API, WORKER, OPERATOR):
+            labels = one(docs, "Deployment", component)["spec"]["template"]["metadata"]["labels"]
+            assert all(labels[k] == v for k, v in selector["matchLabels"].items())
+            assert labels[components["key"]] in components["values"]
+        # a pod of the release that is none of those (the helm test pod) is not let in
+        test_pod = one(docs, "Pod", f"{REL}-imgflow-test")["metadata"]["labels"]
+        assert test_pod[components["key"]] not in components["values"]
+
+    external = render(
+        {
+            "networkPolicy": {"enabled": True},
+            "externalRedis": {"url": "redis://redis.example:6379/0"},
+            "externalMongodb": {"url": "mongodb://mongo.example:27017"},
+            "seaweedfs": {"enabled": False},
+        }
+    )
+    assert {d["metadata"]["name"] for d in find(external, "NetworkPolicy")} == {API, WORKER, OPERATOR}
 
 
 def test_external_backends_come_from_extra_egress() -> None:

@@ -346,8 +346,14 @@ severity: {{ .severity }}
 {{/*
 NetworkPolicy rules shared by the worker and the operator: Prometheus may scrape their metrics
 port; they may ask the cluster DNS and reach the chart's own Redis, MongoDB and SeaweedFS (when it
-runs them) and networkPolicy.extraEgress (external ones).
+runs them) and networkPolicy.extraEgress (external ones). devBackendPorts: the port each of those
+serves on (`include ... | fromYaml`), for these rules and the backends' own ingress policies.
 */}}
+{{- define "imgflow.devBackendPorts" -}}
+redis: 6379
+mongodb: 27017
+seaweedfs: 8333
+{{- end }}
 {{- define "imgflow.networkPolicy.metricsIngress" -}}
 {{- with .Values.networkPolicy.metricsFrom -}}
 - from:
@@ -363,11 +369,17 @@ runs them) and networkPolicy.extraEgress (external ones).
       protocol: UDP
     - port: 53
       protocol: TCP
+    # the DNS pods' ports as CoreDNS names them: policies see the pod's port, not the Service's, and
+    # a CoreDNS that runs as non-root listens on another (the local node's: 1053)
+    - port: dns
+      protocol: UDP
+    - port: dns-tcp
+      protocol: TCP
   {{- with .Values.networkPolicy.dnsTo }}
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-{{- range $component, $port := dict "redis" 6379 "mongodb" 27017 "seaweedfs" 8333 }}
+{{- range $component, $port := include "imgflow.devBackendPorts" . | fromYaml }}
 {{- if include (printf "imgflow.%s.inCluster" $component) $ }}
 - to:
     - podSelector:
