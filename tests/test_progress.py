@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -120,3 +122,33 @@ async def test_an_unknown_job_is_a_404_problem(processes: Processes, settings: S
         response = await client.get(f"{JOBS}/no-such-job/events")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_stopping_replica_ends_its_streams_and_the_client_resumes_on_another(
+    processes: Processes, settings: Settings
+) -> None:
+    # A rolling upgrade: the replica a client follows from is told to stop (SIGTERM, as the kubelet
+    # does after the pod's preStop). Its stream ends cleanly at once rather than being cut when the
+    # graceful shutdown runs out, and the client resumes on another replica.
+    stopping, base = processes.start_api(settings)
+    _, other = processes.start_api(settings)
+    async with api_client(base, timeout=60) as client:
+        job_id = (await submit(client, images.jpeg(), user_id="stopping")).json()["jobId"]
+        async with client.stream("GET", f"{JOBS}/{job_id}/events") as response:
+            seen = []
+            async for event in events(response):
+                if event is None:
+                    continue
+                seen.append(event)
+                os.kill(stopping.pid, signal.SIGTERM)  # no worker yet: the job waits
+            # the loop ends because the server ended the stream (a cut one raises here)
+    assert [event.job["status"] for event in seen] == ["pending"]
+    assert stopping.wait_exit(60) and stopping.terminate() == 0
+    processes.start_worker(settings)
+    async with (
+        api_client(other, timeout=60) as client,
+        client.stream("GET", f"{JOBS}/{job_id}/events", headers={"Last-Event-ID": seen[0].id}) as response,
+    ):
+        resumed = [e async for e in events(response) if e is not None]
+    assert resumed[-1].job["status"] == "completed"
+    assert all(entry_order(e.id) > entry_order(seen[0].id) for e in resumed)

@@ -9,7 +9,8 @@ changes come from Redis: imgflow.core.events); one Redis cannot read is a 400.
 A stream holds no Redis connection (the process's ChangeFeed reads for all of them), but it holds
 an HTTP connection and a place in memory: an API process serves ``max_streams`` at once, and
 ``max_streams_per_key`` per key; more get 429. A stream ends within HEARTBEAT_S + key_cache_s of
-its key being revoked.
+its key being revoked, and within HEARTBEAT_S of its process being told to stop (SIGTERM), so that
+its client resumes on another replica.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from pymongo.errors import PyMongoError
 
+from imgflow.api import stopping
 from imgflow.api.deps import BOOTSTRAP_KEY_ID, AppState, Principal, Reader, State
 from imgflow.api.problems import Problem, documented
 from imgflow.api.routes.jobs import visible_job
@@ -117,7 +119,8 @@ async def job_events(
             key_checked = loop.time()
             with state.feed.follow(job_id, resume or latest) as follower:
                 while current is not None and not current.status.finished:
-                    if await request.is_disconnected():
+                    # this process stopping: the client resumes on another replica (Last-Event-ID)
+                    if stopping.requested() or await request.is_disconnected():
                         return
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(HEARTBEAT_S):
