@@ -178,6 +178,7 @@ def main() -> None:
                     args.long_delay,
                     settle_s=settle,
                     ready=False,
+                    at_least=2,  # the HPA adds pods at its next sync (15 s): a short burst may end at 2
                 )
             except TimeoutError as exc:
                 results[name]["busy"] = {"not reached": str(exc)}

@@ -449,6 +449,7 @@ def busy_scale_down(
     long_delay: float,
     settle_s: float = 180,
     ready: bool = True,
+    at_least: int = 3,
 ) -> dict[str, Any]:
     """Scale-down while a pod is busy. Each cycle: ``jobs`` short jobs take the workers from 0 to
     3; once three pods are Ready one long job (a ``long_delay`` s fetch) goes to whichever frees a
@@ -458,11 +459,13 @@ def busy_scale_down(
     shows as a job given back. Recorded: each removed pod's deletion cost as the API showed it
     when it was marked for deletion, its stop time and exit code, and the jobs given back.
 
-    ``ready=False``: the long job once three worker containers run (not being deleted), Ready or
-    not. The workers take jobs from the stream, not through a Service, so a running worker
-    competes for the long job as a Ready one does; an autoscaler that removes pods as soon as the
-    queue is empty (KEDA + HPA with no stabilization) removes them before the kubelet's next
-    readiness probe. A cycle whose three pods never run at once is counted as not reached."""
+    ``ready=False``: the long job once ``at_least`` worker containers run (not being deleted),
+    Ready or not. The workers take jobs from the stream, not through a Service, so a running
+    worker competes for the long job as a Ready one does; an autoscaler that removes pods as soon
+    as the queue is empty (KEDA + HPA with no stabilization) removes them before the kubelet's
+    next readiness probe, and one that adds them only at its next sync (the HPA's 15 s) may not
+    reach three before a short burst is done. A cycle whose pods never run at once is counted as
+    not reached."""
     collection = prepare(kubeconfig, namespace, release)
     seen, stop = watching(kubeconfig, namespace, release)
     results: list[BusyCycle] = []
@@ -475,8 +478,8 @@ def busy_scale_down(
         deleted = pod["metadata"].get("deletionTimestamp")
         return not deleted and any("running" in c.get("state", {}) for c in statuses)
 
-    def three_up() -> bool:
-        return sum(map(up, pods(kubeconfig, namespace, "worker"))) >= 3
+    def enough_up() -> bool:
+        return sum(map(up, pods(kubeconfig, namespace, "worker"))) >= at_least
 
     try:
         for i in range(cycles):
@@ -485,12 +488,12 @@ def busy_scale_down(
             name = f"busy-{uuid.uuid4().hex[:6]}"
             create_image_job(kubeconfig, namespace, name, jobs, delay)
             try:
-                wait("three worker pods " + ("Ready" if ready else "running"), three_up, 180)
+                wait(f"{at_least} worker pods " + ("Ready" if ready else "running"), enough_up, 180)
             except TimeoutError:
                 if ready:
                     raise
                 not_reached += 1
-                print(f"busy cycle {i + 1}/{cycles}: three worker pods never ran at once", flush=True)
+                print(f"busy cycle {i + 1}/{cycles}: {at_least} worker pods never ran at once", flush=True)
                 kubectl(
                     kubeconfig, "wait", f"imagejob/{name}", "-n", namespace,
                     "--for=jsonpath={.status.phase}=Succeeded", "--timeout=300s",
