@@ -16,7 +16,8 @@ The release is deployed without policies and upgraded with ``networkPolicy.enabl
 "stranger" pod in the release's namespace, without the labels the policies name, is refused by
 Redis, MongoDB, SeaweedFS and the API; labelled as ``networkPolicy.apiFrom`` says, it reaches the
 API and still not Redis; a worker cannot reach the stranger (a private address outside its
-backends, as a URL source pointing into the cluster would be); ``helm test`` (an upload through
+backends, as a URL source pointing into the cluster would be) nor the API, and reaches its backends
+by name; the operator reaches the Kubernetes API; ``helm test`` (an upload through
 the API Service, completed by a worker) passes. With the policies disabled again the same
 connections succeed, so the refusals were theirs.
 """
@@ -225,7 +226,11 @@ def test_a_pod_the_policies_do_not_allow_is_refused_while_the_release_works(
         upgrade(node, "-f", str(policy_values(node, tmp_path / "policy.yaml")))
         refused = {t: "ConnectionRefusedError" for t in [*BACKENDS, API]}
         settle(node, STRANGER, refused)
-        settle(node, worker, {stranger: "ConnectionRefusedError"})
+        # a worker reaches its backends by name (DNS allowed), not the API nor another pod
+        connected = {t: "connected" for t in BACKENDS}
+        settle(node, worker, {**connected, API: "ConnectionRefusedError", stranger: "ConnectionRefusedError"})
+        # the operator reaches the Kubernetes API (extraEgress) and its backends
+        settle(node, f"deploy/{RELEASE}-operator", {**connected, "kubernetes.default:443": "connected"})
         # the enforcer's rules are in the node's namespace only
         host = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
         assert "kube-router" not in host and "KUBE-POD-FW-" not in host
