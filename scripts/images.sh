@@ -177,16 +177,23 @@ cmd_build() {
   log "images ready: $out"
 }
 
-# prune REF...: forget the images and archives of earlier builds (other tags of these names), and
-# the layers nothing uses any more, so that rebuilds do not fill the disk.
+# prune REF...: forget the images and archives of earlier builds (other tags of these names; an
+# archive only once it is 3 hours old), and the layers nothing uses any more, so that rebuilds do
+# not fill the disk.
 prune() {
   local keep=" $* " archives=" " ref file
-  for ref in "$@"; do archives+="$(archive_path "$ref") "; done
+  for ref in "$@"; do
+    archives+="$(archive_path "$ref") "
+    touch -c "$(archive_path "$ref")"  # in use: its age counts from this build
+  done
   for ref in $(bah images --format '{{.Name}}:{{.Tag}}' --filter "reference=$registry/*"); do
     case $keep in *" $ref "*) ;; *) bah rmi -f "$ref" >/dev/null 2>&1 || true ;; esac
   done
   for file in "$cache"/archives/*.tar; do
-    case $archives in *" $file "*) ;; *) rm -f "$file" ;; esac
+    case $archives in *" $file "*) continue ;; esac
+    # another work tree sharing this cache may have built it lately and still load it into its node
+    [ -z "$(find "$file" -mmin -180 2>/dev/null)" ] || continue
+    rm -f "$file"
   done
   bah rmi --prune >/dev/null 2>&1 || true
 }
