@@ -324,6 +324,16 @@ def test_api_deployment(default_docs: list[dict[str, Any]]) -> None:
     assert api["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
+def test_a_deleted_api_pod_serves_on_before_it_stops() -> None:
+    """The Service and kube-proxy forget a deleted pod only after its deletion: it sleeps in
+    preStop before SIGTERM, and the sleep leaves time in the grace period for its requests."""
+    api = one(render({}), "Deployment", API)
+    assert container(api, "api")["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "5"]}}
+    assert api["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 5 + 20
+    api = one(render({"api": {"preStopSleepSeconds": 0}}), "Deployment", API)
+    assert "lifecycle" not in container(api, "api")
+
+
 def test_readiness_probes_wait_longer_than_a_check(default_docs: list[dict[str, Any]]) -> None:
     """A probe giving up when the check does would fail as a timeout instead of the 503 that
     names the backend not answering (what kubectl describe pod shows)."""
