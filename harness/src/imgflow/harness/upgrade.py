@@ -7,11 +7,11 @@ The load is imgflow.harness.node_faults' (clients in the node's network namespac
 steady rate. Each follower submits a job of seconds (``node_faults.LONG_JOB``) the same way and
 follows its ``/events`` to the end; a stream that ends or is cut before the job's end is opened
 again with ``Last-Event-ID`` (on whichever replica the Service picks), until the rollout is over.
-Meanwhile a watcher samples, twice a second, the API pods Ready and not being deleted, the API
+A probe opens a new connection to the Service every few ms. Meanwhile a watcher samples, twice a second, the API pods Ready and not being deleted, the API
 PodDisruptionBudget's ``desiredHealthy``, and the worker Deployment's ``spec.replicas`` with who
 last wrote it (its managed fields).
 
-Counted at the end: answers 5xx (on uploads and on event streams), connections refused, other
+Counted at the end: answers 5xx (uploads, event streams, probes), connections refused, other
 cut connections, client-visible errors, accepted jobs lost, accepted twice, completed twice; per
 follower the streams opened and resumed, and whether its event ids (checked against the job's
 change stream in Redis) rose without a repeat and ended on the job's last change.
@@ -92,6 +92,8 @@ class Followers:
     stop: threading.Event = field(default_factory=threading.Event)
     followed: list[Followed] = field(default_factory=list)
     answers: collections.Counter[int] = field(default_factory=collections.Counter)  # of the streams
+    # what new connections got, one at a time (``probe``): answers by status, errors by name
+    connections: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 async def follow(client: httpx.AsyncClient, f: Followed, answers: collections.Counter[int]) -> None:
@@ -126,11 +128,25 @@ async def follow(client: httpx.AsyncClient, f: Followed, answers: collections.Co
         await asyncio.sleep(0.2)
 
 
+async def probe(url: str, followers: Followers) -> None:
+    """A new connection to the API Service every few ms (``GET /healthz``, no keep-alive) until
+    ``followers.stop``: a pod that stops listening while the Service still routes to it refuses some
+    (the clients' pooled connections only meet that when they reconnect)."""
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(10, connect=5), limits=limits) as client:
+        while not followers.stop.is_set():
+            try:
+                followers.connections[str((await client.get("/healthz")).status_code)] += 1
+            except httpx.TransportError as exc:
+                followers.connections[type(exc).__name__] += 1
+            await asyncio.sleep(0.02)
+
+
 def start_followers(
     release: node_faults.Release, followers: Followers, user_id: str, count: int
 ) -> threading.Thread:
-    """``count`` followers in a thread inside the node's network namespace: each submits a job,
-    follows it to its end, and again, until ``followers.stop``."""
+    """``count`` followers and a ``probe`` in a thread inside the node's network namespace: each
+    follower submits a job, follows it to its end, and again, until ``followers.stop``."""
     url, key = release.api_url(), release.admin_key()
     holder = int((release.cluster_dir / "run" / "node-ns.pid").read_text())
     photo = images.jpeg(int(node_faults.LONG_JOB["width"]), int(node_faults.LONG_JOB["height"]))
@@ -151,7 +167,7 @@ def start_followers(
         async with httpx.AsyncClient(
             base_url=url, timeout=timeout, headers={"Authorization": f"Bearer {key}"}
         ) as client:
-            await asyncio.gather(*(one(client) for _ in range(count)))
+            await asyncio.gather(*(one(client) for _ in range(count)), probe(url, followers))
 
     def run() -> None:
         try:
@@ -395,11 +411,14 @@ def run(
         "redelivered": sum(1 for i in accepted if docs.get(i, {}).get("attempts", 0) > 1),
         "answered_5xx": {
             cause: n
-            for cause, n in (retried + collections.Counter(map(str, following.answers))).items()
+            for cause, n in (
+                retried + collections.Counter(map(str, following.answers)) + following.connections
+            ).items()
             if cause.isdigit() and int(cause) >= 500
         }
         | {e: 1 for e in load.errors + follow_load.errors if e.split(": ", 1)[-1][:1] == "5"},
-        "refused": retried["ConnectError"],
+        "refused": retried["ConnectError"] + following.connections["ConnectError"],
+        "connections": dict(following.connections),
         "retried": dict(retried),
         "client_errors": load.errors + follow_load.errors,
         "streams": dict(following.answers),
