@@ -1,8 +1,8 @@
 """The chart's access policies on a real kube-apiserver. Its aggregated ClusterRoles
 (aggregatedRoles.enabled): a user bound in a namespace to the cluster's built-in `view` or `edit`
 role may then read, or also write, ImageJobs there, as `kubectl auth can-i --as` answers. Its
-NetworkPolicies (networkPolicy.enabled) pass the server's validation; whether they refuse traffic
-needs a node whose CNI enforces NetworkPolicy, which the project's node (ptp) does not.
+NetworkPolicies (networkPolicy.enabled) pass the server's validation; that they refuse traffic is
+shown on the node with an enforcer (tests/node/test_network_policy.py).
 
 The session's control plane runs no controller-manager, and it is the ClusterRole aggregation
 controller that copies the labelled roles' rules into view/edit/admin: this module runs
@@ -106,19 +106,27 @@ def test_view_and_edit_users_get_imagejobs_through_the_aggregated_roles(
 
 
 @pytest.mark.parametrize(
-    "values",
+    ("values", "components"),
     [
-        (),
+        ((), ["api", "worker", "operator", "mongodb", "redis", "seaweedfs"]),
         (
-            "networkPolicy.urlSources=false",
-            "networkPolicy.kubernetesApiCidrs={10.0.0.1/32}",
-            "redis.enabled=false",
-            "externalRedis.url=redis://redis.example:6379/0",
+            (
+                "networkPolicy.urlSources=false",
+                "networkPolicy.kubernetesApiCidrs={10.0.0.1/32}",
+                "redis.enabled=false",
+                "externalRedis.url=redis://redis.example:6379/0",
+            ),
+            ["api", "worker", "operator", "mongodb", "seaweedfs"],  # no policy for a Redis not installed
         ),
     ],
     ids=["default", "closed"],
 )
-def test_the_network_policies_are_valid(kube: Kube, namespace: str, values: tuple[str, ...]) -> None:
+def test_the_network_policies_are_valid(
+    kube: Kube, namespace: str, values: tuple[str, ...], components: list[str]
+) -> None:
     policies = chart_part(namespace, "networkpolicy.yaml", "networkPolicy.enabled=true", *values)
     proc = kube.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=policies)
-    assert proc.stdout.count("networkpolicy.networking.k8s.io/") == 3, proc.stdout
+    applied = sorted(line.split()[0] for line in proc.stdout.splitlines() if line.strip())
+    assert applied == sorted(f"networkpolicy.networking.k8s.io/rel-imgflow-{c}" for c in components), (
+        proc.stdout
+    )
