@@ -7,9 +7,10 @@ The load is imgflow.harness.node_faults' (clients in the node's network namespac
 steady rate. Each follower submits a job of seconds (``node_faults.LONG_JOB``) the same way and
 follows its ``/events`` to the end; a stream that ends or is cut before the job's end is opened
 again with ``Last-Event-ID`` (on whichever replica the Service picks), until the rollout is over.
-A probe opens a new connection to the Service every few ms. Meanwhile a watcher samples, twice a second, the API pods Ready and not being deleted, the API
-PodDisruptionBudget's ``desiredHealthy``, and the worker Deployment's ``spec.replicas`` with who
-last wrote it (its managed fields).
+A probe opens a new connection to the Service every few ms. Meanwhile a watcher samples, twice a
+second, the API pods Ready and not being deleted, the API PodDisruptionBudget's
+``desiredHealthy``, and the worker Deployment's ``spec.replicas`` with who last wrote it (its
+managed fields).
 
 Counted at the end: answers 5xx (uploads, event streams, probes), connections refused, other
 cut connections, client-visible errors, accepted jobs lost, accepted twice, completed twice; per
