@@ -42,6 +42,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,7 @@ async def submit_with_retries(
         pause = min(pause * 2, 3.0)
 
 
-async def run_load(url: str, key: str, load: Load, user_id: str, clients: int) -> None:
+async def run_load(client: httpx.AsyncClient, load: Load, user_id: str, clients: int) -> None:
     photos = [images.jpeg(w, h) for w, h in ((320, 240), (480, 360), (640, 480))]
     large = images.jpeg(int(LONG_JOB["width"]), int(LONG_JOB["height"]))
 
@@ -212,30 +213,44 @@ async def run_load(url: str, key: str, load: Load, user_id: str, clients: int) -
             else:
                 await submit_with_retries(client, load, n, user_id, photos[n % len(photos)], {})
 
-    timeout = httpx.Timeout(60, connect=5)
-    async with httpx.AsyncClient(
-        base_url=url, timeout=timeout, headers={"Authorization": f"Bearer {key}"}
-    ) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+    await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+
+
+def start_in_node(
+    release: Release, load: Load, name: str, work: Callable[[httpx.AsyncClient], Awaitable[None]]
+) -> threading.Thread:
+    """``work(client)`` in a thread ``name`` inside the node's network namespace, ``client`` an
+    HTTP client of the API Service with the admin key; an exception that ends it is counted in
+    ``load.errors``, and ``load.finished`` is set when it ends."""
+    url, key = release.api_url(), release.admin_key()
+    holder = int((release.cluster_dir / "run" / "node-ns.pid").read_text())
+
+    async def main() -> None:
+        timeout = httpx.Timeout(60, connect=5)
+        async with httpx.AsyncClient(
+            base_url=url, timeout=timeout, headers={"Authorization": f"Bearer {key}"}
+        ) as client:
+            await work(client)
+
+    def run() -> None:
+        try:
+            enter_network_namespace(holder)
+            asyncio.run(main())
+        except Exception as exc:  # counted, not lost in a thread
+            load.errors.append(f"{name} stopped: {exc!r}")
+        finally:
+            load.finished.set()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 def start_load(release: Release, load: Load, user_id: str, clients: int) -> threading.Thread:
     """The clients, in a thread inside the node's network namespace."""
-    url, key = release.api_url(), release.admin_key()
-    holder = int((release.cluster_dir / "run" / "node-ns.pid").read_text())
-
-    def main() -> None:
-        try:
-            enter_network_namespace(holder)
-            asyncio.run(run_load(url, key, load, user_id, clients))
-        except Exception as exc:  # counted, not lost in a thread
-            load.errors.append(f"the load stopped: {exc!r}")
-        finally:
-            load.finished.set()
-
-    thread = threading.Thread(target=main, name="node-faults-load", daemon=True)
-    thread.start()
-    return thread
+    return start_in_node(
+        release, load, "node-faults-load", lambda client: run_load(client, load, user_id, clients)
+    )
 
 
 @dataclass

@@ -148,8 +148,6 @@ def start_followers(
 ) -> threading.Thread:
     """``count`` followers and a ``probe`` in a thread inside the node's network namespace: each
     follower submits a job, follows it to its end, and again, until ``followers.stop``."""
-    url, key = release.api_url(), release.admin_key()
-    holder = int((release.cluster_dir / "run" / "node-ns.pid").read_text())
     photo = images.jpeg(int(node_faults.LONG_JOB["width"]), int(node_faults.LONG_JOB["height"]))
 
     async def one(client: httpx.AsyncClient) -> None:
@@ -163,25 +161,10 @@ def start_followers(
                 followers.followed.append(f)
                 await follow(client, f, followers.answers)
 
-    async def main() -> None:
-        timeout = httpx.Timeout(60, connect=5)
-        async with httpx.AsyncClient(
-            base_url=url, timeout=timeout, headers={"Authorization": f"Bearer {key}"}
-        ) as client:
-            await asyncio.gather(*(one(client) for _ in range(count)), probe(url, followers))
+    async def work(client: httpx.AsyncClient) -> None:
+        await asyncio.gather(*(one(client) for _ in range(count)), probe(str(client.base_url), followers))
 
-    def run() -> None:
-        try:
-            node_faults.enter_network_namespace(holder)
-            asyncio.run(main())
-        except Exception as exc:  # counted, not lost in a thread
-            followers.load.errors.append(f"the followers stopped: {exc!r}")
-        finally:
-            followers.load.finished.set()
-
-    thread = threading.Thread(target=run, name="upgrade-followers", daemon=True)
-    thread.start()
-    return thread
+    return node_faults.start_in_node(release, followers.load, "upgrade-followers", work)
 
 
 def pace(load: node_faults.Load, per_s: float, stop: threading.Event) -> threading.Thread:
