@@ -26,7 +26,15 @@ from imgflow.operator.imagejob import (
     summarize,
     thumbnail_spec,
 )
-from imgflow.operator.podcost import PodView, deletion_costs, parse_heartbeats
+from imgflow.operator.podcost import (
+    COSTS_HOLD_MAX_S,
+    COSTS_SEEN_S,
+    PodView,
+    deletion_costs,
+    hold_scale_down,
+    parse_heartbeats,
+    reorders,
+)
 from imgflow.operator.settings import OperatorSettings
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -210,3 +218,37 @@ def test_costs_are_set_for_selected_pods_only() -> None:
     assert deletion_costs(costs, pods, [worker]) == {"w-1": 2, "w-3": 0, "w-5": 0}
     assert deletion_costs(costs, pods, []) == {}
     assert deletion_costs(costs, pods, [{}]) == {}  # an empty selector selects nothing
+
+
+def test_a_pod_taking_a_job_or_going_idle_changes_the_order_a_job_running_on_does_not() -> None:
+    worker = {"app": "worker"}
+    pods = [PodView("idle", worker, None), PodView("long", worker, "6"), PodView("short", worker, "3")]
+    assert reorders(pods, {"idle": 1})  # just took a job: no longer among the first to go
+    assert reorders(pods, {"short": 0})  # just went idle: now the first to go
+    assert reorders(pods, {"long": 2})  # its oldest job ended, a younger one runs on
+    assert not reorders(pods, {"long": 8, "short": 5})  # both jobs ran on: same order
+    assert not reorders(pods, {})
+    assert reorders([PodView("odd", worker, "x")], {"odd": 2})  # an unreadable cost counts as 0
+
+
+def test_a_scale_down_waits_until_the_replica_set_can_have_seen_a_new_order() -> None:
+    # The autoscaler's ticks, 0.5 s apart: a pod took the long job at 10.0 and its cost went from
+    # 0 to 1 then; a scale-down due at 10.1 waits until COSTS_SEEN_S after that, not longer.
+    reordered, held = 10.0, None
+    ticks = [10.1 + 0.5 * k for k in range(6)]
+    acted = []
+    for now in ticks:
+        if hold_scale_down(reordered, held, now):
+            held = held if held is not None else now
+        else:
+            acted.append(now)
+    assert acted[0] >= reordered + COSTS_SEEN_S
+    assert acted[0] - reordered < COSTS_SEEN_S + 0.5
+    assert not hold_scale_down(None, None, 10.0)  # nothing reordered since the operator started
+
+
+def test_costs_that_keep_changing_hold_a_scale_down_back_only_so_long() -> None:
+    # Pods that keep taking and finishing jobs reorder the costs on every tick.
+    held = 100.0
+    assert hold_scale_down(100.0 + COSTS_HOLD_MAX_S - 0.5, held, 100.0 + COSTS_HOLD_MAX_S - 0.1)
+    assert not hold_scale_down(100.0 + COSTS_HOLD_MAX_S - 0.5, held, 100.0 + COSTS_HOLD_MAX_S)

@@ -152,6 +152,7 @@ class Watched:
     replicas: list[tuple[float, int]] = field(default_factory=list)
     ready_pods: dict[str, float] = field(default_factory=dict)  # pod uid -> first seen Ready
     removals: dict[str, Removal] = field(default_factory=dict)  # pod name -> its removal
+    costs: dict[str, str | None] = field(default_factory=dict)  # live pod -> its deletion cost now
 
 
 @dataclass
@@ -165,6 +166,7 @@ class Removal:
     exit_code: int | None = None  # the worker's, as it stopped (137: killed at the grace period's end)
     age_s: float | None = None  # since the pod was created, when marked
     was_ready: bool = False  # Ready before it was marked (a pod removed while starting was not)
+    others: dict[str, str | None] = field(default_factory=dict)  # the pods not marked: their costs then
 
 
 def watch(
@@ -194,8 +196,8 @@ def watch(
         if ready and p.metadata.uid not in seen.ready_pods:
             seen.ready_pods[p.metadata.uid] = now
         name = p.metadata.name
+        cost = (p.metadata.annotations or {}).get(DELETION_COST)
         if p.metadata.deletion_timestamp is not None and name not in seen.removals:
-            cost = (p.metadata.annotations or {}).get(DELETION_COST)
             created = p.metadata.creation_timestamp
             seen.removals[name] = Removal(
                 name,
@@ -203,7 +205,12 @@ def watch(
                 now,
                 age_s=None if created is None else round(now - created.timestamp(), 1),
                 was_ready=p.metadata.uid in seen.ready_pods,
+                others={n: c for n, c in seen.costs.items() if n != name and n not in seen.removals},
             )
+        if kind == "DELETED":
+            seen.costs.pop(name, None)
+        else:
+            seen.costs[name] = cost
         if kind == "DELETED" and name in seen.removals and seen.removals[name].gone is None:
             seen.removals[name].gone = now
             for c in p.status.container_statuses or []:
@@ -437,6 +444,28 @@ class BusyCycle:
     removed_during: int  # pods removed while the long job ran: the scale-down under test
     long_given_back: int  # the long job's pod was removed while running it (it gave the job back)
     interrupted: dict[str, int]
+    long_pods: list[str] = field(default_factory=list)  # the pods that ran the long job, in turn
+    long_attempts: int = 0
+
+
+def follow_pods(
+    collection: pymongo.collection.Collection[dict[str, Any]], image_job: str, stop: threading.Event
+) -> list[str]:
+    """The pods that take the jobs of ``image_job`` in turn, from the jobs' records (the consumer
+    that started a job last, named after its pod), read every 0.2 s in a thread until ``stop``."""
+    found: list[str] = []
+
+    def loop() -> None:
+        while not stop.is_set():
+            for doc in collection.find({"image_job": image_job}, {"worker": 1}):
+                consumer = doc.get("worker")
+                pod = consumer.rsplit("-", 1)[0] if consumer else None
+                if pod and pod not in found:
+                    found.append(pod)
+            stop.wait(0.2)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return found
 
 
 def busy_scale_down(
@@ -500,11 +529,16 @@ def busy_scale_down(
                 )  # fmt: skip
                 continue
             create_image_job(kubeconfig, namespace, f"{name}-long", 1, long_delay)
-            for ij in (name, f"{name}-long"):
-                kubectl(
-                    kubeconfig, "wait", f"imagejob/{ij}", "-n", namespace,
-                    "--for=jsonpath={.status.phase}=Succeeded", "--timeout=300s",
-                )  # fmt: skip
+            followed = threading.Event()
+            long_pods = follow_pods(collection, f"{namespace}/{name}-long", followed)
+            try:
+                for ij in (name, f"{name}-long"):
+                    kubectl(
+                        kubeconfig, "wait", f"imagejob/{ij}", "-n", namespace,
+                        "--for=jsonpath={.status.phase}=Succeeded", "--timeout=300s",
+                    )  # fmt: skip
+            finally:
+                followed.set()
             wait("workers back to 0", lambda: at_zero(kubeconfig, namespace, seen), settle_s)
             docs = list(
                 collection.find({"image_job": {"$in": [f"{namespace}/{name}", f"{namespace}/{name}-long"]}})
@@ -514,7 +548,16 @@ def busy_scale_down(
             removed = [r for r in seen.removals.values() if r.marked >= started]
             during = sum(1 for r in removed if r.marked < done)
             given_back = long_job.get("given_back", 0)
-            results.append(BusyCycle(removed, during, given_back, interrupted(docs)))
+            results.append(
+                BusyCycle(
+                    removed,
+                    during,
+                    given_back,
+                    interrupted(docs),
+                    list(long_pods),
+                    long_job.get("attempts", 0),
+                )
+            )
             print(f"busy cycle {i + 1}/{cycles}: {asdict(results[-1])}", flush=True)
     finally:
         stop.set()

@@ -91,13 +91,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         return [pod for store in worker_pods.values() for pod in store]
 
     namespace = config.operator_namespace or ""
-    autoscaler = Autoscaler(config, ctx.redis, ctx.kube, targets)
+    costs = DeletionCosts(config, ctx.redis, ctx.kube, namespace, targets, pods)
+    autoscaler = Autoscaler(config, ctx.redis, ctx.kube, targets, costs)
     memo["autoscaler"] = autoscaler
     memo["tasks"] = [
         asyncio.create_task(autoscaler.run(), name="autoscaler"),
-        asyncio.create_task(
-            DeletionCosts(config, ctx.redis, ctx.kube, namespace, targets, pods).run(), name="deletion-costs"
-        ),
+        asyncio.create_task(costs.run(), name="deletion-costs"),
     ]
 
 

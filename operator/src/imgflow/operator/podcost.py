@@ -13,6 +13,12 @@ Each worker publishes in Redis (``{stream}:worker:{consumer}``, JSON ``{"pod": .
 ..., "running_s": ...}``, 10 s expiry) its jobs in flight and how long the oldest has run; the
 operator copies the cost into the annotation. A pod without a fresh record (starting, or stuck)
 costs 0: losing it loses nothing, its messages are reclaimed by others.
+
+The ReplicaSet controller reads the annotations from its own watch, which lags behind the
+workers: a pod that has just taken a job may still show 0, one that has just gone idle its old
+cost. A worker beats at once when it goes from idle to busy or back, and before a scale-down the
+operator brings the costs up to date and, if that changed the pods' order, waits a moment
+(``hold_scale_down``) so that the ReplicaSet chooses by the new one.
 """
 
 from __future__ import annotations
@@ -20,6 +26,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+# How long a scale-down waits after a cost that changed the pods' order was written, for the
+# ReplicaSet controller's watch to see it (a loaded node's lags by hundreds of milliseconds).
+COSTS_SEEN_S = 1.0
+# The longest a scale-down waits for the costs to settle: pods that keep taking and finishing jobs
+# change the order all the time, and must not hold the scale-down back for good.
+COSTS_HOLD_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -72,3 +85,34 @@ def deletion_costs(
         if pod.cost != str(want):
             changes[pod.name] = want
     return changes
+
+
+def reorders(pods: Iterable[PodView], changes: Mapping[str, int]) -> bool:
+    """Some of the changes may change which pod a ReplicaSet removes first: a pod took a job (its
+    cost leaves 0) or its oldest job ended (its cost falls). A busy pod's cost that grows as its
+    job runs keeps the order (the pods' oldest jobs age alike), and waiting for it would hold a
+    scale-down back as long as any pod is busy."""
+    before = {pod.name: _cost(pod.cost) for pod in pods}
+    for name, cost in changes.items():
+        was = before.get(name, 0)
+        if was == 0 or cost < was:
+            return True
+    return False
+
+
+def hold_scale_down(reordered_at: float | None, held_since: float | None, now: float) -> bool:
+    """A scale-down due at ``now`` waits: the pods' order changed (``reordered_at``) less than
+    ``COSTS_SEEN_S`` ago, and it has not waited (since ``held_since``) ``COSTS_HOLD_MAX_S`` yet.
+    Times on one monotonic clock."""
+    if reordered_at is None or now - reordered_at >= COSTS_SEEN_S:
+        return False
+    return held_since is None or now - held_since < COSTS_HOLD_MAX_S
+
+
+def _cost(annotation: str | None) -> int:
+    """An annotation's cost; one that is not a whole number counts as 0, as the ReplicaSet
+    controller reads it."""
+    try:
+        return int(annotation) if annotation is not None else 0
+    except ValueError:
+        return 0

@@ -7,6 +7,11 @@ nothing per tick. It is a plain task rather than a kopf daemon or timer per Depl
 those make kopf put a finalizer on the Deployment, which needs ``patch`` on Deployments (rights to
 change their pod template) and would block deleting them whenever the operator is down; the
 operator may only touch ``deployments/scale``.
+
+Before it patches a scale-down, the loop brings the pods' deletion costs up to date
+(``DeletionCosts.tick``) and, if that changed their order, waits (``podcost.hold_scale_down``):
+the ReplicaSet picks the pods to remove from its own watch, which must see the new costs first.
+Scale-ups never wait.
 """
 
 from __future__ import annotations
@@ -24,7 +29,14 @@ from imgflow.core.queue import Backlog, read_backlog
 from imgflow.operator import metrics
 from imgflow.operator.autoscale import History, Policy, decide, parse_policy
 from imgflow.operator.kube import Kube, KubeError, ObjectRef
-from imgflow.operator.podcost import PodView, deletion_costs, heartbeat_pattern, parse_heartbeats
+from imgflow.operator.podcost import (
+    PodView,
+    deletion_costs,
+    heartbeat_pattern,
+    hold_scale_down,
+    parse_heartbeats,
+    reorders,
+)
 from imgflow.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -55,6 +67,7 @@ class _State:
     problems: tuple[str, ...] = ()
     patched: tuple[int, float] | None = None  # (replicas, when) until the watch shows them
     failing: str | None = None  # the last scale error, reported once
+    held_since: float | None = None  # a scale-down has waited for the pods' costs since then
 
     def current(self, observed: int, now: float) -> int:
         # Our own patch may not have come back through the watch yet; deciding from the stale
@@ -94,12 +107,14 @@ class Autoscaler:
         redis: Redis,
         kube: Kube,
         targets: Callable[[], Iterable[Target]],
+        costs: DeletionCosts | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._redis = redis
         self._kube = kube
         self._targets = targets
+        self._costs = costs
         self._clock = clock
         self._states: dict[str, _State] = {}
         self._redis_health = _Quiet("redis")
@@ -147,6 +162,9 @@ class Autoscaler:
         metrics.CURRENT_REPLICAS.labels(target.name).set(current)
         metrics.DESIRED_REPLICAS.labels(target.name).set(decision.desired)
         direction = decision.direction(current)
+        if direction == "down" and await self._hold(target, state):
+            return
+        state.held_since = None
         if direction is None:
             return
 
@@ -167,6 +185,23 @@ class Autoscaler:
         log.info("deployment %s: %s", target.name, message)
         reason = "ScaledUp" if direction == "up" else "ScaledDown"
         await self._kube.post_event(target.ref, "Normal", reason, message)
+
+    async def _hold(self, target: Target, state: _State) -> bool:
+        """Whether a scale-down due now waits. The ReplicaSet removes the pods of lowest deletion
+        cost as its own watch shows them, which lags behind the workers (a job just taken may not
+        be costed yet, a pod just gone idle still show its old cost): the costs are brought up to
+        date first, and when that changed the pods' order, the scale-down waits for a later tick
+        so that the ReplicaSet's watch sees the new order before it chooses."""
+        if self._costs is None:
+            return False
+        await self._costs.tick()
+        now = self._clock()
+        if not hold_scale_down(self._costs.reordered_at, state.held_since, now):
+            return False
+        if state.held_since is None:
+            state.held_since = now
+            log.info("deployment %s: scale-down waits for the pods' new deletion costs", target.name)
+        return True
 
 
 def _explain(policy: Policy, current: int, desired: int, backlog: Backlog) -> str:
@@ -191,6 +226,7 @@ class DeletionCosts:
         namespace: str,
         targets: Callable[[], Iterable[Target]],
         pods: Callable[[], Iterable[PodView]],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._redis = redis
@@ -198,7 +234,9 @@ class DeletionCosts:
         self._namespace = namespace
         self._targets = targets
         self._pods = pods
+        self._clock = clock
         self._health = _Quiet("redis (worker records)")
+        self.reordered_at: float | None = None  # when a change last altered the pods' order
 
     async def run(self) -> None:
         while True:
@@ -213,17 +251,24 @@ class DeletionCosts:
             await asyncio.sleep(self._settings.pod_cost_interval_s)
 
     async def tick(self) -> dict[str, int]:
-        """Patch what changed; returns the changes made."""
+        """Patch what changed; returns the changes made. Run by its own loop and by the autoscaler
+        right before a scale-down."""
         selectors = [t.selector for t in self._targets()]
         if not selectors:
             return {}
         keys = [key async for key in self._redis.scan_iter(match=heartbeat_pattern(self._settings.stream))]
         values = await self._redis.mget(keys) if keys else []
-        changes = deletion_costs(parse_heartbeats(values), self._pods(), selectors)
+        pods = list(self._pods())
+        changes = deletion_costs(parse_heartbeats(values), pods, selectors)
+        made: dict[str, int] = {}
         for pod, cost in changes.items():
             try:
                 await self._kube.set_deletion_cost(self._namespace, pod, cost)
             except KubeError as exc:  # tried again next tick
                 metrics.ERRORS.labels("kubernetes").inc()
                 log.warning("pod %s: setting its deletion cost failed: %s", pod, exc)
-        return changes
+            else:
+                made[pod] = cost
+        if reorders(pods, made):
+            self.reordered_at = self._clock()
+        return made

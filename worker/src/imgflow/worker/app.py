@@ -87,6 +87,9 @@ class Worker:
         # a signal would be re-raised by uvicorn and end the process instead of restarting it).
         self.request_stop: Callable[[], None] = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self._heartbeat: asyncio.Task[None] | None = None
+        # Set when the worker goes from idle to busy or back: the beat then goes out at once, so
+        # the operator's deletion cost does not keep a scale-down choosing by a stale record.
+        self._busy_changed = asyncio.Event()
         self._retries: asyncio.Task[None] | None = None
         # Set before the background loops are cancelled: a loop ends at its next turn even if a
         # client library turned the cancellation into an error its handler caught.
@@ -187,6 +190,8 @@ class Worker:
             return
         held = lifecycle.Held(self.consumer, entry_id)
         self.inflight[entry_id] = time.monotonic()
+        if len(self.inflight) == 1:
+            self._busy_changed.set()
         self.running.add(job_id)
         metrics.INFLIGHT.set(len(self.inflight))
         stored = False
@@ -203,6 +208,8 @@ class Worker:
         finally:
             self.running.discard(job_id)
             self.inflight.pop(entry_id, None)
+            if not self.inflight:
+                self._busy_changed.set()
             metrics.INFLIGHT.set(len(self.inflight))
             if not held.released:  # no transition ended the job here, or its pipeline failed
                 await self._let_go(job_id, held, acknowledge=stored)
@@ -289,6 +296,7 @@ class Worker:
         key = worker_key(s, self.consumer)
         pod = os.environ.get("POD_NAME") or socket.gethostname()
         while not self._closing:
+            self._busy_changed.clear()
             now = time.monotonic()
             # the operator ranks pods for removal by how long their oldest job has run
             # (imgflow.operator.podcost)
@@ -316,7 +324,8 @@ class Worker:
                 log.error("a subscriber stopped (consumer group gone?); restarting")
                 self.stopping = self.restart = True
                 self.request_stop()
-            await asyncio.sleep(HEARTBEAT_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._busy_changed.wait(), HEARTBEAT_S)
 
     async def _publish_due_retries(self) -> None:
         """Every worker publishes the retries that are due (each taken by one worker only)."""
