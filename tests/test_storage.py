@@ -4,6 +4,7 @@ the whole job path on the local and S3 ones, with S3's presigned redirect."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -165,6 +166,53 @@ async def test_an_unreachable_s3_fails_soon_and_not_as_missing(
                     await call
     finally:
         await storage.aclose()
+
+
+async def test_a_request_does_not_wait_behind_another_stuck_on_an_s3_that_did_not_answer(
+    fresh_settings: Settings, s3: S3Server
+) -> None:
+    """What timed out the first helm test after a node restart: the process's start-up request
+    reached an S3 that accepted it and had not answered yet, and the upload that came once the
+    storage answered waited behind it (its read timeout, three tries) instead of asking itself."""
+    answering = False
+    unanswered: list[asyncio.StreamWriter] = []
+    first_held = asyncio.Event()
+    target = urlsplit(s3.endpoint)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def gateway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not answering:
+            unanswered.append(writer)  # accepted, read, never answered: a storage still starting
+            first_held.set()
+            return
+        up_reader, up_writer = await asyncio.open_connection(target.hostname, target.port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(gateway, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # a read timeout far longer than the test: waiting behind the stuck request never ends in it
+    settings = on_s3(fresh_settings, s3, s3_endpoint=f"http://127.0.0.1:{port}", s3_timeout_s=600)
+    storage = S3Storage(settings)
+    stuck = asyncio.create_task(storage.stat("readiness-probe"))
+    try:
+        await asyncio.wait_for(first_held.wait(), timeout=60)
+        answering = True
+        async with asyncio.timeout(60):  # a guard against the hang, no target
+            await storage.save_bytes("original-1", b"stored", "image/jpeg")
+            assert await storage.read("original-1") == b"stored"
+        assert not stuck.done()  # the first request still waits for its answer
+    finally:
+        stuck.cancel()
+        await storage.aclose()
+        server.close()
+        for writer in unanswered:
+            writer.close()
 
 
 async def test_a_thumbnail_while_s3_is_unreachable_is_503(

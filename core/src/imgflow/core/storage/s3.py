@@ -107,15 +107,18 @@ class S3Storage:
         )
 
     async def _s3(self) -> S3Client:
-        if self._client is None or not self._bucket_ready:
+        if self._client is None:
             async with self._lock:
                 if self._client is None:
                     self._client = await self._clients.enter_async_context(
                         self._create(self._settings.s3_endpoint)
                     )
-                if not self._bucket_ready:
-                    await self._ensure_bucket(self._client)
-                    self._bucket_ready = True
+        if not self._bucket_ready:
+            # Not under the lock: a request never waits for another's answer from an S3 that may
+            # not answer for a while (a storage still starting), it asks itself. Checking twice
+            # at once is harmless: a bucket made first by another is taken as made.
+            await self._ensure_bucket(self._client)
+            self._bucket_ready = True
         return self._client
 
     async def _ensure_bucket(self, client: S3Client) -> None:
