@@ -93,9 +93,10 @@ def _thumbor_request(client: httpx.AsyncClient, output: Output) -> Request | Non
     return request
 
 
-def start_imaginary(binary: Path, logs: Path) -> Peer:
+def start_imaginary(binary: Path, logs: Path, cores: int = CORES) -> Peer:
+    """imaginary on ``cores`` (its ``-cpus``: Go's threads; libvips' own threads are not counted)."""
     port = free_port()
-    argv = [str(binary), "-a", "127.0.0.1", "-p", str(port), "-cpus", str(CORES)]
+    argv = [str(binary), "-a", "127.0.0.1", "-p", str(port), "-cpus", str(cores)]
     argv += ["-concurrency", str(IMAGINARY_THROTTLE), "-log-level", "error"]
     return _started(
         Peer("imaginary", Server("imaginary", argv, logs / "peers-imaginary.log"), port, _imaginary_request)
