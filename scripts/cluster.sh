@@ -382,11 +382,15 @@ install_crds() {
   local k=("$bin/kubectl" --kubeconfig="$kubeconfig" --cache-dir="$dir/kube-cache")
   "${k[@]}" apply --server-side --force-conflicts --field-manager=imgflow-cluster -f "$crds" >/dev/null ||
     die "installing the CRDs in $crds failed"
-  "${k[@]}" wait --for=condition=Established --timeout="${timeout}s" -f "$crds" >/dev/null ||
-    die "the CRDs in $crds did not become Established"
+  local names name deadline=$((SECONDS + timeout))
+  # `kubectl wait` fails at once ("accessor error: <nil>") on a CRD whose status has no
+  # conditions yet, as a freshly applied one may: asked again until the deadline.
+  until "${k[@]}" wait --for=condition=Established --timeout="${timeout}s" -f "$crds" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "the CRDs in $crds did not become Established"
+    sleep 0.2
+  done
   # Established is not yet published: `kubectl explain` needs the OpenAPI document, which the
   # apiserver rebuilds a moment later.
-  local names name deadline=$((SECONDS + timeout))
   names=$("${k[@]}" get -f "$crds" -o name | sed 's|.*/||' | tr '\n' ' ')
   for name in $names; do
     until "${k[@]}" explain "$name" >/dev/null 2>&1; do
