@@ -8,9 +8,10 @@ Deployment at 1, 2 and 3 replicas of one core each, against imaginary given one 
 
 ``--install`` installs (or upgrades) the release with ``make deploy``'s script and
 ``SCALEOUT_VALUES``: the workers not autoscaled (the operator leaves the Deployment alone, the
-bench sets its replicas), one job at a time per worker (``IMGFLOW_WORKER_CONCURRENCY=1``, the
-README's advice for the most per core) and a CPU limit of one core per worker pod. Their CPU
-request stays the chart's 250m: three requests of one core do not fit a 2-core node beside the
+bench sets its replicas), ``--concurrency`` jobs at a time per worker (default 1, the README's
+advice for the most per core), a CPU limit of one core per worker pod, and no job reusing
+an identical upload's outputs (the corpus goes round many times, as in the peers part). The workers'
+CPU request stays the chart's 250m: three requests of one core do not fit a 2-core node beside the
 release's other pods.
 
 For each replica count: the worker pods Ready, then imaginary and imgflow in turn, each a
@@ -19,11 +20,14 @@ then ``--jobs`` jobs timed. imgflow's client runs in the node's network namespac
 job as the peers part does (``BENCH_E2E_WAIT``: Server-Sent Events unless ``poll``), with
 ``--inflight-per-worker`` jobs per worker plus 2 in flight; imaginary (``-cpus 1``) listens on
 loopback in a cgroup of its own limited to one core as the worker pods' limits are, and gets the
-1-replica run's number in flight. CPU is read from the cgroups: ``cpuacct.usage`` of each of the
-release's pods (by component: worker, api, redis, mongodb, seaweedfs, operator), imaginary's from
-/proc. Per worker core: images/s divided by the cores the limits give, min(replicas x 1, the
-machine's cores): the machine has 2 cores, so 3 replicas of 1 core are oversubscribed, and the
-API, Redis, the MongoDB-wire server, SeaweedFS and the load clients share the same cores.
+1-replica run's number in flight; that cgroup sits under the node's cgroup root, so that imaginary
+and the node's pods, in turn, compete alike with whatever else the machine runs (the node's root
+is one group among the machine's, and another node's, say, weighs as much). CPU is read from the
+cgroups: ``cpuacct.usage`` of each of the release's pods (by component: worker, api, redis,
+mongodb, seaweedfs, operator), imaginary's from /proc. Per worker core: images/s divided by the
+cores the limits give, min(replicas x 1, the machine's cores): the machine has 2 cores, so 3
+replicas of 1 core are oversubscribed, and the API, Redis, the MongoDB-wire server, SeaweedFS and
+the load clients share the same cores.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import contextlib
 import itertools
 import json
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -56,8 +61,8 @@ WORKER_LIMIT_CORES = 1
 SCALEOUT_VALUES = [
     "--set", "worker.autoscaling.enabled=false",
     "--set", "worker.replicas=1",
-    "--set", "config.workerConcurrency=1",
     "--set", f"worker.resources.limits.cpu={WORKER_LIMIT_CORES}",
+    "--set", "config.reuseDisabledTenants=*",
 ]  # fmt: skip
 CGROUPS = Path("/sys/fs/cgroup")
 COMPONENTS = ("worker", "api", "redis", "mongodb", "seaweedfs", "operator")
@@ -69,7 +74,9 @@ class Measured:
 
     images: int
     elapsed_s: float
-    cpu_s: dict[str, float]  # by process or component, over the timed images
+    # over the timed images: CPU seconds by process or component, and "<name> waited": seconds its
+    # threads waited for a CPU while runnable (the kernel's schedstat)
+    cpu_s: dict[str, float]
 
 
 def granted_cores(replicas: int, limit_cores: float, machine_cores: int) -> float:
@@ -123,11 +130,36 @@ def pods_cpu_s(uids: dict[str, str]) -> dict[str, float]:
     return cpu
 
 
+def waited_s(pids: list[int], thread: int | None = None) -> float:
+    """Seconds the processes' threads (or one ``thread`` of theirs) have waited for a CPU while
+    runnable; threads that ended are not counted."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob(f"{thread or '*'}/schedstat"):
+            with contextlib.suppress(OSError):
+                total += int(task.read_text().split()[1])
+    return total / 1e9
+
+
+def pod_pids(uid: str) -> list[int]:
+    cgroup = pod_cgroup("cpu", uid)
+    return [int(pid) for procs in cgroup.rglob("cgroup.procs") for pid in procs.read_text().split()]
+
+
+def client_counters() -> dict[str, float]:
+    """CPU and CPU wait of the calling thread: the closed loop's client runs in it."""
+    return {"client": time.thread_time(), "client waited": waited_s([os.getpid()], threading.get_native_id())}
+
+
 def quota_cores(uid: str) -> float:
     """The CPU limit the pod's cgroup enforces, in cores (0: none)."""
     cgroup = pod_cgroup("cpu", uid)
     quota = int((cgroup / "cpu.cfs_quota_us").read_text())
     return quota / int((cgroup / "cpu.cfs_period_us").read_text()) if quota > 0 else 0.0
+
+
+def waited(uids: list[str]) -> float:
+    return waited_s([pid for uid in uids for pid in pod_pids(uid)])
 
 
 def throttled_s(uids: list[str]) -> float:
@@ -139,11 +171,19 @@ def throttled_s(uids: list[str]) -> float:
     return total / 1e9
 
 
+def node_cgroup(uid: str) -> Path:
+    """The node's cgroup root in the cpu hierarchy (``imgflow-<id>``, holding ``kubepods``), found
+    from one of its pods."""
+    return next(p for p in pod_cgroup("cpu", uid).parents if p.parent == CGROUPS / "cpu")
+
+
 @contextlib.contextmanager
-def cpu_limited(pid: int, cores: float) -> Iterator[None]:
-    """The process (all its threads) in a cgroup of its own limited to ``cores``, as a pod's CPU
-    limit is; the cgroup goes once the process has ended."""
-    cgroup = CGROUPS / "cpu" / f"imgflow-bench-scaleout-{pid}"
+def cpu_limited(pid: int, cores: float, parent: Path) -> Iterator[None]:
+    """The process (all its threads) in a cgroup of its own under ``parent``, limited to
+    ``cores`` as a pod's CPU limit is; the cgroup goes once the process has ended. Under the
+    node's cgroup root the process competes with the rest of the machine for CPU exactly as the
+    node's pods do: the node's root is one group among the machine's others, whatever runs in it."""
+    cgroup = parent / f"imgflow-bench-scaleout-{pid}"
     cgroup.mkdir()
     try:
         period = int((cgroup / "cpu.cfs_period_us").read_text())
@@ -211,6 +251,23 @@ def scale(release: Release, replicas: int) -> list[str]:
     return [p["metadata"]["uid"] for p in ready() or []]
 
 
+def worker_concurrency(release: Release) -> str:
+    """IMGFLOW_WORKER_CONCURRENCY of the release (its ConfigMap)."""
+    config = json.loads(
+        kubectl(
+            release.kubeconfig,
+            "get",
+            "configmap",
+            f"{release.name}-config",
+            "-n",
+            release.namespace,
+            "-o",
+            "json",
+        )
+    )
+    return str(config["data"].get("IMGFLOW_WORKER_CONCURRENCY", "default"))
+
+
 def not_autoscaled(release: Release) -> None:
     deployment = json.loads(
         kubectl(
@@ -244,12 +301,20 @@ def step(release: Release, imaginary: Peer, replicas: int, args: Any) -> dict[st
                 args.jobs,
                 args.warmup,
                 imaginary_inflight,
-                lambda: {"imaginary": tree_cpu_seconds(imaginary.server.pid)},
+                lambda: {
+                    "imaginary": tree_cpu_seconds(imaginary.server.pid),
+                    "imaginary waited": waited_s([imaginary.server.pid]),
+                    **client_counters(),
+                },
             )
 
     async def imgflow(client: httpx.AsyncClient) -> Measured:
         return await closed_loop_timed(
-            imgflow_request(client, OUTPUT), args.jobs, args.warmup, inflight, lambda: pods_cpu_s(uids)
+            imgflow_request(client, OUTPUT),
+            args.jobs,
+            args.warmup,
+            inflight,
+            lambda: {**pods_cpu_s(uids), "worker waited": waited(workers), **client_counters()},
         )
 
     peer = asyncio.run(peer_run())
@@ -265,8 +330,8 @@ def step(release: Release, imaginary: Peer, replicas: int, args: Any) -> dict[st
         "worker_limits_cores": [quota_cores(uid) for uid in workers],
         "worker_throttled_s": throttled_s(workers) - throttled,
         "load_1min": os.getloadavg()[0],
-        "imgflow": {**figures, "cpu_ms_per_image_by_component": per_image_ms(mine)},
-        "imaginary": peer_figures,
+        "imgflow": {**figures, "ms_per_image": per_image_ms(mine)},
+        "imaginary": {**peer_figures, "ms_per_image": per_image_ms(peer)},
         "per_core_ratio": figures["per_core"] / peer_figures["per_core"],
         "runs": {"imgflow": asdict(mine), "imaginary": asdict(peer)},
     }
@@ -280,21 +345,20 @@ def table(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [
         f"Scale-out per worker core, {OUTPUT.title}: imgflow end to end through the API Service "
-        f"(clients in the node, {meta['wait']}), workers at concurrency 1 with a CPU limit of "
-        f"{WORKER_LIMIT_CORES} core each; imaginary -cpus 1 in a 1-core cgroup on loopback; "
+        f"(clients in the node, {meta['wait']}), workers at concurrency {meta['concurrency']} with a "
+        f"CPU limit of {WORKER_LIMIT_CORES} core each; imaginary -cpus 1 in a 1-core cgroup on loopback; "
         f"{meta['jobs']} jobs timed after {meta['warmup']}; {meta['cpus']} x {meta['cpu']}, "
         f"load {meta['load_before']:.1f} at the start.",
         "The machine has 2 cores: 3 replicas of 1 core are oversubscribed, and the API, Redis, the "
         "MongoDB-wire server, SeaweedFS and the clients share those cores (other pods' CPU below).",
         f"{'replicas':>8s}{'cores':>6s}{'in flight':>10s}{'images/s':>9s}{'per core':>9s}"
         f"{'imaginary/core':>15s}{'ratio':>7s}{'worker ms/img':>14s}{'busy':>6s}{'throttled s':>12s}"
-        f"{'load':>6s}  other pods' CPU ms per image",
+        f"{'load':>6s}  ms per image: other pods' CPU, waits for a CPU, the client's CPU",
     ]
     for s in result["steps"]:
         mine, peer = s["imgflow"], s["imaginary"]
-        others = ", ".join(
-            f"{k} {v:.1f}" for k, v in mine["cpu_ms_per_image_by_component"].items() if k != "worker"
-        )
+        others = ", ".join(f"{k} {v:.1f}" for k, v in mine["ms_per_image"].items() if k != "worker")
+        peer_ms = ", ".join(f"{k} {v:.1f}" for k, v in peer["ms_per_image"].items())
         lines.append(
             f"{s['replicas']:8d}{mine['cores']:6.0f}{s['inflight']:10d}{mine['images_per_s']:9.1f}"
             f"{mine['per_core']:9.1f}{peer['per_core']:15.1f}{s['per_core_ratio']:7.2f}"
@@ -303,8 +367,8 @@ def table(result: dict[str, Any]) -> str:
         )
         lines.append(
             f"{'':8s}imaginary: {peer['images_per_s']:.1f} images/s with {s['imaginary_inflight']} in "
-            f"flight, {peer['cpu_ms_per_image']:.1f} ms CPU per image, {peer['busy_cores']:.2f} cores "
-            f"busy; worker limits {s['worker_limits_cores']} cores"
+            f"flight, {peer['busy_cores']:.2f} cores busy, ms per image: {peer_ms}; worker limits "
+            f"{s['worker_limits_cores']} cores"
         )
     return "\n".join(lines)
 
@@ -315,9 +379,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=120)
     parser.add_argument("--warmup", type=int, default=12)
     parser.add_argument("--inflight-per-worker", type=int, default=3)
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="IMGFLOW_WORKER_CONCURRENCY (with --install)"
+    )
     args = parser.parse_args()
     if args.install:
-        deploy(args, SCALEOUT_VALUES)
+        deploy(args, [*SCALEOUT_VALUES, "--set", f"config.workerConcurrency={args.concurrency}"])
     release = Release(args.kubeconfig, args.namespace, args.release)
     not_autoscaled(release)
     corpus.ensure()
@@ -329,6 +396,7 @@ def main() -> None:
             "cpu": cpu_model(),
             "cpus": os.cpu_count(),
             "load_before": os.getloadavg()[0],
+            "concurrency": worker_concurrency(release),
             "jobs": args.jobs,
             "warmup": args.warmup,
             "wait": "Server-Sent Events" if e2e.WAIT == "sse" else f"polled every {1000 * e2e.POLL_S:.0f} ms",
@@ -336,8 +404,9 @@ def main() -> None:
         },
         "steps": [],
     }
+    node = node_cgroup(next(iter(release_pods(release))))
     imaginary = start_imaginary(build.imaginary(), logs, cores=1)
-    with cpu_limited(imaginary.server.pid, 1.0):
+    with cpu_limited(imaginary.server.pid, 1.0, node):
         try:
             for replicas in args.replicas:
                 result["steps"].append(step(release, imaginary, replicas, args))
