@@ -158,8 +158,12 @@ def quota_cores(uid: str) -> float:
     return quota / int((cgroup / "cpu.cfs_period_us").read_text()) if quota > 0 else 0.0
 
 
-def waited(uids: list[str]) -> float:
-    return waited_s([pid for uid in uids for pid in pod_pids(uid)])
+def pods_waited_s(uids: dict[str, str]) -> dict[str, float]:
+    """Seconds the pods' threads have waited for a CPU so far, summed by component."""
+    waited = {f"{c} waited": 0.0 for c in uids.values()}
+    for uid, component in uids.items():
+        waited[f"{component} waited"] += waited_s(pod_pids(uid))
+    return waited
 
 
 def throttled_s(uids: list[str]) -> float:
@@ -314,7 +318,7 @@ def step(release: Release, imaginary: Peer, replicas: int, args: Any) -> dict[st
             args.jobs,
             args.warmup,
             inflight,
-            lambda: {**pods_cpu_s(uids), "worker waited": waited(workers), **client_counters()},
+            lambda: {**pods_cpu_s(uids), **pods_waited_s(uids), **client_counters()},
         )
 
     peer = asyncio.run(peer_run())
