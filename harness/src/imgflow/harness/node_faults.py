@@ -80,26 +80,20 @@ class Release:
     def cluster_dir(self) -> Path:
         return self.kubeconfig.parent
 
-    def admin_key(self) -> str:
-        secret = json.loads(
-            kubectl(
-                self.kubeconfig,
-                "get",
-                "secret",
-                f"{self.name}-connections",
-                "-n",
-                self.namespace,
-                "-o",
-                "json",
-            )
+    def get(self, kind: str, name: str) -> Any:
+        """The release's object ``<release>-<name>`` of ``kind`` (deployment, configmap, ...), as
+        the API server has it now."""
+        return json.loads(
+            kubectl(self.kubeconfig, "get", kind, f"{self.name}-{name}", "-n", self.namespace, "-o", "json")
         )
+
+    def admin_key(self) -> str:
+        secret = self.get("secret", "connections")
         return base64.b64decode(secret["data"]["admin-key"]).decode()
 
     def api_url(self) -> str:
         """The API Service's ClusterIP URL (reached from the node's network namespace)."""
-        service = json.loads(
-            kubectl(self.kubeconfig, "get", "service", f"{self.name}-api", "-n", self.namespace, "-o", "json")
-        )
+        service = self.get("service", "api")
         return f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
 
     def running(self, component: str) -> list[str]:
@@ -119,11 +113,7 @@ class Release:
         ]
         if len(mongo) != 1 or not mongo[0]["status"].get("podIP"):
             raise ConnectionError(f"{len(mongo)} MongoDB pods running")
-        config = json.loads(
-            kubectl(
-                self.kubeconfig, "get", "configmap", f"{self.name}-config", "-n", self.namespace, "-o", "json"
-            )
-        )
+        config = self.get("configmap", "config")
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
             f"mongodb://{mongo[0]['status']['podIP']}:27017/",
             serverSelectionTimeoutMS=5000,
@@ -302,18 +292,7 @@ def busy_worker(release: Release) -> tuple[str, str] | None:
 
 def scaling(release: Release) -> bool:
     """The worker Deployment is between two sizes: the operator changed its replicas."""
-    d = json.loads(
-        kubectl(
-            release.kubeconfig,
-            "get",
-            "deployment",
-            f"{release.name}-worker",
-            "-n",
-            release.namespace,
-            "-o",
-            "json",
-        )
-    )
+    d = release.get("deployment", "worker")
     status = d.get("status", {})
     return bool(d["spec"].get("replicas", 0) != status.get("readyReplicas", 0))
 

@@ -60,18 +60,7 @@ def retag(release: node_faults.Release, ref: str, suffix: str) -> str:
 
 def image_of(release: node_faults.Release, component: str) -> str:
     """The image the component's Deployment runs now."""
-    d = json.loads(
-        kubectl(
-            release.kubeconfig,
-            "get",
-            "deployment",
-            f"{release.name}-{component}",
-            "-n",
-            release.namespace,
-            "-o",
-            "json",
-        )
-    )
+    d = release.get("deployment", component)
     image: str = d["spec"]["template"]["spec"]["containers"][0]["image"]
     return image
 
@@ -198,11 +187,7 @@ def sample(release: node_faults.Release) -> Sample:
         if not p["metadata"].get("deletionTimestamp")
         and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
     ]
-    pdb = json.loads(
-        kubectl(
-            release.kubeconfig, "get", "pdb", f"{release.name}-api", "-n", release.namespace, "-o", "json"
-        )
-    )
+    pdb = release.get("pdb", "api")
     worker = json.loads(
         kubectl(
             release.kubeconfig,
@@ -261,18 +246,7 @@ def change_ids(release: node_faults.Release, job_ids: list[str]) -> dict[str, li
         for p in pods(release.kubeconfig, release.namespace, "redis")
         if p["status"].get("phase") == "Running"
     ]
-    config = json.loads(
-        kubectl(
-            release.kubeconfig,
-            "get",
-            "configmap",
-            f"{release.name}-config",
-            "-n",
-            release.namespace,
-            "-o",
-            "json",
-        )
-    )
+    config = release.get("configmap", "config")
     stream = config["data"].get("IMGFLOW_STREAM", "imgflow:jobs")
     client = redis.Redis(
         host=running[0]["status"]["podIP"], port=6379, socket_timeout=10, decode_responses=True

@@ -1,10 +1,10 @@
-"""The scale-out bench's arithmetic per worker core (bench/node_scaleout.py)."""
+"""The arithmetic per worker core of the scale-out bench (imgflow.harness.node_cpu)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.node_scaleout import Measured, cpu_delta, granted_cores, per_core
+from imgflow.harness.node_cpu import Measured, cpu_delta, granted_cores, per_core
 
 
 def test_cores_granted_are_the_limits_up_to_the_machines_cores() -> None:
