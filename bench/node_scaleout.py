@@ -4,12 +4,12 @@ Deployment at 1, 2 and 3 replicas of one core each, against imaginary given one 
 
     uv run --frozen python -m bench.node_scaleout [--replicas 1 2 3] [--jobs 120] [--warmup 12]
         [--inflight-per-worker 3] [--kubeconfig .cluster/kubeconfig] [--namespace imgflow]
-        [--release imgflow] [--install] [--json PATH]
+        [--release imgflow] [--install [--concurrency 1]] [--json PATH]
 
 ``--install`` installs (or upgrades) the release with ``make deploy``'s script and
 ``SCALEOUT_VALUES``: the workers not autoscaled (the operator leaves the Deployment alone, the
 bench sets its replicas), ``--concurrency`` jobs at a time per worker (default 1, the README's
-advice for the most per core), a CPU limit of one core per worker pod, and no job reusing
+advice where the engine is the bottleneck), a CPU limit of one core per worker pod, and no job reusing
 an identical upload's outputs (the corpus goes round many times, as in the peers part). The workers'
 CPU request stays the chart's 250m: three requests of one core do not fit a 2-core node beside the
 release's other pods.
@@ -24,7 +24,8 @@ loopback in a cgroup of its own limited to one core as the worker pods' limits a
 and the node's pods, in turn, compete alike with whatever else the machine runs (the node's root
 is one group among the machine's, and another node's, say, weighs as much). CPU is read from the
 cgroups: ``cpuacct.usage`` of each of the release's pods (by component: worker, api, redis,
-mongodb, seaweedfs, operator), imaginary's from /proc. Per worker core: images/s divided by the
+mongodb, seaweedfs, operator), imaginary's from /proc; with them the seconds each one's threads
+waited for a CPU (schedstat) and the client's own CPU. Per worker core: images/s divided by the
 cores the limits give, min(replicas x 1, the machine's cores): the machine has 2 cores, so 3
 replicas of 1 core are oversubscribed, and the API, Redis, the MongoDB-wire server, SeaweedFS and
 the load clients share the same cores.
