@@ -6,7 +6,8 @@
 # Usage: bench/run.sh [--investigate] [--node]    (or BENCH_INVESTIGATE=1, BENCH_NODE=1)
 #   --investigate   also time candidate changes to the worker's thumbnail step (about 4 min more)
 #   --node          also autoscaling with real pods on the local node (make cluster-up), by
-#                   imgflow's operator (~3 min) and by KEDA + HPA (~25 min, bench.keda)
+#                   imgflow's operator (~3 min), the scale-out per worker core (~5 min,
+#                   bench.node_scaleout) and by KEDA + HPA (~25 min, bench.keda)
 # Knobs: BENCH_ROUNDS (5), BENCH_SECONDS (0.5) per engine measurement; BENCH_E2E_PASSES (3),
 #        BENCH_E2E_INFLIGHT (4), BENCH_E2E_STORAGE (local|gridfs|s3), BENCH_E2E_SUBSETS (all; e.g.
 #        jpeg1080) for the end-to-end part; BENCH_PEERS_SECONDS (5) per output and server against
@@ -85,6 +86,8 @@ if [ "$node" = 1 ]; then
   log "autoscaling with real pods (make cluster-up, then the release of make deploy with scale-to-zero)"
   make --no-print-directory cluster-up
   py -m bench.node_autoscale --install --cycles 8 --json "$results/node_autoscale.json"
+  log "images/s per worker core at 1, 2 and 3 worker pods of one core, against imaginary given one core (~5 min)"
+  py -m bench.node_scaleout --install --json "$results/node_scaleout.json"
   log "the same bursts scaled by KEDA + HPA instead (bench.peers.keda builds KEDA once; ~25 min)"
   py -m bench.keda --install --json "$results/keda.json"
 fi
