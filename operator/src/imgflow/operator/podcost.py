@@ -16,9 +16,9 @@ costs 0: losing it loses nothing, its messages are reclaimed by others.
 
 The ReplicaSet controller reads the annotations from its own watch, which lags behind the
 workers: a pod that has just taken a job may still show 0, one that has just gone idle its old
-cost. A worker beats at once when it goes from idle to busy or back, and before a scale-down the
-operator brings the costs up to date and, if that changed the pods' order, waits a moment
-(``hold_scale_down``) so that the ReplicaSet chooses by the new one.
+cost. A worker writes its record at once (at most twice a second) when it goes from idle to busy
+or back, and before a scale-down the operator brings the costs up to date and, if that changed the
+pods' order, waits a moment (``hold_scale_down``) so that the ReplicaSet chooses by the new one.
 """
 
 from __future__ import annotations

@@ -51,6 +51,10 @@ from imgflow.worker.processor import Processor
 
 log = logging.getLogger("imgflow.worker")
 HEARTBEAT_S = 2.0
+# The record the operator costs the pod by goes out at once when the worker goes from idle to busy
+# or back, but at most once per RECORD_GAP_S (the operator reads the records twice a second): a
+# worker flipping between idle and busy on every short job would otherwise beat on every job.
+RECORD_GAP_S = 0.5
 RETRY_PUMP_S = 0.5
 # An idle slot asks again after 10 ms, then twice as long each time up to 100 ms, one idle slot at
 # a time: a new job waits at most that long on an idle service. (A blocking XREAD would wake it
@@ -295,9 +299,12 @@ class Worker:
         s = self.settings
         key = worker_key(s, self.consumer)
         pod = os.environ.get("POD_NAME") or socket.gethostname()
+        next_full = 0.0
         while not self._closing:
             self._busy_changed.clear()
             now = time.monotonic()
+            # only the record between two full beats: leases and claims need one per HEARTBEAT_S
+            full = now >= next_full
             # the operator ranks pods for removal by how long their oldest job has run
             # (imgflow.operator.podcost)
             beat = {
@@ -307,13 +314,9 @@ class Worker:
             }
             try:
                 await self.redis.set(key, json.dumps(beat), ex=10)
-                await self.redis.expire(inflight_key(s, self.consumer), inflight_ttl_s(s))
-                await jobkeys.keep_leases(self.redis, s, set(self.running), self.consumer)
-                if self.inflight:
-                    # XCLAIM to ourselves resets the idle time: a long job is not mistaken for a dead one
-                    await self.redis.xclaim(
-                        s.stream, s.consumer_group, self.consumer, 0, list(self.inflight), justid=True
-                    )
+                if full:
+                    next_full = now + HEARTBEAT_S
+                    await self._keep_holding()
             except Exception:
                 log.warning("heartbeat failed (Redis down?)", exc_info=True)
             if self._closing:
@@ -324,8 +327,21 @@ class Worker:
                 log.error("a subscriber stopped (consumer group gone?); restarting")
                 self.stopping = self.restart = True
                 self.request_stop()
+            await asyncio.sleep(RECORD_GAP_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._busy_changed.wait(), HEARTBEAT_S)
+                await asyncio.wait_for(self._busy_changed.wait(), max(0.0, next_full - time.monotonic()))
+
+    async def _keep_holding(self) -> None:
+        """What a live worker renews each HEARTBEAT_S: its in-flight set, its jobs' leases, and its
+        messages' idle time."""
+        s = self.settings
+        await self.redis.expire(inflight_key(s, self.consumer), inflight_ttl_s(s))
+        await jobkeys.keep_leases(self.redis, s, set(self.running), self.consumer)
+        if self.inflight:
+            # XCLAIM to ourselves resets the idle time: a long job is not mistaken for a dead one
+            await self.redis.xclaim(
+                s.stream, s.consumer_group, self.consumer, 0, list(self.inflight), justid=True
+            )
 
     async def _publish_due_retries(self) -> None:
         """Every worker publishes the retries that are due (each taken by one worker only)."""
